@@ -1,0 +1,48 @@
+-- Quickfix lists: sync conflicts, push previews, run locations.
+local M = {}
+
+--- Conflicts of a push or pull as quickfix entries at the local files.
+function M.conflicts(data, kind)
+  local details = data.conflict_details or {}
+  if #details == 0 then
+    return
+  end
+  local items = {}
+  for _, c in ipairs(details) do
+    table.insert(items, { filename = c['local'], lnum = 1, text = ('%s conflict: %s'):format(kind, c.reason), type = 'W' })
+  end
+  vim.fn.setqflist({}, ' ', {
+    title = ('remote_dev %s %s: %d conflict(s) — :Remote%s! overwrites'):format(kind, data.target, #items,
+      kind == 'push' and 'Push' or 'Pull'),
+    items = items,
+  })
+end
+
+--- A push preview (:RemotePush --dry-run) in a scratch buffer.
+function M.preview(res)
+  local lines = { ('remote_dev push preview for %s (nothing was written)'):format(res.target), '' }
+  local function section(title, list, fmt)
+    table.insert(lines, ('%s (%d)'):format(title, #list))
+    for _, item in ipairs(list) do
+      table.insert(lines, '  ' .. fmt(item))
+    end
+    table.insert(lines, '')
+  end
+  section('send', res.send or {}, function(p) return p end)
+  section('delete on the remote', res.delete or {}, function(p) return p end)
+  section('conflicts (not overwritten without !)', res.conflict_details or {}, function(c)
+    return c.path .. ': ' .. c.reason
+  end)
+  section('too large (sync.max_file_size)', res.skipped or {}, function(s) return ('%s (%d bytes)'):format(s.path, s.size) end)
+  vim.cmd('botright new')
+  local buf = vim.api.nvim_get_current_buf()
+  vim.bo[buf].buftype = 'nofile'
+  vim.bo[buf].bufhidden = 'wipe'
+  vim.bo[buf].swapfile = false
+  vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
+  vim.bo[buf].modifiable = false
+  pcall(vim.api.nvim_buf_set_name, buf, 'remote_dev://push-preview')
+  return buf
+end
+
+return M

@@ -1,0 +1,867 @@
+"""remote_dev's remote agent.
+
+One stdlib-only program (Python >= 3.8) plus the pure-Python half of msgpack, uploaded
+content-addressed into the remote user's cache dir and started over one long-lived SSH
+channel.  It speaks msgpack-RPC on stdin/stdout:
+
+    request       [0, msgid, method, params]
+    response      [1, msgid, error, result]      error = None or {"kind", "message"}
+
+Requests are handled in arrival order on the reader thread, except the ones marked
+``slow`` (long polls, stopping runs) which get a thread of their own, so a long poll never
+holds up a push.
+
+File operations take paths relative to a root and refuse anything that would land outside
+it: absolute paths, ``..`` components and symlinks on the way.  Every write goes to a
+temporary file in the destination folder and is renamed into place; temporary files still
+open when the channel closes are removed.
+
+Runs are detached: ``python3 remote_dev_agent.py supervise DIR`` becomes a session leader
+and child subreaper, starts the command with its output going straight to DIR/output.log,
+and records the exit status in DIR/exit.json.  Stopping a run signals every process of it:
+descendants of the supervisor plus any process carrying the run's REMOTE_DEV_RUN_ID.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+try:
+    import msgpack
+except ImportError:  # pragma: no cover - the bundle always carries it
+    msgpack = None
+
+AGENT_VERSION = "1"
+HASH_CHUNK = 1 << 20
+TMP_MARK = ".rdtmp-"
+
+
+class AgentError(Exception):
+    """An expected failure, reported to the client with a kind and a message."""
+
+    def __init__(self, kind, message):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+
+
+def cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "remote-dev")
+
+
+def expand_root(root):
+    root = os.path.expanduser(root)
+    if not os.path.isabs(root):
+        root = os.path.join(os.path.expanduser("~"), root)
+    return os.path.normpath(root)
+
+
+def file_hash(path):
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(HASH_CHUNK)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def link_hash(target):
+    return hashlib.blake2b(b"link:" + os.fsencode(target), digest_size=16).hexdigest()
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def check_relpath(rel):
+    if not isinstance(rel, str) or rel == "" or "\0" in rel:
+        raise AgentError("path", "bad path %r" % (rel,))
+    if rel.startswith("/") or os.path.isabs(rel):
+        raise AgentError("path", "refused absolute path %r" % rel)
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise AgentError("path", "refused path %r: empty, '.' or '..' component" % rel)
+    return parts
+
+
+def resolve(root, rel, create_parents=False):
+    """Absolute path of root/rel after checking that no component on the way is a
+    symlink (so nothing is ever read or written outside root)."""
+    parts = check_relpath(rel)
+    cur = root
+    for part in parts[:-1]:
+        cur = os.path.join(cur, part)
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            if not create_parents:
+                return os.path.join(root, *parts)  # nothing below a missing folder
+            try:
+                os.mkdir(cur, 0o777)
+            except FileExistsError:
+                pass
+            st = os.lstat(cur)
+        if stat.S_ISLNK(st.st_mode):
+            raise AgentError("path", "refused %r: %r is a symlink" % (rel, cur[len(root) + 1:]))
+        if not stat.S_ISDIR(st.st_mode):
+            raise AgentError("path", "refused %r: %r is not a folder" % (rel, cur[len(root) + 1:]))
+    return os.path.join(root, *parts)
+
+
+def entry_state(path):
+    """(kind, size, mtime_ns) of what is at path without following a final symlink,
+    or None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return ["l", st.st_size, st.st_mtime_ns]
+    if stat.S_ISREG(st.st_mode):
+        return ["f", st.st_size, st.st_mtime_ns]
+    if stat.S_ISDIR(st.st_mode):
+        return ["d", 0, st.st_mtime_ns]
+    return ["o", st.st_size, st.st_mtime_ns]
+
+
+def content_hash(path, state):
+    if state[0] == "l":
+        return link_hash(os.readlink(path))
+    if state[0] == "f":
+        return file_hash(path)
+    return None
+
+
+def conflict_reason(path, expect, new_hash):
+    """None when path may be replaced: it is what the last sync left (by stat or by
+    content), absent where nothing was synced, or already equal to the new content.
+    Otherwise a short reason."""
+    state = entry_state(path)
+    if state is None:
+        return None  # absent (or deleted remotely): writing it loses nothing
+    if state[0] == "d":
+        return "a folder is in the way"
+    if expect is not None and state[1] == expect[1] and state[2] == expect[2] and state[0] == expect[0]:
+        return None
+    current = content_hash(path, state)
+    if new_hash is not None and current == new_hash:
+        return None
+    if expect is not None and current == expect[3]:
+        return None
+    if expect is None:
+        return "exists on the remote and differs (never pushed by remote_dev)"
+    return "changed on the remote since the last sync"
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+class Agent(object):
+    def __init__(self, out):
+        self.out = out
+        self.out_lock = threading.Lock()
+        self.packer_lock = threading.Lock()
+        self.staged = {}  # token -> (tmp path, file object, final path)
+        self.staged_lock = threading.Lock()
+        self.next_token = 0
+
+    # -- transport
+    def send(self, obj):
+        data = msgpack.packb(obj, use_bin_type=True)
+        with self.out_lock:
+            self.out.write(data)
+            self.out.flush()
+
+    def respond(self, msgid, error, result):
+        try:
+            self.send([1, msgid, error, result])
+        except (BrokenPipeError, OSError):
+            pass
+
+    def handle(self, msg):
+        if not isinstance(msg, list) or len(msg) != 4 or msg[0] != 0:
+            return
+        _, msgid, method, params = msg
+        entry = METHODS.get(method)
+        if entry is None:
+            self.respond(msgid, {"kind": "method", "message": "unknown method %r" % method}, None)
+            return
+        func, slow = entry
+        if slow:
+            t = threading.Thread(target=self.call, args=(msgid, func, params))
+            t.daemon = True
+            t.start()
+        else:
+            self.call(msgid, func, params)
+
+    def call(self, msgid, func, params):
+        try:
+            result = func(self, *params)
+        except AgentError as e:
+            self.respond(msgid, {"kind": e.kind, "message": e.message}, None)
+        except OSError as e:
+            self.respond(msgid, {"kind": "os", "message": "%s: %s" % (e.strerror or e, e.filename or "")}, None)
+        except Exception as e:  # noqa: BLE001 - report, keep serving
+            self.respond(msgid, {"kind": "internal", "message": "%s: %s" % (type(e).__name__, e)}, None)
+        else:
+            self.respond(msgid, None, result)
+
+    def cleanup(self):
+        with self.staged_lock:
+            for tmp, f, _final in self.staged.values():
+                try:
+                    f.close()
+                except OSError:
+                    pass
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            self.staged.clear()
+
+    # -- basic
+    def m_hello(self, client_version):
+        return {
+            "version": AGENT_VERSION,
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "cache_dir": cache_dir(),
+            "home": os.path.expanduser("~"),
+        }
+
+    def m_ping(self):
+        return time.time()
+
+    def m_stat_root(self, root):
+        path = expand_root(root)
+        info = {"path": path, "exists": os.path.isdir(path)}
+        probe = path
+        while not os.path.isdir(probe):
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                break
+            probe = parent
+        try:
+            vfs = os.statvfs(probe)
+            info["free_bytes"] = vfs.f_bavail * vfs.f_frsize
+        except OSError:
+            info["free_bytes"] = None
+        info["writable"] = os.access(probe, os.W_OK)
+        return info
+
+    def m_which(self, names):
+        out = {}
+        paths = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/sbin", "/usr/local/bin"]
+        for name in names:
+            out[name] = None
+            for d in paths:
+                p = os.path.join(d, name)
+                if os.path.isfile(p) and os.access(p, os.X_OK):
+                    out[name] = p
+                    break
+        return out
+
+    def m_exec(self, argv, timeout, env):
+        """Run a short command and return its exit code and output (preflight, build
+        checks, scontrol).  Not for user programs: those are runs."""
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        try:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=timeout, env=full_env)
+        except FileNotFoundError:
+            return {"code": 127, "stdout": b"", "stderr": ("%s: not found" % argv[0]).encode()}
+        except subprocess.TimeoutExpired as e:
+            return {"code": 124, "stdout": e.stdout or b"", "stderr": b"timed out"}
+        return {"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+
+    def m_free_port(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+        finally:
+            s.close()
+
+    # -- files
+    def m_mkroot(self, root):
+        path = expand_root(root)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def m_stage(self, root, rel):
+        """Open a temporary file beside root/rel for a large file sent in chunks."""
+        root = expand_root(root)
+        final = resolve(root, rel, create_parents=True)
+        tmp = "%s/%s%s%d-%d" % (os.path.dirname(final), TMP_MARK, os.path.basename(final)[:40], os.getpid(), self.next_token)
+        f = open(tmp, "wb")
+        with self.staged_lock:
+            self.next_token += 1
+            token = self.next_token
+            self.staged[token] = (tmp, f, final)
+        return token
+
+    def m_append(self, token, data):
+        with self.staged_lock:
+            entry = self.staged.get(token)
+        if entry is None:
+            raise AgentError("stage", "unknown staged file %r" % token)
+        entry[1].write(data)
+        return None
+
+    def m_push(self, root, ops):
+        """Apply file operations; one result per op:
+        ["ok", size, mtime_ns] | ["conflict", reason] | ["error", message] | ["gone"].
+
+        op: {"op": "w", "path", "data" | "token", "mode", "hash", "expect", "force"}
+            {"op": "l", "path", "target", "hash", "expect", "force"}
+            {"op": "d", "path", "expect", "force"}
+        expect: None (nothing synced yet) or [kind, size, mtime_ns, hash] as the last sync
+        left it."""
+        root = expand_root(root)
+        if not os.path.isdir(root):
+            os.makedirs(root, exist_ok=True)
+        results = []
+        for op in ops:
+            try:
+                results.append(self.apply(root, op))
+            except AgentError as e:
+                results.append(["error", e.message])
+            except OSError as e:
+                results.append(["error", "%s: %s" % (e.strerror or e, op.get("path"))])
+        return results
+
+    def apply(self, root, op):
+        kind = op["op"]
+        rel = op["path"]
+        if kind == "d":
+            path = resolve(root, rel)
+            state = entry_state(path)
+            if state is None:
+                return ["gone"]
+            if not op.get("force"):
+                reason = conflict_reason(path, op.get("expect"), None)
+                if reason:
+                    return ["conflict", reason]
+            if state[0] == "d":
+                return ["error", "%s is a folder" % rel]
+            os.unlink(path)
+            self.prune_dirs(root, os.path.dirname(path))
+            return ["ok", 0, 0]
+        path = resolve(root, rel, create_parents=True)
+        token = op.get("token")
+        if not op.get("force"):
+            reason = conflict_reason(path, op.get("expect"), op.get("hash"))
+            if reason:
+                if token is not None:
+                    self.drop_staged(token)
+                return ["conflict", reason]
+        if entry_state(path) is not None and entry_state(path)[0] == "d":
+            return ["error", "%s: a folder is in the way" % rel]
+        tmp = None
+        try:
+            if kind == "l":
+                tmp = "%s/%s%s%d" % (os.path.dirname(path), TMP_MARK, os.path.basename(path)[:40], os.getpid())
+                os.symlink(op["target"], tmp)
+            elif token is not None:
+                with self.staged_lock:
+                    tmp, f, _final = self.staged.pop(token)
+                f.close()
+                os.chmod(tmp, op.get("mode", 0o644) & 0o7777)
+            else:
+                tmp = "%s/%s%s%d" % (os.path.dirname(path), TMP_MARK, os.path.basename(path)[:40], os.getpid())
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    view = memoryview(op["data"])
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                    os.fchmod(fd, op.get("mode", 0o644) & 0o7777)
+                finally:
+                    os.close(fd)
+            os.rename(tmp, path)
+            tmp = None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        st = os.lstat(path)
+        return ["ok", st.st_size, st.st_mtime_ns]
+
+    def m_unstage(self, token):
+        self.drop_staged(token)
+
+    def drop_staged(self, token):
+        with self.staged_lock:
+            entry = self.staged.pop(token, None)
+        if entry:
+            entry[1].close()
+            try:
+                os.unlink(entry[0])
+            except OSError:
+                pass
+
+    def prune_dirs(self, root, d):
+        while d != root and d.startswith(root + "/"):
+            try:
+                os.rmdir(d)
+            except OSError:
+                return
+            d = os.path.dirname(d)
+
+    def m_state(self, root, rels):
+        """[kind, size, mtime_ns, hash] (or None) of each path, for pull and status."""
+        root = expand_root(root)
+        out = []
+        for rel in rels:
+            try:
+                path = resolve(root, rel)
+                state = entry_state(path)
+                if state is None or state[0] not in ("f", "l"):
+                    out.append(None)
+                else:
+                    out.append(state + [content_hash(path, state)])
+            except (AgentError, OSError):
+                out.append(None)
+        return out
+
+    def m_list(self, root, folders, known):
+        """Files and symlinks under the given folders (relative to root), never following
+        symlinks: {rel: [kind, size, mtime_ns, hash_or_None, mode, link_target]}.  The hash is
+        left out (None) where ``known`` already has the same kind/size/mtime."""
+        root = expand_root(root)
+        result = {}
+        for folder in folders:
+            folder = folder.strip("/")
+            try:
+                base = resolve(root, folder) if folder else root
+            except AgentError:
+                continue
+            st = entry_state(base)
+            if st is None:
+                continue
+            if st[0] != "d":
+                self.list_one(root, folder, base, known, result)
+                continue
+            for dirpath, dirnames, filenames in os.walk(base):
+                for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                    full = os.path.join(dirpath, name)
+                    rel = os.path.relpath(full, root).replace(os.sep, "/")
+                    if TMP_MARK in name:
+                        continue
+                    self.list_one(root, rel, full, known, result)
+        return result
+
+    def list_one(self, root, rel, full, known, result):
+        try:
+            st = os.lstat(full)
+        except OSError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            kind, target = "l", os.readlink(full)
+        elif stat.S_ISREG(st.st_mode):
+            kind, target = "f", None
+        else:
+            return
+        prev = known.get(rel)
+        digest = None
+        if not (prev and prev[0] == kind and prev[1] == st.st_size and prev[2] == st.st_mtime_ns):
+            digest = link_hash(target) if kind == "l" else file_hash(full)
+        result[rel] = [kind, st.st_size, st.st_mtime_ns, digest, st.st_mode & 0o7777, target]
+
+    def m_read(self, root, rel, offset, size):
+        root = expand_root(root)
+        path = resolve(root, rel)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    # -- runs
+    def runs_dir(self):
+        return os.path.join(cache_dir(), "runs")
+
+    def m_run_start(self, spec):
+        """Start a detached run.  spec: {id, root, argv | cmd, env, meta}."""
+        run_id = spec["id"]
+        if "/" in run_id or run_id.startswith("."):
+            raise AgentError("run", "bad run id %r" % run_id)
+        d = os.path.join(self.runs_dir(), run_id)
+        os.makedirs(d)
+        spec = dict(spec)
+        spec["root"] = expand_root(spec["root"])
+        spec["created"] = time.time()
+        write_json(os.path.join(d, "spec.json"), spec)
+        open(os.path.join(d, "output.log"), "wb").close()
+        agent_path = os.path.abspath(__file__)
+        proc = subprocess.Popen(
+            [sys.executable, "-S", agent_path, "supervise", d],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            close_fds=True, start_new_session=True, cwd="/",
+        )
+        threading.Thread(target=proc.wait, daemon=True).start()  # reap when it exits
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            info = run_info(d)
+            if info["state"] != "starting":
+                return info
+            time.sleep(0.002)
+        return run_info(d)
+
+    def m_run_info(self, run_id):
+        d = os.path.join(self.runs_dir(), run_id)
+        if not os.path.isdir(d):
+            raise AgentError("run", "no run %r on this host" % run_id)
+        return run_info(d)
+
+    def m_run_list(self, root):
+        root = expand_root(root) if root else None
+        out = []
+        try:
+            names = os.listdir(self.runs_dir())
+        except FileNotFoundError:
+            return out
+        for name in sorted(names):
+            d = os.path.join(self.runs_dir(), name)
+            try:
+                info = run_info(d)
+            except (OSError, ValueError):
+                continue
+            if root is None or info.get("root") == root:
+                out.append(info)
+        return out
+
+    def m_run_read(self, run_id, offset, max_bytes, wait):
+        """Output of a run from a byte offset.  With wait > 0 this is a long poll: it
+        returns as soon as there is output, the run ends, or wait seconds pass.
+        Returns {data, offset (after data), size, state, info when ended}."""
+        d = os.path.join(self.runs_dir(), run_id)
+        log = os.path.join(d, "output.log")
+        deadline = time.time() + (wait or 0)
+        delay = 0.002
+        while True:
+            info = run_info(d)
+            size = os.path.getsize(log)
+            if size > offset or info["state"] not in ("running", "starting") or time.time() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+        data = b""
+        if size > offset:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                data = f.read(min(max_bytes, size - offset))
+        return {"data": data, "offset": offset + len(data), "size": size, "info": info}
+
+    def m_run_stop(self, run_id, grace):
+        d = os.path.join(self.runs_dir(), run_id)
+        if not os.path.isdir(d):
+            raise AgentError("run", "no run %r on this host" % run_id)
+        info = run_info(d)
+        if info["state"] not in ("running", "starting"):
+            return info
+        write_json(os.path.join(d, "stop.json"), {"time": time.time()})
+        spec = read_json(os.path.join(d, "spec.json"))
+        for argv in spec.get("stop_commands") or []:
+            try:
+                subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        sup = info.get("supervisor")
+        kill_run_processes(run_id, sup, grace)
+        deadline = time.time() + 10
+        while run_info(d)["state"] in ("running", "starting") and time.time() < deadline:
+            time.sleep(0.02)
+        return run_info(d)
+
+    def m_run_processes(self, run_id):
+        d = os.path.join(self.runs_dir(), run_id)
+        info = run_info(d)
+        return sorted(run_processes(run_id, info.get("supervisor")))
+
+    def m_run_forget(self, run_id):
+        d = os.path.join(self.runs_dir(), run_id)
+        info = run_info(d)
+        if info["state"] in ("running", "starting"):
+            raise AgentError("run", "run %s is still running" % run_id)
+        for name in os.listdir(d):
+            os.unlink(os.path.join(d, name))
+        os.rmdir(d)
+        return True
+
+
+METHODS = {}
+for _name in dir(Agent):
+    if _name.startswith("m_"):
+        METHODS[_name[2:]] = (getattr(Agent, _name), _name in ("m_run_read", "m_run_stop", "m_exec", "m_run_start"))
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp%d" % os.getpid()
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.rename(tmp, path)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def pid_alive(pid, start_time=None):
+    if not pid:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    if fields[0] == "Z":
+        return False
+    if start_time is not None and fields[19] != str(start_time):
+        return False  # pid reused
+    return True
+
+
+def run_info(d):
+    spec = read_json(os.path.join(d, "spec.json"))
+    info = {
+        "id": spec["id"], "root": spec["root"], "cmd": spec.get("cmd") or " ".join(spec.get("argv") or []),
+        "created": spec.get("created"), "meta": spec.get("meta") or {},
+        "log": os.path.join(d, "output.log"),
+    }
+    try:
+        info["size"] = os.path.getsize(os.path.join(d, "output.log"))
+    except OSError:
+        info["size"] = 0
+    info["stopped"] = os.path.exists(os.path.join(d, "stop.json"))
+    try:
+        ex = read_json(os.path.join(d, "exit.json"))
+    except (OSError, ValueError):
+        ex = None
+    try:
+        started = read_json(os.path.join(d, "started.json"))
+    except (OSError, ValueError):
+        started = None
+    if started:
+        info["supervisor"] = started["supervisor"]
+        info["pid"] = started.get("pid")
+        info["started"] = started["time"]
+    if ex is not None:
+        info.update(state="exited", code=ex["code"], ended=ex["time"], error=ex.get("error"))
+    elif started is None:
+        info["state"] = "starting" if time.time() - spec.get("created", 0) < 10 else "lost"
+    elif pid_alive(started["supervisor"], started.get("start_time")):
+        info["state"] = "running"
+    else:
+        info["state"] = "lost"
+    if info["state"] == "exited" and info["stopped"]:
+        info["state"] = "stopped"
+    return info
+
+
+def proc_table():
+    """{pid: (ppid, starttime)} of every process visible in /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == "Z":
+            continue
+        table[int(name)] = int(fields[1])
+    return table
+
+
+def run_processes(run_id, supervisor):
+    """Every live process of a run except the supervisor: its descendants (orphans come
+    back to it as the subreaper) and whatever carries REMOTE_DEV_RUN_ID=run_id."""
+    table = proc_table()
+    found = set()
+    if supervisor:
+        children = {}
+        for pid, ppid in table.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = list(children.get(supervisor, []))
+        while todo:
+            pid = todo.pop()
+            if pid in found:
+                continue
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    marker = ("REMOTE_DEV_RUN_ID=%s" % run_id).encode()
+    for pid in table:
+        if pid in found or pid == supervisor or pid == os.getpid():
+            continue
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            found.add(pid)
+    return found
+
+
+def kill_run_processes(run_id, supervisor, grace):
+    """SIGINT, then SIGTERM, then SIGKILL, each after ``grace`` seconds, to every
+    process of the run."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        pids = run_processes(run_id, supervisor)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + (grace if sig != signal.SIGKILL else 5)
+        while time.time() < deadline:
+            if not run_processes(run_id, supervisor):
+                return
+            time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- supervisor
+
+
+def set_subreaper():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:  # noqa: BLE001 - best effort; the env marker still finds orphans
+        pass
+
+
+def supervise(d):
+    """Run one command detached, output to d/output.log, exit status to d/exit.json."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_subreaper()
+    spec = read_json(os.path.join(d, "spec.json"))
+    env = dict(os.environ)
+    env.update(spec.get("env") or {})
+    env["REMOTE_DEV_RUN_ID"] = spec["id"]
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    argv = spec.get("argv") or ["/bin/sh", "-c", spec["cmd"]]
+    log = os.open(os.path.join(d, "output.log"), os.O_WRONLY | os.O_APPEND)
+    try:
+        child = subprocess.Popen(
+            argv, cwd=spec["root"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            close_fds=True, restore_signals=True,
+            preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), signal.signal(signal.SIGHUP, signal.SIG_DFL)),
+        )
+    except OSError as e:
+        os.write(log, ("remote_dev: cannot start %s: %s\n" % (argv[0], e.strerror)).encode())
+        write_json(os.path.join(d, "started.json"), {"supervisor": os.getpid(), "time": time.time()})
+        write_json(os.path.join(d, "exit.json"), {"code": 127, "time": time.time(), "error": str(e)})
+        return
+    with open("/proc/self/stat") as f:
+        start_time = f.read().rsplit(")", 1)[1].split()[19]
+    write_json(os.path.join(d, "started.json"), {
+        "supervisor": os.getpid(), "start_time": start_time, "pid": child.pid, "time": time.time(),
+    })
+    os.close(log)
+    code = None
+    while code is None:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid == child.pid:
+            code = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else (
+                os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status))
+    if code is None:
+        code = -1
+    if code < 0:
+        code = 128 - code  # killed by a signal: as a shell reports it
+    # Leftovers (daemonised children) go with the run: no orphans on the GPU.
+    leftovers = run_processes(spec["id"], os.getpid())
+    if leftovers:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in run_processes(spec["id"], os.getpid()):
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            deadline = time.time() + 3
+            while run_processes(spec["id"], os.getpid()) and time.time() < deadline:
+                reap_all()
+                time.sleep(0.05)
+    reap_all()
+    write_json(os.path.join(d, "exit.json"), {"code": code, "time": time.time()})
+
+
+def reap_all():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+# --------------------------------------------------------------------------- main
+
+
+def serve():
+    inp = sys.stdin.buffer
+    out = sys.stdout.buffer
+    # Anything printed by mistake must not corrupt the protocol stream.
+    sys.stdout = sys.stderr
+    agent = Agent(out)
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=256 << 20)
+    signal.signal(signal.SIGHUP, lambda *_: (agent.cleanup(), os._exit(0)))
+    signal.signal(signal.SIGTERM, lambda *_: (agent.cleanup(), os._exit(0)))
+    try:
+        while True:
+            data = inp.read1(1 << 20)
+            if not data:
+                break
+            unpacker.feed(data)
+            for msg in unpacker:
+                agent.handle(msg)
+    except (OSError, ValueError):
+        pass
+    finally:
+        agent.cleanup()
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "supervise":
+        supervise(argv[1])
+        return
+    serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""The engine: one asyncio loop in its own thread owns every connection.
+
+Front-ends (the pynvim plugin, the CLI) hand it requests with ``request()`` and get
+answers through a callback; progress, output and events go out through ``report(kind,
+payload)``.  Nothing here touches Neovim: the plugin turns reports into Lua calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Coroutine
+
+import asyncssh
+
+from . import __version__, ssh
+from .config import ProjectConfig, Target, find_config, load_config
+from .errors import ConnectError, RemoteDevError
+from .mapping import PathMapping
+from .rpc import AgentChannel
+
+log = logging.getLogger("remote_dev")
+
+Report = Callable[[str, dict], None]
+BACKOFF = (0.0, 0.5, 1.5)
+
+
+def state_home() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "remote-dev"
+
+
+def setup_logging() -> Path:
+    path = state_home() / "remote-dev.log"
+    if not any(getattr(h, "_remote_dev", False) for h in log.handlers):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler._remote_dev = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    return path
+
+
+class TargetSession:
+    """One SSH connection and one agent channel per target, reused by everything."""
+
+    def __init__(self, project: "Project", target: Target) -> None:
+        self.project = project
+        self.target = target
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.agent: AgentChannel | None = None
+        self.hello: dict[str, Any] = {}
+        self.remote_root: str | None = None
+        self.rtt_ms: float | None = None
+        self.last_error: str | None = None
+        self.lock = asyncio.Lock()
+        self.on_reconnect: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.connected_once = False
+
+    @property
+    def connected(self) -> bool:
+        return self.agent is not None and self.agent.alive
+
+    async def ensure(self) -> AgentChannel:
+        if self.agent is not None and self.agent.alive:
+            return self.agent
+        async with self.lock:
+            if self.agent is not None and self.agent.alive:
+                return self.agent
+            self.drop()
+            last: ConnectError | None = None
+            for delay in BACKOFF:
+                if delay:
+                    await asyncio.sleep(delay)
+                try:
+                    await self._connect()
+                    break
+                except ConnectError as e:
+                    last = e
+                    self.last_error = e.message
+                    if not e.retry:
+                        raise
+            else:
+                assert last is not None
+                raise last
+            self.last_error = None
+            reconnect = self.connected_once
+            self.connected_once = True
+            if reconnect:
+                for hook in list(self.on_reconnect):
+                    asyncio.get_running_loop().create_task(hook())
+            assert self.agent is not None
+            return self.agent
+
+    async def _connect(self) -> None:
+        t = self.target
+        self.conn = await ssh.connect(t)
+        try:
+            self.agent = await AgentChannel.start(self.conn, t.host, t.python)
+            self.hello = await self.agent.call("hello", __version__)
+            self.remote_root = (await self.agent.call("stat_root", t.remote_root))["path"]
+        except (asyncssh.Error, OSError) as e:
+            self.drop()
+            raise ConnectError(f"{t.host}: the remote agent failed to start: {e}", kind="agent", retry=True) from None
+        except BaseException:
+            self.drop()
+            raise
+        log.info("connected to %s (agent %s, python %s)", t.host, self.hello.get("version"), self.hello.get("python"))
+
+    def drop(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    async def call(self, method: str, *params: Any, retry: bool = True) -> Any:
+        agent = await self.ensure()
+        try:
+            return await agent.call(method, *params)
+        except ConnectError as e:
+            if not (retry and e.retry):
+                raise
+        agent = await self.ensure()
+        return await agent.call(method, *params)
+
+    async def ping(self) -> float:
+        agent = await self.ensure()
+        t0 = time.perf_counter()
+        await agent.call("ping")
+        self.rtt_ms = (time.perf_counter() - t0) * 1000
+        return self.rtt_ms
+
+    def mapping(self) -> PathMapping:
+        cfg = self.project.config
+        root = self.remote_root or self.target.remote_root
+        container = self.target.container.workdir if self.target.runner == "container" else None
+        return PathMapping(cfg.root, root, container)
+
+
+@dataclass
+class Project:
+    config: ProjectConfig
+    mtime: float
+    target_name: str
+    sessions: dict[str, TargetSession] = field(default_factory=dict)
+    last_push: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.config.root
+
+    @property
+    def target(self) -> Target:
+        return self.config.target(self.target_name)
+
+    def state_dir(self) -> Path:
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:12]
+        return state_home() / "projects" / f"{self.root.name}-{digest}"
+
+    def session(self, name: str | None = None) -> TargetSession:
+        target = self.config.target(name or self.target_name)
+        sess = self.sessions.get(target.name)
+        if sess is None or sess.target != target:
+            if sess is not None:
+                sess.drop()
+            sess = self.sessions[target.name] = TargetSession(self, target)
+        return sess
+
+
+class Engine:
+    def __init__(self, report: Report | None = None) -> None:
+        self.report: Report = report or (lambda kind, payload: None)
+        self.loop = asyncio.new_event_loop()
+        self.projects: dict[Path, Project] = {}
+        self.log_path = setup_logging()
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="remote-dev-engine", daemon=True)
+        self.thread.start()
+        self.started.wait()
+        from .actions import ACTIONS  # noqa: PLC0415 - actions import the engine's types
+
+        self.actions = ACTIONS
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self.started.set)
+        self.loop.run_forever()
+
+    # -- entry points, callable from any thread
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def request(self, action: str, ctx: dict[str, Any], args: dict[str, Any],
+                done: Callable[[str | None, Any], None] | None = None) -> concurrent.futures.Future[Any]:
+        """Run an action; done(error_message, result) is called from the engine thread."""
+        async def run() -> Any:
+            try:
+                func = self.actions.get(action)
+                if func is None:
+                    raise RemoteDevError(f"unknown action {action!r}")
+                result = await func(self, ctx or {}, **(args or {}))
+            except RemoteDevError as e:
+                log.info("%s: %s", action, e.message)
+                if done:
+                    done(e.message, None)
+                return None
+            except Exception as e:  # noqa: BLE001 - keep the traceback in the log, say it short
+                log.error("%s failed:\n%s", action, traceback.format_exc())
+                if done:
+                    done(f"internal error in {action}: {type(e).__name__}: {e} (details in {self.log_path})", None)
+                return None
+            if done:
+                done(None, result)
+            return result
+        return self.submit(run())
+
+    def call_sync(self, action: str, ctx: dict[str, Any], args: dict[str, Any] | None = None,
+                  timeout: float | None = None) -> Any:
+        """For the CLI and tests: run an action and wait; raises RemoteDevError."""
+        box: dict[str, Any] = {}
+
+        def done(err: str | None, result: Any) -> None:
+            box["err"], box["result"] = err, result
+        self.request(action, ctx, args or {}, done).result(timeout)
+        if box.get("err"):
+            raise RemoteDevError(box["err"])
+        return box.get("result")
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            for proj in self.projects.values():
+                for sess in proj.sessions.values():
+                    sess.drop()
+        try:
+            self.submit(shutdown()).result(5)
+        except Exception:  # noqa: BLE001
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    # -- projects (engine thread only)
+    def project(self, ctx: dict[str, Any]) -> Project:
+        start = ctx.get("file") or ctx.get("cwd") or os.getcwd()
+        file = find_config(start)
+        if file is None:
+            raise RemoteDevError(f"no .remote-dev.toml in {start if os.path.isdir(start) else os.path.dirname(start)} "
+                                 f"or any folder above it", kind="no-config")
+        root = file.parent.resolve()
+        mtime = file.stat().st_mtime
+        proj = self.projects.get(root)
+        if proj is None or proj.mtime != mtime:
+            config = load_config(file)
+            target_name = proj.target_name if proj and proj.target_name in config.targets else None
+            if target_name is None:
+                saved = Project(config, mtime, config.default_target).state_dir() / "target"
+                name = saved.read_text().strip() if saved.exists() else ""
+                target_name = name if name in config.targets else config.default_target
+            new = Project(config, mtime, target_name)
+            if proj is not None:
+                for name, sess in proj.sessions.items():
+                    if name in config.targets and config.targets[name] == sess.target:
+                        new.sessions[name] = sess
+                        sess.project = new
+                    else:
+                        sess.drop()
+                new.last_push = proj.last_push
+                new.extras = proj.extras
+            self.projects[root] = proj = new
+        return proj
+
+    def emit(self, name: str, data: dict[str, Any]) -> None:
+        self.report("event", {"name": name, "data": data})
+
+    def message(self, text: str, level: str = "info") -> None:
+        self.report("message", {"text": text, "level": level})

@@ -1,0 +1,55 @@
+"""Local <-> remote <-> container paths: one table for sync, quickfix and nvim-dap."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PathMapping:
+    local_root: Path          # folder holding .remote-dev.toml
+    remote_root: str          # absolute path on the remote (after ~ expansion)
+    container_root: str | None = None   # workdir the tree is mounted at inside a container
+
+    def roots(self) -> list[str]:
+        """Remote-side roots, most specific first."""
+        out = [self.remote_root.rstrip("/")]
+        if self.container_root:
+            out.append(self.container_root.rstrip("/") or "/")
+        return sorted(out, key=len, reverse=True)
+
+    def to_local(self, path: str, cwd: str | None = None) -> str | None:
+        """The local file for a path printed by a remote program (relative paths are
+        taken from cwd, by default the remote root), or None when outside the project."""
+        if not path:
+            return None
+        if not path.startswith("/"):
+            path = posixpath.join(cwd or self.remote_root, path)
+        path = posixpath.normpath(path)
+        for root in self.roots():
+            if path == root:
+                return str(self.local_root)
+            if path.startswith(root + "/"):
+                rel = path[len(root) + 1:]
+                return str(self.local_root / rel)
+        return None
+
+    def rel(self, local_path: str | Path) -> str:
+        """Path relative to the local root, with '/' separators; ValueError outside it."""
+        p = Path(os.path.abspath(local_path))
+        try:
+            return p.relative_to(self.local_root).as_posix()
+        except ValueError:
+            return p.resolve().relative_to(self.local_root.resolve()).as_posix()
+
+    def to_remote(self, local_path: str | Path, *, in_container: bool = False) -> str:
+        root = self.container_root if in_container and self.container_root else self.remote_root
+        rel = self.rel(local_path)
+        return root if rel == "." else posixpath.join(root, rel)
+
+    def dap_path_mappings(self, *, in_container: bool = False) -> list[dict[str, str]]:
+        root = self.container_root if in_container and self.container_root else self.remote_root
+        return [{"localRoot": str(self.local_root), "remoteRoot": root}]

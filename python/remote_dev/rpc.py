@@ -1,0 +1,124 @@
+"""msgpack-RPC to the remote agent over one long-lived SSH channel."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import asyncssh
+import msgpack
+
+from .agent import bundle, bootstrap_command
+from .errors import AgentCallError, ConnectError
+
+# Pending writes above this are drained before more are queued (bounded memory).
+HIGH_WATER = 8 << 20
+
+
+class AgentChannel:
+    """One agent process on the remote, started through the bootstrap command."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess, host: str) -> None:
+        self.process = process
+        self.host = host
+        self.ids = itertools.count(1)
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.closed: Exception | None = None
+        self.packer = msgpack.Packer(use_bin_type=True)
+        self.reader: asyncio.Task[None] | None = None
+        self.stderr_tail = b""
+
+    @classmethod
+    async def start(cls, conn: asyncssh.SSHClientConnection, host: str, python: str,
+                    env: dict[str, str] | None = None) -> "AgentChannel":
+        process = await conn.create_process(bootstrap_command(python, env), encoding=None)
+        chan = cls(process, host)
+        await chan._handshake(python)
+        chan.reader = asyncio.get_running_loop().create_task(chan._read_loop())
+        return chan
+
+    async def _handshake(self, python: str) -> None:
+        line = await self.process.stdout.readline()
+        if line == b"NEED\n":
+            data = bundle().data
+            self.process.stdin.write(b"%d\n" % len(data) + data)
+            await self.process.stdin.drain()
+            line = await self.process.stdout.readline()
+        if not line.startswith(b"OK "):
+            err = b""
+            try:
+                err = await asyncio.wait_for(self.process.stderr.read(4000), 5)
+            except (asyncio.TimeoutError, asyncssh.Error):
+                pass
+            text = err.decode(errors="replace").strip()
+            if "not found" in text or "No such file" in text:
+                raise ConnectError(f"{self.host}: remote interpreter {python!r} not found; set "
+                                   f"`python` of this target to a Python >= 3.8 ({text})", kind="python")
+            raise ConnectError(f"{self.host}: the remote agent did not start: {text or line!r}", kind="agent")
+        version = tuple(int(x) for x in line[3:].strip().split(b"."))
+        if version < (3, 8):
+            raise ConnectError(f"{self.host}: remote {python} is Python {version[0]}.{version[1]}; "
+                               f"remote_dev needs Python >= 3.8 (set `python` of this target)", kind="python")
+
+    async def _read_loop(self) -> None:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=512 << 20)
+        try:
+            while True:
+                data = await self.process.stdout.read(1 << 20)
+                if not data:
+                    break
+                unpacker.feed(data)
+                for msg in unpacker:
+                    if msg[0] == 1:
+                        fut = self.pending.pop(msg[1], None)
+                        if fut is not None and not fut.done():
+                            if msg[2] is not None:
+                                fut.set_exception(AgentCallError(getattr(fut, "method", "?"),
+                                                                 msg[2].get("kind", "?"), msg[2].get("message", "")))
+                            else:
+                                fut.set_result(msg[3])
+        except (asyncssh.Error, OSError) as e:
+            self._fail(e)
+            return
+        self._fail(None)
+
+    def _fail(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc else ""
+        self.closed = ConnectError(f"{self.host}: connection to the agent lost{reason}", kind="lost", retry=True)
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(self.closed)
+        self.pending.clear()
+
+    @property
+    def alive(self) -> bool:
+        return self.closed is None
+
+    def send(self, method: str, *params: Any) -> asyncio.Future[Any]:
+        """Queue a request without waiting; await the returned future for the answer."""
+        if self.closed is not None:
+            raise self.closed
+        msgid = next(self.ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.method = method  # type: ignore[attr-defined]
+        self.pending[msgid] = fut
+        self.process.stdin.write(self.packer.pack([0, msgid, method, list(params)]))
+        return fut
+
+    async def drain(self) -> None:
+        await self.process.stdin.drain()
+
+    async def call(self, method: str, *params: Any) -> Any:
+        fut = self.send(method, *params)
+        await self.drain()
+        return await fut
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.write_eof()
+        except (asyncssh.Error, OSError):
+            pass
+        self.process.close()
+        if self.reader:
+            self.reader.cancel()

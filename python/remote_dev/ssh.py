@@ -1,0 +1,133 @@
+"""asyncssh connections from ~/.ssh/config (or the target's ssh_config) and known_hosts.
+
+Host keys are always checked.  Every expected failure becomes one ConnectError whose
+message names the host and says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import asyncssh
+
+from .config import Target
+from .errors import ConnectError
+
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT_MAX = 4
+CONNECT_TIMEOUT = 15
+
+
+def _expand(path: str | None) -> str | None:
+    return os.path.expanduser(path) if path else None
+
+
+def default_known_hosts() -> str:
+    return os.path.expanduser("~/.ssh/known_hosts")
+
+
+async def connection_options(target: Target) -> tuple[dict[str, Any], asyncssh.SSHClientConnectionOptions]:
+    """The keyword arguments for asyncssh.connect, and the options they resolve to (so
+    errors can name the real address and known_hosts file)."""
+    kwargs: dict[str, Any] = {
+        "keepalive_interval": KEEPALIVE_INTERVAL,
+        "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        "connect_timeout": CONNECT_TIMEOUT,
+    }
+    if target.ssh_config:
+        kwargs["config"] = [_expand(target.ssh_config)]
+    if target.port:
+        kwargs["port"] = target.port
+    if target.user:
+        kwargs["username"] = target.user
+    if target.identity_file:
+        kwargs["client_keys"] = [_expand(target.identity_file)]
+    if target.known_hosts:
+        kwargs["known_hosts"] = _expand(target.known_hosts)
+    try:
+        options = await asyncssh.SSHClientConnectionOptions.construct(None, host=target.host, **kwargs)
+    except (OSError, ValueError, asyncssh.Error) as e:
+        raise ConnectError(f"{target.host}: bad ssh settings: {e}", kind="config") from None
+    if options.known_hosts is None:
+        # A config saying `UserKnownHostsFile none` would turn checking off: never.
+        kwargs["known_hosts"] = default_known_hosts()
+        options = await asyncssh.SSHClientConnectionOptions.construct(None, host=target.host, **kwargs)
+    return kwargs, options
+
+
+def _known_hosts_files(options: asyncssh.SSHClientConnectionOptions) -> list[str]:
+    kh = options.known_hosts
+    if kh is None or kh == ():
+        return [default_known_hosts()]
+    if isinstance(kh, (str, bytes, os.PathLike)):
+        return [os.fsdecode(kh)]
+    if isinstance(kh, (list, tuple)):
+        return [os.fsdecode(p) for p in kh if isinstance(p, (str, bytes, os.PathLike))]
+    return []
+
+
+def _has_known_key(files: list[str], host: str, port: int) -> bool:
+    for f in files:
+        if not os.path.exists(f):
+            continue
+        try:
+            trusted = asyncssh.read_known_hosts(f).match(host, "", port)
+        except (OSError, ValueError, asyncssh.Error):
+            continue
+        if any(trusted[:2]):
+            return True
+    return False
+
+
+def _host_label(target: Target, options: asyncssh.SSHClientConnectionOptions) -> tuple[str, str, int]:
+    real = getattr(options, "host", None) or target.host
+    port = getattr(options, "port", None) or 22
+    label = target.host if real == target.host else f"{target.host} ({real})"
+    if port != 22:
+        label += f" port {port}"
+    return label, real, port
+
+
+async def connect(target: Target) -> asyncssh.SSHClientConnection:
+    kwargs, options = await connection_options(target)
+    label, real, port = _host_label(target, options)
+    try:
+        return await asyncssh.connect(target.host, **kwargs)
+    except asyncssh.HostKeyNotVerifiable:
+        files = _known_hosts_files(options)
+        where = ", ".join(files) or "known_hosts"
+        hostspec = real if port == 22 else f"[{real}]:{port}"
+        if _has_known_key(files, real, port):
+            raise ConnectError(
+                f"{label}: REMOTE HOST KEY CHANGED — it does not match the key in {where}. "
+                f"This can be an attack. If the host was really reinstalled, remove the old key with "
+                f"`ssh-keygen -R '{hostspec}'` and connect once with ssh to check and trust the new one.",
+                kind="hostkey") from None
+        pflag = f" -p {port}" if port != 22 else ""
+        raise ConnectError(
+            f"{label}: host key is not trusted: no key for {hostspec} in {where}. "
+            f"Check the fingerprint and trust it by connecting once with `ssh{pflag} {target.host}` "
+            f"(answer yes), or add it with `ssh-keyscan{pflag} {real} >> {where.split(', ')[0]}`.",
+            kind="hostkey") from None
+    except asyncssh.PermissionDenied:
+        user = getattr(options, "username", None) or target.user or "?"
+        raise ConnectError(
+            f"{label}: authentication failed for user {user}: no key was accepted. "
+            f"Check identity_file / IdentityFile, ssh-agent, and the remote authorized_keys "
+            f"(passwords are not supported).", kind="auth") from None
+    except socket.gaierror:
+        raise ConnectError(f"{target.host}: unknown host: it is neither a Host alias in the ssh config nor a "
+                           f"name that resolves", kind="unknown-host") from None
+    except asyncio.TimeoutError:
+        raise ConnectError(f"{label}: timed out connecting after {CONNECT_TIMEOUT} s", kind="timeout",
+                           retry=True) from None
+    except ConnectionRefusedError:
+        raise ConnectError(f"{label}: connection refused (is sshd running there?)", kind="refused",
+                           retry=True) from None
+    except asyncssh.DisconnectError as e:
+        raise ConnectError(f"{label}: disconnected: {e.reason}", kind="disconnect", retry=True) from None
+    except OSError as e:
+        raise ConnectError(f"{label}: cannot connect: {e.strerror or e}", kind="network", retry=True) from None

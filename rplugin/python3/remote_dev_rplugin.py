@@ -1,0 +1,53 @@
+"""Thin pynvim handlers: every request goes to the engine; answers and reports come back
+as notifications to lua/remote_dev (never waiting on Neovim, never making it wait)."""
+
+import os
+import sys
+
+import pynvim
+
+_PYTHON_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "python")
+if os.path.isdir(_PYTHON_DIR) and _PYTHON_DIR not in sys.path:
+    sys.path.insert(0, _PYTHON_DIR)
+
+
+@pynvim.plugin
+class RemoteDevPlugin:
+    def __init__(self, nvim):
+        self.nvim = nvim
+        self._engine = None  # created on the first request: nothing runs at import time
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from remote_dev.engine import Engine
+
+            self._engine = Engine(report=self._report)
+        return self._engine
+
+    def _to_lua(self, *args):
+        def send():
+            self.nvim.exec_lua("require('remote_dev')._from_host(...)", *args, async_=True)
+        self.nvim.async_call(send)
+
+    def _report(self, kind, payload):
+        self._to_lua("report", kind, payload)
+
+    @pynvim.function("_remote_dev_request", sync=False)
+    def request(self, args):
+        req_id, action, ctx, params = args
+        if not isinstance(params, dict):
+            params = {}
+
+        def done(err, result):
+            self._to_lua("resolve", req_id, err, result)
+        self.engine.request(action, ctx if isinstance(ctx, dict) else {}, params, done)
+
+    @pynvim.function("_remote_dev_ping", sync=True)
+    def ping(self, args):
+        return "pong"
+
+    @pynvim.shutdown_hook
+    def shutdown(self):
+        if self._engine is not None:
+            self._engine.close()
