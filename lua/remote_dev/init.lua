@@ -68,13 +68,6 @@ end
 ---@param cb fun(err: string?, result: any)?
 ---@param ctx table?
 function M.request(action, params, cb, ctx)
-  if vim.fn.exists('*_remote_dev_request') == 0 then
-    local msg = 'the Python side is not registered: run :UpdateRemotePlugins, then restart Neovim '
-      .. '(:checkhealth remote_dev tells more)'
-    notify(msg, vim.log.levels.ERROR)
-    fire('RemoteDevError', { message = msg })
-    return
-  end
   next_id = next_id + 1
   pending[next_id] = cb
     or function(err)
@@ -83,7 +76,16 @@ function M.request(action, params, cb, ctx)
       end
     end
   local p = params and next(params) ~= nil and params or vim.empty_dict()
-  vim.fn._remote_dev_request(next_id, action, ctx or context(), p)
+  -- Remote plugins load on first use (FuncUndefined); an unknown function means the
+  -- manifest lacks us.
+  local ok, err = pcall(vim.fn.RemoteDevRequest, next_id, action, ctx or context(), p)
+  if not ok then
+    pending[next_id] = nil
+    local msg = tostring(err):find('Unknown function') and
+      'the Python side is not registered: run :UpdateRemotePlugins, then restart Neovim (:checkhealth remote_dev tells more)'
+      or ('the Python host failed: ' .. tostring(err))
+    M.error(msg)
+  end
 end
 
 --- Report a failure: a message and the RemoteDevError event.

@@ -1,1 +1,312 @@
-"""placeholder during bring-up"""
+"""Runs: detached on the remote, followed from a byte offset, stopped as a whole tree.
+
+The agent starts each run under a supervisor that outlives the SSH connection; output goes
+to a log file on the remote.  Following a run is a long poll from an offset, so after a
+reconnect (or in a new Neovim) nothing is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import secrets
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import tracebacks
+from .actions import action, publish_status
+from .engine import Engine, Project, TargetSession
+from .errors import ConnectError, RemoteDevError
+from .runners import runner_for
+from .sync import do_push
+from .termtext import TerminalText
+
+READ_BYTES = 1 << 20
+LONG_POLL = 10.0
+TAIL_LINES = 5000            # lines kept host-side for the quickfix list
+UPDATE_EVERY = 0.05          # seconds between output updates sent to Neovim
+MAX_LINES_PER_UPDATE = 10000
+LOG_FETCH_LIMIT = 64 << 20   # :RemoteLog fetches at most this much (the tail)
+LIVE = ("starting", "running", "pending")
+
+
+@dataclass
+class RunRecord:
+    id: str
+    target: str
+    cmd: str
+    root: str
+    runner: str
+    created: float
+    state: str = "starting"
+    code: int | None = None
+    ended: float | None = None
+    offset: int = 0
+    detail: str = ""               # runner state beyond running/exited (Slurm queue state)
+    meta: dict[str, Any] = field(default_factory=dict)
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    follower: asyncio.Task[None] | None = None
+    text: TerminalText = field(default_factory=TerminalText)
+    quickfix: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "target": self.target, "cmd": self.cmd, "state": self.state, "code": self.code,
+            "created": self.created, "ended": self.ended, "runner": self.runner, "detail": self.detail,
+            "duration": round((self.ended or time.time()) - self.created, 2), "job": self.meta.get("job"),
+        }
+
+
+def new_run_id() -> str:
+    return time.strftime("%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def runs_of(proj: Project) -> dict[str, RunRecord]:
+    return proj.extras.setdefault("runs", {})
+
+
+def expand_command(proj: Project, sess: TargetSession, cmd: str | None, file: str | None) -> str:
+    template = cmd or proj.config.run.command
+    rel = ""
+    if file:
+        try:
+            rel = sess.mapping().rel(file)
+        except ValueError:
+            rel = ""
+    if "{file}" in template and not rel:
+        raise RemoteDevError(f"{proj.config.file}: run.command uses {{file}} but the current buffer is not a "
+                             f"file of the project; open one or give a command: :RemoteRun python script.py")
+    return template.replace("{file}", shlex.quote(rel) if rel else "").replace(
+        "{python}", sess.target.python).replace("{root}", sess.remote_root or sess.target.remote_root)
+
+
+async def start_run(engine: Engine, ctx: dict[str, Any], cmd: str | None, debug: dict[str, Any] | None = None
+                    ) -> RunRecord:
+    proj = engine.project(ctx)
+    sess = proj.session()
+    command = expand_command(proj, sess, cmd, ctx.get("file"))
+    await do_push(engine, proj, None, quiet=True)
+    runner = runner_for(sess.target)
+    run = RunRecord(id=new_run_id(), target=sess.target.name, cmd=command, root=str(proj.root),
+                    runner=sess.target.runner, created=time.time())
+    spec = await runner.spec(engine, proj, sess, run, debug)
+    spec.update(id=run.id, root=sess.target.remote_root)
+    spec.setdefault("meta", {}).update(target=sess.target.name, display=command, runner=sess.target.runner,
+                                       local_root=str(proj.root))
+    info = await sess.call("run_start", spec, retry=False)
+    run.meta.update(info.get("meta") or {})
+    runs_of(proj)[run.id] = run
+    update_from_info(run, info)
+    engine.emit("RemoteDevRunStart", {"id": run.id, "target": run.target, "cmd": command})
+    engine.report("run_state", {**run.summary(), "new": True})
+    run.follower = asyncio.get_running_loop().create_task(follow(engine, proj, sess, run))
+    publish_status(engine, proj)
+    return run
+
+
+def update_from_info(run: RunRecord, info: dict[str, Any]) -> None:
+    state = info.get("state", run.state)
+    run.state = state
+    if state in ("exited", "stopped", "lost"):
+        run.code = info.get("code") if info.get("code") is not None else (137 if state == "stopped" else -1)
+        if state == "stopped" and run.code == 0:
+            run.code = 130
+        run.ended = info.get("ended") or time.time()
+    run.created = info.get("created") or run.created
+    run.detail = (info.get("meta") or {}).get("detail", "") or run.detail
+
+
+async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
+    """Stream a run's output from run.offset until it ends; survives reconnects."""
+    runner = runner_for(sess.target)
+    pending: collections.deque[str] = collections.deque(maxlen=MAX_LINES_PER_UPDATE)
+    dropped = 0
+    last_sent = 0.0
+    last_detail = run.detail
+    while True:
+        try:
+            res = await sess.call("run_read", run.id, run.offset, READ_BYTES, LONG_POLL)
+        except ConnectError as e:
+            engine.report("run_state", {**run.summary(), "detail": f"reconnecting: {e.message}"})
+            await asyncio.sleep(2)
+            continue
+        except RemoteDevError as e:
+            engine.message(f"run {run.id}: {e.message}", "error")
+            run.state = "lost"
+            break
+        data = res["data"]
+        if data:
+            run.offset = res["offset"]
+            lines = run.text.feed(data)
+            run.tail.extend(lines)
+            if len(pending) + len(lines) > pending.maxlen:  # type: ignore[operator]
+                dropped += len(pending) + len(lines) - pending.maxlen  # type: ignore[operator]
+            pending.extend(lines)
+        info = await runner.refresh(engine, sess, run, res["info"])
+        update_from_info(run, info)
+        done = run.state not in LIVE and run.offset >= res["size"]
+        now = time.monotonic()
+        if pending or data or done or run.detail != last_detail:
+            if now - last_sent >= UPDATE_EVERY or done or run.detail != last_detail:
+                engine.report("run_output", {"id": run.id, "lines": list(pending), "partial": run.text.current(),
+                                             "dropped": dropped})
+                if run.detail != last_detail:
+                    engine.report("run_state", run.summary())
+                    last_detail = run.detail
+                pending.clear()
+                dropped = 0
+                last_sent = now
+            elif not done:
+                await asyncio.sleep(UPDATE_EVERY - (now - last_sent))
+        if done:
+            break
+    final = run.text.feed(b"", final=True)
+    run.tail.extend(final)
+    if final:
+        engine.report("run_output", {"id": run.id, "lines": final, "partial": "", "dropped": 0})
+    finish(engine, proj, sess, run)
+
+
+def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
+    mapping = sess.mapping()
+    runner = runner_for(sess.target)
+    text = "\n".join(run.tail)
+    run.quickfix = runner.extra_quickfix(proj, sess, text) + tracebacks.parse(text, mapping.to_local)
+    ms = round(((run.ended or time.time()) - run.created) * 1000)
+    engine.report("run_state", {**run.summary(), "quickfix": run.quickfix, "final": True})
+    engine.emit("RemoteDevRunExit", {"id": run.id, "code": run.code, "ms": ms, "target": run.target})
+    publish_status(engine, proj)
+
+
+def pick_run(proj: Project, run_id: str | None, live_only: bool = False) -> RunRecord | None:
+    runs = runs_of(proj)
+    if run_id:
+        return runs.get(run_id)
+    candidates = [r for r in runs.values() if r.target == proj.target_name and (r.state in LIVE or not live_only)]
+    return max(candidates, key=lambda r: r.created) if candidates else None
+
+
+@action
+async def run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None) -> dict[str, Any]:
+    rec = await start_run(engine, ctx, cmd or None)
+    return rec.summary()
+
+
+@action
+async def stop(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
+    proj = engine.project(ctx)
+    sess = proj.session()
+    rec = pick_run(proj, id, live_only=True)
+    run_id = rec.id if rec else id
+    if not run_id:
+        raise RemoteDevError(f"no live run on {sess.target.name} to stop (:RemoteRuns lists them)")
+    info = await sess.call("run_stop", run_id, proj.config.run.stop_grace)
+    if rec is None:
+        return info
+    update_from_info(rec, info)
+    engine.message(f"run {run_id} stopped", "info")
+    return rec.summary()
+
+
+@action
+async def stop_all(engine: Engine, ctx: dict[str, Any]) -> int:
+    """Stop the live runs this Neovim started or followed (stop_runs_on_exit)."""
+    stopped = 0
+    for proj in list(engine.projects.values()):
+        for rec in list(runs_of(proj).values()):
+            if rec.state in LIVE:
+                sess = proj.session(rec.target)
+                await sess.call("run_stop", rec.id, proj.config.run.stop_grace)
+                stopped += 1
+    return stopped
+
+
+@action
+async def runs(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """The target's runs, also those started by earlier Neovim sessions."""
+    proj = engine.project(ctx)
+    sess = proj.session()
+    remote = await sess.call("run_list", sess.target.remote_root)
+    known = runs_of(proj)
+    out = []
+    for info in remote:
+        rec = known.get(info["id"])
+        if rec is None:
+            meta = info.get("meta") or {}
+            rec = RunRecord(id=info["id"], target=meta.get("target", sess.target.name),
+                            cmd=meta.get("display") or info.get("cmd", ""), root=str(proj.root),
+                            runner=meta.get("runner", "process"), created=info.get("created") or 0, meta=meta)
+            update_from_info(rec, info)
+        out.append({**rec.summary(), "following": rec.follower is not None and not rec.follower.done()})
+    return sorted(out, key=lambda r: r["created"])
+
+
+@action
+async def attach(engine: Engine, ctx: dict[str, Any], id: str) -> dict[str, Any]:  # noqa: A002
+    """Follow a run (from its first byte) into a run buffer, e.g. one started before."""
+    proj = engine.project(ctx)
+    sess = proj.session()
+    rec = runs_of(proj).get(id)
+    if rec is not None and rec.follower is not None and not rec.follower.done():
+        engine.report("run_state", {**rec.summary(), "show": True})
+        return rec.summary()
+    info = await sess.call("run_info", id)
+    meta = info.get("meta") or {}
+    rec = RunRecord(id=id, target=meta.get("target", sess.target.name), cmd=meta.get("display") or info.get("cmd", ""),
+                    root=str(proj.root), runner=meta.get("runner", "process"), created=info.get("created") or 0,
+                    meta=meta)
+    update_from_info(rec, info)
+    runs_of(proj)[id] = rec
+    engine.report("run_state", {**rec.summary(), "new": True})
+    rec.follower = asyncio.get_running_loop().create_task(follow(engine, proj, sess, rec))
+    return rec.summary()
+
+
+@action
+async def log_(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
+    """A run's full output (ANSI stripped, progress bars collapsed) in a local file."""
+    proj = engine.project(ctx)
+    sess = proj.session()
+    rec = pick_run(proj, id)
+    run_id = id or (rec.id if rec else None)
+    if not run_id:
+        raise RemoteDevError(f"no run on {sess.target.name} yet (:RemoteRuns lists them)")
+    info = await sess.call("run_info", run_id)
+    size = info.get("size", 0)
+    start = max(0, size - LOG_FETCH_LIMIT)
+    chunks = []
+    offset = start
+    while offset < size:
+        res = await sess.call("run_read", run_id, offset, 4 << 20, 0)
+        if not res["data"]:
+            break
+        chunks.append(res["data"])
+        offset = res["offset"]
+    text = TerminalText()
+    lines = text.feed(b"".join(chunks), final=True)
+    header = [f"# remote_dev run {run_id}: {info.get('cmd')}  ({info.get('state')}"
+              + (f", exit {info.get('code')}" if info.get("code") is not None else "") + ")"]
+    if start:
+        header.append(f"# first {start} bytes left out; the whole log is {info['log']} on {sess.target.host}")
+    fd, path = tempfile.mkstemp(prefix=f"remote-dev-{run_id}-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(header + lines) + "\n")
+    return {"id": run_id, "path": path, "remote_log": info["log"], "lines": len(lines)}
+
+
+@action
+async def quickfix(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
+    """Quickfix entries of a run on demand (also while it runs)."""
+    proj = engine.project(ctx)
+    sess = proj.session()
+    rec = pick_run(proj, id)
+    if rec is None:
+        raise RemoteDevError("no run to read locations from")
+    text = "\n".join(rec.tail)
+    entries = runner_for(sess.target).extra_quickfix(proj, sess, text) + tracebacks.parse(text, sess.mapping().to_local)
+    return {"id": rec.id, "cmd": rec.cmd, "quickfix": entries}
+

@@ -33,7 +33,7 @@ class RemoteDevPlugin:
     def _report(self, kind, payload):
         self._to_lua("report", kind, payload)
 
-    @pynvim.function("_remote_dev_request", sync=False)
+    @pynvim.function("RemoteDevRequest", sync=False)
     def request(self, args):
         req_id, action, ctx, params = args
         if not isinstance(params, dict):
@@ -43,7 +43,7 @@ class RemoteDevPlugin:
             self._to_lua("resolve", req_id, err, result)
         self.engine.request(action, ctx if isinstance(ctx, dict) else {}, params, done)
 
-    @pynvim.function("_remote_dev_ping", sync=True)
+    @pynvim.function("RemoteDevPing", sync=True)
     def ping(self, args):
         return "pong"
 

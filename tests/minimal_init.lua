@@ -1,0 +1,25 @@
+-- Neovim for the tests: this repo on the runtimepath, the venv's Python as the host.
+-- Not --clean: plugin/rplugin.vim must load for remote plugins to register.
+local root = vim.fn.fnamemodify(debug.getinfo(1, 'S').source:sub(2), ':p:h:h')
+vim.opt.runtimepath:prepend(root)
+vim.g.python3_host_prog = os.getenv('REMOTE_DEV_PYTHON') or (root .. '/.venv/bin/python')
+vim.opt.swapfile = false
+vim.opt.shadafile = 'NONE'
+vim.g.loaded_python_provider = 0
+vim.g.loaded_ruby_provider = 0
+vim.g.loaded_node_provider = 0
+vim.g.loaded_perl_provider = 0
+-- Collect remote_dev events for the tests to read.
+_G.rd_events = {}
+vim.api.nvim_create_autocmd('User', {
+  pattern = 'RemoteDev*',
+  callback = function(args)
+    table.insert(_G.rd_events, { name = args.match, data = args.data })
+  end,
+})
+_G.rd_messages = {}
+local orig_notify = vim.notify
+vim.notify = function(msg, level, opts)
+  table.insert(_G.rd_messages, { msg = msg, level = level })
+  return orig_notify(msg, level, opts)
+end
