@@ -1,6 +1,7 @@
 """Runs through the engine against the real sshd: detached, streamed, stopped as a tree."""
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -28,3 +29,96 @@ def test_run_streams_output_and_exit_code(engine, make_project):
     assert ex["code"] == 3
     assert output_lines(engine, res["id"]) == ["line 0", "line 1", "line 2"]
     assert (proj.remote_root / "main.py").exists()
+
+
+def remote_pids(run_id):
+    """Processes on this machine (the remote) that carry the run's id in their environment."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"REMOTE_DEV_RUN_ID={run_id}".encode() in env and state != "Z":
+            out.append(int(pid))
+    return out
+
+
+STUBBORN = r'''
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+if len(sys.argv) == 1:
+    # a child in its own session, and a double-forked grandchild: both ignore SIGINT
+    subprocess.Popen([sys.executable, __file__, "child"], start_new_session=True)
+    if os.fork() == 0:
+        if os.fork() == 0:
+            os.setsid()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(300)
+        os._exit(0)
+print("started", flush=True)
+time.sleep(300)
+'''
+
+
+def test_stop_leaves_no_process(engine, make_project):
+    proj = make_project(config_extra="[run]\nstop_grace = 0.5\n")
+    proj.write("stubborn.py", STUBBORN)
+    res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 stubborn.py"}, timeout=60)
+    wait_for(lambda: "started" in output_lines(engine, res["id"]), 20, what="program start")
+    wait_for(lambda: len(remote_pids(res["id"])) >= 4, 10, what="children")  # sh?, main, child, grandchild
+    engine.call_sync("stop", {"cwd": str(proj.root)}, {"id": res["id"]}, timeout=60)
+    ex = run_exit(engine, res["id"])
+    assert ex["code"] != 0
+    assert remote_pids(res["id"]) == []
+
+
+def test_run_survives_engine_restart_and_reattach_gets_everything(make_project, sshd):
+    from remote_dev.engine import Engine
+
+    proj = make_project()
+    proj.write("slow.py", "import time\nfor i in range(30):\n    print('tick', i)\n    time.sleep(0.05)\n")
+    eng1 = Engine()
+    res = eng1.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 slow.py"}, timeout=60)
+    eng1.close()  # like :qa!: the connection goes away mid-run
+    reports = []
+    eng2 = Engine(report=lambda k, p: reports.append((k, p)))
+    try:
+        listed = eng2.call_sync("runs", {"cwd": str(proj.root)}, timeout=60)
+        assert any(r["id"] == res["id"] for r in listed)
+        eng2.call_sync("attach", {"cwd": str(proj.root)}, {"id": res["id"]}, timeout=60)
+        eng2.reports = reports
+        ex = run_exit(eng2, res["id"])
+        assert ex["code"] == 0
+        assert output_lines(eng2, res["id"]) == [f"tick {i}" for i in range(30)]
+    finally:
+        eng2.close()
+
+
+def test_dropped_connection_loses_and_repeats_no_line(engine, make_project):
+    proj = make_project()
+    proj.write("slow.py", "import time\nfor i in range(40):\n    print('tick', i)\n    time.sleep(0.05)\n")
+    res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 slow.py"}, timeout=60)
+    wait_for(lambda: len(output_lines(engine, res["id"])) >= 5, 20)
+
+    async def cut():
+        for p in engine.projects.values():
+            for s in p.sessions.values():
+                s.conn.abort()
+    engine.submit(cut()).result(10)
+    ex = run_exit(engine, res["id"])
+    assert ex["code"] == 0
+    assert output_lines(engine, res["id"]) == [f"tick {i}" for i in range(40)]
+
+
+def test_progress_bars_collapse_and_ansi_is_stripped(engine, make_project):
+    proj = make_project()
+    proj.write("bar.py", "import sys\nfor i in range(5):\n    sys.stdout.write(f'\\r\\x1b[32m{i*25}%\\x1b[0m')\n"
+                         "    sys.stdout.flush()\nprint()\nprint('\\x1b[1mdone\\x1b[0m')\n")
+    res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 bar.py"}, timeout=60)
+    run_exit(engine, res["id"])
+    assert output_lines(engine, res["id"]) == ["100%", "done"]

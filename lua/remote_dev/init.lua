@@ -128,6 +128,14 @@ function reports.run_state(p)
   require('remote_dev.run').state(p)
 end
 
+function reports.debug_ready(p)
+  require('remote_dev.dap').ready(p)
+end
+
+function reports.debug_end(p)
+  require('remote_dev.dap').ended(p)
+end
+
 --- Entry point for the host's notifications.
 function M._from_host(kind, ...)
   if kind == 'resolve' then

@@ -240,7 +240,13 @@ function M._on_exit()
 end
 
 function M.debug(o)
-  require('remote_dev.dap').debug(cmd_of(o))
+  local c = cmd_of(o)
+  local port = c and c:match('^%-%-attach%s+(%d+)$')
+  if port then
+    require('remote_dev.dap').attach(port)
+  else
+    require('remote_dev.dap').debug(c)
+  end
 end
 
 function M.forward(o)

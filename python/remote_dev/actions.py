@@ -150,3 +150,4 @@ async def health(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any]:
 
 from . import runs as _runs  # noqa: E402,F401  - registers the run actions
 from . import sync as _sync  # noqa: E402,F401  - registers the sync actions
+from . import debug as _debug  # noqa: E402,F401  - registers the debug and forward actions

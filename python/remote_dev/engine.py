@@ -243,6 +243,10 @@ class Engine:
             for proj in self.projects.values():
                 for sess in proj.sessions.values():
                     sess.drop()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         try:
             self.submit(shutdown()).result(5)
         except Exception:  # noqa: BLE001

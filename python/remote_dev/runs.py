@@ -46,6 +46,7 @@ class RunRecord:
     code: int | None = None
     ended: float | None = None
     offset: int = 0
+    exec_cmd: str = ""             # what runs on the remote (cmd, or cmd under debugpy)
     detail: str = ""               # runner state beyond running/exited (Slurm queue state)
     meta: dict[str, Any] = field(default_factory=dict)
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
@@ -84,21 +85,27 @@ def expand_command(proj: Project, sess: TargetSession, cmd: str | None, file: st
         "{python}", sess.target.python).replace("{root}", sess.remote_root or sess.target.remote_root)
 
 
-async def start_run(engine: Engine, ctx: dict[str, Any], cmd: str | None, debug: dict[str, Any] | None = None
-                    ) -> RunRecord:
+async def start_run(engine: Engine, ctx: dict[str, Any], cmd: str | None, debug: bool = False) -> RunRecord:
     proj = engine.project(ctx)
     sess = proj.session()
     command = expand_command(proj, sess, cmd, ctx.get("file"))
     await do_push(engine, proj, None, quiet=True)
     runner = runner_for(sess.target)
     run = RunRecord(id=new_run_id(), target=sess.target.name, cmd=command, root=str(proj.root),
-                    runner=sess.target.runner, created=time.time())
-    spec = await runner.spec(engine, proj, sess, run, debug)
+                    runner=sess.target.runner, created=time.time(), exec_cmd=command)
+    dbg = None
+    if debug:
+        from .debug import debug_command, prepare  # noqa: PLC0415
+
+        dbg = await prepare(engine, proj, sess)
+        run.exec_cmd = debug_command(command, sess.target.python, dbg["listen"], dbg["port"], dbg["pythonpath"])
+        run.meta["debug"] = dbg
+    spec = await runner.spec(engine, proj, sess, run, dbg)
     spec.update(id=run.id, root=sess.target.remote_root)
     spec.setdefault("meta", {}).update(target=sess.target.name, display=command, runner=sess.target.runner,
                                        local_root=str(proj.root))
     info = await sess.call("run_start", spec, retry=False)
-    run.meta.update(info.get("meta") or {})
+    run.meta.update({k: v for k, v in (info.get("meta") or {}).items() if k not in run.meta})
     runs_of(proj)[run.id] = run
     update_from_info(run, info)
     engine.emit("RemoteDevRunStart", {"id": run.id, "target": run.target, "cmd": command})
@@ -172,10 +179,21 @@ async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRec
 
 
 def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
+    fwd = run.meta.pop("forward", None)
+    if fwd is not None:
+        from .forwards import forwards_of  # noqa: PLC0415
+
+        forwards_of(sess).close(fwd)
+        engine.report("debug_end", {"id": run.id})
     mapping = sess.mapping()
     runner = runner_for(sess.target)
     text = "\n".join(run.tail)
     run.quickfix = runner.extra_quickfix(proj, sess, text) + tracebacks.parse(text, mapping.to_local)
+    if run.code:
+        problem = runner.diagnose(proj, sess, text)
+        if problem:
+            engine.message(problem, "error")
+            engine.emit("RemoteDevError", {"message": problem})
     ms = round(((run.ended or time.time()) - run.created) * 1000)
     engine.report("run_state", {**run.summary(), "quickfix": run.quickfix, "final": True})
     engine.emit("RemoteDevRunExit", {"id": run.id, "code": run.code, "ms": ms, "target": run.target})

@@ -590,6 +590,42 @@ class Agent(object):
             time.sleep(0.02)
         return run_info(d)
 
+    def m_run_listening(self, run_id, port, timeout, own_netns_only=False):
+        """Wait until a process of the run listens on TCP port (seen from its own network
+        namespace, so a container counts), without connecting to it.  With own_netns_only,
+        only processes in another network namespace than the agent's count (a container
+        with a published port: the engine holds the host side of the port itself)."""
+        d = os.path.join(self.runs_dir(), run_id)
+        deadline = time.time() + timeout
+        want = ":%04X" % port
+        try:
+            my_netns = os.readlink("/proc/self/ns/net")
+        except OSError:
+            my_netns = None
+        while time.time() < deadline:
+            info = run_info(d)
+            for pid in run_processes(run_id, info.get("supervisor")):
+                if own_netns_only:
+                    try:
+                        if os.readlink("/proc/%d/ns/net" % pid) == my_netns:
+                            continue
+                    except OSError:
+                        continue
+                for table in ("tcp", "tcp6"):
+                    try:
+                        with open("/proc/%d/net/%s" % (pid, table)) as f:
+                            next(f)
+                            for line in f:
+                                fields = line.split()
+                                if fields[1].endswith(want) and fields[3] == "0A":
+                                    return True
+                    except (OSError, StopIteration):
+                        continue
+            if info["state"] not in ("running", "starting"):
+                return False
+            time.sleep(0.05)
+        return False
+
     def m_run_processes(self, run_id):
         d = os.path.join(self.runs_dir(), run_id)
         info = run_info(d)
@@ -609,7 +645,7 @@ class Agent(object):
 METHODS = {}
 for _name in dir(Agent):
     if _name.startswith("m_"):
-        METHODS[_name[2:]] = (getattr(Agent, _name), _name in ("m_run_read", "m_run_stop", "m_exec", "m_run_start"))
+        METHODS[_name[2:]] = (getattr(Agent, _name), _name in ("m_run_read", "m_run_stop", "m_exec", "m_run_start", "m_run_listening"))
 
 
 # --------------------------------------------------------------------------- run records

@@ -16,13 +16,17 @@ class ProcessRunner:
     name = "process"
 
     async def spec(self, engine: Any, proj: Any, sess: Any, run: Any, debug: dict[str, Any] | None) -> dict[str, Any]:
-        return {"cmd": run.cmd, "env": dict(sess.target.env), "meta": {}}
+        return {"cmd": run.exec_cmd, "env": dict(sess.target.env), "meta": {}}
 
     async def refresh(self, engine: Any, sess: Any, run: Any, info: dict[str, Any]) -> dict[str, Any]:
         return info
 
     def extra_quickfix(self, proj: Any, sess: Any, text: str) -> list[dict[str, Any]]:
         return []
+
+    def diagnose(self, proj: Any, sess: Any, text: str) -> str | None:
+        """One clear message for a known failure of the runner itself, if the output has one."""
+        return None
 
     async def health(self, engine: Any, proj: Any, sess: Any, found: dict[str, Any]) -> list[dict[str, str]]:
         return []

@@ -1,0 +1,201 @@
+""":RemoteDebug — a run under debugpy, listening on the remote's 127.0.0.1, reached through an
+SSH local forward, with an nvim-dap attach configuration whose pathMappings come from the
+mapping module.
+
+When the remote (or container) Python lacks debugpy, the one from the plugin's own
+environment is uploaded once, content-addressed, and put on PYTHONPATH (mounted read-only
+into containers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import posixpath
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import debugpy
+
+from .actions import action
+from .engine import Engine, TargetSession
+from .errors import RemoteDevError
+from .forwards import forwards_of
+
+CONTAINER_DEBUGPY = "/opt/remote-dev/debugpy"
+SKIP_SUFFIXES = (".pyc", ".pyo", ".dll", ".exe", ".pdb", ".dylib")
+PYTHON_WORD = re.compile(r"^(?:.*/)?python[0-9.]*$")
+
+
+def debugpy_files() -> list[tuple[str, Path]]:
+    base = Path(debugpy.__file__).parent
+    out = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames:
+            if name.endswith(SKIP_SUFFIXES):
+                continue
+            full = Path(dirpath) / name
+            out.append(("debugpy/" + full.relative_to(base).as_posix(), full))
+    return sorted(out)
+
+
+def debugpy_digest(files: list[tuple[str, Path]]) -> str:
+    h = hashlib.sha256(debugpy.__version__.encode())
+    for rel, full in files:
+        h.update(f"{rel}\0{full.stat().st_size}\0".encode())
+    return h.hexdigest()[:16]
+
+
+async def ensure_debugpy(sess: TargetSession) -> str:
+    """Upload the plugin's debugpy (once per content) into the remote cache; returns the
+    folder to put on PYTHONPATH."""
+    files = await asyncio.to_thread(debugpy_files)
+    digest = debugpy_digest(files)
+    base = posixpath.join(sess.hello["cache_dir"], "debugpy", f"{debugpy.__version__}-{digest}")
+    marker = (await sess.call("state", base, [".complete"]))[0]
+    if marker is not None:
+        return base
+    agent = await sess.ensure()
+    batch: list[dict[str, Any]] = []
+    size = 0
+    futures = []
+    for rel, full in files:
+        data = await asyncio.to_thread(full.read_bytes)
+        batch.append({"op": "w", "path": rel, "data": data, "mode": 0o644, "force": True})
+        size += len(data)
+        if size > (4 << 20):
+            futures.append(agent.send("push", base, batch))
+            await agent.drain()
+            batch, size = [], 0
+    batch.append({"op": "w", "path": ".complete", "data": debugpy.__version__.encode(), "mode": 0o644, "force": True})
+    futures.append(agent.send("push", base, batch))
+    await agent.drain()
+    for fut in futures:
+        for answer in await fut:
+            if answer[0] != "ok":
+                raise RemoteDevError(f"uploading debugpy to {sess.target.host} failed: {answer}")
+    return base
+
+
+def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str | None) -> str:
+    """cmd rewritten to start under debugpy, waiting for the client:
+    `python [opts] script args` / `python -m mod args` -> `python -m debugpy ... script args`;
+    any other program (pytest, a console script) runs as `python -m debugpy ... -m prog`."""
+    words = shlex.split(cmd)
+    if not words:
+        raise RemoteDevError("nothing to debug: the command is empty")
+    env_prefix = []
+    while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+        env_prefix.append(words.pop(0))
+    if not words:
+        raise RemoteDevError(f"nothing to debug in {cmd!r}")
+    if PYTHON_WORD.match(words[0]) or words[0] == python:
+        interp, rest = words[0], words[1:]
+        opts = []
+        while rest and rest[0].startswith("-") and rest[0] not in ("-m", "-c"):
+            opts.append(rest.pop(0))
+        if rest and rest[0] == "-c":
+            raise RemoteDevError("debugging `python -c` is not supported: put the code in a file")
+    else:
+        interp, opts, rest = python, [], ["-m", words[0].rsplit("/", 1)[-1]] + words[1:]
+    dbg = [interp, "-Xfrozen_modules=off", *opts, "-m", "debugpy", "--listen", f"{listen}:{port}",
+           "--wait-for-client", *rest]
+    line = " ".join(shlex.quote(w) for w in env_prefix + dbg)
+    check = f"{shlex.quote(interp)} -c 'import debugpy' 2>/dev/null"
+    supply = ""
+    if pythonpath:
+        supply = (f"{check} || export PYTHONPATH={shlex.quote(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; ")
+    return f"export PYDEVD_DISABLE_FILE_VALIDATION=1; {supply}exec {line}"
+
+
+def dap_config(run_id: str, local_port: int, path_mappings: list[dict[str, str]]) -> dict[str, Any]:
+    """The nvim-dap attach configuration (type `remote_dev`, a `server` adapter)."""
+    return {
+        "type": "remote_dev",
+        "request": "attach",
+        "name": f"remote_dev {run_id}",
+        "connect": {"host": "127.0.0.1", "port": local_port},
+        "pathMappings": path_mappings,
+        "justMyCode": True,
+        "remote_dev_run": run_id,
+    }
+
+
+def host_network(args: tuple[str, ...]) -> bool:
+    joined = " ".join(args)
+    return bool(re.search(r"--net(work)?[= ]host\b", joined))
+
+
+async def prepare(engine: Engine, proj: Any, sess: TargetSession) -> dict[str, Any]:
+    """Port, listen address and debugpy location for a debug run on this target."""
+    t = sess.target
+    if t.runner == "slurm":
+        from .runners.slurm import prepare_debug  # noqa: PLC0415
+
+        return await prepare_debug(engine, proj, sess)
+    port = await sess.call("free_port")
+    pythonpath = await ensure_debugpy(sess)
+    info: dict[str, Any] = {"port": port, "dest_host": "127.0.0.1", "listen": "127.0.0.1",
+                            "pythonpath": pythonpath, "mount": None, "publish": False}
+    if t.runner == "container":
+        info["mount"] = (pythonpath, CONTAINER_DEBUGPY)
+        info["pythonpath"] = CONTAINER_DEBUGPY
+        if not host_network(t.container.args):
+            # the container has its own network: listen on its interfaces, published only
+            # on the remote's 127.0.0.1
+            info["listen"] = "0.0.0.0"
+            info["publish"] = True
+    return info
+
+
+async def start_debug(engine: Engine, ctx: dict[str, Any], cmd: str | None) -> dict[str, Any]:
+    from .runs import start_run  # noqa: PLC0415
+
+    run = await start_run(engine, ctx, cmd, debug=True)
+    proj = engine.project(ctx)
+    sess = proj.session(run.target)
+    dbg = run.meta["debug"]
+    listening = await sess.call("run_listening", run.id, dbg["port"], 60, bool(dbg.get("publish")))
+    if not listening:
+        raise RemoteDevError(f"run {run.id}: debugpy did not start listening on {sess.target.host} within 60 s "
+                             f"(see the run buffer)")
+    fwd = await forwards_of(sess).add(dbg["dest_host"], dbg["port"], name=f"debug {run.id}")
+    run.meta["forward"] = fwd
+    mapping = sess.mapping()
+    config = dap_config(run.id, fwd.local_port, mapping.dap_path_mappings(in_container=sess.target.runner == "container"))
+    engine.report("debug_ready", {"id": run.id, "port": fwd.local_port, "config": config})
+    engine.emit("RemoteDevDebugReady", {"id": run.id, "port": fwd.local_port})
+    return {"id": run.id, "port": fwd.local_port, "config": config}
+
+
+@action
+async def debug_(engine: Engine, ctx: dict[str, Any], cmd: str | None = None) -> dict[str, Any]:
+    return await start_debug(engine, ctx, cmd or None)
+
+
+@action
+async def attach_port(engine: Engine, ctx: dict[str, Any], port: int) -> dict[str, Any]:
+    """nvim-dap to a debugpy already listening on the remote's 127.0.0.1:port (e.g. a
+    :RemoteRun of `python -m debugpy --listen 127.0.0.1:5678 train.py`)."""
+    proj = engine.project(ctx)
+    sess = proj.session()
+    fwd = await forwards_of(sess).add("127.0.0.1", int(port), name=f"debugpy {port}")
+    config = dap_config(f"port {port}", fwd.local_port, sess.mapping().dap_path_mappings())
+    config.pop("remote_dev_run")
+    engine.report("debug_ready", {"id": None, "port": fwd.local_port, "config": config})
+    engine.emit("RemoteDevDebugReady", {"id": None, "port": fwd.local_port})
+    return {"port": fwd.local_port, "config": config}
+
+
+@action
+async def forward(engine: Engine, ctx: dict[str, Any], port: int, local: int | None = None) -> dict[str, Any]:
+    """:RemoteForward {port} [local]: the remote's 127.0.0.1:port on localhost:local."""
+    proj = engine.project(ctx)
+    sess = proj.session()
+    fwd = await forwards_of(sess).add("127.0.0.1", int(port), int(local or 0), name=f"port {port}")
+    engine.message(f"localhost:{fwd.local_port} -> {sess.target.host}:127.0.0.1:{port} (kept across reconnects)")
+    return fwd.describe()

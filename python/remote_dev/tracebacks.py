@@ -1,0 +1,408 @@
+"""Turn the output of a remote run into quickfix entries.
+
+:func:`parse` reads everything a run printed (stdout and stderr, possibly with
+ANSI colours) and returns dicts for ``setqflist()``.  It understands:
+
+* Python tracebacks, including chained exceptions ("During handling of the
+  above exception ..." / "The above exception was the direct cause ..."),
+  Python 3.11+ caret lines, exception groups (``+ Exception Group Traceback``
+  and ``| ``-decorated sub-tracebacks) and SyntaxError reports (a ``File``
+  line without ``, in``, the source line and a caret marking the column).
+* Lines prefixed by launchers: ``[rank0]: `` / ``[default0]:`` (torchrun),
+  ``0: `` (``srun --label``) and combinations of them.  Each prefix is parsed
+  as a separate stream, so interleaved output of several ranks still pairs
+  each frame with its own exception, and the prefix is kept at the start of
+  the entry text so ranks can be told apart.
+* pytest reports in all ``--tb`` styles: ``path:N: in func`` plus its source
+  line (short), ``>`` source lines, ``E`` lines and ``path:N: Exception``
+  (long), ``path:N: Exception: message`` (line).  A traceback quoted inside
+  ``E`` lines (e.g. a SyntaxError while importing a test's module) is parsed
+  too.  The ``FAILED path::test - message`` summary lines carry no line
+  number and are deliberately skipped: the detailed report above them
+  already gives the exact locations.
+* Generic ``path:line[:col]: message`` lines from compilers and linters
+  (mypy, flake8, ruff, gcc, Python warnings, ...).  The path must contain a
+  ``/`` or end in a letter-led extension (so ``12:30:45: msg`` or
+  ``localhost:80: msg`` are not taken for locations) and the line must not be
+  indented.
+
+Entries keep the printed order (Python prints the innermost frame last), one
+entry per frame.  A frame whose path ``to_local`` maps gives::
+
+    {"filename": local, "lnum": n, "col": c, "text": t, "type": "E" or ""}
+
+``col`` is 0 except for SyntaxError frames, where it is the caret position
+(1-based) in the source line as Python printed it, i.e. after Python removed
+its leading whitespace.  The innermost frame of each traceback gets type
+``"E"`` and the exception as text (``ValueError: bad (in func)``); the other
+frames get ``in func: <source line>``.  Generic lines get type ``"E"`` when
+the message starts with ``error``, ``fatal error``, ``assert`` or an exception
+name such as ``AssertionError``.
+
+A frame outside the project (``to_local`` returns None, or the path is a
+pseudo file such as ``<string>``) gives a text-only entry
+``{"text": "<path>:<line>: <text>", "valid": 0}``.  A launcher prefix goes
+in front of the whole text in both kinds of entries.  Consecutive entries with
+the same file, line and text collapse into one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+ToLocal = Callable[[str], Optional[str]]
+
+#: Longer lines are cut to this many characters before parsing.
+MAX_LINE = 4096
+
+# Escape sequences (CSI, OSC, two-character) and C0 control characters other
+# than tab and line breaks are removed before parsing.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+_CLEAN = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
+    r"|\x1b[@-_]?"
+    r"|[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]"
+)
+# One to three launcher prefixes: "[rank0]: ", "[default0]:", "0: ", " 3: ".
+_PREFIX = re.compile(r"(?:\[[\w.-]{1,32}\]:[ ]?|[ ]{0,3}[0-9]{1,6}:[ ]){1,3}")
+# Beyond this many distinct prefixes (counters, not ranks) lines are taken as
+# they are.
+_MAX_STREAMS = 256
+_PREFIX_START = frozenset("[ 0123456789")
+_HEADER = re.compile(r"(?:\+[ \t]*)?(?:Exception Group )?Traceback \(most recent call last\):")
+_FILE = re.compile(r'\s*File "([^"]+)", line ([0-9]{1,9})(?:, in (.+))?$')
+_CARET = re.compile(r"[~^][~^ ]*$")
+# The line that ends a traceback: "ValueError: bad", "KeyboardInterrupt", ...
+_EXCEPTION = re.compile(r"[A-Za-z_][\w.<>]*(?::(?:\s.*)?)?$")
+_BARE_NAME = re.compile(r"[A-Za-z_][\w.]*$")
+_IN_FUNC = re.compile(r"in (\S+)$")
+_LOCATION = re.compile(r"""([^\s:"'<>|]+):([0-9]{1,9})(?::([0-9]{1,9}))?:(?:\s+(.*))?$""")
+_EXTENSION = re.compile(r"\.[A-Za-z][\w+-]{0,9}$")
+# An exception name that says so: "SyntaxError: ...", "Failed: ...".
+_EXCEPTION_NAME = r"[\w.]*(?:Error|Exception|Failed|Failure|Interrupt|Exit)\b"
+_NAMED_EXCEPTION = re.compile(_EXCEPTION_NAME)
+_ERRORISH = re.compile(r"(?i:(?:fatal )?error)\b|assert\b|" + _EXCEPTION_NAME)
+
+
+@dataclass
+class _Frame:
+    """One location found in the output; becomes one quickfix entry."""
+
+    path: str
+    lnum: int
+    prefix: str
+    col: int = 0
+    func: Optional[str] = None
+    source: Optional[str] = None
+    message: Optional[str] = None
+    error: bool = False
+
+    def body(self) -> str:
+        """The entry text without the launcher prefix."""
+        if self.message is not None:
+            return f"{self.message} (in {self.func})" if self.func else self.message
+        if self.func:
+            return f"in {self.func}: {self.source}" if self.source else f"in {self.func}"
+        return self.source or ""
+
+
+def _with_name(name: str, message: Optional[str]) -> str:
+    """pytest's ``path:N: Name`` plus its first ``E`` message as one text."""
+    if not message:
+        return name
+    head = message.split(":", 1)[0]
+    if head == name or head.endswith("." + name):
+        return message
+    return f"{name}: {message}"
+
+
+class _Stream:
+    """Parser state for the lines that share one launcher prefix."""
+
+    def __init__(self, prefix: str, out: List[_Frame], quoted: bool = False) -> None:
+        self.prefix = prefix
+        self.out = out
+        # A stream reading the text of pytest "E" lines has no "E" lines itself.
+        self.is_quoted = quoted
+        # Python traceback being read, and its innermost frame so far.
+        self.in_traceback = False
+        self.tb_frame: Optional[_Frame] = None
+        self.tb_indent = 0
+        # Frame whose source line / caret line may follow (indented deeper).
+        self.cur: Optional[_Frame] = None
+        self.cur_indent = 0
+        self.source_indent = 0
+        # pytest: the last ">" source line; the --tb=short frame that the
+        # following "E" lines belong to; for --tb=long, the "E" block waiting
+        # for its "path:N: Name" line (best message, where it began in
+        # ``out``) and the stream parsing the text quoted in "E" lines.
+        self.pt_source: Optional[str] = None
+        self.pt_frame: Optional[_Frame] = None
+        self.pt_error: Optional[str] = None
+        self.e_start: Optional[int] = None
+        self.quoted: Optional[_Stream] = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a line without ':' or 'File' could still matter."""
+        return (
+            self.in_traceback
+            or self.cur is not None
+            or self.pt_frame is not None
+            or self.e_start is not None
+        )
+
+    def feed(self, line: str) -> None:
+        """Consume one line (ANSI and launcher prefix already removed)."""
+        stripped = line.lstrip()
+        if stripped[:1] == "|":
+            # Exception group: "  |   File ..." is "  File ..." of a sub-traceback.
+            line = stripped[2:] if stripped[1:2] == " " else stripped[1:]
+            stripped = line.lstrip()
+        if not stripped:
+            self.cur = self.pt_frame = None
+            return
+        indent = len(line) - len(stripped)
+
+        if stripped[:1] in "+TE" and _HEADER.match(stripped):
+            self.in_traceback, self.tb_frame = True, None
+            self.tb_indent = indent + 1
+            self.cur = self.pt_frame = None
+            return
+        if stripped.startswith('File "'):
+            m = _FILE.match(line)
+            if m:
+                self._python_frame(m, indent)
+                return
+        cur = self.cur
+        if cur is not None and indent > self.cur_indent:
+            self._source_or_caret(cur, stripped, indent)
+            return
+        self.cur = None
+        if self.in_traceback and indent < self.tb_indent:
+            self.in_traceback = False
+            if self.tb_frame is not None and _EXCEPTION.match(stripped):
+                self.tb_frame.message = stripped.rstrip()
+                self.tb_frame.error = True
+                return
+        if line[0] == "E" and line[1:2] in ("", " ", "\t") and not self.is_quoted:
+            self._pytest_error(line)
+            return
+        self.pt_frame = None
+        if ":" in line and indent == 0:
+            m = _LOCATION.match(line)
+            if m and ("/" in m.group(1) or _EXTENSION.search(m.group(1))):
+                self._location(m)
+                return
+        # "E" lines not followed by their location: pytest output ended early.
+        self.pt_error = self.e_start = None
+        if line[0] == ">" and line[1:2] in (" ", "\t"):
+            self.pt_source = stripped[1:].strip()
+
+    def _python_frame(self, m: re.Match, indent: int) -> None:
+        frame = _Frame(m.group(1), int(m.group(2)), self.prefix, func=m.group(3))
+        if frame.func is not None:
+            frame.func = frame.func.strip()
+        self.out.append(frame)
+        # Without a header: a SyntaxError of the main script, or output cut
+        # above the header.
+        self.in_traceback = True
+        self.tb_indent = indent
+        self.tb_frame = self.cur = frame
+        self.cur_indent = indent
+        self.pt_frame = None
+
+    def _source_or_caret(self, frame: _Frame, stripped: str, indent: int) -> None:
+        if frame.source is None:
+            frame.source = stripped.rstrip()
+            self.source_indent = indent
+        elif frame.func is None and frame.col == 0 and _CARET.match(stripped):
+            # SyntaxError: the caret marks the column in the printed source.
+            frame.col = max(indent - self.source_indent + 1, 0)
+
+    def _pytest_error(self, line: str) -> None:
+        """An ``E`` line of a pytest report.
+
+        With --tb=short the ``E`` lines follow the failing ``path:N: in func``
+        frame; with --tb=long they come before the ``path:N: Name`` line.  The
+        first message is kept unless a later line names an exception (as
+        after a quoted traceback); the lines are also parsed as a traceback of
+        their own to find quoted ``File`` frames.
+        """
+        content = line[1:]
+        target = self.pt_frame
+        if target is None and self.e_start is None:
+            self.e_start = len(self.out)
+            self.quoted = None
+        message = content.strip()
+        if message:
+            current = target.message if target is not None else self.pt_error
+            if current is None or (
+                _NAMED_EXCEPTION.match(message) and not _NAMED_EXCEPTION.match(current)
+            ):
+                if target is not None:
+                    target.message = message
+                else:
+                    self.pt_error = message
+        if target is not None:
+            target.error = True
+        if self.quoted is None:
+            self.quoted = _Stream(self.prefix, self.out, quoted=True)
+        self.quoted.feed(content)
+
+    def _location(self, m: re.Match) -> None:
+        """A ``path:line[:col]: message`` line (pytest, compilers, linters)."""
+        frame = _Frame(m.group(1), int(m.group(2)), self.prefix, col=int(m.group(3) or 0))
+        message = (m.group(4) or "").strip()
+        in_func = _IN_FUNC.match(message)
+        if in_func:
+            # pytest --tb=short: the source line and "E" lines follow.
+            frame.func = in_func.group(1)
+            self.cur, self.cur_indent, self.pt_frame = frame, 0, frame
+            self.quoted = None
+        elif not message:
+            # pytest --tb=long, an outer frame: its ">" line came before.
+            frame.source = self.pt_source
+        elif _BARE_NAME.match(message) and (self.e_start is not None or self.pt_source is not None):
+            # pytest --tb=long, the failing frame: "path:N: AssertionError".
+            frame.message = _with_name(message, self.pt_error)
+            frame.error = True
+        else:
+            frame.message = message
+            frame.error = _ERRORISH.match(message) is not None
+        if self.e_start is not None and not in_func:
+            # Frames quoted in the "E" lines are inner to this one.
+            self.out.insert(self.e_start, frame)
+        else:
+            self.out.append(frame)
+        self.pt_source = self.pt_error = self.e_start = None
+
+
+def _clean(text: str) -> str:
+    """Remove escape sequences and control characters; make every line end "\\n"."""
+    if _CONTROL.search(text):
+        text = _CLEAN.sub("", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+class _Markers:
+    """Finds where the next line that may start something of interest begins.
+
+    Such a line contains ":" or "File", or starts with ">" or "E" (pytest).
+    Each marker's next position is remembered until the scan passes it, so
+    skipping uninteresting text costs a few ``str.find`` calls in total.
+    """
+
+    _NEEDLES = (":", "File", "\n>", "\nE")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.next = [-1] * len(self._NEEDLES)
+
+    def line_start(self, pos: int) -> int:
+        """Start of the first interesting line at or after ``pos``, or -1."""
+        text = self.text
+        if text[pos:pos + 1] in (">", "E"):
+            return pos
+        best = len(text)
+        for i, needle in enumerate(self._NEEDLES):
+            if self.next[i] < pos:
+                found = text.find(needle, pos)
+                self.next[i] = found if found >= 0 else len(text)
+            if self.next[i] < best:
+                best = self.next[i]
+        if best >= len(text):
+            return -1
+        if text[best] == "\n":  # "\n>" or "\nE": the line after the newline
+            return best + 1
+        return text.rfind("\n", pos, best) + 1 or pos
+
+
+def _scan(text: str) -> List[_Frame]:
+    text = _clean(text)
+    out: List[_Frame] = []
+    plain = _Stream("", out)
+    streams: Dict[str, _Stream] = {"": plain}  # by normalised prefix
+    by_raw: Dict[str, _Stream] = {}  # by prefix as printed
+    markers = _Markers(text)
+    pos, size = 0, len(text)
+    while 0 <= pos < size:
+        end = text.find("\n", pos)
+        if end < 0:
+            end = size
+        line = text[pos:end] if end - pos <= MAX_LINE else text[pos:pos + MAX_LINE]
+        if (
+            not plain.busy
+            and ":" not in line
+            and "File" not in line
+            and line[:1] not in (">", "E")
+        ):
+            pos = markers.line_start(end + 1)
+            continue
+        pos = end + 1
+        stream = plain
+        if line[:1] in _PREFIX_START:
+            m = _PREFIX.match(line)
+            if m:
+                raw = m.group()
+                known = by_raw.get(raw)
+                if known is None and len(by_raw) < _MAX_STREAMS:
+                    prefix = " ".join(raw.split()) + " "
+                    known = by_raw[raw] = streams.setdefault(prefix, _Stream(prefix, out))
+                if known is not None:
+                    stream = known
+                    line = line[m.end():]
+        stream.feed(line)
+    return out
+
+
+def _local_path(path: str, to_local: ToLocal, cache: Dict[str, Optional[str]]) -> Optional[str]:
+    if path in cache:
+        return cache[path]
+    local: Optional[str] = None
+    if not (path.startswith("<") and path.endswith(">")):
+        mapped = to_local(path)
+        if isinstance(mapped, str) and mapped:
+            local = mapped
+    cache[path] = local
+    return local
+
+
+def parse(text: str, to_local: ToLocal) -> list[dict]:
+    """Quickfix entries (dicts for setqflist) from a run's output.
+
+    ``to_local`` maps a path as printed remotely (absolute, or relative to the
+    remote working directory) to a local absolute path, or returns None when
+    the path is outside the project.  It is called once per distinct path and
+    should not raise; ``parse`` itself never raises on any text.  See the
+    module docstring for the formats understood and the entry layout.
+    """
+    entries: list[dict] = []
+    cache: Dict[str, Optional[str]] = {}
+    previous = None
+    for frame in _scan(text):
+        body = frame.body()
+        local = _local_path(frame.path, to_local, cache)
+        if local is not None:
+            shown = (frame.prefix + body).rstrip()
+            key = (local, frame.lnum, shown)
+            entry = {
+                "filename": local,
+                "lnum": frame.lnum,
+                "col": frame.col,
+                "text": shown,
+                "type": "E" if frame.error else "",
+            }
+        else:
+            shown = f"{frame.prefix}{frame.path}:{frame.lnum}: {body}".rstrip()
+            key = (None, None, shown)
+            entry = {"text": shown, "valid": 0}
+        if key != previous:
+            entries.append(entry)
+        previous = key
+    return entries

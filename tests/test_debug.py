@@ -1,0 +1,167 @@
+"""Debugging through the SSH forward with a DAP client speaking the attach configuration
+the plugin generates; for runner process and container."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import events, require, wait_for
+
+try:
+    from tests.support.dap import DapClient
+    from tests.support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
+except ImportError:  # pragma: no cover
+    from support.dap import DapClient
+    from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
+
+from remote_dev.debug import debug_command
+
+PROGRAM = '''\
+from pkg import util
+
+
+def main():
+    total = 0
+    for i in range(3):
+        total = util.add(total, i)
+    print("total", total, flush=True)
+
+
+main()
+'''
+UTIL = '''\
+def add(a, b):
+    result = a + b
+    return result
+'''
+
+
+def listening_addresses(port):
+    """Local addresses with a LISTEN socket on port, from /proc/net/tcp (this machine is the remote)."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                addr, p = fields[1].split(":")
+                if int(p, 16) == port and fields[3] == "0A":
+                    out.append(addr)
+    return out
+
+
+def drive_session(cfg, local_util):
+    """initialize, attach, breakpoint on the LOCAL file, stop there, stack in local paths, continue, exit."""
+    dap = DapClient(cfg["connect"]["host"], cfg["connect"]["port"])
+    try:
+        dap.request("initialize", clientID="remote-dev-tests", adapterID="debugpy", pathFormat="path",
+                    linesStartAt1=True, columnsStartAt1=True)
+        attach_seq = dap.send("attach", **{k: v for k, v in cfg.items() if k not in ("type", "request", "name")})
+        dap.event("initialized")
+        bp = dap.request("setBreakpoints", source={"path": str(local_util)}, breakpoints=[{"line": 3}])
+        assert bp["body"]["breakpoints"][0]["verified"], bp
+        dap.request("configurationDone")
+        dap.response(attach_seq)
+        stopped = dap.event("stopped", 60)
+        frames = dap.request("stackTrace", threadId=stopped["body"]["threadId"])["body"]["stackFrames"]
+        assert frames[0]["source"]["path"] == str(local_util) and frames[0]["line"] == 3
+        scopes = dap.request("scopes", frameId=frames[0]["id"])["body"]["scopes"]
+        variables = dap.request("variables", variablesReference=scopes[0]["variablesReference"])["body"]["variables"]
+        assert {v["name"]: v["value"] for v in variables}["result"] == "0"
+        ev = dap.request("evaluate", expression="a + b + 100", frameId=frames[0]["id"], context="repl")
+        assert ev["body"]["result"] == "100"
+        dap.request("setBreakpoints", source={"path": str(local_util)}, breakpoints=[])
+        dap.request("continue", threadId=stopped["body"]["threadId"])
+        dap.event("terminated", 60)
+    finally:
+        dap.close()
+
+
+def run_debug(engine, proj):
+    res = engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=180)
+    ready = events(engine, "RemoteDevDebugReady")[-1]
+    assert ready == {"id": res["id"], "port": res["port"]}
+    return res
+
+
+def test_debug_process_runner_hits_local_breakpoint(engine, make_project):
+    proj = make_project()
+    proj.write("pkg/__init__.py", "")
+    util = proj.write("pkg/util.py", UTIL)
+    proj.write("main.py", PROGRAM)
+    res = run_debug(engine, proj)
+    cfg = res["config"]
+    assert cfg["type"] == "remote_dev" and cfg["request"] == "attach"
+    assert cfg["pathMappings"] == [{"localRoot": str(proj.root), "remoteRoot": str(proj.remote_root)}]
+    assert cfg["connect"]["host"] == "127.0.0.1"
+    run = dict(engine.projects)[proj.root].extras["runs"][res["id"]]
+    remote_port = run.meta["debug"]["port"]
+    assert listening_addresses(remote_port) == ["0100007F"]  # 127.0.0.1 only
+    drive_session(cfg, util)
+    ex = wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == res["id"]), None), 60)
+    assert ex["code"] == 0
+    out = [ln for k, p in engine.reports if k == "run_output" and p["id"] == res["id"] for ln in p["lines"]]
+    assert "total 3" in out  # program output still streams to the run buffer
+    assert any(k == "debug_end" and p["id"] == res["id"] for k, p in engine.reports)
+
+
+def test_debugpy_is_supplied_when_missing(engine, make_project, tmp_path):
+    """The remote python here has no debugpy (system python); the plugin uploads its own."""
+    probe = subprocess.run(["python3", "-c", "import debugpy"], capture_output=True)
+    proj = make_project()
+    proj.write("main.py", "print('hi')\n")
+    engine.call_sync("status", {"cwd": str(proj.root)}, timeout=60)
+    from remote_dev.debug import ensure_debugpy
+
+    sess = dict(engine.projects)[proj.root].session()
+    path = engine.submit(ensure_debugpy(sess)).result(120)
+    check = subprocess.run(["python3", "-c", "import debugpy, sys; print(debugpy.__file__)"],
+                           env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.startswith(path), (probe.returncode, check)
+
+
+def test_stop_ends_debug_session_and_forward(engine, make_project):
+    proj = make_project()
+    proj.write("main.py", "print('never reached')\n")
+    res = run_debug(engine, proj)
+    engine.call_sync("stop", {"cwd": str(proj.root)}, {"id": res["id"]}, timeout=60)
+    wait_for(lambda: any(k == "debug_end" and p["id"] == res["id"] for k, p in engine.reports), 30)
+    import socket
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", res["port"]), timeout=2).recv(1)
+
+
+def test_command_rewrite():
+    cmd = debug_command("python3 -u train.py --lr 1", "python3", "127.0.0.1", 5678, None)
+    assert "exec python3 -Xfrozen_modules=off -u -m debugpy --listen 127.0.0.1:5678 --wait-for-client train.py --lr 1" in cmd
+    cmd = debug_command("pytest -x tests", "python3", "127.0.0.1", 5678, "/c/dbg")
+    assert "-m debugpy --listen 127.0.0.1:5678 --wait-for-client -m pytest -x tests" in cmd
+    assert "export PYTHONPATH=/c/dbg" in cmd
+    cmd = debug_command("OMP_NUM_THREADS=1 python -m pkg.train", "python3", "0.0.0.0", 1, None)
+    assert "exec OMP_NUM_THREADS=1 python -Xfrozen_modules=off -m debugpy --listen 0.0.0.0:1 --wait-for-client -m pkg.train" in cmd
+
+
+@pytest.fixture(scope="module")
+def image():
+    reason = podman_available()
+    require(reason is None, f"podman: {reason}")
+    return ensure_test_image()
+
+
+def test_debug_container_runner_hits_local_breakpoint(engine, make_project, image):
+    proj = make_project(target={"runner": "container", "env": podman_env()},
+                        config_extra=f'\n[targets.test.container]\nengine = "podman"\nimage = "{TEST_IMAGE}"\n'
+                                     f'workdir = "/workspace"\n')
+    proj.write("pkg/__init__.py", "")
+    util = proj.write("pkg/util.py", UTIL)
+    proj.write("main.py", PROGRAM)
+    res = run_debug(engine, proj)
+    cfg = res["config"]
+    assert cfg["pathMappings"] == [{"localRoot": str(proj.root), "remoteRoot": "/workspace"}]
+    run = dict(engine.projects)[proj.root].extras["runs"][res["id"]]
+    assert listening_addresses(run.meta["debug"]["port"]) == ["0100007F"]  # published on 127.0.0.1 only
+    drive_session(cfg, util)
+    ex = wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == res["id"]), None), 60)
+    assert ex["code"] == 0
