@@ -81,10 +81,13 @@ async def ensure_debugpy(sess: TargetSession) -> str:
     return base
 
 
-def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str | None) -> str:
+def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str | None,
+                  launcher: list[str] | None = None) -> str:
     """cmd rewritten to start under debugpy, waiting for the client:
     `python [opts] script args` / `python -m mod args` -> `python -m debugpy ... script args`;
-    any other program (pytest, a console script) runs as `python -m debugpy ... -m prog`."""
+    any other program (pytest, a console script) runs as `python -m debugpy ... -m prog`.
+    With a launcher (Slurm: the agent's debug-launch, which picks the node's address and
+    port and writes them down) that replaces `-m debugpy --listen ...`."""
     words = shlex.split(cmd)
     if not words:
         raise RemoteDevError("nothing to debug: the command is empty")
@@ -102,8 +105,11 @@ def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str
             raise RemoteDevError("debugging `python -c` is not supported: put the code in a file")
     else:
         interp, opts, rest = python, [], ["-m", words[0].rsplit("/", 1)[-1]] + words[1:]
-    dbg = [interp, "-Xfrozen_modules=off", *opts, "-m", "debugpy", "--listen", f"{listen}:{port}",
-           "--wait-for-client", *rest]
+    if launcher:
+        dbg = [interp, "-Xfrozen_modules=off", *opts, *launcher, "--", *rest]
+    else:
+        dbg = [interp, "-Xfrozen_modules=off", *opts, "-m", "debugpy", "--listen", f"{listen}:{port}",
+               "--wait-for-client", *rest]
     line = " ".join(shlex.quote(w) for w in env_prefix + dbg)
     check = f"{shlex.quote(interp)} -c 'import debugpy' 2>/dev/null"
     supply = ""
@@ -133,12 +139,13 @@ def host_network(args: tuple[str, ...]) -> bool:
 async def prepare(engine: Engine, proj: Any, sess: TargetSession) -> dict[str, Any]:
     """Port, listen address and debugpy location for a debug run on this target."""
     t = sess.target
-    if t.runner == "slurm":
-        from .runners.slurm import prepare_debug  # noqa: PLC0415
-
-        return await prepare_debug(engine, proj, sess)
-    port = await sess.call("free_port")
     pythonpath = await ensure_debugpy(sess)
+    if t.runner == "slurm":
+        # debugpy starts on the compute node, on its cluster address; the forward goes
+        # through the login node to it (the address is known once the job runs)
+        return {"port": 0, "dest_host": None, "listen": None, "pythonpath": pythonpath, "mount": None,
+                "publish": False, "launch": True}
+    port = await sess.call("free_port")
     info: dict[str, Any] = {"port": port, "dest_host": "127.0.0.1", "listen": "127.0.0.1",
                             "pythonpath": pythonpath, "mount": None, "publish": False}
     if t.runner == "container":
@@ -159,10 +166,20 @@ async def start_debug(engine: Engine, ctx: dict[str, Any], cmd: str | None) -> d
     proj = engine.project(ctx)
     sess = proj.session(run.target)
     dbg = run.meta["debug"]
-    listening = await sess.call("run_listening", run.id, dbg["port"], 60, bool(dbg.get("publish")))
-    if not listening:
-        raise RemoteDevError(f"run {run.id}: debugpy did not start listening on {sess.target.host} within 60 s "
-                             f"(see the run buffer)")
+    if dbg.get("launch"):
+        # a queued job may wait long: keep waiting while it is pending or running
+        while True:
+            where = await sess.call("run_file", run.id, "debug.json", 30)
+            if where is not None:
+                dbg.update(dest_host=where["host"], port=where["port"], node=where.get("node"))
+                break
+            if run.state not in ("starting", "running", "pending"):
+                raise RemoteDevError(f"run {run.id} ended before debugpy started (see the run buffer)")
+    else:
+        listening = await sess.call("run_listening", run.id, dbg["port"], 60, bool(dbg.get("publish")))
+        if not listening:
+            raise RemoteDevError(f"run {run.id}: debugpy did not start listening on {sess.target.host} "
+                                 f"within 60 s (see the run buffer)")
     fwd = await forwards_of(sess).add(dbg["dest_host"], dbg["port"], name=f"debug {run.id}")
     run.meta["forward"] = fwd
     mapping = sess.mapping()

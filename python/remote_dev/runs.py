@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import posixpath
 import secrets
 import shlex
 import tempfile
@@ -98,7 +99,14 @@ async def start_run(engine: Engine, ctx: dict[str, Any], cmd: str | None, debug:
         from .debug import debug_command, prepare  # noqa: PLC0415
 
         dbg = await prepare(engine, proj, sess)
-        run.exec_cmd = debug_command(command, sess.target.python, dbg["listen"], dbg["port"], dbg["pythonpath"])
+        launcher = None
+        if dbg.get("launch"):
+            from .agent import agent_path_remote  # noqa: PLC0415
+
+            ready = posixpath.join(sess.hello["cache_dir"], "runs", run.id, "debug.json")
+            launcher = [agent_path_remote(sess.hello["cache_dir"]), "debug-launch", ready]
+        run.exec_cmd = debug_command(command, sess.target.python, dbg["listen"], dbg["port"], dbg["pythonpath"],
+                                     launcher)
         run.meta["debug"] = dbg
     spec = await runner.spec(engine, proj, sess, run, dbg)
     spec.update(id=run.id, root=sess.target.remote_root)
@@ -124,7 +132,9 @@ def update_from_info(run: RunRecord, info: dict[str, Any]) -> None:
             run.code = 130
         run.ended = info.get("ended") or time.time()
     run.created = info.get("created") or run.created
-    run.detail = (info.get("meta") or {}).get("detail", "") or run.detail
+    run.detail = info.get("detail") or run.detail
+    if info.get("job"):
+        run.meta["job"] = info["job"]
 
 
 async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:

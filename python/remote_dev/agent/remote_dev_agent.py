@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - the bundle always carries it
 AGENT_VERSION = "1"
 HASH_CHUNK = 1 << 20
 TMP_MARK = ".rdtmp-"
+LIVE_STATES = ("starting", "running", "pending")
 
 
 class AgentError(Exception):
@@ -508,6 +509,8 @@ class Agent(object):
         spec["created"] = time.time()
         write_json(os.path.join(d, "spec.json"), spec)
         open(os.path.join(d, "output.log"), "wb").close()
+        if spec.get("slurm") is not None:
+            return submit_slurm(d, spec)
         agent_path = os.path.abspath(__file__)
         proc = subprocess.Popen(
             [sys.executable, "-S", agent_path, "supervise", d],
@@ -557,7 +560,7 @@ class Agent(object):
         while True:
             info = run_info(d)
             size = os.path.getsize(log)
-            if size > offset or info["state"] not in ("running", "starting") or time.time() >= deadline:
+            if size > offset or info["state"] not in LIVE_STATES or time.time() >= deadline:
                 break
             time.sleep(delay)
             delay = min(delay * 1.5, 0.05)
@@ -573,7 +576,7 @@ class Agent(object):
         if not os.path.isdir(d):
             raise AgentError("run", "no run %r on this host" % run_id)
         info = run_info(d)
-        if info["state"] not in ("running", "starting"):
+        if info["state"] not in LIVE_STATES:
             return info
         write_json(os.path.join(d, "stop.json"), {"time": time.time()})
         spec = read_json(os.path.join(d, "spec.json"))
@@ -583,10 +586,14 @@ class Agent(object):
                                stderr=subprocess.DEVNULL, timeout=60)
             except (OSError, subprocess.TimeoutExpired):
                 pass
+        if info.get("job"):
+            subprocess.run(["scancel", str(info["job"])], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=run_env(spec), timeout=60)
+            SLURM_CACHE.pop(str(info["job"]), None)
         sup = info.get("supervisor")
         kill_run_processes(run_id, sup, grace)
         deadline = time.time() + 10
-        while run_info(d)["state"] in ("running", "starting") and time.time() < deadline:
+        while run_info(d)["state"] in LIVE_STATES and time.time() < deadline:
             time.sleep(0.02)
         return run_info(d)
 
@@ -621,10 +628,25 @@ class Agent(object):
                                     return True
                     except (OSError, StopIteration):
                         continue
-            if info["state"] not in ("running", "starting"):
+            if info["state"] not in LIVE_STATES:
                 return False
             time.sleep(0.05)
         return False
+
+    def m_run_file(self, run_id, name, timeout):
+        """A JSON file a run writes into its folder (Slurm debug address), once it exists;
+        None when the run ends first or timeout passes."""
+        d = os.path.join(self.runs_dir(), run_id)
+        path = os.path.join(d, os.path.basename(name))
+        deadline = time.time() + timeout
+        while True:
+            try:
+                return read_json(path)
+            except (OSError, ValueError):
+                pass
+            if time.time() >= deadline or run_info(d)["state"] not in LIVE_STATES:
+                return None
+            time.sleep(0.1)
 
     def m_run_processes(self, run_id):
         d = os.path.join(self.runs_dir(), run_id)
@@ -634,7 +656,7 @@ class Agent(object):
     def m_run_forget(self, run_id):
         d = os.path.join(self.runs_dir(), run_id)
         info = run_info(d)
-        if info["state"] in ("running", "starting"):
+        if info["state"] in LIVE_STATES:
             raise AgentError("run", "run %s is still running" % run_id)
         for name in os.listdir(d):
             os.unlink(os.path.join(d, name))
@@ -645,7 +667,8 @@ class Agent(object):
 METHODS = {}
 for _name in dir(Agent):
     if _name.startswith("m_"):
-        METHODS[_name[2:]] = (getattr(Agent, _name), _name in ("m_run_read", "m_run_stop", "m_exec", "m_run_start", "m_run_listening"))
+        METHODS[_name[2:]] = (getattr(Agent, _name), _name in ("m_run_read", "m_run_stop", "m_exec", "m_run_start", "m_run_listening",
+                                                                      "m_run_file"))
 
 
 # --------------------------------------------------------------------------- run records
@@ -699,20 +722,147 @@ def run_info(d):
     except (OSError, ValueError):
         started = None
     if started:
-        info["supervisor"] = started["supervisor"]
+        info["supervisor"] = started.get("supervisor")
         info["pid"] = started.get("pid")
         info["started"] = started["time"]
-    if ex is not None:
+        info["job"] = started.get("job")
+    if ex is None and started and started.get("job"):
+        slurm_state(info, spec, d)
+    elif ex is not None:
         info.update(state="exited", code=ex["code"], ended=ex["time"], error=ex.get("error"))
+        if started and started.get("job"):
+            info["detail"] = "CANCELLED" if info["stopped"] else ("COMPLETED" if ex["code"] == 0 else "FAILED")
     elif started is None:
         info["state"] = "starting" if time.time() - spec.get("created", 0) < 10 else "lost"
-    elif pid_alive(started["supervisor"], started.get("start_time")):
+    elif pid_alive(started.get("supervisor"), started.get("start_time")):
         info["state"] = "running"
     else:
         info["state"] = "lost"
     if info["state"] == "exited" and info["stopped"]:
         info["state"] = "stopped"
     return info
+
+
+# --------------------------------------------------------------------------- slurm
+
+SLURM_CACHE = {}      # job id -> (time, fields): one squeue/scontrol per job per second
+SLURM_POLL = 1.0
+SLURM_LIVE = {"PENDING": "pending", "CONFIGURING": "running", "RUNNING": "running", "COMPLETING": "running",
+              "SUSPENDED": "running", "REQUEUED": "pending", "RESIZING": "running", "STAGE_OUT": "running"}
+
+
+def run_env(spec):
+    env = dict(os.environ)
+    env.update(spec.get("env") or {})
+    return env
+
+
+def job_script(d, spec):
+    lines = ["#!/bin/sh", "cd %s || exit 1" % shquote(spec["root"])]
+    for key, value in sorted((spec.get("env") or {}).items()):
+        lines.append("export %s=%s" % (key, shquote(value)))
+    lines += [
+        "export REMOTE_DEV_RUN_ID=%s PYTHONUNBUFFERED=${PYTHONUNBUFFERED:-1}" % shquote(spec["id"]),
+        "/bin/sh -c %s" % shquote(spec["cmd"]),
+        "code=$?",
+        'printf \'{"code": %%d, "time": %%s}\' "$code" "$(date +%%s)" > %s.tmp && mv %s.tmp %s' % (
+            shquote(os.path.join(d, "exit.json")), shquote(os.path.join(d, "exit.json")),
+            shquote(os.path.join(d, "exit.json"))),
+        "exit $code",
+    ]
+    path = os.path.join(d, "job.sh")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+def shquote(s):
+    return "'" + str(s).replace("'", "'\\''") + "'"
+
+
+def submit_slurm(d, spec):
+    """sbatch the run: no process of ours stays on the login node; the job writes the
+    output and its own exit status into the run folder (a shared file system)."""
+    script = job_script(d, spec)
+    log = os.path.join(d, "output.log")
+    argv = ["sbatch", "--parsable", "--output=" + log, "--open-mode=append", "--job-name=rd-" + spec["id"],
+            "--chdir=" + spec["root"]] + list(spec["slurm"].get("args") or []) + [script]
+    try:
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=run_env(spec), timeout=120)
+        out, err, code = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"), p.returncode
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out, err, code = "", "sbatch: %s" % e, 127
+    if code != 0 or not out.strip():
+        with open(log, "ab") as f:
+            f.write(("remote_dev: sbatch failed: %s\n" % err.strip()).encode())
+        write_json(os.path.join(d, "started.json"), {"time": time.time(), "job": None})
+        write_json(os.path.join(d, "exit.json"), {"code": code or 1, "time": time.time(), "error": err.strip()})
+        return run_info(d)
+    job = out.strip().split(";")[0]
+    write_json(os.path.join(d, "started.json"), {"time": time.time(), "job": job})
+    return run_info(d)
+
+
+def slurm_fields(job, env, has_output=False):
+    now = time.time()
+    cached = SLURM_CACHE.get(job)
+    stale = has_output and cached and cached[1].get("JobState") == "PENDING"  # output: it started
+    if cached and now - cached[0] < SLURM_POLL and not stale:
+        return cached[1]
+    fields = {}
+    try:
+        p = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r|%N"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, timeout=30)
+        line = p.stdout.decode(errors="replace").strip().splitlines()
+        if p.returncode == 0 and line:
+            state, reason, node = (line[0].split("|") + ["", "", ""])[:3]
+            fields = {"JobState": state, "Reason": reason, "NodeList": node}
+        else:
+            p = subprocess.run(["scontrol", "show", "job", "-o", job], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, timeout=30)
+            if p.returncode == 0:
+                for word in p.stdout.decode(errors="replace").split():
+                    if "=" in word:
+                        k, v = word.split("=", 1)
+                        fields[k] = v
+    except (OSError, subprocess.TimeoutExpired):
+        return cached[1] if cached else {}
+    SLURM_CACHE[job] = (now, fields)
+    return fields
+
+
+def slurm_state(info, spec, d):
+    job = str(info["job"])
+    f = slurm_fields(job, run_env(spec), info.get("size", 0) > 0)
+    state = f.get("JobState", "")
+    if state in SLURM_LIVE:
+        info["state"] = SLURM_LIVE[state]
+        if state == "PENDING":
+            reason = f.get("Reason", "")
+            info["detail"] = "PENDING (%s)" % reason if reason not in ("", "None", "(null)") else "PENDING"
+        else:
+            info["detail"] = "%s on %s" % (state, f.get("NodeList", "?"))
+        return
+    try:  # the job's own record of its exit, if the file system shows it already
+        ex = read_json(os.path.join(d, "exit.json"))
+    except (OSError, ValueError):
+        ex = None
+    info["detail"] = state or "gone from the queue"
+    if ex is not None:
+        info.update(state="exited", code=ex["code"], ended=ex["time"])
+    elif state:
+        code = f.get("ExitCode", "1:0").split(":")
+        num = int(code[0]) if code[0].isdigit() else 1
+        sig = int(code[1]) if len(code) > 1 and code[1].isdigit() else 0
+        if state in ("CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "DEADLINE") and num == 0:
+            num = 128 + (sig or 15)
+        info.update(state="exited", code=num if state != "COMPLETED" else 0, ended=time.time())
+    else:
+        info.update(state="lost", code=None)
+    if info["stopped"] and info["state"] == "exited":
+        info["state"] = "stopped"
 
 
 def proc_table():
@@ -891,10 +1041,40 @@ def serve():
         agent.cleanup()
 
 
+def debug_launch(argv):
+    """`python agent.py debug-launch READY -- script args | -m module args`: debugpy
+    listening on this node's address (a Slurm compute node), the address written to READY
+    (in the run folder, on the shared file system), then the program once a client came."""
+    import runpy
+
+    import debugpy
+
+    ready, rest = argv[0], argv[2:] if argv[1:2] == ["--"] else argv[1:]
+    addr = os.environ.get("REMOTE_DEV_DEBUG_ADDR")
+    if not addr:
+        try:
+            addr = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            addr = "127.0.0.1"
+    host, port = debugpy.listen((addr, 0))
+    write_json(ready, {"host": host, "port": port, "node": socket.gethostname()})
+    debugpy.wait_for_client()
+    if rest[0] == "-m":
+        sys.argv = rest[1:]
+        runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = rest
+        sys.path[0] = os.path.dirname(os.path.abspath(rest[0]))
+        runpy.run_path(rest[0], run_name="__main__")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "supervise":
         supervise(argv[1])
+        return
+    if argv and argv[0] == "debug-launch":
+        debug_launch(argv[1:])
         return
     serve()
 

@@ -1,0 +1,120 @@
+"""runner = "slurm" against a real single-node Slurm cluster on loopback (the login node is
+this machine through the sshd)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import events, require, wait_for
+
+try:
+    from tests.support.dap import DapClient
+    from tests.support.slurm import SlurmCluster, slurm_available
+except ImportError:  # pragma: no cover
+    from support.dap import DapClient
+    from support.slurm import SlurmCluster, slurm_available
+
+from test_debug import PROGRAM, UTIL, drive_session
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = slurm_available()
+    require(reason is None, f"slurm: {reason}")
+    c = SlurmCluster(str(tmp_path_factory.mktemp("slurm")))
+    c.start()
+    yield c
+    c.stop()
+
+
+def slurm_project(make_project, cluster, args=()):
+    return make_project(target={"runner": "slurm", "env": dict(cluster.env)},
+                        config_extra="\n[targets.test.slurm]\nargs = [" + ", ".join(f'"{a}"' for a in args) + "]\n")
+
+
+def exit_of(engine, run_id, timeout=60):
+    return wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == run_id), None),
+                    timeout, 0.05, what=f"exit of {run_id}")
+
+
+def job_processes(run_id):
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if f"REMOTE_DEV_RUN_ID={run_id}".encode() in env and state != "Z":
+                out.append(int(pid))
+    return out
+
+
+def test_failing_job_traceback_in_quickfix(nvim, make_project, cluster):
+    proj = slurm_project(make_project, cluster)
+    proj.write("pkg/__init__.py", "")
+    proj.write("pkg/train.py", "def step():\n    raise RuntimeError('loss is nan')\n")
+    main = proj.write("main.py", "import socket\nprint('on', socket.gethostname(), flush=True)\n"
+                                 "from pkg import train\ntrain.step()\n")
+    nvim.command(f"cd {proj.root}")
+    nvim.command(f"edit {main}")
+    nvim.command("RemoteRun")
+    start = nvim.wait_event("RemoteDevRunStart", 60)
+    ex = nvim.wait_event("RemoteDevRunExit", 90)
+    assert ex["id"] == start["id"] and ex["code"] == 1
+    qf = nvim.call("getqflist", {"title": 1, "items": 1})
+    located = [(nvim.call("fnamemodify", nvim.call("bufname", i["bufnr"]), ":p"), i["lnum"])
+               for i in qf["items"] if i["valid"]]
+    assert located == [(str(main), 4), (str(proj.root / "pkg/train.py"), 2)]
+    buf = [b for b in nvim.buffers if "remote_dev://run/" in b.name][0]
+    header = buf[0]
+    assert "job " in header and "FAILED" in header, header
+    assert cluster.squeue() == []
+
+
+def test_pending_job_is_shown_pending_and_stop_cancels(engine, make_project, cluster):
+    proj = slurm_project(make_project, cluster, args=["--hold"])
+    proj.write("main.py", "print('never')\n")
+    res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=60)
+    state = wait_for(lambda: next((p for k, p in engine.reports if k == "run_state" and p["id"] == res["id"]
+                                   and "PENDING" in (p.get("detail") or "")), None), 30, 0.05)
+    assert "JobHeldUser" in state["detail"] and state["job"]
+    assert cluster.squeue() == [str(state["job"])]
+    engine.call_sync("stop", {"cwd": str(proj.root)}, {"id": res["id"]}, timeout=60)
+    ex = exit_of(engine, res["id"])
+    assert ex["code"] != 0
+    wait_for(lambda: cluster.squeue() == [], 30)
+
+
+def test_long_job_cancelled_by_remote_stop(nvim, make_project, cluster):
+    proj = slurm_project(make_project, cluster)
+    main = proj.write("main.py", "import time\nfor i in range(600):\n    print('step', i, flush=True)\n"
+                                 "    time.sleep(0.1)\n")
+    nvim.command(f"cd {proj.root}")
+    nvim.command(f"edit {main}")
+    nvim.command("RemoteRun")
+    start = nvim.wait_event("RemoteDevRunStart", 60)
+    wait_for(lambda: job_processes(start["id"]), 30, what="job running")
+    buf = wait_for(lambda: [b for b in nvim.buffers if "remote_dev://run/" in b.name], 10)[0]
+    wait_for(lambda: "step 2" in buf[:], 30, what="live output")
+    wait_for(lambda: "RUNNING on" in buf[0], 10, what="queue state in the header")
+    nvim.command("RemoteStop")
+    ex = nvim.wait_event("RemoteDevRunExit", 60)
+    assert ex["code"] != 0
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
+    wait_for(lambda: job_processes(start["id"]) == [], 30, what="no job process left")
+
+
+def test_debug_a_job_to_a_breakpoint(engine, make_project, cluster):
+    proj = slurm_project(make_project, cluster)
+    proj.write("pkg/__init__.py", "")
+    util = proj.write("pkg/util.py", UTIL)
+    proj.write("main.py", PROGRAM)
+    res = engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=120)
+    cfg = res["config"]
+    assert cfg["pathMappings"] == [{"localRoot": str(proj.root), "remoteRoot": str(proj.remote_root)}]
+    drive_session(cfg, util)
+    ex = exit_of(engine, res["id"])
+    assert ex["code"] == 0
