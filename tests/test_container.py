@@ -5,17 +5,14 @@ the unit tests at the end.
 """
 from __future__ import annotations
 
+import os
 import subprocess
-import time
 
 import pytest
 
 from conftest import events, require, wait_for
 
-try:
-    from tests.support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
-except ImportError:  # pragma: no cover - run from inside tests/
-    from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
+from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
 
 from remote_dev.config import ContainerConfig, Target
 from remote_dev.runners.container import dockerfile_quickfix, gpu_args, run_argv
@@ -35,18 +32,12 @@ def container_project(make_project, dockerfile=True, **container):
     cont.update(container)
     body = "\n[targets.test.container]\n" + "\n".join(
         f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v!r}".replace("'", '"') for k, v in cont.items()) + "\n"
-    proj = make_project(target={"runner": "container", "env": podman_env()}, config_extra=body)
-    return proj
-
-
-def fix_toml(proj):
-    # make_project writes [targets.test] keys first; container table follows it.
-    return proj
+    return make_project(target={"runner": "container", "env": podman_env()}, config_extra=body)
 
 
 def podman_ps(name_filter="rd-"):
     out = subprocess.run(["podman", "ps", "-a", "--filter", f"name={name_filter}", "--format", "{{.Names}}"],
-                         capture_output=True, text=True, env={**__import__("os").environ, **podman_env()})
+                         capture_output=True, text=True, env={**os.environ, **podman_env()})
     return [n for n in out.stdout.split() if n]
 
 

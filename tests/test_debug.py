@@ -9,12 +9,8 @@ import pytest
 
 from conftest import events, require, wait_for
 
-try:
-    from tests.support.dap import DapClient
-    from tests.support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
-except ImportError:  # pragma: no cover
-    from support.dap import DapClient
-    from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
+from support.dap import DapClient
+from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
 
 from remote_dev.debug import debug_command
 

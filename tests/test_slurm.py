@@ -8,12 +8,7 @@ import pytest
 
 from conftest import events, require, wait_for
 
-try:
-    from tests.support.dap import DapClient
-    from tests.support.slurm import SlurmCluster, slurm_available
-except ImportError:  # pragma: no cover
-    from support.dap import DapClient
-    from support.slurm import SlurmCluster, slurm_available
+from support.slurm import SlurmCluster, slurm_available
 
 from test_debug import PROGRAM, UTIL, drive_session
 

@@ -1,0 +1,150 @@
+"""`remote-dev`: the plugin's actions from a shell (same engine, same config file)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from typing import Any
+
+from .engine import Engine
+from .errors import RemoteDevError
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lp = s.get("last_push")
+    live = sum(1 for r in s.get("runs") or [] if r["state"] in ("starting", "running", "pending"))
+    lines = [
+        f"target      {s['target']} ({s['runner']} runner)  [{', '.join(s.get('targets') or [])}]",
+        f"host        {s['host']}" + (f" ({s['remote_host']})" if s.get("remote_host") else ""),
+        f"remote_root {s['remote_root']}",
+        f"connected   {'yes' if s['connected'] else 'no' + (': ' + s['error'] if s.get('error') else '')}",
+        f"python      {s.get('python') or '?'}",
+        f"agent       {s.get('agent') or '?'}",
+        f"round trip  {str(s['rtt_ms']) + ' ms' if s.get('rtt_ms') is not None else '?'}",
+        f"last push   {lp['files']} files, {lp['bytes']} bytes, {lp['ms']:.0f} ms" if lp else
+        "last push   never (this session)",
+        f"runs        {len(s.get('runs') or [])} ({live} live)",
+    ]
+    return "\n".join(lines)
+
+
+class Printer:
+    """Reports from the engine, printed; remembers run exits for `run`."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.exits: dict[str, dict[str, Any]] = {}
+        self.exited = threading.Condition()
+
+    def __call__(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == "message" and not self.quiet:
+            stream = sys.stderr if payload["level"] in ("warn", "error") else sys.stdout
+            print(f"remote_dev: {payload['text']}", file=stream, flush=True)
+        elif kind == "run_output":
+            if payload.get("dropped"):
+                print(f"[remote_dev: {payload['dropped']} lines skipped]", flush=True)
+            for line in payload["lines"]:
+                print(line, flush=True)
+        elif kind == "event" and payload["name"] == "RemoteDevRunExit":
+            with self.exited:
+                self.exits[payload["data"]["id"]] = payload["data"]
+                self.exited.notify_all()
+
+    def wait_exit(self, run_id: str) -> dict[str, Any]:
+        with self.exited:
+            while run_id not in self.exits:
+                self.exited.wait(1)
+            return self.exits[run_id]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="remote-dev", description=__doc__)
+    parser.add_argument("-C", "--directory", default=os.getcwd(), help="project folder (default: cwd)")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="connect and show target, host, python, agent, round trip")
+    p = sub.add_parser("target", help="show or switch the target")
+    p.add_argument("name", nargs="?")
+    p = sub.add_parser("push", help="push the tree or paths")
+    p.add_argument("paths", nargs="*")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite remote changes (like :RemotePush!)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="show what would be sent, write nothing")
+    p = sub.add_parser("pull", help="pull the sync.pull folders or paths")
+    p.add_argument("paths", nargs="*")
+    p.add_argument("-f", "--force", action="store_true")
+    p = sub.add_parser("run", help="push, run, stream the output; exit with the run's code")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    sub.add_parser("runs", help="list runs of the target")
+    p = sub.add_parser("stop", help="stop a run")
+    p.add_argument("id", nargs="?")
+    p = sub.add_parser("log", help="print a run's output")
+    p.add_argument("id", nargs="?")
+    sub.add_parser("health", help="the checks of :checkhealth remote_dev")
+    args = parser.parse_args(argv)
+
+    printer = Printer(quiet=args.json)
+    engine = Engine(report=printer)
+    ctx = {"cwd": os.path.abspath(args.directory)}
+    try:
+        result = dispatch(engine, printer, ctx, args)
+    except RemoteDevError as e:
+        print(f"remote-dev: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        engine.close()
+    return result
+
+
+def dispatch(engine: Engine, printer: Printer, ctx: dict[str, Any], args: argparse.Namespace) -> int:
+    call = engine.call_sync
+    if args.command == "status":
+        s = call("status", ctx)
+        print(json.dumps(s, indent=2) if args.json else format_status(s))
+    elif args.command == "target":
+        s = call("target", ctx, {"name": args.name})
+        print(json.dumps(s, indent=2) if args.json else f"{s['target']}: {s['host']}:{s['remote_root']} ({s['runner']})")
+    elif args.command == "push":
+        res = call("push", ctx, {"paths": args.paths or None, "force": args.force, "dry_run": args.dry_run})
+        if args.dry_run or args.json:
+            print(json.dumps(res, indent=2))
+        return 1 if res.get("conflicts") or res.get("errors") else 0
+    elif args.command == "pull":
+        res = call("pull", ctx, {"paths": args.paths or None, "force": args.force})
+        return 1 if res.get("conflicts") else 0
+    elif args.command == "run":
+        cmd = " ".join(args.cmd) if args.cmd else None
+        run = call("run", ctx, {"cmd": cmd})
+        return int(printer.wait_exit(run["id"])["code"] or 0)
+    elif args.command == "runs":
+        runs = call("runs", ctx)
+        if args.json:
+            print(json.dumps(runs, indent=2))
+        for r in runs:
+            code = "-" if r["code"] is None else r["code"]
+            job = f" job {r['job']}" if r.get("job") else ""
+            print(f"{r['id']:20} {r['state']:8} {code!s:>4} {r['duration']:8.1f}s  {r['cmd']}{job}")
+    elif args.command == "stop":
+        call("stop", ctx, {"id": args.id})
+    elif args.command == "log":
+        res = call("log", ctx, {"id": args.id})
+        with open(res["path"]) as f:
+            sys.stdout.write(f.read())
+        os.unlink(res["path"])
+    elif args.command == "health":
+        rep = call("health", ctx)
+        for item in rep["local"]:
+            print(f"{item['level'].upper():5} {item['text']}")
+        print(f"project: {rep.get('project')}")
+        for item in rep.get("remote") or []:
+            print(f"{item['level'].upper():5} {item['text']}")
+        return 1 if any(i["level"] == "error" for i in (rep["local"] + (rep.get("remote") or []))) else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""A real OpenSSH sshd on loopback for the tests, the benchmarks and the demo: generated
+host and user keys, a private ssh config with a Host alias, and a known_hosts holding the
+host key, so host-key checking stays on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Sshd:
+    dir: Path
+    port: int
+    alias: str
+    ssh_config: Path
+    known_hosts: Path
+    user_key: Path
+    remote_cache: Path
+    proc: subprocess.Popen[bytes]
+
+    def ssh_argv(self, *cmd: str) -> list[str]:
+        return ["ssh", "-F", str(self.ssh_config), self.alias, *cmd]
+
+    def ssh(self, *cmd: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.ssh_argv(*cmd), capture_output=True, text=True, check=check, timeout=60, **kw)
+
+    def target_toml(self, remote_root: str, name: str = "test", **extra: Any) -> str:
+        lines = [f"[targets.{name}]", f'host = "{self.alias}"', f'remote_root = "{remote_root}"',
+                 f'ssh_config = "{self.ssh_config}"', 'python = "python3"']
+        for k, v in extra.items():
+            lines.append(f"{k} = {toml_value(v)}")
+        return "\n".join(lines) + "\n"
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "") -> Sshd:
+    if not os.path.exists(SSHD):
+        raise RuntimeError(f"OpenSSH server not installed ({SSHD}); scripts/setup installs it")
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o700)
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    hostkey = base / "hostkey"
+    userkey = base / "id_ed25519"
+    for key in (hostkey, userkey):
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (base / "authorized_keys").write_text((base / "id_ed25519.pub").read_text())
+    remote_cache = base / "remote-cache"
+    remote_cache.mkdir(exist_ok=True)
+    port = free_port()
+    cfg = base / "sshd_config"
+    cfg.write_text(textwrap.dedent(f"""\
+        Port {port}
+        ListenAddress 127.0.0.1
+        HostKey {hostkey}
+        PidFile {base}/sshd.pid
+        AuthorizedKeysFile {base}/authorized_keys
+        PasswordAuthentication no
+        KbdInteractiveAuthentication no
+        PermitRootLogin prohibit-password
+        UsePAM no
+        StrictModes no
+        Subsystem sftp internal-sftp
+        MaxSessions 100
+        MaxStartups 100
+        SetEnv XDG_CACHE_HOME={remote_cache}
+        """) + extra_config)
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    ssh_config = base / "ssh_config"
+    known_hosts = base / "known_hosts"
+    ssh_config.write_text(textwrap.dedent(f"""\
+        Host {alias}
+          HostName 127.0.0.1
+          Port {port}
+          User {user}
+          IdentityFile {userkey}
+          IdentitiesOnly yes
+          UserKnownHostsFile {known_hosts}
+          StrictHostKeyChecking yes
+          ControlMaster auto
+          ControlPath {base}/cm-%C
+          ControlPersist 60
+        """))
+    pub = (base / "hostkey.pub").read_text().split()
+    known_hosts.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    proc = subprocess.Popen([SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")])
+    sshd = Sshd(base, port, alias, ssh_config, known_hosts, userkey, remote_cache, proc)
+
+    def ready() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                return s.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+    deadline = time.monotonic() + 10
+    while not ready():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"sshd did not start: {(base / 'sshd.log').read_text(errors='replace')[-2000:]}")
+        time.sleep(0.02)
+    return sshd
+
+
+def stop_sshd(sshd: Sshd) -> None:
+    subprocess.run(["ssh", "-F", str(sshd.ssh_config), "-O", "exit", sshd.alias], capture_output=True, timeout=10)
+    sshd.proc.terminate()
+    try:
+        sshd.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        sshd.proc.kill()
+
+
