@@ -151,3 +151,13 @@ def test_dockerfile_quickfix_docker_form(tmp_path):
     df.write_text("FROM x\nRUN a\nRUN b\n")
     text = "ERROR: failed to solve: process did not complete\nDockerfile:3\n[remote_dev] image build failed (exit 1)"
     assert dockerfile_quickfix(text, df)[0]["lnum"] == 3
+
+
+def test_health_reports_engine_version_and_a_container_run(engine, make_project, image):
+    proj = make_project(target={"runner": "container", "env": podman_env()},
+                        config_extra=f'\n[targets.test.container]\nimage = "{TEST_IMAGE}"\n')
+    rep = engine.call_sync("health", {"cwd": str(proj.root)}, timeout=180)
+    texts = [i["text"] for i in rep["remote"]]
+    assert any(t.startswith("container engine: podman ") for t in texts), texts
+    assert f"podman can run a container from {TEST_IMAGE}" in texts
+    assert not [i for i in rep["remote"] if i["level"] == "error"], rep["remote"]

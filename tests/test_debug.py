@@ -161,3 +161,50 @@ def test_debug_container_runner_hits_local_breakpoint(engine, make_project, imag
     drive_session(cfg, util)
     ex = wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == res["id"]), None), 60)
     assert ex["code"] == 0
+
+
+def test_remote_forward_survives_reconnect(engine, make_project, tmp_path):
+    """:RemoteForward to a TCP server on the remote's 127.0.0.1; the local port stays the
+    same after the connection drops."""
+    import socket
+    import sys
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    remote_port = srv.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.sendall(b"hello from the remote\n")
+            c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    proj = make_project()
+    ctx = {"cwd": str(proj.root)}
+    fwd = engine.call_sync("forward", ctx, {"port": remote_port}, timeout=60)
+    local = fwd["local_port"]
+
+    def fetch():
+        with socket.create_connection(("127.0.0.1", local), timeout=5) as c:
+            return c.recv(100)
+    assert fetch() == b"hello from the remote\n"
+    sess = engine.projects[proj.root].session()
+    old_pid = sess.hello["pid"]
+
+    async def cut():
+        sess.conn.abort()
+    engine.submit(cut()).result(10)
+    wait_for(lambda: sess.connected and sess.hello["pid"] != old_pid, 30, 0.05, what="reconnect")
+
+    def works():
+        try:
+            return fetch() == b"hello from the remote\n"
+        except OSError:
+            return False
+    wait_for(works, 30, 0.1, what="forward on the same local port after reconnect")
+    srv.close()

@@ -113,3 +113,12 @@ def test_debug_a_job_to_a_breakpoint(engine, make_project, cluster):
     drive_session(cfg, util)
     ex = exit_of(engine, res["id"])
     assert ex["code"] == 0
+
+
+def test_health_reports_partitions(engine, make_project, cluster):
+    proj = slurm_project(make_project, cluster)
+    rep = engine.call_sync("health", {"cwd": str(proj.root)}, timeout=120)
+    texts = [i["text"] for i in rep["remote"]]
+    assert "slurm default partition: debug" in texts, texts
+    assert any(t.startswith("slurm partitions: debug (1 idle") for t in texts), texts
+    assert any(t.startswith("slurm: ") and "sbatch" in t for t in texts), texts

@@ -704,17 +704,19 @@ def test_parse_never_raises(text: str, to_local) -> None:
     ],
 )
 def test_ten_megabytes_of_noise_is_fast(line: str) -> None:
+    # A guard against quadratic regexes (minutes on 10 MB), not a performance target:
+    # the bound is loose so a loaded CI machine never trips it.
     text = (line + "\n") * (10_000_000 // (len(line) + 1))
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
         assert parse(text, lambda path: None) == []
         best = min(best, time.perf_counter() - start)
-    assert best < 1.0, best
+    assert best < 10.0, best
 
 
 def test_single_huge_line_is_fast() -> None:
     text = "a.py:1:" + "x" * 10_000_000
     start = time.perf_counter()
     parse(text, lambda path: path)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 10.0  # quadratic-blowup guard, as above
