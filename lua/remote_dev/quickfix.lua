@@ -4,7 +4,13 @@ local M = {}
 --- Conflicts of a push or pull as quickfix entries at the local files.
 function M.conflicts(data, kind)
   local details = data.conflict_details or {}
+  local prefix = ('remote_dev %s %s'):format(kind, data.target)
   if #details == 0 then
+    -- A clean push/pull empties a conflict list of ours that is still the current one.
+    local cur = vim.fn.getqflist({ title = 1, id = 0 })
+    if type(cur.title) == 'string' and vim.startswith(cur.title, prefix .. ':') then
+      vim.fn.setqflist({}, 'r', { id = cur.id, items = {}, title = prefix .. ': no conflicts' })
+    end
     return
   end
   local items = {}
@@ -12,8 +18,7 @@ function M.conflicts(data, kind)
     table.insert(items, { filename = c['local'], lnum = 1, text = ('%s conflict: %s'):format(kind, c.reason), type = 'W' })
   end
   vim.fn.setqflist({}, ' ', {
-    title = ('remote_dev %s %s: %d conflict(s) — :Remote%s! overwrites'):format(kind, data.target, #items,
-      kind == 'push' and 'Push' or 'Pull'),
+    title = ('%s: %d conflict(s) — :Remote%s! overwrites'):format(prefix, #items, kind == 'push' and 'Push' or 'Pull'),
     items = items,
   })
 end
@@ -34,6 +39,10 @@ function M.preview(res)
     return c.path .. ': ' .. c.reason
   end)
   section('too large (sync.max_file_size)', res.skipped or {}, function(s) return ('%s (%d bytes)'):format(s.path, s.size) end)
+  local old = vim.fn.bufnr('remote_dev://push-preview')
+  if old > 0 then
+    pcall(vim.api.nvim_buf_delete, old, { force = true })
+  end
   vim.cmd('botright new')
   local buf = vim.api.nvim_get_current_buf()
   vim.bo[buf].buftype = 'nofile'

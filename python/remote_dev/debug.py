@@ -159,12 +159,8 @@ async def prepare(engine: Engine, proj: Any, sess: TargetSession) -> dict[str, A
     return info
 
 
-async def start_debug(engine: Engine, ctx: dict[str, Any], cmd: str | None) -> dict[str, Any]:
-    from .runs import start_run  # noqa: PLC0415
-
-    run = await start_run(engine, ctx, cmd, debug=True)
-    proj = engine.project(ctx)
-    sess = proj.session(run.target)
+async def wait_and_forward(sess: TargetSession, run: Any) -> Any:
+    """Wait until the debuggee listens, then forward a local port to it."""
     dbg = run.meta["debug"]
     if dbg.get("launch"):
         # a queued job may wait long: keep waiting while it is pending or running
@@ -182,6 +178,24 @@ async def start_debug(engine: Engine, ctx: dict[str, Any], cmd: str | None) -> d
                                  f"within 60 s (see the run buffer)")
     fwd = await forwards_of(sess).add(dbg["dest_host"], dbg["port"], name=f"debug {run.id}")
     run.meta["forward"] = fwd
+    return fwd
+
+
+async def start_debug(engine: Engine, ctx: dict[str, Any], cmd: str | None) -> dict[str, Any]:
+    from .runs import start_run  # noqa: PLC0415
+
+    run = await start_run(engine, ctx, cmd, debug=True)
+    proj = engine.project(ctx)
+    sess = proj.session(run.target)
+    try:
+        fwd = await wait_and_forward(sess, run)
+    except Exception:
+        # no debuggee is left waiting for a client that will never come
+        try:
+            await sess.call("run_stop", run.id, proj.config.run.stop_grace)
+        except RemoteDevError:
+            pass
+        raise
     mapping = sess.mapping()
     config = dap_config(run.id, fwd.local_port, mapping.dap_path_mappings(in_container=sess.target.runner == "container"))
     engine.report("debug_ready", {"id": run.id, "port": fwd.local_port, "config": config})

@@ -27,6 +27,7 @@ from .sync import do_push
 from .termtext import TerminalText
 
 READ_BYTES = 1 << 20
+READ_AHEAD = 3               # reads in flight while a run's output is ahead of us
 LONG_POLL = 10.0
 TAIL_LINES = 5000            # lines kept host-side for the quickfix list
 UPDATE_EVERY = 0.05          # seconds between output updates sent to Neovim
@@ -138,54 +139,112 @@ def update_from_info(run: RunRecord, info: dict[str, Any]) -> None:
 
 
 async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
-    """Stream a run's output from run.offset until it ends; survives reconnects."""
+    """Stream a run's output from run.offset until it ends; survives reconnects.
+
+    Output goes to Neovim at most every UPDATE_EVERY seconds, with at most
+    MAX_LINES_PER_UPDATE lines (the newest; the others are counted as dropped).  Chunks
+    read between two updates are held as bytes and split into lines when the update goes
+    out; a chunk whose lines cannot be among the newest ones of that update (and so
+    neither of the host-side tail) is stepped over without building its lines."""
     runner = runner_for(sess.target)
-    pending: collections.deque[str] = collections.deque(maxlen=MAX_LINES_PER_UPDATE)
+    keep = max(MAX_LINES_PER_UPDATE, TAIL_LINES)
+    held: collections.deque[tuple[bytes, int]] = collections.deque()  # (chunk, its newlines) since the last update
+    held_nl = 0
     dropped = 0
     last_sent = 0.0
     last_detail = run.detail
-    while True:
-        try:
-            res = await sess.call("run_read", run.id, run.offset, READ_BYTES, LONG_POLL)
-        except ConnectError as e:
-            engine.report("run_state", {**run.summary(), "detail": f"reconnecting: {e.message}"})
-            await asyncio.sleep(2)
-            continue
-        except RemoteDevError as e:
-            engine.message(f"run {run.id}: {e.message}", "error")
-            run.state = "lost"
-            break
-        data = res["data"]
-        if data:
-            run.offset = res["offset"]
-            lines = run.text.feed(data)
-            run.tail.extend(lines)
-            if len(pending) + len(lines) > pending.maxlen:  # type: ignore[operator]
-                dropped += len(pending) + len(lines) - pending.maxlen  # type: ignore[operator]
-            pending.extend(lines)
-        info = await runner.refresh(engine, sess, run, res["info"])
-        update_from_info(run, info)
-        done = run.state not in LIVE and run.offset >= res["size"]
-        now = time.monotonic()
-        if pending or data or done or run.detail != last_detail:
-            if now - last_sent >= UPDATE_EVERY or done or run.detail != last_detail:
-                engine.report("run_output", {"id": run.id, "lines": list(pending), "partial": run.text.current(),
+    # Reads sent ahead, for output already on the remote (a run printing fast): the remote
+    # reads and sends the next chunks while this side handles one.
+    ahead: collections.deque[asyncio.Future[Any]] = collections.deque()
+    next_ahead = 0               # offset of the next read to send ahead
+
+    def take_lines() -> list[str]:
+        """The held chunks as lines (into the tail); the newest MAX_LINES_PER_UPDATE of them."""
+        nonlocal held_nl, dropped
+        if not held:
+            return []
+        lines = run.text.feed(b"".join(chunk for chunk, _ in held))
+        held.clear()
+        held_nl = 0
+        run.tail.extend(lines)
+        if len(lines) > MAX_LINES_PER_UPDATE:
+            dropped += len(lines) - MAX_LINES_PER_UPDATE
+            lines = lines[-MAX_LINES_PER_UPDATE:]
+        return lines
+
+    try:
+        while True:
+            try:
+                if ahead:
+                    res = await ahead.popleft()
+                elif held:
+                    # Keep reading while an update is held back: return early only with a
+                    # full chunk, else when the next update is due.
+                    left = max(0.0, UPDATE_EVERY - (time.monotonic() - last_sent))
+                    res = await sess.call("run_read", run.id, run.offset, READ_BYTES, left, READ_BYTES)
+                else:
+                    res = await sess.call("run_read", run.id, run.offset, READ_BYTES, LONG_POLL)
+            except ConnectError as e:
+                cancel_all(ahead)
+                engine.report("run_state", {**run.summary(), "detail": f"reconnecting: {e.message}"})
+                await asyncio.sleep(2)
+                continue
+            except RemoteDevError as e:
+                engine.message(f"run {run.id}: {e.message}", "error")
+                run.state = "lost"
+                break
+            data = res["data"]
+            if data and res["offset"] - len(data) != run.offset:  # never: reads ahead go in order
+                cancel_all(ahead)
+                continue
+            if data:
+                run.offset = res["offset"]
+                if not ahead:
+                    next_ahead = run.offset
+                # only where the remote has output, so every read ahead but the last gets a
+                # whole chunk and the next one's offset is known
+                while len(ahead) < READ_AHEAD and next_ahead < res["size"] and next_ahead >= run.offset:
+                    ahead.append(asyncio.ensure_future(sess.call("run_read", run.id, next_ahead, READ_BYTES, 0)))
+                    next_ahead = next_ahead + READ_BYTES if next_ahead + READ_BYTES <= res["size"] else -1
+                nl = res.get("newlines")
+                if nl is None:
+                    nl = data.count(b"\n")
+                held.append((data, nl))
+                held_nl += nl
+                # the chunks after the oldest complete more than `keep` lines: none of the
+                # oldest one's lines (nor the one it leaves unfinished) is shown or kept
+                while len(held) > 1 and held_nl - held[0][1] > keep:
+                    chunk, n = held.popleft()
+                    held_nl -= n
+                    dropped += run.text.skip(chunk, n)
+            info = await runner.refresh(engine, sess, run, res["info"])
+            update_from_info(run, info)
+            done = run.state not in LIVE and run.offset >= res["size"]
+            now = time.monotonic()
+            if done or run.detail != last_detail or (held and now - last_sent >= UPDATE_EVERY):
+                lines = take_lines()
+                engine.report("run_output", {"id": run.id, "lines": lines, "partial": run.text.current(),
                                              "dropped": dropped})
                 if run.detail != last_detail:
                     engine.report("run_state", run.summary())
                     last_detail = run.detail
-                pending.clear()
                 dropped = 0
                 last_sent = now
-            elif not done:
-                await asyncio.sleep(UPDATE_EVERY - (now - last_sent))
-        if done:
-            break
+            if done:
+                break
+    finally:
+        cancel_all(ahead)
+    rest = take_lines()           # read but not shown yet (the run was lost); in the tail already
     final = run.text.feed(b"", final=True)
     run.tail.extend(final)
-    if final:
-        engine.report("run_output", {"id": run.id, "lines": final, "partial": "", "dropped": 0})
+    if rest or final:
+        engine.report("run_output", {"id": run.id, "lines": rest + final, "partial": "", "dropped": dropped})
     finish(engine, proj, sess, run)
+
+
+def cancel_all(futures: collections.deque[asyncio.Future[Any]]) -> None:
+    while futures:
+        futures.popleft().cancel()
 
 
 def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:

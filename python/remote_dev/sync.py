@@ -1,10 +1,18 @@
 """Push and pull: incremental, atomic, and never overwriting work done on the other side.
 
 A per-target record holds, for every path synced, what the last sync left on both sides:
-the local stat, the content hash, and the remote stat.  A push sends a file only when its
-content changed, and the agent replaces the remote file only when it still is what the last
-sync left (same stat, or same content); otherwise it is a conflict, which ``!`` (force)
-overrides.  Pull is the mirror image.
+the local stat and mode, the content hash, the remote stat, and which way it went.  A push
+sends a file only when its local stat changed and its content differs from the record; the
+agent replaces the remote file only when it still is what the last sync left (same stat, or
+same content), otherwise it is a conflict that ``!`` (force) overrides.  Pull is the mirror
+image; a modified, unsaved Neovim buffer is never overwritten, not even with ``!``.
+
+Deletes: a path deleted locally is deleted on the remote only when this tool pushed it
+(records of pulled files never cause a remote delete); remote-only files are never touched.
+
+The first whole-tree push on a connection (and every ``!`` push) also checks the remote stat
+of every recorded path: what vanished there is sent again, and with ``!`` what changed there
+is overwritten.
 """
 
 from __future__ import annotations
@@ -12,75 +20,166 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+import asyncssh
 import msgpack
 
-from .actions import action, publish_status
 from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
-from .scan import LocalEntry, lstat_entry, scan
+from .scan import Excluder, LocalEntry, Scanner, lstat_entry
 
 BATCH_BYTES = 4 << 20          # payload per push request
-BATCH_OPS = 1024
-MAX_INFLIGHT = 6               # push requests on the wire before waiting for answers
+BATCH_OPS = 2048
+MAX_INFLIGHT = 4               # push requests on the wire before waiting for answers
 CHUNK = 1 << 20                # large files travel in chunks of this size
 LARGE = 8 << 20                # files above this are staged in chunks
+PULL_WINDOW = 16 << 20         # bytes of read requests in flight during a pull
 PROGRESS_AFTER = 1.0           # seconds before progress reports start
 PROGRESS_EVERY = 0.25
 HASH_BLOCK = 1 << 20
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
-# record fields
-KIND, LSIZE, LMTIME, HASH, RSIZE, RMTIME = range(6)
+# record fields: what the last sync left
+KIND, LSIZE, LMTIME, HASH, RSIZE, RMTIME, MODE, ORIGIN = range(8)
+RECORDS_VERSION = 2
 
 
-def blake(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def digest(data: bytes | memoryview) -> str:
+    """Content hash shared with the agent: sha256 truncated to 128 bits."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def link_hash(target: str) -> str:
-    return blake(b"link:" + os.fsencode(target))
+    return digest(b"link:" + os.fsencode(target))
 
 
-def file_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
+def file_hash(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
         while block := f.read(HASH_BLOCK):
             h.update(block)
-    return h.hexdigest()
+    return h.hexdigest()[:32]
+
+
+def entry_hash(root: Path, rel: str, entry: LocalEntry) -> str:
+    return link_hash(entry.target or "") if entry.kind == "l" else file_hash(root / rel)
+
+
+# --------------------------------------------------------------------------- records
 
 
 class SyncRecords:
-    """What the last sync left, per path: [kind, local size, local mtime_ns, hash,
-    remote size, remote mtime_ns].  Saved atomically after every push and pull."""
+    """What the last sync left, per path: [kind, local size, local mtime_ns, hash, remote
+    size, remote mtime_ns, mode, origin ("push" | "pull")].
+
+    Stored as a msgpack snapshot plus an append-only journal of changes, so that pushing
+    one file (push on save) writes a few bytes, not the whole table.  The journal is folded
+    into a new snapshot (written to a temporary file and renamed) once it grows; a torn
+    last journal entry (a crash while appending) is ignored."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.journal = path.with_name(path.name + ".journal")
         self.data: dict[str, list[Any]] = {}
-        if path.exists():
-            try:
-                self.data = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
-            except (ValueError, msgpack.UnpackException) as e:
-                log.warning("sync records %s unreadable (%s): starting afresh", path, e)
-                self.data = {}
+        self.dirty: dict[str, list[Any] | None] = {}
+        self.journal_entries = 0
+        self.load()
 
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(msgpack.packb(self.data, use_bin_type=True))
-        tmp.replace(self.path)
+    def load(self) -> None:
+        if self.path.exists():
+            try:
+                raw = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=False)
+                if isinstance(raw, dict) and raw.get("v") == RECORDS_VERSION:
+                    self.data = raw["records"]
+            except (ValueError, KeyError, msgpack.UnpackException) as e:
+                log.warning("sync records %s unreadable (%s): starting afresh", self.path, e)
+                self.data = {}
+        if self.journal.exists():
+            try:
+                unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+                unpacker.feed(self.journal.read_bytes())
+                for change in unpacker:
+                    for rel, rec in change.items():
+                        self.journal_entries += 1
+                        if rec is None:
+                            self.data.pop(rel, None)
+                        else:
+                            self.data[rel] = rec
+            except (ValueError, msgpack.UnpackException) as e:
+                log.warning("sync journal %s: stopped at a damaged entry (%s)", self.journal, e)
+
+    def get(self, rel: str) -> list[Any] | None:
+        return self.data.get(rel)
+
+    def set(self, rel: str, rec: list[Any]) -> None:
+        self.data[rel] = rec
+        self.dirty[rel] = rec
+
+    def drop(self, rel: str) -> None:
+        if self.data.pop(rel, None) is not None:
+            self.dirty[rel] = None
 
     def expect(self, rel: str) -> list[Any] | None:
         rec = self.data.get(rel)
         return None if rec is None else [rec[KIND], rec[RSIZE], rec[RMTIME], rec[HASH]]
 
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        dirty, self.dirty = self.dirty, {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.journal_entries + len(dirty) > max(4096, len(self.data) // 2):
+            tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+            tmp.write_bytes(msgpack.packb({"v": RECORDS_VERSION, "records": self.data}, use_bin_type=True))
+            tmp.replace(self.path)
+            self.journal.unlink(missing_ok=True)
+            self.journal_entries = 0
+            return
+        with open(self.journal, "ab") as f:
+            f.write(msgpack.packb(dirty, use_bin_type=True))
+        self.journal_entries += len(dirty)
+
+
+@dataclass
+class SyncState:
+    """Per project: one sync at a time, the scanner, and which connections were verified."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    scanner: Scanner | None = None
+    scanner_key: tuple[Any, ...] = ()
+    verified: dict[str, int] = field(default_factory=dict)
+    records: dict[str, SyncRecords] = field(default_factory=dict)
+
+
+def sync_state(proj: Project) -> SyncState:
+    st = proj.extras.get("sync")
+    if st is None:
+        st = proj.extras["sync"] = SyncState()
+    return st
+
+
+def scanner_for(proj: Project) -> Scanner:
+    st = sync_state(proj)
+    cfg = proj.config.sync
+    key = (str(proj.root), cfg.exclude, cfg.pull)
+    if st.scanner is None or st.scanner_key != key:
+        st.scanner = Scanner(proj.root, cfg.exclude, cfg.pull)
+        st.scanner_key = key
+    return st.scanner
+
 
 def records_for(proj: Project, sess: TargetSession) -> SyncRecords:
-    cache = proj.extras.setdefault("records", {})
-    key = sess.target.name
+    """Records per target *and* per place: a target whose host or remote_root changes
+    starts afresh instead of trusting what was synced elsewhere."""
+    cache = sync_state(proj).records
+    t = sess.target
+    ident = f"{t.host}\0{t.port}\0{t.user}\0{t.remote_root}\0{t.ssh_config}"
+    key = f"{t.name}-{hashlib.sha1(ident.encode()).hexdigest()[:10]}"
     if key not in cache:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
         cache[key] = SyncRecords(proj.state_dir() / f"sync-{safe}.msgpack")
@@ -88,18 +187,33 @@ def records_for(proj: Project, sess: TargetSession) -> SyncRecords:
 
 
 def rel_paths(proj: Project, paths: list[str] | None, cwd: str | None) -> list[str] | None:
-    """Paths given by the user (absolute, or relative to cwd) as paths relative to the root."""
+    """Paths given by the user (absolute, or relative to cwd) as paths relative to the root.
+    A path reached through a symlinked folder counts where it really is."""
     if not paths:
         return None
     out = []
     for p in paths:
         full = Path(os.path.abspath(os.path.join(cwd or os.getcwd(), os.path.expanduser(p))))
-        try:
-            rel = full.relative_to(proj.root).as_posix()
-        except ValueError:
-            raise RemoteDevError(f"{p}: outside the project root {proj.root}") from None
+        rel = None
+        for candidate in (full, Path(os.path.realpath(full.parent)) / full.name):
+            try:
+                rel = candidate.relative_to(proj.root).as_posix()
+                break
+            except ValueError:
+                continue
+        if rel is None:
+            raise RemoteDevError(f"{p}: outside the project root {proj.root}")
         out.append("" if rel == "." else rel)
     return out
+
+
+def in_scope(rel: str, paths: list[str] | None) -> bool:
+    if paths is None:
+        return True
+    return any(p in ("", ".") or rel == p or rel.startswith(p.rstrip("/") + "/") for p in paths)
+
+
+# --------------------------------------------------------------------------- push
 
 
 @dataclass
@@ -107,6 +221,8 @@ class PushItem:
     rel: str
     entry: LocalEntry
     expect: list[Any] | None
+    must: bool = False          # send even when the content equals the record (remote lost it)
+    force: bool = False
 
 
 @dataclass
@@ -122,6 +238,10 @@ class PushResult:
     delete: list[str] = field(default_factory=list)
 
 
+class Interrupted(Exception):
+    pass
+
+
 class Pusher:
     def __init__(self, engine: Engine, proj: Project, sess: TargetSession, force: bool) -> None:
         self.engine = engine
@@ -129,167 +249,277 @@ class Pusher:
         self.sess = sess
         self.force = force
         self.records = records_for(proj, sess)
+        self.scanner = scanner_for(proj)
         self.result = PushResult()
         self.t0 = time.perf_counter()
         self.last_progress = 0.0
         self.total_files = 0
         self.total_bytes = 0
+        self.sent_bytes = 0
+        self.pulled = Excluder((), proj.config.sync.pull)
 
-    # -- planning (in a worker thread: stats and hashes)
-    def plan(self, paths: list[str] | None) -> tuple[list[PushItem], list[str]]:
-        cfg = self.proj.config
-        entries = scan(self.proj.root, cfg.sync.exclude, cfg.sync.pull, paths)
+    # -- planning (in a worker thread: listing and stats)
+    def plan(self, paths: list[str] | None) -> tuple[list[PushItem], list[str], list[str]]:
+        """(items to send, paths to delete remotely, recorded paths unchanged locally)."""
+        cfg = self.proj.config.sync
+        entries = self.scanner.scan(paths)
+        data = self.records.data
         sends: list[PushItem] = []
-        for rel, entry in entries.items():
-            rec = self.records.data.get(rel)
-            if rec and not self.force and rec[KIND] == entry.kind and rec[LSIZE] == entry.size \
-                    and rec[LMTIME] == entry.mtime_ns:
-                self.result.unchanged += 1
+        unchanged: list[str] = []
+        for rel, e in entries.items():
+            rec = data.get(rel)
+            if rec is not None and rec[KIND] == e.kind and rec[LSIZE] == e.size and rec[LMTIME] == e.mtime_ns \
+                    and rec[MODE] == e.mode:
+                unchanged.append(rel)
                 continue
-            if entry.kind == "f" and entry.size > cfg.sync.max_file_size:
-                self.result.skipped.append({"path": rel, "size": entry.size})
+            if e.kind == "f" and e.size > cfg.max_file_size:
+                self.result.skipped.append({"path": rel, "size": e.size})
                 continue
-            sends.append(PushItem(rel, entry, self.records.expect(rel)))
+            sends.append(PushItem(rel, e, self.records.expect(rel), force=self.force))
+        if paths is None:
+            candidates: Iterable[str] = data.keys() - entries.keys()
+        else:
+            cands: set[str] = set()
+            for p in paths:
+                if p in ("", "."):
+                    cands.update(data.keys())
+                    break
+                if p in data:
+                    cands.add(p)
+                prefix = p.rstrip("/") + "/"
+                if not os.path.isfile(self.proj.root / p):
+                    cands.update(r for r in data if r.startswith(prefix))
+            candidates = cands - entries.keys()
         deletes = []
-        for rel in self.records.data:
-            if rel in entries:
-                continue
-            if paths is not None and not any(p in ("", ".") or rel == p or rel.startswith(p.rstrip("/") + "/")
-                                             for p in paths):
-                continue
-            if lstat_entry(self.proj.root / rel) is None:
+        root = str(self.proj.root)
+        for rel in sorted(candidates):
+            rec = data[rel]
+            if rec[ORIGIN] != "push" or self.pulled.excluded(rel):
+                continue  # pulled here: deleting the local copy never deletes the remote one
+            if lstat_entry(os.path.join(root, rel)) is None:
                 deletes.append(rel)
-        return sends, deletes
+        self.result.unchanged += len(unchanged)
+        return sends, deletes, unchanged
 
-    def read_batch(self, items: list[PushItem]) -> list[tuple[dict[str, Any], PushItem, str]]:
-        """Ops for small files and symlinks; a file whose content equals the record is
-        only re-recorded."""
+    async def verify(self, unchanged: list[str]) -> list[PushItem]:
+        """Remote stat of paths unchanged locally: what vanished on the remote is sent again;
+        with force, what changed there is overwritten."""
+        if not unchanged:
+            return []
+        states = await self.sess.call("state", self.sess.target.remote_root, unchanged, False)
+        out = []
+        data = self.records.data
+        for rel, st in zip(unchanged, states):
+            rec = data[rel]
+            if st is None:
+                again = True
+            else:
+                again = self.force and (st[0] != rec[KIND] or st[1] != rec[RSIZE] or st[2] != rec[RMTIME])
+            if again:
+                entry = lstat_entry(self.proj.root / rel)
+                if entry is not None:
+                    out.append(PushItem(rel, entry, self.records.expect(rel), must=True, force=self.force))
+                    self.result.unchanged -= 1
+        return out
+
+    def read_batch(self, items: list[PushItem]) -> list[tuple[list[Any], PushItem, str, LocalEntry]]:
+        """Push ops for small files and symlinks (read and hashed here, in a worker
+        thread); a file whose content equals the record is only re-recorded."""
         ops = []
+        root = self.proj.root
         for item in items:
-            path = self.proj.root / item.rel
-            if item.entry.kind == "l":
-                digest = link_hash(item.entry.target or "")
-                op = {"op": "l", "path": item.rel, "target": item.entry.target}
+            entry = item.entry
+            if entry.kind == "l":
+                h = link_hash(entry.target or "")
+                op = ["l", item.rel, item.expect, item.force, h, None, entry.target]
             else:
                 try:
-                    data = path.read_bytes()
+                    fd = os.open(root / item.rel, os.O_RDONLY | O_NOFOLLOW)
+                    try:
+                        st = os.fstat(fd)
+                        with os.fdopen(fd, "rb", closefd=False) as f:
+                            data = f.read()
+                    finally:
+                        os.close(fd)
                 except OSError as e:
                     self.result.errors.append({"path": item.rel, "reason": f"cannot read: {e.strerror}"})
                     continue
-                digest = blake(data)
-                op = {"op": "w", "path": item.rel, "data": data, "mode": item.entry.mode}
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                entry = LocalEntry("f", len(data), st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+                h = digest(data)
+                op = ["w", item.rel, item.expect, item.force, h, entry.mode, data]
             rec = self.records.data.get(item.rel)
-            if rec and rec[HASH] == digest and not self.force:
-                rec[LSIZE], rec[LMTIME] = item.entry.size, item.entry.mtime_ns
+            if rec is not None and not item.must and not item.force and rec[HASH] == h and rec[KIND] == entry.kind \
+                    and rec[MODE] == entry.mode:
+                self.records.set(item.rel, [entry.kind, entry.size, entry.mtime_ns, h, rec[RSIZE], rec[RMTIME],
+                                            entry.mode, rec[ORIGIN]])
                 self.result.unchanged += 1
                 continue
-            op.update(hash=digest, expect=item.expect, force=self.force)
-            ops.append((op, item, digest))
+            ops.append((op, item, h, entry))
         return ops
 
     # -- sending
-    def accept(self, item: PushItem, digest: str, answer: list[Any]) -> None:
+    def accept(self, item: PushItem, h: str, entry: LocalEntry, answer: list[Any]) -> None:
         status = answer[0]
         if status == "ok":
-            self.records.data[item.rel] = [item.entry.kind, item.entry.size, item.entry.mtime_ns, digest,
-                                           answer[1], answer[2]]
+            self.records.set(item.rel, [entry.kind, entry.size, entry.mtime_ns, h, answer[1], answer[2],
+                                        entry.mode, "push"])
             self.result.files += 1
-            self.result.bytes += item.entry.size
+            self.result.bytes += entry.size
         elif status == "conflict":
             self.result.conflicts.append({"path": item.rel, "reason": answer[1]})
         else:
             self.result.errors.append({"path": item.rel, "reason": answer[1] if len(answer) > 1 else status})
 
-    def progress(self, done_files: int, done_bytes: int, force: bool = False) -> None:
+    def progress(self, force: bool = False) -> None:
         now = time.perf_counter()
         if now - self.t0 < PROGRESS_AFTER or (now - self.last_progress < PROGRESS_EVERY and not force):
             return
         self.last_progress = now
         self.engine.report("progress", {
-            "action": "push", "target": self.sess.target.name, "files": done_files, "total_files": self.total_files,
-            "bytes": done_bytes, "total_bytes": self.total_bytes,
+            "action": "push", "target": self.sess.target.name, "files": self.result.files,
+            "total_files": self.total_files, "bytes": self.result.bytes + self.sent_bytes,
+            "total_bytes": self.total_bytes,
         })
 
     async def run(self, paths: list[str] | None, dry_run: bool) -> PushResult:
-        sends, deletes = await asyncio.to_thread(self.plan, paths)
+        sends, deletes, unchanged = await asyncio.to_thread(self.plan, paths)
+        state = sync_state(self.proj)
+        agent_id = id(self.sess.agent) if self.sess.connected else None
+        verify = self.force or dry_run or (paths is None and (agent_id is None
+                                                             or state.verified.get(self.sess.target.name) != agent_id))
+        if verify and unchanged and self.records.data:
+            sends += await self.verify(unchanged)
         if dry_run:
             return await self.preview(sends, deletes)
+        if not sends and not deletes:
+            if paths is None and self.sess.connected:
+                state.verified[self.sess.target.name] = id(self.sess.agent)
+            return self.result
         agent = await self.sess.ensure()
+        try:
+            await self.send_all(agent, sends, deletes)
+        except (asyncssh.Error, OSError) as e:
+            raise ConnectError(f"{self.sess.target.host}: connection to the agent lost: {e}", kind="lost",
+                               retry=True) from None
+        finally:
+            await asyncio.to_thread(self.records.save)
+        if paths is None:
+            state.verified[self.sess.target.name] = id(agent)
+        self.progress(force=True)
+        return self.result
+
+    async def send_all(self, agent: Any, sends: list[PushItem], deletes: list[str]) -> None:
         root = self.sess.target.remote_root
+        small = [i for i in sends if not (i.entry.kind == "f" and i.entry.size > LARGE)]
+        large = [i for i in sends if i.entry.kind == "f" and i.entry.size > LARGE]
         self.total_files = len(sends)
         self.total_bytes = sum(i.entry.size for i in sends)
-        inflight: list[tuple[asyncio.Future[Any], list[tuple[dict[str, Any], PushItem, str]]]] = []
+        batches: list[list[PushItem]] = []
+        cur: list[PushItem] = []
+        size = 0
+        for item in small:
+            cur.append(item)
+            size += item.entry.size + 200
+            if size >= BATCH_BYTES or len(cur) >= BATCH_OPS:
+                batches.append(cur)
+                cur, size = [], 0
+        if cur:
+            batches.append(cur)
+        inflight: list[tuple[asyncio.Future[Any], list[tuple[list[Any], PushItem, str, LocalEntry]]]] = []
 
         async def settle(limit: int) -> None:
             while len(inflight) > limit:
                 fut, batch = inflight.pop(0)
                 answers = await fut
-                for (_op, item, digest), answer in zip(batch, answers):
-                    self.accept(item, digest, answer)
-                self.progress(self.result.files, self.result.bytes)
+                for (_op, item, h, entry), answer in zip(batch, answers):
+                    self.accept(item, h, entry, answer)
+                self.progress()
 
-        small = [i for i in sends if not (i.entry.kind == "f" and i.entry.size > LARGE)]
-        large = [i for i in sends if i.entry.kind == "f" and i.entry.size > LARGE]
+        loop = asyncio.get_running_loop()
+        reading = loop.run_in_executor(None, self.read_batch, batches[0]) if batches else None
         try:
-            batch_items: list[PushItem] = []
-            size = 0
-            for n, item in enumerate(small):
-                batch_items.append(item)
-                size += item.entry.size + 200
-                if size >= BATCH_BYTES or len(batch_items) >= BATCH_OPS or n == len(small) - 1:
-                    batch = await asyncio.to_thread(self.read_batch, batch_items)
-                    batch_items, size = [], 0
-                    if batch:
-                        inflight.append((agent.send("push", root, [b[0] for b in batch]), batch))
-                        await agent.drain()
-                        await settle(MAX_INFLIGHT)
+            for n in range(len(batches)):
+                assert reading is not None
+                batch = await reading
+                reading = loop.run_in_executor(None, self.read_batch, batches[n + 1]) if n + 1 < len(batches) else None
+                if batch:
+                    inflight.append((agent.send("push", root, [b[0] for b in batch]), batch))
+                    await agent.drain()
+                    await settle(MAX_INFLIGHT)
             await settle(0)
             for item in large:
                 await self.push_large(agent, root, item)
             if deletes:
-                ops = [{"op": "d", "path": rel, "expect": self.records.expect(rel), "force": self.force}
-                       for rel in deletes]
+                ops = [["d", rel, self.records.expect(rel), self.force] for rel in deletes]
                 for rel, answer in zip(deletes, await agent.call("push", root, ops)):
                     if answer[0] in ("ok", "gone"):
-                        self.records.data.pop(rel, None)
+                        self.records.drop(rel)
                         self.result.deleted += answer[0] == "ok"
                     elif answer[0] == "conflict":
                         self.result.conflicts.append({"path": rel, "reason": answer[1] + " (deleted locally)"})
                     else:
                         self.result.errors.append({"path": rel, "reason": answer[1]})
         finally:
-            await asyncio.to_thread(self.records.save)
-        self.progress(self.result.files, self.result.bytes, force=True)
-        return self.result
+            if reading is not None:
+                reading.cancel()
+            for fut, _batch in inflight:  # after a lost connection: consume, never leak
+                if fut.done() and not fut.cancelled():
+                    fut.exception()
+                else:
+                    fut.cancel()
 
     async def push_large(self, agent: Any, root: str, item: PushItem) -> None:
         path = self.proj.root / item.rel
-        token = await agent.call("stage", root, item.rel)
-        h = hashlib.blake2b(digest_size=16)
-        sent = 0
         try:
-            with open(path, "rb") as f:
-                while True:
-                    block = await asyncio.to_thread(f.read, CHUNK)
-                    if not block:
-                        break
-                    h.update(block)
-                    agent.send("append", token, block)
-                    sent += len(block)
-                    await agent.drain()
-                    self.progress(self.result.files, self.result.bytes + sent)
+            fd = os.open(path, os.O_RDONLY | O_NOFOLLOW)
+        except OSError as e:
+            self.result.errors.append({"path": item.rel, "reason": f"cannot read: {e.strerror}"})
+            return
+        f = os.fdopen(fd, "rb")
+        token = await agent.call("stage", root, item.rel)
+        h = hashlib.sha256()
+        appends: list[asyncio.Future[Any]] = []
+        sent = 0
+
+        def read_chunk() -> bytes:
+            block = f.read(CHUNK)
+            h.update(block)
+            return block
+        try:
+            st = os.fstat(f.fileno())
+            while True:
+                block = await asyncio.to_thread(read_chunk)
+                if not block:
+                    break
+                appends.append(agent.send("append", token, block))
+                sent += len(block)
+                self.sent_bytes += len(block)
+                await agent.drain()
+                self.progress()
         except OSError as e:
             self.result.errors.append({"path": item.rel, "reason": f"cannot read: {e.strerror}"})
             await agent.call("unstage", token)
             return
-        digest = h.hexdigest()
-        rec = self.records.data.get(item.rel)
-        op = {"op": "w", "path": item.rel, "token": token, "mode": item.entry.mode, "hash": digest,
-              "expect": item.expect, "force": self.force}
-        if rec and rec[HASH] == digest and not self.force:
-            op["expect"] = [rec[KIND], rec[RSIZE], rec[RMTIME], rec[HASH]]
+        finally:
+            f.close()
+            self.sent_bytes -= sent
+        entry = LocalEntry("f", sent, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+        hd = h.hexdigest()[:32]
+        op = ["s", item.rel, item.expect, item.force, hd, entry.mode, token]
         answer = (await agent.call("push", root, [op]))[0]
-        self.accept(item, digest, answer)
+        for fut in appends:  # their errors (disk full) come back in the answer as well
+            if fut.done() and not fut.cancelled():
+                fut.exception()
+        rec = self.records.data.get(item.rel)
+        if answer[0] == "ok" and rec is not None and rec[HASH] == hd and not item.must and not item.force \
+                and rec[MODE] == entry.mode:
+            self.result.unchanged += 1
+            self.records.set(item.rel, [entry.kind, entry.size, entry.mtime_ns, hd, answer[1], answer[2],
+                                        entry.mode, "push"])
+            return
+        self.accept(item, hd, entry, answer)
 
     async def preview(self, sends: list[PushItem], deletes: list[str]) -> PushResult:
         """What a push would do, writing nothing: conflicts come from the remote's state."""
@@ -297,20 +527,26 @@ class Pusher:
         states = await self.sess.call("state", self.sess.target.remote_root, rels) if rels else []
         by_rel = dict(zip(rels, states))
         for item in sends:
-            local_hash = await asyncio.to_thread(
-                lambda: link_hash(item.entry.target or "") if item.entry.kind == "l" else file_hash(self.proj.root / item.rel))
+            try:
+                local_hash = await asyncio.to_thread(entry_hash, self.proj.root, item.rel, item.entry)
+            except OSError as e:
+                self.result.errors.append({"path": item.rel, "reason": f"cannot read: {e.strerror}"})
+                continue
             rec = self.records.data.get(item.rel)
-            if rec and rec[HASH] == local_hash and not self.force:
+            if rec is not None and rec[HASH] == local_hash and rec[MODE] == item.entry.mode and not item.must \
+                    and not self.force:
+                self.result.unchanged += 1
                 continue
             remote = by_rel.get(item.rel)
-            if not self.force and remote_conflict(remote, item.expect, local_hash):
-                self.result.conflicts.append({"path": item.rel, "reason": remote_conflict(remote, item.expect, local_hash)})
+            reason = None if self.force else remote_conflict(remote, item.expect, local_hash)
+            if reason:
+                self.result.conflicts.append({"path": item.rel, "reason": reason})
             else:
                 self.result.send.append(item.rel)
                 self.result.bytes += item.entry.size
         for rel in deletes:
-            reason = remote_conflict(by_rel.get(rel), self.records.expect(rel), None)
-            if reason and not self.force:
+            reason = None if self.force else remote_conflict(by_rel.get(rel), self.records.expect(rel), None)
+            if reason:
                 self.result.conflicts.append({"path": rel, "reason": reason + " (deleted locally)"})
             elif by_rel.get(rel) is not None:
                 self.result.delete.append(rel)
@@ -357,7 +593,8 @@ def summarize(kind: str, data: dict[str, Any], max_file_size: int) -> tuple[str,
         level = "warn" if level == "info" else level
         parts.append(f"not pushed, over sync.max_file_size ({human(max_file_size)}): "
                      + ", ".join(f"{s['path']} ({human(s['size'])})" for s in data["skipped"][:5])
-                     + " — raise sync.max_file_size in .remote-dev.toml to push them, or add them to sync.exclude")
+                     + (" …" if len(data["skipped"]) > 5 else "")
+                     + " — raise sync.max_file_size (bytes) in .remote-dev.toml to push them, or add them to sync.exclude")
     return "; ".join(parts), level
 
 
@@ -371,9 +608,10 @@ def human(n: float) -> str:
 
 async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force: bool = False,
                   dry_run: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Push the tree (paths None) or the given relative paths.  quiet: no message unless
+    something needs attention (runs and push on save)."""
     sess = proj.session()
-    lock = proj.extras.setdefault("push_lock", asyncio.Lock())
-    async with lock:
+    async with sync_state(proj).lock:
         t0 = time.perf_counter()
         pusher = Pusher(engine, proj, sess, force)
         try:
@@ -381,7 +619,8 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
         except ConnectError as e:
             done = pusher.result.files
             raise RemoteDevError(f"push to {sess.target.host} interrupted after {done} files: {e.message}. "
-                                 f"Nothing half-written is left; :RemotePush again completes it.") from None
+                                 f"Nothing half-written is left; :RemotePush again completes it.",
+                                 kind="connect") from None
         ms = (time.perf_counter() - t0) * 1000
     data = done_payload(proj, sess, res, ms)
     if dry_run:
@@ -396,6 +635,11 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
     return data
 
 
+# Imported here, not at the top: actions imports runs, which needs do_push above, so that
+# importing this module first (scripts, tests) works as well as importing actions first.
+from .actions import action, publish_status  # noqa: E402
+
+
 @action
 async def push(engine: Engine, ctx: dict[str, Any], paths: list[str] | None = None, force: bool = False,
                dry_run: bool = False) -> dict[str, Any]:
@@ -406,8 +650,9 @@ async def push(engine: Engine, ctx: dict[str, Any], paths: list[str] | None = No
 @action
 async def save(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any] | None:
     """BufWritePost: push that one file when sync.push_on_save is on.  Saves that come
-    while a push is under way coalesce into the next push, which reads the newest content;
-    a failing remote is reported once until a push works again."""
+    while a push is under way coalesce into the next push, which reads the newest content.
+    A failing remote (connection, or errors writing there) is reported once, and once more
+    when pushes work again; conflicts of the saved file are reported on every save."""
     proj = engine.project(ctx)
     if not proj.config.sync.push_on_save or not ctx.get("file"):
         return None
@@ -422,15 +667,22 @@ async def save(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any] | None:
         while pending:
             batch = sorted(pending)
             pending.clear()
+            failure = None
             try:
                 result = await do_push(engine, proj, batch, quiet=True)
+                if result.get("errors"):
+                    failure = "; ".join(f"{e['path']}: {e['reason']}" for e in result["errors"][:3])
+            except RemoteDevError as e:
+                failure = e.message
+            if failure is None:
                 if proj.extras.pop("save_error", None):
                     engine.message(f"push on save to {proj.target.host} works again", "info")
-            except RemoteDevError as e:
-                if proj.extras.get("save_error") != e.message:
-                    proj.extras["save_error"] = e.message
-                    engine.message(f"push on save failed: {e.message}", "error")
-                    engine.emit("RemoteDevError", {"message": e.message})
+            elif proj.extras.get("save_error") is None:
+                proj.extras["save_error"] = failure
+                engine.message(f"push on save failed: {failure} (reported once; :RemotePush retries)", "error")
+                engine.emit("RemoteDevError", {"message": f"push on save failed: {failure}"})
+            else:
+                log.info("push on save still failing: %s", failure)
     finally:
         proj.extras["save_running"] = False
     return result
@@ -439,63 +691,132 @@ async def save(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- pull
 
 
+def local_target(root: Path, rel: str) -> Path:
+    """root/rel for a path named by the remote, refusing anything that would land outside
+    root: absolute paths, '..' and symlinked folders on the way.  Creates the folders."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+        raise RemoteDevError(f"refused path {rel!r} from the remote")
+    cur = root
+    for part in parts[:-1]:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            os.mkdir(cur)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise RemoteDevError(f"refused {rel}: {cur.relative_to(root)} is a symlink here")
+        if not stat.S_ISDIR(st.st_mode):
+            raise RemoteDevError(f"refused {rel}: {cur.relative_to(root)} is not a folder here")
+    return root / rel
+
+
+def temp_beside(path: Path) -> Path:
+    return path.parent / f".{path.name[:40]}.rdtmp-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def write_file_atomic(path: Path, data: bytes, mode: int) -> os.stat_result:
+    tmp = temp_beside(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode & 0o7777)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return os.lstat(path)
+
+
+def write_link_atomic(path: Path, target: str) -> os.stat_result:
+    tmp = temp_beside(path)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return os.lstat(path)
+
+
+@dataclass
+class PullItem:
+    rel: str
+    kind: str
+    size: int
+    mtime: int
+    digest: str | None
+    mode: int
+    target: str | None
+    local: Path
+
+
 async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force: bool,
                   modified: set[str]) -> dict[str, Any]:
     sess = proj.session()
-    records = records_for(proj, sess)
-    root = sess.target.remote_root
     folders = paths if paths is not None else list(proj.config.sync.pull)
     if not folders:
         raise RemoteDevError(f"{proj.config.file}: sync.pull is empty; name folders to pull, "
                              f"e.g. pull = [\"results/\"], or give paths to :RemotePull")
-    t0 = time.perf_counter()
-    known = {rel: [rec[KIND], rec[RSIZE], rec[RMTIME]] for rel, rec in records.data.items()}
-    remote = await sess.call("list", root, [f.rstrip("/") for f in folders], known)
-    res = PushResult()
-    pulled: list[str] = []
-    agent = await sess.ensure()
-    try:
-        for rel, (kind, size, mtime, digest, mode, target) in sorted(remote.items()):
-            rec = records.data.get(rel)
-            if rec and rec[KIND] == kind and rec[RSIZE] == size and rec[RMTIME] == mtime:
-                continue  # unchanged on the remote since the last sync
-            if digest is None:
-                digest = rec[HASH] if rec else None
-            local = proj.root / rel
-            if str(local) in modified:
-                res.conflicts.append({"path": rel, "reason": "open in Neovim with unsaved changes"})
-                continue
-            cur = lstat_entry(local)
-            if cur is not None and not force:
-                same_stat = rec and rec[KIND] == cur.kind and rec[LSIZE] == cur.size and rec[LMTIME] == cur.mtime_ns
-                if not same_stat:
-                    local_hash = await asyncio.to_thread(
-                        lambda: link_hash(cur.target or "") if cur.kind == "l" else file_hash(local))
-                    if local_hash != digest and not (rec and rec[HASH] == local_hash):
+    folders = [f.strip("/") for f in folders]
+    modified = {os.path.realpath(m) for m in modified if m}
+    async with sync_state(proj).lock:
+        records = records_for(proj, sess)
+        root = sess.target.remote_root
+        t0 = time.perf_counter()
+        res = PushResult()
+        pulled: list[str] = []
+        try:
+            known = {rel: [rec[KIND], rec[RSIZE], rec[RMTIME]] for rel, rec in records.data.items()
+                     if in_scope(rel, folders)}
+            remote = await sess.call("list", root, folders, known)
+            todo: list[PullItem] = []
+            for rel, (kind, size, mtime, dig, mode, target) in sorted(remote.items()):
+                rec = records.get(rel)
+                if rec is not None and rec[KIND] == kind and rec[RSIZE] == size and rec[RMTIME] == mtime:
+                    continue  # unchanged on the remote since the last sync
+                try:
+                    local = await asyncio.to_thread(local_target, proj.root, rel)
+                except (RemoteDevError, OSError) as e:
+                    res.errors.append({"path": rel, "reason": str(e)})
+                    continue
+                if os.path.realpath(local) in modified or str(local) in modified:
+                    res.conflicts.append({"path": rel, "reason": "open in Neovim with unsaved changes"})
+                    continue
+                cur = lstat_entry(local)
+                if cur is not None:
+                    same_stat = rec is not None and rec[KIND] == cur.kind and rec[LSIZE] == cur.size \
+                        and rec[LMTIME] == cur.mtime_ns
+                    local_hash = rec[HASH] if same_stat else None
+                    if local_hash is None:
+                        try:
+                            local_hash = await asyncio.to_thread(entry_hash, proj.root, rel, cur)
+                        except OSError:
+                            local_hash = None
+                    if local_hash is not None and local_hash == dig and cur.kind == kind:
+                        # already the same here: just remember it
+                        records.set(rel, [kind, cur.size, cur.mtime_ns, dig, size, mtime, cur.mode, "pull"])
+                        continue
+                    if not force and not same_stat and not (rec is not None and rec[HASH] == local_hash):
                         why = "changed locally since the last sync" if rec else "exists locally and differs"
                         res.conflicts.append({"path": rel, "reason": why})
                         continue
-            if kind == "l":
-                await asyncio.to_thread(write_link_atomic, local, target)
-            else:
-                data = bytearray()
-                while len(data) < size:
-                    block = await agent.call("read", root, rel, len(data), min(4 << 20, size - len(data)))
-                    if not block:
-                        break
-                    data += block
-                await asyncio.to_thread(write_file_atomic, local, bytes(data), mode)
-                digest = blake(bytes(data))
-            st = lstat_entry(local)
-            assert st is not None
-            records.data[rel] = [kind, st.size, st.mtime_ns, digest, size, mtime]
-            res.files += 1
-            res.bytes += size
-            pulled.append(str(local))
-    except ConnectError as e:
-        raise RemoteDevError(f"pull from {sess.target.host} interrupted after {res.files} files: {e.message}") from None
-    finally:
-        await asyncio.to_thread(records.save)
+                todo.append(PullItem(rel, kind, size, mtime, dig, mode, target, local))
+            agent = await sess.ensure()
+            await fetch_all(agent, root, todo, records, res, pulled)
+        except ConnectError as e:
+            raise RemoteDevError(f"pull from {sess.target.host} interrupted after {res.files} files: {e.message}. "
+                                 f"Nothing half-written is left; :RemotePull again completes it.") from None
+        except (asyncssh.Error, OSError) as e:
+            raise RemoteDevError(f"pull from {sess.target.host} failed after {res.files} files: {e}") from None
+        finally:
+            await asyncio.to_thread(records.save)
     data = done_payload(proj, sess, res, (time.perf_counter() - t0) * 1000)
     data["pulled"] = pulled
     engine.emit("RemoteDevPullDone", data)
@@ -504,25 +825,60 @@ async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force:
     return data
 
 
-def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.rdtmp-{os.getpid()}"
+async def fetch_all(agent: Any, root: str, todo: list[PullItem], records: SyncRecords, res: PushResult,
+                    pulled: list[str]) -> None:
+    """Read requests pipelined up to PULL_WINDOW bytes; each file written atomically."""
+    def done(item: PullItem, st: os.stat_result, dig: str | None) -> None:
+        records.set(item.rel, [item.kind, st.st_size, st.st_mtime_ns, dig, item.size, item.mtime,
+                               stat.S_IMODE(st.st_mode) if item.kind == "f" else 0o777, "pull"])
+        res.files += 1
+        res.bytes += item.size
+        pulled.append(str(item.local))
+
+    window: list[tuple[PullItem, list[asyncio.Future[Any]]]] = []
+    in_window = 0
+
+    async def flush() -> None:
+        nonlocal in_window
+        for item, futs in window:
+            try:
+                parts = [await f for f in futs]
+            except RemoteDevError as e:
+                if isinstance(e, ConnectError):
+                    raise
+                res.errors.append({"path": item.rel, "reason": e.message})
+                continue
+            data = b"".join(parts)
+            st = await asyncio.to_thread(write_file_atomic, item.local, data, item.mode)
+            done(item, st, digest(data))
+        window.clear()
+        in_window = 0
+
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_link_atomic(path: Path, target: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.rdtmp-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, path)
+        for item in todo:
+            if item.kind == "l":
+                st = await asyncio.to_thread(write_link_atomic, item.local, item.target or "")
+                done(item, st, link_hash(item.target or ""))
+                continue
+            futs = []
+            offset = 0
+            while offset < item.size or (offset == 0 and not futs):
+                n = min(4 << 20, max(item.size - offset, 0)) or 1
+                futs.append(agent.send("read", root, item.rel, offset, n))
+                offset += n
+            window.append((item, futs))
+            in_window += item.size
+            await agent.drain()
+            if in_window >= PULL_WINDOW:
+                await flush()
+        await flush()
+    finally:
+        for _item, futs in window:
+            for f in futs:
+                if f.done() and not f.cancelled():
+                    f.exception()
+                else:
+                    f.cancel()
 
 
 @action

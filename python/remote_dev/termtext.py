@@ -24,6 +24,22 @@ def clean(text: str) -> str:
     return ANSI.sub("", text)
 
 
+COLLAPSE_AT = 4096
+
+
+def collapse(partial: str) -> str:
+    """An unfinished line rewritten many times (a progress bar: `\r` without a newline,
+    for hours) reduced to what it shows so far plus its last raw segment, so it stays
+    small.  Shows the same: clean() finds nothing across a `\r` (CSI and two-character
+    sequences never hold one); the line is left as is while an OSC sequence may be open."""
+    cut = partial.rfind("\r")
+    head = partial[:cut]
+    osc = head.rfind("\x1b]")
+    if osc >= 0 and "\x07" not in head[osc:] and "\x1b\\" not in head[osc:]:
+        return partial
+    return overwrite(clean(head)) + partial[cut:]
+
+
 class TerminalText:
     """Feed bytes; get completed lines and the current (unfinished) line."""
 
@@ -41,9 +57,25 @@ class TerminalText:
         if final and self.partial:
             parts.append(self.partial)
             self.partial = ""
+        elif len(self.partial) > COLLAPSE_AT and "\r" in self.partial:
+            self.partial = collapse(self.partial)
         if "\x1b" in text or "\r" in text or "\x08" in text:
             return [overwrite(clean(p)) for p in parts]
         return parts
+
+    def skip(self, data: bytes, newlines: int | None = None) -> int:
+        """Advance over data as feed would, without building the lines it completes (output
+        too fast to show); returns how many lines it completes (newlines: their count, when
+        known already)."""
+        n = data.count(b"\n") if newlines is None else newlines
+        if not n:
+            self.feed(data)
+            return 0
+        # a line starts after a newline: decoding from there is exact
+        self.decoder.reset()
+        self.partial = ""
+        self.feed(data[data.rindex(b"\n") + 1:])
+        return n
 
     def current(self) -> str:
         """The unfinished last line as it shows now."""

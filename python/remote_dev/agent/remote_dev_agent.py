@@ -67,18 +67,21 @@ def expand_root(root):
 
 
 def file_hash(path):
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
+    """Content hash as sync records it: sha256 (hardware-accelerated almost everywhere),
+    truncated to 128 bits.  Never follows a final symlink."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
         while True:
             block = f.read(HASH_CHUNK)
             if not block:
                 break
             h.update(block)
-    return h.hexdigest()
+    return h.hexdigest()[:32]
 
 
 def link_hash(target):
-    return hashlib.blake2b(b"link:" + os.fsencode(target), digest_size=16).hexdigest()
+    return hashlib.sha256(b"link:" + os.fsencode(target)).hexdigest()[:32]
 
 
 # --------------------------------------------------------------------------- paths
@@ -96,13 +99,16 @@ def check_relpath(rel):
     return parts
 
 
-def resolve(root, rel, create_parents=False):
+def resolve(root, rel, create_parents=False, known_dirs=None):
     """Absolute path of root/rel after checking that no component on the way is a
-    symlink (so nothing is ever read or written outside root)."""
+    symlink (so nothing is ever read or written outside root).  known_dirs: a set of
+    folders already checked during the same request."""
     parts = check_relpath(rel)
     cur = root
     for part in parts[:-1]:
-        cur = os.path.join(cur, part)
+        cur = cur + "/" + part
+        if known_dirs is not None and cur in known_dirs:
+            continue
         try:
             st = os.lstat(cur)
         except FileNotFoundError:
@@ -117,7 +123,9 @@ def resolve(root, rel, create_parents=False):
             raise AgentError("path", "refused %r: %r is a symlink" % (rel, cur[len(root) + 1:]))
         if not stat.S_ISDIR(st.st_mode):
             raise AgentError("path", "refused %r: %r is not a folder" % (rel, cur[len(root) + 1:]))
-    return os.path.join(root, *parts)
+        if known_dirs is not None:
+            known_dirs.add(cur)
+    return root + "/" + rel
 
 
 def entry_state(path):
@@ -125,10 +133,12 @@ def entry_state(path):
     or None."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except NotADirectoryError:
-        return None
+    return stat_state(st)
+
+
+def stat_state(st):
     if stat.S_ISLNK(st.st_mode):
         return ["l", st.st_size, st.st_mtime_ns]
     if stat.S_ISREG(st.st_mode):
@@ -146,15 +156,18 @@ def content_hash(path, state):
     return None
 
 
-def conflict_reason(path, expect, new_hash):
+def conflict_reason(path, expect, new_hash, state=False):
     """None when path may be replaced: it is what the last sync left (by stat or by
     content), absent where nothing was synced, or already equal to the new content.
-    Otherwise a short reason."""
-    state = entry_state(path)
+    Otherwise a short reason.  state: entry_state(path) when already known."""
+    if state is False:
+        state = entry_state(path)
     if state is None:
         return None  # absent (or deleted remotely): writing it loses nothing
     if state[0] == "d":
         return "a folder is in the way"
+    if state[0] == "o":
+        return "something other than a file is in the way"
     if expect is not None and state[1] == expect[1] and state[2] == expect[2] and state[0] == expect[0]:
         return None
     current = content_hash(path, state)
@@ -167,6 +180,76 @@ def conflict_reason(path, expect, new_hash):
     return "changed on the remote since the last sync"
 
 
+class Staged(object):
+    """A large file arriving in chunks: a temporary file beside its destination, hashed
+    as it is written."""
+
+    def __init__(self, tmp, fd, final):
+        self.tmp = tmp
+        self.fd = fd
+        self.final = final
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.error = None
+
+    def discard(self):
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+def make_temp(path, flags=os.O_WRONLY):
+    """A new temporary file in path's folder: (name, fd).  Never follows or reuses
+    whatever already has the name."""
+    d, base = os.path.split(path)
+    global _tmp_counter
+    while True:
+        _tmp_counter += 1
+        tmp = "%s/%s%s.%d-%d" % (d, TMP_MARK, base[:40], os.getpid(), _tmp_counter)
+        try:
+            fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            continue
+        return tmp, fd
+
+
+_tmp_counter = 0
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def op_from_dict(op):
+    """The older map form of a push op: {"op", "path", "data" | "token" | "target", "mode",
+    "hash", "expect", "force"}."""
+    kind = op.get("op")
+    if kind == "w" and op.get("token") is not None:
+        return ["s", op.get("path"), op.get("expect"), op.get("force"), op.get("hash"), op.get("mode"), op["token"]]
+    if kind == "w":
+        return ["w", op.get("path"), op.get("expect"), op.get("force"), op.get("hash"), op.get("mode"), op.get("data", b"")]
+    if kind == "l":
+        return ["l", op.get("path"), op.get("expect"), op.get("force"), op.get("hash"), None, op.get("target")]
+    return [kind, op.get("path"), op.get("expect"), op.get("force")]
+
+
+def unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 # --------------------------------------------------------------------------- the agent
 
 
@@ -175,7 +258,7 @@ class Agent(object):
         self.out = out
         self.out_lock = threading.Lock()
         self.packer_lock = threading.Lock()
-        self.staged = {}  # token -> (tmp path, file object, final path)
+        self.staged = {}  # token -> Staged
         self.staged_lock = threading.Lock()
         self.next_token = 0
 
@@ -221,17 +304,12 @@ class Agent(object):
             self.respond(msgid, None, result)
 
     def cleanup(self):
+        """Remove the temporary files of large files still arriving (channel closed)."""
         with self.staged_lock:
-            for tmp, f, _final in self.staged.values():
-                try:
-                    f.close()
-                except OSError:
-                    pass
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+            staged = list(self.staged.values())
             self.staged.clear()
+        for entry in staged:
+            entry.discard()
 
     # -- basic
     def m_hello(self, client_version):
@@ -305,15 +383,16 @@ class Agent(object):
         return path
 
     def m_stage(self, root, rel):
-        """Open a temporary file beside root/rel for a large file sent in chunks."""
+        """Open a temporary file beside root/rel for a large file sent in chunks
+        (append), then written by a push op ["s", ...] carrying the token."""
         root = expand_root(root)
+        os.makedirs(root, exist_ok=True)
         final = resolve(root, rel, create_parents=True)
-        tmp = "%s/%s%s%d-%d" % (os.path.dirname(final), TMP_MARK, os.path.basename(final)[:40], os.getpid(), self.next_token)
-        f = open(tmp, "wb")
+        tmp, fd = make_temp(final)
         with self.staged_lock:
             self.next_token += 1
             token = self.next_token
-            self.staged[token] = (tmp, f, final)
+            self.staged[token] = Staged(tmp, fd, final)
         return token
 
     def m_append(self, token, data):
@@ -321,89 +400,16 @@ class Agent(object):
             entry = self.staged.get(token)
         if entry is None:
             raise AgentError("stage", "unknown staged file %r" % token)
-        entry[1].write(data)
-        return None
-
-    def m_push(self, root, ops):
-        """Apply file operations; one result per op:
-        ["ok", size, mtime_ns] | ["conflict", reason] | ["error", message] | ["gone"].
-
-        op: {"op": "w", "path", "data" | "token", "mode", "hash", "expect", "force"}
-            {"op": "l", "path", "target", "hash", "expect", "force"}
-            {"op": "d", "path", "expect", "force"}
-        expect: None (nothing synced yet) or [kind, size, mtime_ns, hash] as the last sync
-        left it."""
-        root = expand_root(root)
-        if not os.path.isdir(root):
-            os.makedirs(root, exist_ok=True)
-        results = []
-        for op in ops:
-            try:
-                results.append(self.apply(root, op))
-            except AgentError as e:
-                results.append(["error", e.message])
-            except OSError as e:
-                results.append(["error", "%s: %s" % (e.strerror or e, op.get("path"))])
-        return results
-
-    def apply(self, root, op):
-        kind = op["op"]
-        rel = op["path"]
-        if kind == "d":
-            path = resolve(root, rel)
-            state = entry_state(path)
-            if state is None:
-                return ["gone"]
-            if not op.get("force"):
-                reason = conflict_reason(path, op.get("expect"), None)
-                if reason:
-                    return ["conflict", reason]
-            if state[0] == "d":
-                return ["error", "%s is a folder" % rel]
-            os.unlink(path)
-            self.prune_dirs(root, os.path.dirname(path))
-            return ["ok", 0, 0]
-        path = resolve(root, rel, create_parents=True)
-        token = op.get("token")
-        if not op.get("force"):
-            reason = conflict_reason(path, op.get("expect"), op.get("hash"))
-            if reason:
-                if token is not None:
-                    self.drop_staged(token)
-                return ["conflict", reason]
-        if entry_state(path) is not None and entry_state(path)[0] == "d":
-            return ["error", "%s: a folder is in the way" % rel]
-        tmp = None
+        if entry.error is not None:
+            raise AgentError("stage", entry.error)
         try:
-            if kind == "l":
-                tmp = "%s/%s%s%d" % (os.path.dirname(path), TMP_MARK, os.path.basename(path)[:40], os.getpid())
-                os.symlink(op["target"], tmp)
-            elif token is not None:
-                with self.staged_lock:
-                    tmp, f, _final = self.staged.pop(token)
-                f.close()
-                os.chmod(tmp, op.get("mode", 0o644) & 0o7777)
-            else:
-                tmp = "%s/%s%s%d" % (os.path.dirname(path), TMP_MARK, os.path.basename(path)[:40], os.getpid())
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    view = memoryview(op["data"])
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
-                    os.fchmod(fd, op.get("mode", 0o644) & 0o7777)
-                finally:
-                    os.close(fd)
-            os.rename(tmp, path)
-            tmp = None
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-        st = os.lstat(path)
-        return ["ok", st.st_size, st.st_mtime_ns]
+            write_all(entry.fd, data)
+        except OSError as e:
+            entry.error = "%s: %s" % (e.strerror or e, entry.final)
+            raise AgentError("stage", entry.error)
+        entry.hash.update(data)
+        entry.size += len(data)
+        return None
 
     def m_unstage(self, token):
         self.drop_staged(token)
@@ -411,12 +417,125 @@ class Agent(object):
     def drop_staged(self, token):
         with self.staged_lock:
             entry = self.staged.pop(token, None)
-        if entry:
-            entry[1].close()
+        if entry is not None:
+            entry.discard()
+
+    def m_push(self, root, ops):
+        """Apply file operations in order; one result per op:
+        ["ok", size, mtime_ns] | ["conflict", reason] | ["error", message] | ["gone"].
+
+        op: ["w", path, expect, force, hash, mode, data]     a file, whole
+            ["s", path, expect, force, hash, mode, token]    a file staged in chunks
+            ["l", path, expect, force, hash, None, target]   a symlink (never followed)
+            ["d", path, expect, force]                       delete a file or symlink
+        expect: None (nothing synced yet) or [kind, size, mtime_ns, hash] as the last sync
+        left it; a path that is no longer that is a conflict unless force."""
+        root = expand_root(root)
+        if not os.path.isdir(root):
+            os.makedirs(root, exist_ok=True)
+        known_dirs = set()
+        results = []
+        for op in ops:
+            if isinstance(op, dict):
+                op = op_from_dict(op)
             try:
-                os.unlink(entry[0])
-            except OSError:
-                pass
+                results.append(self.apply(root, op, known_dirs))
+            except AgentError as e:
+                results.append(["error", e.message])
+                if op[0] == "s":
+                    self.drop_staged(op[6])
+            except OSError as e:
+                results.append(["error", "%s: %s" % (e.strerror or e, op[1])])
+                if op[0] == "s":
+                    self.drop_staged(op[6])
+        return results
+
+    def apply(self, root, op, known_dirs=None):
+        if isinstance(op, dict):
+            op = op_from_dict(op)
+        kind, rel, expect, force = op[0], op[1], op[2], op[3]
+        if kind == "d":
+            path = resolve(root, rel, known_dirs=known_dirs)
+            state = entry_state(path)
+            if state is None:
+                return ["gone"]
+            if state[0] == "d":
+                return ["error", "%s is a folder" % rel]
+            if not force:
+                reason = conflict_reason(path, expect, None, state)
+                if reason:
+                    return ["conflict", reason]
+            os.unlink(path)
+            self.prune_dirs(root, os.path.dirname(path))
+            return ["ok", 0, 0]
+        if kind not in ("w", "s", "l"):
+            raise AgentError("op", "unknown op %r" % (kind,))
+        new_hash, mode, payload = op[4], op[5], op[6]
+        staged = None
+        if kind == "s":
+            with self.staged_lock:
+                staged = self.staged.pop(payload, None)
+            if staged is None:
+                raise AgentError("stage", "unknown staged file %r" % (payload,))
+        try:
+            path = resolve(root, rel, create_parents=True, known_dirs=known_dirs)
+            if staged is not None and staged.final != path:
+                raise AgentError("stage", "staged for another path")
+            state = entry_state(path)
+            if state is not None and state[0] == "d":
+                return ["error", "%s: a folder is in the way" % rel]
+            if not force:
+                reason = conflict_reason(path, expect, new_hash, state)
+                if reason:
+                    return ["conflict", reason]
+            if kind == "l":
+                tmp = self.link_temp(path, payload)
+                try:
+                    os.rename(tmp, path)
+                except BaseException:
+                    unlink_quiet(tmp)
+                    raise
+                st = os.lstat(path)
+                return ["ok", st.st_size, st.st_mtime_ns]
+            if staged is not None:
+                if staged.error is not None:
+                    return ["error", staged.error]
+                if new_hash is not None and staged.hash.hexdigest()[:32] != new_hash:
+                    return ["error", "%s: the staged content does not match (%d bytes arrived)" % (rel, staged.size)]
+                tmp, fd = staged.tmp, staged.fd
+                staged.fd = None
+            else:
+                tmp, fd = make_temp(path)
+            try:
+                try:
+                    if staged is None:
+                        write_all(fd, payload)
+                    os.fchmod(fd, (mode if mode is not None else 0o644) & 0o7777)
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, path)
+            except BaseException:
+                unlink_quiet(tmp)
+                raise
+            staged = None
+            return ["ok", st.st_size, st.st_mtime_ns]
+        finally:
+            if staged is not None:
+                staged.discard()
+
+    @staticmethod
+    def link_temp(path, target):
+        d, base = os.path.split(path)
+        global _tmp_counter
+        while True:
+            _tmp_counter += 1
+            tmp = "%s/%s%s.%d-%d" % (d, TMP_MARK, base[:40], os.getpid(), _tmp_counter)
+            try:
+                os.symlink(target, tmp)
+            except FileExistsError:
+                continue
+            return tmp
 
     def prune_dirs(self, root, d):
         while d != root and d.startswith(root + "/"):
@@ -426,18 +545,20 @@ class Agent(object):
                 return
             d = os.path.dirname(d)
 
-    def m_state(self, root, rels):
-        """[kind, size, mtime_ns, hash] (or None) of each path, for pull and status."""
+    def m_state(self, root, rels, hashes=True):
+        """[kind, size, mtime_ns, hash] (hash None unless hashes) or None for each path:
+        only files and symlinks count."""
         root = expand_root(root)
         out = []
+        known_dirs = set()
         for rel in rels:
             try:
-                path = resolve(root, rel)
+                path = resolve(root, rel, known_dirs=known_dirs)
                 state = entry_state(path)
                 if state is None or state[0] not in ("f", "l"):
                     out.append(None)
                 else:
-                    out.append(state + [content_hash(path, state)])
+                    out.append(state + [content_hash(path, state) if hashes else None])
             except (AgentError, OSError):
                 out.append(None)
         return out
@@ -462,10 +583,10 @@ class Agent(object):
                 continue
             for dirpath, dirnames, filenames in os.walk(base):
                 for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-                    full = os.path.join(dirpath, name)
-                    rel = os.path.relpath(full, root).replace(os.sep, "/")
                     if TMP_MARK in name:
                         continue
+                    full = os.path.join(dirpath, name)
+                    rel = os.path.relpath(full, root).replace(os.sep, "/")
                     self.list_one(root, rel, full, known, result)
         return result
 
@@ -483,15 +604,36 @@ class Agent(object):
         prev = known.get(rel)
         digest = None
         if not (prev and prev[0] == kind and prev[1] == st.st_size and prev[2] == st.st_mtime_ns):
-            digest = link_hash(target) if kind == "l" else file_hash(full)
+            try:
+                digest = link_hash(target) if kind == "l" else file_hash(full)
+            except OSError:
+                return
         result[rel] = [kind, st.st_size, st.st_mtime_ns, digest, st.st_mode & 0o7777, target]
 
     def m_read(self, root, rel, offset, size):
+        """Bytes of a regular file under root (a final symlink is refused, not followed)."""
         root = expand_root(root)
         path = resolve(root, rel)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise AgentError("path", "refused %r: a symlink" % rel)
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AgentError("path", "refused %r: not a regular file" % rel)
+            os.lseek(fd, offset, os.SEEK_SET)
+            chunks = []
+            while size > 0:
+                block = os.read(fd, min(size, 1 << 22))
+                if not block:
+                    break
+                chunks.append(block)
+                size -= len(block)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     # -- runs
     def runs_dir(self):
@@ -511,20 +653,19 @@ class Agent(object):
         open(os.path.join(d, "output.log"), "wb").close()
         if spec.get("slurm") is not None:
             return submit_slurm(d, spec)
-        agent_path = os.path.abspath(__file__)
-        proc = subprocess.Popen(
-            [sys.executable, "-S", agent_path, "supervise", d],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=True, start_new_session=True, cwd="/",
-        )
-        threading.Thread(target=proc.wait, daemon=True).start()  # reap when it exits
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            info = run_info(d)
-            if info["state"] != "starting":
-                return info
-            time.sleep(0.002)
-        return run_info(d)
+        start_supervisor(d)
+        try:
+            deadline = time.time() + 10
+            delay = POLL_FIRST
+            while time.time() < deadline:
+                info = run_info(d)
+                if info["state"] != "starting":
+                    return info
+                time.sleep(delay)
+                delay = min(delay * 1.5, POLL_MAX_YOUNG)
+            return run_info(d)
+        finally:
+            spare_later()
 
     def m_run_info(self, run_id):
         d = os.path.join(self.runs_dir(), run_id)
@@ -549,27 +690,35 @@ class Agent(object):
                 out.append(info)
         return out
 
-    def m_run_read(self, run_id, offset, max_bytes, wait):
+    def m_run_read(self, run_id, offset, max_bytes, wait, min_bytes=1):
         """Output of a run from a byte offset.  With wait > 0 this is a long poll: it
-        returns as soon as there is output, the run ends, or wait seconds pass.
+        returns as soon as there is output (at least min_bytes of it, or max_bytes if
+        less), the run ends, or wait seconds pass.
         Returns {data, offset (after data), size, state, info when ended}."""
         d = os.path.join(self.runs_dir(), run_id)
         log = os.path.join(d, "output.log")
         deadline = time.time() + (wait or 0)
-        delay = 0.002
+        need = offset + max(1, min(min_bytes or 1, max_bytes))
+        delay = POLL_FIRST
         while True:
             info = run_info(d)
             size = os.path.getsize(log)
-            if size > offset or info["state"] not in LIVE_STATES or time.time() >= deadline:
+            now = time.time()
+            if size >= need or info["state"] not in LIVE_STATES or now >= deadline:
                 break
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            time.sleep(min(delay, deadline - now))
+            # a young run is polled tightly (its first output shows at once), then less
+            young = now - (info.get("created") or 0) < POLL_YOUNG_FOR
+            delay = min(delay * 1.5, POLL_MAX_YOUNG if young else POLL_MAX)
         data = b""
         if size > offset:
             with open(log, "rb") as f:
                 f.seek(offset)
                 data = f.read(min(max_bytes, size - offset))
-        return {"data": data, "offset": offset + len(data), "size": size, "info": info}
+        # newlines counted here, off the client's (single) thread: it decides from them which
+        # lines of fast output it shows
+        return {"data": data, "offset": offset + len(data), "size": size, "info": info,
+                "newlines": data.count(b"\n")}
 
     def m_run_stop(self, run_id, grace):
         d = os.path.join(self.runs_dir(), run_id)
@@ -933,6 +1082,96 @@ def kill_run_processes(run_id, supervisor, grace):
 
 # --------------------------------------------------------------------------- supervisor
 
+# Polling of m_run_read: from POLL_FIRST growing to POLL_MAX_YOUNG while the run is younger
+# than POLL_YOUNG_FOR seconds, to POLL_MAX after.
+POLL_FIRST = 0.0005
+POLL_MAX_YOUNG = 0.005
+POLL_YOUNG_FOR = 2.0
+POLL_MAX = 0.05
+SPARE_DELAY = 0.3     # seconds after a run start before the next spare supervisor starts
+SPARE_LOCK = threading.Lock()
+SPARES = []           # at most one idle supervisor (Popen) waiting on its stdin for a run folder
+
+
+def supervisor_popen(args, stdin):
+    """`python -S` importing this file as a module (its bytecode is cached next to it, as
+    the bootstrap imports it the same way) rather than running it as a script, which
+    would compile it on every start."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    name = os.path.splitext(os.path.basename(__file__))[0]
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import %s as agent; agent.main(sys.argv[2:])" % name)
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "-c", code, here] + args,
+        stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        close_fds=True, start_new_session=True, cwd="/",
+    )
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap when it exits
+    return proc
+
+
+def start_supervisor(d):
+    """Start the supervisor of run folder d: hand d to the spare supervisor started
+    ahead (its interpreter is up: the program starts at once), or start one."""
+    with SPARE_LOCK:
+        proc = SPARES.pop() if SPARES else None
+    if proc is not None:
+        try:
+            proc.stdin.write(os.fsencode(d) + b"\n")
+            proc.stdin.close()
+            return
+        except (OSError, ValueError):  # it is gone: start one the usual way
+            pass
+    supervisor_popen(["supervise", d], subprocess.DEVNULL)
+
+
+def spare_later():
+    """Start the next spare supervisor a moment after a run start (not competing with
+    the program's own start for the CPU)."""
+    t = threading.Timer(SPARE_DELAY, make_spare)
+    t.daemon = True
+    t.start()
+
+
+def make_spare():
+    with SPARE_LOCK:
+        if SPARES:
+            return
+    try:
+        proc = supervisor_popen(["supervise-spare"], subprocess.PIPE)
+    except OSError:
+        return
+    with SPARE_LOCK:
+        if not SPARES:
+            SPARES.append(proc)
+            return
+    proc.stdin.close()  # another one won: this one reads EOF and exits
+
+
+def supervise_spare():
+    """An idle supervisor: ready (signals, subreaper) before it knows its run; reads one
+    run folder from stdin and supervises it; exits at EOF (the agent went away)."""
+    shield_signals()
+    set_subreaper()
+    line = sys.stdin.buffer.readline()
+    if not line.endswith(b"\n"):
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    supervise(os.fsdecode(line[:-1]), ready=True)
+
+
+def _ignore(signum, frame):
+    pass
+
+
+def shield_signals():
+    """The supervisor outlives SIGHUP and SIGINT.  A handler that does nothing rather than
+    SIG_IGN: handlers fall back to the default at exec, so the program gets SIGINT and
+    SIGHUP as usual without a preexec_fn (which would cost the fast spawn path)."""
+    signal.signal(signal.SIGHUP, _ignore)
+    signal.signal(signal.SIGINT, _ignore)
+
 
 def set_subreaper():
     try:
@@ -944,11 +1183,12 @@ def set_subreaper():
         pass
 
 
-def supervise(d):
-    """Run one command detached, output to d/output.log, exit status to d/exit.json."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    set_subreaper()
+def supervise(d, ready=False):
+    """Run one command detached, output to d/output.log, exit status to d/exit.json.
+    ready: signals and the subreaper are set already (a spare supervisor)."""
+    if not ready:
+        shield_signals()
+        set_subreaper()
     spec = read_json(os.path.join(d, "spec.json"))
     env = dict(os.environ)
     env.update(spec.get("env") or {})
@@ -960,7 +1200,6 @@ def supervise(d):
         child = subprocess.Popen(
             argv, cwd=spec["root"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             close_fds=True, restore_signals=True,
-            preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), signal.signal(signal.SIGHUP, signal.SIG_DFL)),
         )
     except OSError as e:
         os.write(log, ("remote_dev: cannot start %s: %s\n" % (argv[0], e.strerror)).encode())
@@ -1018,28 +1257,33 @@ def reap_all():
 # --------------------------------------------------------------------------- main
 
 
+class _Input(object):
+    """stdin for msgpack's streaming unpacker: read(n) answers with what has arrived (at
+    least a byte, b"" at the end), so a request is parsed once, however it was split."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def read(self, n):
+        return self.raw.read1(max(n, 1 << 16))
+
+
 def serve():
     inp = sys.stdin.buffer
     out = sys.stdout.buffer
     # Anything printed by mistake must not corrupt the protocol stream.
     sys.stdout = sys.stderr
     agent = Agent(out)
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=256 << 20)
+    unpacker = msgpack.Unpacker(_Input(inp), raw=False, max_buffer_size=256 << 20, read_size=1 << 16)
     signal.signal(signal.SIGHUP, lambda *_: (agent.cleanup(), os._exit(0)))
     signal.signal(signal.SIGTERM, lambda *_: (agent.cleanup(), os._exit(0)))
     try:
-        while True:
-            data = inp.read1(1 << 20)
-            if not data:
-                break
-            unpacker.feed(data)
-            for msg in unpacker:
-                agent.handle(msg)
+        for msg in unpacker:
+            agent.handle(msg)
     except (OSError, ValueError):
         pass
     finally:
         agent.cleanup()
-
 
 def debug_launch(argv):
     """`python agent.py debug-launch READY -- script args | -m module args`: debugpy
@@ -1072,6 +1316,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "supervise":
         supervise(argv[1])
+        return
+    if argv and argv[0] == "supervise-spare":
+        supervise_spare()
         return
     if argv and argv[0] == "debug-launch":
         debug_launch(argv[1:])
