@@ -59,6 +59,22 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return state
 
 
+def run_processes(run_id: str) -> list[int]:
+    """Live processes on this machine (the remote) that carry the run's id in their environment."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"REMOTE_DEV_RUN_ID={run_id}".encode() in env and state != "Z":
+            out.append(int(pid))
+    return out
+
+
 @dataclass
 class Project:
     root: Path

@@ -167,7 +167,6 @@ def test_remote_forward_survives_reconnect(engine, make_project, tmp_path):
     """:RemoteForward to a TCP server on the remote's 127.0.0.1; the local port stays the
     same after the connection drops."""
     import socket
-    import sys
     import threading
 
     srv = socket.socket()

@@ -1,9 +1,8 @@
 """Runs through the engine against the real sshd: detached, streamed, stopped as a tree."""
 from __future__ import annotations
 
-import os
 
-from conftest import events, wait_for
+from conftest import events, run_processes, wait_for
 
 
 def run_exit(engine, run_id, timeout=30):
@@ -29,22 +28,6 @@ def test_run_streams_output_and_exit_code(engine, make_project):
     assert (proj.remote_root / "main.py").exists()
 
 
-def remote_pids(run_id):
-    """Processes on this machine (the remote) that carry the run's id in their environment."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if f"REMOTE_DEV_RUN_ID={run_id}".encode() in env and state != "Z":
-            out.append(int(pid))
-    return out
-
-
 STUBBORN = r'''
 import os, signal, subprocess, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -68,11 +51,11 @@ def test_stop_leaves_no_process(engine, make_project):
     proj.write("stubborn.py", STUBBORN)
     res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 stubborn.py"}, timeout=60)
     wait_for(lambda: "started" in output_lines(engine, res["id"]), 20, what="program start")
-    wait_for(lambda: len(remote_pids(res["id"])) >= 4, 10, what="children")  # sh?, main, child, grandchild
+    wait_for(lambda: len(run_processes(res["id"])) >= 4, 10, what="children")  # sh?, main, child, grandchild
     engine.call_sync("stop", {"cwd": str(proj.root)}, {"id": res["id"]}, timeout=60)
     ex = run_exit(engine, res["id"])
     assert ex["code"] != 0
-    assert remote_pids(res["id"]) == []
+    assert run_processes(res["id"]) == []
 
 
 def test_run_survives_engine_restart_and_reattach_gets_everything(make_project, sshd):

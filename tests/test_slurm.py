@@ -2,11 +2,10 @@
 this machine through the sshd)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
-from conftest import events, require, wait_for
+from conftest import events, require, run_processes, wait_for
 
 from support.slurm import SlurmCluster, slurm_available
 
@@ -31,20 +30,6 @@ def slurm_project(make_project, cluster, args=()):
 def exit_of(engine, run_id, timeout=60):
     return wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == run_id), None),
                     timeout, 0.05, what=f"exit of {run_id}")
-
-
-def job_processes(run_id):
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-                state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if f"REMOTE_DEV_RUN_ID={run_id}".encode() in env and state != "Z":
-                out.append(int(pid))
-    return out
 
 
 def test_failing_job_traceback_in_quickfix(nvim, make_project, cluster):
@@ -91,7 +76,7 @@ def test_long_job_cancelled_by_remote_stop(nvim, make_project, cluster):
     nvim.command(f"edit {main}")
     nvim.command("RemoteRun")
     start = nvim.wait_event("RemoteDevRunStart", 60)
-    wait_for(lambda: job_processes(start["id"]), 30, what="job running")
+    wait_for(lambda: run_processes(start["id"]), 30, what="job running")
     buf = wait_for(lambda: [b for b in nvim.buffers if "remote_dev://run/" in b.name], 10)[0]
     wait_for(lambda: "step 2" in buf[:], 30, what="live output")
     wait_for(lambda: "RUNNING on" in buf[0], 10, what="queue state in the header")
@@ -99,7 +84,7 @@ def test_long_job_cancelled_by_remote_stop(nvim, make_project, cluster):
     ex = nvim.wait_event("RemoteDevRunExit", 60)
     assert ex["code"] != 0
     wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
-    wait_for(lambda: job_processes(start["id"]) == [], 30, what="no job process left")
+    wait_for(lambda: run_processes(start["id"]) == [], 30, what="no job process left")
 
 
 def test_debug_a_job_to_a_breakpoint(engine, make_project, cluster):
