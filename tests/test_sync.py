@@ -10,9 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import events, wait_for
-import remote_dev.actions  # noqa: F401  - loads the actions (sync among them) in their order
 from remote_dev import rpc
 from remote_dev.errors import AgentCallError, RemoteDevError
 from remote_dev.scan import Walker, git_listing
@@ -337,6 +335,94 @@ def test_dry_run_writes_nothing(engine, make_project, isolated_state):
     assert res["files"] == 1 and res["deleted"] == 1 and res["conflicts"] == ["b.py"]
 
 
+# --------------------------------------------------------------------------- the watcher
+
+
+def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
+    """After the first push, tree pushes look only at what inotify saw change; whatever the
+    change, the remote ends up as a whole-tree push would leave it."""
+    import remote_dev.scan as scan_mod
+
+    calls = {"git": 0}
+    orig = scan_mod.git_listing_start
+
+    def counting(root, paths=None):
+        calls["git"] += 1
+        return orig(root, paths)
+    monkeypatch.setattr(scan_mod, "git_listing_start", counting)
+    proj = make_project(git=True)
+    proj.write(".gitignore", "*.tmp\n")
+    proj.write("a.py", "a\n")
+    proj.write("pkg/b.py", "b\n")
+    proj.write("pkg/sub/c.py", "c\n")
+    proj.write("x.tmp", "ignored for now\n")
+    proj.write("docs/only.tmp", "a folder with nothing listed in it\n")
+    push(engine, proj)
+
+    def check():
+        res = push(engine, proj)
+        res["git_runs"] = calls["git"]
+        assert res["errors"] == []
+        expected = set(git_listing(proj.root))
+        assert remote_files(proj) == expected
+        for rel in expected:
+            local, remote = proj.root / rel, proj.remote(rel)
+            if os.path.islink(local):
+                assert os.readlink(remote) == os.readlink(local), rel
+            else:
+                assert remote.read_bytes() == local.read_bytes(), rel
+                assert os.stat(remote).st_mode & 0o777 == os.stat(local).st_mode & 0o777, rel
+        return res
+
+    n = calls["git"]
+    res = check()
+    assert res["files"] == 0 and res["git_runs"] == n  # nothing changed: not even git runs
+    proj.write("a.py", "a2\n")
+    proj.write("docs/guide.md", "appeared where nothing was listed\n")
+    proj.write("new/deep/er/d.py", "d\n")
+    (proj.root / "pkg/sub/c.py").unlink()
+    os.chmod(proj.root / "pkg/b.py", 0o700)
+    os.symlink("a.py", proj.root / "alias.py")
+    proj.write("editor.swp~", "x")
+    (proj.root / "editor.swp~").unlink()  # here and gone between two pushes
+    res = check()
+    assert res["files"] == 5 and res["deleted"] == 1
+    shutil.rmtree(proj.root / "new")
+    proj.write("pkg/sub/e.py", "e\n")
+    assert check()["deleted"] == 1
+    os.rename(proj.root / "pkg", proj.root / "pkg2")  # a folder moved: a whole-tree scan
+    check()
+    proj.write(".gitignore", "")  # ignore rules changed: a whole-tree scan
+    assert "x.tmp" in {*check()["conflicts"], *remote_files(proj)}
+    proj.write(".gitignore", "*.tmp\n")
+    (proj.root / "x.tmp").unlink()  # ignored again and gone here: gone there too
+    (proj.root / "docs/only.tmp").unlink()
+    proj.write("y.tmp", "forced\n")
+    check()
+    assert not proj.remote("y.tmp").exists()
+    git(proj.root, "add", "-f", "y.tmp")  # the index changed: git's answer did too
+    check()
+    assert proj.remote("y.tmp").read_text() == "forced\n"
+    # pushing one path: no git run while the rules stay; a new rule is seen at once
+    proj.write("late.py", "v1\n")
+    check()
+    n = calls["git"]
+    proj.write("late.py", "v2\n")
+    assert push(engine, proj, paths=[str(proj.root / "late.py")])["files"] == 1 and calls["git"] == n
+    proj.write(".gitignore", "*.tmp\nlate.py\n")
+    proj.write("late.py", "v3\n")
+    assert push(engine, proj, paths=[str(proj.root / "late.py")])["files"] == 0
+    assert proj.remote("late.py").read_text() == "v2\n"
+    (proj.root / "late.py").unlink()
+    # a conflict is reported again on the next push, though nothing changed here since
+    proj.remote("a.py").write_text("remote edit\n")
+    proj.write("a.py", "a3\n")
+    assert push(engine, proj)["conflicts"] == ["a.py"]
+    assert push(engine, proj)["conflicts"] == ["a.py"]
+    assert push(engine, proj, force=True)["conflicts"] == []
+    check()
+
+
 # --------------------------------------------------------------------------- the agent refuses
 
 
@@ -428,19 +514,28 @@ def test_killed_ssh_session_mid_push_leaves_no_partial_file(engine, make_project
     blob = os.urandom(48 << 10)
     for i in range(400):
         proj.write(f"pkg{i % 7}/f{i}.bin", blob[i:] + blob[:i])
+    import remote_dev.sync as sync_mod
+
+    monkeypatch.setattr(sync_mod, "EXTRA_CHANNEL_BATCHES", 2)  # a second channel, cut as well
+    monkeypatch.setattr(sync_mod, "PROGRESS_AFTER", 0.0)
     pid = agent_pid(engine, proj)
     session = ppid(pid)  # sshd's process for this session: the agent was exec'd by it
-    cut_after(monkeypatch, "push", 2, lambda: os.kill(session, signal.SIGKILL))
+    cut_after(monkeypatch, "push", 3, lambda: os.kill(session, signal.SIGKILL))
     with pytest.raises(RemoteDevError, match="interrupted"):
         push(engine, proj)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20, what="the old agent to exit")
     assert_remote_whole(proj)
     assert len(remote_files(proj)) < 401
     monkeypatch.undo()
+    monkeypatch.setattr(sync_mod, "EXTRA_CHANNEL_BATCHES", 2)
+    monkeypatch.setattr(sync_mod, "PROGRESS_AFTER", 0.0)
     res = push(engine, proj)
     assert res["conflicts"] == [] and res["errors"] == []
     assert len(remote_files(proj)) == 401
     assert_remote_whole(proj)
+    progress = [p for k, p in engine.reports if k == "progress"]
+    assert progress and progress[-1]["files"] == progress[-1]["total_files"] == res["files"]
+    assert progress[-1]["bytes"] == progress[-1]["total_bytes"] > 0
 
 
 def test_aborted_connection_mid_large_file_leaves_nothing_half_written(engine, make_project, monkeypatch):

@@ -63,7 +63,7 @@ def test_pull_reloads_open_buffer_and_spares_an_unsaved_one(nvim, make_project):
     done = nvim.wait_event("RemoteDevPullDone", 30, pred=lambda d: d["files"] == 1)
     assert done["conflicts"] == ["results/b.txt"]
     wait_for(lambda: a_buf[:] == ["second"], 10, what="the open buffer to reload")
-    assert b_buf[:] == ["typed, not saved"] and nvim.eval("getbufvar(%d, '&modified')" % b_buf.number) == 1
+    assert b_buf[:] == ["typed, not saved"] and nvim.eval(f"getbufvar({b_buf.number}, '&modified')") == 1
     assert (proj.root / "results/b.txt").read_text() == "b first\n"
     qf = wait_for(lambda: (q := nvim.call("getqflist", {"title": 1, "items": 1})) and q["items"] and q, 10)
     assert "pull" in qf["title"] and len(qf["items"]) == 1

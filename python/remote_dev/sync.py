@@ -22,20 +22,25 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import asyncssh
 import msgpack
 
 from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
+from .rpc import AgentChannel
 from .scan import Excluder, LocalEntry, Scanner, lstat_entry
 
 BATCH_BYTES = 4 << 20          # payload per push request
 BATCH_OPS = 2048
-MAX_INFLIGHT = 4               # push requests on the wire before waiting for answers
+MAX_INFLIGHT = 3               # push requests per channel on the wire before waiting for answers
+READ_AHEAD = 3                 # batches being read from disk meanwhile
+EXTRA_CHANNEL_BATCHES = 8      # pushes of at least this many batches use more channels:
+PUSH_CHANNELS = 4              # this many in all
 CHUNK = 1 << 20                # large files travel in chunks of this size
 LARGE = 8 << 20                # files above this are staged in chunks
 PULL_WINDOW = 16 << 20         # bytes of read requests in flight during a pull
@@ -65,6 +70,14 @@ def file_hash(path: str | os.PathLike[str]) -> str:
         while block := f.read(HASH_BLOCK):
             h.update(block)
     return h.hexdigest()[:32]
+
+
+def read_fd(fd: int, size: int) -> bytes:
+    """All of a file: one read when its size is as stat said (it can change meanwhile)."""
+    chunks = [os.read(fd, size + 1)]
+    while chunks[-1]:
+        chunks.append(os.read(fd, 1 << 20))
+    return chunks[0] if len(chunks) == 2 else b"".join(chunks)
 
 
 def entry_hash(root: Path, rel: str, entry: LocalEntry) -> str:
@@ -168,6 +181,8 @@ def scanner_for(proj: Project) -> Scanner:
     cfg = proj.config.sync
     key = (str(proj.root), cfg.exclude, cfg.pull)
     if st.scanner is None or st.scanner_key != key:
+        if st.scanner is not None:
+            st.scanner.close()
         st.scanner = Scanner(proj.root, cfg.exclude, cfg.pull)
         st.scanner_key = key
     return st.scanner
@@ -238,10 +253,6 @@ class PushResult:
     delete: list[str] = field(default_factory=list)
 
 
-class Interrupted(Exception):
-    pass
-
-
 class Pusher:
     def __init__(self, engine: Engine, proj: Project, sess: TargetSession, force: bool) -> None:
         self.engine = engine
@@ -257,18 +268,37 @@ class Pusher:
         self.total_bytes = 0
         self.sent_bytes = 0
         self.pulled = Excluder((), proj.config.sync.pull)
+        self.looked_at: list[str] = []   # what the watcher said changed, when a tree push used it
+        self.whole_scan = False
 
     # -- planning (in a worker thread: listing and stats)
-    def plan(self, paths: list[str] | None) -> tuple[list[PushItem], list[str], list[str]]:
-        """(items to send, paths to delete remotely, recorded paths unchanged locally)."""
+    def plan(self, paths: list[str] | None, whole: bool = False, dry_run: bool = False
+             ) -> tuple[list[PushItem], list[str], list[str]]:
+        """(items to send, paths to delete remotely, recorded paths unchanged locally).
+        A tree push looks only at what the watcher saw change, unless whole (or the
+        watcher cannot tell)."""
         cfg = self.proj.config.sync
-        entries = self.scanner.scan(paths)
         data = self.records.data
+        if paths is None and not whole and not dry_run and data:
+            changed = self.scanner.changes()
+            if changed is not None:
+                self.looked_at = changed
+                if not changed:
+                    self.result.unchanged += len(data)
+                    return [], [], []
+                paths = changed
+        self.whole_scan = paths is None and not dry_run
+        if paths is not None and all(p in data and data[p][ORIGIN] == "push" for p in paths) \
+                and self.scanner.unchanged_rules():
+            entries = self.scanner.scan_known(paths)  # pushed before, same rules: listed still
+        else:
+            entries = self.scanner.scan(paths, hint=data.keys() if paths is None and data else None,
+                                        track=not dry_run)
         sends: list[PushItem] = []
         unchanged: list[str] = []
         for rel, e in entries.items():
             rec = data.get(rel)
-            if rec is not None and rec[KIND] == e.kind and rec[LSIZE] == e.size and rec[LMTIME] == e.mtime_ns \
+            if rec is not None and rec[LMTIME] == e.mtime_ns and rec[LSIZE] == e.size and rec[KIND] == e.kind \
                     and rec[MODE] == e.mode:
                 unchanged.append(rel)
                 continue
@@ -280,15 +310,18 @@ class Pusher:
             candidates: Iterable[str] = data.keys() - entries.keys()
         else:
             cands: set[str] = set()
+            folders = []
             for p in paths:
                 if p in ("", "."):
                     cands.update(data.keys())
                     break
                 if p in data:
                     cands.add(p)
-                prefix = p.rstrip("/") + "/"
-                if not os.path.isfile(self.proj.root / p):
-                    cands.update(r for r in data if r.startswith(prefix))
+                elif not os.path.isfile(self.proj.root / p):
+                    folders.append(p.rstrip("/") + "/")
+            if folders:
+                prefixes = tuple(folders)
+                cands.update(r for r in data if r.startswith(prefixes))
             candidates = cands - entries.keys()
         deletes = []
         root = str(self.proj.root)
@@ -322,10 +355,11 @@ class Pusher:
                     self.result.unchanged -= 1
         return out
 
-    def read_batch(self, items: list[PushItem]) -> list[tuple[list[Any], PushItem, str, LocalEntry]]:
+    def read_batch(self, items: list[PushItem]) -> tuple[list[tuple[list[Any], PushItem, str, LocalEntry]], list[str]]:
         """Push ops for small files and symlinks (read and hashed here, in a worker
         thread); a file whose content equals the record is only re-recorded."""
         ops = []
+        same: list[str] = []  # content as recorded: only re-recorded (counted by the caller)
         root = self.proj.root
         for item in items:
             entry = item.entry
@@ -337,8 +371,7 @@ class Pusher:
                     fd = os.open(root / item.rel, os.O_RDONLY | O_NOFOLLOW)
                     try:
                         st = os.fstat(fd)
-                        with os.fdopen(fd, "rb", closefd=False) as f:
-                            data = f.read()
+                        data = read_fd(fd, st.st_size)
                     finally:
                         os.close(fd)
                 except OSError as e:
@@ -354,10 +387,10 @@ class Pusher:
                     and rec[MODE] == entry.mode:
                 self.records.set(item.rel, [entry.kind, entry.size, entry.mtime_ns, h, rec[RSIZE], rec[RMTIME],
                                             entry.mode, rec[ORIGIN]])
-                self.result.unchanged += 1
+                same.append(item.rel)
                 continue
             ops.append((op, item, h, entry))
-        return ops
+        return ops, same
 
     # -- sending
     def accept(self, item: PushItem, h: str, entry: LocalEntry, answer: list[Any]) -> None:
@@ -384,27 +417,35 @@ class Pusher:
         })
 
     async def run(self, paths: list[str] | None, dry_run: bool) -> PushResult:
-        sends, deletes, unchanged = await asyncio.to_thread(self.plan, paths)
         state = sync_state(self.proj)
         agent_id = id(self.sess.agent) if self.sess.connected else None
         verify = self.force or dry_run or (paths is None and (agent_id is None
                                                              or state.verified.get(self.sess.target.name) != agent_id))
-        if verify and unchanged and self.records.data:
-            sends += await self.verify(unchanged)
-        if dry_run:
-            return await self.preview(sends, deletes)
-        if not sends and not deletes:
-            if paths is None and self.sess.connected:
-                state.verified[self.sess.target.name] = id(self.sess.agent)
-            return self.result
-        agent = await self.sess.ensure()
         try:
-            await self.send_all(agent, sends, deletes)
-        except (asyncssh.Error, OSError) as e:
-            raise ConnectError(f"{self.sess.target.host}: connection to the agent lost: {e}", kind="lost",
-                               retry=True) from None
-        finally:
-            await asyncio.to_thread(self.records.save)
+            sends, deletes, unchanged = await asyncio.to_thread(self.plan, paths, verify, dry_run)
+            if verify and unchanged and self.records.data:
+                sends += await self.verify(unchanged)
+            if dry_run:
+                return await self.preview(sends, deletes)
+            if not sends and not deletes:
+                if paths is None and self.sess.connected:
+                    state.verified[self.sess.target.name] = id(self.sess.agent)
+                return self.result
+            agent = await self.sess.ensure()
+            try:
+                await self.send_all(agent, sends, deletes)
+            except (asyncssh.Error, OSError) as e:
+                raise ConnectError(f"{self.sess.target.host}: connection to the agent lost: {e}", kind="lost",
+                                   retry=True) from None
+            finally:
+                await asyncio.to_thread(self.records.save)
+        except BaseException:
+            self.scanner.requeue(self.looked_at)  # the watcher's news must not get lost
+            if self.whole_scan:
+                self.scanner.invalidate()
+            raise
+        # what was not pushed is looked at again next time
+        self.scanner.requeue([c["path"] for c in self.result.conflicts + self.result.errors + self.result.skipped])
         if paths is None:
             state.verified[self.sess.target.name] = id(agent)
         self.progress(force=True)
@@ -429,28 +470,71 @@ class Pusher:
             batches.append(cur)
         inflight: list[tuple[asyncio.Future[Any], list[tuple[list[Any], PushItem, str, LocalEntry]]]] = []
 
-        async def settle(limit: int) -> None:
-            while len(inflight) > limit:
-                fut, batch = inflight.pop(0)
-                answers = await fut
-                for (_op, item, h, entry), answer in zip(batch, answers):
-                    self.accept(item, h, entry, answer)
-                self.progress()
+        async def settle(entry: tuple[asyncio.Future[Any], list[tuple[list[Any], PushItem, str, LocalEntry]]]
+                         ) -> None:
+            fut, batch = entry
+            answers = await fut
+            inflight.remove(entry)
+            for (_op, item, h, entry_), answer in zip(batch, answers):
+                self.accept(item, h, entry_, answer)
+            self.progress()
 
+        channels = [agent]
+        if len(batches) >= EXTRA_CHANNEL_BATCHES or len(large) > 1:
+            # A big push: more agents, each on an SSH channel of its own, multiply the
+            # flow-control window (sshd's 2 MB per channel bounds one channel to 2 MB per
+            # round trip) and spread the remote's file writing over more processes.
+            for _ in range(PUSH_CHANNELS - 1):
+                try:
+                    channels.append(await AgentChannel.start(self.sess.conn, self.sess.target.host,
+                                                             self.sess.target.python))
+                except (RemoteDevError, asyncssh.Error, OSError) as e:
+                    log.info("push: no extra channel (%s)", e)
+                    break
         loop = asyncio.get_running_loop()
-        reading = loop.run_in_executor(None, self.read_batch, batches[0]) if batches else None
-        try:
-            for n in range(len(batches)):
-                assert reading is not None
-                batch = await reading
-                reading = loop.run_in_executor(None, self.read_batch, batches[n + 1]) if n + 1 < len(batches) else None
+        # Batches are read (and hashed) in worker threads ahead of the channels that send
+        # them: reads from a cold disk overlap with the wire and with each other.
+        reads: dict[int, asyncio.Future[Any]] = {}
+        state = {"started": 0, "claimed": 0, "large": 0}
+
+        def read_ahead(upto: int) -> None:
+            while state["started"] < min(upto, len(batches)):
+                n = state["started"]
+                reads[n] = loop.run_in_executor(None, self.read_batch, batches[n])
+                state["started"] += 1
+
+        async def feed(chan: Any) -> None:
+            mine: list[Any] = []
+            while state["claimed"] < len(batches):
+                n = state["claimed"]
+                state["claimed"] += 1
+                read_ahead(n + READ_AHEAD + len(channels))
+                batch, same = await reads.pop(n)
+                self.result.unchanged += len(same)
                 if batch:
-                    inflight.append((agent.send("push", root, [b[0] for b in batch]), batch))
-                    await agent.drain()
-                    await settle(MAX_INFLIGHT)
-            await settle(0)
-            for item in large:
-                await self.push_large(agent, root, item)
+                    entry = (chan.send("push", root, [b[0] for b in batch]), batch)
+                    inflight.append(entry)
+                    mine.append(entry)
+                    await chan.drain()
+                while len(mine) > MAX_INFLIGHT:
+                    await settle(mine.pop(0))
+            for entry in mine:
+                await settle(entry)
+            while state["large"] < len(large):
+                item = large[state["large"]]
+                state["large"] += 1
+                await self.push_large(chan, root, item)
+
+        try:
+            tasks = [loop.create_task(feed(chan)) for chan in channels]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for t in done:
+                    t.result()  # the first failure, if any
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
             if deletes:
                 ops = [["d", rel, self.records.expect(rel), self.force] for rel in deletes]
                 for rel, answer in zip(deletes, await agent.call("push", root, ops)):
@@ -462,8 +546,10 @@ class Pusher:
                     else:
                         self.result.errors.append({"path": rel, "reason": answer[1]})
         finally:
-            if reading is not None:
-                reading.cancel()
+            for extra in channels[1:]:
+                extra.close()
+            for r in reads.values():
+                r.cancel()
             for fut, _batch in inflight:  # after a lost connection: consume, never leak
                 if fut.done() and not fut.cancelled():
                     fut.exception()
@@ -637,7 +723,7 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
 
 # Imported here, not at the top: actions imports runs, which needs do_push above, so that
 # importing this module first (scripts, tests) works as well as importing actions first.
-from .actions import action, publish_status  # noqa: E402
+from .actions import action, publish_status
 
 
 @action

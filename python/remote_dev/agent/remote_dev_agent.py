@@ -101,8 +101,8 @@ def check_relpath(rel):
 
 def resolve(root, rel, create_parents=False, known_dirs=None):
     """Absolute path of root/rel after checking that no component on the way is a
-    symlink (so nothing is ever read or written outside root).  known_dirs: a set of
-    folders already checked during the same request."""
+    symlink (so nothing is ever read or written outside root).  known_dirs: {folder:
+    made by this request} for folders already checked during the same request."""
     parts = check_relpath(rel)
     cur = root
     for part in parts[:-1]:
@@ -116,6 +116,9 @@ def resolve(root, rel, create_parents=False, known_dirs=None):
                 return os.path.join(root, *parts)  # nothing below a missing folder
             try:
                 os.mkdir(cur, 0o777)
+                if known_dirs is not None:
+                    known_dirs[cur] = True  # made now: nothing below it yet
+                    continue
             except FileExistsError:
                 pass
             st = os.lstat(cur)
@@ -124,7 +127,7 @@ def resolve(root, rel, create_parents=False, known_dirs=None):
         if not stat.S_ISDIR(st.st_mode):
             raise AgentError("path", "refused %r: %r is not a folder" % (rel, cur[len(root) + 1:]))
         if known_dirs is not None:
-            known_dirs.add(cur)
+            known_dirs[cur] = False
     return root + "/" + rel
 
 
@@ -205,7 +208,7 @@ class Staged(object):
             pass
 
 
-def make_temp(path, flags=os.O_WRONLY):
+def make_temp(path, flags=os.O_WRONLY, mode=0o600):
     """A new temporary file in path's folder: (name, fd).  Never follows or reuses
     whatever already has the name."""
     d, base = os.path.split(path)
@@ -214,13 +217,22 @@ def make_temp(path, flags=os.O_WRONLY):
         _tmp_counter += 1
         tmp = "%s/%s%s.%d-%d" % (d, TMP_MARK, base[:40], os.getpid(), _tmp_counter)
         try:
-            fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
         except FileExistsError:
             continue
         return tmp, fd
 
 
 _tmp_counter = 0
+
+
+def current_umask():
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+UMASK = current_umask()
 
 
 def write_all(fd, data):
@@ -433,7 +445,7 @@ class Agent(object):
         root = expand_root(root)
         if not os.path.isdir(root):
             os.makedirs(root, exist_ok=True)
-        known_dirs = set()
+        known_dirs = {}
         results = []
         for op in ops:
             if isinstance(op, dict):
@@ -481,7 +493,10 @@ class Agent(object):
             path = resolve(root, rel, create_parents=True, known_dirs=known_dirs)
             if staged is not None and staged.final != path:
                 raise AgentError("stage", "staged for another path")
-            state = entry_state(path)
+            if known_dirs is not None and known_dirs.get(path.rpartition("/")[0]):
+                state = None  # in a folder this request made
+            else:
+                state = entry_state(path)
             if state is not None and state[0] == "d":
                 return ["error", "%s: a folder is in the way" % rel]
             if not force:
@@ -497,20 +512,22 @@ class Agent(object):
                     raise
                 st = os.lstat(path)
                 return ["ok", st.st_size, st.st_mtime_ns]
-            if staged is not None:
+            elif staged is not None:
                 if staged.error is not None:
                     return ["error", staged.error]
                 if new_hash is not None and staged.hash.hexdigest()[:32] != new_hash:
                     return ["error", "%s: the staged content does not match (%d bytes arrived)" % (rel, staged.size)]
                 tmp, fd = staged.tmp, staged.fd
                 staged.fd = None
-            else:
-                tmp, fd = make_temp(path)
+            want = (mode if mode is not None else 0o644) & 0o7777
+            if staged is None:
+                tmp, fd = make_temp(path, mode=want & 0o777)
             try:
                 try:
                     if staged is None:
                         write_all(fd, payload)
-                    os.fchmod(fd, (mode if mode is not None else 0o644) & 0o7777)
+                    if staged is not None or want & (UMASK | 0o7000):
+                        os.fchmod(fd, want)  # the umask took bits off (or setuid & co.)
                     st = os.fstat(fd)
                 finally:
                     os.close(fd)
@@ -550,7 +567,7 @@ class Agent(object):
         only files and symlinks count."""
         root = expand_root(root)
         out = []
-        known_dirs = set()
+        known_dirs = {}
         for rel in rels:
             try:
                 path = resolve(root, rel, known_dirs=known_dirs)
@@ -1268,7 +1285,22 @@ class _Input(object):
         return self.raw.read1(max(n, 1 << 16))
 
 
+# File operations run in order on a thread of their own, so that parsing the next request
+# (pure-Python msgpack) overlaps with the file system work of this one.
+FILE_METHODS = frozenset(("push", "stage", "append", "unstage", "state", "list", "read", "mkroot"))
+
+
+def file_worker(agent, jobs):
+    while True:
+        msg = jobs.get()
+        if msg is None:
+            return
+        agent.handle(msg)
+
+
 def serve():
+    import queue
+
     inp = sys.stdin.buffer
     out = sys.stdout.buffer
     # Anything printed by mistake must not corrupt the protocol stream.
@@ -1277,12 +1309,21 @@ def serve():
     unpacker = msgpack.Unpacker(_Input(inp), raw=False, max_buffer_size=256 << 20, read_size=1 << 16)
     signal.signal(signal.SIGHUP, lambda *_: (agent.cleanup(), os._exit(0)))
     signal.signal(signal.SIGTERM, lambda *_: (agent.cleanup(), os._exit(0)))
+    jobs = queue.Queue(maxsize=4)
+    worker = threading.Thread(target=file_worker, args=(agent, jobs))
+    worker.daemon = True
+    worker.start()
     try:
         for msg in unpacker:
-            agent.handle(msg)
+            if isinstance(msg, list) and len(msg) == 4 and msg[2] in FILE_METHODS:
+                jobs.put(msg)
+            else:
+                agent.handle(msg)
     except (OSError, ValueError):
         pass
     finally:
+        jobs.put(None)  # what arrived whole is still applied, then the temporaries go
+        worker.join()
         agent.cleanup()
 
 def debug_launch(argv):
