@@ -81,3 +81,20 @@ def test_run_survives_quit_and_new_neovim_shows_all_output(nvim, make_project, n
             api.command("qa!")
         except Exception:  # noqa: BLE001
             pass
+
+
+def test_remote_runs_lists_and_remote_log_opens_output(nvim, make_project):
+    proj = make_project()
+    main = proj.write("main.py", "print('\\x1b[31mred\\x1b[0m')\nprint('second')\n")
+    nvim.command(f"cd {proj.root}")
+    nvim.command(f"edit {main}")
+    nvim.command("RemoteRun")
+    ex = nvim.wait_event("RemoteDevRunExit", 60)
+    nvim.command("RemoteRuns")
+    buf = wait_for(lambda: [b for b in nvim.buffers if b.name.endswith("remote_dev://runs")], 30)[0]
+    row = [ln for ln in buf[:] if ln.startswith(ex["id"])]
+    assert row and "exited" in row[0] and "python3 main.py" in row[0]
+    nvim.command("close")
+    nvim.command(f"RemoteLog {ex['id']}")
+    log = wait_for(lambda: [b for b in nvim.buffers if b.name.endswith(".log") and ex["id"] in b.name], 30)[0]
+    assert log[1:] == ["red", "second"]

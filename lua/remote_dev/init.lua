@@ -49,6 +49,25 @@ local function notify(text, level)
 end
 M.notify = notify
 
+--- A read-only scratch buffer in a new window at the bottom, replacing one of the same name.
+---@return integer buf
+function M._scratch(lines, name, filetype)
+  local old = vim.fn.bufnr(name)
+  if old > 0 then
+    pcall(vim.api.nvim_buf_delete, old, { force = true })
+  end
+  vim.cmd('botright new')
+  local buf = vim.api.nvim_get_current_buf()
+  vim.bo[buf].buftype = 'nofile'
+  vim.bo[buf].bufhidden = 'wipe'
+  vim.bo[buf].swapfile = false
+  vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
+  vim.bo[buf].modifiable = false
+  vim.bo[buf].filetype = filetype
+  pcall(vim.api.nvim_buf_set_name, buf, name)
+  return buf
+end
+
 local function fire(name, data)
   vim.api.nvim_exec_autocmds('User', { pattern = name, data = data, modeline = false })
 end

@@ -39,19 +39,7 @@ function M.preview(res)
     return c.path .. ': ' .. c.reason
   end)
   section('too large (sync.max_file_size)', res.skipped or {}, function(s) return ('%s (%d bytes)'):format(s.path, s.size) end)
-  local old = vim.fn.bufnr('remote_dev://push-preview')
-  if old > 0 then
-    pcall(vim.api.nvim_buf_delete, old, { force = true })
-  end
-  vim.cmd('botright new')
-  local buf = vim.api.nvim_get_current_buf()
-  vim.bo[buf].buftype = 'nofile'
-  vim.bo[buf].bufhidden = 'wipe'
-  vim.bo[buf].swapfile = false
-  vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
-  vim.bo[buf].modifiable = false
-  pcall(vim.api.nvim_buf_set_name, buf, 'remote_dev://push-preview')
-  return buf
+  return require('remote_dev')._scratch(lines, 'remote_dev://push-preview', 'remote_dev_preview')
 end
 
 return M

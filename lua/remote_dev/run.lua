@@ -197,14 +197,7 @@ function M.runs()
     if #list == 0 then
       table.insert(lines, '(no runs yet)')
     end
-    vim.cmd('botright new')
-    local buf = vim.api.nvim_get_current_buf()
-    vim.bo[buf].buftype = 'nofile'
-    vim.bo[buf].bufhidden = 'wipe'
-    vim.bo[buf].swapfile = false
-    vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
-    vim.bo[buf].modifiable = false
-    vim.bo[buf].filetype = 'remote_dev_runs'
+    local buf = rd()._scratch(lines, 'remote_dev://runs', 'remote_dev_runs')
     local function id_here()
       return by_line[vim.api.nvim_win_get_cursor(0)[1]]
     end

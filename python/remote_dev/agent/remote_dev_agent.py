@@ -208,14 +208,19 @@ class Staged(object):
             pass
 
 
-def make_temp(path, flags=os.O_WRONLY, mode=0o600):
-    """A new temporary file in path's folder: (name, fd).  Never follows or reuses
-    whatever already has the name."""
+def temp_names(path):
+    """Fresh temporary names in path's folder (the caller creates exclusively)."""
     d, base = os.path.split(path)
     global _tmp_counter
     while True:
         _tmp_counter += 1
-        tmp = "%s/%s%s.%d-%d" % (d, TMP_MARK, base[:40], os.getpid(), _tmp_counter)
+        yield "%s/%s%s.%d-%d" % (d, TMP_MARK, base[:40], os.getpid(), _tmp_counter)
+
+
+def make_temp(path, flags=os.O_WRONLY, mode=0o600):
+    """A new temporary file in path's folder: (name, fd).  Never follows or reuses
+    whatever already has the name."""
+    for tmp in temp_names(path):
         try:
             fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
         except FileExistsError:
@@ -543,11 +548,7 @@ class Agent(object):
 
     @staticmethod
     def link_temp(path, target):
-        d, base = os.path.split(path)
-        global _tmp_counter
-        while True:
-            _tmp_counter += 1
-            tmp = "%s/%s%s.%d-%d" % (d, TMP_MARK, base[:40], os.getpid(), _tmp_counter)
+        for tmp in temp_names(path):
             try:
                 os.symlink(target, tmp)
             except FileExistsError:
