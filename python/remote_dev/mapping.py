@@ -45,11 +45,6 @@ class PathMapping:
         except ValueError:
             return p.resolve().relative_to(self.local_root.resolve()).as_posix()
 
-    def to_remote(self, local_path: str | Path, *, in_container: bool = False) -> str:
-        root = self.container_root if in_container and self.container_root else self.remote_root
-        rel = self.rel(local_path)
-        return root if rel == "." else posixpath.join(root, rel)
-
     def dap_path_mappings(self, *, in_container: bool = False) -> list[dict[str, str]]:
         root = self.container_root if in_container and self.container_root else self.remote_root
         return [{"localRoot": str(self.local_root), "remoteRoot": root}]

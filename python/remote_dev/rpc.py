@@ -12,8 +12,6 @@ import msgpack
 from .agent import bundle, bootstrap_command
 from .errors import AgentCallError, ConnectError
 
-# Pending writes above this are drained before more are queued (bounded memory).
-HIGH_WATER = 8 << 20
 
 
 class AgentChannel:
@@ -27,7 +25,6 @@ class AgentChannel:
         self.closed: Exception | None = None
         self.packer = msgpack.Packer(use_bin_type=True)
         self.reader: asyncio.Task[None] | None = None
-        self.stderr_tail = b""
 
     @classmethod
     async def start(cls, conn: asyncssh.SSHClientConnection, host: str, python: str,

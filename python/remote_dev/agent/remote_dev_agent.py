@@ -394,11 +394,6 @@ class Agent(object):
             s.close()
 
     # -- files
-    def m_mkroot(self, root):
-        path = expand_root(root)
-        os.makedirs(path, exist_ok=True)
-        return path
-
     def m_stage(self, root, rel):
         """Open a temporary file beside root/rel for a large file sent in chunks
         (append), then written by a push op ["s", ...] carrying the token."""
@@ -814,21 +809,6 @@ class Agent(object):
             if time.time() >= deadline or run_info(d)["state"] not in LIVE_STATES:
                 return None
             time.sleep(0.1)
-
-    def m_run_processes(self, run_id):
-        d = os.path.join(self.runs_dir(), run_id)
-        info = run_info(d)
-        return sorted(run_processes(run_id, info.get("supervisor")))
-
-    def m_run_forget(self, run_id):
-        d = os.path.join(self.runs_dir(), run_id)
-        info = run_info(d)
-        if info["state"] in LIVE_STATES:
-            raise AgentError("run", "run %s is still running" % run_id)
-        for name in os.listdir(d):
-            os.unlink(os.path.join(d, name))
-        os.rmdir(d)
-        return True
 
 
 METHODS = {}
@@ -1288,7 +1268,7 @@ class _Input(object):
 
 # File operations run in order on a thread of their own, so that parsing the next request
 # (pure-Python msgpack) overlaps with the file system work of this one.
-FILE_METHODS = frozenset(("push", "stage", "append", "unstage", "state", "list", "read", "mkroot"))
+FILE_METHODS = frozenset(("push", "stage", "append", "unstage", "state", "list", "read"))
 
 
 def file_worker(agent, jobs):
