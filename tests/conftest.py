@@ -179,6 +179,11 @@ class Nvim:
     def messages(self) -> list[str]:
         return [m["msg"] for m in self.api.exec_lua("return _G.rd_messages")]
 
+    def open(self, root: Path, file: Path | str) -> None:
+        """cd to a project and edit one of its files (as a user starts)."""
+        self.api.command(f"cd {root}")
+        self.api.command(f"edit {file}")
+
     def start_host(self) -> None:
         """Start the Python host (a one-time, blocking start) before timing anything."""
         assert self.api.call("RemoteDevPing") == "pong"

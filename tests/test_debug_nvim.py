@@ -27,8 +27,7 @@ def test_remote_debug_gives_dap_adapter_and_config(nvim, make_project):
     proj.write("main.py", "import time\ntime.sleep(1)\n")
     nvim.exec_lua(STAND_IN)
     nvim.exec_lua("require('remote_dev').setup({ dap = { justMyCode = false } })")
-    nvim.command(f"cd {proj.root}")
-    nvim.command(f"edit {proj.root / 'main.py'}")
+    nvim.open(proj.root, proj.root / "main.py")
     nvim.command("RemoteDebug")
     ready = nvim.wait_event("RemoteDevDebugReady", 120)
     runs = wait_for(lambda: nvim.exec_lua("return _G.dap_recorded.runs"), 10)
@@ -50,8 +49,7 @@ def test_remote_debug_gives_dap_adapter_and_config(nvim, make_project):
 def test_remote_debug_without_nvim_dap_says_how_to_install(nvim, make_project):
     proj = make_project()
     proj.write("main.py", "")
-    nvim.command(f"cd {proj.root}")
-    nvim.command(f"edit {proj.root / 'main.py'}")
+    nvim.open(proj.root, proj.root / "main.py")
     try:
         nvim.command("RemoteDebug")
     except Exception:  # noqa: BLE001 - the error message is also raised to the client

@@ -9,8 +9,7 @@ from conftest import wait_for
 
 
 def open_project(nvim, proj):
-    nvim.command(f"cd {proj.root}")
-    nvim.command(f"edit {proj.root / 'main.py'}")
+    nvim.open(proj.root, proj.root / "main.py")
 
 
 def test_remote_status_shows_connection(nvim, make_project, sshd):

@@ -31,8 +31,7 @@ def test_traceback_lands_in_quickfix_at_local_files(nvim, make_project):
     proj.write("pkg/__init__.py", "")
     proj.write("pkg/model.py", MODEL)
     main = proj.write("main.py", MAIN)
-    nvim.command(f"cd {proj.root}")
-    nvim.command(f"edit {main}")
+    nvim.open(proj.root, main)
     nvim.command("RemoteRun")
     ex = nvim.wait_event("RemoteDevRunExit", 60)
     assert ex["code"] == 1
@@ -55,8 +54,7 @@ def test_run_survives_quit_and_new_neovim_shows_all_output(nvim, make_project, n
     proj = make_project()
     main = proj.write("main.py", "import time\nfor i in range(40):\n    print('line', i, flush=True)\n"
                                  "    time.sleep(0.05)\n")
-    nvim.command(f"cd {proj.root}")
-    nvim.command(f"edit {main}")
+    nvim.open(proj.root, main)
     nvim.command("RemoteRun")
     start = nvim.wait_event("RemoteDevRunStart", 60)
     run_id = start["id"]
@@ -86,8 +84,7 @@ def test_run_survives_quit_and_new_neovim_shows_all_output(nvim, make_project, n
 def test_remote_runs_lists_and_remote_log_opens_output(nvim, make_project):
     proj = make_project()
     main = proj.write("main.py", "print('\\x1b[31mred\\x1b[0m')\nprint('second')\n")
-    nvim.command(f"cd {proj.root}")
-    nvim.command(f"edit {main}")
+    nvim.open(proj.root, main)
     nvim.command("RemoteRun")
     ex = nvim.wait_event("RemoteDevRunExit", 60)
     nvim.command("RemoteRuns")

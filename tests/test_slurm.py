@@ -38,8 +38,7 @@ def test_failing_job_traceback_in_quickfix(nvim, make_project, cluster):
     proj.write("pkg/train.py", "def step():\n    raise RuntimeError('loss is nan')\n")
     main = proj.write("main.py", "import socket\nprint('on', socket.gethostname(), flush=True)\n"
                                  "from pkg import train\ntrain.step()\n")
-    nvim.command(f"cd {proj.root}")
-    nvim.command(f"edit {main}")
+    nvim.open(proj.root, main)
     nvim.command("RemoteRun")
     start = nvim.wait_event("RemoteDevRunStart", 60)
     ex = nvim.wait_event("RemoteDevRunExit", 90)
@@ -72,8 +71,7 @@ def test_long_job_cancelled_by_remote_stop(nvim, make_project, cluster):
     proj = slurm_project(make_project, cluster)
     main = proj.write("main.py", "import time\nfor i in range(600):\n    print('step', i, flush=True)\n"
                                  "    time.sleep(0.1)\n")
-    nvim.command(f"cd {proj.root}")
-    nvim.command(f"edit {main}")
+    nvim.open(proj.root, main)
     nvim.command("RemoteRun")
     start = nvim.wait_event("RemoteDevRunStart", 60)
     wait_for(lambda: run_processes(start["id"]), 30, what="job running")

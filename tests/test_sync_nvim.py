@@ -10,8 +10,7 @@ from conftest import wait_for
 
 
 def open_project(nvim, proj, rel):
-    nvim.command(f"cd {proj.root}")
-    nvim.command(f"edit {proj.root / rel}")
+    nvim.open(proj.root, proj.root / rel)
 
 
 def set_lines(nvim, lines):
