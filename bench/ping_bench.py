@@ -58,6 +58,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rd-ping-bench-"))
     os.environ["XDG_STATE_HOME"] = str(tmp / "state")
     from conftest import start_sshd, stop_sshd
+    from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
 
     sshd = start_sshd(tmp / "sshd", extra_config="AcceptEnv SHLVL\n")
@@ -66,7 +67,7 @@ def main() -> int:
         root = tmp / "proj"
         root.mkdir()
         (root / ".remote-dev.toml").write_text(sshd.target_toml(str(tmp / "remote" / "proj")))
-        eng = Engine()
+        eng = Engine(actions=ACTIONS)
         eng.call_sync("status", {"cwd": str(root)}, {}, timeout=60)   # connect, start the agent
         sess = eng.projects[root.resolve()].session()
 

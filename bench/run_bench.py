@@ -117,10 +117,10 @@ PHASES: list[tuple[str, float]] = []   # (what, perf_counter), appended from the
 
 def instrument() -> None:
     """Time stamps of the phases of a run start (wrappers cost microseconds)."""
-    from remote_dev import runs
+    from remote_dev import sync
     from remote_dev.engine import TargetSession
 
-    orig_push = runs.do_push
+    orig_push = sync.do_push
 
     async def timed_push(*a: Any, **kw: Any) -> Any:
         PHASES.append(("push<", time.perf_counter()))
@@ -128,7 +128,7 @@ def instrument() -> None:
             return await orig_push(*a, **kw)
         finally:
             PHASES.append(("push>", time.perf_counter()))
-    runs.do_push = timed_push
+    sync.do_push = timed_push
 
     orig_call = TargetSession.call
 
@@ -324,12 +324,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rd-run-bench-"))
     os.environ["XDG_STATE_HOME"] = str(tmp / "state")
     from conftest import start_sshd, stop_sshd
+    from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
 
     instrument()
     sshd = start_sshd(tmp / "sshd", extra_config="AcceptEnv SHLVL\n")
     rec = Recorder()
-    eng = Engine(report=rec)
+    eng = Engine(report=rec, actions=ACTIONS)
     nv: NvimBench | None = None
     cfg = str(sshd.ssh_config)
     ssh_master = ["ssh", "-F", cfg, sshd.alias]

@@ -372,9 +372,10 @@ class Bench:
         self.targets = {"lo_rd": "rdbench", "lo_nvim": "rdbench", "wan_rd": wan, "wan_nvim": wan}
         self.remote_roots = {name: self.fresh_remote(name) for name in self.targets}
         self.write_config()
+        from remote_dev.actions import ACTIONS
         from remote_dev.engine import Engine
 
-        self.engine = Engine()
+        self.engine = Engine(actions=ACTIONS)
         self.nvim = None
         try:
             for alias in ("rdbench", wan):  # ControlMaster open for rsync and tar

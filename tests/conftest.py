@@ -114,10 +114,11 @@ def make_project(tmp_path: Path, sshd: Sshd) -> Callable[..., Project]:
 
 @pytest.fixture
 def engine():
+    from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
 
     reports: list[tuple[str, dict[str, Any]]] = []
-    eng = Engine(report=lambda kind, payload: reports.append((kind, payload)))
+    eng = Engine(report=lambda kind, payload: reports.append((kind, payload)), actions=ACTIONS)
     eng.reports = reports  # type: ignore[attr-defined]
     yield eng
     eng.close()

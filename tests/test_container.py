@@ -62,7 +62,7 @@ def test_build_run_traceback_maps_container_paths(engine, make_project, image):
     out = lines_of(engine, r1["id"])
     assert ex["code"] == 1, out
     assert "built /workspace" in out
-    runs = dict(engine.projects)[proj.root].extras["runs"]
+    runs = dict(engine.projects)[proj.root].runs
     qf = [(e.get("filename"), e.get("lnum")) for e in runs[r1["id"]].quickfix if e.get("filename")]
     assert qf == [(str(proj.root / "main.py"), 4), (str(proj.root / "pkg/mod.py"), 2)]
     # a second run reuses the engine's build cache
@@ -80,25 +80,26 @@ def test_failed_build_ends_run_with_dockerfile_location(engine, make_project, im
     r = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=120)
     ex = exit_of(engine, r["id"])
     assert ex["code"] == 125
-    runs = dict(engine.projects)[proj.root].extras["runs"]
+    runs = dict(engine.projects)[proj.root].runs
     entries = [e for e in runs[r["id"]].quickfix if e.get("filename", "").endswith("Dockerfile")]
     assert entries and entries[0]["lnum"] == 3
 
 
 def test_stop_removes_the_container_and_run_survives_engine_exit(make_project, image):
+    from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
 
     proj = container_project(make_project)
     proj.write("Dockerfile", f"FROM {TEST_IMAGE}\n")
     proj.write("loop.py", "import time\nfor i in range(600):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n")
     ctx = {"cwd": str(proj.root)}
-    eng1 = Engine()
+    eng1 = Engine(actions=ACTIONS)
     r = eng1.call_sync("run", ctx, {"cmd": "python3 loop.py"}, timeout=120)
     eng1.close()  # like :qa!
     name = f"rd-{r['id']}"
     wait_for(lambda: podman_ps(name), 60, what="container running")
     reports = []
-    eng2 = Engine(report=lambda k, p: reports.append((k, p)))
+    eng2 = Engine(report=lambda k, p: reports.append((k, p)), actions=ACTIONS)
     eng2.reports = reports
     try:
         eng2.call_sync("attach", ctx, {"id": r["id"]}, timeout=60)

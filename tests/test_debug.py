@@ -92,9 +92,7 @@ def test_debug_process_runner_hits_local_breakpoint(engine, make_project):
     assert cfg["type"] == "remote_dev" and cfg["request"] == "attach"
     assert cfg["pathMappings"] == [{"localRoot": str(proj.root), "remoteRoot": str(proj.remote_root)}]
     assert cfg["connect"]["host"] == "127.0.0.1"
-    run = dict(engine.projects)[proj.root].extras["runs"][res["id"]]
-    remote_port = run.meta["debug"]["port"]
-    assert listening_addresses(remote_port) == ["0100007F"]  # 127.0.0.1 only
+    assert listening_addresses(res["remote_port"]) == ["0100007F"]  # 127.0.0.1 only
     drive_session(cfg, util)
     ex = wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == res["id"]), None), 60)
     assert ex["code"] == 0
@@ -156,8 +154,7 @@ def test_debug_container_runner_hits_local_breakpoint(engine, make_project, imag
     res = run_debug(engine, proj)
     cfg = res["config"]
     assert cfg["pathMappings"] == [{"localRoot": str(proj.root), "remoteRoot": "/workspace"}]
-    run = dict(engine.projects)[proj.root].extras["runs"][res["id"]]
-    assert listening_addresses(run.meta["debug"]["port"]) == ["0100007F"]  # published on 127.0.0.1 only
+    assert listening_addresses(res["remote_port"]) == ["0100007F"]  # published on 127.0.0.1 only
     drive_session(cfg, util)
     ex = wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == res["id"]), None), 60)
     assert ex["code"] == 0

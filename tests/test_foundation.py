@@ -43,8 +43,9 @@ def test_agent_is_uploaded_once_per_content(engine, make_project, sshd):
     agent_dir = sshd.remote_cache / "remote-dev" / "agent" / bundle().digest
     assert (agent_dir / "remote_dev_agent.py").exists() and (agent_dir / "msgpack" / "fallback.py").exists()
     mtime = agent_dir.stat().st_mtime_ns
+    from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
-    e2 = Engine()
+    e2 = Engine(actions=ACTIONS)
     try:
         e2.call_sync("status", {"cwd": str(proj.root)}, timeout=60)
     finally:

@@ -59,15 +59,16 @@ def test_stop_leaves_no_process(engine, make_project):
 
 
 def test_run_survives_engine_restart_and_reattach_gets_everything(make_project, sshd):
+    from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
 
     proj = make_project()
     proj.write("slow.py", "import time\nfor i in range(30):\n    print('tick', i)\n    time.sleep(0.05)\n")
-    eng1 = Engine()
+    eng1 = Engine(actions=ACTIONS)
     res = eng1.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 slow.py"}, timeout=60)
     eng1.close()  # like :qa!: the connection goes away mid-run
     reports = []
-    eng2 = Engine(report=lambda k, p: reports.append((k, p)))
+    eng2 = Engine(report=lambda k, p: reports.append((k, p)), actions=ACTIONS)
     try:
         listed = eng2.call_sync("runs", {"cwd": str(proj.root)}, timeout=60)
         assert any(r["id"] == res["id"] for r in listed)

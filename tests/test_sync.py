@@ -255,6 +255,7 @@ def test_remote_edit_of_a_file_unchanged_here_needs_bang(engine, make_project):
 
 
 def test_first_push_of_a_session_restores_what_vanished_remotely(make_project, engine):
+    from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
 
     proj = make_project()
@@ -262,7 +263,7 @@ def test_first_push_of_a_session_restores_what_vanished_remotely(make_project, e
     proj.write("b.py", "b\n")
     push(engine, proj)
     proj.remote("a.py").unlink()
-    other = Engine()
+    other = Engine(actions=ACTIONS)
     try:
         res = other.call_sync("push", ctx(proj), {}, timeout=60)
     finally:

@@ -9,13 +9,15 @@ import sys
 import threading
 from typing import Any
 
+from .actions import ACTIONS
 from .engine import Engine
 from .errors import RemoteDevError
+from .runs import LIVE
 
 
 def format_status(s: dict[str, Any]) -> str:
     lp = s.get("last_push")
-    live = sum(1 for r in s.get("runs") or [] if r["state"] in ("starting", "running", "pending"))
+    live = sum(1 for r in s.get("runs") or [] if r["state"] in LIVE)
     lines = [
         f"target      {s['target']} ({s['runner']} runner)  [{', '.join(s.get('targets') or [])}]",
         f"host        {s['host']}" + (f" ({s['remote_host']})" if s.get("remote_host") else ""),
@@ -28,6 +30,24 @@ def format_status(s: dict[str, Any]) -> str:
         "last push   never (this session)",
         f"runs        {len(s.get('runs') or [])} ({live} live)",
     ]
+    return "\n".join(lines)
+
+
+def format_preview(res: dict[str, Any]) -> str:
+    """A push preview as a person reads it (what :RemotePush --dry-run shows)."""
+    lines = [f"push preview for {res['target']} (nothing was written)"]
+
+    def section(title: str, items: list[str]) -> None:
+        lines.append(f"{title} ({len(items)})")
+        lines.extend(f"  {item}" for item in items)
+    section("send", list(res.get("send") or []))
+    section("delete on the remote", list(res.get("delete") or []))
+    section("conflicts (not overwritten without --force)",
+            [f"{c['path']}: {c['reason']}" for c in res.get("conflict_details") or []])
+    section("skipped", [f"{s['path']}: {s.get('reason') or str(s.get('size', '?')) + ' bytes, over sync.max_file_size'}"
+                        for s in res.get("skipped") or []])
+    if res.get("errors"):
+        section("errors", [f"{e['path']}: {e['reason']}" for e in res["errors"]])
     return "\n".join(lines)
 
 
@@ -86,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     printer = Printer(quiet=args.json)
-    engine = Engine(report=printer)
+    engine = Engine(report=printer, actions=ACTIONS)
     ctx = {"cwd": os.path.abspath(args.directory)}
     try:
         result = dispatch(engine, printer, ctx, args)
@@ -110,8 +130,10 @@ def dispatch(engine: Engine, printer: Printer, ctx: dict[str, Any], args: argpar
         print(json.dumps(s, indent=2) if args.json else f"{s['target']}: {s['host']}:{s['remote_root']} ({s['runner']})")
     elif args.command == "push":
         res = call("push", ctx, {"paths": args.paths or None, "force": args.force, "dry_run": args.dry_run})
-        if args.dry_run or args.json:
+        if args.json:
             print(json.dumps(res, indent=2))
+        elif args.dry_run:
+            print(format_preview(res))
         return 1 if res.get("conflicts") or res.get("errors") else 0
     elif args.command == "pull":
         res = call("pull", ctx, {"paths": args.paths or None, "force": args.force})

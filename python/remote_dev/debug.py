@@ -15,15 +15,18 @@ import os
 import posixpath
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import debugpy
 
-from .actions import action
-from .engine import Engine, TargetSession
+from .agent import agent_path_remote
+from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
-from .forwards import forwards_of
+from .forwards import Forward, forwards_of
+from .runners import Launch
+from .runs import LIVE, RunRecord, new_run_id, start_run
 
 CONTAINER_DEBUGPY = "/opt/remote-dev/debugpy"
 SKIP_SUFFIXES = (".pyc", ".pyo", ".dll", ".exe", ".pdb", ".dylib")
@@ -65,13 +68,13 @@ async def ensure_debugpy(sess: TargetSession) -> str:
     futures = []
     for rel, full in files:
         data = await asyncio.to_thread(full.read_bytes)
-        batch.append({"op": "w", "path": rel, "data": data, "mode": 0o644, "force": True})
+        batch.append(["w", rel, None, True, None, 0o644, data])
         size += len(data)
         if size > (4 << 20):
             futures.append(agent.send("push", base, batch))
             await agent.drain()
             batch, size = [], 0
-    batch.append({"op": "w", "path": ".complete", "data": debugpy.__version__.encode(), "mode": 0o644, "force": True})
+    batch.append(["w", ".complete", None, True, None, 0o644, debugpy.__version__.encode()])
     futures.append(agent.send("push", base, batch))
     await agent.drain()
     for fut in futures:
@@ -136,59 +139,97 @@ def host_network(args: tuple[str, ...]) -> bool:
     return bool(re.search(r"--net(work)?[= ]host\b", joined))
 
 
-async def prepare(engine: Engine, proj: Any, sess: TargetSession) -> dict[str, Any]:
+@dataclass
+class DebugPlan:
+    """Where debugpy listens for one debug run and how the client reaches it."""
+    pythonpath: str | None                 # folder with debugpy, put on PYTHONPATH when the remote lacks it
+    port: int = 0                          # the debuggee's port (0: picked on the node, see on_node)
+    listen: str | None = "127.0.0.1"       # address debugpy binds
+    dest_host: str | None = "127.0.0.1"    # forward destination, as the remote sees it
+    mount: tuple[str, str] | None = None   # (remote debugpy folder, container path)
+    publish: bool = False                  # publish the port on the remote's 127.0.0.1 (own container network)
+    on_node: bool = False                  # Slurm: debugpy on the compute node writes its address down
+    node: str | None = None
+
+
+async def prepare(sess: TargetSession) -> DebugPlan:
     """Port, listen address and debugpy location for a debug run on this target."""
     t = sess.target
     pythonpath = await ensure_debugpy(sess)
     if t.runner == "slurm":
         # debugpy starts on the compute node, on its cluster address; the forward goes
         # through the login node to it (the address is known once the job runs)
-        return {"port": 0, "dest_host": None, "listen": None, "pythonpath": pythonpath, "mount": None,
-                "publish": False, "launch": True}
-    port = await sess.call("free_port")
-    info: dict[str, Any] = {"port": port, "dest_host": "127.0.0.1", "listen": "127.0.0.1",
-                            "pythonpath": pythonpath, "mount": None, "publish": False}
+        return DebugPlan(pythonpath, listen=None, dest_host=None, on_node=True)
+    plan = DebugPlan(pythonpath, port=await sess.call("free_port"))
     if t.runner == "container":
-        info["mount"] = (pythonpath, CONTAINER_DEBUGPY)
-        info["pythonpath"] = CONTAINER_DEBUGPY
+        plan.mount = (pythonpath, CONTAINER_DEBUGPY)
+        plan.pythonpath = CONTAINER_DEBUGPY
         if not host_network(t.container.args):
             # the container has its own network: listen on its interfaces, published only
             # on the remote's 127.0.0.1
-            info["listen"] = "0.0.0.0"
-            info["publish"] = True
-    return info
+            plan.listen = "0.0.0.0"
+            plan.publish = True
+    return plan
 
 
-async def wait_and_forward(sess: TargetSession, run: Any) -> Any:
-    """Wait until the debuggee listens, then forward a local port to it."""
-    dbg = run.meta["debug"]
-    if dbg.get("launch"):
-        # a queued job may wait long: keep waiting while it is pending or running
-        while True:
-            where = await sess.call("run_file", run.id, "debug.json", 30)
-            if where is not None:
-                dbg.update(dest_host=where["host"], port=where["port"], node=where.get("node"))
-                break
-            if run.state not in ("starting", "running", "pending"):
-                raise RemoteDevError(f"run {run.id} ended before debugpy started (see the run buffer)")
-    else:
-        listening = await sess.call("run_listening", run.id, dbg["port"], 60, bool(dbg.get("publish")))
-        if not listening:
-            raise RemoteDevError(f"run {run.id}: debugpy did not start listening on {sess.target.host} "
-                                 f"within 60 s (see the run buffer)")
-    fwd = await forwards_of(sess).add(dbg["dest_host"], dbg["port"], name=f"debug {run.id}")
-    run.meta["forward"] = fwd
-    return fwd
+def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str) -> Launch:
+    launcher = None
+    if plan.on_node:
+        ready = posixpath.join(sess.hello["cache_dir"], "runs", run_id, "debug.json")
+        launcher = [agent_path_remote(sess.hello["cache_dir"]), "debug-launch", ready]
+    wrapped = debug_command(command, sess.target.python, plan.listen or "", plan.port, plan.pythonpath, launcher)
+    return Launch(wrapped, mounts=[plan.mount] if plan.mount else [], publish=[plan.port] if plan.publish else [])
 
 
-async def start_debug(engine: Engine, ctx: dict[str, Any], cmd: str | None) -> dict[str, Any]:
-    from .runs import start_run  # noqa: PLC0415
+class DebugRun:
+    """One debug run: the forward to its debuggee, closed when the run ends."""
 
-    run = await start_run(engine, ctx, cmd, debug=True)
-    proj = engine.project(ctx)
-    sess = proj.session(run.target)
+    def __init__(self, engine: Engine, sess: TargetSession, plan: DebugPlan) -> None:
+        self.engine = engine
+        self.sess = sess
+        self.plan = plan
+        self.forward: Forward | None = None
+
+    def ended(self, run: RunRecord) -> None:
+        if self.forward is not None:
+            forwards_of(self.sess).close(self.forward)
+            self.forward = None
+            self.engine.report("debug_end", {"id": run.id})
+
+    async def wait_and_forward(self, run: RunRecord) -> Forward:
+        """Wait until the debuggee listens, then forward a local port to it."""
+        plan, sess = self.plan, self.sess
+        if plan.on_node:
+            # a queued job may wait long: keep waiting while it is pending or running
+            while True:
+                where = await sess.call("run_file", run.id, "debug.json", 30)
+                if where is not None:
+                    plan.dest_host, plan.port, plan.node = where["host"], where["port"], where.get("node")
+                    break
+                if run.state not in LIVE:
+                    raise RemoteDevError(f"run {run.id} ended before debugpy started (see the run buffer)")
+        else:
+            listening = await sess.call("run_listening", run.id, plan.port, 60, plan.publish)
+            if not listening:
+                raise RemoteDevError(f"run {run.id}: debugpy did not start listening on {sess.target.host} "
+                                     f"within 60 s (see the run buffer)")
+        assert plan.dest_host is not None
+        self.forward = await forwards_of(sess).add(plan.dest_host, plan.port, name=f"debug {run.id}")
+        if run.state not in LIVE:   # it ended meanwhile: nothing to attach to
+            self.ended(run)
+            raise RemoteDevError(f"run {run.id} ended before the debugger could attach (see the run buffer)")
+        return self.forward
+
+
+async def start_debug(engine: Engine, proj: Project, sess: TargetSession, command: str) -> dict[str, Any]:
+    """A run under debugpy (the tree pushed already), forwarded, and the attach configuration."""
+    plan = await prepare(sess)
+    run_id = new_run_id()
+    dbg = DebugRun(engine, sess, plan)
+    run = await start_run(engine, proj, sess, command, launch_for(sess, plan, command, run_id), run_id,
+                          on_finish=[dbg.ended])
     try:
-        fwd = await wait_and_forward(sess, run)
+        fwd = await dbg.wait_and_forward(run)
     except Exception:
         # no debuggee is left waiting for a client that will never come
         try:
@@ -200,19 +241,12 @@ async def start_debug(engine: Engine, ctx: dict[str, Any], cmd: str | None) -> d
     config = dap_config(run.id, fwd.local_port, mapping.dap_path_mappings(in_container=sess.target.runner == "container"))
     engine.report("debug_ready", {"id": run.id, "port": fwd.local_port, "config": config})
     engine.emit("RemoteDevDebugReady", {"id": run.id, "port": fwd.local_port})
-    return {"id": run.id, "port": fwd.local_port, "config": config}
+    return {"id": run.id, "port": fwd.local_port, "remote_port": plan.port, "node": plan.node, "config": config}
 
 
-@action
-async def debug_(engine: Engine, ctx: dict[str, Any], cmd: str | None = None) -> dict[str, Any]:
-    return await start_debug(engine, ctx, cmd or None)
-
-
-@action
-async def attach_port(engine: Engine, ctx: dict[str, Any], port: int) -> dict[str, Any]:
+async def attach_port(engine: Engine, proj: Project, port: int) -> dict[str, Any]:
     """nvim-dap to a debugpy already listening on the remote's 127.0.0.1:port (e.g. a
     :RemoteRun of `python -m debugpy --listen 127.0.0.1:5678 train.py`)."""
-    proj = engine.project(ctx)
     sess = proj.session()
     fwd = await forwards_of(sess).add("127.0.0.1", int(port), name=f"debugpy {port}")
     config = dap_config(f"port {port}", fwd.local_port, sess.mapping().dap_path_mappings())
@@ -220,13 +254,3 @@ async def attach_port(engine: Engine, ctx: dict[str, Any], port: int) -> dict[st
     engine.report("debug_ready", {"id": None, "port": fwd.local_port, "config": config})
     engine.emit("RemoteDevDebugReady", {"id": None, "port": fwd.local_port})
     return {"port": fwd.local_port, "config": config}
-
-
-@action
-async def forward(engine: Engine, ctx: dict[str, Any], port: int, local: int | None = None) -> dict[str, Any]:
-    """:RemoteForward {port} [local]: the remote's 127.0.0.1:port on localhost:local."""
-    proj = engine.project(ctx)
-    sess = proj.session()
-    fwd = await forwards_of(sess).add("127.0.0.1", int(port), int(local or 0), name=f"port {port}")
-    engine.message(f"localhost:{fwd.local_port} -> {sess.target.host}:127.0.0.1:{port} (kept across reconnects)")
-    return fwd.describe()

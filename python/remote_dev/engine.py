@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine, Protocol, TypeVar
 
 import asyncssh
 
@@ -30,7 +30,32 @@ from .rpc import AgentChannel
 log = logging.getLogger("remote_dev")
 
 Report = Callable[[str, dict], None]
+Action = Callable[..., Awaitable[Any]]
 BACKOFF = (0.0, 0.5, 1.5)
+T = TypeVar("T")
+
+
+class RunView(Protocol):
+    """What the engine and status need of a run (the runs feature defines RunRecord)."""
+    id: str
+    target: str
+    state: str
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+class FeatureState:
+    """Per-object state of the features above the engine, one instance per class:
+    ``obj.state(SyncState)`` makes it on first use.  The engine never looks inside."""
+
+    def __init__(self) -> None:
+        self._states: dict[type, Any] = {}
+
+    def state(self, cls: type[T], factory: Callable[[], T] | None = None) -> T:
+        obj = self._states.get(cls)
+        if obj is None:
+            obj = self._states[cls] = (factory or cls)()
+        return obj
 
 
 def state_home() -> Path:
@@ -50,10 +75,11 @@ def setup_logging() -> Path:
     return path
 
 
-class TargetSession:
+class TargetSession(FeatureState):
     """One SSH connection and one agent channel per target, reused by everything."""
 
     def __init__(self, project: "Project", target: Target) -> None:
+        super().__init__()
         self.project = project
         self.target = target
         self.conn: asyncssh.SSHClientConnection | None = None
@@ -65,6 +91,7 @@ class TargetSession:
         self.lock = asyncio.Lock()
         self.on_reconnect: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.connected_once = False
+        self.container_engine: str | None = None   # docker or podman, once found to answer
 
     @property
     def connected(self) -> bool:
@@ -149,13 +176,16 @@ class TargetSession:
 
 
 @dataclass
-class Project:
+class Project(FeatureState):
     config: ProjectConfig
     mtime: float
     target_name: str
     sessions: dict[str, TargetSession] = field(default_factory=dict)
     last_push: dict[str, dict[str, Any]] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    runs: dict[str, RunView] = field(default_factory=dict)   # by id: started or followed here
+
+    def __post_init__(self) -> None:
+        FeatureState.__init__(self)
 
     @property
     def root(self) -> Path:
@@ -180,8 +210,12 @@ class Project:
 
 
 class Engine:
-    def __init__(self, report: Report | None = None) -> None:
+    """The loop thread and the projects.  ``actions`` (name -> ``async def (engine, ctx,
+    **args)``) come from the front-end: the engine knows no action itself."""
+
+    def __init__(self, report: Report | None = None, actions: dict[str, Action] | None = None) -> None:
         self.report: Report = report or (lambda kind, payload: None)
+        self.actions: dict[str, Action] = dict(actions or {})
         self.loop = asyncio.new_event_loop()
         self.projects: dict[Path, Project] = {}
         self.log_path = setup_logging()
@@ -189,9 +223,6 @@ class Engine:
         self.thread = threading.Thread(target=self._run, name="remote-dev-engine", daemon=True)
         self.thread.start()
         self.started.wait()
-        from .actions import ACTIONS  # noqa: PLC0415 - actions import the engine's types
-
-        self.actions = ACTIONS
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -280,7 +311,8 @@ class Engine:
                     else:
                         sess.drop()
                 new.last_push = proj.last_push
-                new.extras = proj.extras
+                new.runs = proj.runs
+                new._states = proj._states
             self.projects[root] = proj = new
         return proj
 

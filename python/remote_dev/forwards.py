@@ -98,7 +98,4 @@ class Forwards:
 
 
 def forwards_of(sess: TargetSession) -> Forwards:
-    fw = getattr(sess, "forwards", None)
-    if fw is None:
-        fw = sess.forwards = Forwards(sess)  # type: ignore[attr-defined]
-    return fw
+    return sess.state(Forwards, lambda: Forwards(sess))

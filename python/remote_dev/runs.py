@@ -3,6 +3,10 @@
 The agent starts each run under a supervisor that outlives the SSH connection; output goes
 to a log file on the remote.  Following a run is a long poll from an offset, so after a
 reconnect (or in a new Neovim) nothing is lost or repeated.
+
+Runs know nothing of debugging: a feature that needs more than the plain command hands
+``start_run`` a ``Launch`` (what to execute, mounts, published ports) and adds
+``on_finish`` hooks to the record.
 """
 
 from __future__ import annotations
@@ -10,20 +14,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import posixpath
 import secrets
 import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import tracebacks
-from .actions import action, publish_status
 from .engine import Engine, Project, TargetSession
 from .errors import ConnectError, RemoteDevError
-from .runners import runner_for
-from .sync import do_push
+from .runners import Launch, runner_for
+from .status import publish_status
 from .termtext import TerminalText
 
 READ_BYTES = 1 << 20
@@ -48,13 +50,24 @@ class RunRecord:
     code: int | None = None
     ended: float | None = None
     offset: int = 0
-    exec_cmd: str = ""             # what runs on the remote (cmd, or cmd under debugpy)
+    exec_cmd: str = ""             # what runs on the remote (cmd, or cmd wrapped by a Launch)
     detail: str = ""               # runner state beyond running/exited (Slurm queue state)
     meta: dict[str, Any] = field(default_factory=dict)
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     follower: asyncio.Task[None] | None = None
     text: TerminalText = field(default_factory=TerminalText)
     quickfix: list[dict[str, Any]] = field(default_factory=list)
+    on_finish: list[Callable[["RunRecord"], None]] = field(default_factory=list)   # called once it ended
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any], proj: Project, default_target: str) -> "RunRecord":
+        """A record for a run known only from the agent (started by an earlier Neovim)."""
+        meta = info.get("meta") or {}
+        rec = cls(id=info["id"], target=meta.get("target", default_target),
+                  cmd=meta.get("display") or info.get("cmd", ""), root=str(proj.root),
+                  runner=meta.get("runner", "process"), created=info.get("created") or 0, meta=meta)
+        update_from_info(rec, info)
+        return rec
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -66,10 +79,6 @@ class RunRecord:
 
 def new_run_id() -> str:
     return time.strftime("%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def runs_of(proj: Project) -> dict[str, RunRecord]:
-    return proj.extras.setdefault("runs", {})
 
 
 def expand_command(proj: Project, sess: TargetSession, cmd: str | None, file: str | None) -> str:
@@ -87,35 +96,22 @@ def expand_command(proj: Project, sess: TargetSession, cmd: str | None, file: st
         "{python}", sess.target.python).replace("{root}", sess.remote_root or sess.target.remote_root)
 
 
-async def start_run(engine: Engine, ctx: dict[str, Any], cmd: str | None, debug: bool = False) -> RunRecord:
-    proj = engine.project(ctx)
-    sess = proj.session()
-    command = expand_command(proj, sess, cmd, ctx.get("file"))
-    await do_push(engine, proj, None, quiet=True)
-    runner = runner_for(sess.target)
-    run = RunRecord(id=new_run_id(), target=sess.target.name, cmd=command, root=str(proj.root),
-                    runner=sess.target.runner, created=time.time(), exec_cmd=command)
-    dbg = None
-    if debug:
-        from .debug import debug_command, prepare  # noqa: PLC0415
-
-        dbg = await prepare(engine, proj, sess)
-        launcher = None
-        if dbg.get("launch"):
-            from .agent import agent_path_remote  # noqa: PLC0415
-
-            ready = posixpath.join(sess.hello["cache_dir"], "runs", run.id, "debug.json")
-            launcher = [agent_path_remote(sess.hello["cache_dir"]), "debug-launch", ready]
-        run.exec_cmd = debug_command(command, sess.target.python, dbg["listen"], dbg["port"], dbg["pythonpath"],
-                                     launcher)
-        run.meta["debug"] = dbg
-    spec = await runner.spec(engine, proj, sess, run, dbg)
+async def start_run(engine: Engine, proj: Project, sess: TargetSession, command: str,
+                    launch: Launch | None = None, run_id: str | None = None,
+                    on_finish: list[Callable[[RunRecord], None]] | None = None) -> RunRecord:
+    """Start command (shown as such) on the target's runner; launch: what really runs, when
+    a feature wraps the command.  The tree is expected pushed already."""
+    launch = launch or Launch(command)
+    run = RunRecord(id=run_id or new_run_id(), target=sess.target.name, cmd=command, root=str(proj.root),
+                    runner=sess.target.runner, created=time.time(), exec_cmd=launch.command,
+                    on_finish=list(on_finish or []))
+    spec = await runner_for(sess.target).spec(proj, sess, run.id, launch)
     spec.update(id=run.id, root=sess.target.remote_root)
     spec.setdefault("meta", {}).update(target=sess.target.name, display=command, runner=sess.target.runner,
                                        local_root=str(proj.root))
     info = await sess.call("run_start", spec, retry=False)
     run.meta.update({k: v for k, v in (info.get("meta") or {}).items() if k not in run.meta})
-    runs_of(proj)[run.id] = run
+    proj.runs[run.id] = run
     update_from_info(run, info)
     engine.emit("RemoteDevRunStart", {"id": run.id, "target": run.target, "cmd": command})
     engine.report("run_state", {**run.summary(), "new": True})
@@ -138,107 +134,127 @@ def update_from_info(run: RunRecord, info: dict[str, Any]) -> None:
         run.meta["job"] = info["job"]
 
 
-async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
-    """Stream a run's output from run.offset until it ends; survives reconnects.
+class OutputFollower:
+    """Streams one run's output from run.offset until it ends; survives reconnects.
 
     Output goes to Neovim at most every UPDATE_EVERY seconds, with at most
     MAX_LINES_PER_UPDATE lines (the newest; the others are counted as dropped).  Chunks
     read between two updates are held as bytes and split into lines when the update goes
     out; a chunk whose lines cannot be among the newest ones of that update (and so
-    neither of the host-side tail) is stepped over without building its lines."""
-    runner = runner_for(sess.target)
-    keep = max(MAX_LINES_PER_UPDATE, TAIL_LINES)
-    held: collections.deque[tuple[bytes, int]] = collections.deque()  # (chunk, its newlines) since the last update
-    held_nl = 0
-    dropped = 0
-    last_sent = 0.0
-    last_detail = run.detail
-    # Reads sent ahead, for output already on the remote (a run printing fast): the remote
-    # reads and sends the next chunks while this side handles one.
-    ahead: collections.deque[asyncio.Future[Any]] = collections.deque()
-    next_ahead = 0               # offset of the next read to send ahead
+    neither of the host-side tail) is stepped over without building its lines.  While the
+    remote has more output than one read returns, reads are sent ahead so the remote reads
+    the next chunks while this side handles one."""
 
-    def take_lines() -> list[str]:
+    def __init__(self, engine: Engine, sess: TargetSession, run: RunRecord) -> None:
+        self.engine = engine
+        self.sess = sess
+        self.run = run
+        self.keep = max(MAX_LINES_PER_UPDATE, TAIL_LINES)
+        self.held: collections.deque[tuple[bytes, int]] = collections.deque()  # (chunk, newlines)
+        self.held_nl = 0
+        self.dropped = 0
+        self.last_sent = 0.0
+        self.last_detail = run.detail
+        self.ahead: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.next_ahead = 0          # offset of the next read to send ahead
+
+    def take_lines(self) -> list[str]:
         """The held chunks as lines (into the tail); the newest MAX_LINES_PER_UPDATE of them."""
-        nonlocal held_nl, dropped
-        if not held:
+        if not self.held:
             return []
-        lines = run.text.feed(b"".join(chunk for chunk, _ in held))
-        held.clear()
-        held_nl = 0
-        run.tail.extend(lines)
+        lines = self.run.text.feed(b"".join(chunk for chunk, _ in self.held))
+        self.held.clear()
+        self.held_nl = 0
+        self.run.tail.extend(lines)
         if len(lines) > MAX_LINES_PER_UPDATE:
-            dropped += len(lines) - MAX_LINES_PER_UPDATE
+            self.dropped += len(lines) - MAX_LINES_PER_UPDATE
             lines = lines[-MAX_LINES_PER_UPDATE:]
         return lines
 
-    try:
-        while True:
-            try:
-                if ahead:
-                    res = await ahead.popleft()
-                elif held:
-                    # Keep reading while an update is held back: return early only with a
-                    # full chunk, else when the next update is due.
-                    left = max(0.0, UPDATE_EVERY - (time.monotonic() - last_sent))
-                    res = await sess.call("run_read", run.id, run.offset, READ_BYTES, left, READ_BYTES)
-                else:
-                    res = await sess.call("run_read", run.id, run.offset, READ_BYTES, LONG_POLL)
-            except ConnectError as e:
-                cancel_all(ahead)
-                engine.report("run_state", {**run.summary(), "detail": f"reconnecting: {e.message}"})
-                await asyncio.sleep(2)
-                continue
-            except RemoteDevError as e:
-                engine.message(f"run {run.id}: {e.message}", "error")
-                run.state = "lost"
-                break
-            data = res["data"]
-            if data and res["offset"] - len(data) != run.offset:  # never: reads ahead go in order
-                cancel_all(ahead)
-                continue
-            if data:
-                run.offset = res["offset"]
-                if not ahead:
-                    next_ahead = run.offset
-                # only where the remote has output, so every read ahead but the last gets a
-                # whole chunk and the next one's offset is known
-                while len(ahead) < READ_AHEAD and next_ahead < res["size"] and next_ahead >= run.offset:
-                    ahead.append(asyncio.ensure_future(sess.call("run_read", run.id, next_ahead, READ_BYTES, 0)))
-                    next_ahead = next_ahead + READ_BYTES if next_ahead + READ_BYTES <= res["size"] else -1
-                nl = res.get("newlines")
-                if nl is None:
-                    nl = data.count(b"\n")
-                held.append((data, nl))
-                held_nl += nl
-                # the chunks after the oldest complete more than `keep` lines: none of the
-                # oldest one's lines (nor the one it leaves unfinished) is shown or kept
-                while len(held) > 1 and held_nl - held[0][1] > keep:
-                    chunk, n = held.popleft()
-                    held_nl -= n
-                    dropped += run.text.skip(chunk, n)
-            info = await runner.refresh(engine, sess, run, res["info"])
-            update_from_info(run, info)
-            done = run.state not in LIVE and run.offset >= res["size"]
-            now = time.monotonic()
-            if done or run.detail != last_detail or (held and now - last_sent >= UPDATE_EVERY):
-                lines = take_lines()
-                engine.report("run_output", {"id": run.id, "lines": lines, "partial": run.text.current(),
-                                             "dropped": dropped})
-                if run.detail != last_detail:
-                    engine.report("run_state", run.summary())
-                    last_detail = run.detail
-                dropped = 0
-                last_sent = now
-            if done:
-                break
-    finally:
-        cancel_all(ahead)
-    rest = take_lines()           # read but not shown yet (the run was lost); in the tail already
-    final = run.text.feed(b"", final=True)
-    run.tail.extend(final)
-    if rest or final:
-        engine.report("run_output", {"id": run.id, "lines": rest + final, "partial": "", "dropped": dropped})
+    async def read(self) -> dict[str, Any]:
+        run = self.run
+        if self.ahead:
+            return await self.ahead.popleft()
+        if self.held:
+            # Keep reading while an update is held back: return early only with a full
+            # chunk, else when the next update is due.
+            left = max(0.0, UPDATE_EVERY - (time.monotonic() - self.last_sent))
+            return await self.sess.call("run_read", run.id, run.offset, READ_BYTES, left, READ_BYTES)
+        return await self.sess.call("run_read", run.id, run.offset, READ_BYTES, LONG_POLL)
+
+    def hold(self, res: dict[str, Any]) -> None:
+        """Take a chunk that continues at run.offset; send reads ahead where the remote has
+        more (every read ahead but the last gets a whole chunk, so the next offset is known)."""
+        run, data = self.run, res["data"]
+        run.offset = res["offset"]
+        if not self.ahead:
+            self.next_ahead = run.offset
+        while len(self.ahead) < READ_AHEAD and run.offset <= self.next_ahead < res["size"]:
+            self.ahead.append(asyncio.ensure_future(self.sess.call("run_read", run.id, self.next_ahead,
+                                                                   READ_BYTES, 0)))
+            self.next_ahead = self.next_ahead + READ_BYTES if self.next_ahead + READ_BYTES <= res["size"] else -1
+        nl = res.get("newlines")
+        if nl is None:
+            nl = data.count(b"\n")
+        self.held.append((data, nl))
+        self.held_nl += nl
+        # the chunks after the oldest complete more than `keep` lines: none of the oldest
+        # one's lines (nor the one it leaves unfinished) is shown or kept
+        while len(self.held) > 1 and self.held_nl - self.held[0][1] > self.keep:
+            chunk, n = self.held.popleft()
+            self.held_nl -= n
+            self.dropped += run.text.skip(chunk, n)
+
+    def send_update(self, done: bool) -> None:
+        run, now = self.run, time.monotonic()
+        if not (done or run.detail != self.last_detail or (self.held and now - self.last_sent >= UPDATE_EVERY)):
+            return
+        lines = self.take_lines()
+        self.engine.report("run_output", {"id": run.id, "lines": lines, "partial": run.text.current(),
+                                          "dropped": self.dropped})
+        if run.detail != self.last_detail:
+            self.engine.report("run_state", run.summary())
+            self.last_detail = run.detail
+        self.dropped = 0
+        self.last_sent = now
+
+    async def follow(self) -> None:
+        run = self.run
+        try:
+            while True:
+                try:
+                    res = await self.read()
+                except ConnectError as e:
+                    cancel_all(self.ahead)
+                    self.engine.report("run_state", {**run.summary(), "detail": f"reconnecting: {e.message}"})
+                    await asyncio.sleep(2)
+                    continue
+                except RemoteDevError as e:
+                    self.engine.message(f"run {run.id}: {e.message}", "error")
+                    run.state = "lost"
+                    break
+                if res["data"] and res["offset"] - len(res["data"]) != run.offset:  # never: reads ahead go in order
+                    cancel_all(self.ahead)
+                    continue
+                if res["data"]:
+                    self.hold(res)
+                update_from_info(run, res["info"])
+                done = run.state not in LIVE and run.offset >= res["size"]
+                self.send_update(done)
+                if done:
+                    break
+        finally:
+            cancel_all(self.ahead)
+        rest = self.take_lines()      # read but not shown yet (the run was lost); in the tail already
+        final = run.text.feed(b"", final=True)
+        run.tail.extend(final)
+        if rest or final:
+            self.engine.report("run_output", {"id": run.id, "lines": rest + final, "partial": "",
+                                              "dropped": self.dropped})
+
+
+async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
+    await OutputFollower(engine, sess, run).follow()
     finish(engine, proj, sess, run)
 
 
@@ -247,19 +263,19 @@ def cancel_all(futures: collections.deque[asyncio.Future[Any]]) -> None:
         futures.popleft().cancel()
 
 
-def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
-    fwd = run.meta.pop("forward", None)
-    if fwd is not None:
-        from .forwards import forwards_of  # noqa: PLC0415
-
-        forwards_of(sess).close(fwd)
-        engine.report("debug_end", {"id": run.id})
-    mapping = sess.mapping()
-    runner = runner_for(sess.target)
+def run_quickfix(proj: Project, sess: TargetSession, run: RunRecord) -> list[dict[str, Any]]:
+    """Quickfix entries from what the run printed (its tail), at local files."""
     text = "\n".join(run.tail)
-    run.quickfix = runner.extra_quickfix(proj, sess, text) + tracebacks.parse(text, mapping.to_local)
+    return runner_for(sess.target).extra_quickfix(proj, sess, text) + tracebacks.parse(text, sess.mapping().to_local)
+
+
+def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
+    for hook in run.on_finish:
+        hook(run)
+    run.on_finish.clear()
+    run.quickfix = run_quickfix(proj, sess, run)
     if run.code:
-        problem = runner.diagnose(proj, sess, text)
+        problem = runner_for(sess.target).diagnose(proj, sess, "\n".join(run.tail))
         if problem:
             engine.message(problem, "error")
             engine.emit("RemoteDevError", {"message": problem})
@@ -270,25 +286,18 @@ def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -
 
 
 def pick_run(proj: Project, run_id: str | None, live_only: bool = False) -> RunRecord | None:
-    runs = runs_of(proj)
+    runs: dict[str, RunRecord] = proj.runs  # type: ignore[assignment]
     if run_id:
         return runs.get(run_id)
     candidates = [r for r in runs.values() if r.target == proj.target_name and (r.state in LIVE or not live_only)]
     return max(candidates, key=lambda r: r.created) if candidates else None
 
 
-@action
-async def run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None) -> dict[str, Any]:
-    rec = await start_run(engine, ctx, cmd or None)
-    return rec.summary()
-
-
-@action
-async def stop(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
-    proj = engine.project(ctx)
+async def stop_run(engine: Engine, proj: Project, run_id: str | None) -> dict[str, Any]:
+    """Stop a run (the latest live one of the target when run_id is None)."""
     sess = proj.session()
-    rec = pick_run(proj, id, live_only=True)
-    run_id = rec.id if rec else id
+    rec = pick_run(proj, run_id, live_only=True)
+    run_id = rec.id if rec else run_id
     if not run_id:
         raise RemoteDevError(f"no live run on {sess.target.name} to stop (:RemoteRuns lists them)")
     info = await sess.call("run_stop", run_id, proj.config.run.stop_grace)
@@ -299,12 +308,11 @@ async def stop(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> di
     return rec.summary()
 
 
-@action
-async def stop_all(engine: Engine, ctx: dict[str, Any]) -> int:
+async def stop_all(engine: Engine) -> int:
     """Stop the live runs this Neovim started or followed (stop_runs_on_exit)."""
     stopped = 0
     for proj in list(engine.projects.values()):
-        for rec in list(runs_of(proj).values()):
+        for rec in list(proj.runs.values()):
             if rec.state in LIVE:
                 sess = proj.session(rec.target)
                 await sess.call("run_stop", rec.id, proj.config.run.stop_grace)
@@ -312,54 +320,37 @@ async def stop_all(engine: Engine, ctx: dict[str, Any]) -> int:
     return stopped
 
 
-@action
-async def runs(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+async def list_runs(proj: Project) -> list[dict[str, Any]]:
     """The target's runs, also those started by earlier Neovim sessions."""
-    proj = engine.project(ctx)
     sess = proj.session()
     remote = await sess.call("run_list", sess.target.remote_root)
-    known = runs_of(proj)
     out = []
     for info in remote:
-        rec = known.get(info["id"])
-        if rec is None:
-            meta = info.get("meta") or {}
-            rec = RunRecord(id=info["id"], target=meta.get("target", sess.target.name),
-                            cmd=meta.get("display") or info.get("cmd", ""), root=str(proj.root),
-                            runner=meta.get("runner", "process"), created=info.get("created") or 0, meta=meta)
-            update_from_info(rec, info)
-        out.append({**rec.summary(), "following": rec.follower is not None and not rec.follower.done()})
+        rec = proj.runs.get(info["id"]) or RunRecord.from_info(info, proj, sess.target.name)
+        following = isinstance(rec, RunRecord) and rec.follower is not None and not rec.follower.done()
+        out.append({**rec.summary(), "following": following})
     return sorted(out, key=lambda r: r["created"])
 
 
-@action
-async def attach(engine: Engine, ctx: dict[str, Any], id: str) -> dict[str, Any]:  # noqa: A002
+async def attach_run(engine: Engine, proj: Project, run_id: str) -> dict[str, Any]:
     """Follow a run (from its first byte) into a run buffer, e.g. one started before."""
-    proj = engine.project(ctx)
     sess = proj.session()
-    rec = runs_of(proj).get(id)
+    rec = pick_run(proj, run_id)
     if rec is not None and rec.follower is not None and not rec.follower.done():
         engine.report("run_state", {**rec.summary(), "show": True})
         return rec.summary()
-    info = await sess.call("run_info", id)
-    meta = info.get("meta") or {}
-    rec = RunRecord(id=id, target=meta.get("target", sess.target.name), cmd=meta.get("display") or info.get("cmd", ""),
-                    root=str(proj.root), runner=meta.get("runner", "process"), created=info.get("created") or 0,
-                    meta=meta)
-    update_from_info(rec, info)
-    runs_of(proj)[id] = rec
+    rec = RunRecord.from_info(await sess.call("run_info", run_id), proj, sess.target.name)
+    proj.runs[run_id] = rec
     engine.report("run_state", {**rec.summary(), "new": True})
     rec.follower = asyncio.get_running_loop().create_task(follow(engine, proj, sess, rec))
     return rec.summary()
 
 
-@action
-async def log_(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
+async def fetch_log(proj: Project, run_id: str | None) -> dict[str, Any]:
     """A run's full output (ANSI stripped, progress bars collapsed) in a local file."""
-    proj = engine.project(ctx)
     sess = proj.session()
-    rec = pick_run(proj, id)
-    run_id = id or (rec.id if rec else None)
+    rec = pick_run(proj, run_id)
+    run_id = run_id or (rec.id if rec else None)
     if not run_id:
         raise RemoteDevError(f"no run on {sess.target.name} yet (:RemoteRuns lists them)")
     info = await sess.call("run_info", run_id)
@@ -385,15 +376,9 @@ async def log_(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> di
     return {"id": run_id, "path": path, "remote_log": info["log"], "lines": len(lines)}
 
 
-@action
-async def quickfix(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
+def quickfix_of(proj: Project, run_id: str | None) -> dict[str, Any]:
     """Quickfix entries of a run on demand (also while it runs)."""
-    proj = engine.project(ctx)
-    sess = proj.session()
-    rec = pick_run(proj, id)
+    rec = pick_run(proj, run_id)
     if rec is None:
         raise RemoteDevError("no run to read locations from")
-    text = "\n".join(rec.tail)
-    entries = runner_for(sess.target).extra_quickfix(proj, sess, text) + tracebacks.parse(text, sess.mapping().to_local)
-    return {"id": rec.id, "cmd": rec.cmd, "quickfix": entries}
-
+    return {"id": rec.id, "cmd": rec.cmd, "quickfix": run_quickfix(proj, proj.session(rec.target), rec)}

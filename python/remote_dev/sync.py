@@ -34,6 +34,7 @@ from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
 from .rpc import AgentChannel
 from .scan import Excluder, LocalEntry, Scanner, lstat_entry
+from .status import publish_status
 
 BATCH_BYTES = 4 << 20          # payload per push request
 BATCH_OPS = 2048
@@ -161,19 +162,20 @@ class SyncRecords:
 
 @dataclass
 class SyncState:
-    """Per project: one sync at a time, the scanner, and which connections were verified."""
+    """Per project: one sync at a time, the scanner, which connections were verified, and
+    push on save (saves queued while a push runs; the failure reported once)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     scanner: Scanner | None = None
     scanner_key: tuple[Any, ...] = ()
     verified: dict[str, int] = field(default_factory=dict)
     records: dict[str, SyncRecords] = field(default_factory=dict)
+    save_pending: set[str] = field(default_factory=set)
+    save_running: bool = False
+    save_error: str | None = None
 
 
 def sync_state(proj: Project) -> SyncState:
-    st = proj.extras.get("sync")
-    if st is None:
-        st = proj.extras["sync"] = SyncState()
-    return st
+    return proj.state(SyncState)
 
 
 def scanner_for(proj: Project) -> Scanner:
@@ -721,33 +723,19 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
     return data
 
 
-# Imported here, not at the top: actions imports runs, which needs do_push above, so that
-# importing this module first (scripts, tests) works as well as importing actions first.
-from .actions import action, publish_status
-
-
-@action
-async def push(engine: Engine, ctx: dict[str, Any], paths: list[str] | None = None, force: bool = False,
-               dry_run: bool = False) -> dict[str, Any]:
-    proj = engine.project(ctx)
-    return await do_push(engine, proj, rel_paths(proj, paths, ctx.get("cwd")), force, dry_run)
-
-
-@action
-async def save(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any] | None:
+async def push_on_save(engine: Engine, proj: Project, file: str) -> dict[str, Any] | None:
     """BufWritePost: push that one file when sync.push_on_save is on.  Saves that come
     while a push is under way coalesce into the next push, which reads the newest content.
     A failing remote (connection, or errors writing there) is reported once, and once more
     when pushes work again; conflicts of the saved file are reported on every save."""
-    proj = engine.project(ctx)
-    if not proj.config.sync.push_on_save or not ctx.get("file"):
+    if not proj.config.sync.push_on_save or not file:
         return None
-    rels = rel_paths(proj, [ctx["file"]], None) or []
-    pending: set[str] = proj.extras.setdefault("save_pending", set())
-    pending.update(rels)
-    if proj.extras.get("save_running"):
+    st = sync_state(proj)
+    pending = st.save_pending
+    pending.update(rel_paths(proj, [file], None) or [])
+    if st.save_running:
         return {"queued": True}
-    proj.extras["save_running"] = True
+    st.save_running = True
     result = None
     try:
         while pending:
@@ -761,16 +749,17 @@ async def save(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any] | None:
             except RemoteDevError as e:
                 failure = e.message
             if failure is None:
-                if proj.extras.pop("save_error", None):
+                if st.save_error is not None:
+                    st.save_error = None
                     engine.message(f"push on save to {proj.target.host} works again", "info")
-            elif proj.extras.get("save_error") is None:
-                proj.extras["save_error"] = failure
+            elif st.save_error is None:
+                st.save_error = failure
                 engine.message(f"push on save failed: {failure} (reported once; :RemotePush retries)", "error")
                 engine.emit("RemoteDevError", {"message": f"push on save failed: {failure}"})
             else:
                 log.info("push on save still failing: %s", failure)
     finally:
-        proj.extras["save_running"] = False
+        st.save_running = False
     return result
 
 
@@ -966,9 +955,3 @@ async def fetch_all(agent: Any, root: str, todo: list[PullItem], records: SyncRe
                 else:
                     f.cancel()
 
-
-@action
-async def pull(engine: Engine, ctx: dict[str, Any], paths: list[str] | None = None, force: bool = False,
-               modified: list[str] | None = None) -> dict[str, Any]:
-    proj = engine.project(ctx)
-    return await do_pull(engine, proj, rel_paths(proj, paths, ctx.get("cwd")), force, set(modified or []))

@@ -20,9 +20,10 @@ class RemoteDevPlugin:
     @property
     def engine(self):
         if self._engine is None:
+            from remote_dev.actions import ACTIONS
             from remote_dev.engine import Engine
 
-            self._engine = Engine(report=self._report)
+            self._engine = Engine(report=self._report, actions=ACTIONS)
         return self._engine
 
     def _to_lua(self, *args):

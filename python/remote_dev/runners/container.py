@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Target
+from ..engine import TargetSession
 from ..errors import RemoteDevError
-from . import ProcessRunner
+from . import Launch, ProcessRunner, ProjectView
 
 
 def container_name(run_id: str) -> str:
@@ -123,12 +124,11 @@ def dockerfile_quickfix(text: str, dockerfile: Path) -> list[dict[str, Any]]:
 class ContainerRunner(ProcessRunner):
     name = "container"
 
-    async def engine_name(self, sess: Any) -> str:
+    async def engine_name(self, sess: TargetSession) -> str:
         """docker or podman: as configured, else the one that answers `info`."""
         c = sess.target.container
-        cached = getattr(sess, "container_engine", None)
-        if cached:
-            return cached
+        if sess.container_engine:
+            return sess.container_engine
         candidates = [c.engine] if c.engine else ["docker", "podman"]
         found = await sess.call("which", candidates)
         problems = []
@@ -148,18 +148,17 @@ class ContainerRunner(ProcessRunner):
         raise RemoteDevError(f"no usable container engine on {sess.target.host}: {'; '.join(problems)} "
                              f"(install docker or podman, or set container.engine)")
 
-    def image(self, proj: Any, target: Target) -> str:
+    def image(self, proj: ProjectView, target: Target) -> str:
         return target.container.image or image_tag(proj.root, target)
 
-    async def spec(self, engine: Any, proj: Any, sess: Any, run: Any, debug: dict[str, Any] | None) -> dict[str, Any]:
+    async def spec(self, proj: ProjectView, sess: TargetSession, run_id: str, launch: Launch) -> dict[str, Any]:
         t = sess.target
         eng = await self.engine_name(sess)
-        name = container_name(run.id)
+        name = container_name(run_id)
         image = self.image(proj, t)
         build = build_argv(eng, image, t.container.dockerfile) if t.container.dockerfile else None
-        publish = [debug["port"]] if debug and debug.get("publish") else []
-        mounts = [debug["mount"]] if debug and debug.get("mount") else []
-        argv = run_argv(eng, name, image, sess.remote_root or t.remote_root, t, run.exec_cmd, publish, mounts, run.id)
+        argv = run_argv(eng, name, image, sess.remote_root or t.remote_root, t, launch.command, launch.publish,
+                        launch.mounts, run_id)
         return {
             "argv": ["/bin/sh", "-c", script(build, argv)],
             "env": dict(t.env),
@@ -168,15 +167,15 @@ class ContainerRunner(ProcessRunner):
             "meta": {"container": name, "engine": eng, "image": image},
         }
 
-    def extra_quickfix(self, proj: Any, sess: Any, text: str) -> list[dict[str, Any]]:
+    def extra_quickfix(self, proj: ProjectView, sess: TargetSession, text: str) -> list[dict[str, Any]]:
         df = sess.target.container.dockerfile
         return dockerfile_quickfix(text, proj.root / df) if df else []
 
-    def diagnose(self, proj: Any, sess: Any, text: str) -> str | None:
-        eng = getattr(sess, "container_engine", None) or sess.target.container.engine or "docker"
+    def diagnose(self, proj: ProjectView, sess: TargetSession, text: str) -> str | None:
+        eng = sess.container_engine or sess.target.container.engine or "docker"
         return diagnose(text, eng, sess.target.host, self.image(proj, sess.target))
 
-    async def health(self, engine: Any, proj: Any, sess: Any, found: dict[str, Any]) -> list[dict[str, str]]:
+    async def health(self, proj: ProjectView, sess: TargetSession, found: dict[str, Any]) -> list[dict[str, str]]:
         try:
             eng = await self.engine_name(sess)
         except RemoteDevError as e:

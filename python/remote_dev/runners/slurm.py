@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ProcessRunner
+from ..engine import TargetSession
+from . import Launch, ProcessRunner, ProjectView
 
 
 class SlurmRunner(ProcessRunner):
     name = "slurm"
 
-    async def spec(self, engine: Any, proj: Any, sess: Any, run: Any, debug: dict[str, Any] | None) -> dict[str, Any]:
-        return {"cmd": run.exec_cmd, "env": dict(sess.target.env), "slurm": {"args": list(sess.target.slurm.args)},
+    async def spec(self, proj: ProjectView, sess: TargetSession, run_id: str, launch: Launch) -> dict[str, Any]:
+        return {"cmd": launch.command, "env": dict(sess.target.env), "slurm": {"args": list(sess.target.slurm.args)},
                 "meta": {}}
 
-    async def health(self, engine: Any, proj: Any, sess: Any, found: dict[str, Any]) -> list[dict[str, str]]:
+    async def health(self, proj: ProjectView, sess: TargetSession, found: dict[str, Any]) -> list[dict[str, str]]:
         items = []
         for tool in ("sbatch", "squeue", "scancel"):
             if not found.get(tool):
