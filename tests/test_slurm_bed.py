@@ -30,7 +30,7 @@ def cluster(tmp_path):
 
 def _client(cluster, *argv, timeout=30):
     env = {**os.environ, **cluster.env}
-    return subprocess.run(list(argv), env=env, capture_output=True, text=True,
+    return subprocess.run(list(argv), env=env, capture_output=True, text=True, cwd=cluster.base_dir,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 

@@ -14,7 +14,8 @@ Public API::
 
 Environment knobs (all optional):
     REMOTE_DEV_TEST_CACHE   cache dir (default: $XDG_CACHE_HOME or ~/.cache, + /remote-dev-test)
-    REMOTE_DEV_TEST_MIRROR  Debian mirror for debootstrap (default: the one apt uses here)
+    REMOTE_DEV_TEST_MIRROR  Debian mirror for debootstrap (default: the one apt uses here;
+                            there is no built-in fallback host)
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Callable, Iterator
 TEST_IMAGE = "localhost/remote-dev-test:latest"
 
 SUITE = "bookworm"
-FALLBACK_MIRROR = "http://deb.debian.org/debian"
 
 # crun fails on these machines ("cgroups in hybrid mode not supported") and the
 # default ulimits are refused ("setrlimit RLIMIT_NOFILE: Operation not permitted").
@@ -211,7 +211,7 @@ def _apt_source_entries() -> Iterator[tuple[str, list[str], list[str]]]:
 
 
 def debian_mirror(suite: str = SUITE) -> str:
-    """The Debian mirror apt uses on this machine for `suite` (fallback deb.debian.org)."""
+    """The Debian mirror apt uses on this machine for `suite`, from its own apt sources."""
     env = os.environ.get("REMOTE_DEV_TEST_MIRROR")
     if env:
         return env
@@ -221,7 +221,10 @@ def debian_mirror(suite: str = SUITE) -> str:
             continue
         if suite in suites and (not components or "main" in components):
             candidates.append(uri)
-    return candidates[0] if candidates else FALLBACK_MIRROR
+    if not candidates:
+        raise RuntimeError(f"no Debian mirror for {suite!r} in this machine's apt sources "
+                           f"(/etc/apt/sources.list*); set REMOTE_DEV_TEST_MIRROR to one")
+    return candidates[0]
 
 
 def _apt_proxy_env() -> dict:

@@ -140,7 +140,7 @@ class SlurmCluster:
         exe = _which(argv[0])
         if exe:
             argv[0] = exe
-        p = subprocess.run(argv, env=self.client_env(), stdin=subprocess.DEVNULL,
+        p = subprocess.run(argv, env=self.client_env(), stdin=subprocess.DEVNULL, cwd=self.base_dir,
                            capture_output=True, text=True, timeout=timeout)
         if check and p.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} -> rc {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
