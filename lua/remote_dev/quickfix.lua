@@ -1,4 +1,4 @@
--- Quickfix lists: sync conflicts, push previews, run locations.
+-- Quickfix lists: sync conflicts.
 local M = {}
 
 --- Conflicts of a push or pull as quickfix entries at the local files.
@@ -21,25 +21,6 @@ function M.conflicts(data, kind)
     title = ('%s: %d conflict(s) — :Remote%s! overwrites'):format(prefix, #items, kind == 'push' and 'Push' or 'Pull'),
     items = items,
   })
-end
-
---- A push preview (:RemotePush --dry-run) in a scratch buffer.
-function M.preview(res)
-  local lines = { ('remote_dev push preview for %s (nothing was written)'):format(res.target), '' }
-  local function section(title, list, fmt)
-    table.insert(lines, ('%s (%d)'):format(title, #list))
-    for _, item in ipairs(list) do
-      table.insert(lines, '  ' .. fmt(item))
-    end
-    table.insert(lines, '')
-  end
-  section('send', res.send or {}, function(p) return p end)
-  section('delete on the remote', res.delete or {}, function(p) return p end)
-  section('conflicts (not overwritten without !)', res.conflict_details or {}, function(c)
-    return c.path .. ': ' .. c.reason
-  end)
-  section('too large (sync.max_file_size)', res.skipped or {}, function(s) return ('%s (%d bytes)'):format(s.path, s.size) end)
-  return require('remote_dev')._scratch(lines, 'remote_dev://push-preview', 'remote_dev_preview')
 end
 
 return M
