@@ -5,8 +5,8 @@ local config = require('remote_dev.config')
 local host = require('remote_dev.host')
 local ui = require('remote_dev.ui')
 
---- States of a run that has not ended.
-M.LIVE_STATES = { starting = true, running = true }
+--- States of a run that has not ended, as the agent names them ("pending": a queued Slurm job).
+M.LIVE_STATES = { starting = true, running = true, pending = true }
 
 ---@param state string
 ---@return boolean
