@@ -76,7 +76,26 @@ function M.on_pull_done(data)
   end
 end
 
---- A push preview (:RemotePush --dry-run) in a scratch buffer.
+local function human(n)
+  for _, unit in ipairs({ 'B', 'KB', 'MB' }) do
+    if n < 1000 then
+      return unit == 'B' and ('%d B'):format(n) or ('%.1f %s'):format(n, unit)
+    end
+    n = n / 1000
+  end
+  return ('%.1f GB'):format(n)
+end
+
+--- Why a file would not be pushed: the host's reason, or (a host that gives none) its size.
+local function skip_reason(s)
+  if type(s.reason) == 'string' and s.reason ~= '' then
+    return s.reason
+  end
+  return ('%s, over sync.max_file_size'):format(human(tonumber(s.size) or 0))
+end
+
+--- A push preview (:RemotePush --dry-run) in a scratch buffer: what would be sent, deleted,
+--- left in conflict, and skipped (with the reason), and files that could not be read.
 ---@return integer buf
 function M.preview(res)
   local lines = { ('remote_dev push preview for %s (nothing was written)'):format(res.target), '' }
@@ -92,7 +111,10 @@ function M.preview(res)
   section('conflicts (not overwritten without !)', res.conflict_details or {}, function(c)
     return c.path .. ': ' .. c.reason
   end)
-  section('too large (sync.max_file_size)', res.skipped or {}, function(s) return ('%s (%d bytes)'):format(s.path, s.size) end)
+  section('skipped', res.skipped or {}, function(s) return s.path .. ': ' .. skip_reason(s) end)
+  if res.errors and #res.errors > 0 then
+    section('errors', res.errors, function(e) return e.path .. ': ' .. e.reason end)
+  end
   return ui.scratch(lines, 'remote_dev://push-preview', 'remote_dev_preview')
 end
 
