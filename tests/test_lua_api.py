@@ -25,6 +25,18 @@ def test_setup_checks_options_against_the_schema(nvim):
     assert nvim.exec_lua("return require('remote_dev').options.run_buffer_lines") == 10000
 
 
+def test_quickfix_options_and_the_deprecated_open_quickfix(nvim):
+    assert "unknown option quickfix.window (known: open, loclist)" in setup_error(nvim, "{ quickfix = { window = 1 } }")
+    assert "option quickfix.loclist: expected boolean" in setup_error(nvim, "{ quickfix = { loclist = 'yes' } }")
+    nvim.exec_lua("require('remote_dev').setup({ quickfix = { loclist = true } })")
+    assert nvim.exec_lua("return require('remote_dev').options.quickfix") == {"open": True, "loclist": True}
+    nvim.exec_lua("require('remote_dev').setup({ open_quickfix = false })")
+    assert nvim.exec_lua("return require('remote_dev').options.quickfix") == {"open": False, "loclist": False}
+    assert "open_quickfix is deprecated; use quickfix.open" in nvim.messages()[-1]
+    nvim.exec_lua("require('remote_dev').setup({ open_quickfix = false, quickfix = { open = true } })")
+    assert nvim.exec_lua("return require('remote_dev').options.quickfix.open") is True  # the new name wins
+
+
 def test_option_docs_are_written_from_the_schema(nvim):
     lines = nvim.exec_lua("return require('remote_dev.config').doc_lines()")
     doc = (REPO / "doc" / "remote_dev.txt").read_text().splitlines()

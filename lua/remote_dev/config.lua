@@ -21,12 +21,28 @@ M.schema = {
   { name = 'run_buffer_lines', type = 'number', default = 10000,
     check = function(v) return v >= 1 and v == math.floor(v) end, expects = 'a whole number >= 1',
     description = 'Lines a run buffer keeps; the full log stays on the remote.' },
-  { name = 'open_quickfix', type = 'boolean', default = true,
-    description = 'Open the quickfix window when a run fails with locations.' },
+  { name = 'quickfix', type = 'table', description = 'Where the locations of an ended run go.',
+    fields = {
+      { name = 'open', type = 'boolean', default = true,
+        description = 'Open the window when a run fails with locations.' },
+      { name = 'loclist', type = 'boolean', default = false,
+        description = 'Use the location list of the window the run was started from.' },
+    } },
   { name = 'dap', type = 'table', default = {},
     description = 'Fields merged into the nvim-dap attach configuration, e.g. `{ justMyCode = false }`.' },
   { name = 'terminate_stops_run', type = 'boolean', default = true,
     description = 'Ending the nvim-dap session stops the run.' },
+  { name = 'open_quickfix', type = 'boolean',
+    description = 'Deprecated: use `quickfix = { open = ... }`.',
+    deprecated = {
+      replacement = 'quickfix.open',
+      apply = function(opts, value)
+        opts.quickfix = opts.quickfix or {}
+        if opts.quickfix.open == nil then
+          opts.quickfix.open = value
+        end
+      end,
+    } },
 }
 
 local function defaults_of(specs)
@@ -46,7 +62,7 @@ end
 ---@field notify boolean
 ---@field stop_runs_on_exit boolean
 ---@field run_buffer_lines integer
----@field open_quickfix boolean
+---@field quickfix { open: boolean, loclist: boolean }
 ---@field dap table
 ---@field terminate_stops_run boolean
 M.options = defaults_of(M.schema)

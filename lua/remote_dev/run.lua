@@ -16,6 +16,7 @@ end
 
 local runs = {} ---@type table<string, {buf: integer, summary: table, has_partial: boolean}>
 local run_win = nil ---@type integer?
+local started_from = {} ---@type table<string, integer> the window each run was started from, by run id
 
 local function state_line(s)
   local icon = ({ running = '●', starting = '…', pending = '…', exited = (s.code == 0 and '✓' or '✗'), stopped = '■', lost = '?' })[s.state]
@@ -121,6 +122,9 @@ end
 function M.on_state(s)
   local r = buffer_for(s)
   r.summary = s
+  if s.new and not started_from[s.id] then
+    started_from[s.id] = vim.api.nvim_get_current_win()
+  end
   if s.new or s.show then
     show(r.buf)
   end
@@ -128,15 +132,8 @@ function M.on_state(s)
     vim.api.nvim_buf_set_lines(r.buf, 0, 1, false, { state_line(s) })
   end)
   if s.final then
-    local qf = s.quickfix or {}
-    if #qf > 0 then
-      vim.fn.setqflist({}, ' ', { title = ('%s: %s'):format(s.id, s.cmd), items = qf })
-      if s.code ~= 0 and config.options.open_quickfix then
-        local cur = vim.api.nvim_get_current_win()
-        vim.cmd('botright copen')
-        vim.api.nvim_set_current_win(cur)
-      end
-    end
+    require('remote_dev.quickfix').run_list({ id = s.id, cmd = s.cmd, win = started_from[s.id] }, s.quickfix or {},
+      { final = true, failed = s.code ~= 0 })
   end
 end
 
@@ -154,7 +151,14 @@ end
 --- Push, then start a run on the target's runner.
 ---@param opts remote_dev.RunOpts?
 function M.run(opts)
-  host.request('run', { cmd = opts and opts.cmd or nil })
+  local win = vim.api.nvim_get_current_win()
+  host.request('run', { cmd = opts and opts.cmd or nil }, function(err, res)
+    if err then
+      ui.error(err)
+    else
+      started_from[res.id] = win
+    end
+  end)
 end
 
 --- Stop a run (default: the latest live run of the target).
@@ -177,7 +181,7 @@ function M.log(id)
   end)
 end
 
---- Fill quickfix with a run's locations now (also while it runs).
+--- Set a run's locations in its list now (also while it runs).
 ---@param id string?
 function M.quickfix(id)
   host.request('quickfix', { id = id }, function(err, res)
@@ -185,7 +189,7 @@ function M.quickfix(id)
       ui.error(err)
       return
     end
-    vim.fn.setqflist({}, ' ', { title = ('%s: %s'):format(res.id, res.cmd), items = res.quickfix })
+    require('remote_dev.quickfix').run_list({ id = res.id, cmd = res.cmd, win = started_from[res.id] }, res.quickfix)
   end)
 end
 
