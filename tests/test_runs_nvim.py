@@ -26,11 +26,16 @@ main()
 '''
 
 
-def test_traceback_lands_in_quickfix_at_local_files(nvim, make_project):
+def traceback_project(make_project):
+    """A project whose main.py fails with a traceback through pkg/model.py."""
     proj = make_project()
     proj.write("pkg/__init__.py", "")
     proj.write("pkg/model.py", MODEL)
-    main = proj.write("main.py", MAIN)
+    return proj, proj.write("main.py", MAIN)
+
+
+def test_traceback_lands_in_quickfix_at_local_files(nvim, make_project):
+    proj, main = traceback_project(make_project)
     nvim.open(proj.root, main)
     nvim.command("RemoteRun")
     ex = nvim.wait_event("RemoteDevRunExit", 60)
@@ -114,10 +119,7 @@ def run_and_wait(nvim, command="RemoteRun"):
 
 
 def test_each_run_sets_a_new_list_and_a_clean_one_closes_the_window(nvim, make_project):
-    proj = make_project()
-    proj.write("pkg/__init__.py", "")
-    proj.write("pkg/model.py", MODEL)
-    main = proj.write("main.py", MAIN)
+    proj, main = traceback_project(make_project)
     nvim.open(proj.root, main)
     failing, code = run_and_wait(nvim)
     assert code == 1
