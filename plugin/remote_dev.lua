@@ -15,40 +15,38 @@ if vim.g.python3_host_prog == nil then
 end
 
 local cmd = vim.api.nvim_create_user_command
-local function rd()
-  return require('remote_dev')
+local function cmds()
+  return require('remote_dev._cmds')
 end
 
-cmd('RemotePush', function(o) rd().push(o) end,
+cmd('RemotePush', function(o) cmds().push(o) end,
   { nargs = '*', bang = true, complete = 'file', desc = 'Push the tree (or paths); ! overwrites remote changes; --dry-run previews' })
-cmd('RemotePull', function(o) rd().pull(o) end,
+cmd('RemotePull', function(o) cmds().pull(o) end,
   { nargs = '*', bang = true, complete = 'file', desc = 'Pull the sync.pull folders (or paths); ! overwrites local changes' })
-cmd('RemoteRun', function(o) rd().run(o) end,
+cmd('RemoteRun', function(o) cmds().run(o) end,
   { nargs = '*', complete = 'shellcmd', desc = 'Push, then run on the target' })
-cmd('RemoteDebug', function(o) rd().debug(o) end,
-  { nargs = '*', complete = 'shellcmd', desc = 'Push, then run under debugpy and attach nvim-dap' })
-cmd('RemoteStop', function(o) rd().stop(o) end,
-  { nargs = '?', complete = function() return rd().run_ids() end, desc = 'Stop a run (default: the latest live one)' })
-cmd('RemoteRuns', function() rd().runs() end, { nargs = 0, desc = 'List runs of the target' })
-cmd('RemoteLog', function(o) rd().log(o) end,
-  { nargs = '?', complete = function() return rd().run_ids() end, desc = "Open a run's full output" })
-cmd('RemoteStatus', function() rd().show_status() end, { nargs = 0, desc = 'Target, connection, last push, runs' })
-cmd('RemoteTarget', function(o) rd().target(o.args) end, {
-  nargs = '?',
-  complete = function() return (rd().status().targets or {}) end,
-  desc = 'Show or switch the target',
-})
-cmd('RemoteForward', function(o) rd().forward(o) end,
+cmd('RemoteDebug', function(o) cmds().debug(o) end,
+  { nargs = '*', complete = 'shellcmd', desc = 'Push, then run under debugpy and attach nvim-dap; --attach {port}' })
+cmd('RemoteStop', function(o) cmds().stop(o) end,
+  { nargs = '?', complete = function() return cmds().complete_run_ids() end, desc = 'Stop a run (default: the latest live one)' })
+cmd('RemoteRuns', function() require('remote_dev').runs() end, { nargs = 0, desc = 'List runs of the target' })
+cmd('RemoteLog', function(o) cmds().log(o) end,
+  { nargs = '?', complete = function() return cmds().complete_run_ids() end, desc = "Open a run's full output" })
+cmd('RemoteStatus', function() require('remote_dev').show_status() end, { nargs = 0, desc = 'Target, connection, last push, runs' })
+cmd('RemoteTarget', function(o) cmds().target(o) end,
+  { nargs = '?', complete = function() return cmds().complete_targets() end, desc = 'Show or switch the target' })
+cmd('RemoteForward', function(o) cmds().forward(o) end,
   { nargs = '+', desc = 'Forward a remote port to a local one: {port} [local]' })
 
 local group = vim.api.nvim_create_augroup('remote_dev', { clear = true })
 vim.api.nvim_create_autocmd('BufWritePost', {
   group = group,
   desc = 'remote_dev: push on save',
-  callback = function(args) rd()._on_write(args) end,
+  callback = function(args) require('remote_dev.sync').on_write(args) end,
 })
 vim.api.nvim_create_autocmd('VimLeavePre', {
   group = group,
   desc = 'remote_dev: optionally stop live runs',
-  callback = function() if package.loaded['remote_dev'] then rd()._on_exit() end end,
+  -- no request was ever made: no run of this session to stop
+  callback = function() if package.loaded['remote_dev.host'] then require('remote_dev.run').on_exit() end end,
 })

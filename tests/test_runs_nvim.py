@@ -26,11 +26,16 @@ main()
 '''
 
 
-def test_traceback_lands_in_quickfix_at_local_files(nvim, make_project):
+def traceback_project(make_project):
+    """A project whose main.py fails with a traceback through pkg/model.py."""
     proj = make_project()
     proj.write("pkg/__init__.py", "")
     proj.write("pkg/model.py", MODEL)
-    main = proj.write("main.py", MAIN)
+    return proj, proj.write("main.py", MAIN)
+
+
+def test_traceback_lands_in_quickfix_at_local_files(nvim, make_project):
+    proj, main = traceback_project(make_project)
     nvim.open(proj.root, main)
     nvim.command("RemoteRun")
     ex = nvim.wait_event("RemoteDevRunExit", 60)
@@ -95,3 +100,110 @@ def test_remote_runs_lists_and_remote_log_opens_output(nvim, make_project):
     nvim.command(f"RemoteLog {ex['id']}")
     log = wait_for(lambda: [b for b in nvim.buffers if b.name.endswith(".log") and ex["id"] in b.name], 30)[0]
     assert log[1:] == ["red", "second"]
+
+
+def located(nvim, items):
+    return [(nvim.call("fnamemodify", nvim.call("bufname", i["bufnr"]), ":p"), i["lnum"]) for i in items if i["valid"]]
+
+
+def qf(nvim, nr=0):
+    return nvim.call("getqflist", {"nr": nr, "title": 1, "items": 1, "winid": 1, "id": 0})
+
+
+def run_and_wait(nvim, command="RemoteRun"):
+    """Start a run and wait for its end; returns (id, exit code)."""
+    seen = len(nvim.events("RemoteDevRunExit"))
+    nvim.command(command)
+    ex = wait_for(lambda: nvim.events("RemoteDevRunExit")[seen:], 60, 0.05, what="the run to end")[0]["data"]
+    return ex["id"], ex["code"]
+
+
+def test_each_run_sets_a_new_list_and_a_clean_one_closes_the_window(nvim, make_project):
+    proj, main = traceback_project(make_project)
+    nvim.open(proj.root, main)
+    failing, code = run_and_wait(nvim)
+    assert code == 1
+    first = wait_for(lambda: (q := qf(nvim)) and failing in q["title"] and q, 10)
+    assert (str(proj.root / "pkg/model.py"), 6) in located(nvim, first["items"])
+    assert first["winid"] != 0, "a failing run with locations opens the quickfix window"
+    # a failure without locations: an empty list of its own, and the window closes
+    no_module, code = run_and_wait(nvim, "RemoteRun python3 -m no_such_module_here")
+    assert code != 0
+    now = wait_for(lambda: (q := qf(nvim)) and no_module in q["title"] and q, 10)
+    assert now["items"] == [] and "python3 -m no_such_module_here" in now["title"]
+    assert now["winid"] == 0
+    # the fix, saved; a clean run: again a new empty list
+    proj.write("pkg/model.py", MODEL.replace('raise ValueError(f"cannot parse {path}")', "return path"))
+    clean, code = run_and_wait(nvim)
+    assert code == 0
+    now = wait_for(lambda: (q := qf(nvim)) and clean in q["title"] and q, 10)
+    assert now["items"] == [] and now["winid"] == 0
+    assert nvim.call("getqflist", {"nr": "$"})["nr"] == 3
+    nvim.command("colder 2")
+    back = qf(nvim)
+    assert back["id"] == first["id"] and failing in back["title"]
+    assert located(nvim, back["items"]) == located(nvim, first["items"])
+
+
+def test_two_runs_at_once_keep_their_own_lists(nvim, make_project):
+    proj = make_project()
+    proj.write("slow.py", "import time\nprint('slow.py:1: note: started', flush=True)\ntime.sleep(5)\n")
+    fast = proj.write("fast.py", "def f():\n    raise KeyError('x')\n\n\nf()\n")
+    nvim.open(proj.root, fast)
+    nvim.command("RemoteRun python3 slow.py")
+    slow_id = nvim.wait_event("RemoteDevRunStart", 60)["id"]
+    fast_id, code = run_and_wait(nvim, "RemoteRun python3 fast.py")
+    assert code == 1
+    fast_list = wait_for(lambda: (q := qf(nvim)) and fast_id in q["title"] and q, 10)
+    assert located(nvim, fast_list["items"]) == [(str(fast), 5), (str(fast), 2)]
+    # the slow run's locations on demand, while it runs: a list of its own
+    nvim.exec_lua("require('remote_dev').quickfix(...)", slow_id)
+    slow_list = wait_for(lambda: (q := qf(nvim)) and slow_id in q["title"] and q, 10)
+    assert located(nvim, slow_list["items"]) == [(str(proj.root / "slow.py"), 1)]
+    assert nvim.call("getqflist", {"nr": "$"})["nr"] == 2
+    nvim.wait_event("RemoteDevRunExit", 60, pred=lambda d: d["id"] == slow_id)
+    # the slow run ends: it updates its own list (the current one), not the fast run's
+    assert qf(nvim)["id"] == slow_list["id"] and nvim.call("getqflist", {"nr": "$"})["nr"] == 2
+    assert located(nvim, qf(nvim)["items"]) == [(str(proj.root / "slow.py"), 1)]
+    kept = nvim.call("getqflist", {"id": fast_list["id"], "title": 1, "items": 1})
+    assert fast_id in kept["title"] and located(nvim, kept["items"]) == located(nvim, fast_list["items"])
+
+
+def test_quickfix_open_false_fills_the_list_without_a_window(nvim, make_project):
+    proj = make_project()
+    main = proj.write("main.py", "raise SystemExit('main.py:1: error: broken')\n")
+    nvim.exec_lua("require('remote_dev').setup({ quickfix = { open = false } })")
+    nvim.open(proj.root, main)
+    run_id, code = run_and_wait(nvim)
+    assert code == 1
+    listed = wait_for(lambda: (q := qf(nvim)) and run_id in q["title"] and q, 10)
+    assert located(nvim, listed["items"]) == [(str(main), 1)]
+    assert listed["winid"] == 0
+
+
+def test_loclist_mode_fills_the_window_the_run_started_from(nvim, make_project):
+    proj = make_project()
+    main = proj.write("main.py", "import time\ntime.sleep(1)\nraise SystemExit('main.py:2: error: broken')\n")
+    nvim.exec_lua("require('remote_dev').setup({ quickfix = { loclist = true } })")
+    nvim.open(proj.root, main)
+    origin = nvim.call("win_getid")
+    nvim.command("RemoteRun")
+    run_id = nvim.wait_event("RemoteDevRunStart", 60)["id"]
+    nvim.command("vnew")  # the user moves on to another window while it runs
+    elsewhere = nvim.call("win_getid")
+    nvim.wait_event("RemoteDevRunExit", 60)
+    loc = wait_for(lambda: (q := nvim.call("getloclist", origin, {"title": 1, "items": 1, "winid": 1}))
+                   and q["items"] and q, 10)
+    assert run_id in loc["title"] and located(nvim, loc["items"]) == [(str(main), 2)]
+    assert loc["winid"] != 0, "the location window of the run's window opens"
+    assert nvim.call("getloclist", elsewhere, {"nr": "$"})["nr"] == 0
+    assert nvim.call("getqflist", {"nr": "$"})["nr"] == 0
+    assert nvim.call("win_getid") == elsewhere, "the cursor stays where the user is"
+    # fixed and run again from the same window: an empty list, the location window closes
+    proj.write("main.py", "print('fine')\n")
+    nvim.call("win_gotoid", origin)
+    clean, code = run_and_wait(nvim)
+    assert code == 0
+    loc = wait_for(lambda: (q := nvim.call("getloclist", origin, {"title": 1, "items": 1, "winid": 1}))
+                   and clean in q["title"] and q, 10)
+    assert loc["items"] == [] and loc["winid"] == 0

@@ -67,6 +67,22 @@ def test_pending_job_is_shown_pending_and_stop_cancels(engine, make_project, clu
     wait_for(lambda: cluster.squeue() == [], 30)
 
 
+def test_remote_status_counts_a_queued_job_as_live(nvim, make_project, cluster):
+    proj = slurm_project(make_project, cluster, args=["--hold"])
+    main = proj.write("main.py", "print('never')\n")
+    nvim.open(proj.root, main)
+    nvim.command("RemoteRun")
+    nvim.wait_event("RemoteDevRunStart", 60)
+    buf = wait_for(lambda: [b for b in nvim.buffers if "remote_dev://run/" in b.name], 10)[0]
+    wait_for(lambda: "pending" in buf[0] and "PENDING" in buf[0], 30, what="queue state in the header")
+    nvim.command("RemoteStatus")
+    wait_for(lambda: "runs        1 (1 live)" in nvim.exec_lua("return vim.fn.execute('messages')"), 30,
+             what="the status to count the queued job")
+    nvim.command("RemoteStop")
+    nvim.wait_event("RemoteDevRunExit", 60)
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
+
+
 def test_long_job_cancelled_by_remote_stop(nvim, make_project, cluster):
     proj = slurm_project(make_project, cluster)
     main = proj.write("main.py", "import time\nfor i in range(600):\n    print('step', i, flush=True)\n"

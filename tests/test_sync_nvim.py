@@ -113,6 +113,35 @@ def test_dry_run_preview_in_a_scratch_buffer(nvim, make_project):
     assert not nvim.events("RemoteDevPushDone")
 
 
+def test_dry_run_shows_skipped_files_with_their_reason(nvim, make_project):
+    proj = make_project(config_extra="[sync]\nmax_file_size = 1000\n")
+    proj.write("main.py", "x\n")
+    proj.write("big.bin", os.urandom(5000))
+    open_project(nvim, proj, "main.py")
+    nvim.command("RemotePush --dry-run")
+    buf = wait_for(lambda: next((b for b in nvim.buffers if b.name.endswith("remote_dev://push-preview")), None),
+                   30, 0.05, what="the preview buffer")
+    lines = buf[:]
+    assert "  main.py" in lines and "  big.bin" not in lines
+    skipped = lines[lines.index("skipped (1)") + 1]
+    assert skipped.startswith("  big.bin: ") and "over sync.max_file_size" in skipped, lines
+
+
+def test_preview_shows_the_hosts_reason_for_each_skipped_file(nvim):
+    # The host's answer to a dry run, as its contract says (sync.max_file_size, unreadable files).
+    nvim.exec_lua("""require('remote_dev.sync').preview({ target = 'gpu', send = { 'a.py' }, delete = {},
+        conflict_details = {}, skipped = {
+          { path = 'model.ckpt', size = 250000000, reason = 'over sync.max_file_size (100.0 MB)' },
+          { path = 'secret.key', reason = 'unreadable: Permission denied' },
+          { path = 'old.bin', size = 2500000 } } })""")
+    lines = nvim.current.buffer[:]
+    at = lines.index("skipped (3)")
+    assert lines[at + 1:at + 4] == ["  model.ckpt: over sync.max_file_size (100.0 MB)",
+                                    "  secret.key: unreadable: Permission denied",
+                                    "  old.bin: 2.5 MB, over sync.max_file_size"]
+    assert lines[lines.index("send (1)") + 1] == "  a.py"
+
+
 def test_neovim_answers_during_a_large_initial_push(nvim, make_project):
     proj = make_project()
     blob = os.urandom(1 << 20)

@@ -2,9 +2,9 @@
 -- whose pathMappings come from the host's mapping module. Plugs into nvim-dap's tables.
 local M = {}
 
-local function rd()
-  return require('remote_dev')
-end
+local config = require('remote_dev.config')
+local host = require('remote_dev.host')
+local ui = require('remote_dev.ui')
 
 local install_hint = 'nvim-dap is not installed: add "mfussenegger/nvim-dap" with your plugin manager '
   .. '(e.g. lazy.nvim: { "mfussenegger/nvim-dap" }); :checkhealth remote_dev checks it'
@@ -12,7 +12,7 @@ local install_hint = 'nvim-dap is not installed: add "mfussenegger/nvim-dap" wit
 local function get_dap()
   local ok, dap = pcall(require, 'dap')
   if not ok then
-    rd().error(install_hint)
+    ui.error(install_hint)
     return nil
   end
   return dap
@@ -27,44 +27,46 @@ local function set_listeners(dap)
   listeners_set = true
   local function ended(session)
     local id = session and session.config and session.config.remote_dev_run
-    if id and rd().options.terminate_stops_run then
-      rd().request('stop', { id = id }, function() end)
+    if id and config.options.terminate_stops_run then
+      host.request('stop', { id = id }, function() end)
     end
   end
   dap.listeners.after.event_terminated['remote_dev'] = ended
   dap.listeners.after.disconnect['remote_dev'] = ended
 end
 
---- :RemoteDebug [cmd]
-function M.debug(cmd)
-  if not get_dap() then
-    return
-  end
-  rd().request('debug', { cmd = cmd })
-end
+---@class remote_dev.DebugOpts
+---@field cmd string?      the command (default: run.command of .remote-dev.toml)
+---@field attach integer?  instead: attach to a debugpy listening on the remote's 127.0.0.1:attach
 
---- Attach nvim-dap to a debugpy already listening on the remote's 127.0.0.1:port.
-function M.attach(port)
+--- Push, then run under debugpy and attach nvim-dap; or attach to a debugpy already listening.
+---@param opts remote_dev.DebugOpts?
+function M.debug(opts)
+  opts = opts or {}
   if not get_dap() then
     return
   end
-  rd().request('attach_port', { port = tonumber(port) })
+  if opts.attach then
+    host.request('attach_port', { port = opts.attach })
+  else
+    host.request('debug', { cmd = opts.cmd })
+  end
 end
 
 --- Host report: the debuggee listens and the forward is up.
-function M.ready(p)
+function M.on_ready(p)
   local dap = get_dap()
   if not dap then
     return
   end
   set_listeners(dap)
-  local config = vim.tbl_deep_extend('force', p.config, rd().options.dap or {})
-  dap.adapters.remote_dev = { type = 'server', host = config.connect.host, port = config.connect.port }
-  dap.run(config)
+  local attach = vim.tbl_deep_extend('force', p.config, config.options.dap or {})
+  dap.adapters.remote_dev = { type = 'server', host = attach.connect.host, port = attach.connect.port }
+  dap.run(attach)
 end
 
 --- Host report: the run ended; close its dap session if still open.
-function M.ended(p)
+function M.on_end(p)
   local ok, dap = pcall(require, 'dap')
   if not ok or not dap.sessions then
     return
@@ -77,16 +79,6 @@ function M.ended(p)
       end)
     end
   end
-end
-
---- :RemoteForward {port} [local]
-function M.forward(args)
-  local port, local_port = tonumber(args[1]), tonumber(args[2] or '')
-  if not port then
-    rd().error(':RemoteForward needs a port number: :RemoteForward {port} [local]')
-    return
-  end
-  rd().request('forward', { port = port, ['local'] = local_port })
 end
 
 return M

@@ -46,7 +46,7 @@ function M.check()
     vim.health.error(err)
     return
   end
-  show(report.local_side or report['local'])
+  show(report['local'])
   local ok_dap = pcall(require, 'dap')
   if ok_dap then
     vim.health.ok('nvim-dap found (:RemoteDebug)')

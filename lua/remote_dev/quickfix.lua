@@ -1,5 +1,7 @@
--- Quickfix lists: sync conflicts, push previews, run locations.
+-- Quickfix lists: sync conflicts, and each run's own list of locations (or location list).
 local M = {}
+
+local config = require('remote_dev.config')
 
 --- Conflicts of a push or pull as quickfix entries at the local files.
 function M.conflicts(data, kind)
@@ -23,23 +25,81 @@ function M.conflicts(data, kind)
   })
 end
 
---- A push preview (:RemotePush --dry-run) in a scratch buffer.
-function M.preview(res)
-  local lines = { ('remote_dev push preview for %s (nothing was written)'):format(res.target), '' }
-  local function section(title, list, fmt)
-    table.insert(lines, ('%s (%d)'):format(title, #list))
-    for _, item in ipairs(list) do
-      table.insert(lines, '  ' .. fmt(item))
-    end
-    table.insert(lines, '')
+-- The quickfix list, or the location list of one window, behind one small interface.
+local function list_of(win)
+  if win then
+    return {
+      get = function(what) return vim.fn.getloclist(win, what) end,
+      set = function(action, what) vim.fn.setloclist(win, {}, action, what) end,
+      open = function() vim.api.nvim_win_call(win, function() vim.cmd('lopen') end) end,
+      key = 'loc' .. win,
+    }
   end
-  section('send', res.send or {}, function(p) return p end)
-  section('delete on the remote', res.delete or {}, function(p) return p end)
-  section('conflicts (not overwritten without !)', res.conflict_details or {}, function(c)
-    return c.path .. ': ' .. c.reason
-  end)
-  section('too large (sync.max_file_size)', res.skipped or {}, function(s) return ('%s (%d bytes)'):format(s.path, s.size) end)
-  return require('remote_dev')._scratch(lines, 'remote_dev://push-preview', 'remote_dev_preview')
+  return {
+    get = function(what) return vim.fn.getqflist(what) end,
+    set = function(action, what) vim.fn.setqflist({}, action, what) end,
+    open = function() vim.cmd('botright copen') end,
+    key = 'qf',
+  }
+end
+
+local own = {} ---@type table<string, { id: integer, win: integer? }> each run's list, by run id
+local opened = {} ---@type table<string, integer> windows remote_dev opened, by list_of().key
+
+local function open_window(list)
+  if list.get({ winid = 0 }).winid ~= 0 then
+    return -- already shown (perhaps opened by the user: theirs to close)
+  end
+  local cur = vim.api.nvim_get_current_win()
+  list.open()
+  opened[list.key] = list.get({ winid = 0 }).winid
+  if vim.api.nvim_win_is_valid(cur) then
+    vim.api.nvim_set_current_win(cur)
+  end
+end
+
+local function close_window(list)
+  local win = opened[list.key]
+  opened[list.key] = nil
+  if win and win == list.get({ winid = 0 }).winid then
+    pcall(vim.api.nvim_win_close, win, false)
+  end
+end
+
+---@class remote_dev.RunListOpts
+---@field final boolean?  the run ended: open the window (failed, with locations) or close it (empty)
+---@field failed boolean? the run ended with a non-zero code
+
+--- Set a run's locations in its own list, titled with its id and command: the run's list when
+--- that is the current one, else a new list (as :make does; older lists stay for :colder).
+--- Another run's list is never touched: each run's list is known by its quickfix id.
+--- With the `quickfix.loclist` option, the location list of the window the run was started from.
+---@param run { id: string, cmd: string, win: integer? }  win: where the run was started
+---@param items table[]  quickfix items (may be empty)
+---@param opts remote_dev.RunListOpts?
+function M.run_list(run, items, opts)
+  opts = opts or {}
+  local o = config.options.quickfix
+  local win = nil
+  if o.loclist then
+    win = (run.win and vim.api.nvim_win_is_valid(run.win)) and run.win or vim.api.nvim_get_current_win()
+  end
+  local list = list_of(win)
+  local title = ('%s: %s'):format(run.id, run.cmd)
+  local mine = own[run.id]
+  if mine and mine.win == win and list.get({ id = 0 }).id == mine.id then
+    list.set('r', { id = mine.id, title = title, items = items })
+  else
+    list.set(' ', { title = title, items = items })
+    own[run.id] = { id = list.get({ id = 0 }).id, win = win }
+  end
+  if opts.final then
+    if #items == 0 then
+      close_window(list)
+    elseif opts.failed and o.open then
+      open_window(list)
+    end
+  end
 end
 
 return M

@@ -1,12 +1,22 @@
--- Run buffers, :RemoteRun / :RemoteStop / :RemoteRuns / :RemoteLog.
+-- Runs: run buffers following their output, :RemoteRun / :RemoteStop / :RemoteRuns / :RemoteLog.
 local M = {}
+
+local config = require('remote_dev.config')
+local host = require('remote_dev.host')
+local ui = require('remote_dev.ui')
+
+--- States of a run that has not ended, as the agent names them ("pending": a queued Slurm job).
+M.LIVE_STATES = { starting = true, running = true, pending = true }
+
+---@param state string
+---@return boolean
+function M.is_live(state)
+  return M.LIVE_STATES[state] == true
+end
 
 local runs = {} ---@type table<string, {buf: integer, summary: table, has_partial: boolean}>
 local run_win = nil ---@type integer?
-
-local function rd()
-  return require('remote_dev')
-end
+local started_from = {} ---@type table<string, integer> the window each run was started from, by run id
 
 local function state_line(s)
   local icon = ({ running = '●', starting = '…', pending = '…', exited = (s.code == 0 and '✓' or '✗'), stopped = '■', lost = '?' })[s.state]
@@ -49,7 +59,7 @@ local function buffer_for(s)
   vim.api.nvim_buf_set_lines(buf, 0, -1, false, { state_line(s) })
   vim.bo[buf].modifiable = false
   vim.b[buf].remote_dev_run = s.id
-  vim.keymap.set('n', '<C-c>', function() M.stop({ args = s.id }) end, { buffer = buf, desc = 'remote_dev: stop this run' })
+  vim.keymap.set('n', '<C-c>', function() M.stop(s.id) end, { buffer = buf, desc = 'remote_dev: stop this run' })
   vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = buf, desc = 'close' })
   r = { buf = buf, summary = s, has_partial = false }
   runs[s.id] = r
@@ -75,7 +85,7 @@ local function followers(buf)
 end
 
 --- Host report: new output lines (and the current unfinished line) of a run.
-function M.output(p)
+function M.on_output(p)
   local r = runs[p.id]
   if not r then
     return
@@ -96,7 +106,7 @@ function M.output(p)
     local new = vim.list_extend(vim.list_slice(lines), partial ~= '' and { partial } or {})
     vim.api.nvim_buf_set_lines(buf, from, -1, false, new)
     r.has_partial = partial ~= ''
-    local max = rd().options.run_buffer_lines + 1
+    local max = config.options.run_buffer_lines + 1
     count = vim.api.nvim_buf_line_count(buf)
     if count > max then
       vim.api.nvim_buf_set_lines(buf, 1, count - max + 1, false, {})
@@ -109,9 +119,12 @@ function M.output(p)
 end
 
 --- Host report: a run's state changed (new, queue state, exit with quickfix entries).
-function M.state(s)
+function M.on_state(s)
   local r = buffer_for(s)
   r.summary = s
+  if s.new and not started_from[s.id] then
+    started_from[s.id] = vim.api.nvim_get_current_win()
+  end
   if s.new or s.show then
     show(r.buf)
   end
@@ -119,47 +132,47 @@ function M.state(s)
     vim.api.nvim_buf_set_lines(r.buf, 0, 1, false, { state_line(s) })
   end)
   if s.final then
-    local qf = s.quickfix or {}
-    if #qf > 0 then
-      vim.fn.setqflist({}, ' ', { title = ('%s: %s'):format(s.id, s.cmd), items = qf })
-      if s.code ~= 0 and rd().options.open_quickfix then
-        local cur = vim.api.nvim_get_current_win()
-        vim.cmd('botright copen')
-        vim.api.nvim_set_current_win(cur)
-      end
-    end
+    require('remote_dev.quickfix').run_list({ id = s.id, cmd = s.cmd, win = started_from[s.id] }, s.quickfix or {},
+      { final = true, failed = s.code ~= 0 })
   end
 end
 
-local function ids()
-  local out = {}
-  for id in pairs(runs) do
-    table.insert(out, id)
-  end
+--- Ids of the runs this session knows, sorted (for completion).
+---@return string[]
+function M.run_ids()
+  local out = vim.tbl_keys(runs)
   table.sort(out)
   return out
 end
-M.run_ids = ids
 
-local function cmd_of(o)
-  local c = o and o.args or ''
-  return c ~= '' and c or nil
-end
+---@class remote_dev.RunOpts
+---@field cmd string?  the command (default: run.command of .remote-dev.toml)
 
-function M.run(o)
-  rd().request('run', { cmd = cmd_of(o) })
-end
-
-function M.stop(o)
-  local id = o and o.args ~= '' and o.args or nil
-  rd().request('stop', { id = id })
-end
-
-function M.log(o)
-  local id = o and o.args ~= '' and o.args or nil
-  rd().request('log', { id = id }, function(err, res)
+--- Push, then start a run on the target's runner.
+---@param opts remote_dev.RunOpts?
+function M.run(opts)
+  local win = vim.api.nvim_get_current_win()
+  host.request('run', { cmd = opts and opts.cmd or nil }, function(err, res)
     if err then
-      rd().error(err)
+      ui.error(err)
+    else
+      started_from[res.id] = win
+    end
+  end)
+end
+
+--- Stop a run (default: the latest live run of the target).
+---@param id string?
+function M.stop(id)
+  host.request('stop', { id = id })
+end
+
+--- Open a run's full output (default: the latest run).
+---@param id string?
+function M.log(id)
+  host.request('log', { id = id }, function(err, res)
+    if err then
+      ui.error(err)
       return
     end
     vim.cmd('botright split ' .. vim.fn.fnameescape(res.path))
@@ -168,21 +181,23 @@ function M.log(o)
   end)
 end
 
+--- Set a run's locations in its list now (also while it runs).
+---@param id string?
 function M.quickfix(id)
-  rd().request('quickfix', { id = id }, function(err, res)
+  host.request('quickfix', { id = id }, function(err, res)
     if err then
-      rd().error(err)
+      ui.error(err)
       return
     end
-    vim.fn.setqflist({}, ' ', { title = ('%s: %s'):format(res.id, res.cmd), items = res.quickfix })
+    require('remote_dev.quickfix').run_list({ id = res.id, cmd = res.cmd, win = started_from[res.id] }, res.quickfix)
   end)
 end
 
 --- :RemoteRuns: a list of the target's runs with keys to attach, stop and open the log.
 function M.runs()
-  rd().request('runs', {}, function(err, list)
+  host.request('runs', {}, function(err, list)
     if err then
-      rd().error(err)
+      ui.error(err)
       return
     end
     local lines = { 'remote_dev runs — <CR>/a attach  s stop  l log  r refresh  q close', '' }
@@ -197,7 +212,7 @@ function M.runs()
     if #list == 0 then
       table.insert(lines, '(no runs yet)')
     end
-    local buf = rd()._scratch(lines, 'remote_dev://runs', 'remote_dev_runs')
+    local buf = ui.scratch(lines, 'remote_dev://runs', 'remote_dev_runs')
     local function id_here()
       return by_line[vim.api.nvim_win_get_cursor(0)[1]]
     end
@@ -211,39 +226,25 @@ function M.runs()
     end
     local function attach(id)
       vim.cmd('close')
-      rd().request('attach', { id = id })
+      host.request('attach', { id = id })
     end
     map('<CR>', attach, 'attach')
     map('a', attach, 'attach')
-    map('s', function(id) M.stop({ args = id }) end, 'stop')
-    map('l', function(id) M.log({ args = id }) end, 'open log')
+    map('s', M.stop, 'stop')
+    map('l', M.log, 'open log')
     vim.keymap.set('n', 'r', function() vim.cmd('close'); M.runs() end, { buffer = buf, desc = 'refresh' })
     vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = buf, desc = 'close' })
   end)
 end
 
 --- VimLeavePre: with stop_runs_on_exit, stop this session's live runs (waits up to 15 s).
-function M._on_exit()
-  if not rd().options.stop_runs_on_exit then
+function M.on_exit()
+  if not config.options.stop_runs_on_exit then
     return
   end
   local done = false
-  rd().request('stop_all', {}, function() done = true end)
+  host.request('stop_all', {}, function() done = true end)
   vim.wait(15000, function() return done end, 20)
-end
-
-function M.debug(o)
-  local c = cmd_of(o)
-  local port = c and c:match('^%-%-attach%s+(%d+)$')
-  if port then
-    require('remote_dev.dap').attach(port)
-  else
-    require('remote_dev.dap').debug(c)
-  end
-end
-
-function M.forward(o)
-  require('remote_dev.dap').forward(o.fargs)
 end
 
 return M

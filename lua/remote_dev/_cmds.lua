@@ -1,0 +1,109 @@
+-- The Ex commands of plugin/remote_dev.lua: their arguments (fargs, bang, flags) become the
+-- typed parameters of the Lua API in require('remote_dev').
+local M = {}
+
+local function rd()
+  return require('remote_dev')
+end
+
+local function fail(text)
+  require('remote_dev.ui').error(text)
+end
+
+---@param args string
+---@return string?
+local function arg_or_nil(args)
+  local a = vim.trim(args or '')
+  return a ~= '' and a or nil
+end
+
+--- Split fargs into paths (expanded like file names) and --flags, which must be known.
+---@return table<string, boolean>? flags, string[] paths
+local function flags_and_paths(command, o, known)
+  local flags, paths = {}, {}
+  for _, a in ipairs(o.fargs or {}) do
+    if vim.startswith(a, '--') then
+      if not vim.tbl_contains(known, a) then
+        local hint = #known > 0 and ('; known: ' .. table.concat(known, ' ')) or ''
+        fail(('%s: unknown flag %s%s'):format(command, a, hint))
+        return nil, paths
+      end
+      flags[a] = true
+    else
+      table.insert(paths, vim.fn.expand(a))
+    end
+  end
+  return flags, paths
+end
+
+--- :RemotePush[!] [--dry-run] [path...]
+function M.push(o)
+  local flags, paths = flags_and_paths(':RemotePush', o, { '--dry-run' })
+  if flags then
+    rd().push({ paths = paths, force = o.bang, dry_run = flags['--dry-run'] or false })
+  end
+end
+
+--- :RemotePull[!] [path...]
+function M.pull(o)
+  local flags, paths = flags_and_paths(':RemotePull', o, {})
+  if flags then
+    rd().pull({ paths = paths, force = o.bang })
+  end
+end
+
+--- :RemoteRun [cmd]
+function M.run(o)
+  rd().run({ cmd = arg_or_nil(o.args) })
+end
+
+--- :RemoteDebug [cmd] | --attach {port}
+function M.debug(o)
+  if o.fargs[1] == '--attach' then
+    local port = #o.fargs == 2 and tonumber(o.fargs[2])
+    if not port then
+      fail(':RemoteDebug --attach needs a port number: :RemoteDebug --attach {port}')
+      return
+    end
+    rd().debug({ attach = port })
+  else
+    rd().debug({ cmd = arg_or_nil(o.args) })
+  end
+end
+
+--- :RemoteStop [id]
+function M.stop(o)
+  rd().stop(arg_or_nil(o.args))
+end
+
+--- :RemoteLog [id]
+function M.log(o)
+  rd().log(arg_or_nil(o.args))
+end
+
+--- :RemoteTarget [name]
+function M.target(o)
+  rd().target(arg_or_nil(o.args))
+end
+
+--- :RemoteForward {port} [local]
+function M.forward(o)
+  local port, local_port = tonumber(o.fargs[1]), o.fargs[2] and tonumber(o.fargs[2])
+  if not port or #o.fargs > 2 or (o.fargs[2] and not local_port) then
+    fail(':RemoteForward needs port numbers: :RemoteForward {port} [local]')
+    return
+  end
+  rd().forward(port, local_port)
+end
+
+--- Completion: ids of the runs this session knows.
+function M.complete_run_ids()
+  return require('remote_dev.run').run_ids()
+end
+
+--- Completion: the project's targets (from the last status).
+function M.complete_targets()
+  return rd().status().targets or {}
+end
+
+return M
