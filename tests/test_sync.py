@@ -13,8 +13,9 @@ import pytest
 from conftest import events, wait_for
 from remote_dev import rpc
 from remote_dev.errors import AgentCallError, RemoteDevError
-from remote_dev.scan import Walker, git_listing
-from remote_dev.sync import SyncRecords
+from remote_dev.sync.ignore import Walker
+from remote_dev.sync.scan import git_listing
+from remote_dev.sync.records import Record, SyncRecords
 
 # --------------------------------------------------------------------------- helpers
 
@@ -304,7 +305,7 @@ def test_max_file_size_skips_with_a_message(engine, make_project):
     proj.write("small.py", "x" * 999)
     proj.write("weights.bin", b"\0" * 5000)
     res = push(engine, proj)
-    assert res["skipped"] == [{"path": "weights.bin", "size": 5000}]
+    assert res["skipped"] == [{"path": "weights.bin", "size": 5000, "reason": "over sync.max_file_size (1.0 KB)"}]
     assert not proj.remote("weights.bin").exists() and proj.remote("small.py").exists()
     msg = messages(engine, "warn")[-1]
     assert "weights.bin" in msg and "sync.max_file_size" in msg and ".remote-dev.toml" in msg
@@ -342,7 +343,7 @@ def test_dry_run_writes_nothing(engine, make_project, isolated_state):
 def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
     """After the first push, tree pushes look only at what inotify saw change; whatever the
     change, the remote ends up as a whole-tree push would leave it."""
-    import remote_dev.scan as scan_mod
+    import remote_dev.sync.scan as scan_mod
 
     calls = {"git": 0}
     orig = scan_mod.git_listing_start
@@ -515,7 +516,7 @@ def test_killed_ssh_session_mid_push_leaves_no_partial_file(engine, make_project
     blob = os.urandom(48 << 10)
     for i in range(400):
         proj.write(f"pkg{i % 7}/f{i}.bin", blob[i:] + blob[:i])
-    import remote_dev.sync as sync_mod
+    import remote_dev.sync.transfer as sync_mod
 
     monkeypatch.setattr(sync_mod, "EXTRA_CHANNEL_BATCHES", 2)  # a second channel, cut as well
     monkeypatch.setattr(sync_mod, "PROGRESS_AFTER", 0.0)
@@ -678,18 +679,18 @@ def test_saves_in_quick_succession_coalesce(engine, make_project):
 def test_records_journal_and_compaction(tmp_path):
     path = tmp_path / "rec.msgpack"
     r = SyncRecords(path)
-    r.set("a", ["f", 1, 2, "h", 1, 2, 0o644, "push"])
-    r.set("b", ["f", 1, 2, "h", 1, 2, 0o644, "push"])
+    r.set("a", Record("f", 1, 2, "h", 1, 2, 0o644, "push"))
+    r.set("b", Record("f", 1, 2, "h", 1, 2, 0o644, "push"))
     r.save()
     r.drop("a")
     r.save()
-    assert SyncRecords(path).data == {"b": ["f", 1, 2, "h", 1, 2, 0o644, "push"]}
+    assert SyncRecords(path).data == {"b": Record("f", 1, 2, "h", 1, 2, 0o644, "push")}
     with open(r.journal, "ab") as f:
         f.write(b"\x81\xa1c\x98")  # a torn last entry (a crash while appending)
-    assert SyncRecords(path).data == {"b": ["f", 1, 2, "h", 1, 2, 0o644, "push"]}
+    assert SyncRecords(path).data == {"b": Record("f", 1, 2, "h", 1, 2, 0o644, "push")}
     big = SyncRecords(path)
     for i in range(5000):
-        big.set(f"f{i}", ["f", i, i, "h", i, i, 0o644, "push"])
+        big.set(f"f{i}", Record("f", i, i, "h", i, i, 0o644, "push"))
     big.save()  # folded into the snapshot
     assert not big.journal.exists()
     assert len(SyncRecords(path).data) == 5001
