@@ -3,10 +3,12 @@ pushes, conflicts both ways, deletes, symlinks, escapes refused by the agent, cu
 connections, the size limit, previews, push on save and pull."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -335,6 +337,47 @@ def test_dry_run_writes_nothing(engine, make_project, isolated_state):
     # and the real push does what the preview said
     res = push(engine, proj)
     assert res["files"] == 1 and res["deleted"] == 1 and res["conflicts"] == ["b.py"]
+
+
+def cli_without_root_reads(proj, state, *args):
+    """remote-dev as a user who cannot read a mode-000 file: as root, without the
+    capabilities that let root read anything (the tests run as root here)."""
+    exe = str(Path(sys.executable).parent / "remote-dev")
+    argv = [exe, "-C", str(proj.root), *args]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) is needed to drop root's read-anything capabilities"
+        argv = [setpriv, "--inh-caps=-all", "--bounding-set", "-dac_override,-dac_read_search", "--", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "XDG_STATE_HOME": str(state)})
+
+
+def test_dry_run_and_push_say_why_files_are_skipped(make_project, isolated_state):
+    proj = make_project(config_extra="[sync]\nmax_file_size = 1000\n")
+    proj.write("small.py", "x\n")
+    proj.write("weights.bin", b"\0" * 5000)
+    proj.write("locked.py", "secret\n", mode=0o000)
+    out = cli_without_root_reads(proj, isolated_state, "--json", "push", "--dry-run")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    res = json.loads(out.stdout)
+    assert sorted(res["send"]) == [".remote-dev.toml", "small.py"]
+    skipped = sorted(res["skipped"], key=lambda s: s["path"])
+    assert skipped == [{"path": "locked.py", "size": 7, "reason": "cannot read: Permission denied"},
+                       {"path": "weights.bin", "size": 5000, "reason": "over sync.max_file_size (1.0 KB)"}]
+    assert not proj.remote_root.exists()
+    # as a person reads it
+    text = cli_without_root_reads(proj, isolated_state, "push", "--dry-run").stdout
+    assert "skipped (2)" in text and "  locked.py: cannot read: Permission denied" in text
+    assert "  weights.bin: over sync.max_file_size (1.0 KB)" in text
+    # the real push skips the same files for the same reasons, and says so
+    out = cli_without_root_reads(proj, isolated_state, "push")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    said = out.stdout + out.stderr
+    assert "locked.py (cannot read: Permission denied)" in said and "weights.bin (5.0 KB)" in said
+    assert remote_files(proj) == {".remote-dev.toml", "small.py"}
+    out = cli_without_root_reads(proj, isolated_state, "--json", "push")
+    res = json.loads(out.stdout)
+    assert sorted(res["skipped"], key=lambda s: s["path"]) == skipped and res["errors"] == []
 
 
 # --------------------------------------------------------------------------- the watcher
