@@ -76,7 +76,7 @@ def global_excludes_file_cached() -> str | None:
     """The global excludes file as the last global_excludes() found it."""
     if not _global_cache:
         global_excludes()
-    for stamp, _spec_ in _global_cache.values():
+    for stamp, _ in _global_cache.values():
         return stamp[0] if stamp else None
     return None
 
