@@ -3,18 +3,21 @@ pushes, conflicts both ways, deletes, symlinks, escapes refused by the agent, cu
 connections, the size limit, previews, push on save and pull."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import events, wait_for
 from remote_dev import rpc
 from remote_dev.errors import AgentCallError, RemoteDevError
-from remote_dev.scan import Walker, git_listing
-from remote_dev.sync import SyncRecords
+from remote_dev.sync.ignore import Walker
+from remote_dev.sync.scan import git_listing
+from remote_dev.sync.records import Record, SyncRecords
 
 # --------------------------------------------------------------------------- helpers
 
@@ -304,7 +307,7 @@ def test_max_file_size_skips_with_a_message(engine, make_project):
     proj.write("small.py", "x" * 999)
     proj.write("weights.bin", b"\0" * 5000)
     res = push(engine, proj)
-    assert res["skipped"] == [{"path": "weights.bin", "size": 5000}]
+    assert res["skipped"] == [{"path": "weights.bin", "size": 5000, "reason": "over sync.max_file_size (1.0 KB)"}]
     assert not proj.remote("weights.bin").exists() and proj.remote("small.py").exists()
     msg = messages(engine, "warn")[-1]
     assert "weights.bin" in msg and "sync.max_file_size" in msg and ".remote-dev.toml" in msg
@@ -336,13 +339,54 @@ def test_dry_run_writes_nothing(engine, make_project, isolated_state):
     assert res["files"] == 1 and res["deleted"] == 1 and res["conflicts"] == ["b.py"]
 
 
+def cli_without_root_reads(proj, state, *args):
+    """remote-dev as a user who cannot read a mode-000 file: as root, without the
+    capabilities that let root read anything (the tests run as root here)."""
+    exe = str(Path(sys.executable).parent / "remote-dev")
+    argv = [exe, "-C", str(proj.root), *args]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) is needed to drop root's read-anything capabilities"
+        argv = [setpriv, "--inh-caps=-all", "--bounding-set", "-dac_override,-dac_read_search", "--", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "XDG_STATE_HOME": str(state)})
+
+
+def test_dry_run_and_push_say_why_files_are_skipped(make_project, isolated_state):
+    proj = make_project(config_extra="[sync]\nmax_file_size = 1000\n")
+    proj.write("small.py", "x\n")
+    proj.write("weights.bin", b"\0" * 5000)
+    proj.write("locked.py", "secret\n", mode=0o000)
+    out = cli_without_root_reads(proj, isolated_state, "--json", "push", "--dry-run")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    res = json.loads(out.stdout)
+    assert sorted(res["send"]) == [".remote-dev.toml", "small.py"]
+    skipped = sorted(res["skipped"], key=lambda s: s["path"])
+    assert skipped == [{"path": "locked.py", "size": 7, "reason": "cannot read: Permission denied"},
+                       {"path": "weights.bin", "size": 5000, "reason": "over sync.max_file_size (1.0 KB)"}]
+    assert not proj.remote_root.exists()
+    # as a person reads it
+    text = cli_without_root_reads(proj, isolated_state, "push", "--dry-run").stdout
+    assert "skipped (2)" in text and "  locked.py: cannot read: Permission denied" in text
+    assert "  weights.bin: over sync.max_file_size (1.0 KB)" in text
+    # the real push skips the same files for the same reasons, and says so
+    out = cli_without_root_reads(proj, isolated_state, "push")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    said = out.stdout + out.stderr
+    assert "locked.py (cannot read: Permission denied)" in said and "weights.bin (5.0 KB)" in said
+    assert remote_files(proj) == {".remote-dev.toml", "small.py"}
+    out = cli_without_root_reads(proj, isolated_state, "--json", "push")
+    res = json.loads(out.stdout)
+    assert sorted(res["skipped"], key=lambda s: s["path"]) == skipped and res["errors"] == []
+
+
 # --------------------------------------------------------------------------- the watcher
 
 
 def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
     """After the first push, tree pushes look only at what inotify saw change; whatever the
     change, the remote ends up as a whole-tree push would leave it."""
-    import remote_dev.scan as scan_mod
+    import remote_dev.sync.scan as scan_mod
 
     calls = {"git": 0}
     orig = scan_mod.git_listing_start
@@ -515,7 +559,7 @@ def test_killed_ssh_session_mid_push_leaves_no_partial_file(engine, make_project
     blob = os.urandom(48 << 10)
     for i in range(400):
         proj.write(f"pkg{i % 7}/f{i}.bin", blob[i:] + blob[:i])
-    import remote_dev.sync as sync_mod
+    import remote_dev.sync.transfer as sync_mod
 
     monkeypatch.setattr(sync_mod, "EXTRA_CHANNEL_BATCHES", 2)  # a second channel, cut as well
     monkeypatch.setattr(sync_mod, "PROGRESS_AFTER", 0.0)
@@ -678,18 +722,18 @@ def test_saves_in_quick_succession_coalesce(engine, make_project):
 def test_records_journal_and_compaction(tmp_path):
     path = tmp_path / "rec.msgpack"
     r = SyncRecords(path)
-    r.set("a", ["f", 1, 2, "h", 1, 2, 0o644, "push"])
-    r.set("b", ["f", 1, 2, "h", 1, 2, 0o644, "push"])
+    r.set("a", Record("f", 1, 2, "h", 1, 2, 0o644, "push"))
+    r.set("b", Record("f", 1, 2, "h", 1, 2, 0o644, "push"))
     r.save()
     r.drop("a")
     r.save()
-    assert SyncRecords(path).data == {"b": ["f", 1, 2, "h", 1, 2, 0o644, "push"]}
+    assert SyncRecords(path).data == {"b": Record("f", 1, 2, "h", 1, 2, 0o644, "push")}
     with open(r.journal, "ab") as f:
         f.write(b"\x81\xa1c\x98")  # a torn last entry (a crash while appending)
-    assert SyncRecords(path).data == {"b": ["f", 1, 2, "h", 1, 2, 0o644, "push"]}
+    assert SyncRecords(path).data == {"b": Record("f", 1, 2, "h", 1, 2, 0o644, "push")}
     big = SyncRecords(path)
     for i in range(5000):
-        big.set(f"f{i}", ["f", i, i, "h", i, i, 0o644, "push"])
+        big.set(f"f{i}", Record("f", i, i, "h", i, i, 0o644, "push"))
     big.save()  # folded into the snapshot
     assert not big.journal.exists()
     assert len(SyncRecords(path).data) == 5001

@@ -1,0 +1,203 @@
+"""A push, start to end: scan local -> ask the remote (when needed) -> decide -> transfer
+-> commit records; and push on save.
+
+Which pushes ask the remote first: the first whole-tree push on a connection, every ``!``
+push and every dry run ask for the remote stat of the paths unchanged here, so that what
+vanished there is sent again (and with ``!`` what changed there is overwritten).  A dry
+run also asks for the remote hashes of what it would send or delete, to report the
+conflicts a real push would meet.  Otherwise the agent checks each write against the
+record's remote state when it writes (see reconcile.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import asyncssh
+
+from ..engine import Engine, Project, TargetSession, log
+from ..errors import ConnectError, RemoteDevError
+from ..status import publish_status
+from . import reconcile
+from .apply import PushCommit
+from .content import entry_hash
+from .ignore import Excluder
+from .problem import SyncResult, done_payload, summarize
+from .reconcile import Policy, PushPlan, Send
+from .scan import LocalEntry, lstat_entry, rel_paths
+from .state import records_for, scanner_for, sync_state
+from .transfer import Progress, Sender
+
+
+class Push:
+    """One push of a project to its target."""
+
+    def __init__(self, engine: Engine, proj: Project, sess: TargetSession, force: bool) -> None:
+        self.engine = engine
+        self.proj = proj
+        self.sess = sess
+        self.force = force
+        self.records = records_for(proj, sess)
+        self.scanner = scanner_for(proj)
+        self.result = SyncResult()
+        self.local: dict[str, LocalEntry] = {}
+        self.looked_at: list[str] = []   # what the watcher said changed, when a tree push used it
+        self.whole_scan = False
+        self.progress = Progress(engine.report, sess.target.name, self.result)
+
+    # -- local side (in a worker thread: listing and stats)
+    def scan_and_plan(self, paths: list[str] | None, whole: bool, dry_run: bool) -> PushPlan | None:
+        """The local stage and the first decision.  A tree push looks only at what the
+        watcher saw change, unless whole (or the watcher cannot tell); None: the watcher
+        saw nothing change."""
+        data = self.records.data
+        if paths is None and not whole and not dry_run and data:
+            changed = self.scanner.changes()
+            if changed is not None:
+                self.looked_at = changed
+                if not changed:
+                    return None
+                paths = changed
+        self.whole_scan = paths is None and not dry_run
+        if paths is not None and all(p in data and data[p].origin == "push" for p in paths) \
+                and self.scanner.unchanged_rules():
+            self.local = self.scanner.scan_known(paths)  # pushed before, same rules: listed still
+        else:
+            self.local = self.scanner.scan(paths, hint=data.keys() if paths is None and data else None,
+                                           track=not dry_run)
+        cfg = self.proj.config.sync
+        policy = Policy(cfg.max_file_size, self.force, Excluder((), cfg.pull).excluded)
+        root = str(self.proj.root)
+        return reconcile.plan_push(self.local, data, paths, policy,
+                                   missing=lambda rel: lstat_entry(os.path.join(root, rel)) is None)
+
+    def hashes(self, items: list[Send]) -> dict[str, str | OSError]:
+        out: dict[str, str | OSError] = {}
+        for item in items:
+            try:
+                out[item.rel] = entry_hash(self.proj.root, item.rel, item.entry.kind, item.entry.target)
+            except OSError as e:
+                out[item.rel] = e
+        return out
+
+    # -- the whole push
+    async def run(self, paths: list[str] | None, dry_run: bool) -> SyncResult:
+        state = sync_state(self.proj)
+        name = self.sess.target.name
+        agent_id = id(self.sess.agent) if self.sess.connected else None
+        verify = self.force or dry_run or (paths is None and (agent_id is None or state.verified.get(name) != agent_id))
+        try:
+            plan = await asyncio.to_thread(self.scan_and_plan, paths, verify, dry_run)
+            if plan is None:
+                self.result.unchanged += len(self.records.data)
+                return self.result
+            if verify and plan.unchanged and self.records.data:
+                remote = await self.sess.call("state", self.sess.target.remote_root, plan.unchanged, False)
+                plan = reconcile.restore(plan, dict(zip(plan.unchanged, remote)), self.records.data, self.local,
+                                         self.force)
+            self.result.unchanged += len(plan.unchanged)
+            self.result.skipped += plan.skipped
+            if dry_run:
+                return await self.preview(plan)
+            if not plan.send and not plan.delete:
+                if paths is None and self.sess.connected:
+                    state.verified[name] = id(self.sess.agent)
+                return self.result
+            agent = await self.sess.ensure()
+            try:
+                commit = PushCommit(self.records, self.result)
+                await Sender(self.sess, self.proj.root, commit, self.progress).send_all(
+                    agent, plan.send, plan.delete, self.force)
+            except (asyncssh.Error, OSError) as e:
+                raise ConnectError(f"{self.sess.target.host}: connection to the agent lost: {e}", kind="lost",
+                                   retry=True) from None
+            finally:
+                await asyncio.to_thread(self.records.save)
+        except BaseException:
+            self.scanner.requeue(self.looked_at)  # the watcher's news must not get lost
+            if self.whole_scan:
+                self.scanner.invalidate()
+            raise
+        self.scanner.requeue(self.result.not_pushed())  # looked at again next time
+        if paths is None:
+            state.verified[name] = id(agent)
+        self.progress(force=True)
+        return self.result
+
+    async def preview(self, plan: PushPlan) -> SyncResult:
+        """What a push would do, writing nothing: conflicts come from the remote's state."""
+        rels = [i.rel for i in plan.send] + plan.delete
+        states = await self.sess.call("state", self.sess.target.remote_root, rels) if rels else []
+        hashes = await asyncio.to_thread(self.hashes, plan.send)
+        return reconcile.preview(plan, dict(zip(rels, states)), hashes, self.records.data, self.force, self.result)
+
+
+async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force: bool = False,
+                  dry_run: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Push the tree (paths None) or the given relative paths.  quiet: no message unless
+    something needs attention (runs and push on save)."""
+    sess = proj.session()
+    async with sync_state(proj).lock:
+        t0 = time.perf_counter()
+        push = Push(engine, proj, sess, force)
+        try:
+            res = await push.run(paths, dry_run)
+        except ConnectError as e:
+            raise RemoteDevError(f"push to {sess.target.host} interrupted after {push.result.files} files: "
+                                 f"{e.message}. Nothing half-written is left; :RemotePush again completes it.",
+                                 kind="connect") from None
+        ms = (time.perf_counter() - t0) * 1000
+    data = done_payload(proj.root, sess.target.name, res, ms)
+    if dry_run:
+        data.update(dry_run=True, send=res.send, delete=res.delete)
+        return data
+    proj.last_push[sess.target.name] = {k: data[k] for k in ("files", "bytes", "ms", "conflicts")} | {"time": time.time()}
+    engine.emit("RemoteDevPushDone", data)
+    text, level = summarize("push", data)
+    if not quiet or level != "info":
+        engine.message(text, level)
+    publish_status(engine, proj)
+    return data
+
+
+async def push_on_save(engine: Engine, proj: Project, file: str) -> dict[str, Any] | None:
+    """BufWritePost: push that one file when sync.push_on_save is on.  Saves that come
+    while a push is under way coalesce into the next push, which reads the newest content.
+    A failing remote (connection, or errors writing there) is reported once, and once more
+    when pushes work again; conflicts of the saved file are reported on every save."""
+    if not proj.config.sync.push_on_save or not file:
+        return None
+    st = sync_state(proj)
+    pending = st.save_pending
+    pending.update(rel_paths(proj.root, [file], None) or [])
+    if st.save_running:
+        return {"queued": True}
+    st.save_running = True
+    result = None
+    try:
+        while pending:
+            batch = sorted(pending)
+            pending.clear()
+            failure = None
+            try:
+                result = await do_push(engine, proj, batch, quiet=True)
+                if result.get("errors"):
+                    failure = "; ".join(f"{e['path']}: {e['reason']}" for e in result["errors"][:3])
+            except RemoteDevError as e:
+                failure = e.message
+            if failure is None:
+                if st.save_error is not None:
+                    st.save_error = None
+                    engine.message(f"push on save to {proj.target.host} works again", "info")
+            elif st.save_error is None:
+                st.save_error = failure
+                engine.message(f"push on save failed: {failure} (reported once; :RemotePush retries)", "error")
+                engine.emit("RemoteDevError", {"message": f"push on save failed: {failure}"})
+            else:
+                log.info("push on save still failing: %s", failure)
+    finally:
+        st.save_running = False
+    return result

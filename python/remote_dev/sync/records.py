@@ -1,0 +1,127 @@
+"""What the last sync left, per path, and the store that keeps it across sessions.
+
+A record is a cache of both sides' state right after a sync, never the truth: a push
+compares the local stat with it to skip what did not change, and hands the agent the
+remote half (``expect``) so that the agent replaces a remote file only while it still is
+what the last sync left.
+
+On disk (per target, see ``state.records_for``): a msgpack snapshot
+``{"v": RECORDS_VERSION, "records": {rel: [8 fields]}}`` plus an append-only journal of
+``{rel: [8 fields] | None}`` maps.  A ``Record`` is a NamedTuple, which msgpack packs as
+the same array the earlier positional lists were: the format is unchanged and
+RECORDS_VERSION stays 2.  A snapshot of another version, or one that cannot be read,
+starts afresh (an empty table: the next push compares contents with the remote, so
+nothing is lost, only a little time).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgpack
+
+log = logging.getLogger("remote_dev")
+
+RECORDS_VERSION = 2
+
+
+class Record(NamedTuple):
+    """One path as the last sync left it on both sides."""
+    kind: str             # "f" file, "l" symlink
+    lsize: int            # local size and mtime (ns) right after the sync
+    lmtime: int
+    hash: str | None      # content hash (see content.py), the same on both sides
+    rsize: int            # remote size and mtime (ns) right after the sync
+    rmtime: int
+    mode: int             # permission bits (0o777 for symlinks)
+    origin: str           # "push" | "pull": which way it went
+
+    def expect(self) -> list[Any]:
+        """The remote state this sync left, as the agent's ops take it: [kind, size,
+        mtime_ns, hash]."""
+        return [self.kind, self.rsize, self.rmtime, self.hash]
+
+    def same_local(self, kind: str, size: int, mtime_ns: int, mode: int | None = None) -> bool:
+        """The local file still has the stat this sync left (mode too when given)."""
+        return self.lmtime == mtime_ns and self.lsize == size and self.kind == kind \
+            and (mode is None or self.mode == mode)
+
+    def same_remote(self, state: list[Any] | tuple[Any, ...]) -> bool:
+        """A remote [kind, size, mtime_ns, ...] still has the stat this sync left."""
+        return state[0] == self.kind and state[1] == self.rsize and state[2] == self.rmtime
+
+
+def _record(raw: Any) -> Record:
+    return Record._make(raw)
+
+
+class SyncRecords:
+    """The records of one target, loaded from disk, changed in memory, saved as a journal
+    entry (pushing one file writes a few bytes, not the whole table).  The journal is folded
+    into a new snapshot (a temporary file renamed) once it grows; a torn last journal entry
+    (a crash while appending) is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.journal = path.with_name(path.name + ".journal")
+        self.data: dict[str, Record] = {}
+        self.dirty: dict[str, Record | None] = {}
+        self.journal_entries = 0
+        self.load()
+
+    def load(self) -> None:
+        if self.path.exists():
+            try:
+                raw = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=False)
+                if isinstance(raw, dict) and raw.get("v") == RECORDS_VERSION:
+                    self.data = {rel: _record(rec) for rel, rec in raw["records"].items()}
+            except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+                log.warning("sync records %s unreadable (%s): starting afresh", self.path, e)
+                self.data = {}
+        if self.journal.exists():
+            try:
+                unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+                unpacker.feed(self.journal.read_bytes())
+                for change in unpacker:
+                    for rel, rec in change.items():
+                        self.journal_entries += 1
+                        if rec is None:
+                            self.data.pop(rel, None)
+                        else:
+                            self.data[rel] = _record(rec)
+            except (ValueError, TypeError, msgpack.UnpackException) as e:
+                log.warning("sync journal %s: stopped at a damaged entry (%s)", self.journal, e)
+
+    def get(self, rel: str) -> Record | None:
+        return self.data.get(rel)
+
+    def set(self, rel: str, rec: Record) -> None:
+        self.data[rel] = rec
+        self.dirty[rel] = rec
+
+    def drop(self, rel: str) -> None:
+        if self.data.pop(rel, None) is not None:
+            self.dirty[rel] = None
+
+    def expect(self, rel: str) -> list[Any] | None:
+        rec = self.data.get(rel)
+        return None if rec is None else rec.expect()
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        dirty, self.dirty = self.dirty, {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.journal_entries + len(dirty) > max(4096, len(self.data) // 2):
+            tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+            tmp.write_bytes(msgpack.packb({"v": RECORDS_VERSION, "records": self.data}, use_bin_type=True))
+            tmp.replace(self.path)
+            self.journal.unlink(missing_ok=True)
+            self.journal_entries = 0
+            return
+        with open(self.journal, "ab") as f:
+            f.write(msgpack.packb(dirty, use_bin_type=True))
+        self.journal_entries += len(dirty)

@@ -1,0 +1,346 @@
+"""The local tree as a push sees it: which files and symlinks, with their stat.
+
+In a git work tree git itself answers which paths count (`git ls-files -co
+--exclude-standard`: .gitignore at every level, .git/info/exclude, core.excludesFile).
+Elsewhere -- and when the project root is itself ignored by an enclosing repository --
+ignore.Walker applies the same rules.  sync.exclude and the sync.pull folders are left out
+too (ignore.Excluder); `.git` never counts.  Nested git repositories (submodules, clones
+inside the tree) are listed with their own rules.  Symlinks are entries of their own
+(never followed).
+
+The Scanner remembers whether git answers, and where inotify exists (watch.Watcher) a
+whole-tree scan also starts watching the tree's folders: ``changes()`` then names what
+may have changed since, so a push with nothing to do stats nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..errors import RemoteDevError
+from .ignore import Excluder, Walker, global_excludes_file_cached, is_git_component, mtime
+from .watch import Watcher
+
+MAX_CHANGES = 2000        # more changed paths than this: a full scan is cheaper
+RESCAN_AFTER = 600.0      # seconds: a full scan now and then, whatever the watcher says
+_DIR_FD = os.stat in os.supports_dir_fd and os.stat in os.supports_follow_symlinks
+
+
+class LocalEntry(NamedTuple):
+    kind: str          # "f" file, "l" symlink
+    size: int
+    mtime_ns: int
+    mode: int
+    target: str | None = None   # symlink target
+
+
+def entry_from_stat(path: str, st: os.stat_result) -> LocalEntry | None:
+    m = st.st_mode
+    if stat.S_ISREG(m):
+        return LocalEntry("f", st.st_size, st.st_mtime_ns, m & 0o7777)
+    if stat.S_ISLNK(m):
+        try:
+            return LocalEntry("l", st.st_size, st.st_mtime_ns, 0o777, os.readlink(path))
+        except OSError:
+            return None
+    return None
+
+
+def lstat_entry(path: str | os.PathLike[str]) -> LocalEntry | None:
+    """The file or symlink at path, or None (nothing, a folder, something else)."""
+    path = os.fspath(path)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return entry_from_stat(path, st)
+
+
+def rel_paths(root: Path, paths: list[str] | None, cwd: str | None) -> list[str] | None:
+    """Paths given by the user (absolute, or relative to cwd) as paths relative to root.
+    A path reached through a symlinked folder counts where it really is."""
+    if not paths:
+        return None
+    out = []
+    for p in paths:
+        full = Path(os.path.abspath(os.path.join(cwd or os.getcwd(), os.path.expanduser(p))))
+        rel = None
+        for candidate in (full, Path(os.path.realpath(full.parent)) / full.name):
+            try:
+                rel = candidate.relative_to(root).as_posix()
+                break
+            except ValueError:
+                continue
+        if rel is None:
+            raise RemoteDevError(f"{p}: outside the project root {root}")
+        out.append("" if rel == "." else rel)
+    return out
+
+
+def in_scope(rel: str, paths: list[str] | None) -> bool:
+    if paths is None:
+        return True
+    return any(p in ("", ".") or rel == p or rel.startswith(p.rstrip("/") + "/") for p in paths)
+
+
+# --------------------------------------------------------------------------- git
+
+
+def git_dir(root: Path) -> str | None:
+    """The git dir when git answers for root (inside a work tree and not ignored by it),
+    else None."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--is-inside-work-tree", "--show-prefix", "--absolute-git-dir"],
+                             cwd=root, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.split("\n")
+    if out.returncode != 0 or len(lines) < 3 or lines[0].strip() != "true":
+        return None
+    prefix, gdir = lines[1].strip(), lines[2].strip()
+    if prefix:
+        # The root is a folder of a bigger repository: if that repository ignores it,
+        # git would list nothing; its own .gitignore files still count (the walker).
+        try:
+            ign = subprocess.run(["git", "check-ignore", "-q", "--", "."], cwd=root, capture_output=True, timeout=30,
+                                 check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if ign.returncode == 0:
+            return None
+    return gdir or None
+
+
+def git_listing_start(root: Path, paths: Iterable[str] | None = None) -> subprocess.Popen[bytes] | None:
+    argv = ["git", "-c", "core.quotepath=off", "ls-files", "-z", "-c", "-o", "--exclude-standard"]
+    if paths is not None:
+        argv += ["--", *(f":(literal){p}" if p not in ("", ".") else "." for p in paths)]
+    try:
+        return subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def git_listing_finish(proc: subprocess.Popen[bytes]) -> list[str] | None:
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    if proc.returncode != 0:
+        return None
+    # a tracked file in conflict is listed once per stage: keep the first
+    return list(dict.fromkeys(out.decode("utf-8", "surrogateescape").split("\0")[:-1]))
+
+
+def git_listing(root: Path, paths: Iterable[str] | None = None) -> list[str] | None:
+    """Paths git would consider (tracked + untracked not ignored), relative to root,
+    limited to the given relative paths when any; None when git cannot answer."""
+    proc = git_listing_start(root, paths)
+    return None if proc is None else git_listing_finish(proc)
+
+
+# --------------------------------------------------------------------------- scanner
+
+
+class Scanner:
+    """Lists and stats what a push sends.  Whether git answers is found on a whole-tree
+    scan and remembered for path scans (push on save runs one git command, or none)."""
+
+    def __init__(self, root: Path, exclude: Iterable[str] = (), pull: Iterable[str] = (),
+                 watch: bool = True) -> None:
+        self.root = Path(root)
+        self.excluder = Excluder(exclude, pull)
+        self.git: bool | None = None
+        self.git_dir: str | None = None
+        self.watch = watch and sys.platform.startswith("linux")
+        self.watcher: Watcher | None = None
+        self.stamps: tuple[int, ...] | None = None
+        self.last_full = 0.0
+        self.pending: set[str] = set()
+
+    def _stamps(self) -> tuple[int, ...]:
+        """What changes git's answer without an event in the tree: the index (git add,
+        checkout), .git/info/exclude, the global excludes file."""
+        files = [global_excludes_file_cached()]
+        if self.git_dir:
+            files += [os.path.join(self.git_dir, "index"), os.path.join(self.git_dir, "info", "exclude")]
+        return tuple(mtime(f) for f in files)
+
+    def changes(self) -> list[str] | None:
+        """Paths that may differ from what the last whole-tree scan saw (plus paths to look
+        at again: conflicts, errors), or None when only a whole-tree scan can tell."""
+        w = self.watcher
+        if w is None or not w.valid or time.monotonic() - self.last_full > RESCAN_AFTER:
+            return None
+        if self._stamps() != self.stamps:
+            return None
+        changed = w.take()
+        if changed is None or len(changed) + len(self.pending) > MAX_CHANGES:
+            return None
+        if any(c == ".gitignore" or c.endswith("/.gitignore") for c in changed):
+            return None
+        out = sorted(set(changed) | self.pending)
+        self.pending.clear()
+        return out
+
+    def unchanged_rules(self) -> bool:
+        """Whether git's answer for already listed paths is still what the last whole-tree
+        scan got: no .gitignore touched, same index and excludes files."""
+        w = self.watcher
+        if w is None or not w.valid or self.stamps is None or self._stamps() != self.stamps:
+            return False
+        w.drain()
+        return w.valid and not any(c == ".gitignore" or c.endswith("/.gitignore") for c in w.changed)
+
+    def scan_known(self, paths: list[str]) -> dict[str, LocalEntry]:
+        """scan(paths) for paths the last whole-tree scan listed, while unchanged_rules():
+        no git run (push on save of a big tree costs a stat and a read)."""
+        out: dict[str, LocalEntry] = {}
+        for rel in paths:
+            if is_git_component(rel) or self.excluder.excluded(rel):
+                continue
+            entry = lstat_entry(self.root / rel)
+            if entry is not None:
+                out[rel] = entry
+        return out
+
+    def requeue(self, paths: Iterable[str]) -> None:
+        """Look at these again on the next push (not pushed this time)."""
+        self.pending.update(paths)
+
+    def invalidate(self) -> None:
+        """The last whole-tree scan was not acted upon (the push failed): scan again."""
+        if self.watcher is not None:
+            self.watcher.valid = False
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+
+    def _prepare_watcher(self, hint: Iterable[str] | None) -> Watcher | None:
+        w = self.watcher
+        if w is None or not w.valid:
+            if w is not None:
+                w.close()
+            try:
+                w = self.watcher = Watcher(self.root)
+            except OSError:
+                self.watch = False
+                self.watcher = None
+                return None
+        w.watch("")
+        if hint is not None:
+            for rel in hint:
+                w.watch_parents(rel)
+        w.reset()
+        self.pending.clear()
+        return w
+
+    def scan(self, paths: list[str] | None = None, hint: Iterable[str] | None = None,
+             track: bool = True) -> dict[str, LocalEntry]:
+        """Every file and symlink a push sends, by path relative to root: the whole tree,
+        or what lies at or under the given relative paths.  hint: paths likely to be
+        listed (what the last push saw); they are stat'ed while git lists the tree.
+        track: a whole-tree scan becomes the watcher's new starting point (not for
+        previews, which record nothing)."""
+        if paths is None or self.git is None:
+            self.git_dir = git_dir(self.root)
+            self.git = self.git_dir is not None
+        w = None
+        stamps = None
+        if paths is None and self.watch and track:
+            stamps = self._stamps()
+            w = self._prepare_watcher(hint)
+            if w is not None:
+                for d in Walker(self.root).dirs():
+                    w.watch(d)
+        out: dict[str, LocalEntry] = {}
+        self._scan(self.root, "", paths, bool(self.git), 0, out, hint, w)
+        if w is not None and w.valid:
+            self.stamps = stamps
+            self.last_full = time.monotonic()
+        return out
+
+    def _scan(self, root: Path, prefix: str, paths: list[str] | None, use_git: bool, depth: int,
+              out: dict[str, LocalEntry], hint: Iterable[str] | None = None, w: Watcher | None = None) -> None:
+        base = str(root)
+        try:
+            root_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if _DIR_FD else None
+        except OSError:
+            return
+        try:
+            if root_fd is not None:
+                def lstat(rel: str, _fd: int = root_fd, _stat: Any = os.stat) -> os.stat_result:
+                    return _stat(rel, dir_fd=_fd, follow_symlinks=False)
+            else:
+                def lstat(rel: str) -> os.stat_result:
+                    return os.lstat(os.path.join(base, rel))
+            pre: dict[str, os.stat_result] = {}
+            listing = None
+            if use_git:
+                proc = git_listing_start(root, paths)
+                if proc is not None:
+                    if hint is not None and not prefix:
+                        # git walks the tree in its own process meanwhile
+                        for rel in hint:
+                            try:
+                                pre[rel] = lstat(rel)
+                            except OSError:
+                                pass
+                    listing = git_listing_finish(proc)
+            if listing is None:
+                listing = Walker(root).listing(paths)
+            self._collect(root, prefix, paths, depth, listing, pre, lstat, out, w)
+        finally:
+            if root_fd is not None:
+                os.close(root_fd)
+
+    def _collect(self, root: Path, prefix: str, paths: list[str] | None, depth: int, listing: list[str],
+                 pre: dict[str, os.stat_result], lstat: Any, out: dict[str, LocalEntry], w: Watcher | None) -> None:
+        excluded = self.excluder.excluded if self.excluder.spec is not None else None
+        dirs = w.dirs if w is not None else None
+        for rel in listing:
+            nested = rel.endswith("/")
+            if nested:
+                rel = rel.rstrip("/")
+            full_rel = prefix + rel if prefix else rel
+            if ".git" in full_rel and is_git_component(full_rel):
+                continue
+            if excluded is not None and excluded(full_rel):
+                continue
+            if w is not None and dirs is not None and full_rel.rpartition("/")[0] not in dirs:
+                w.watch_parents(full_rel)  # before the stat: a change after it is an event
+            st = pre.get(rel)
+            if st is None:
+                try:
+                    st = lstat(rel)
+                except OSError:
+                    continue
+            fmt = st.st_mode & 0o170000
+            if fmt == 0o100000:
+                out[full_rel] = LocalEntry("f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
+            elif fmt == 0o120000:
+                try:
+                    out[full_rel] = LocalEntry("l", st.st_size, st.st_mtime_ns, 0o777, os.readlink(root / rel))
+                except OSError:
+                    pass
+            elif nested or fmt == 0o040000:
+                # a nested repository (an untracked clone or a submodule): its own rules
+                full = os.path.join(str(root), rel)
+                if depth < 8 and fmt == 0o040000 and os.path.lexists(os.path.join(full, ".git")):
+                    inner = None
+                    if paths is not None:
+                        inner = [p[len(rel) + 1:] for p in paths if p.startswith(rel + "/")] or None
+                    sub = Path(full)
+                    self._scan(sub, full_rel + "/", inner, git_dir(sub) is not None, depth + 1, out, None, w)

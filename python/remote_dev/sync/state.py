@@ -1,0 +1,57 @@
+"""What sync keeps per project between pushes: one sync at a time, the scanner (and its
+watcher), which connections were verified, the records per target, the save queue."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine import Project, TargetSession
+from .records import SyncRecords
+from .scan import Scanner
+
+
+@dataclass
+class SyncState:
+    """Per project: one sync at a time, the scanner, which connections were verified, and
+    push on save (saves queued while a push runs; the failure reported once)."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    scanner: Scanner | None = None
+    scanner_key: tuple[Any, ...] = ()
+    verified: dict[str, int] = field(default_factory=dict)
+    records: dict[str, SyncRecords] = field(default_factory=dict)
+    save_pending: set[str] = field(default_factory=set)
+    save_running: bool = False
+    save_error: str | None = None
+
+
+def sync_state(proj: Project) -> SyncState:
+    return proj.state(SyncState)
+
+
+def scanner_for(proj: Project) -> Scanner:
+    """The project's scanner, made anew when the root or the sync rules changed."""
+    st = sync_state(proj)
+    cfg = proj.config.sync
+    key = (str(proj.root), cfg.exclude, cfg.pull)
+    if st.scanner is None or st.scanner_key != key:
+        if st.scanner is not None:
+            st.scanner.close()
+        st.scanner = Scanner(proj.root, cfg.exclude, cfg.pull)
+        st.scanner_key = key
+    return st.scanner
+
+
+def records_for(proj: Project, sess: TargetSession) -> SyncRecords:
+    """Records per target *and* per place: a target whose host or remote_root changes
+    starts afresh instead of trusting what was synced elsewhere."""
+    cache = sync_state(proj).records
+    t = sess.target
+    ident = f"{t.host}\0{t.port}\0{t.user}\0{t.remote_root}\0{t.ssh_config}"
+    key = f"{t.name}-{hashlib.sha1(ident.encode()).hexdigest()[:10]}"
+    if key not in cache:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+        cache[key] = SyncRecords(proj.state_dir() / f"sync-{safe}.msgpack")
+    return cache[key]

@@ -1,0 +1,46 @@
+"""The records store without an sshd: the on-disk format earlier versions wrote is read
+as it is, anything else starts afresh."""
+from __future__ import annotations
+
+import msgpack
+from remote_dev.sync.records import RECORDS_VERSION, Record, SyncRecords
+
+REC = Record("f", 1, 2, "h" * 32, 3, 4, 0o644, "push")
+
+
+def test_reads_the_format_of_positional_lists(tmp_path):
+    path = tmp_path / "sync-x.msgpack"
+    path.write_bytes(msgpack.packb({"v": 2, "records": {"a.py": ["f", 1, 2, "h" * 32, 3, 4, 0o644, "push"]}}))
+    with open(path.with_name(path.name + ".journal"), "wb") as f:
+        f.write(msgpack.packb({"b.py": ["l", 5, 6, "g" * 32, 7, 8, 0o777, "pull"]}))
+        f.write(msgpack.packb({"a.py": None}))
+    r = SyncRecords(path)
+    assert r.data == {"b.py": Record("l", 5, 6, "g" * 32, 7, 8, 0o777, "pull")}
+    assert r.get("b.py").origin == "pull" and r.expect("b.py") == ["l", 7, 8, "g" * 32]
+
+
+def test_writes_the_same_format(tmp_path):
+    path = tmp_path / "sync-x.msgpack"
+    r = SyncRecords(path)
+    for i in range(5000):
+        r.set(f"f{i}", REC)
+    r.save()  # large enough to be a snapshot
+    raw = msgpack.unpackb(path.read_bytes(), raw=False)
+    assert raw["v"] == RECORDS_VERSION == 2
+    assert raw["records"]["f0"] == ["f", 1, 2, "h" * 32, 3, 4, 0o644, "push"]
+
+
+def test_other_versions_and_damage_start_afresh(tmp_path):
+    path = tmp_path / "sync-x.msgpack"
+    path.write_bytes(msgpack.packb({"v": 1, "records": {"a.py": ["f", 1]}}))
+    assert SyncRecords(path).data == {}
+    path.write_bytes(b"\xc1 not msgpack")
+    assert SyncRecords(path).data == {}
+    path.write_bytes(msgpack.packb({"v": 2, "records": {"a.py": ["f", 1]}}))  # too short
+    assert SyncRecords(path).data == {}
+
+
+def test_record_compares_stats():
+    assert REC.same_local("f", 1, 2) and REC.same_local("f", 1, 2, 0o644) and not REC.same_local("f", 1, 2, 0o600)
+    assert not REC.same_local("l", 1, 2) and not REC.same_local("f", 1, 3)
+    assert REC.same_remote(["f", 3, 4, None]) and not REC.same_remote(["f", 3, 5])
