@@ -4,7 +4,8 @@ state, list, read.
 Paths are relative to a root; anything that would land outside it is refused: absolute
 paths, ``..`` components and symlinks on the way.  Every write goes to a temporary file
 in the destination folder and is renamed into place.  Temporary files of large files
-still arriving when the channel closes are removed.
+still arriving when the channel closes are removed; those an agent killed mid-write left
+behind are swept by the next agent writing into the same folder (temps.py).
 """
 
 import errno
@@ -14,6 +15,7 @@ import threading
 
 from .. import protocol as P
 from .common import AgentError, expand_root, unlink_quiet, write_all
+from . import temps
 from .temps import link_temp, make_temp
 
 # --------------------------------------------------------------------------- paths
@@ -152,6 +154,7 @@ class FileOps(object):
         self.staged = {}  # token -> Staged
         self.staged_lock = threading.Lock()
         self.next_token = 0
+        self.swept = set()  # folders swept of dead agents' temporaries
 
     def cleanup(self):
         """Remove the temporary files of large files still arriving (channel closed)."""
@@ -161,6 +164,14 @@ class FileOps(object):
         for entry in staged:
             entry.discard()
 
+    def sweep_once(self, folder, known_dirs=None):
+        """Sweep dead agents' temporaries from folder, once per agent and folder (not in
+        folders this request made: nothing is in them)."""
+        if folder in self.swept or (known_dirs is not None and known_dirs.get(folder)):
+            return
+        self.swept.add(folder)
+        temps.sweep(folder)
+
     # -- large files, in chunks
     def stage(self, root, rel):
         """Open a temporary file beside root/rel for a large file sent in chunks
@@ -168,6 +179,7 @@ class FileOps(object):
         root = expand_root(root)
         os.makedirs(root, exist_ok=True)
         final = resolve(root, rel, create_parents=True)
+        self.sweep_once(os.path.dirname(final))
         tmp, fd = make_temp(final)
         with self.staged_lock:
             self.next_token += 1
@@ -242,9 +254,11 @@ class FileOps(object):
             path = resolve(root, rel, create_parents=True, known_dirs=known_dirs)
             if staged is not None and staged.final != path:
                 raise AgentError("stage", "staged for another path")
-            if known_dirs is not None and known_dirs.get(path.rpartition("/")[0]):
+            folder = path.rpartition("/")[0]
+            if known_dirs is not None and known_dirs.get(folder):
                 state = None  # in a folder this request made
             else:
+                self.sweep_once(folder)
                 state = entry_state(path)
             if state is not None and state[0] == P.DIR:
                 return [P.ERROR, "%s: %s" % (rel, P.FOLDER_IN_THE_WAY)]
@@ -277,6 +291,7 @@ class FileOps(object):
             return [P.GONE]
         if state[0] == P.DIR:
             return [P.ERROR, "%s is a folder" % rel]
+        self.sweep_once(os.path.dirname(path), known_dirs)
         if not force:
             reason = conflict_at(path, expect, None, state)
             if reason:
