@@ -175,7 +175,7 @@ def wait_for(pid):
         except InterruptedError:
             continue
         if got == pid:
-            code = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else (
+            code = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else (  # novermin
                 os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status))
     if code is None:
         code = -1
