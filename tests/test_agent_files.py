@@ -78,9 +78,10 @@ def test_push_takes_list_ops_only(tmp_path):
         {"op": "w", "path": "m.txt", "data": b"x", "force": True},   # the old map form
         ["x", "m.txt", None, True],                                   # no such op
         ["w", "m.txt", None, True],                                   # too short for a write
+        P.write_op("m.txt", None, True, None, 0o644, None),           # no data
         P.write_op("ok.txt", None, False, None, 0o600, b"fine"),
     ])
-    assert [r[0] for r in res] == [P.ERROR, P.ERROR, P.ERROR, P.OK]
+    assert [r[0] for r in res] == [P.ERROR, P.ERROR, P.ERROR, P.ERROR, P.OK]
     assert "ops are lists" in res[0][1]
     assert sorted(os.listdir(tmp_path)) == ["ok.txt"]
 

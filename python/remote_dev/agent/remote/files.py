@@ -225,7 +225,8 @@ class FileOps(object):
         results = []
         for op in ops:
             if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
-                    or (op[0] != P.OP_DELETE and len(op) < 7):
+                    or (op[0] != P.OP_DELETE and len(op) < 7) \
+                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], bytes)):
                 results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
                 continue
             try:
