@@ -319,6 +319,8 @@ def main() -> int:
     ap.add_argument("--no-nvim", action="store_true", help="skip the measurements through Neovim")
     ap.add_argument("--skip-throughput", action="store_true", help="only (a)")
     ap.add_argument("--skip-latency", action="store_true", help="only (b)")
+    ap.add_argument("--cold", type=int, default=5,
+                    help="fresh connections for the cold-start figures (default 5; 0 skips them)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="rd-run-bench-"))
@@ -373,6 +375,8 @@ def main() -> int:
             latency(args, engine_run, nv, ssh_master, ssh_lean, ssh_plain)
             print(f"first run of a connection (no spare supervisor yet), `echo hi`: {first_run_ms:.1f} ms "
                   f"(one sample)")
+        if args.cold:
+            cold_starts(args.cold, ctx)
         if not args.skip_throughput:
             throughput(args, eng, ctx, rec, nv, ssh_master)
     finally:
@@ -434,6 +438,47 @@ def latency(args: Any, engine_run: Any, nv: NvimBench | None, ssh_master: list[s
         print(f"  {cmd}")
         for key in rows[0]:
             print(f"    {key:40} {med([r[key] for r in rows]):8.2f}")
+
+
+def cold_starts(n: int, ctx: dict[str, Any]) -> None:
+    """What a fresh agent costs: an agent started on an open connection until its first
+    answer (the bootstrap, the agent's imports: what each extra push channel pays), and
+    the first run of a fresh connection, `echo hi` to first line (no spare supervisor
+    yet: the supervisor's interpreter and imports are on the way)."""
+    from remote_dev.engine import Engine
+    from remote_dev.rpc import AgentChannel
+
+    agent_ms: list[float] = []
+    first_ms: list[float] = []
+    for _ in range(n):
+        rec = Recorder()
+        eng = Engine(report=rec)
+        try:
+            eng.call_sync("status", ctx, {}, timeout=60)
+            eng.call_sync("push", ctx, {}, timeout=60)
+            t0 = time.perf_counter()
+            res = eng.call_sync("run", ctx, {"cmd": "echo hi"}, timeout=60)
+            rec.wait_exit(res["id"], 60)
+            first_ms.append((rec.first_line[res["id"]] - t0) * 1000)
+            time.sleep(0.5)   # the spare supervisor started after the run is up
+            sess = eng.projects[Path(ctx["cwd"]).resolve()].session()
+
+            async def extra() -> float:
+                t = time.perf_counter()
+                chan = await AgentChannel.start(sess.conn, sess.target.host, sess.target.python)
+                try:
+                    await chan.call("ping")
+                finally:
+                    chan.close()
+                return (time.perf_counter() - t) * 1000
+            for _ in range(3):
+                agent_ms.append(eng.submit(extra()).result(60))
+        finally:
+            eng.close()
+    print(f"\ncold starts, median of {n} fresh connections:")
+    print(f"  extra agent on an open connection, start to first answer: {med(agent_ms):7.1f} ms "
+          f"(n={len(agent_ms)})")
+    print(f"  first run of a connection, `echo hi` to first line:       {med(first_ms):7.1f} ms (n={len(first_ms)})")
 
 
 def throughput(args: Any, eng: Any, ctx: dict[str, Any], rec: Recorder, nv: NvimBench | None,

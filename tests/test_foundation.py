@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+import zipfile
 
 import pytest
 
@@ -41,8 +43,14 @@ def test_agent_is_uploaded_once_per_content(engine, make_project, sshd):
     proj = make_project()
     engine.call_sync("status", {"cwd": str(proj.root)}, timeout=60)
     agent_dir = sshd.remote_cache / "remote-dev" / "agent" / bundle().digest
-    assert (agent_dir / "remote_dev_agent.py").exists() and (agent_dir / "msgpack" / "fallback.py").exists()
-    mtime = agent_dir.stat().st_mtime_ns
+    pyz = agent_dir / "agent.pyz"
+    assert pyz.read_bytes() == bundle().data
+    names = zipfile.ZipFile(pyz).namelist()
+    assert "msgpack/fallback.py" in names and "remote_dev_agent/remote/server.py" in names
+    # the agent wrote the copy with bytecode for the remote's interpreter (the same here)
+    compiled = agent_dir / f"agent.{sys.implementation.cache_tag}.pyz"
+    assert "remote_dev_agent/remote/supervisor.pyc" in zipfile.ZipFile(compiled).namelist()
+    mtime = pyz.stat().st_mtime_ns, compiled.stat().st_mtime_ns
     from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
     e2 = Engine(actions=ACTIONS)
@@ -50,7 +58,8 @@ def test_agent_is_uploaded_once_per_content(engine, make_project, sshd):
         e2.call_sync("status", {"cwd": str(proj.root)}, timeout=60)
     finally:
         e2.close()
-    assert agent_dir.stat().st_mtime_ns == mtime
+    assert (pyz.stat().st_mtime_ns, compiled.stat().st_mtime_ns) == mtime
+    assert sorted(p.name for p in agent_dir.iterdir()) == sorted([pyz.name, compiled.name])  # no temporaries
 
 
 def test_reconnects_after_a_drop(engine, make_project):

@@ -1,5 +1,9 @@
-"""The remote agent bundle: remote_dev_agent.py plus msgpack's pure-Python half, packed
-into one deterministic tar whose hash names the folder it lives in on the remote."""
+"""The remote agent, packed for the remote: the modules of ``remote/`` and ``protocol.py``
+(as the package ``remote_dev_agent``) plus msgpack's pure-Python half, in one zip that
+``python3 agent.pyz`` runs.  Its bytes are deterministic (fixed order, times and modes),
+so its hash names the folder it lives in on the remote: uploaded once per content.
+
+``protocol.py`` holds what both sides share and is imported locally too."""
 
 from __future__ import annotations
 
@@ -7,15 +11,22 @@ import hashlib
 import io
 import os
 import shlex
-import tarfile
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import msgpack
 
-AGENT_FILE = Path(__file__).with_name("remote_dev_agent.py")
+from .protocol import AGENT_ZIP, COMPILED_ZIP
+
+HERE = Path(__file__).resolve().parent
+PACKAGE = "remote_dev_agent"          # the agent's package name inside the zip
 MSGPACK_FILES = ("__init__.py", "exceptions.py", "ext.py", "fallback.py")
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)      # the earliest time a zip can hold
+MAIN = (f"from {PACKAGE}.remote.main import main\n"
+        "main()\n").encode()
+TOP_INIT = b'"""remote_dev\'s remote agent, as packed by remote_dev.agent.bundle()."""\n'
 
 
 @dataclass(frozen=True)
@@ -24,53 +35,67 @@ class Bundle:
     data: bytes
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0
-    tar.addfile(info, io.BytesIO(data))
+def bundle_files() -> list[tuple[str, bytes]]:
+    """(name in the zip, content) of every file the agent's zip holds, in zip order."""
+    msgpack_dir = Path(msgpack.__file__).parent
+    files = [("__main__.py", MAIN), (f"{PACKAGE}/__init__.py", TOP_INIT),
+             (f"{PACKAGE}/protocol.py", (HERE / "protocol.py").read_bytes())]
+    files += [(f"{PACKAGE}/remote/{p.name}", p.read_bytes()) for p in sorted((HERE / "remote").glob("*.py"))]
+    files += [(f"msgpack/{name}", (msgpack_dir / name).read_bytes()) for name in MSGPACK_FILES]
+    return files
+
+
+def pack(files: list[tuple[str, bytes]]) -> bytes:
+    """A zip of files with nothing that varies between builds: given order, fixed time
+    and mode, stored (no compression, so no dependence on the zlib version either)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, data in files:
+            info = zipfile.ZipInfo(name, ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            info.create_system = 3  # unix, whatever this machine is
+            z.writestr(info, data)
+    return buf.getvalue()
 
 
 @lru_cache(maxsize=1)
 def bundle() -> Bundle:
-    buf = io.BytesIO()
-    msgpack_dir = Path(msgpack.__file__).parent
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        _add(tar, "remote_dev_agent.py", AGENT_FILE.read_bytes())
-        for name in MSGPACK_FILES:
-            _add(tar, f"msgpack/{name}", (msgpack_dir / name).read_bytes())
-    data = buf.getvalue()
+    data = pack(bundle_files())
     return Bundle(hashlib.sha256(data).hexdigest()[:20], data)
 
 
-# Runs on the remote with nothing but python3: installs the bundle when its folder is
-# missing (atomically, by rename), then becomes the agent on the same channel.
+# Runs on the remote with nothing but python3: uploads the agent's zip when its folder
+# lacks it (checked against its hash, written atomically by rename), then runs the agent on
+# the same channel, from the copy with bytecode for this interpreter when the agent wrote
+# one (remote/compiled.py).
 _BOOTSTRAP = r"""
-import io, os, shutil, sys, tarfile
+import os, sys
 h = sys.argv[1]
 base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
 d = os.path.join(base, "remote-dev", "agent", h)
+src = os.path.join(d, "%(zip)s")
 out = sys.stdout.buffer
-if not os.path.isfile(os.path.join(d, "remote_dev_agent.py")):
+if not os.path.isfile(src):
     out.write(b"NEED\n"); out.flush()
     n = int(sys.stdin.buffer.readline())
     data = sys.stdin.buffer.read(n)
-    tmp = "%s.tmp%d" % (d, os.getpid())
-    os.makedirs(tmp)
-    kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    tarfile.open(fileobj=io.BytesIO(data)).extractall(tmp, **kw)
-    try:
-        os.rename(tmp, d)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-out.write(("OK %d.%d\n" % sys.version_info[:2]).encode()); out.flush()
+    import hashlib
+    if hashlib.sha256(data).hexdigest()[:len(h)] != h:
+        sys.stderr.write("the agent arrived damaged (%%d of %%d bytes)\n" %% (len(data), n))
+        sys.exit(4)
+    os.makedirs(d, exist_ok=True)
+    tmp = "%%s.tmp%%d" %% (src, os.getpid())
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, src)
+out.write(("OK %%d.%%d\n" %% sys.version_info[:2]).encode()); out.flush()
 if sys.version_info < (3, 8):
     sys.exit(3)
-sys.path.insert(0, d)
-import remote_dev_agent
-remote_dev_agent.main([])
-"""
+fast = os.path.join(d, "%(compiled)s" %% sys.implementation.cache_tag)
+sys.path.insert(0, fast if os.path.isfile(fast) else src)
+from %(package)s.remote.main import main
+main([])
+""" % {"zip": AGENT_ZIP, "compiled": COMPILED_ZIP, "package": PACKAGE}
 
 
 def bootstrap_command(python: str, env: dict[str, str] | None = None) -> str:
@@ -83,4 +108,6 @@ def bootstrap_command(python: str, env: dict[str, str] | None = None) -> str:
 
 
 def agent_path_remote(cache_dir: str) -> str:
-    return os.path.join(cache_dir, "agent", bundle().digest, "remote_dev_agent.py")
+    """The agent's zip on the remote (cache_dir: the agent's hello["cache_dir"]): any
+    python3 >= 3.8 runs it, e.g. ``python3 PATH debug-launch READY -- prog args``."""
+    return os.path.join(cache_dir, "agent", bundle().digest, AGENT_ZIP)

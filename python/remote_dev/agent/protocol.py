@@ -1,0 +1,189 @@
+"""What the local side and the remote agent agree on, written once.
+
+Shipped inside the agent's zip (the remote imports it as ``remote_dev_agent.protocol``)
+and imported locally as ``remote_dev.agent.protocol``: stdlib only, Python >= 3.8 (the
+tests check that with vermin), no state.
+
+- run states, and which of them are live;
+- the content hash: sha256 truncated to 128 bits, of a file's bytes or of ``link:`` and a
+  symlink's target;
+- the shapes on the wire: push ops, their answers, entry states, listing entries;
+- the conflict rule: when what is at a path may be replaced by new content.
+"""
+
+import hashlib
+import os
+
+# --------------------------------------------------------------------------- runs
+
+STARTING = "starting"    # run folder made, supervisor not yet reported
+RUNNING = "running"
+PENDING = "pending"      # a Slurm job waiting in the queue
+EXITED = "exited"
+STOPPED = "stopped"      # exited after a stop request
+LOST = "lost"            # its supervisor vanished without recording an exit
+
+LIVE_STATES = (STARTING, RUNNING, PENDING)
+ENDED_STATES = (EXITED, STOPPED, LOST)
+
+
+def is_live(state):
+    """True while a run may still produce output or change state."""
+    return state in LIVE_STATES
+
+
+# --------------------------------------------------------------------------- content hash
+
+HASH_HEX = 32            # hex digits kept: 128 bits
+HASH_BLOCK = 1 << 20     # read size when hashing a file
+LINK_PREFIX = b"link:"   # a symlink hashes as LINK_PREFIX + its target's bytes
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def new_hasher():
+    """An incremental hasher; finish it with hasher_digest."""
+    return hashlib.sha256()
+
+
+def hasher_digest(h):
+    return h.hexdigest()[:HASH_HEX]
+
+
+def digest(data):
+    """Content hash of bytes (a whole file's content)."""
+    return hashlib.sha256(data).hexdigest()[:HASH_HEX]
+
+
+def link_hash(target):
+    """Content hash of a symlink: its target (str or bytes), never what it points to."""
+    if not isinstance(target, bytes):
+        target = os.fsencode(target)
+    return digest(LINK_PREFIX + target)
+
+
+def file_hash(path):
+    """Content hash of the file at path, read in blocks; a final symlink is refused
+    (OSError ELOOP), never followed."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        while True:
+            block = f.read(HASH_BLOCK)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()[:HASH_HEX]
+
+
+# --------------------------------------------------------------------------- wire shapes
+
+# Entry kinds, in states, expectations, records and listings.
+FILE = "f"
+LINK = "l"
+DIR = "d"
+OTHER = "o"
+
+# A state (``state`` answers, ``expect`` of an op): [kind, size, mtime_ns, hash].
+# A listing entry (``list`` answers): [kind, size, mtime_ns, hash, mode, link_target].
+S_KIND, S_SIZE, S_MTIME, S_HASH, S_MODE, S_TARGET = range(6)
+
+# Push ops (``push`` requests), lists:
+#   [OP_WRITE,  path, expect, force, hash, mode, data]     a file, whole
+#   [OP_STAGED, path, expect, force, hash, mode, token]    a file sent in chunks (stage/append)
+#   [OP_LINK,   path, expect, force, hash, None, target]   a symlink (never followed)
+#   [OP_DELETE, path, expect, force]                       delete a file or symlink
+# expect: None (nothing synced there yet) or the state the last sync left.
+OP_WRITE = "w"
+OP_STAGED = "s"
+OP_LINK = "l"
+OP_DELETE = "d"
+OP_KINDS = (OP_WRITE, OP_STAGED, OP_LINK, OP_DELETE)
+OP_KIND, OP_PATH, OP_EXPECT, OP_FORCE, OP_HASH, OP_MODE, OP_PAYLOAD = range(7)
+
+
+def write_op(path, expect, force, hash_, mode, data):
+    return [OP_WRITE, path, expect, force, hash_, mode, data]
+
+
+def staged_op(path, expect, force, hash_, mode, token):
+    return [OP_STAGED, path, expect, force, hash_, mode, token]
+
+
+def link_op(path, expect, force, hash_, target):
+    return [OP_LINK, path, expect, force, hash_, None, target]
+
+
+def delete_op(path, expect, force):
+    return [OP_DELETE, path, expect, force]
+
+
+# Answers to push ops, one per op:
+#   [OK, size, mtime_ns] | [CONFLICT, reason] | [ERROR, message] | [GONE] (delete: nothing there)
+OK = "ok"
+CONFLICT = "conflict"
+ERROR = "error"
+GONE = "gone"
+
+# Temporary files of atomic writes carry this in their name; listings skip them.
+TMP_MARK = ".rdtmp-"
+
+# The agent on the remote: <cache>/agent/<bundle digest>/AGENT_ZIP, the sources (what the
+# bootstrap uploads; any python3 >= 3.8 runs it), and beside it COMPILED_ZIP % cache tag, the
+# same with bytecode for one interpreter, which the agent writes for itself.
+AGENT_ZIP = "agent.pyz"
+COMPILED_ZIP = "agent.%s.pyz"
+
+
+# --------------------------------------------------------------------------- conflicts
+
+REMOTE = "remote"   # the agent replacing a remote file (push), or a preview of that
+LOCAL = "local"     # the local side replacing a local file (pull)
+
+FOLDER_IN_THE_WAY = "a folder is in the way"
+OTHER_IN_THE_WAY = "something other than a file is in the way"
+REASONS = {
+    REMOTE: ("changed on the remote since the last sync",
+             "exists on the remote and differs (never pushed by remote_dev)"),
+    LOCAL: ("changed locally since the last sync",
+            "exists locally and differs"),
+}
+
+
+def conflict_reason(current, expect, new_hash, current_hash=None, side=REMOTE):
+    """The conflict rule, once for both sides: None when what is at a path may be
+    replaced by new content, else a short reason.
+
+    It may be replaced when nothing is there; when it is what the last sync left, by
+    stat (kind, size and mtime as ``expect``) or by content (its hash is expect's); or
+    when its content is the new content already.  A folder, or anything other than a file
+    or a symlink, is always in the way.
+
+    current: None, or [kind, size, mtime_ns] or [kind, size, mtime_ns, hash] of what is
+        at the path now.
+    expect: None (nothing synced there yet) or [kind, size, mtime_ns, hash] as the last
+        sync left it.
+    new_hash: content hash of the replacement, None for a delete.
+    current_hash: the current content's hash, or a function computing it (called at most
+        once, only when the stat does not settle it); by default current[3].
+    side: REMOTE or LOCAL, the wording of the reasons."""
+    if current is None:
+        return None
+    kind = current[S_KIND]
+    if kind == DIR:
+        return FOLDER_IN_THE_WAY
+    if kind not in (FILE, LINK):
+        return OTHER_IN_THE_WAY
+    if expect is not None and kind == expect[S_KIND] and current[S_SIZE] == expect[S_SIZE] \
+            and current[S_MTIME] == expect[S_MTIME]:
+        return None
+    if current_hash is None:
+        current_hash = current[S_HASH] if len(current) > S_HASH else None
+    elif callable(current_hash):
+        current_hash = current_hash()
+    if current_hash is not None:
+        if new_hash is not None and current_hash == new_hash:
+            return None
+        if expect is not None and current_hash == expect[S_HASH]:
+            return None
+    changed, unknown = REASONS[side]
+    return unknown if expect is None else changed

@@ -1,0 +1,54 @@
+"""Small helpers every area of the agent uses: its error type, where its files live,
+JSON records written atomically."""
+
+import json
+import os
+
+
+class AgentError(Exception):
+    """An expected failure, reported to the client with a kind and a message."""
+
+    def __init__(self, kind, message):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+
+
+def cache_dir():
+    """~/.cache/remote-dev (XDG_CACHE_HOME honoured): the agent, run folders, debugpy."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "remote-dev")
+
+
+def expand_root(root):
+    """A project root as the client names it (~, relative to home) made absolute."""
+    root = os.path.expanduser(root)
+    if not os.path.isabs(root):
+        root = os.path.join(os.path.expanduser("~"), root)
+    return os.path.normpath(root)
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp%d" % os.getpid()
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.rename(tmp, path)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

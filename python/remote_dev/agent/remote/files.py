@@ -1,0 +1,429 @@
+"""File operations under a project root: push (write, stage/append, link, delete),
+state, list, read.
+
+Paths are relative to a root; anything that would land outside it is refused: absolute
+paths, ``..`` components and symlinks on the way.  Every write goes to a temporary file
+in the destination folder and is renamed into place.  Temporary files of large files
+still arriving when the channel closes are removed; those an agent killed mid-write left
+behind are swept by the next agent writing into the same folder (temps.py).
+"""
+
+import errno
+import os
+import stat
+import threading
+
+from .. import protocol as P
+from .common import AgentError, expand_root, unlink_quiet, write_all
+from . import temps
+from .temps import link_temp, make_temp
+
+# --------------------------------------------------------------------------- paths
+
+
+def check_relpath(rel):
+    if not isinstance(rel, str) or rel == "" or "\0" in rel:
+        raise AgentError("path", "bad path %r" % (rel,))
+    if rel.startswith("/") or os.path.isabs(rel):
+        raise AgentError("path", "refused absolute path %r" % rel)
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise AgentError("path", "refused path %r: empty, '.' or '..' component" % rel)
+    return parts
+
+
+def resolve(root, rel, create_parents=False, known_dirs=None):
+    """Absolute path of root/rel after checking that no component on the way is a
+    symlink (so nothing is ever read or written outside root).  known_dirs: {folder:
+    made by this request} for folders already checked during the same request."""
+    parts = check_relpath(rel)
+    cur = root
+    for part in parts[:-1]:
+        cur = cur + "/" + part
+        if known_dirs is not None and cur in known_dirs:
+            continue
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            if not create_parents:
+                return os.path.join(root, *parts)  # nothing below a missing folder
+            try:
+                os.mkdir(cur, 0o777)
+                if known_dirs is not None:
+                    known_dirs[cur] = True  # made now: nothing below it yet
+                    continue
+            except FileExistsError:
+                pass
+            st = os.lstat(cur)
+        if stat.S_ISLNK(st.st_mode):
+            raise AgentError("path", "refused %r: %r is a symlink" % (rel, cur[len(root) + 1:]))
+        if not stat.S_ISDIR(st.st_mode):
+            raise AgentError("path", "refused %r: %r is not a folder" % (rel, cur[len(root) + 1:]))
+        if known_dirs is not None:
+            known_dirs[cur] = False
+    return root + "/" + rel
+
+
+def stat_state(st):
+    """[kind, size, mtime_ns] of a stat result (protocol kinds)."""
+    if stat.S_ISLNK(st.st_mode):
+        return [P.LINK, st.st_size, st.st_mtime_ns]
+    if stat.S_ISREG(st.st_mode):
+        return [P.FILE, st.st_size, st.st_mtime_ns]
+    if stat.S_ISDIR(st.st_mode):
+        return [P.DIR, 0, st.st_mtime_ns]
+    return [P.OTHER, st.st_size, st.st_mtime_ns]
+
+
+def entry_state(path):
+    """[kind, size, mtime_ns] of what is at path, never following a final symlink; None
+    when nothing is there."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat_state(st)
+
+
+def content_hash(path, state):
+    if state[0] == P.LINK:
+        return P.link_hash(os.readlink(path))
+    if state[0] == P.FILE:
+        return P.file_hash(path)
+    return None
+
+
+def conflict_at(path, expect, new_hash, state):
+    """The protocol's conflict rule for what is at path (state: entry_state(path)); the
+    content is hashed only when the stat does not settle it."""
+    return P.conflict_reason(state, expect, new_hash, lambda: content_hash(path, state))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def current_umask():
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+UMASK = current_umask()
+
+
+class Staged(object):
+    """A large file arriving in chunks: a temporary file beside its destination, hashed
+    as it is written."""
+
+    def __init__(self, tmp, fd, final):
+        self.tmp = tmp
+        self.fd = fd
+        self.final = final
+        self.hash = P.new_hasher()
+        self.size = 0
+        self.error = None
+
+    def discard(self):
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        unlink_quiet(self.tmp)
+
+
+def prune_dirs(root, d):
+    """Remove d and its parents up to root while they are empty."""
+    while d != root and d.startswith(root + "/"):
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+        d = os.path.dirname(d)
+
+
+# --------------------------------------------------------------------------- operations
+
+
+class FileOps(object):
+    """The file methods of one agent: its staged files and the folders it swept."""
+
+    def __init__(self):
+        self.staged = {}  # token -> Staged
+        self.staged_lock = threading.Lock()
+        self.next_token = 0
+        self.swept = set()  # folders swept of dead agents' temporaries
+
+    def cleanup(self):
+        """Remove the temporary files of large files still arriving (channel closed)."""
+        with self.staged_lock:
+            staged = list(self.staged.values())
+            self.staged.clear()
+        for entry in staged:
+            entry.discard()
+
+    def sweep_once(self, folder, known_dirs=None):
+        """Sweep dead agents' temporaries from folder, once per agent and folder (not in
+        folders this request made: nothing is in them)."""
+        if folder in self.swept or (known_dirs is not None and known_dirs.get(folder)):
+            return
+        self.swept.add(folder)
+        temps.sweep(folder)
+
+    # -- large files, in chunks
+    def stage(self, root, rel):
+        """Open a temporary file beside root/rel for a large file sent in chunks
+        (append), then written by a push op [OP_STAGED, ...] carrying the token."""
+        root = expand_root(root)
+        os.makedirs(root, exist_ok=True)
+        final = resolve(root, rel, create_parents=True)
+        self.sweep_once(os.path.dirname(final))
+        tmp, fd = make_temp(final)
+        with self.staged_lock:
+            self.next_token += 1
+            token = self.next_token
+            self.staged[token] = Staged(tmp, fd, final)
+        return token
+
+    def append(self, token, data):
+        with self.staged_lock:
+            entry = self.staged.get(token)
+        if entry is None:
+            raise AgentError("stage", "unknown staged file %r" % token)
+        if entry.error is not None:
+            raise AgentError("stage", entry.error)
+        try:
+            write_all(entry.fd, data)
+        except OSError as e:
+            entry.error = "%s: %s" % (e.strerror or e, entry.final)
+            raise AgentError("stage", entry.error)
+        entry.hash.update(data)
+        entry.size += len(data)
+        return None
+
+    def unstage(self, token):
+        self.drop_staged(token)
+
+    def drop_staged(self, token):
+        with self.staged_lock:
+            entry = self.staged.pop(token, None)
+        if entry is not None:
+            entry.discard()
+
+    # -- push
+    def push(self, root, ops):
+        """Apply push ops (lists, see protocol) in order; one answer per op:
+        [OK, size, mtime_ns] | [CONFLICT, reason] | [ERROR, message] | [GONE].
+        What is at a path that is no longer what ``expect`` says is a conflict unless
+        force (protocol.conflict_reason)."""
+        root = expand_root(root)
+        if not os.path.isdir(root):
+            os.makedirs(root, exist_ok=True)
+        known_dirs = {}
+        results = []
+        for op in ops:
+            if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
+                    or (op[0] != P.OP_DELETE and len(op) < 7) \
+                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], bytes)):
+                results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
+                continue
+            try:
+                results.append(self.apply(root, op, known_dirs))
+            except AgentError as e:
+                results.append([P.ERROR, e.message])
+                if op[0] == P.OP_STAGED:
+                    self.drop_staged(op[P.OP_PAYLOAD])
+            except OSError as e:
+                results.append([P.ERROR, "%s: %s" % (e.strerror or e, op[1])])
+                if op[0] == P.OP_STAGED:
+                    self.drop_staged(op[P.OP_PAYLOAD])
+        return results
+
+    def apply(self, root, op, known_dirs=None):
+        if op[0] == P.OP_DELETE:
+            return self.apply_delete(root, op, known_dirs)
+        kind, rel, expect, force, new_hash, mode, payload = op[:7]
+        staged = None
+        if kind == P.OP_STAGED:
+            with self.staged_lock:
+                staged = self.staged.pop(payload, None)
+            if staged is None:
+                raise AgentError("stage", "unknown staged file %r" % (payload,))
+        try:
+            path = resolve(root, rel, create_parents=True, known_dirs=known_dirs)
+            if staged is not None and staged.final != path:
+                raise AgentError("stage", "staged for another path")
+            folder = path.rpartition("/")[0]
+            if known_dirs is not None and known_dirs.get(folder):
+                state = None  # in a folder this request made
+            else:
+                self.sweep_once(folder)
+                state = entry_state(path)
+            if state is not None and state[0] == P.DIR:
+                return [P.ERROR, "%s: %s" % (rel, P.FOLDER_IN_THE_WAY)]
+            if not force:
+                reason = conflict_at(path, expect, new_hash, state)
+                if reason:
+                    return [P.CONFLICT, reason]
+            if kind == P.OP_LINK:
+                return replace_with_link(path, payload)
+            if staged is not None:
+                if staged.error is not None:
+                    return [P.ERROR, staged.error]
+                if new_hash is not None and P.hasher_digest(staged.hash) != new_hash:
+                    return [P.ERROR, "%s: the staged content does not match (%d bytes arrived)" % (rel, staged.size)]
+                tmp, fd = staged.tmp, staged.fd
+                staged.fd = None
+                staged = None
+                return replace_with_file(path, tmp, fd, None, mode)
+            tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
+            return replace_with_file(path, tmp, fd, payload, mode)
+        finally:
+            if staged is not None:
+                staged.discard()
+
+    def apply_delete(self, root, op, known_dirs):
+        rel, expect, force = op[1], op[2], op[3]
+        path = resolve(root, rel, known_dirs=known_dirs)
+        state = entry_state(path)
+        if state is None:
+            return [P.GONE]
+        if state[0] == P.DIR:
+            return [P.ERROR, "%s is a folder" % rel]
+        self.sweep_once(os.path.dirname(path), known_dirs)
+        if not force:
+            reason = conflict_at(path, expect, None, state)
+            if reason:
+                return [P.CONFLICT, reason]
+        os.unlink(path)
+        prune_dirs(root, os.path.dirname(path))
+        return [P.OK, 0, 0]
+
+    # -- reading
+    def state(self, root, rels, hashes=True):
+        """[kind, size, mtime_ns, hash] (hash None unless hashes) or None for each path:
+        only files and symlinks count."""
+        root = expand_root(root)
+        out = []
+        known_dirs = {}
+        for rel in rels:
+            try:
+                path = resolve(root, rel, known_dirs=known_dirs)
+                state = entry_state(path)
+                if state is None or state[0] not in (P.FILE, P.LINK):
+                    out.append(None)
+                else:
+                    out.append(state + [content_hash(path, state) if hashes else None])
+            except (AgentError, OSError):
+                out.append(None)
+        return out
+
+    def list(self, root, folders, known):
+        """Files and symlinks under the given folders (relative to root), never following
+        symlinks: {rel: [kind, size, mtime_ns, hash_or_None, mode, link_target]}.  The hash is
+        left out (None) where ``known`` already has the same kind/size/mtime."""
+        root = expand_root(root)
+        result = {}
+        for folder in folders:
+            folder = folder.strip("/")
+            try:
+                base = resolve(root, folder) if folder else root
+            except AgentError:
+                continue
+            st = entry_state(base)
+            if st is None:
+                continue
+            if st[0] != P.DIR:
+                list_one(root, folder, base, known, result)
+                continue
+            for dirpath, dirnames, filenames in os.walk(base):
+                for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                    if P.TMP_MARK in name:
+                        continue
+                    full = os.path.join(dirpath, name)
+                    rel = os.path.relpath(full, root).replace(os.sep, "/")
+                    list_one(root, rel, full, known, result)
+        return result
+
+    def read(self, root, rel, offset, size):
+        """Bytes of a regular file under root (a final symlink is refused, not followed)."""
+        root = expand_root(root)
+        path = resolve(root, rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | P.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise AgentError("path", "refused %r: a symlink" % rel)
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AgentError("path", "refused %r: not a regular file" % rel)
+            os.lseek(fd, offset, os.SEEK_SET)
+            chunks = []
+            while size > 0:
+                block = os.read(fd, min(size, 1 << 22))
+                if not block:
+                    break
+                chunks.append(block)
+                size -= len(block)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+
+def want_mode(mode):
+    return (mode if mode is not None else 0o644) & 0o7777
+
+
+def replace_with_file(path, tmp, fd, data, mode):
+    """Finish temporary file tmp (open as fd: data written unless None, mode set) and
+    rename it over path; on any failure tmp goes."""
+    want = want_mode(mode)
+    try:
+        try:
+            if data is not None:
+                write_all(fd, data)
+            if data is None or want & (UMASK | 0o7000):
+                os.fchmod(fd, want)  # the umask took bits off (or setuid & co.)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        unlink_quiet(tmp)
+        raise
+    return [P.OK, st.st_size, st.st_mtime_ns]
+
+
+def replace_with_link(path, target):
+    tmp = link_temp(path, target)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        unlink_quiet(tmp)
+        raise
+    st = os.lstat(path)
+    return [P.OK, st.st_size, st.st_mtime_ns]
+
+
+def list_one(root, rel, full, known, result):
+    try:
+        st = os.lstat(full)
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        kind, target = P.LINK, os.readlink(full)
+    elif stat.S_ISREG(st.st_mode):
+        kind, target = P.FILE, None
+    else:
+        return
+    prev = known.get(rel)
+    digest = None
+    if not (prev and prev[0] == kind and prev[1] == st.st_size and prev[2] == st.st_mtime_ns):
+        try:
+            digest = P.link_hash(target) if kind == P.LINK else P.file_hash(full)
+        except OSError:
+            return
+    result[rel] = [kind, st.st_size, st.st_mtime_ns, digest, st.st_mode & 0o7777, target]

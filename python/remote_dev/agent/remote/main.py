@@ -1,0 +1,36 @@
+"""The agent's entry point: ``python3 agent.pyz [COMMAND ...]``.
+
+    (none)                         serve msgpack-RPC on stdin/stdout (server.py)
+    supervise DIR                  supervise the run in folder DIR (supervisor.py)
+    supervise-spare                a spare supervisor: reads its run folder from stdin
+    debug-launch READY -- PROG...  debugpy on this node's address, then PROG (debug_launch.py)
+
+Each command imports only its own modules: a supervisor or a debugged program never loads
+msgpack or the server."""
+
+import sys
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv else None
+    if command == "supervise":
+        from .supervisor import supervise
+
+        supervise(argv[1])
+    elif command == "supervise-spare":
+        from .supervisor import supervise_spare
+
+        supervise_spare()
+    elif command == "debug-launch":
+        from .debug_launch import debug_launch
+
+        debug_launch(argv[1:])
+    elif command is None:
+        from . import compiled, server
+
+        compiled.ensure()
+        server.serve()
+    else:
+        sys.stderr.write("remote_dev agent: unknown command %r\n" % command)
+        sys.exit(2)

@@ -1,0 +1,155 @@
+"""The agent's transport: msgpack-RPC on stdin/stdout, one client per process.
+
+    request       [0, msgid, method, params]
+    response      [1, msgid, error, result]      error = None or {"kind", "message"}
+
+Requests are handled in arrival order on the reader thread, except file operations,
+which run in order on a worker thread of their own (parsing the next request, in
+pure-Python msgpack, overlaps with the file system work of this one), and the ones marked
+slow (long polls, stopping runs, commands), which get a thread each, so a long poll never
+holds up a push.
+"""
+
+import os
+import queue
+import signal
+import sys
+import threading
+
+from . import host, runs
+from .common import AgentError
+from .files import FileOps
+
+try:
+    import msgpack
+except ImportError:  # pragma: no cover - the agent's zip always carries it
+    msgpack = None
+
+FILE_METHODS = frozenset(("push", "stage", "append", "unstage", "state", "list", "read"))
+
+
+def method_table(files):
+    """{method: (function, slow)}: every method a client may call."""
+    return {
+        "hello": (host.hello, False),
+        "ping": (host.ping, False),
+        "stat_root": (host.stat_root, False),
+        "which": (host.which, False),
+        "exec": (host.exec_, True),
+        "free_port": (host.free_port, False),
+        "stage": (files.stage, False),
+        "append": (files.append, False),
+        "unstage": (files.unstage, False),
+        "push": (files.push, False),
+        "state": (files.state, False),
+        "list": (files.list, False),
+        "read": (files.read, False),
+        "run_start": (runs.run_start, True),
+        "run_info": (runs.run_info_of, False),
+        "run_list": (runs.run_list, False),
+        "run_read": (runs.run_read, True),
+        "run_stop": (runs.run_stop, True),
+        "run_listening": (runs.run_listening, True),
+        "run_file": (runs.run_file, True),
+    }
+
+
+class Agent(object):
+    """Answers the requests of one client, writing responses to ``out``."""
+
+    def __init__(self, out):
+        self.out = out
+        self.out_lock = threading.Lock()
+        self.files = FileOps()
+        self.methods = method_table(self.files)
+
+    def send(self, obj):
+        data = msgpack.packb(obj, use_bin_type=True)
+        with self.out_lock:
+            self.out.write(data)
+            self.out.flush()
+
+    def respond(self, msgid, error, result):
+        try:
+            self.send([1, msgid, error, result])
+        except (BrokenPipeError, OSError):
+            pass
+
+    def handle(self, msg):
+        if not isinstance(msg, list) or len(msg) != 4 or msg[0] != 0:
+            return
+        _, msgid, method, params = msg
+        entry = self.methods.get(method)
+        if entry is None:
+            self.respond(msgid, {"kind": "method", "message": "unknown method %r" % (method,)}, None)
+            return
+        func, slow = entry
+        if slow:
+            t = threading.Thread(target=self.call, args=(msgid, func, params))
+            t.daemon = True
+            t.start()
+        else:
+            self.call(msgid, func, params)
+
+    def call(self, msgid, func, params):
+        try:
+            result = func(*params)
+        except AgentError as e:
+            self.respond(msgid, {"kind": e.kind, "message": e.message}, None)
+        except OSError as e:
+            self.respond(msgid, {"kind": "os", "message": "%s: %s" % (e.strerror or e, e.filename or "")}, None)
+        except Exception as e:  # noqa: BLE001 - report, keep serving
+            self.respond(msgid, {"kind": "internal", "message": "%s: %s" % (type(e).__name__, e)}, None)
+        else:
+            self.respond(msgid, None, result)
+
+    def cleanup(self):
+        self.files.cleanup()
+
+
+class _Input(object):
+    """stdin for msgpack's streaming unpacker: read(n) answers with what has arrived (at
+    least a byte, b"" at the end), so a request is parsed once, however it was split."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def read(self, n):
+        return self.raw.read1(max(n, 1 << 16))
+
+
+def file_worker(agent, jobs):
+    while True:
+        msg = jobs.get()
+        if msg is None:
+            return
+        agent.handle(msg)
+
+
+def serve():
+    """Answer requests on stdin/stdout until stdin closes; then apply what arrived whole
+    and remove the temporaries of files still arriving."""
+    inp = sys.stdin.buffer
+    out = sys.stdout.buffer
+    # Anything printed by mistake must not corrupt the protocol stream.
+    sys.stdout = sys.stderr
+    agent = Agent(out)
+    unpacker = msgpack.Unpacker(_Input(inp), raw=False, max_buffer_size=256 << 20, read_size=1 << 16)
+    signal.signal(signal.SIGHUP, lambda *_: (agent.cleanup(), os._exit(0)))
+    signal.signal(signal.SIGTERM, lambda *_: (agent.cleanup(), os._exit(0)))
+    jobs = queue.Queue(maxsize=4)
+    worker = threading.Thread(target=file_worker, args=(agent, jobs))
+    worker.daemon = True
+    worker.start()
+    try:
+        for msg in unpacker:
+            if isinstance(msg, list) and len(msg) == 4 and msg[2] in FILE_METHODS:
+                jobs.put(msg)
+            else:
+                agent.handle(msg)
+    except (OSError, ValueError):
+        pass
+    finally:
+        jobs.put(None)  # what arrived whole is still applied, then the temporaries go
+        worker.join()
+        agent.cleanup()

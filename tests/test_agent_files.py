@@ -1,0 +1,157 @@
+"""The agent's file operations: the push op shapes it takes, and the sweep of the
+temporaries an agent killed mid-write leaves (locally, then a real SIGKILL of the agent
+behind the real sshd)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+from conftest import wait_for
+from test_sync import agent_call, agent_pid, on_engine, push, temps
+
+from remote_dev.agent import AGENT_ZIP, bundle
+from remote_dev.agent import protocol as P
+from remote_dev.agent.remote import files, temps as rtemps
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def temp_name(pid: int, host: str = rtemps.HOST_TAG, base: str = "a.b.txt", n: int = 1) -> str:
+    return f"{P.TMP_MARK}{base}.{host}.{pid}.{n}"
+
+
+def test_temp_names_carry_host_and_pid(tmp_path):
+    tmp, fd = rtemps.make_temp(str(tmp_path / "some.file.with.dots.py"))
+    os.close(fd)
+    name = os.path.basename(tmp)
+    assert name.startswith(P.TMP_MARK + "some.file.with.dots.py.")
+    assert rtemps.temp_owner(name) == (rtemps.HOST_TAG, os.getpid())
+    for foreign in ("a.txt", ".a.txt.rdtmp-12-34", ".rdtmp-x.12-34", ".rdtmp-x.zz.12.3", temp_name(12)[:-2]):
+        assert rtemps.temp_owner(foreign) is None, foreign
+
+
+def test_sweep_removes_only_temporaries_of_dead_agents_of_this_host(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        dead = dead_pid()
+        names = {
+            "dead": temp_name(dead),
+            "mine": temp_name(os.getpid()),
+            "live": temp_name(sleeper.pid),
+            "other host": temp_name(dead, host="0123abcd" if rtemps.HOST_TAG != "0123abcd" else "abcd0123"),
+            "a file": "a.b.txt",
+        }
+        for name in names.values():
+            (tmp_path / name).write_text("x")
+        assert rtemps.sweep(str(tmp_path)) == 1
+        assert sorted(os.listdir(tmp_path)) == sorted(v for k, v in names.items() if k != "dead")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_push_sweeps_each_folder_once_per_agent(tmp_path):
+    ops = files.FileOps()
+    (tmp_path / "d").mkdir()
+    stale = tmp_path / "d" / temp_name(dead_pid())
+    stale.write_text("half")
+    res = ops.push(str(tmp_path), [P.write_op("d/x.txt", None, False, P.digest(b"x"), 0o644, b"x")])
+    assert res[0][0] == P.OK and not stale.exists()
+    stale.write_text("half")          # swept once per agent and folder: bounded cost
+    ops.push(str(tmp_path), [P.write_op("d/y.txt", None, False, None, 0o644, b"y")])
+    assert stale.exists()
+    assert files.FileOps().push(str(tmp_path), [P.delete_op("d/y.txt", None, True)])[0][0] == P.OK
+    assert not stale.exists()
+
+
+def test_push_takes_list_ops_only(tmp_path):
+    ops = files.FileOps()
+    res = ops.push(str(tmp_path), [
+        {"op": "w", "path": "m.txt", "data": b"x", "force": True},   # the old map form
+        ["x", "m.txt", None, True],                                   # no such op
+        ["w", "m.txt", None, True],                                   # too short for a write
+        P.write_op("m.txt", None, True, None, 0o644, None),           # no data
+        P.write_op("ok.txt", None, False, None, 0o600, b"fine"),
+    ])
+    assert [r[0] for r in res] == [P.ERROR, P.ERROR, P.ERROR, P.ERROR, P.OK]
+    assert "ops are lists" in res[0][1]
+    assert sorted(os.listdir(tmp_path)) == ["ok.txt"]
+
+
+# --------------------------------------------------------------------------- through sshd
+
+
+class LocalAgent:
+    """Another agent on this host (the installed zip run directly), alive meanwhile."""
+
+    def __init__(self, sshd) -> None:
+        pyz = sshd.remote_cache / "remote-dev" / "agent" / bundle().digest / AGENT_ZIP
+        self.proc = subprocess.Popen([sys.executable, "-S", str(pyz)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env={**os.environ, "XDG_CACHE_HOME": str(sshd.remote_cache)})
+        self.unpacker = msgpack.Unpacker(raw=False)
+        self.ids = 0
+
+    def call(self, method, *params):
+        self.ids += 1
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(msgpack.packb([0, self.ids, method, list(params)], use_bin_type=True))
+        self.proc.stdin.flush()
+        while True:
+            for msg in self.unpacker:
+                assert msg[1] == self.ids and msg[2] is None, msg
+                return msg[3]
+            self.unpacker.feed(os.read(self.proc.stdout.fileno(), 1 << 16))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def test_temporaries_of_a_sigkilled_agent_are_swept(engine, make_project, sshd):
+    proj = make_project()
+    proj.write("data/keep.txt", "keep\n")
+    push(engine, proj)
+    root = str(proj.remote_root)
+    data = proj.remote_root / "data"
+    # a large file half-arrived on the session's agent (behind sshd) ...
+    token = agent_call(engine, proj, "stage", root, "data/big.bin")
+    agent_call(engine, proj, "append", token, b"x" * 300_000)
+    pid = agent_pid(engine, proj)
+    (killed_temp,) = temps(data)
+    # ... and one on another agent of this host that lives on
+    other = LocalAgent(sshd)
+    try:
+        token2 = other.call("stage", root, "data/other.bin")
+        other.call("append", token2, b"y" * 1000)
+        (live_temp,) = set(temps(data)) - {killed_temp}
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20, what="the killed agent to go")
+
+        async def disconnected(sess):
+            return not sess.connected
+        wait_for(lambda: on_engine(engine, proj, disconnected), 20, what="the engine to see the agent gone")
+        assert sorted(temps(data)) == sorted([killed_temp, live_temp])   # SIGKILL: nothing cleaned up
+        # the next push into the folder (a new agent) sweeps the dead agent's temporary only
+        proj.write("data/new.txt", "new\n")
+        res = push(engine, proj)
+        assert res["files"] == 1 and res["errors"] == [] and res["conflicts"] == []
+        assert agent_pid(engine, proj) != pid
+        assert temps(data) == [live_temp]
+        # and the live agent's file still lands whole
+        answer = other.call("push", root, [P.staged_op("data/other.bin", None, True, P.digest(b"y" * 1000), 0o644,
+                                                       token2)])
+        assert answer == [[P.OK, 1000, answer[0][2]]]
+        assert (data / "other.bin").read_bytes() == b"y" * 1000
+    finally:
+        other.close()
+    assert temps(data) == [] and sorted(os.listdir(data)) == ["keep.txt", "new.txt", "other.bin"]
+    assert Path(killed_temp).name.split(".")[-2] == str(pid)
