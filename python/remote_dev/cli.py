@@ -12,12 +12,12 @@ from typing import Any
 from .actions import ACTIONS
 from .engine import Engine
 from .errors import RemoteDevError
-from .runs import LIVE
+from .agent.protocol import is_live
 
 
 def format_status(s: dict[str, Any]) -> str:
     lp = s.get("last_push")
-    live = sum(1 for r in s.get("runs") or [] if r["state"] in LIVE)
+    live = sum(1 for r in s.get("runs") or [] if is_live(r["state"]))
     lines = [
         f"target      {s['target']} ({s['runner']} runner)  [{', '.join(s.get('targets') or [])}]",
         f"host        {s['host']}" + (f" ({s['remote_host']})" if s.get("remote_host") else ""),

@@ -22,11 +22,12 @@ from typing import Any
 import debugpy
 
 from .agent import agent_path_remote
+from .agent.protocol import OK, is_live, write_op
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
 from .forwards import Forward, forwards_of
 from .runners import Launch
-from .runs import LIVE, RunRecord, new_run_id, start_run
+from .runs import RunRecord, new_run_id, start_run
 
 CONTAINER_DEBUGPY = "/opt/remote-dev/debugpy"
 SKIP_SUFFIXES = (".pyc", ".pyo", ".dll", ".exe", ".pdb", ".dylib")
@@ -68,18 +69,18 @@ async def ensure_debugpy(sess: TargetSession) -> str:
     futures = []
     for rel, full in files:
         data = await asyncio.to_thread(full.read_bytes)
-        batch.append(["w", rel, None, True, None, 0o644, data])
+        batch.append(write_op(rel, None, True, None, 0o644, data))
         size += len(data)
         if size > (4 << 20):
             futures.append(agent.send("push", base, batch))
             await agent.drain()
             batch, size = [], 0
-    batch.append(["w", ".complete", None, True, None, 0o644, debugpy.__version__.encode()])
+    batch.append(write_op(".complete", None, True, None, 0o644, debugpy.__version__.encode()))
     futures.append(agent.send("push", base, batch))
     await agent.drain()
     for fut in futures:
         for answer in await fut:
-            if answer[0] != "ok":
+            if answer[0] != OK:
                 raise RemoteDevError(f"uploading debugpy to {sess.target.host} failed: {answer}")
     return base
 
@@ -206,7 +207,7 @@ class DebugRun:
                 if where is not None:
                     plan.dest_host, plan.port, plan.node = where["host"], where["port"], where.get("node")
                     break
-                if run.state not in LIVE:
+                if not is_live(run.state):
                     raise RemoteDevError(f"run {run.id} ended before debugpy started (see the run buffer)")
         else:
             listening = await sess.call("run_listening", run.id, plan.port, 60, plan.publish)
@@ -215,7 +216,7 @@ class DebugRun:
                                      f"within 60 s (see the run buffer)")
         assert plan.dest_host is not None
         self.forward = await forwards_of(sess).add(plan.dest_host, plan.port, name=f"debug {run.id}")
-        if run.state not in LIVE:   # it ended meanwhile: nothing to attach to
+        if not is_live(run.state):   # it ended meanwhile: nothing to attach to
             self.ended(run)
             raise RemoteDevError(f"run {run.id} ended before the debugger could attach (see the run buffer)")
         return self.forward

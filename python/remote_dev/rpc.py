@@ -10,20 +10,7 @@ import asyncssh
 import msgpack
 
 from .agent import bundle, bootstrap_command
-from .agent.protocol import OP_WRITE, write_op
 from .errors import AgentCallError, ConnectError
-
-
-def _list_ops(ops: list[Any]) -> list[Any]:
-    """TEMPORARY, until debug.ensure_debugpy sends list ops: its {"op": "w", "path",
-    "data", "mode", "force"} maps as the list ops the agent takes (protocol.write_op)."""
-    out = []
-    for op in ops:
-        if isinstance(op, dict) and op.get("op") == OP_WRITE:
-            op = write_op(op["path"], op.get("expect"), op.get("force", False), op.get("hash"), op.get("mode"),
-                          op.get("data", b""))
-        out.append(op)
-    return out
 
 
 class AgentChannel:
@@ -108,8 +95,6 @@ class AgentChannel:
         """Queue a request without waiting; await the returned future for the answer."""
         if self.closed is not None:
             raise self.closed
-        if method == "push" and params[1] and isinstance(params[1][0], dict):
-            params = (params[0], _list_ops(params[1]))
         msgid = next(self.ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.method = method  # type: ignore[attr-defined]

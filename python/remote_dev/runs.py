@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import tracebacks
+from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED
 from .engine import Engine, Project, TargetSession
 from .errors import ConnectError, RemoteDevError
 from .runners import Launch, runner_for
@@ -35,7 +36,6 @@ TAIL_LINES = 5000            # lines kept host-side for the quickfix list
 UPDATE_EVERY = 0.05          # seconds between output updates sent to Neovim
 MAX_LINES_PER_UPDATE = 10000
 LOG_FETCH_LIMIT = 64 << 20   # :RemoteLog fetches at most this much (the tail)
-LIVE = ("starting", "running", "pending")
 
 
 @dataclass
@@ -46,7 +46,7 @@ class RunRecord:
     root: str
     runner: str
     created: float
-    state: str = "starting"
+    state: str = STARTING
     code: int | None = None
     ended: float | None = None
     offset: int = 0
@@ -123,9 +123,9 @@ async def start_run(engine: Engine, proj: Project, sess: TargetSession, command:
 def update_from_info(run: RunRecord, info: dict[str, Any]) -> None:
     state = info.get("state", run.state)
     run.state = state
-    if state in ("exited", "stopped", "lost"):
-        run.code = info.get("code") if info.get("code") is not None else (137 if state == "stopped" else -1)
-        if state == "stopped" and run.code == 0:
+    if state in ENDED_STATES:
+        run.code = info.get("code") if info.get("code") is not None else (137 if state == STOPPED else -1)
+        if state == STOPPED and run.code == 0:
             run.code = 130
         run.ended = info.get("ended") or time.time()
     run.created = info.get("created") or run.created
@@ -231,7 +231,7 @@ class OutputFollower:
                     continue
                 except RemoteDevError as e:
                     self.engine.message(f"run {run.id}: {e.message}", "error")
-                    run.state = "lost"
+                    run.state = LOST
                     break
                 if res["data"] and res["offset"] - len(res["data"]) != run.offset:  # never: reads ahead go in order
                     cancel_all(self.ahead)
