@@ -47,7 +47,7 @@ def test_failing_job_traceback_in_quickfix(nvim, make_project, cluster):
     located = [(nvim.call("fnamemodify", nvim.call("bufname", i["bufnr"]), ":p"), i["lnum"])
                for i in qf["items"] if i["valid"]]
     assert located == [(str(main), 4), (str(proj.root / "pkg/train.py"), 2)]
-    buf = [b for b in nvim.buffers if "remote_dev://run/" in b.name][0]
+    buf = [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")][0]
     header = buf[0]
     assert "job " in header and "FAILED" in header, header
     assert cluster.squeue() == []
@@ -73,7 +73,7 @@ def test_remote_status_counts_a_queued_job_as_live(nvim, make_project, cluster):
     nvim.open(proj.root, main)
     nvim.command("RemoteRun")
     nvim.wait_event("RemoteDevRunStart", 60)
-    buf = wait_for(lambda: [b for b in nvim.buffers if "remote_dev://run/" in b.name], 10)[0]
+    buf = wait_for(lambda: [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")], 10)[0]
     wait_for(lambda: "pending" in buf[0] and "PENDING" in buf[0], 30, what="queue state in the header")
     nvim.command("RemoteStatus")
     wait_for(lambda: "runs        1 (1 live)" in nvim.exec_lua("return vim.fn.execute('messages')"), 30,
@@ -91,7 +91,7 @@ def test_long_job_cancelled_by_remote_stop(nvim, make_project, cluster):
     nvim.command("RemoteRun")
     start = nvim.wait_event("RemoteDevRunStart", 60)
     wait_for(lambda: run_processes(start["id"]), 30, what="job running")
-    buf = wait_for(lambda: [b for b in nvim.buffers if "remote_dev://run/" in b.name], 10)[0]
+    buf = wait_for(lambda: [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")], 10)[0]
     wait_for(lambda: "step 2" in buf[:], 30, what="live output")
     wait_for(lambda: "RUNNING on" in buf[0], 10, what="queue state in the header")
     nvim.command("RemoteStop")

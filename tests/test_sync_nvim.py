@@ -103,7 +103,7 @@ def test_dry_run_preview_in_a_scratch_buffer(nvim, make_project):
     proj.write("pkg/mod.py", "y\n")
     open_project(nvim, proj, "main.py")
     nvim.command("RemotePush --dry-run")
-    buf = wait_for(lambda: next((b for b in nvim.buffers if b.name.endswith("remote_dev://push-preview")), None),
+    buf = wait_for(lambda: next((b for b in nvim.buffers if b.name == "remote-dev://push-preview"), None),
                    30, 0.05, what="the preview buffer")
     lines = buf[:]
     assert "nothing was written" in lines[0]
@@ -119,7 +119,7 @@ def test_dry_run_shows_skipped_files_with_their_reason(nvim, make_project):
     proj.write("big.bin", os.urandom(5000))
     open_project(nvim, proj, "main.py")
     nvim.command("RemotePush --dry-run")
-    buf = wait_for(lambda: next((b for b in nvim.buffers if b.name.endswith("remote_dev://push-preview")), None),
+    buf = wait_for(lambda: next((b for b in nvim.buffers if b.name == "remote-dev://push-preview"), None),
                    30, 0.05, what="the preview buffer")
     lines = buf[:]
     assert "  main.py" in lines and "  big.bin" not in lines

@@ -1,6 +1,8 @@
 """The verbs front-ends call: ``async def name(engine, ctx, **args)``, registered in ACTIONS.
 
-ctx carries where the request comes from: {"file": current buffer, "cwd": cwd}.  Each
+ctx carries where the request comes from: {"file": current buffer, "cwd": cwd}; from one of
+the plugin's own buffers (a run or log buffer) {"cwd": its project root, "target": its
+target}, the target naming where a run not known here is.  Each
 handler resolves the project and hands the work to a feature module (sync, runs, debug,
 forwards, health); the front-ends (rplugin, cli) give ACTIONS to the engine.
 """
@@ -95,7 +97,7 @@ async def run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None) -> di
 
 @action("stop")
 async def stop(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
-    return await runs_mod.stop_run(engine, engine.project(ctx), id)
+    return await runs_mod.stop_run(engine, engine.project(ctx), id, ctx.get("target"))
 
 
 @action("stop_all")
@@ -115,7 +117,7 @@ async def attach(engine: Engine, ctx: dict[str, Any], id: str) -> dict[str, Any]
 
 @action("log")
 async def log(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
-    return await runs_mod.fetch_log(engine.project(ctx), id)
+    return await runs_mod.fetch_log(engine.project(ctx), id, ctx.get("target"))
 
 
 @action("quickfix")
