@@ -9,7 +9,7 @@ from conftest import events, require, run_processes, wait_for
 
 from support.slurm import SlurmCluster, slurm_available
 
-from test_debug import PROGRAM, UTIL, drive_session
+from test_debug_nvim import debug_project, flow_breakpoint_evaluate_natural_end, flow_terminate
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +101,17 @@ def test_long_job_cancelled_by_remote_stop(nvim, make_project, cluster):
     wait_for(lambda: run_processes(start["id"]) == [], 30, what="no job process left")
 
 
-def test_debug_a_job_to_a_breakpoint(engine, make_project, cluster):
-    proj = slurm_project(make_project, cluster)
-    proj.write("pkg/__init__.py", "")
-    util = proj.write("pkg/util.py", UTIL)
-    proj.write("main.py", PROGRAM)
-    res = engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=120)
-    cfg = res["config"]
-    assert cfg["pathMappings"] == [{"localRoot": str(proj.root), "remoteRoot": str(proj.remote_root)}]
-    drive_session(cfg, util)
-    ex = exit_of(engine, res["id"])
-    assert ex["code"] == 0
+def test_debug_a_job_breakpoint_evaluate_and_natural_end_in_nvim(nvim, dap, make_project, cluster):
+    proj, main, util = debug_project(lambda **kw: slurm_project(make_project, cluster))
+    flow_breakpoint_evaluate_natural_end(nvim, dap, proj, main, util, 180)
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
+
+
+def test_debug_a_job_terminate_from_nvim_dap_cancels_it(nvim, dap, make_project, cluster):
+    proj, main, util = debug_project(lambda **kw: slurm_project(make_project, cluster))
+    ready = flow_terminate(nvim, dap, proj, main, util, 180)
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
+    wait_for(lambda: run_processes(ready["id"]) == [], 30, what="no job process left")
 
 
 def test_health_reports_partitions(engine, make_project, cluster):

@@ -128,13 +128,29 @@ async def quickfix(engine: Engine, ctx: dict[str, Any], id: str | None = None) -
 # -- debugging and forwards
 
 @action("debug")
-async def debug_run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None) -> dict[str, Any]:
-    """Push, then run under debugpy; nvim-dap attaches through a forwarded port."""
+async def debug_run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None,
+                    terminate_stops_run: bool = True) -> dict[str, Any]:
+    """Push, then run under debugpy; nvim-dap attaches through a local listener."""
     proj = engine.project(ctx)
     sess = proj.session()
     command = runs_mod.expand_command(proj, sess, cmd or None, ctx.get("file"))
     await sync.do_push(engine, proj, None, quiet=True)
-    return await debug.start_debug(engine, proj, sess, command)
+    return await debug.start_debug(engine, proj, sess, command, terminate_stops_run)
+
+
+@action("debug_attach")
+async def debug_attach(engine: Engine, ctx: dict[str, Any], id: str | None = None,  # noqa: A002
+                       cmd: str | None = None, terminate_stops_run: bool = True) -> dict[str, Any]:
+    """The nvim-dap adapter: the run a configuration names while it goes on; once it has
+    ended (dap.restart(), dap.run_last()), the same command debugged again: push, run, attach."""
+    proj = engine.project(ctx)
+    res = debug.attach_existing(proj, id)
+    if res is not None:
+        return {**res, "restarted": False}
+    command = debug.command_again(proj, id, cmd)
+    await sync.do_push(engine, proj, None, quiet=True)
+    res = await debug.start_debug(engine, proj, proj.session(), command, terminate_stops_run, announce=False)
+    return {**res, "restarted": True}
 
 
 @action("attach_port")
