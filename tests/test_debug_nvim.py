@@ -279,3 +279,31 @@ def test_close_detaches_and_run_last_attaches_again(nvim, dap, make_project):
     assert [e["data"]["id"] for e in nvim.events("RemoteDevRunStart")] == [ready["id"]]   # no new run
     dap.terminate()
     assert run_exit(nvim, ready["id"])["code"] != 0
+
+
+def test_attach_to_a_debugpy_the_user_started(nvim, dap, make_project):
+    """:RemoteDebug --attach {port}: nvim-dap through a forward to a debugpy that a plain
+    :RemoteRun started on the remote's 127.0.0.1 (the debugpy of the tests' environment)."""
+    import os
+
+    import debugpy
+    from support.sshd import free_port
+    from test_debug import listening_addresses
+
+    proj, main, util = debug_project(make_project)
+    port = free_port()
+    dap.breakpoint(util, 2)
+    nvim.open(proj.root, main)
+    site = os.path.dirname(os.path.dirname(debugpy.__file__))
+    nvim.command(f"RemoteRun PYTHONPATH={site} python3 -Xfrozen_modules=off -m debugpy "
+                 f"--listen 127.0.0.1:{port} --wait-for-client main.py")
+    run_id = nvim.wait_event("RemoteDevRunStart", 60)["id"]
+    wait_for(lambda: listening_addresses(port), 60, what="debugpy listening")   # not connecting: that is a client
+    nvim.command(f"RemoteDebug --attach {port}")
+    frame = dap.stopped(1)
+    assert (frame["path"], frame["line"], frame.get("run")) == (str(util), 2, None)
+    assert dap.evaluate("a + b + 100") == "100"
+    dap.clear_breakpoints()
+    dap.continue_()
+    assert run_exit(nvim, run_id)["code"] == 0
+    dap.wait_no_session()
