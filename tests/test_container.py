@@ -14,7 +14,8 @@ from conftest import events, require, wait_for
 
 from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
 
-from test_debug_nvim import debug_project, flow_breakpoint_evaluate_natural_end, flow_terminate
+from test_debug_nvim import (FAILING_UTIL, debug_project, flow_breakpoint_evaluate_natural_end, flow_restart,
+                             flow_terminate, flow_uncaught_exception)
 
 from remote_dev.config import ContainerConfig, Target
 from remote_dev.runners.container import dockerfile_quickfix, gpu_args, run_argv
@@ -128,6 +129,19 @@ def test_debug_terminate_from_nvim_dap_removes_the_container(nvim, dap, make_pro
     proj, main, util = debug_project(lambda **kw: made)
     ready = flow_terminate(nvim, dap, proj, main, util, 180)
     wait_for(lambda: podman_ps(f"rd-{ready['id']}") == [], 60, what="container removed")
+
+
+def test_debug_restart_from_nvim_dap(nvim, dap, make_project, image):
+    made = container_project(make_project, dockerfile=False, image=TEST_IMAGE)
+    proj, main, util = debug_project(lambda **kw: made)
+    first, second = flow_restart(nvim, dap, proj, main, util, 180)
+    assert podman_ps(f"rd-{first}") == [] and podman_ps(f"rd-{second}") == []
+
+
+def test_debug_uncaught_exception_quickfix_at_local_files(nvim, dap, make_project, image):
+    made = container_project(make_project, dockerfile=False, image=TEST_IMAGE)
+    proj, main, util = debug_project(lambda **kw: made, util=FAILING_UTIL)
+    flow_uncaught_exception(nvim, dap, proj, main, util, 180)
 
 
 def test_missing_engine_is_a_clear_error(engine, make_project):

@@ -168,30 +168,39 @@ def test_remote_stop_during_a_session(nvim, dap, make_project):
     assert local_listener_closed(ready["port"])
 
 
-def test_restart_runs_the_command_again_and_attaches(nvim, dap, make_project):
-    proj, main, util = debug_project(make_project)
+def flow_restart(nvim, dap, proj, main, util, timeout=120):
+    """dap.restart() while stopped: the run is stopped, the tree pushed (an edit made
+    meanwhile is in), the same command debugged again and attached, stopping at the same
+    breakpoint; the new run then ends on its own with 0."""
     dap.breakpoint(util, 2)
     start(nvim, proj, main)
-    first = nvim.wait_event("RemoteDevDebugReady", 120)
-    assert dap.stopped(1)["run"] == first["id"]
+    first = nvim.wait_event("RemoteDevDebugReady", timeout)
+    assert dap.stopped(1, timeout)["run"] == first["id"]
     util.write_text(UTIL.replace("result = a + b", "result = a + b + 1000"))   # edited before restarting
     dap.restart()
-    assert run_exit(nvim, first["id"])["code"] != 0         # the first run was stopped...
-    assert run_buffer(nvim, first["id"])[0].startswith("■ stopped by dap terminate")
-    frame = dap.stopped(2, 120)                             # ...and the same command runs again, attached
+    assert run_exit(nvim, first["id"], timeout)["code"] != 0      # the first run was stopped...
+    assert "■ stopped by dap terminate" in run_buffer(nvim, first["id"])[0]
+    frame = dap.stopped(2, timeout)                                # ...and the same command runs again, attached
     second = frame["run"]
     assert second and second != first["id"]
     starts = [e["data"] for e in nvim.events("RemoteDevRunStart")]
     assert [s["cmd"] for s in starts] == ["python3 main.py", "python3 main.py"] and starts[1]["id"] == second
     assert (frame["path"], frame["line"]) == (str(util), 2)
     dap.step_over()
-    dap.stopped(3)
-    assert dap.evaluate("result") == "1000"                 # the restart pushed the edit
+    dap.stopped(3, timeout)
+    assert dap.evaluate("result") == "1000"                        # the restart pushed the edit
     dap.clear_breakpoints()
     dap.continue_()
-    assert run_exit(nvim, second)["code"] == 0
+    assert run_exit(nvim, second, timeout)["code"] == 0
     assert "total 3003" in run_buffer(nvim, second)[:]
+    assert run_quickfix(nvim, first["id"])["items"] == [] and run_quickfix(nvim, second)["items"] == []
     dap.wait_no_session()
+    return first["id"], second
+
+
+def test_restart_runs_the_command_again_and_attaches(nvim, dap, make_project):
+    proj, main, util = debug_project(make_project)
+    flow_restart(nvim, dap, proj, main, util)
 
 
 def test_conditional_breakpoint_and_logpoint(nvim, dap, make_project):
@@ -211,18 +220,20 @@ def test_conditional_breakpoint_and_logpoint(nvim, dap, make_project):
     assert run_quickfix(nvim, ready["id"])["items"] == []
 
 
-def test_uncaught_exception_stops_and_quickfix_holds_only_the_program(nvim, dap, make_project):
-    proj, main, util = debug_project(make_project, util=FAILING_UTIL)
+def flow_uncaught_exception(nvim, dap, proj, main, util, timeout=120):
+    """An uncaught exception stops the session where it was raised (exception breakpoints);
+    continuing ends the program with Python's own code 1; quickfix holds the program's
+    frames only (no runpy/debugpy/pydevd frame), at the local files."""
     dap.lua("require('dap').defaults.remote_dev.exception_breakpoints = { 'uncaught' }")
     start(nvim, proj, main)
-    ready = nvim.wait_event("RemoteDevDebugReady", 120)
-    frame = dap.stopped(1)
+    ready = nvim.wait_event("RemoteDevDebugReady", timeout)
+    frame = dap.stopped(1, timeout)
     assert frame["reason"] == "exception"
     assert (frame["path"], frame["line"]) == (str(util), 3)
     assert dap.evaluate("b") == "2"
     dap.continue_()
-    ex = run_exit(nvim, ready["id"])
-    assert ex["code"] == 1                                   # Python's own code for an uncaught exception
+    ex = run_exit(nvim, ready["id"], timeout)
+    assert ex["code"] == 1
     qf = run_quickfix(nvim, ready["id"])
     located = [(nvim.call("bufname", i["bufnr"]), i["lnum"]) for i in qf["items"] if i["valid"]]
     assert [(nvim.call("fnamemodify", f, ":p"), n) for f, n in located] == [
@@ -230,6 +241,13 @@ def test_uncaught_exception_stops_and_quickfix_holds_only_the_program(nvim, dap,
     assert "ValueError: cannot add 2" in qf["items"][-1]["text"]
     assert_no_debugger_text(qf["items"])
     dap.wait_no_session()
+    return qf
+
+
+def test_uncaught_exception_stops_and_quickfix_holds_only_the_program(nvim, dap, make_project):
+    proj, main, util = debug_project(make_project, util=FAILING_UTIL)
+    qf = flow_uncaught_exception(nvim, dap, proj, main, util)
+    assert len(qf["items"]) == 3      # nothing but the program's three frames
 
 
 def test_remote_debug_without_nvim_dap_says_how_to_install(nvim, make_project):

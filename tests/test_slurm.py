@@ -9,7 +9,7 @@ from conftest import events, require, run_processes, wait_for
 
 from support.slurm import SlurmCluster, slurm_available
 
-from test_debug_nvim import debug_project, flow_breakpoint_evaluate_natural_end, flow_terminate
+from test_debug_nvim import debug_project, flow_breakpoint_evaluate_natural_end, flow_restart, flow_terminate
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,12 @@ def test_debug_a_job_terminate_from_nvim_dap_cancels_it(nvim, dap, make_project,
     ready = flow_terminate(nvim, dap, proj, main, util, 180)
     wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
     wait_for(lambda: run_processes(ready["id"]) == [], 30, what="no job process left")
+
+
+def test_debug_a_job_restart_from_nvim_dap(nvim, dap, make_project, cluster):
+    proj, main, util = debug_project(lambda **kw: slurm_project(make_project, cluster))
+    flow_restart(nvim, dap, proj, main, util, 180)
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
 
 
 def test_health_reports_partitions(engine, make_project, cluster):
