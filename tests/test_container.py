@@ -14,8 +14,9 @@ from conftest import events, require, wait_for
 
 from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
 
-from test_debug_nvim import (FAILING_UTIL, debug_project, flow_breakpoint_evaluate_natural_end, flow_restart,
-                             flow_terminate, flow_uncaught_exception)
+from test_debug import FAILING_UTIL, debug_project
+from test_debug_nvim import (flow_breakpoint_evaluate_natural_end, flow_restart, flow_terminate,
+                             flow_uncaught_exception)
 
 from remote_dev.config import ContainerConfig, Target
 from remote_dev.runners.container import dockerfile_quickfix, gpu_args, run_argv

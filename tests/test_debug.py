@@ -17,7 +17,7 @@ from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podm
 from remote_dev.dap_proxy import ends_debuggee
 from remote_dev.debug import debug_command
 
-PROGRAM = '''\
+MAIN = '''\
 from pkg import util
 
 
@@ -35,6 +35,19 @@ def add(a, b):
     result = a + b
     return result
 '''
+FAILING_UTIL = '''\
+def add(a, b):
+    if b == 2:
+        raise ValueError(f"cannot add {b}")
+    return a + b
+'''
+
+
+def debug_project(make_project, util=UTIL, **kw):
+    """The sample program of the debug tests: (project, main.py, pkg/util.py)."""
+    proj = make_project(**kw)
+    proj.write("pkg/__init__.py", "")
+    return proj, proj.write("main.py", MAIN), proj.write("pkg/util.py", util)
 
 
 def listening_addresses(port):
@@ -86,10 +99,7 @@ def run_debug(engine, proj):
 
 
 def test_debug_process_runner_hits_local_breakpoint(engine, make_project):
-    proj = make_project()
-    proj.write("pkg/__init__.py", "")
-    util = proj.write("pkg/util.py", UTIL)
-    proj.write("main.py", PROGRAM)
+    proj, _, util = debug_project(make_project)
     res = run_debug(engine, proj)
     cfg = res["config"]
     assert cfg["type"] == "remote_dev" and cfg["request"] == "attach"
@@ -156,10 +166,7 @@ def final_state(engine, run_id):
 def test_terminate_is_answered_and_stops_the_run(engine, make_project):
     """The listener answers a client's terminate itself and stops the run like :RemoteStop;
     the run is shown stopped by the debugger and its interrupt stays out of quickfix."""
-    proj = make_project()
-    proj.write("pkg/__init__.py", "")
-    util = proj.write("pkg/util.py", UTIL)
-    proj.write("main.py", PROGRAM)
+    proj, _, util = debug_project(make_project)
     res = run_debug(engine, proj)
     dap = attach_and_stop_at(res["config"], util, 3)
     try:
@@ -177,10 +184,7 @@ def test_terminate_is_answered_and_stops_the_run(engine, make_project):
 
 def test_disconnect_keeping_the_debuggee_lets_it_finish(engine, make_project):
     """disconnect with terminateDebuggee false detaches: the program goes on to its own end."""
-    proj = make_project()
-    proj.write("pkg/__init__.py", "")
-    util = proj.write("pkg/util.py", UTIL)
-    proj.write("main.py", PROGRAM)
+    proj, _, util = debug_project(make_project)
     res = run_debug(engine, proj)
     dap = attach_and_stop_at(res["config"], util, 3)
     try:
@@ -222,12 +226,9 @@ def image():
 
 
 def test_debug_container_runner_hits_local_breakpoint(engine, make_project, image):
-    proj = make_project(target={"runner": "container", "env": podman_env()},
-                        config_extra=f'\n[targets.test.container]\nengine = "podman"\nimage = "{TEST_IMAGE}"\n'
-                                     f'workdir = "/workspace"\n')
-    proj.write("pkg/__init__.py", "")
-    util = proj.write("pkg/util.py", UTIL)
-    proj.write("main.py", PROGRAM)
+    proj, _, util = debug_project(
+        make_project, target={"runner": "container", "env": podman_env()},
+        config_extra=f'\n[targets.test.container]\nengine = "podman"\nimage = "{TEST_IMAGE}"\nworkdir = "/workspace"\n')
     res = run_debug(engine, proj)
     cfg = res["config"]
     assert cfg["pathMappings"] == [{"localRoot": str(proj.root), "remoteRoot": "/workspace"}]

@@ -8,36 +8,7 @@ import socket
 
 from conftest import run_processes, wait_for
 
-MAIN = '''\
-from pkg import util
-
-
-def main():
-    total = 0
-    for i in range(3):
-        total = util.add(total, i)
-    print("total", total, flush=True)
-
-
-main()
-'''
-UTIL = '''\
-def add(a, b):
-    result = a + b
-    return result
-'''
-FAILING_UTIL = '''\
-def add(a, b):
-    if b == 2:
-        raise ValueError(f"cannot add {b}")
-    return a + b
-'''
-
-
-def debug_project(make_project, util=UTIL, **kw):
-    proj = make_project(**kw)
-    proj.write("pkg/__init__.py", "")
-    return proj, proj.write("main.py", MAIN), proj.write("pkg/util.py", util)
+from test_debug import FAILING_UTIL, UTIL, debug_project, listening_addresses
 
 
 def start(nvim, proj, main, command="python3 main.py"):
@@ -306,7 +277,6 @@ def test_attach_to_a_debugpy_the_user_started(nvim, dap, make_project):
 
     import debugpy
     from support.sshd import free_port
-    from test_debug import listening_addresses
 
     proj, main, util = debug_project(make_project)
     port = free_port()

@@ -9,7 +9,8 @@ from conftest import events, require, run_processes, wait_for
 
 from support.slurm import SlurmCluster, slurm_available
 
-from test_debug_nvim import debug_project, flow_breakpoint_evaluate_natural_end, flow_restart, flow_terminate
+from test_debug import debug_project
+from test_debug_nvim import flow_breakpoint_evaluate_natural_end, flow_restart, flow_terminate
 
 
 @pytest.fixture(scope="module")
