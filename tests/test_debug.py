@@ -15,6 +15,7 @@ from support.dap import DapClient
 from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
 
 from remote_dev.dap_proxy import ends_debuggee
+from remote_dev.errors import RemoteDevError
 from remote_dev.debug import debug_command
 
 MAIN = '''\
@@ -197,6 +198,12 @@ def test_disconnect_keeping_the_debuggee_lets_it_finish(engine, make_project):
     assert final_state(engine, res["id"])["state"] == "exited"
 
 
+def test_a_debug_run_ending_before_debugpy_listens_says_so(engine, make_project):
+    proj, _, _ = debug_project(make_project)
+    with pytest.raises(RemoteDevError, match=r"ended \(exit 127\) before debugpy listened"):
+        engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python9 main.py"}, timeout=60)
+
+
 def test_ends_debuggee():
     assert ends_debuggee({"type": "request", "command": "terminate"})
     assert ends_debuggee({"type": "request", "command": "disconnect"})
@@ -215,7 +222,12 @@ def test_command_rewrite():
     assert "-m debugpy --listen 127.0.0.1:5678 --wait-for-client -m pytest -x tests" in cmd
     assert "export PYTHONPATH=/c/dbg" in cmd
     cmd = debug_command("OMP_NUM_THREADS=1 python -m pkg.train", "python3", "0.0.0.0", 1, None)
-    assert "exec OMP_NUM_THREADS=1 python -Xfrozen_modules=off -m debugpy --listen 0.0.0.0:1 --wait-for-client -m pkg.train" in cmd
+    assert "export OMP_NUM_THREADS=1; exec python -Xfrozen_modules=off -m debugpy --listen 0.0.0.0:1 " \
+           "--wait-for-client -m pkg.train" in cmd
+    # the command's own variables reach the program: the line up to its exec, then `env`
+    cmd = debug_command("GREETING='a b' python3 x.py", "python3", "127.0.0.1", 1, None)
+    out = subprocess.run(["sh", "-c", cmd.rsplit("exec ", 1)[0] + "exec env"], capture_output=True, text=True)
+    assert "GREETING=a b" in out.stdout.splitlines()
 
 
 @pytest.fixture(scope="module")

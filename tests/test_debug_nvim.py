@@ -295,3 +295,40 @@ def test_attach_to_a_debugpy_the_user_started(nvim, dap, make_project):
     dap.continue_()
     assert run_exit(nvim, run_id)["code"] == 0
     dap.wait_no_session()
+
+
+TESTS = '''\
+from pkg import util
+
+
+def test_add():
+    total = util.add(1, 2)
+    assert total == 4
+'''
+
+
+def test_pytest_under_the_debugger(nvim, dap, make_project):
+    """`:RemoteDebug pytest ...` (runs as `-m pytest` under debugpy): a breakpoint in a test
+    is hit; the failing suite ends with pytest's own exit code 1 and quickfix holds its
+    failure at the local test file, nothing of threading or the debugger."""
+    import os
+
+    import pytest as pytest_mod
+
+    proj, main, util = debug_project(make_project)
+    tests = proj.write("tests/test_util.py", TESTS)
+    dap.breakpoint(tests, 6)
+    site = os.path.dirname(os.path.dirname(pytest_mod.__file__))   # pytest for the remote python
+    start(nvim, proj, tests, f"PYTHONPATH={site}:. pytest -q -p no:cacheprovider tests/test_util.py")
+    ready = nvim.wait_event("RemoteDevDebugReady", 120)
+    frame = dap.stopped(1)
+    assert (frame["path"], frame["line"]) == (str(tests), 6)
+    assert dap.evaluate("total") == "3"
+    dap.continue_()
+    assert run_exit(nvim, ready["id"])["code"] == 1
+    qf = run_quickfix(nvim, ready["id"])
+    located = [(nvim.call("fnamemodify", nvim.call("bufname", i["bufnr"]), ":p"), i["lnum"])
+               for i in qf["items"] if i["valid"]]
+    assert located and set(located) == {(str(tests), 6)}, qf["items"]
+    assert_no_debugger_text(qf["items"])
+    dap.wait_no_session()

@@ -119,12 +119,15 @@ def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str
     else:
         dbg = [interp, "-Xfrozen_modules=off", *opts, "-m", "debugpy", "--listen", f"{listen}:{port}",
                "--wait-for-client", *rest]
-    line = " ".join(shlex.quote(w) for w in env_prefix + dbg)
+    line = " ".join(shlex.quote(w) for w in dbg)
+    # `VAR=value cmd` of the command: exported first (`exec VAR=value cmd` would run a
+    # program named VAR=value), so the check below sees them too
+    env = "".join(f"export {shlex.quote(w)}; " for w in env_prefix)
     check = f"{shlex.quote(interp)} -c 'import debugpy' 2>/dev/null"
     supply = ""
     if pythonpath:
         supply = (f"{check} || export PYTHONPATH={shlex.quote(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; ")
-    return f"export PYDEVD_DISABLE_FILE_VALIDATION=1; {supply}exec {line}"
+    return f"export PYDEVD_DISABLE_FILE_VALIDATION=1; {env}{supply}exec {line}"
 
 
 def dap_config(run: RunRecord | None, local_port: int, path_mappings: list[dict[str, str]]) -> dict[str, Any]:
@@ -263,6 +266,10 @@ class DebugRun:
         else:
             listening = await sess.call("run_listening", run.id, plan.port, 60, plan.publish)
             if not listening:
+                info = await sess.call("run_info", run.id)
+                if info.get("state") not in LIVE:
+                    raise RemoteDevError(f"run {run.id} ended (exit {info.get('code')}) before debugpy listened "
+                                         f"(see the run buffer)")
                 raise RemoteDevError(f"run {run.id}: debugpy did not start listening on {sess.target.host} "
                                      f"within 60 s (see the run buffer)")
         assert plan.dest_host is not None
