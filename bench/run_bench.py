@@ -199,7 +199,7 @@ local orig = run.output
 run.output = function(p)
   local n = #(p.lines or {})
   orig(p)
-  local buf = vim.fn.bufnr('remote_dev://run/' .. p.id)
+  local buf = vim.fn.bufnr('remote-dev://run/' .. p.id)
   if n > 0 and not _G.rd_bench.first[p.id] and buf > 0 and vim.api.nvim_buf_line_count(buf) >= 2 then
     _G.rd_bench.first[p.id] = vim.uv.hrtime()
   end
@@ -250,7 +250,7 @@ class NvimBench:
         return rid, first_ms, (exits[1] - t0) / 1e6
 
     def buffer_lines(self, rid: str) -> int:
-        return self.api.exec_lua("return vim.api.nvim_buf_line_count(vim.fn.bufnr('remote_dev://run/' .. ...))", rid)
+        return self.api.exec_lua("return vim.api.nvim_buf_line_count(vim.fn.bufnr('remote-dev://run/' .. ...))", rid)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):   # it exits while answering

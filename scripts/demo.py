@@ -123,7 +123,7 @@ def headless(init: Path, proj: Path) -> int:
         start = wait("RemoteDevRunStart")
         ex = wait("RemoteDevRunExit")
         print(f"               run {start['id']}: `{start['cmd']}` exited with code {ex['code']} in {ex['ms']} ms")
-        buf = [b for b in nvim.buffers if "remote_dev://run/" in b.name][0]
+        buf = [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")][0]
         print("\nrun buffer:\n  " + "\n  ".join(buf[:]))
         qf = nvim.call("getqflist", {"title": 1, "items": 1})
         print(f"\nquickfix: {qf['title']}")

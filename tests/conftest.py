@@ -190,6 +190,33 @@ class Nvim:
         assert self.api.call("RemoteDevPing") == "pong"
 
 
+def nvim_dap_dir() -> Path:
+    """The pinned nvim-dap: ../shared/vendor/nvim-dap from the root of the main checkout (a
+    git worktree looks beside the checkout it belongs to); NVIM_DAP names another copy."""
+    if os.environ.get("NVIM_DAP"):
+        return Path(os.environ["NVIM_DAP"])
+    roots = [REPO]
+    common = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                            capture_output=True, text=True)
+    if common.returncode == 0 and common.stdout.strip():
+        roots.append(Path(common.stdout.strip()).parent)
+    for root in roots:
+        found = root.parent / "shared" / "vendor" / "nvim-dap"
+        if (found / "lua" / "dap.lua").exists():
+            return found
+    return REPO.parent / "shared" / "vendor" / "nvim-dap"
+
+
+@pytest.fixture
+def dap(nvim):
+    """The real nvim-dap in the test Neovim (support/nvim_dap.py drives it)."""
+    from support.nvim_dap import nvim_with_dap
+
+    where = nvim_dap_dir()
+    require((where / "lua" / "dap.lua").exists(), f"nvim-dap not found at {where} (../shared/vendor/nvim-dap)")
+    return nvim_with_dap(nvim, where)
+
+
 @pytest.fixture
 def nvim(nvim_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     import pynvim

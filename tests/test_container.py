@@ -14,6 +14,10 @@ from conftest import events, require, wait_for
 
 from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
 
+from test_debug import FAILING_UTIL, debug_project
+from test_debug_nvim import (flow_breakpoint_evaluate_natural_end, flow_restart, flow_terminate,
+                             flow_uncaught_exception)
+
 from remote_dev.config import ContainerConfig, Target
 from remote_dev.runners.container import dockerfile_quickfix, gpu_args, run_argv
 
@@ -112,6 +116,33 @@ def test_stop_removes_the_container_and_run_survives_engine_exit(make_project, i
         assert podman_ps(name) == []
     finally:
         eng2.close()
+
+
+def test_debug_breakpoint_evaluate_and_natural_end_in_nvim(nvim, dap, make_project, image):
+    made = container_project(make_project, dockerfile=False, image=TEST_IMAGE)
+    proj, main, util = debug_project(lambda **kw: made)
+    ready = flow_breakpoint_evaluate_natural_end(nvim, dap, proj, main, util, 180)
+    assert podman_ps(f"rd-{ready['id']}") == []
+
+
+def test_debug_terminate_from_nvim_dap_removes_the_container(nvim, dap, make_project, image):
+    made = container_project(make_project, dockerfile=False, image=TEST_IMAGE)
+    proj, main, util = debug_project(lambda **kw: made)
+    ready = flow_terminate(nvim, dap, proj, main, util, 180)
+    wait_for(lambda: podman_ps(f"rd-{ready['id']}") == [], 60, what="container removed")
+
+
+def test_debug_restart_from_nvim_dap(nvim, dap, make_project, image):
+    made = container_project(make_project, dockerfile=False, image=TEST_IMAGE)
+    proj, main, util = debug_project(lambda **kw: made)
+    first, second = flow_restart(nvim, dap, proj, main, util, 180)
+    assert podman_ps(f"rd-{first}") == [] and podman_ps(f"rd-{second}") == []
+
+
+def test_debug_uncaught_exception_quickfix_at_local_files(nvim, dap, make_project, image):
+    made = container_project(make_project, dockerfile=False, image=TEST_IMAGE)
+    proj, main, util = debug_project(lambda **kw: made, util=FAILING_UTIL)
+    flow_uncaught_exception(nvim, dap, proj, main, util, 180)
 
 
 def test_missing_engine_is_a_clear_error(engine, make_project):

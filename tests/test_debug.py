@@ -1,5 +1,7 @@
-"""Debugging through the SSH forward with a DAP client speaking the attach configuration
-the plugin generates; for runner process and container."""
+"""Debugging at the protocol level: a DAP client (support/dap.py) through a debug run's
+local listener with the attach configuration the plugin generates, for runner process and
+container; how the listener treats terminate and disconnect. The user flows with the real
+nvim-dap are in test_debug_nvim.py."""
 from __future__ import annotations
 
 import os
@@ -7,14 +9,16 @@ import subprocess
 
 import pytest
 
-from conftest import events, require, wait_for
+from conftest import events, require, run_processes, wait_for
 
 from support.dap import DapClient
 from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
 
+from remote_dev.dap_proxy import ends_debuggee
+from remote_dev.errors import RemoteDevError
 from remote_dev.debug import debug_command
 
-PROGRAM = '''\
+MAIN = '''\
 from pkg import util
 
 
@@ -32,6 +36,19 @@ def add(a, b):
     result = a + b
     return result
 '''
+FAILING_UTIL = '''\
+def add(a, b):
+    if b == 2:
+        raise ValueError(f"cannot add {b}")
+    return a + b
+'''
+
+
+def debug_project(make_project, util=UTIL, **kw):
+    """The sample program of the debug tests: (project, main.py, pkg/util.py)."""
+    proj = make_project(**kw)
+    proj.write("pkg/__init__.py", "")
+    return proj, proj.write("main.py", MAIN), proj.write("pkg/util.py", util)
 
 
 def listening_addresses(port):
@@ -83,10 +100,7 @@ def run_debug(engine, proj):
 
 
 def test_debug_process_runner_hits_local_breakpoint(engine, make_project):
-    proj = make_project()
-    proj.write("pkg/__init__.py", "")
-    util = proj.write("pkg/util.py", UTIL)
-    proj.write("main.py", PROGRAM)
+    proj, _, util = debug_project(make_project)
     res = run_debug(engine, proj)
     cfg = res["config"]
     assert cfg["type"] == "remote_dev" and cfg["request"] == "attach"
@@ -127,6 +141,80 @@ def test_stop_ends_debug_session_and_forward(engine, make_project):
         socket.create_connection(("127.0.0.1", res["port"]), timeout=2).recv(1)
 
 
+def attach_and_stop_at(cfg, local_file, line):
+    """A DAP client through the local listener, stopped at a breakpoint of the local file."""
+    dap = DapClient(cfg["connect"]["host"], cfg["connect"]["port"])
+    dap.request("initialize", clientID="remote-dev-tests", adapterID="debugpy", pathFormat="path",
+                linesStartAt1=True, columnsStartAt1=True)
+    attach_seq = dap.send("attach", **{k: v for k, v in cfg.items() if k not in ("type", "request", "name")})
+    dap.event("initialized")
+    dap.request("setBreakpoints", source={"path": str(local_file)}, breakpoints=[{"line": line}])
+    dap.request("configurationDone")
+    dap.response(attach_seq)
+    dap.event("stopped", 60)
+    return dap
+
+
+def exit_of(engine, run_id, timeout=60):
+    return wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == run_id), None),
+                    timeout, 0.05, what=f"exit of {run_id}")
+
+
+def final_state(engine, run_id):
+    return next(p for k, p in engine.reports if k == "run_state" and p["id"] == run_id and p.get("final"))
+
+
+def test_terminate_is_answered_and_stops_the_run(engine, make_project):
+    """The listener answers a client's terminate itself and stops the run like :RemoteStop;
+    the run is shown stopped by the debugger and its interrupt stays out of quickfix."""
+    proj, _, util = debug_project(make_project)
+    res = run_debug(engine, proj)
+    dap = attach_and_stop_at(res["config"], util, 3)
+    try:
+        seq = dap.send("terminate")
+        assert dap.response(seq, 5)["command"] == "terminate"
+        ex = exit_of(engine, res["id"])
+    finally:
+        dap.close()
+    assert ex["code"] != 0
+    state = final_state(engine, res["id"])
+    assert state["state"] == "stopped" and state["stopped_by"] == "dap terminate"
+    assert state["quickfix"] == []
+    assert run_processes(res["id"]) == []
+
+
+def test_disconnect_keeping_the_debuggee_lets_it_finish(engine, make_project):
+    """disconnect with terminateDebuggee false detaches: the program goes on to its own end."""
+    proj, _, util = debug_project(make_project)
+    res = run_debug(engine, proj)
+    dap = attach_and_stop_at(res["config"], util, 3)
+    try:
+        dap.request("setBreakpoints", source={"path": str(util)}, breakpoints=[])
+        dap.request("disconnect", terminateDebuggee=False)
+    finally:
+        dap.close()
+    ex = exit_of(engine, res["id"])
+    assert ex["code"] == 0
+    assert final_state(engine, res["id"])["state"] == "exited"
+
+
+def test_a_debug_run_ending_before_debugpy_listens_says_so(engine, make_project):
+    proj, _, _ = debug_project(make_project)
+    with pytest.raises(RemoteDevError, match=r"ended \(exit 127\) before debugpy listened"):
+        engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python9 main.py"}, timeout=60)
+
+
+def test_ends_debuggee():
+    assert ends_debuggee({"type": "request", "command": "terminate"})
+    assert ends_debuggee({"type": "request", "command": "disconnect"})
+    assert ends_debuggee({"type": "request", "command": "disconnect", "arguments": {"terminateDebuggee": True}})
+    assert ends_debuggee({"type": "request", "command": "disconnect",
+                          "arguments": {"terminateDebuggee": False, "restart": True}})
+    assert not ends_debuggee({"type": "request", "command": "disconnect", "arguments": {"terminateDebuggee": False}})
+    assert not ends_debuggee({"type": "event", "event": "terminated"})
+    assert not ends_debuggee({"type": "request", "command": "continue"})
+
+
 def test_command_rewrite():
     cmd = debug_command("python3 -u train.py --lr 1", "python3", "127.0.0.1", 5678, None)
     assert "exec python3 -Xfrozen_modules=off -u -m debugpy --listen 127.0.0.1:5678 --wait-for-client train.py --lr 1" in cmd
@@ -134,7 +222,12 @@ def test_command_rewrite():
     assert "-m debugpy --listen 127.0.0.1:5678 --wait-for-client -m pytest -x tests" in cmd
     assert "export PYTHONPATH=/c/dbg" in cmd
     cmd = debug_command("OMP_NUM_THREADS=1 python -m pkg.train", "python3", "0.0.0.0", 1, None)
-    assert "exec OMP_NUM_THREADS=1 python -Xfrozen_modules=off -m debugpy --listen 0.0.0.0:1 --wait-for-client -m pkg.train" in cmd
+    assert "export OMP_NUM_THREADS=1; exec python -Xfrozen_modules=off -m debugpy --listen 0.0.0.0:1 " \
+           "--wait-for-client -m pkg.train" in cmd
+    # the command's own variables reach the program: the line up to its exec, then `env`
+    cmd = debug_command("GREETING='a b' python3 x.py", "python3", "127.0.0.1", 1, None)
+    out = subprocess.run(["sh", "-c", cmd.rsplit("exec ", 1)[0] + "exec env"], capture_output=True, text=True)
+    assert "GREETING=a b" in out.stdout.splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +238,9 @@ def image():
 
 
 def test_debug_container_runner_hits_local_breakpoint(engine, make_project, image):
-    proj = make_project(target={"runner": "container", "env": podman_env()},
-                        config_extra=f'\n[targets.test.container]\nengine = "podman"\nimage = "{TEST_IMAGE}"\n'
-                                     f'workdir = "/workspace"\n')
-    proj.write("pkg/__init__.py", "")
-    util = proj.write("pkg/util.py", UTIL)
-    proj.write("main.py", PROGRAM)
+    proj, _, util = debug_project(
+        make_project, target={"runner": "container", "env": podman_env()},
+        config_extra=f'\n[targets.test.container]\nengine = "podman"\nimage = "{TEST_IMAGE}"\nworkdir = "/workspace"\n')
     res = run_debug(engine, proj)
     cfg = res["config"]
     assert cfg["pathMappings"] == [{"localRoot": str(proj.root), "remoteRoot": "/workspace"}]

@@ -104,6 +104,7 @@ def test_neovim_answers_while_connect_hangs(nvim, tmp_path, sshd):
         assert nvim.eval("1 + 1") == 2
         worst = max(worst, time.perf_counter() - t0)
         time.sleep(0.01)
-    assert worst < 0.1, f"Neovim took {worst * 1000:.0f} ms to answer"
+    # a blocked loop would wait out the connect timeout (seconds); 0.5 s holds on a busy machine
+    assert worst < 0.5, f"Neovim took {worst * 1000:.0f} ms to answer: something blocks it"
     assert not nvim.events("RemoteDevError")  # still connecting, not failed
     srv.close()

@@ -104,3 +104,61 @@ def test_progress_bars_collapse_and_ansi_is_stripped(engine, make_project):
     res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 bar.py"}, timeout=60)
     run_exit(engine, res["id"])
     assert output_lines(engine, res["id"]) == ["100%", "done"]
+
+
+EARLY_ERROR_THEN_WAIT = '''\
+import time
+import traceback
+
+
+def load():
+    raise ValueError("bad row")
+
+
+try:
+    load()
+except ValueError:
+    traceback.print_exc()
+print("waiting", flush=True)
+while True:
+    time.sleep(0.05)
+'''
+
+
+def test_stopped_run_quickfix_has_what_it_printed_before_the_stop(engine, make_project):
+    """A run stopped by the user: quickfix holds what the program printed before the stop,
+    not the KeyboardInterrupt traceback the stop made it print."""
+    proj = make_project()
+    proj.write("main.py", EARLY_ERROR_THEN_WAIT)
+    ctx = {"cwd": str(proj.root)}
+    res = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+    wait_for(lambda: "waiting" in output_lines(engine, res["id"]), 20, what="program waiting")
+    engine.call_sync("stop", ctx, {"id": res["id"]}, timeout=60)
+    run_exit(engine, res["id"])
+    assert any("KeyboardInterrupt" in ln for ln in output_lines(engine, res["id"]))   # it was printed...
+    final = next(p for k, p in engine.reports if k == "run_state" and p["id"] == res["id"] and p.get("final"))
+    assert final["state"] == "stopped" and final["stopped_by"] == ":RemoteStop"
+    assert [(e["lnum"], e["text"]) for e in final["quickfix"] if e.get("filename")] == [
+        (10, "in <module>: load()"), (6, "ValueError: bad row (in load)")]   # ...but is not in quickfix
+
+
+def test_cli_log_prints_the_output(engine, make_project, isolated_state, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    proj = make_project()
+    proj.write("main.py", "print('\\x1b[32mgreen\\x1b[0m')\nprint('last line')\n")
+    res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=60)
+    run_exit(engine, res["id"])
+    before = set(os.listdir(tempfile.gettempdir()))
+    exe = str(Path(sys.executable).parent / "remote-dev")
+    out = subprocess.run([exe, "-C", str(proj.root), "log", res["id"]], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "XDG_STATE_HOME": str(isolated_state)})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"# remote_dev run {res['id']}: python3 main.py  (exited, exit 0)")
+    assert lines[1:] == ["green", "last line"]
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if res["id"] in n]   # no file made

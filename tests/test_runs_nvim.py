@@ -49,7 +49,7 @@ def test_traceback_lands_in_quickfix_at_local_files(nvim, make_project):
                        (str(proj.root / "pkg/model.py"), 2), (str(proj.root / "pkg/model.py"), 6)]
     assert "ValueError: cannot parse data.csv" in qf["items"][-1]["text"]
     # the run buffer shows the output and the state
-    buf = [b for b in nvim.buffers if "remote_dev://run/" in b.name][0]
+    buf = [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")][0]
     lines = buf[:]
     assert "exit 1" in lines[0]
     assert "ValueError: cannot parse data.csv" in lines[-1]
@@ -93,13 +93,66 @@ def test_remote_runs_lists_and_remote_log_opens_output(nvim, make_project):
     nvim.command("RemoteRun")
     ex = nvim.wait_event("RemoteDevRunExit", 60)
     nvim.command("RemoteRuns")
-    buf = wait_for(lambda: [b for b in nvim.buffers if b.name.endswith("remote_dev://runs")], 30)[0]
+    buf = wait_for(lambda: [b for b in nvim.buffers if b.name == "remote-dev://runs"], 30)[0]
     row = [ln for ln in buf[:] if ln.startswith(ex["id"])]
     assert row and "exited" in row[0] and "python3 main.py" in row[0]
     nvim.command("close")
     nvim.command(f"RemoteLog {ex['id']}")
-    log = wait_for(lambda: [b for b in nvim.buffers if b.name.endswith(".log") and ex["id"] in b.name], 30)[0]
+    log = wait_for(lambda: [b for b in nvim.buffers if b.name == f"remote-dev://log/{ex['id']}"], 30)[0]
     assert log[1:] == ["red", "second"]
+
+
+def plugin_buffer_info(nvim, buf):
+    return nvim.exec_lua("local b = ...; return { bt = vim.bo[b].buftype, swap = vim.bo[b].swapfile, "
+                         "modified = vim.bo[b].modified, owner = vim.b[b].remote_dev, "
+                         "file = vim.fn.filereadable(vim.api.nvim_buf_get_name(b)) }", buf.number)
+
+
+def test_run_and_log_buffers_are_no_files_and_commands_work_from_them(nvim, make_project, tmp_path):
+    """Run and log buffers: remote-dev:// names, no file anywhere, their project and target
+    remembered, so :RemoteRun / :RemoteLog typed in them work with cwd elsewhere; :w says
+    what to do instead; :w {file} writes a copy."""
+    proj = make_project()
+    main = proj.write("main.py", "print('hello from the run')\n")
+    nvim.open(proj.root, main)
+    first, code = run_and_wait(nvim)
+    assert code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    nvim.command(f"cd {elsewhere}")
+    run_buf = next(b for b in nvim.buffers if b.name == f"remote-dev://run/{first}")
+    info = plugin_buffer_info(nvim, run_buf)
+    assert info["owner"] == {"root": str(proj.root), "target": "test", "run": first}
+    assert info["bt"] == "acwrite" and info["swap"] is False and info["modified"] is False and info["file"] == 0
+    nvim.command(f"sbuffer {run_buf.number}")
+    second, code = run_and_wait(nvim, "RemoteRun python3 main.py")   # typed in the run buffer
+    assert code == 0 and second != first
+    nvim.command(f"buffer {run_buf.number}")
+    nvim.command("RemoteLog")                                         # this buffer's run
+    log = wait_for(lambda: next((b for b in nvim.buffers if b.name == f"remote-dev://log/{first}"), None), 30)
+    assert log[:][-1] == "hello from the run"
+    info = plugin_buffer_info(nvim, log)
+    assert info["owner"] == {"root": str(proj.root), "target": "test", "run": first} and info["file"] == 0
+    assert nvim.current.buffer.number == log.number
+    third, code = run_and_wait(nvim, "RemoteRun python3 main.py")    # typed in the log buffer
+    assert code == 0
+    nvim.command(f"buffer {log.number}")
+    nvim.command("RemoteLog " + third)
+    wait_for(lambda: any(b.name == f"remote-dev://log/{third}" for b in nvim.buffers), 30)
+    assert nvim.call("getcwd") == str(elsewhere)
+    # :w says what to do instead; nothing is written anywhere
+    nvim.command(f"buffer {run_buf.number}")
+    before = run_buf[:]
+    nvim.command("write")
+    assert f":RemoteLog {first} opens its whole output" in nvim.messages()[-1]
+    assert run_buf[:] == before and not list(elsewhere.iterdir())
+    copy = tmp_path / "copy.txt"
+    nvim.command(f"write {copy}")
+    assert copy.read_text().splitlines() == before
+    # :e fetches the log buffer's output again (Neovim empties it first)
+    nvim.command(f"buffer {log.number}")
+    nvim.command("edit")
+    wait_for(lambda: log[:] and log[:][-1] == "hello from the run", 30, what="the log fetched again")
 
 
 def located(nvim, items):

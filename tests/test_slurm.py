@@ -9,7 +9,8 @@ from conftest import events, require, run_processes, wait_for
 
 from support.slurm import SlurmCluster, slurm_available
 
-from test_debug import PROGRAM, UTIL, drive_session
+from test_debug import debug_project
+from test_debug_nvim import flow_breakpoint_evaluate_natural_end, flow_restart, flow_terminate
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_failing_job_traceback_in_quickfix(nvim, make_project, cluster):
     located = [(nvim.call("fnamemodify", nvim.call("bufname", i["bufnr"]), ":p"), i["lnum"])
                for i in qf["items"] if i["valid"]]
     assert located == [(str(main), 4), (str(proj.root / "pkg/train.py"), 2)]
-    buf = [b for b in nvim.buffers if "remote_dev://run/" in b.name][0]
+    buf = [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")][0]
     header = buf[0]
     assert "job " in header and "FAILED" in header, header
     assert cluster.squeue() == []
@@ -73,7 +74,7 @@ def test_remote_status_counts_a_queued_job_as_live(nvim, make_project, cluster):
     nvim.open(proj.root, main)
     nvim.command("RemoteRun")
     nvim.wait_event("RemoteDevRunStart", 60)
-    buf = wait_for(lambda: [b for b in nvim.buffers if "remote_dev://run/" in b.name], 10)[0]
+    buf = wait_for(lambda: [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")], 10)[0]
     wait_for(lambda: "pending" in buf[0] and "PENDING" in buf[0], 30, what="queue state in the header")
     nvim.command("RemoteStatus")
     wait_for(lambda: "runs        1 (1 live)" in nvim.exec_lua("return vim.fn.execute('messages')"), 30,
@@ -91,7 +92,7 @@ def test_long_job_cancelled_by_remote_stop(nvim, make_project, cluster):
     nvim.command("RemoteRun")
     start = nvim.wait_event("RemoteDevRunStart", 60)
     wait_for(lambda: run_processes(start["id"]), 30, what="job running")
-    buf = wait_for(lambda: [b for b in nvim.buffers if "remote_dev://run/" in b.name], 10)[0]
+    buf = wait_for(lambda: [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")], 10)[0]
     wait_for(lambda: "step 2" in buf[:], 30, what="live output")
     wait_for(lambda: "RUNNING on" in buf[0], 10, what="queue state in the header")
     nvim.command("RemoteStop")
@@ -101,17 +102,23 @@ def test_long_job_cancelled_by_remote_stop(nvim, make_project, cluster):
     wait_for(lambda: run_processes(start["id"]) == [], 30, what="no job process left")
 
 
-def test_debug_a_job_to_a_breakpoint(engine, make_project, cluster):
-    proj = slurm_project(make_project, cluster)
-    proj.write("pkg/__init__.py", "")
-    util = proj.write("pkg/util.py", UTIL)
-    proj.write("main.py", PROGRAM)
-    res = engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=120)
-    cfg = res["config"]
-    assert cfg["pathMappings"] == [{"localRoot": str(proj.root), "remoteRoot": str(proj.remote_root)}]
-    drive_session(cfg, util)
-    ex = exit_of(engine, res["id"])
-    assert ex["code"] == 0
+def test_debug_a_job_breakpoint_evaluate_and_natural_end_in_nvim(nvim, dap, make_project, cluster):
+    proj, main, util = debug_project(lambda **kw: slurm_project(make_project, cluster))
+    flow_breakpoint_evaluate_natural_end(nvim, dap, proj, main, util, 180)
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
+
+
+def test_debug_a_job_terminate_from_nvim_dap_cancels_it(nvim, dap, make_project, cluster):
+    proj, main, util = debug_project(lambda **kw: slurm_project(make_project, cluster))
+    ready = flow_terminate(nvim, dap, proj, main, util, 180)
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
+    wait_for(lambda: run_processes(ready["id"]) == [], 30, what="no job process left")
+
+
+def test_debug_a_job_restart_from_nvim_dap(nvim, dap, make_project, cluster):
+    proj, main, util = debug_project(lambda **kw: slurm_project(make_project, cluster))
+    flow_restart(nvim, dap, proj, main, util, 180)
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
 
 
 def test_health_reports_partitions(engine, make_project, cluster):

@@ -624,6 +624,77 @@ def test_pseudo_files_are_never_mapped(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------
+# debugger internals
+
+
+def test_debugpy_launcher_frames_are_not_the_programs(tmp_path: Path) -> None:
+    """An uncaught exception of a program run by debugpy: its traceback starts with runpy,
+    debugpy and pydevd frames; only the program's frames become entries."""
+    write_project(tmp_path, {"main.py": 'def f(x):\n    raise ValueError("bad %s" % x)  # RAISE\n\n\nf(1)  # CALL\n'})
+    output = run(tmp_path, "-Xfrozen_modules=off", "-m", "debugpy", "--listen", "127.0.0.1:0", "main.py")
+    assert "pydevd_runpy.py" in output and "debugpy/server/cli.py" in output
+    entries = parse(as_remote(output, tmp_path), to_local_for(tmp_path))
+    assert shape(entries, tmp_path) == [("main.py", line_of(tmp_path, "main.py", "CALL"), ""),
+                                        ("main.py", line_of(tmp_path, "main.py", "RAISE"), "E")]
+    assert entries[-1]["text"] == "ValueError: bad 1 (in f)"
+
+
+# What a program stopped at a breakpoint prints when SIGINT reaches it (seen under debugpy
+# 1.8 with its Cython speedups): the launcher's frames, the program's, then pydevd's wait.
+INTERRUPTED_AT_A_BREAKPOINT = """\
+Traceback (most recent call last):
+  File "/usr/lib/python3.11/runpy.py", line 198, in _run_module_as_main
+    return _run_code(code, main_globals, None,
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "/usr/lib/python3.11/runpy.py", line 88, in _run_code
+    exec(code, run_globals)
+  File "/cache/remote-dev/debugpy/1.8.22-513c/debugpy/__main__.py", line 71, in <module>
+    cli.main()
+  File "/cache/remote-dev/debugpy/1.8.22-513c/debugpy/server/cli.py", line 568, in main
+    run()
+  File "/cache/remote-dev/debugpy/1.8.22-513c/debugpy/_vendored/pydevd/_pydevd_bundle/pydevd_runpy.py", \
+line 118, in _run_code
+    exec(code, run_globals)
+  File "main.py", line 5, in <module>
+    print('result', f(1), flush=True)
+                    ^^^^
+  File "main.py", line 3, in f
+    y = x + 1
+        ^
+  File "_pydevd_bundle/pydevd_cython.pyx", line 1704, in _pydevd_bundle.pydevd_cython.SafeCallWrapper.__call__
+  File "_pydevd_bundle/pydevd_cython.pyx", line 497, in _pydevd_bundle.pydevd_cython.PyDBFrame.do_wait_suspend
+  File "/cache/remote-dev/debugpy/1.8.22-513c/debugpy/_vendored/pydevd/pydevd.py", line 2328, in _do_wait_suspend
+    notify_event.wait(wait_timeout)
+  File "/usr/lib/python3.11/threading.py", line 331, in wait
+    gotit = waiter.acquire(True, timeout)
+            ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+KeyboardInterrupt
+Traceback (most recent call last):
+  File "/cache/remote-dev/debugpy/1.8.22-513c/debugpy/_vendored/pydevd/pydevd.py", line 2328, in _do_wait_suspend
+    notify_event.wait(wait_timeout)
+  File "/usr/lib/python3.11/threading.py", line 331, in wait
+    gotit = waiter.acquire(True, timeout)
+KeyboardInterrupt
+Traceback (most recent call last):
+  File "main.py", line 9, in <module>
+    g()
+  File "/usr/lib/python3.11/json/__init__.py", line 346, in loads
+    return _default_decoder.decode(s)
+ValueError: untouched
+"""
+
+
+def test_the_debuggers_wait_and_what_it_calls_are_dropped(tmp_path: Path) -> None:
+    entries = parse(INTERRUPTED_AT_A_BREAKPOINT, to_local_for(tmp_path))
+    # the program's frames, the interrupt moved to its innermost one; a traceback that is the
+    # debugger's alone is gone; one without debugger frames stays as it was
+    assert shape(entries, tmp_path) == [("main.py", 5, ""), ("main.py", 3, "E"), ("main.py", 9, ""), ("outside",)]
+    assert entries[1]["text"] == "KeyboardInterrupt (in f)"
+    assert entries[3]["text"].endswith("ValueError: untouched (in loads)")
+    assert not any("pydevd" in e["text"] or "debugpy" in e["text"] or "threading" in e["text"] for e in entries)
+
+
+# --------------------------------------------------------------------------
 # robustness
 
 

@@ -31,7 +31,7 @@ M.schema = {
   { name = 'dap', type = 'table', default = {},
     description = 'Fields merged into the nvim-dap attach configuration, e.g. `{ justMyCode = false }`.' },
   { name = 'terminate_stops_run', type = 'boolean', default = true,
-    description = 'Ending the nvim-dap session stops the run.' },
+    description = 'Ending the nvim-dap session (terminate, disconnect) stops the run like |:RemoteStop|; off: those requests go to debugpy unchanged.' },
   { name = 'open_quickfix', type = 'boolean',
     description = 'Deprecated: use `quickfix = { open = ... }`.',
     deprecated = {

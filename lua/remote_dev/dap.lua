@@ -1,5 +1,9 @@
--- nvim-dap glue: a `server` adapter for the forwarded port and an `attach` configuration
--- whose pathMappings come from the host's mapping module. Plugs into nvim-dap's tables.
+-- nvim-dap glue. `dap.adapters.remote_dev` is a function adapter: for a configuration of a
+-- run it asks the host where to connect, the run's local listener while the run goes on and
+-- no session ended it, else (dap.restart(), dap.run_last()) a fresh debug run of the same
+-- command. How a session ends is seen by the host on that listener (python/remote_dev/
+-- dap_proxy.py): terminate/disconnect stop the run like :RemoteStop; the program's own end
+-- is left alone. Several sessions may belong to one run (child sessions, ranks).
 local M = {}
 
 local config = require('remote_dev.config')
@@ -18,21 +22,56 @@ local function get_dap()
   return dap
 end
 
-local listeners_set = false
+--- The configuration nvim-dap runs: the host's, with the user's `dap` option merged in.
+local function with_user_fields(cfg)
+  return vim.tbl_deep_extend('force', cfg, config.options.dap or {})
+end
 
-local function set_listeners(dap)
-  if listeners_set then
+--- A server adapter for a local port, answering with the configuration for it.
+local function server(port, cfg)
+  return {
+    type = 'server',
+    host = '127.0.0.1',
+    port = port,
+    enrich_config = cfg and function(_, on_config) on_config(with_user_fields(cfg)) end or nil,
+  }
+end
+
+--- dap.adapters.remote_dev: see the top of this file.
+---@param callback fun(adapter: table)
+---@param cfg table  the dap configuration being started
+---@param parent table?  the parent session, for a child session (startDebugging)
+local function adapter(callback, cfg, parent)
+  if parent then
+    -- a child session (a subprocess of the debuggee) goes through the parent's listener
+    callback(vim.deepcopy(parent.adapter))
     return
   end
-  listeners_set = true
-  local function ended(session)
-    local id = session and session.config and session.config.remote_dev_run
-    if id and config.options.terminate_stops_run then
-      host.request('stop', { id = id }, function() end)
-    end
+  local rd = cfg.remote_dev
+  if type(rd) ~= 'table' or not rd.run then
+    -- :RemoteDebug --attach: a debugpy the user started, forwarded as it is
+    callback(server(cfg.connect.port))
+    return
   end
-  dap.listeners.after.event_terminated['remote_dev'] = ended
-  dap.listeners.after.disconnect['remote_dev'] = ended
+  host.request('debug_attach', { id = rd.run, cmd = rd.cmd, terminate_stops_run = config.options.terminate_stops_run },
+    function(err, res)
+      if err then
+        ui.error(err)
+        return
+      end
+      -- the same run: the configuration as it is; a new run (restart): the new run's
+      callback(server(res.port, res.restarted and res.config or nil))
+    end, host.context_of(rd.root, rd.target))
+end
+
+local registered = false
+
+local function register(dap)
+  if registered then
+    return
+  end
+  registered = true
+  dap.adapters.remote_dev = adapter
 end
 
 ---@class remote_dev.DebugOpts
@@ -43,40 +82,59 @@ end
 ---@param opts remote_dev.DebugOpts?
 function M.debug(opts)
   opts = opts or {}
-  if not get_dap() then
+  local dap = get_dap()
+  if not dap then
     return
   end
+  register(dap)
   if opts.attach then
     host.request('attach_port', { port = opts.attach })
   else
-    host.request('debug', { cmd = opts.cmd })
+    host.request('debug', { cmd = opts.cmd, terminate_stops_run = config.options.terminate_stops_run })
   end
 end
 
---- Host report: the debuggee listens and the forward is up.
+--- Host report: a debuggee listens behind a local port; start a session for it.
 function M.on_ready(p)
   local dap = get_dap()
   if not dap then
     return
   end
-  set_listeners(dap)
-  local attach = vim.tbl_deep_extend('force', p.config, config.options.dap or {})
-  dap.adapters.remote_dev = { type = 'server', host = attach.connect.host, port = attach.connect.port }
-  dap.run(attach)
+  register(dap)
+  dap.run(with_user_fields(p.config), { new = true })
 end
 
---- Host report: the run ended; close its dap session if still open.
-function M.on_end(p)
+--- The sessions (children included) of a run.
+---@param run_id string
+---@return table[]
+function M.sessions_of(run_id)
   local ok, dap = pcall(require, 'dap')
-  if not ok or not dap.sessions then
-    return
+  local out = {}
+  if not ok then
+    return out
   end
-  for _, session in pairs(dap.sessions()) do
-    if session.config and session.config.remote_dev_run == p.id then
-      pcall(function()
-        dap.set_session(session)
-        dap.terminate()
-      end)
+  local function walk(s)
+    local rd = s.config and s.config.remote_dev
+    if type(rd) == 'table' and rd.run == run_id then
+      table.insert(out, s)
+    end
+    for _, child in pairs(s.children or {}) do
+      walk(child)
+    end
+  end
+  for _, s in pairs(dap.sessions()) do
+    walk(s)
+  end
+  return out
+end
+
+--- Host report: the run ended and its listener is closed. nvim-dap closes the sessions whose
+--- connection the host closed; one still open (its adapter never answered) is closed here,
+--- without a terminate request (the run is over).
+function M.on_end(p)
+  for _, s in ipairs(M.sessions_of(p.id)) do
+    if not s.closed then
+      pcall(function() s:close() end)
     end
   end
 end

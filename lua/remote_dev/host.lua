@@ -10,14 +10,41 @@ local next_id = 0
 local status_cache = {} ---@type table<string, table> the last status report, by project root
 local last_status = nil ---@type table?
 
---- The editor context of a request: the current file (when a normal buffer) and cwd.
----@return { file: string, cwd: string }
+--- The context of a request made for a project rather than from the current buffer.
+---@param root string
+---@param target string?
+---@return { file: string, cwd: string, target: string? }
+function M.context_of(root, target)
+  return { file = '', cwd = root, target = target }
+end
+
+--- The editor context of a request: the current file (when a normal buffer) and cwd; in one
+--- of the plugin's buffers (a run or log buffer), its project and target.
+---@return { file: string, cwd: string, target: string? }
 function M.context()
+  local owner = vim.b.remote_dev
+  if type(owner) == 'table' and owner.root then
+    return M.context_of(owner.root, owner.target)
+  end
   local file = vim.api.nvim_buf_get_name(0)
   if vim.bo.buftype ~= '' then
     file = ''
   end
   return { file = file, cwd = vim.fn.getcwd() }
+end
+
+--- The project root of the current context: the plugin buffer's project, or the folder of
+--- the nearest .remote-dev.toml above the current file (or cwd); nil when none.
+---@return string?
+function M.project_root()
+  local owner = vim.b.remote_dev
+  if type(owner) == 'table' and owner.root then
+    return owner.root
+  end
+  local ctx = M.context()
+  local start = ctx.file ~= '' and vim.fs.dirname(ctx.file) or ctx.cwd
+  local found = vim.fs.find('.remote-dev.toml', { upward = true, path = start, type = 'file' })[1]
+  return found and vim.fs.dirname(found) or nil
 end
 
 --- Send a request to the Python host; cb(err, result) runs on the main loop later.

@@ -31,19 +31,12 @@ function M.setup(opts)
   lazy.config.setup(opts)
 end
 
-local function project_root()
-  local buf = vim.api.nvim_buf_get_name(0)
-  local start = (buf ~= '' and vim.bo.buftype == '') and vim.fs.dirname(buf) or vim.fn.getcwd()
-  local found = vim.fs.find('.remote-dev.toml', { upward = true, path = start, type = 'file' })[1]
-  return found and vim.fs.dirname(found) or nil
-end
-
 --- What :RemoteStatus shows, for statuslines and tests: target, host, remote_root,
 --- connected, python (remote version), agent (version), rtt_ms, last_push, runs, error.
 --- Instant: the last known state, refreshed by every request.
 ---@return table
 function M.status()
-  return vim.deepcopy(lazy.host.status_of(project_root()) or {})
+  return vim.deepcopy(lazy.host.status_of(lazy.host.project_root()) or {})
 end
 
 local function status_lines(s)

@@ -22,8 +22,11 @@ local function state_line(s)
   local icon = ({ running = '●', starting = '…', pending = '…', exited = (s.code == 0 and '✓' or '✗'), stopped = '■', lost = '?' })[s.state]
     or '•'
   local what = s.state
+  if s.state == 'stopped' and type(s.stopped_by) == 'string' and s.stopped_by ~= '' then
+    what = 'stopped by ' .. s.stopped_by
+  end
   if s.code ~= nil and s.code ~= vim.NIL and s.state ~= 'running' then
-    what = ('%s (exit %d)'):format(s.state, s.code)
+    what = ('%s (exit %d)'):format(what, s.code)
   end
   local job = (s.job and s.job ~= vim.NIL) and (' job ' .. s.job) or ''
   local detail = (s.detail and s.detail ~= '' and s.detail ~= vim.NIL) and (' — ' .. s.detail) or ''
@@ -44,32 +47,53 @@ local function show(buf)
   vim.api.nvim_set_current_win(cur)
 end
 
+--- The run a request made here is about: the given id, else the run of the current run or
+--- log buffer (nil: the host picks the latest).
+local function run_here(id)
+  if id and id ~= '' then
+    return id
+  end
+  local owner = vim.b.remote_dev
+  return type(owner) == 'table' and owner.run or nil
+end
+
+--- :e in a run buffer: its state line and the whole log again (Neovim emptied it).
+local function reload_run(buf, id)
+  host.request('log', { id = id }, function(err, res)
+    if err or not vim.api.nvim_buf_is_valid(buf) then
+      return ui.error(err or 'the run buffer is gone')
+    end
+    local r = runs[id]
+    local lines = { r and state_line(r.summary) or res.header[1] }
+    local keep = config.options.run_buffer_lines
+    vim.list_extend(lines, vim.list_slice(res.lines, math.max(1, #res.lines - keep + 1)))
+    ui.set_lines(buf, 0, -1, lines)
+    if r then
+      r.has_partial = false
+    end
+  end)
+end
+
 local function buffer_for(s)
   local r = runs[s.id]
   if r and vim.api.nvim_buf_is_valid(r.buf) then
     return r
   end
   local buf = vim.api.nvim_create_buf(false, true)
-  vim.bo[buf].buftype = 'nofile'
   vim.bo[buf].bufhidden = 'hide'
-  vim.bo[buf].swapfile = false
   vim.bo[buf].undolevels = -1
+  ui.plugin_buffer(buf, 'remote-dev://run/' .. s.id, { root = s.root, target = s.target, run = s.id }, {
+    write_hint = (':RemoteLog %s opens its whole output; :w {file} writes a copy of this one'):format(s.id),
+    reload = function(b) reload_run(b, s.id) end,
+  })
   vim.bo[buf].filetype = 'remote_dev_run'
-  pcall(vim.api.nvim_buf_set_name, buf, 'remote_dev://run/' .. s.id)
-  vim.api.nvim_buf_set_lines(buf, 0, -1, false, { state_line(s) })
-  vim.bo[buf].modifiable = false
+  ui.set_lines(buf, 0, -1, { state_line(s) })
   vim.b[buf].remote_dev_run = s.id
   vim.keymap.set('n', '<C-c>', function() M.stop(s.id) end, { buffer = buf, desc = 'remote_dev: stop this run' })
   vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = buf, desc = 'close' })
   r = { buf = buf, summary = s, has_partial = false }
   runs[s.id] = r
   return r
-end
-
-local function with_modifiable(buf, f)
-  vim.bo[buf].modifiable = true
-  f()
-  vim.bo[buf].modifiable = false
 end
 
 --- Windows showing buf whose cursor is on the last line (they follow the tail).
@@ -100,18 +124,16 @@ function M.on_output(p)
     table.insert(lines, 1, ('[remote_dev: %d lines skipped here; :RemoteLog %s has them all]'):format(p.dropped, p.id))
   end
   local partial = p.partial or ''
-  with_modifiable(buf, function()
-    local count = vim.api.nvim_buf_line_count(buf)
-    local from = r.has_partial and count - 1 or count
-    local new = vim.list_extend(vim.list_slice(lines), partial ~= '' and { partial } or {})
-    vim.api.nvim_buf_set_lines(buf, from, -1, false, new)
-    r.has_partial = partial ~= ''
-    local max = config.options.run_buffer_lines + 1
-    count = vim.api.nvim_buf_line_count(buf)
-    if count > max then
-      vim.api.nvim_buf_set_lines(buf, 1, count - max + 1, false, {})
-    end
-  end)
+  local count = vim.api.nvim_buf_line_count(buf)
+  local from = r.has_partial and count - 1 or count
+  local new = vim.list_extend(vim.list_slice(lines), partial ~= '' and { partial } or {})
+  ui.set_lines(buf, from, -1, new)
+  r.has_partial = partial ~= ''
+  local max = config.options.run_buffer_lines + 1
+  count = vim.api.nvim_buf_line_count(buf)
+  if count > max then
+    ui.set_lines(buf, 1, count - max + 1, {})
+  end
   local last = vim.api.nvim_buf_line_count(buf)
   for _, win in ipairs(follow) do
     pcall(vim.api.nvim_win_set_cursor, win, { last, 0 })
@@ -128,9 +150,7 @@ function M.on_state(s)
   if s.new or s.show then
     show(r.buf)
   end
-  with_modifiable(r.buf, function()
-    vim.api.nvim_buf_set_lines(r.buf, 0, 1, false, { state_line(s) })
-  end)
+  ui.set_lines(r.buf, 0, 1, { state_line(s) })
   if s.final then
     require('remote_dev.quickfix').run_list({ id = s.id, cmd = s.cmd, win = started_from[s.id] }, s.quickfix or {},
       { final = true, failed = s.code ~= 0 })
@@ -161,23 +181,58 @@ function M.run(opts)
   end)
 end
 
---- Stop a run (default: the latest live run of the target).
+--- Stop a run (default: the run of the current run or log buffer, else the latest live run
+--- of the target).
 ---@param id string?
 function M.stop(id)
-  host.request('stop', { id = id })
+  host.request('stop', { id = run_here(id) })
 end
 
---- Open a run's full output (default: the latest run).
+--- A log buffer: the run's whole output, fetched again by :e.
+local function log_buffer(res)
+  local name = 'remote-dev://log/' .. res.id
+  local buf = ui.find_buffer(name)
+  if buf then
+    local win = vim.fn.bufwinid(buf)
+    if win ~= -1 then
+      vim.api.nvim_set_current_win(win)
+    else
+      vim.cmd('botright split')
+      vim.api.nvim_win_set_buf(0, buf)
+    end
+  else
+    vim.cmd('botright split')
+    buf = vim.api.nvim_create_buf(false, true)
+    vim.api.nvim_win_set_buf(0, buf)
+    vim.bo[buf].bufhidden = 'hide'
+    ui.plugin_buffer(buf, name, { root = res.root, target = res.target, run = res.id }, {
+      write_hint = ':w {file} writes a copy; :e fetches it again',
+      reload = function(b)
+        host.request('log', { id = res.id }, function(err, again)
+          if err or not vim.api.nvim_buf_is_valid(b) then
+            return ui.error(err or 'the log buffer is gone')
+          end
+          ui.set_lines(b, 0, -1, vim.list_extend(vim.list_slice(again.header), again.lines))
+        end, host.context_of(res.root, res.target))
+      end,
+    })
+    vim.bo[buf].filetype = 'remote_dev_log'
+  end
+  ui.set_lines(buf, 0, -1, vim.list_extend(vim.list_slice(res.header), res.lines))
+  vim.cmd('normal! G')
+  return buf
+end
+
+--- Open a run's full output in a log buffer (default: the run of the current run or log
+--- buffer, else the latest run).
 ---@param id string?
 function M.log(id)
-  host.request('log', { id = id }, function(err, res)
+  host.request('log', { id = run_here(id) }, function(err, res)
     if err then
       ui.error(err)
       return
     end
-    vim.cmd('botright split ' .. vim.fn.fnameescape(res.path))
-    vim.bo.filetype = 'remote_dev_log'
-    vim.cmd('normal! G')
+    log_buffer(res)
   end)
 end
 
@@ -195,6 +250,8 @@ end
 
 --- :RemoteRuns: a list of the target's runs with keys to attach, stop and open the log.
 function M.runs()
+  local ctx = host.context()
+  local owner = { root = host.project_root() or ctx.cwd, target = ctx.target }
   host.request('runs', {}, function(err, list)
     if err then
       ui.error(err)
@@ -212,7 +269,7 @@ function M.runs()
     if #list == 0 then
       table.insert(lines, '(no runs yet)')
     end
-    local buf = ui.scratch(lines, 'remote_dev://runs', 'remote_dev_runs')
+    local buf = ui.scratch(lines, 'remote-dev://runs', 'remote_dev_runs', owner)
     local function id_here()
       return by_line[vim.api.nvim_win_get_cursor(0)[1]]
     end
@@ -226,7 +283,7 @@ function M.runs()
     end
     local function attach(id)
       vim.cmd('close')
-      host.request('attach', { id = id })
+      host.request('attach', { id = id }, nil, host.context_of(owner.root, owner.target))
     end
     map('<CR>', attach, 'attach')
     map('a', attach, 'attach')

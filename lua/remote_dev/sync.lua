@@ -115,7 +115,7 @@ function M.preview(res)
   if res.errors and #res.errors > 0 then
     section('errors', res.errors, function(e) return e.path .. ': ' .. e.reason end)
   end
-  return ui.scratch(lines, 'remote_dev://push-preview', 'remote_dev_preview')
+  return ui.scratch(lines, 'remote-dev://push-preview', 'remote_dev_preview')
 end
 
 return M

@@ -1,6 +1,8 @@
 """The verbs front-ends call: ``async def name(engine, ctx, **args)``, registered in ACTIONS.
 
-ctx carries where the request comes from: {"file": current buffer, "cwd": cwd}.  Each
+ctx carries where the request comes from: {"file": current buffer, "cwd": cwd}; from one of
+the plugin's own buffers (a run or log buffer) {"cwd": its project root, "target": its
+target}, the target naming where a run not known here is.  Each
 handler resolves the project and hands the work to a feature module (sync, runs, debug,
 forwards, health); the front-ends (rplugin, cli) give ACTIONS to the engine.
 """
@@ -95,7 +97,7 @@ async def run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None) -> di
 
 @action("stop")
 async def stop(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
-    return await runs_mod.stop_run(engine, engine.project(ctx), id)
+    return await runs_mod.stop_run(engine, engine.project(ctx), id, ctx.get("target"))
 
 
 @action("stop_all")
@@ -115,7 +117,7 @@ async def attach(engine: Engine, ctx: dict[str, Any], id: str) -> dict[str, Any]
 
 @action("log")
 async def log(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> dict[str, Any]:  # noqa: A002
-    return await runs_mod.fetch_log(engine.project(ctx), id)
+    return await runs_mod.fetch_log(engine.project(ctx), id, ctx.get("target"))
 
 
 @action("quickfix")
@@ -126,13 +128,29 @@ async def quickfix(engine: Engine, ctx: dict[str, Any], id: str | None = None) -
 # -- debugging and forwards
 
 @action("debug")
-async def debug_run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None) -> dict[str, Any]:
-    """Push, then run under debugpy; nvim-dap attaches through a forwarded port."""
+async def debug_run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None,
+                    terminate_stops_run: bool = True) -> dict[str, Any]:
+    """Push, then run under debugpy; nvim-dap attaches through a local listener."""
     proj = engine.project(ctx)
     sess = proj.session()
     command = runs_mod.expand_command(proj, sess, cmd or None, ctx.get("file"))
     await sync.do_push(engine, proj, None, quiet=True)
-    return await debug.start_debug(engine, proj, sess, command)
+    return await debug.start_debug(engine, proj, sess, command, terminate_stops_run)
+
+
+@action("debug_attach")
+async def debug_attach(engine: Engine, ctx: dict[str, Any], id: str | None = None,  # noqa: A002
+                       cmd: str | None = None, terminate_stops_run: bool = True) -> dict[str, Any]:
+    """The nvim-dap adapter: the run a configuration names while it goes on; once it has
+    ended (dap.restart(), dap.run_last()), the same command debugged again: push, run, attach."""
+    proj = engine.project(ctx)
+    res = debug.attach_existing(proj, id)
+    if res is not None:
+        return {**res, "restarted": False}
+    command = debug.command_again(proj, id, cmd)
+    await sync.do_push(engine, proj, None, quiet=True)
+    res = await debug.start_debug(engine, proj, proj.session(), command, terminate_stops_run, announce=False)
+    return {**res, "restarted": True}
 
 
 @action("attach_port")

@@ -154,9 +154,11 @@ def dispatch(engine: Engine, printer: Printer, ctx: dict[str, Any], args: argpar
         call("stop", ctx, {"id": args.id})
     elif args.command == "log":
         res = call("log", ctx, {"id": args.id})
-        with open(res["path"]) as f:
-            sys.stdout.write(f.read())
-        os.unlink(res["path"])
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            for line in res["header"] + res["lines"]:
+                print(line)
     elif args.command == "health":
         rep = call("health", ctx)
         for item in rep["local"]:

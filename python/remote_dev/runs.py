@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import secrets
 import shlex
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -58,6 +56,10 @@ class RunRecord:
     text: TerminalText = field(default_factory=TerminalText)
     quickfix: list[dict[str, Any]] = field(default_factory=list)
     on_finish: list[Callable[["RunRecord"], None]] = field(default_factory=list)   # called once it ended
+    lines_seen: int = 0            # lines of output made so far (the tail holds the newest of them)
+    stopped_by: str = ""           # who stopped it (":RemoteStop", "dap terminate", ...), when stopped here
+    stop_offset: int | None = None  # size of the output when the stop was asked for
+    stop_line: int | None = None   # lines_seen at stop_offset: the output after it is the stop's doing
 
     @classmethod
     def from_info(cls, info: dict[str, Any], proj: Project, default_target: str) -> "RunRecord":
@@ -74,7 +76,17 @@ class RunRecord:
             "id": self.id, "target": self.target, "cmd": self.cmd, "state": self.state, "code": self.code,
             "created": self.created, "ended": self.ended, "runner": self.runner, "detail": self.detail,
             "duration": round((self.ended or time.time()) - self.created, 2), "job": self.meta.get("job"),
+            "root": self.root, "stopped_by": self.stopped_by if self.state == "stopped" else "",
         }
+
+    def program_lines(self) -> list[str]:
+        """The tail of the output the program printed on its own: without what it printed
+        after a stop was asked for (the KeyboardInterrupt traceback the stop caused)."""
+        lines = list(self.tail)
+        if self.stop_line is not None:
+            after = self.lines_seen - self.stop_line
+            lines = lines[:max(0, len(lines) - after)]
+        return lines
 
 
 def new_run_id() -> str:
@@ -162,10 +174,21 @@ class OutputFollower:
         """The held chunks as lines (into the tail); the newest MAX_LINES_PER_UPDATE of them."""
         if not self.held:
             return []
-        lines = self.run.text.feed(b"".join(chunk for chunk, _ in self.held))
+        run = self.run
+        data = b"".join(chunk for chunk, _ in self.held)
         self.held.clear()
         self.held_nl = 0
-        self.run.tail.extend(lines)
+        cut = run.stop_offset
+        if cut is not None and run.stop_line is None and cut < run.offset:
+            # the stop was asked for within these bytes: count the lines before it
+            start = run.offset - len(data)
+            before = run.text.feed(data[:max(0, cut - start)])
+            run.stop_line = run.lines_seen + len(before)
+            lines = before + run.text.feed(data[max(0, cut - start):])
+        else:
+            lines = run.text.feed(data)
+        run.lines_seen += len(lines)
+        run.tail.extend(lines)
         if len(lines) > MAX_LINES_PER_UPDATE:
             self.dropped += len(lines) - MAX_LINES_PER_UPDATE
             lines = lines[-MAX_LINES_PER_UPDATE:]
@@ -247,6 +270,7 @@ class OutputFollower:
             cancel_all(self.ahead)
         rest = self.take_lines()      # read but not shown yet (the run was lost); in the tail already
         final = run.text.feed(b"", final=True)
+        run.lines_seen += len(final)
         run.tail.extend(final)
         if rest or final:
             self.engine.report("run_output", {"id": run.id, "lines": rest + final, "partial": "",
@@ -265,7 +289,7 @@ def cancel_all(futures: collections.deque[asyncio.Future[Any]]) -> None:
 
 def run_quickfix(proj: Project, sess: TargetSession, run: RunRecord) -> list[dict[str, Any]]:
     """Quickfix entries from what the run printed (its tail), at local files."""
-    text = "\n".join(run.tail)
+    text = "\n".join(run.program_lines())
     return runner_for(sess.target).extra_quickfix(proj, sess, text) + tracebacks.parse(text, sess.mapping().to_local)
 
 
@@ -293,19 +317,34 @@ def pick_run(proj: Project, run_id: str | None, live_only: bool = False) -> RunR
     return max(candidates, key=lambda r: r.created) if candidates else None
 
 
-async def stop_run(engine: Engine, proj: Project, run_id: str | None) -> dict[str, Any]:
-    """Stop a run (the latest live one of the target when run_id is None)."""
-    sess = proj.session()
-    rec = pick_run(proj, run_id, live_only=True)
-    run_id = rec.id if rec else run_id
-    if not run_id:
-        raise RemoteDevError(f"no live run on {sess.target.name} to stop (:RemoteRuns lists them)")
+async def stop(engine: Engine, proj: Project, sess: TargetSession, run_id: str, rec: RunRecord | None,
+               by: str) -> dict[str, Any]:
+    """Stop a run as a whole (process tree, container, Slurm job).  What it prints from
+    now on (the interrupt's traceback) is the stop's doing: it stays out of quickfix."""
+    if rec is not None and rec.state in LIVE and rec.stop_offset is None:
+        try:
+            rec.stop_offset = int((await sess.call("run_info", run_id)).get("size") or 0)
+        except RemoteDevError:
+            pass
+        rec.stopped_by = by
     info = await sess.call("run_stop", run_id, proj.config.run.stop_grace)
     if rec is None:
         return info
     update_from_info(rec, info)
-    engine.message(f"run {run_id} stopped", "info")
+    engine.message(f"run {run_id} stopped" + (f" ({by})" if by != ":RemoteStop" else ""), "info")
     return rec.summary()
+
+
+async def stop_run(engine: Engine, proj: Project, run_id: str | None, target: str | None = None,
+                   by: str = ":RemoteStop") -> dict[str, Any]:
+    """Stop a run (the latest live one of the target when run_id is None); target: the one
+    a run not known here is on (default: the active target)."""
+    rec = pick_run(proj, run_id, live_only=True)
+    sess = proj.session(rec.target if rec else target)
+    run_id = rec.id if rec else run_id
+    if not run_id:
+        raise RemoteDevError(f"no live run on {sess.target.name} to stop (:RemoteRuns lists them)")
+    return await stop(engine, proj, sess, run_id, rec, by)
 
 
 async def stop_all(engine: Engine) -> int:
@@ -314,8 +353,7 @@ async def stop_all(engine: Engine) -> int:
     for proj in list(engine.projects.values()):
         for rec in list(proj.runs.values()):
             if rec.state in LIVE:
-                sess = proj.session(rec.target)
-                await sess.call("run_stop", rec.id, proj.config.run.stop_grace)
+                await stop(engine, proj, proj.session(rec.target), rec.id, rec, "Neovim exit")
                 stopped += 1
     return stopped
 
@@ -346,10 +384,11 @@ async def attach_run(engine: Engine, proj: Project, run_id: str) -> dict[str, An
     return rec.summary()
 
 
-async def fetch_log(proj: Project, run_id: str | None) -> dict[str, Any]:
-    """A run's full output (ANSI stripped, progress bars collapsed) in a local file."""
-    sess = proj.session()
+async def fetch_log(proj: Project, run_id: str | None, target: str | None = None) -> dict[str, Any]:
+    """A run's full output (ANSI stripped, progress bars collapsed) as lines, after a header
+    line; at most the last LOG_FETCH_LIMIT bytes.  target: the one a run not known here is on."""
     rec = pick_run(proj, run_id)
+    sess = proj.session(rec.target if rec else target)
     run_id = run_id or (rec.id if rec else None)
     if not run_id:
         raise RemoteDevError(f"no run on {sess.target.name} yet (:RemoteRuns lists them)")
@@ -370,10 +409,8 @@ async def fetch_log(proj: Project, run_id: str | None) -> dict[str, Any]:
               + (f", exit {info.get('code')}" if info.get("code") is not None else "") + ")"]
     if start:
         header.append(f"# first {start} bytes left out; the whole log is {info['log']} on {sess.target.host}")
-    fd, path = tempfile.mkstemp(prefix=f"remote-dev-{run_id}-", suffix=".log")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(header + lines) + "\n")
-    return {"id": run_id, "path": path, "remote_log": info["log"], "lines": len(lines)}
+    return {"id": run_id, "root": str(proj.root), "target": sess.target.name, "remote_log": info["log"],
+            "header": header, "lines": lines}
 
 
 def quickfix_of(proj: Project, run_id: str | None) -> dict[str, Any]:

@@ -26,6 +26,11 @@ ANSI colours) and returns dicts for ``setqflist()``.  It understands:
   ``localhost:80: msg`` are not taken for locations) and the line must not be
   indented.
 
+Frames of a debugger's own code never become entries: under debugpy a traceback
+starts with runpy, debugpy and pydevd frames and, when the program was stopped
+at a breakpoint, ends in pydevd's wait; only the program's frames are kept, the
+exception moving to its innermost frame (see ``_debugger_free``).
+
 Entries keep the printed order (Python prints the innermost frame last), one
 entry per frame.  A frame whose path ``to_local`` maps gives::
 
@@ -84,6 +89,12 @@ _EXTENSION = re.compile(r"\.[A-Za-z][\w+-]{0,9}$")
 # An exception name that says so: "SyntaxError: ...", "Failed: ...".
 _EXCEPTION_NAME = r"[\w.]*(?:Error|Exception|Failed|Failure|Interrupt|Exit)\b"
 _NAMED_EXCEPTION = re.compile(_EXCEPTION_NAME)
+# Paths of a debugger's own code (debugpy, its vendored pydevd, a pydevd install; Cython
+# frames print as "_pydevd_bundle/pydevd_cython.pyx") and of the runpy that starts it.
+_DEBUGGER = re.compile(r"(?:^|/)(?:debugpy|_pydevd_bundle|_pydev_bundle|_pydevd_frame_eval|_pydev_runfiles|"
+                       r"pydevd_plugins)/|(?:^|/)pydevd\.py$")
+_RUNPY = re.compile(r"(?:^|/)runpy\.py$|^<frozen runpy>$")
+_STDLIB = re.compile(r"/lib/python[0-9][0-9.]*/(?!site-packages/|dist-packages/)|^<frozen ")
 _ERRORISH = re.compile(r"(?i:(?:fatal )?error)\b|assert\b|" + _EXCEPTION_NAME)
 
 
@@ -99,6 +110,8 @@ class _Frame:
     source: Optional[str] = None
     message: Optional[str] = None
     error: bool = False
+    # The Python traceback the frame belongs to (one object per traceback), None for others.
+    tb: Optional[object] = None
 
     def body(self) -> str:
         """The entry text without the launcher prefix."""
@@ -131,6 +144,7 @@ class _Stream:
         self.in_traceback = False
         self.tb_frame: Optional[_Frame] = None
         self.tb_indent = 0
+        self.tb: object = object()
         # Frame whose source line / caret line may follow (indented deeper).
         self.cur: Optional[_Frame] = None
         self.cur_indent = 0
@@ -168,7 +182,7 @@ class _Stream:
         indent = len(line) - len(stripped)
 
         if stripped[:1] in "+TE" and _HEADER.match(stripped):
-            self.in_traceback, self.tb_frame = True, None
+            self.in_traceback, self.tb_frame, self.tb = True, None, object()
             self.tb_indent = indent + 1
             self.cur = self.pt_frame = None
             return
@@ -203,7 +217,9 @@ class _Stream:
             self.pt_source = stripped[1:].strip()
 
     def _python_frame(self, m: re.Match, indent: int) -> None:
-        frame = _Frame(m.group(1), int(m.group(2)), self.prefix, func=m.group(3))
+        if not self.in_traceback:
+            self.tb = object()
+        frame = _Frame(m.group(1), int(m.group(2)), self.prefix, func=m.group(3), tb=self.tb)
         if frame.func is not None:
             frame.func = frame.func.strip()
         self.out.append(frame)
@@ -361,6 +377,39 @@ def _scan(text: str) -> List[_Frame]:
     return out
 
 
+def _debugger_free(frames: List[_Frame]) -> List[_Frame]:
+    """Frames without a debugger's own (debugpy, pydevd): in each traceback that has some,
+    the launcher's frames before the program's first one (runpy, debugpy, pydevd_runpy)
+    and, from the first debugger frame the program called on (a breakpoint's wait, a trace
+    function), every deeper frame; that frame's exception moves to the program's innermost
+    frame.  A traceback that is the debugger's alone (its frames and the standard library
+    frames it called) is dropped."""
+    groups: Dict[int, List[int]] = {}
+    for i, f in enumerate(frames):
+        if f.tb is not None:
+            groups.setdefault(id(f.tb), []).append(i)
+    drop = set()
+    for idx in groups.values():
+        inside = [_DEBUGGER.search(frames[i].path) is not None for i in idx]
+        if not any(inside):
+            continue
+        lead = 0
+        for k, i in enumerate(idx):
+            if inside[k]:
+                lead = k + 1
+            elif not _RUNPY.search(frames[i].path):
+                break
+        cut = next((k for k in range(lead, len(idx)) if inside[k]), len(idx))
+        if all(_STDLIB.search(frames[i].path) for i in idx[lead:cut]):
+            cut = lead   # only what the debugger called (a wait in threading): its own
+        inner = frames[idx[-1]]
+        if lead < cut < len(idx) and inner.error:
+            kept = frames[idx[cut - 1]]
+            kept.message, kept.error = inner.message, True
+        drop.update(idx[:lead] + idx[cut:])
+    return [f for i, f in enumerate(frames) if i not in drop] if drop else frames
+
+
 def _local_path(path: str, to_local: ToLocal, cache: Dict[str, Optional[str]]) -> Optional[str]:
     if path in cache:
         return cache[path]
@@ -385,7 +434,7 @@ def parse(text: str, to_local: ToLocal) -> list[dict]:
     entries: list[dict] = []
     cache: Dict[str, Optional[str]] = {}
     previous = None
-    for frame in _scan(text):
+    for frame in _debugger_free(_scan(text)):
         body = frame.body()
         local = _local_path(frame.path, to_local, cache)
         if local is not None:

@@ -1,6 +1,7 @@
-"""A small DAP client for the tests: nvim-dap cannot come from the package registries here,
-so the tests speak the Debug Adapter Protocol themselves, through the forwarded port, with
-the exact attach configuration the plugin generates."""
+"""A small DAP client for the engine-level protocol tests (tests/test_debug.py): it speaks the
+Debug Adapter Protocol through a debug run's local listener with the exact attach
+configuration the plugin generates. The user flows run the real nvim-dap instead
+(support/nvim_dap.py, tests/test_debug_nvim.py)."""
 from __future__ import annotations
 
 import json
