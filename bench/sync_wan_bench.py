@@ -35,7 +35,6 @@ import os
 import random
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ WORK = REPO / "bench" / ".work"
 sys.path[:0] = [str(REPO / "python"), str(REPO / "tests"), str(REPO / "bench")]
 
 from sync_bench import run, settle_disk, warm  # noqa: E402
-from wan import WanBed  # noqa: E402
+from wan import WanBed, catch_signals, kill_pids  # noqa: E402
 
 TREE_RECIPE = "text>=1KB<=4MB utf8; stdlib, venv site-packages, dist-packages; until 108 MB; v1"
 TREE_BYTES = 108_000_000
@@ -196,6 +195,17 @@ def parse_links(text: str) -> list[Link]:
             raise SystemExit(f"--links: {item!r}: say lo or RATE/RTT_MS, e.g. 100mbit/40")
         out.append(Link(item, rate, float(rtt)))
     return out
+
+
+def stop_leftover_sshd(base: Path) -> None:
+    """A loopback sshd (and ssh masters) a killed earlier run left in base: stop them."""
+    for sock in base.glob("cm-*"):
+        subprocess.run(["ssh", "-S", str(sock), "-O", "exit", "x"], capture_output=True, timeout=10, check=False)
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((base / "sshd.pid").read_text())
+        if str(base / "sshd_config") in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            print(f"stopping the loopback sshd an earlier run left (pid {pid})", flush=True)
+            kill_pids([pid])
 
 
 def median(xs: list[float]) -> float:
@@ -424,6 +434,7 @@ class Bench:
                         finally:
                             self.drop_session(link)
                 else:
+                    stop_leftover_sshd(WORK / "wan-lo" / "sshd")
                     self.lo_sshd = start_sshd(WORK / "wan-lo" / "sshd", alias=link.alias,
                                               extra_config="AcceptEnv SHLVL\n", new_session=True)
                     try:
@@ -549,10 +560,11 @@ def main() -> None:
     if os.geteuid() != 0 and any(link.wan for link in parse_links(args.links)):
         raise SystemExit("the WAN links need root (network namespace, veth, tc); --links lo runs without")
 
-    def on_sigterm(*_: object) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_sigterm)
-    Bench(args).main()
+    catch_signals()
+    try:
+        Bench(args).main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: beds, sshd and remote folders removed") from None
 
 
 if __name__ == "__main__":

@@ -598,8 +598,13 @@ def proxy_ceiling(mb: int, delay_ms: float) -> dict[str, float]:
 # --------------------------------------------------------------------------- CLI
 
 
-def on_sigterm(*_: object) -> None:
-    raise KeyboardInterrupt   # tear down as on Ctrl-C
+def catch_signals() -> None:
+    """SIGTERM and SIGINT (even when started with SIGINT ignored, as `cmd &` in a script does)
+    raise KeyboardInterrupt, so `with WanBed(...)` and finally blocks tear down."""
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -627,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "proxy-ceiling":
         proxy_ceiling(args.mb, args.delay_ms)
         return
-    signal.signal(signal.SIGTERM, on_sigterm)
+    catch_signals()
     if args.cmd == "down":
         check_name(args.name)
         bed = WanBed(args.name)
