@@ -298,7 +298,8 @@ class Bench:
     # -- the steps of one link
     def measure(self, link: Link) -> None:
         r = link.r
-        rtt = self.engine.call_sync("status", self.ctx(), {}, timeout=120)["rtt_ms"]
+        self.engine.call_sync("target", self.ctx(), {"name": link.target}, timeout=60)
+        rtt = self.engine.call_sync("status", self.ctx(), {}, timeout=120)["rtt_ms"]   # connect, as Neovim has
         r["agent_rtt_ms"] = rtt
         subprocess.run(f"{self.ssh(link)} -o ControlPersist=600 -fN {link.alias}", shell=True, check=True, timeout=60)
         r["ssh_true"] = median([run(f"{self.ssh(link)} {link.alias} true", shell=True) for _ in range(3)])
