@@ -18,7 +18,7 @@ What it builds (this kernel has no netem, fq_codel nor cake; tbf works):
     way, B = max(64 KiB, 10 ms at R) (a GSO packet fits), Q = --queue-ms of queue;
   * a userspace TCP delay proxy INSIDE the namespace in front of that sshd, holding each
     direction's bytes RTT/2 before passing them on, in order, unchanged.  Bounded: it stops
-    reading a side while 8 MB wait in its delay line or the other side's socket is full, so
+    reading a side while 32 MB wait in its delay line or the other side's socket is full, so
     the link's own backpressure reaches the sender as on a real link.
 
 Host aliases in NAME's ssh config (printed by `up`): NAME (rate + round trip, through the
@@ -43,9 +43,11 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -70,8 +72,8 @@ if str(REPO / "tests") not in sys.path:
 
 # --------------------------------------------------------------------------- the delay proxy
 
-HIGH_WATER = 8 << 20              # bytes held in one direction's delay line before reading stops
-LOW_WATER = 4 << 20
+HIGH_WATER = 32 << 20             # bytes held in one direction's delay line before reading stops
+LOW_WATER = 16 << 20
 
 
 class _Direction:
@@ -515,6 +517,34 @@ class WanBed:
 # --------------------------------------------------------------------------- proxy ceiling
 
 
+def intact(port: int, mb: int = 64) -> float:
+    """Random bytes in writes of random sizes (1 B .. 256 KiB, with pauses) through an echo
+    server behind the proxy: what comes back must be the same bytes in the same order."""
+    rng = random.Random(7)
+    data = rng.randbytes(mb * 1_000_000)
+    back = bytearray()
+    with socket.create_connection(("127.0.0.1", port)) as c:
+        c.sendall(b"e")
+
+        def send() -> None:
+            i = 0
+            while i < len(data):
+                n = rng.choice((1, 7, 1500, 65536, 262144, rng.randrange(1, 300000)))
+                c.sendall(data[i:i + n])
+                i += n
+                if rng.random() < 0.001:
+                    time.sleep(0.01)
+            c.shutdown(socket.SHUT_WR)
+        t = threading.Thread(target=send)
+        t.start()
+        while chunk := c.recv(1 << 20):
+            back += chunk
+        t.join()
+    if hashlib.sha256(back).digest() != hashlib.sha256(data).digest():
+        raise RuntimeError(f"the delay proxy changed the byte stream ({len(back)} bytes back of {len(data)})")
+    return mb
+
+
 def proxy_ceiling(mb: int, delay_ms: float) -> dict[str, float]:
     """The proxy alone on loopback (no namespace, no tbf): MB/s each way through it, with a
     plain TCP source and sink in this process's threads."""
@@ -547,6 +577,10 @@ def proxy_ceiling(mb: int, delay_ms: float) -> dict[str, float]:
                     while left > 0:
                         c.sendall(chunk[:min(left, len(chunk))])
                         left -= min(left, len(chunk))
+                elif cmd == b"e":                     # echo until EOF
+                    while data := c.recv(1 << 16):
+                        c.sendall(data)
+                    c.shutdown(socket.SHUT_WR)
     threading.Thread(target=serve, daemon=True).start()
     proxy = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "proxy",
                               "--listen", f"127.0.0.1:{proxy_port}", "--target", f"127.0.0.1:{sink_port}",
@@ -561,6 +595,7 @@ def proxy_ceiling(mb: int, delay_ms: float) -> dict[str, float]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+        results["intact_mb"] = intact(proxy_port)
         for port, label in ((sink_port, "direct"), (proxy_port, "proxy")):
             with socket.create_connection(("127.0.0.1", port)) as c:   # up: we send, the sink counts
                 t0 = time.perf_counter()
@@ -590,6 +625,8 @@ def proxy_ceiling(mb: int, delay_ms: float) -> dict[str, float]:
         proxy.terminate()
         proxy.wait(5)
         srv.close()
+    print(f"delay proxy: {results['intact_mb']:.0f} MB echoed through it in writes of 1 B .. 256 KiB came back "
+          f"intact (sha256)")
     print(f"delay proxy alone on loopback ({mb} MB each way, {delay_ms:g} ms each way, no tbf): "
           f"up {results['proxy_up']:.0f} MB/s, down {results['proxy_down']:.0f} MB/s "
           f"(plain TCP without it: {results['direct_up']:.0f} / {results['direct_down']:.0f} MB/s); "
