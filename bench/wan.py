@@ -118,10 +118,10 @@ class _Direction:
                     out = []
                 self.closed = True
                 if not dst.is_closing():
-                    if dst.can_write_eof():
+                    try:
                         dst.write_eof()
-                    else:
-                        dst.close()
+                    except OSError:       # the peer is gone already
+                        dst.abort()
                 continue
             self.held -= len(data)
             out.append(data)
