@@ -24,7 +24,6 @@ measured in one run, never absolute times across runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import shutil
@@ -100,52 +99,14 @@ def count_tree(tree: Path) -> tuple[int, int]:
 # --------------------------------------------------------------------------- delay proxy
 
 
-async def _proxy(listen_port: int, target_port: int, delay: float) -> None:
-    loop = asyncio.get_running_loop()
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def pump() -> None:
-            while True:
-                due, data = await queue.get()
-                wait = due - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if not data:
-                    writer.close()
-                    return
-                writer.write(data)
-                await writer.drain()
-        task = loop.create_task(pump())
-        try:
-            while True:
-                data = await reader.read(1 << 16)
-                queue.put_nowait((loop.time() + delay, data))
-                if not data:
-                    break
-            await task
-        except (ConnectionError, OSError):
-            task.cancel()
-
-    async def handle(r1: asyncio.StreamReader, w1: asyncio.StreamWriter) -> None:
-        r2, w2 = await asyncio.open_connection("127.0.0.1", target_port)
-        for w in (w1, w2):
-            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.gather(pipe(r1, w2), pipe(r2, w1), return_exceptions=True)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
-    async with server:
-        await server.serve_forever()
-
-
 def start_proxy(target_port: int, delay_ms: float) -> tuple[subprocess.Popen[bytes], int]:
     """The proxy runs in a process of its own so it never competes with the engine for
     this interpreter's GIL."""
     from support.sshd import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--proxy", str(port), str(target_port), str(delay_ms)])
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "wan.py"), "proxy", "--listen", f"127.0.0.1:{port}",
+                             "--target", f"127.0.0.1:{target_port}", "--delay-ms", str(delay_ms)])
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -448,10 +409,6 @@ class Bench:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--proxy":
-        listen, target, delay_ms = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-        asyncio.run(_proxy(listen, target, delay_ms / 1000))
-        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--copies", type=int, default=3, help="copies of site-packages in the tree (default 3)")
     p.add_argument("--repeat", type=int, default=5, help="runs of the no-op and one-file steps (median)")

@@ -62,7 +62,11 @@ def toml_value(v: Any) -> str:
     raise TypeError(v)
 
 
-def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "") -> Sshd:
+def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen: str = "127.0.0.1",
+               port: int | None = None, wrap: tuple[str, ...] = (), new_session: bool = False) -> Sshd:
+    """sshd -D on listen:port (default: a free loopback port).  wrap prefixes its command
+    (e.g. ("ip", "netns", "exec", NAME) for a network namespace); new_session keeps it out of
+    the caller's process group (a Ctrl-C then reaches only the caller, which stops it)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"OpenSSH server not installed ({SSHD}); scripts/setup installs it")
     base.mkdir(parents=True, exist_ok=True)
@@ -76,11 +80,11 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "") -> Ssh
     (base / "authorized_keys").write_text((base / "id_ed25519.pub").read_text())
     remote_cache = base / "remote-cache"
     remote_cache.mkdir(exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     cfg = base / "sshd_config"
     cfg.write_text(textwrap.dedent(f"""\
         Port {port}
-        ListenAddress 127.0.0.1
+        ListenAddress {listen}
         HostKey {hostkey}
         PidFile {base}/sshd.pid
         AuthorizedKeysFile {base}/authorized_keys
@@ -99,7 +103,7 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "") -> Ssh
     known_hosts = base / "known_hosts"
     ssh_config.write_text(textwrap.dedent(f"""\
         Host {alias}
-          HostName 127.0.0.1
+          HostName {listen}
           Port {port}
           User {user}
           IdentityFile {userkey}
@@ -111,13 +115,14 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "") -> Ssh
           ControlPersist 60
         """))
     pub = (base / "hostkey.pub").read_text().split()
-    known_hosts.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
-    proc = subprocess.Popen([SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")])
+    known_hosts.write_text(f"[{listen}]:{port} {pub[0]} {pub[1]}\n")
+    proc = subprocess.Popen([*wrap, SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")],
+                            start_new_session=new_session)
     sshd = Sshd(base, port, alias, ssh_config, known_hosts, userkey, remote_cache, proc)
 
     def ready() -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            with socket.create_connection((listen, port), timeout=0.5) as s:
                 return s.recv(4).startswith(b"SSH-")
         except OSError:
             return False
