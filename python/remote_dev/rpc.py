@@ -85,6 +85,7 @@ class AgentChannel:
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(self.closed)
+                fut.exception()  # marked retrieved: who awaits it still gets it, none is logged unawaited
         self.pending.clear()
 
     @property
