@@ -68,9 +68,25 @@ class Tree(object):
         looked at (so no change falls between the look and the watch)."""
         self.close()
         self.watch = Watch(self.root)
-        self.blind = set()
+        folders = set()
         for rel in self.states:
-            self.take(rel)
+            folders.add(rel.rpartition("/")[0])
+        for folder in list(folders):
+            while folder:
+                folder = folder.rpartition("/")[0]
+                if folder in folders:
+                    break
+                folders.add(folder)
+        failed = [f for f in sorted(folders) if not self.watch.add(f)]
+        if self.watch.broken:
+            self.blind = set(self.states)
+        elif failed:
+            self.blind = set(rel for rel in self.states if self.unwatched(rel))
+        else:
+            self.blind = set()
+
+    def unwatched(self, rel):
+        return any(folder not in self.watch.needed for folder in folders_of(rel))
 
     def take(self, rel):
         """Watch rel's folders; a path whose folders cannot be watched stays blind."""
