@@ -268,9 +268,9 @@ def sample_ratio(data):
 def choose_codec(link, cores, ratio1, formats=None, speed=1.0):
     """(format, level) moving the most raw bytes per second: RAW moves the link rate, a
     codec min(cores x its speed, link x its ratio).  link: wire bytes per second (None:
-    unknown, taken as fast: nothing is compressed); ratio1: zlib-1 ratio of the data (a
+    a fast link: nothing is compressed); ratio1: zlib-1 ratio of the data (a
     sample's, or measured); speed: this machine's speed relative to CODECS' figures.  A
-    slower codec is taken only for 5% more."""
+    slower codec is taken only for 2% more."""
     if link is None or ratio1 < INCOMPRESSIBLE:
         return RAW, 0
     best, best_rate = (RAW, 0), float(link)
@@ -278,7 +278,7 @@ def choose_codec(link, cores, ratio1, formats=None, speed=1.0):
         if formats is not None and fmt not in formats:
             continue
         rate = min(cores * mbs * MB * speed, link * ratio1 * rel)
-        if rate > best_rate * 1.05:
+        if rate > best_rate * 1.02:
             best, best_rate = (fmt, level), rate
     return best
 

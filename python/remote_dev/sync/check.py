@@ -69,11 +69,20 @@ class RemoteCheck:
     def start(self, agent: AgentChannel) -> None:
         self.agent = agent
         if self.scope is not None:
-            rels = [rel for rel, rec in self.records.data.items() if rec.origin == "push" and in_scope(rel, self.scope)]
+            rels = self.in_scope()
             if rels:
                 self.future = agent.send("verify", self.root, None, 0, 0, pack_states(entries_for(self.records, rels)))
             return
         self.send_tree(agent, self.memory.known.get(self.target))
+
+    def in_scope(self) -> list[str]:
+        """The pushed paths in scope: looked up when the scope names files (a save), a
+        pass over the records only for folders."""
+        data = self.records.data
+        scope = self.scope or []
+        if all(p in data for p in scope):
+            return [p for p in scope if data[p].origin == "push"]
+        return [rel for rel, rec in data.items() if rec.origin == "push" and in_scope(rel, scope)]
 
     def send_tree(self, agent: AgentChannel, known: Known | None) -> None:
         recs = self.records

@@ -50,8 +50,9 @@ from .scan import LocalEntry
 from .wire import AckClock, Compressor
 
 BATCH_BYTES = 2 << 20          # raw payload per push request
+FIRST_BATCH = 64 << 10         # the first batches are smaller (doubling up): the wire starts at once
 BATCH_OPS = 2048
-MAX_INFLIGHT = 4               # push requests per channel on the wire before waiting for answers
+MAX_INFLIGHT = 16              # push requests per channel on the wire before waiting for answers
 INFLIGHT_BYTES = 8 << 20       # wire bytes per channel on the wire
 EXTRA_CHANNEL_BYTES = 24 << 20  # pushes of at least this much use more channels:
 PUSH_CHANNELS = 4              # this many in all, when the link's window limits or
@@ -123,12 +124,14 @@ def batches_of(items: list[Send]) -> list[list[Send]]:
     out: list[list[Send]] = []
     cur: list[Send] = []
     size = 0
+    limit = FIRST_BATCH
     for item in sorted(items, key=by_suffix):
         cur.append(item)
         size += item.entry.size + 200
-        if size >= BATCH_BYTES or len(cur) >= BATCH_OPS:
+        if size >= limit or len(cur) >= BATCH_OPS:
             out.append(cur)
             cur, size = [], 0
+            limit = min(2 * limit, BATCH_BYTES)
     if cur:
         out.append(cur)
     return out
