@@ -219,3 +219,133 @@ def test_a_connection_cut_mid_push_ends_with_one_clear_line(engine, make_project
     for i in range(3):
         assert proj.remote(f"model/part{i}.bin").read_bytes() == (proj.root / f"model/part{i}.bin").read_bytes()
     assert len(os.listdir(proj.remote("src"))) == 40 and temps(proj.remote_root) == []
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def record_requests(monkeypatch):
+    """The requests sent to the agent in order, and "(awaited verify)" where the push
+    starts waiting for the remote check's answer: what is sent before that travels in
+    the same round trip as the check."""
+    sent = []
+    orig = rpc.AgentChannel.send
+
+    def send(self, m, *params):
+        fut = orig(self, m, *params)
+        sent.append("push" if m == "push_packed" else m)   # compressed or not, one request
+        return Awaited(fut, lambda: sent.append("(awaited verify)")) if m == "verify" else fut
+    monkeypatch.setattr(rpc.AgentChannel, "send", send)
+    return sent
+
+
+class Awaited:
+    """A future that says when it is awaited."""
+
+    def __init__(self, fut, said):
+        self.fut = fut
+        self.said = said
+
+    def __await__(self):
+        self.said()
+        return self.fut.__await__()
+
+    def __getattr__(self, name):
+        return getattr(self.fut, name)
+
+
+def test_the_remote_check_costs_no_round_trip_of_its_own(engine, make_project, monkeypatch):
+    """Records are a cache: every push asks the agent to check them (`verify`), yet that
+    request travels with the push's own: nothing the push sends waits for its answer, so it
+    adds no round trip (a no-op push makes that one request and nothing else)."""
+    proj = make_project()
+    for i in range(30):
+        proj.write(f"pkg/m{i}.py", source_text(2_000, i))
+    push(engine, proj)
+    sent = record_requests(monkeypatch)
+    assert push(engine, proj)["files"] == 0
+    assert sent == ["verify", "(awaited verify)"]   # a no-op push: one request, one round trip
+    del sent[:]
+    proj.write("pkg/m3.py", "changed\n")
+    res = push(engine, proj, paths=[str(proj.root / "pkg/m3.py")])   # a save: one round trip
+    assert res["files"] == 1 and sent == ["verify", "push", "(awaited verify)"]
+    del sent[:]
+    proj.write("pkg/m4.py", "changed\n")
+    proj.write("pkg/new.py", "new\n")
+    res = push(engine, proj)   # a tree push of what changed
+    assert res["files"] == 2 and sent == ["verify", "push", "(awaited verify)"]
+    # what the check finds costs the transfer it needs, nothing more
+    del sent[:]
+    proj.remote("pkg/m5.py").unlink()
+    res = push(engine, proj)
+    assert res["files"] == 1 and sent == ["verify", "(awaited verify)", "push"]
+    assert proj.remote("pkg/m5.py").read_text() == source_text(2_000, 5).decode()
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def vm_hwm(pid):
+    """Peak resident set of a process, in bytes (reset first with reset_hwm)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def reset_hwm(pid):
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def test_large_files_are_streamed_both_ways(engine, make_project, monkeypatch):
+    """A 64 MB file pushed and pulled: neither side ever holds it whole (Python's own
+    allocations here, the agent's peak resident set there), and it arrives byte exact."""
+    import hashlib
+    import tracemalloc
+
+    from remote_dev.sync import fetch
+
+    monkeypatch.setattr(fetch, "PULL_WINDOW", 4 << 20)
+    monkeypatch.setattr(fetch, "READ_SIZE", 1 << 20)
+    size = 64 << 20
+    proj = make_project(config_extra='[sync]\npull = ["results/"]\n')
+    block = os.urandom(1 << 20)
+    with open(proj.root / "model.bin", "wb") as f:
+        for i in range(size >> 20):
+            f.write(bytes([i]) + block[1:])
+    pid = agent_pid(engine, proj)
+    base = vm_hwm(pid)
+    reset_hwm(pid)
+    tracemalloc.start()
+    try:
+        res = push(engine, proj)
+        _, pushed_peak = tracemalloc.get_traced_memory()
+        agent_push_peak = vm_hwm(pid)
+        assert res["errors"] == [] and res["files"] == 2
+        remote = proj.remote("results/log.bin")
+        remote.parent.mkdir(parents=True)
+        with open(proj.remote("model.bin"), "rb") as src, open(remote, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        reset_hwm(pid)
+        tracemalloc.reset_peak()
+        res = pull(engine, proj)
+        _, pulled_peak = tracemalloc.get_traced_memory()
+        agent_pull_peak = vm_hwm(pid)
+    finally:
+        tracemalloc.stop()
+    assert res["errors"] == [] and res["files"] == 1
+
+    def sha(path):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+    assert sha(proj.remote("model.bin")) == sha(proj.root / "model.bin") == sha(proj.root / "results/log.bin")
+    limit = 24 << 20   # chunks and blocks in flight: well under the 64 MB file
+    assert pushed_peak < limit and pulled_peak < limit, (pushed_peak, pulled_peak)
+    assert agent_push_peak < max(base, 0) + limit and agent_pull_peak < base + limit, \
+        (base, agent_push_peak, agent_pull_peak)

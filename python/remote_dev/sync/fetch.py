@@ -2,8 +2,8 @@
 compressed by the agent for the link as measured (``read_block``: raw on fast links and
 for data that does not compress), taken in order, decompressed, hashed and written to a
 temporary file beside the file's place in a worker thread; the file is renamed into place
-when whole (apply.PullFile).  Never more than the window is held in memory, whatever the
-file's size.
+when whole (apply.PullFile).  A file's blocks are asked for as the window has room, so
+never more than the window is held in memory, whatever the file's size.
 
 A file that only grew since the last pull (a training log) transfers only its new bytes:
 when the local copy is still what the last pull left and the remote one is longer, the
@@ -35,7 +35,8 @@ class Fetch:
     item: PullItem
     start: int                  # 0, or the recorded size when only the tail comes
     file: PullFile | None = None
-    left: int = 0
+    offset: int = 0             # the next byte to ask for
+    left: int = 0               # blocks asked for, not yet taken
     failed: bool = False
 
 
@@ -57,6 +58,7 @@ class Fetcher:
         self.clock = AckClock(meter)
         self.window: deque[Block] = deque()
         self.in_window = 0
+        self.sending: deque[Fetch] = deque()   # files opened with blocks still to ask for
 
     async def fetch_all(self, todo: list[PullItem]) -> None:
         try:
@@ -67,14 +69,18 @@ class Fetcher:
                 await self.request(Fetch(item, self.commit.grown(item)))
                 while self.in_window >= PULL_WINDOW:
                     await self.take()
-            while self.window:
-                await self.take()
+            while self.window or self.sending:
+                if self.window:
+                    await self.take()
+                else:
+                    await self.fill()
         finally:
             for block in self.window:
                 consume(block.future)
-                if block.fetch.file is not None:
-                    block.fetch.file.discard()
-                    block.fetch.file = None
+            for fetch in [b.fetch for b in self.window] + list(self.sending):
+                if fetch.file is not None:
+                    fetch.file.discard()
+                    fetch.file = None
 
     async def put_link(self, item: PullItem) -> None:
         try:
@@ -85,7 +91,7 @@ class Fetcher:
         self.commit.done(item, st, link_hash(item.target or ""))
 
     async def request(self, fetch: Fetch) -> None:
-        """Open the file's writer and send its read requests (one per READ_SIZE)."""
+        """Open the file's writer; its read requests go out as the window has room."""
         item = fetch.item
         try:
             fetch.file = await asyncio.to_thread(PullFile, self.commit.root, item, fetch.start)
@@ -95,9 +101,22 @@ class Fetcher:
         if item.size <= fetch.start:
             await self.finish(fetch)
             return
+        fetch.offset = fetch.start
+        self.sending.append(fetch)
+        await self.fill()
+
+    async def fill(self) -> None:
+        """Read requests (one per READ_SIZE) while the window has room: a file larger than
+        the window is asked for as its blocks are taken."""
         link = self.meter.link()
-        offset = fetch.start
-        while offset < item.size:
+        sent = False
+        while self.sending and self.in_window < PULL_WINDOW:
+            fetch = self.sending[0]
+            item = fetch.item
+            if fetch.failed or fetch.offset >= item.size:
+                self.sending.popleft()
+                continue
+            offset = fetch.offset
             n = min(READ_SIZE, item.size - offset)
             prefix = [fetch.start, self.commit.records.data[item.rel].hash] if offset == fetch.start and fetch.start \
                 else None
@@ -106,8 +125,10 @@ class Fetcher:
             self.window.append(block)
             self.in_window += n
             fetch.left += 1
-            offset += n
-        await self.agent.drain()
+            fetch.offset += n
+            sent = True
+        if sent:
+            await self.agent.drain()
 
     async def take(self) -> None:
         """The oldest block: written to its file (its file finished when whole)."""
@@ -130,8 +151,10 @@ class Fetcher:
         except (OSError, ValueError) as e:
             await self.fail(fetch, e)
             return
-        if fetch.left == 0:
+        if fetch.left == 0 and fetch.offset >= fetch.item.size:
             await self.finish(fetch)
+        else:
+            await self.fill()
 
     async def fail(self, fetch: Fetch, err: Exception) -> None:
         """A block could not be read or written: the file's temporary goes; a file whose
