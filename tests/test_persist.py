@@ -2,9 +2,12 @@
 real ipykernel and jupyter_server (the venv's python acts as the remote's python)."""
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +18,24 @@ import pytest
 from conftest import events, require, run_processes, wait_for
 from remote_dev.errors import RemoteDevError
 from remote_dev.kernels import python_traceback
+
+
+@pytest.fixture(autouse=True)
+def leave_nothing(tmp_path):
+    """A failed test leaves no kernel or server of its projects behind (they outlive
+    everything on purpose): processes with a service marker working under tmp_path go."""
+    yield
+    for pid in os.listdir("/proc"):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except (OSError, ValueError):
+            continue
+        if any(v.startswith(b"REMOTE_DEV_RUN_ID=rd-") for v in env) and cwd.startswith(str(tmp_path)):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def have_jupyter() -> None:
@@ -135,7 +156,9 @@ def test_kernel_rich_output_saved_and_interrupt(engine, make_project):
         wait_for(lambda: any("In [2]" in ln for k, p in engine.reports if k == "kernel_output" for ln in p["lines"]), 30)
         engine.call_sync("kernel", ctx, {"what": "interrupt"}, timeout=30)
         assert fut.result(30)["error"].startswith("KeyboardInterrupt")
-        assert engine.call_sync("send", ctx, {"code": "1 + 1"}, timeout=30)["status"] == "ok"
+        # the connection drops: the forwards come back on their ports, the kernel answers
+        drop_connection(engine, ctx)
+        assert engine.call_sync("send", ctx, {"code": "1 + 1"}, timeout=60)["status"] == "ok"
     finally:
         engine.call_sync("kernel", ctx, {"what": "stop"}, timeout=60)
 
@@ -203,7 +226,7 @@ def test_shell_is_made_in_remote_root_found_again_and_killed_clean(engine, make_
     try:
         assert opened["created"] is True and session in tmux_sessions(sshd)
         engine.call_sync("shell_input", ctx, {"id": 1, "data": "echo \"at $PWD with $RD_MARK\"; sleep 300 &\r"})
-        wait_for(lambda: f"at {proj.remote_root} with from-env" in shell_text(engine, 1), 20,
+        wait_for(lambda: f"at {proj.remote_root} with from-env" in capture(sshd, session), 20,
                  what="the shell's answer")
         pane_pid = int(subprocess.run(["tmux", "-L", "remote-dev", "list-panes", "-t", "=" + session, "-F", "#{pane_pid}"],
                                       capture_output=True, text=True, env={"TMUX_TMPDIR": str(sshd.dir / "tmux")}).stdout)
@@ -214,6 +237,13 @@ def test_shell_is_made_in_remote_root_found_again_and_killed_clean(engine, make_
         assert again["created"] is False
         wait_for(lambda: "with from-env" in shell_text(engine, 2), 20, what="the earlier output on reattach")
         assert wait_for(lambda: run_processes(session), 5)
+        # the connection drops: both terminals reattach by themselves, the shell is the same
+        drop_connection(engine, ctx)
+        wait_for(lambda: [p for k, p in engine.reports if k == "shell_state" and p["state"] == "reconnecting"], 10)
+        wait_for(lambda: len([p for k, p in engine.reports if k == "shell_state" and p["id"] == 1
+                              and p["state"] == "attached"]) == 2, 30, what="terminal 1 attached again")
+        engine.call_sync("shell_input", ctx, {"id": 1, "data": "echo back-$((40+2))\r"})
+        wait_for(lambda: "back-42" in capture(sshd, session), 20, what="input after the reconnect")
     finally:
         engine.call_sync("shell_kill", ctx, {"name": "main"}, timeout=60)
     assert session not in tmux_sessions(sshd)
@@ -221,6 +251,22 @@ def test_shell_is_made_in_remote_root_found_again_and_killed_clean(engine, make_
     assert not _alive(pane_pid)
     with pytest.raises(RemoteDevError, match="no shell named 'main'"):
         engine.call_sync("shell_kill", ctx, {"name": "main"}, timeout=60)
+
+
+def capture(sshd, session: str) -> str:
+    """The shell's screen as tmux has it (the bytes relayed are drawing commands)."""
+    return subprocess.run(["tmux", "-L", "remote-dev", "capture-pane", "-p", "-J", "-t", f"={session}:"],
+                          capture_output=True, text=True, env={"TMUX_TMPDIR": str(sshd.dir / "tmux")}).stdout
+
+
+def drop_connection(engine, ctx) -> None:
+    """The SSH connection breaks (as when the network goes); returns once the engine knows."""
+    async def drop():
+        sess = engine.project(ctx).session()
+        sess.conn.abort()
+        while sess.connected:
+            await asyncio.sleep(0.01)
+    engine.submit(drop()).result(10)
 
 
 def _alive(pid: int) -> bool:
@@ -238,3 +284,16 @@ def test_no_tmux_is_one_clear_message(engine, make_project):
     assert "tmux is not installed" in e.value.message and "apt install tmux" in e.value.message
     assert e.value.message.startswith("rdtest: ")
     time.sleep(0)
+
+
+def test_health_names_tmux_ipykernel_and_the_jupyter_server(engine, make_project):
+    have_tmux()
+    have_jupyter()
+    proj, ctx = venv_project(make_project)
+    texts = [i["text"] for i in engine.call_sync("health", ctx, timeout=60)["remote"]]
+    assert any(t.startswith("tmux: tmux 3") for t in texts), texts
+    assert any(t.startswith("ipykernel: importable by") for t in texts)
+    assert any(t.startswith("Jupyter server: jupyter_server importable") for t in texts)
+    bare = make_project("bare", target={"python": "/usr/bin/python3", "env": {"PATH": "/nonexistent"}})
+    texts = [i["text"] for i in engine.call_sync("health", {"cwd": str(bare.root)}, timeout=60)["remote"]]
+    assert any(t.startswith("ipykernel: not installed for /usr/bin/python3") for t in texts), texts

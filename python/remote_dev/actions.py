@@ -177,7 +177,7 @@ async def shell_detach(engine: Engine, ctx: dict[str, Any], id: int) -> None:  #
 
 @action("shells")
 async def shells_list(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
-    return await shells.list_shells(engine.project(ctx))
+    return await shells.list_shells(engine, engine.project(ctx))
 
 
 @action("shell_kill")
@@ -209,4 +209,4 @@ async def notebook(engine: Engine, ctx: dict[str, Any], stop: bool = False) -> d
 @action("services")
 async def services_list(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
     """The target's live shells, kernel and notebook server (for :RemoteRuns)."""
-    return await services.list_all(engine.project(ctx).session())
+    return await services.list_all(engine.project(ctx).session(), engine)

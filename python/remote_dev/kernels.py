@@ -160,6 +160,8 @@ class Kernel:
         self.sess = sess
         self.name = remote_name(sess, KERNEL)
         self.client: Any = None
+        self.info: dict[str, Any] = {}
+        self.conn_seen: Any = None
         self.forwards: list[Forward] = []
         self.readers: list[asyncio.Task[None]] = []
         self.pending: dict[str, Execution] = {}
@@ -185,8 +187,15 @@ class Kernel:
         """Connected to the kernel: the running one, else (with start) a new one.  True
         when it was found running."""
         async with self.lock:
-            if self.client is not None:
+            if self.client is not None and not self.reconnected:
                 return True   # a kernel that died is noticed while code waits (execute)
+            if self.client is not None:
+                # after a reconnect the forwards are back on their ports: a new client
+                # that is sure to receive (the old one may have lost its subscription)
+                await self.sess.ensure()
+                self.close_client(f"the connection to {self.sess.target.host} dropped")
+                await self.open_client()
+                return True
             info = await self.sess.call("service_info", self.name)
             if info is not None and info.get("state") in ("starting", "running"):
                 await self.connect()
@@ -225,8 +234,7 @@ class Kernel:
         return RemoteDevError(f"{self.sess.target.host}: {what}" + (f":\n{tail}" if tail else ""))
 
     async def connect(self) -> None:
-        from jupyter_client.asynchronous import AsyncKernelClient
-
+        """Forward the kernel's ports and open a client on them."""
         sess = self.sess
         info = await sess.call("service_file", self.name, CONNECTION_FILE, START_TIMEOUT)
         if info is None:
@@ -234,11 +242,19 @@ class Kernel:
         fwd = forwards_of(sess)
         self.forwards = [await fwd.add(services.launcher_for(sess).launch(sess, []).dest_host, int(info[p]),
                                        name=f"kernel {p}") for p in PORTS]
-        local = dict(info, ip="127.0.0.1", transport="tcp")
+        self.info = dict(info, ip="127.0.0.1", transport="tcp")
         for p, f in zip(PORTS, self.forwards):
-            local[p] = f.local_port
+            self.info[p] = f.local_port
+        await self.open_client()
+        services.note(self.engine, sess, KERNEL, "kernel", "running", info.get("kernel_name") or "")
+
+    async def open_client(self) -> None:
+        """A jupyter_client on the forwarded ports, ready (its iopub receives), and the
+        readers of its replies and outputs."""
+        from jupyter_client.asynchronous import AsyncKernelClient
+
         client = AsyncKernelClient()
-        client.load_connection_info(local)
+        client.load_connection_info(self.info)
         client.start_channels()
         try:
             await asyncio.wait_for(client.wait_for_ready(timeout=START_TIMEOUT), START_TIMEOUT + 5)
@@ -246,13 +262,13 @@ class Kernel:
             client.stop_channels()
             raise await self.failed(f"the kernel does not answer ({e})") from None
         self.client = client
+        self.conn_seen = self.sess.conn
         self.last_seen = time.monotonic()
         loop = asyncio.get_running_loop()
         self.readers = [loop.create_task(self.read(client.get_iopub_msg, self.on_iopub)),
                         loop.create_task(self.read(client.get_shell_msg, self.on_shell))]
-        services.note(sess, KERNEL, "kernel", "running", info.get("kernel_name") or "")
 
-    def disconnect(self) -> None:
+    def close_client(self, why: str) -> None:
         for task in self.readers:
             task.cancel()
         self.readers = []
@@ -262,13 +278,22 @@ class Kernel:
             except Exception:  # noqa: BLE001 - closing sockets of a gone kernel
                 pass
             self.client = None
+        for ex in self.pending.values():
+            if not ex.done.done():
+                ex.done.set_exception(RemoteDevError(why))
+        self.pending.clear()
+
+    @property
+    def reconnected(self) -> bool:
+        """The SSH connection dropped (or was made anew) since the client was opened:
+        messages in flight then are lost, a subscription may be late."""
+        return self.conn_seen is not self.sess.conn or not self.sess.connected
+
+    def disconnect(self) -> None:
+        self.close_client("the kernel went away")
         for f in self.forwards:
             forwards_of(self.sess).close(f)
         self.forwards = []
-        for ex in self.pending.values():
-            if not ex.done.done():
-                ex.done.set_exception(RemoteDevError("the kernel went away"))
-        self.pending.clear()
 
     async def stop(self, quiet: bool = False) -> bool:
         """Shut the kernel down; no process of it is left.  False when none was running."""
@@ -289,7 +314,7 @@ class Kernel:
                     if info is None or info.get("state") not in ("starting", "running"):
                         break
                 await self.sess.call("service_stop", self.name, self.proj.config.run.stop_grace)
-            services.note(self.sess, KERNEL, "kernel", None)
+            services.note(self.engine, self.sess, KERNEL, "kernel", None)
             self.cells.clear()
             if not quiet:
                 self.say("kernel stopped" if live else "no kernel was running")
@@ -410,6 +435,14 @@ class Kernel:
                 except asyncio.TimeoutError:
                     if time.monotonic() - self.last_seen < CHECK_EVERY:
                         continue
+                    if self.reconnected:
+                        if ex.reply is not None:   # it ran; what it printed meanwhile is lost
+                            self.say(f"the connection to {self.sess.target.host} dropped while In [{ex.count or '?'}] "
+                                     f"ran: some of its output is lost")
+                            break
+                        raise RemoteDevError(f"the connection to {self.sess.target.host} dropped while the code was "
+                                             f"sent or ran: its output is lost (the kernel and its state are kept; "
+                                             f":RemoteSend again)")
                     info = await self.sess.call("service_info", self.name)
                     if info is None or info.get("state") not in ("starting", "running"):
                         self.disconnect()

@@ -67,7 +67,7 @@ async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
     fwd = await forwards_of(sess).add(meta.get("host") or "127.0.0.1", port, name="notebook")
     path = meta.get("path") or ""
     url = f"http://127.0.0.1:{fwd.local_port}/{path}?token={token}"
-    services.note(sess, NOTEBOOK, "notebook", "running", f"{meta.get('server')} at http://127.0.0.1:{fwd.local_port}/")
+    services.note(engine, sess, NOTEBOOK, "notebook", "running", f"{meta.get('server')} at http://127.0.0.1:{fwd.local_port}/")
     engine.emit("RemoteDevNotebook", {"url": url, "target": t.name, "found": found})
     return {"url": url, "local_port": fwd.local_port, "remote_port": port, "server": meta.get("server"),
             "found": found, "ms": round((time.perf_counter() - t0) * 1000)}
@@ -86,7 +86,7 @@ async def stop_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
     for f in list(fw.items):
         if f.name == "notebook" and f.dest_port == port:
             fw.close(f)
-    services.note(sess, NOTEBOOK, "notebook", None)
+    services.note(engine, sess, NOTEBOOK, "notebook", None)
     engine.message(f"notebook server on {sess.target.name} stopped" if live
                    else f"no notebook server was running on {sess.target.name}")
     return {"stopped": live}

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import Project, TargetSession
+from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
-from .status import STATUS_PARTS
+from .status import STATUS_PARTS, publish_status
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 SHELL, KERNEL, NOTEBOOK = "shell", "kernel", "notebook"
@@ -34,8 +34,12 @@ TMUX_SOCKET = "remote-dev"      # tmux -L: remote_dev's own tmux server on the r
 
 def namespace(sess: TargetSession) -> str:
     """The prefix of every shell and service name of this project's target."""
-    root = (sess.remote_root or sess.target.remote_root).rstrip("/")
-    digest = hashlib.sha1(f"{root}\0{sess.target.name}".encode()).hexdigest()[:8]
+    return namespace_for(sess.remote_root or sess.target.remote_root, sess.target.name)
+
+
+def namespace_for(remote_root: str, target: str) -> str:
+    root = remote_root.rstrip("/")
+    digest = hashlib.sha1(f"{root}\0{target}".encode()).hexdigest()[:8]
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", posixpath.basename(root))[:20].strip("-") or "project"
     return f"rd-{slug}-{digest}-"
 
@@ -106,23 +110,26 @@ def summarize(sess: TargetSession, info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def list_all(sess: TargetSession, live_only: bool = True) -> list[dict[str, Any]]:
+async def list_all(sess: TargetSession, engine: Engine | None = None, live_only: bool = True) -> list[dict[str, Any]]:
     """The target's shells, kernel and notebook server, as the remote has them now."""
     found = await sess.call("service_list", namespace(sess))
     items = [summarize(sess, i) for i in found if not live_only or i.get("state") in ("starting", "running")]
     items.sort(key=lambda i: (i["kind"], i["name"]))
     k = known(sess)
     k.items, k.at = items, time.time()
+    if engine is not None:
+        publish_status(engine, sess.project)
     return items
 
 
-def note(sess: TargetSession, kind: str, name: str, state: str | None, detail: str = "") -> None:
+def note(engine: Engine, sess: TargetSession, kind: str, name: str, state: str | None, detail: str = "") -> None:
     """Update what status() shows of one shell or service without asking the remote."""
     k = known(sess)
     k.items = [i for i in k.items if not (i["kind"] == kind and i["name"] == name)]
     if state is not None:
         k.items.append({"kind": kind, "name": name, "state": state, "detail": detail, "target": sess.target.name})
         k.items.sort(key=lambda i: (i["kind"], i["name"]))
+    publish_status(engine, sess.project)
 
 
 def status_part(proj: Project) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
@@ -47,6 +47,8 @@ class Shell:
     proc: asyncssh.SSHClientProcess[bytes] | None = None
     task: asyncio.Task[None] | None = None
     detached: bool = False    # the terminal went away: do not reattach
+    typed: bytearray = field(default_factory=bytearray)   # keys typed before the first attach
+    attached_once: bool = False
 
     def report_state(self, state: str, message: str = "") -> None:
         self.engine.report("shell_state", {"id": self.term, "name": self.name, "state": state, "message": message,
@@ -74,6 +76,10 @@ class Shell:
                 continue
             delay = 0.5
             self.report_state("attached")
+            self.attached_once = True
+            if self.typed:
+                self.proc.stdin.write(bytes(self.typed))
+                self.typed.clear()
             tail = b""
             try:
                 while True:
@@ -111,11 +117,14 @@ class Shell:
                 return
 
     def write(self, data: bytes) -> None:
-        if self.proc is not None:
-            try:
-                self.proc.stdin.write(data)
-            except (asyncssh.Error, OSError, BrokenPipeError):
-                pass
+        if self.proc is None:
+            if not self.attached_once:   # typed ahead of the first attach: sent then
+                self.typed += data[:65536 - len(self.typed)]
+            return   # while reconnecting keys go nowhere (never replayed blind later)
+        try:
+            self.proc.stdin.write(data)
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass
 
     def resize(self, cols: int, rows: int) -> None:
         self.cols, self.rows = cols, rows
@@ -175,7 +184,7 @@ async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: 
     shell = Shell(term, name, session, sess, engine, made["tmux"], max(cols, 2), max(rows, 1))
     SHELLS[term] = shell
     shell.task = asyncio.get_running_loop().create_task(shell.relay(history))
-    services.note(sess, SHELL, name, "running", "attached")
+    services.note(engine, sess, SHELL, name, "running", "attached")
     where = f"{t.host}:{spec['root']}" + (" (in a container)" if t.runner == "container" else "")
     return {"id": term, "name": name, "session": session, "created": made["created"], "target": t.name,
             "where": where}
@@ -199,9 +208,9 @@ def shell_detach(term: int) -> None:
         shell.detach()
 
 
-async def list_shells(proj: Project) -> list[dict[str, Any]]:
+async def list_shells(engine: Engine, proj: Project) -> list[dict[str, Any]]:
     sess = proj.session()
-    return [s for s in await services.list_all(sess) if s["kind"] == SHELL]
+    return [s for s in await services.list_all(sess, engine) if s["kind"] == SHELL]
 
 
 async def kill_shell(engine: Engine, proj: Project, name: str) -> dict[str, Any]:
@@ -217,6 +226,6 @@ async def kill_shell(engine: Engine, proj: Project, name: str) -> dict[str, Any]
     existed = await sess.call("shell_kill", session, proj.config.run.stop_grace)
     if not existed:
         raise RemoteDevError(f"no shell named {name!r} on {sess.target.name} (:RemoteShell! lists them)")
-    services.note(sess, SHELL, name, None)
+    services.note(engine, sess, SHELL, name, None)
     engine.message(f"shell {name} killed on {sess.target.host}")
     return {"name": name, "killed": True}

@@ -279,7 +279,7 @@ def shell_ensure(spec):
         _tmux(tmux, ["set-environment", "-t", "=" + name, key, value])
     # The session fills the Neovim window: no status line, which would also keep the
     # lines tmux scrolls out of Neovim's scrollback.
-    _tmux(tmux, ["set-option", "-t", "=" + name, "status", "off"])
+    _tmux(tmux, ["set-option", "-t", "=" + name + ":", "status", "off"])
     # This server's clients draw on the normal screen (lines scrolled off go to the
     # terminal's scrollback, which the alternate screen has none of).
     _tmux(tmux, ["set-option", "-s", "-a", "terminal-overrides", ",xterm-256color:smcup@:rmcup@"])
