@@ -297,3 +297,29 @@ def test_health_names_tmux_ipykernel_and_the_jupyter_server(engine, make_project
     bare = make_project("bare", target={"python": "/usr/bin/python3", "env": {"PATH": "/nonexistent"}})
     texts = [i["text"] for i in engine.call_sync("health", {"cwd": str(bare.root)}, timeout=60)["remote"]]
     assert any(t.startswith("ipykernel: not installed for /usr/bin/python3") for t in texts), texts
+
+
+def test_container_shell_runs_in_the_image_with_the_tree_mounted(engine, make_project, sshd):
+    have_tmux()
+    from support.podman import TEST_IMAGE, ensure_test_image, podman_available
+    from test_container import container_project, podman_ps
+
+    reason = podman_available()
+    require(reason is None, f"podman: {reason}")
+    ensure_test_image()
+    proj = container_project(make_project, dockerfile=False, image=TEST_IMAGE)
+    proj.write("data.txt", "mounted tree\n")
+    ctx = {"cwd": str(proj.root)}
+    engine.call_sync("push", ctx, {}, timeout=60)
+    opened = engine.call_sync("shell_open", ctx, {"id": 7, "name": "box", "cols": 120, "rows": 30}, timeout=120)
+    session = opened["session"]
+    try:
+        assert "(in a container)" in opened["where"]
+        engine.call_sync("shell_input", ctx, {"id": 7, "data": "echo \"$(pwd) $(cat data.txt) $(cat /etc/debian_version)\"\r"})
+        wait_for(lambda: "/workspace mounted tree 12" in capture(sshd, session), 60,
+                 what=f"the shell inside the container: {capture(sshd, session)}")
+        assert podman_ps(f"rd-{session}") == [f"rd-{session}"]
+    finally:
+        engine.call_sync("shell_kill", ctx, {"name": "box"}, timeout=60)
+    wait_for(lambda: podman_ps(f"rd-{session}") == [], 30, what="the container removed")
+    assert session not in tmux_sessions(sshd)

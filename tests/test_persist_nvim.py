@@ -149,12 +149,15 @@ def test_kernel_state_survives_neovim_and_errors_land_in_quickfix(nvim, make_pro
         api.command(f"{last}RemoteSend")
         wait_for(lambda: "Out[3]: 43" in kernel_text(api), 60, 0.05, what=f"the kept value: {kernel_text(api)}")
         assert "connected to the running kernel" in kernel_text(api)
+        api.command("normal! 4G0f6v$\x1b")   # a charwise selection: `6 * 7` of `value = 6 * 7`
+        api.command("'<,'>RemoteSend")
+        wait_for(lambda: "Out[4]: 42" in kernel_text(api), 60, 0.05, what=f"the selection's value: {kernel_text(api)}")
         api.call("cursor", 10, 1)
         api.command("RemoteSend")              # the failing cell
         qf = wait_for(lambda: (q := api.call("getqflist", {"title": 1, "items": 1})) and q["items"] and q, 60)
         located = [(api.call("fnamemodify", api.call("bufname", i["bufnr"]), ":p"), i["lnum"]) for i in qf["items"] if i["valid"]]
         assert located == [(str(cells), 11), (str(cells), 9), (str(model), 2), (str(model), 6)]
-        assert "ValueError: bad data" in qf["items"][-1]["text"] and "In [4]" in qf["title"]
+        assert "ValueError: bad data" in qf["items"][-1]["text"] and "In [5]" in qf["title"]
         assert "ValueError: bad data" in kernel_text(api)
         api.command("RemoteKernel stop")
         wait_for(lambda: "kernel stopped" in kernel_text(api), 60)

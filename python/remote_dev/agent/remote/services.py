@@ -274,7 +274,7 @@ def shell_ensure(spec):
     os.makedirs(shells_dir(), exist_ok=True)
     write_json(os.path.join(shells_dir(), name + ".json"),
                {"stop_commands": spec.get("stop_commands") or [], "meta": spec.get("meta") or {},
-                "created": time.time()})
+                "env": spec.get("env") or {}, "created": time.time()})
     for key, value in sorted(env.items()):   # new windows of the session get them too
         _tmux(tmux, ["set-environment", "-t", "=" + name, key, value])
     # The session fills the Neovim window: no status line, which would also keep the
@@ -341,10 +341,12 @@ def shell_kill(name, grace):
         existed = True
         code, out, _ = _tmux(tmux, ["list-panes", "-s", "-t", "=" + name, "-F", "#{pane_pid}"])
         panes = [int(p) for p in out.split() if p.isdigit()] if code == 0 else []
+    env = dict(os.environ)
+    env.update(record.get("env") or {})
     for argv in record.get("stop_commands") or []:
         try:
             subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=60)
+                           stderr=subprocess.DEVNULL, timeout=60, env=env)
         except (OSError, subprocess.TimeoutExpired):
             pass
     if existed:
