@@ -133,9 +133,7 @@ def test_kernel_state_survives_neovim_and_errors_land_in_quickfix(nvim, make_pro
     model = proj.write("pkg/model.py", "def load(p):\n    return parse(p)\n\n\ndef parse(p):\n    raise ValueError('bad ' + p)\n")
     cells = proj.write("cells.py", CELLS)
     nvim.open(proj.root, cells)
-    nvim.command("RemotePush")
-    nvim.wait_event("RemoteDevPushDone", 60)
-    nvim.command("1RemoteSend")            # a range: the import
+    nvim.command("1RemoteSend")            # a range: the import (the kernel starts; the tree is pushed)
     nvim.call("cursor", 4, 1)
     nvim.command("RemoteSend")             # the cell at the cursor
     wait_for(lambda: "value is 42" in kernel_text(nvim), 120, 0.05, what=f"the cell's output: {kernel_text(nvim)}")

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import services, tracebacks
+from . import services, sync, tracebacks
 from .engine import Engine, Project, TargetSession, log
 from .errors import RemoteDevError
 from .forwards import Forward, forwards_of
@@ -211,6 +211,7 @@ class Kernel:
         mods = await services.python_modules(sess, ["ipykernel"])
         if not mods["modules"]["ipykernel"]:
             raise no_ipykernel(sess)
+        await sync.do_push(self.engine, self.proj, None, quiet=True)   # it imports the tree as it is
         conn_file = posixpath.join(sess.hello["cache_dir"], "services", self.name, CONNECTION_FILE)
         argv = services.python_argv(t.python, ["-m", "ipykernel_launcher", "-f", conn_file, "--ip=127.0.0.1"])
         launch = services.launcher_for(sess).launch(sess, argv)
