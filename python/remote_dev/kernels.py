@@ -213,8 +213,9 @@ class Kernel:
             raise no_ipykernel(sess)
         await sync.do_push(self.engine, self.proj, None, quiet=True)   # it imports the tree as it is
         conn_file = posixpath.join(sess.hello["cache_dir"], "services", self.name, CONNECTION_FILE)
-        argv = services.python_argv(t.python, ["-m", "ipykernel_launcher", "-f", conn_file, "--ip=127.0.0.1"])
-        launch = services.launcher_for(sess).launch(sess, argv)
+        launcher = services.launcher_for(sess)
+        argv = services.python_argv(t.python, ["-m", "ipykernel_launcher", "-f", conn_file, f"--ip={launcher.listen}"])
+        launch = launcher.launch(sess, argv)
         spec = {"name": self.name, "root": sess.remote_root or t.remote_root, "argv": launch.argv,
                 "env": {**t.env, "PYTHONUNBUFFERED": "1"},
                 "meta": {"kind": KERNEL, "target": t.name, "local_root": str(self.proj.root),

@@ -45,10 +45,11 @@ async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
         module = have[0]
         port = await sess.call("free_port")
         token = secrets.token_hex(24)
-        args = ["-m", module, "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0"]
+        launcher = services.launcher_for(sess)
+        args = ["-m", module, "--no-browser", f"--ip={launcher.listen}", f"--port={port}", "--port-retries=0"]
         if mods.get("root"):
             args.append("--allow-root")
-        launch = services.launcher_for(sess).launch(sess, services.python_argv(t.python, args))
+        launch = launcher.launch(sess, services.python_argv(t.python, args))
         spec = {"name": name, "root": sess.remote_root or t.remote_root, "argv": launch.argv,
                 "env": {**t.env, "JUPYTER_TOKEN": token},
                 "meta": {"kind": NOTEBOOK, "target": t.name, "local_root": str(proj.root), "server": module,

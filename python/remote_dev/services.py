@@ -64,12 +64,19 @@ class Launch:
 
 
 class HostLauncher:
-    """The process runs on the target's host, as it is (runner process and container for
-    kernels and notebooks; the shell of a container target runs in a container, see
-    shells.py).  The seam for a Slurm allocation's job steps."""
+    """Long-lived processes run on the target's host as they are (also on the Slurm runner:
+    on the login node).  The seam for a held Slurm allocation: its launcher wraps argv as
+    a job step (``srun --jobid=ID --overlap [--pty] ...``), makes servers listen on the
+    node's address and names that node as where the forwards go."""
+
+    listen = "127.0.0.1"     # the address kernels and servers bind
 
     def launch(self, sess: TargetSession, argv: list[str]) -> Launch:
         return Launch(list(argv))
+
+    def shell(self, sess: TargetSession, argv: list[str] | None) -> list[str] | None:
+        """The program of a tmux session (None: the user's login shell, chosen remotely)."""
+        return argv
 
 
 def launcher_for(sess: TargetSession) -> HostLauncher:

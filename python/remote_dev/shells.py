@@ -170,6 +170,7 @@ async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: 
     session = remote_name(sess, SHELL, name)
     t = sess.target
     argv, stop = (await container_spec(proj, sess, session)) if t.runner == "container" else (None, [])
+    argv = services.launcher_for(sess).shell(sess, argv)
     spec = {"name": session, "root": sess.remote_root or t.remote_root, "argv": argv, "env": dict(t.env),
             "cols": cols, "rows": rows, "stop_commands": stop,
             "meta": {"kind": SHELL, "target": t.name, "local_root": str(proj.root), "runner": t.runner}}
