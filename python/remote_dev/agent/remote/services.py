@@ -374,15 +374,5 @@ def _shell_processes(name, panes):
 
 
 def _kill_all(name, panes, grace):
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGKILL):
-        pids = _shell_processes(name, panes)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.time() + (grace if sig != signal.SIGKILL else 5.0)
-        while time.time() < deadline and _shell_processes(name, panes):
-            time.sleep(0.05)
+    procs.kill_run_processes(name, None, grace, signals=(signal.SIGHUP, signal.SIGTERM, signal.SIGKILL),
+                             find=lambda: _shell_processes(name, panes))
