@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import debug, forwards, health as health_mod, runs as runs_mod, sync
+from . import debug, forwards, health as health_mod, kernels, notebook as notebook_mod, runs as runs_mod, \
+    services, shells, sync
 from .engine import Action, Engine
 from .errors import RemoteDevError
 from .status import publish_status
@@ -34,6 +35,7 @@ async def status(engine: Engine, ctx: dict[str, Any], refresh: bool = True) -> d
     if refresh:
         try:
             await sess.ping()
+            await services.list_all(sess)
         except RemoteDevError as e:
             sess.last_error = e.message
             publish_status(engine, proj)
@@ -165,3 +167,64 @@ async def forward(engine: Engine, ctx: dict[str, Any], port: int, local: int | N
     fwd = await forwards.forwards_of(sess).add("127.0.0.1", int(port), int(local or 0), name=f"port {port}")
     engine.message(f"localhost:{fwd.local_port} -> {sess.target.host}:127.0.0.1:{port} (kept across reconnects)")
     return fwd.describe()
+
+
+# -- shells, the kernel, the notebook server: long-lived remote processes found again by name
+
+@action("shell_open")
+async def shell_open(engine: Engine, ctx: dict[str, Any], id: int, name: str = "main",  # noqa: A002
+                     cols: int = 80, rows: int = 24) -> dict[str, Any]:
+    """Attach terminal `id` (its buffer) to shell `name`, made in remote_root when missing."""
+    return await shells.open_shell(engine, engine.project(ctx), int(id), name or "main", int(cols), int(rows))
+
+
+@action("shell_input")
+async def shell_input(engine: Engine, ctx: dict[str, Any], id: int, data: str) -> None:  # noqa: A002
+    shells.shell_input(int(id), data)   # no await before the write: keystrokes stay in order
+
+
+@action("shell_resize")
+async def shell_resize(engine: Engine, ctx: dict[str, Any], id: int, cols: int, rows: int) -> None:  # noqa: A002
+    shells.shell_resize(int(id), cols, rows)
+
+
+@action("shell_detach")
+async def shell_detach(engine: Engine, ctx: dict[str, Any], id: int) -> None:  # noqa: A002
+    shells.shell_detach(int(id))
+
+
+@action("shells")
+async def shells_list(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    return await shells.list_shells(engine, engine.project(ctx))
+
+
+@action("shell_kill")
+async def shell_kill(engine: Engine, ctx: dict[str, Any], name: str) -> dict[str, Any]:
+    return await shells.kill_shell(engine, engine.project(ctx), name)
+
+
+@action("kernel")
+async def kernel(engine: Engine, ctx: dict[str, Any], what: str = "start") -> dict[str, Any]:
+    """:RemoteKernel start|stop|restart|interrupt."""
+    return await kernels.kernel_command(engine, engine.project(ctx), what)
+
+
+@action("send")
+async def send(engine: Engine, ctx: dict[str, Any], code: str, file: str | None = None,
+               line: int = 1) -> dict[str, Any]:
+    """Run code (from `file` at `line`) in the target's kernel; answers when it finished."""
+    return await kernels.send(engine, engine.project(ctx), code, file or ctx.get("file") or None, int(line))
+
+
+@action("notebook")
+async def notebook(engine: Engine, ctx: dict[str, Any], stop: bool = False) -> dict[str, Any]:
+    proj = engine.project(ctx)
+    if stop:
+        return await notebook_mod.stop_notebook(engine, proj)
+    return await notebook_mod.open_notebook(engine, proj)
+
+
+@action("services")
+async def services_list(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """The target's live shells, kernel and notebook server (for :RemoteRuns)."""
+    return await services.list_all(engine.project(ctx).session(), engine)

@@ -84,12 +84,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 KILL_WAIT = 5.0   # seconds to wait for SIGKILLed processes to go
 
 
-def kill_run_processes(run_id, supervisor, grace, signals=STOP_SIGNALS, poll=None):
+def kill_run_processes(run_id, supervisor, grace, signals=STOP_SIGNALS, poll=None, find=None):
     """Send each of ``signals`` in turn to every process of the run, waiting up to
     ``grace`` seconds after each (KILL_WAIT after SIGKILL) for them to go.  poll: called
-    while waiting (the supervisor reaps its children there)."""
+    while waiting (the supervisor reaps its children there); find: the processes, when
+    they are more than run_processes finds (a shell's panes)."""
+    find = find or (lambda: run_processes(run_id, supervisor))
     for sig in signals:
-        pids = run_processes(run_id, supervisor)
+        pids = find()
         if not pids:
             return
         for pid in pids:
@@ -101,7 +103,7 @@ def kill_run_processes(run_id, supervisor, grace, signals=STOP_SIGNALS, poll=Non
         while time.time() < deadline:
             if poll is not None:
                 poll()
-            if not run_processes(run_id, supervisor):
+            if not find():
                 return
             time.sleep(0.05)
 

@@ -170,7 +170,11 @@ def run_read(run_id, offset, max_bytes, wait, min_bytes=1):
 def run_stop(run_id, grace):
     """Stop a run: its stop_commands (a container's `stop`), scancel for a Slurm job, then
     SIGINT, SIGTERM, SIGKILL (``grace`` seconds apart) to every process of it."""
-    d = run_dir(run_id)
+    return stop_in(run_dir(run_id), grace)
+
+
+def stop_in(d, grace):
+    """Stop the run (or service) whose folder is d; its info once it ended."""
     info = run_info(d)
     if not P.is_live(info["state"]):
         return info
@@ -184,7 +188,7 @@ def run_stop(run_id, grace):
             pass
     if info.get("job"):
         slurm.cancel(info["job"], spec)
-    procs.kill_run_processes(run_id, info.get("supervisor"), grace)
+    procs.kill_run_processes(spec["id"], info.get("supervisor"), grace)
     deadline = time.time() + 10
     while P.is_live(run_info(d)["state"]) and time.time() < deadline:
         time.sleep(0.02)
