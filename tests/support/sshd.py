@@ -66,8 +66,9 @@ def toml_value(v: Any) -> str:
 def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen: str = "127.0.0.1",
                port: int | None = None, wrap: tuple[str, ...] = (), new_session: bool = False) -> Sshd:
     """sshd -D on listen:port (default: a free loopback port).  wrap prefixes its command
-    (e.g. ("ip", "netns", "exec", NAME) for a network namespace); new_session keeps it out of
-    the caller's process group (a Ctrl-C then reaches only the caller, which stops it)."""
+    (e.g. ("ip", "netns", "exec", NAME) for a network namespace); new_session detaches it: its
+    own session (a Ctrl-C reaches only the caller, which stops it) and no inherited stdio (a
+    pipe the caller writes to still ends when the caller does; sshd logs to sshd.log)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"OpenSSH server not installed ({SSHD}); scripts/setup installs it")
     base.mkdir(parents=True, exist_ok=True)
@@ -119,8 +120,9 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
         """))
     pub = (base / "hostkey.pub").read_text().split()
     known_hosts.write_text(f"[{listen}]:{port} {pub[0]} {pub[1]}\n")
-    proc = subprocess.Popen([*wrap, SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")],
-                            start_new_session=new_session)
+    detached: dict[str, Any] = {"start_new_session": True, "stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
+                                "stderr": subprocess.DEVNULL} if new_session else {}
+    proc = subprocess.Popen([*wrap, SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")], **detached)
     sshd = Sshd(base, port, alias, ssh_config, known_hosts, userkey, remote_cache, proc)
 
     def ready() -> bool:
