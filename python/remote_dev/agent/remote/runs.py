@@ -228,3 +228,27 @@ def run_file(run_id, name, timeout):
         if time.time() >= deadline or not P.is_live(run_info(d)["state"]):
             return None
         time.sleep(0.1)
+
+
+def run_endpoints(run_id, known, timeout):
+    """The debug endpoints the run's processes wrote into its folder (debug/<host>-<pid>.json,
+    see debug_boot.py) that are not in known (their names): a long poll answering as soon as
+    there is one, the run ends, or timeout passes.  {"found": [[name, endpoint], ...], "live"}"""
+    d = run_dir(run_id, must_exist=False)
+    folder = os.path.join(d, "debug")
+    known = set(known or ())
+    deadline = time.time() + timeout
+    while True:
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and n not in known)
+        except OSError:
+            names = []
+        found = []
+        for name in names:
+            endpoint = _read_json_or_none(os.path.join(folder, name))
+            if endpoint is not None:
+                found.append([name, endpoint])
+        live = P.is_live(run_info(d)["state"])
+        if found or not live or time.time() >= deadline:
+            return {"found": found, "live": live}
+        time.sleep(0.05)
