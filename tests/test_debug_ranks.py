@@ -166,6 +166,32 @@ def test_a_generic_launcher_and_stop_on_entry_by_rank(nvim, dap, make_project):
     dap.wait_no_session()
 
 
+def test_restart_from_one_rank_debugs_every_rank_again(nvim, dap, make_project):
+    """dap.restart() in rank 1's session stops the whole run and debugs the same command
+    again: a new run, again one session per rank, each stopping at the breakpoint."""
+    proj = make_project()
+    main = proj.write("main.py", RANKS)
+    proj.write("launch.sh", LAUNCHER)
+    dap.breakpoint(main, RANK_LINE)
+    first = debug(nvim, proj, main, "sh launch.sh")
+    stops = dap.stopped_sessions(2, 120)
+    dap.focus(next(s for s in stops if " rank 1 @ " in s["name"])["id"])
+    dap.restart()
+    assert run_exit(nvim, first)["code"] != 0
+    assert "■ stopped by dap terminate" in run_buffer(nvim, first)[0]
+
+    def new_stops():
+        found = [s for s in dap.all_sessions() if s["stop"] and s["run"] != first]
+        return found if len(found) == 2 else None
+    again = wait_for(new_stops, 120, what=f"both ranks of the new run stopped: {dap.all_sessions()}")
+    second = again[0]["run"]
+    assert sorted(s["name"] for s in again) == [f"remote_dev {second} rank {r} @ {HOST}" for r in (0, 1)]
+    assert [e["data"]["cmd"] for e in nvim.events("RemoteDevRunStart")] == ["sh launch.sh", "sh launch.sh"]
+    continue_all(dap, again)
+    assert run_exit(nvim, second)["code"] == 0
+    dap.wait_no_session()
+    wait_for(lambda: run_processes(first) == [] and run_processes(second) == [], 30, what="no process left")
+
 TORCH_MAIN = '''\
 import os
 import sys
