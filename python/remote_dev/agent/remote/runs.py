@@ -72,7 +72,8 @@ def run_info(d):
     elif ex is not None:
         info.update(state=P.EXITED, code=ex["code"], ended=ex["time"], error=ex.get("error"))
         if started and started.get("job"):
-            info["detail"] = "CANCELLED" if info["stopped"] else ("COMPLETED" if ex["code"] == 0 else "FAILED")
+            info["detail"] = ex.get("slurm") or ("CANCELLED" if info["stopped"] else
+                                                 ("COMPLETED" if ex["code"] == 0 else "FAILED"))
     elif started is None:
         info["state"] = P.STARTING if time.time() - spec.get("created", 0) < START_TIMEOUT else P.LOST
     elif procs.pid_alive(started.get("supervisor"), started.get("start_time")):
@@ -212,22 +213,6 @@ def run_listening(run_id, port, timeout, own_netns_only=False):
             return False
         time.sleep(0.05)
     return False
-
-
-def run_file(run_id, name, timeout):
-    """A JSON file a run writes into its folder (Slurm debug address), once it exists;
-    None when the run ends first or timeout passes."""
-    d = run_dir(run_id, must_exist=False)
-    path = os.path.join(d, os.path.basename(name))
-    deadline = time.time() + timeout
-    while True:
-        try:
-            return read_json(path)
-        except (OSError, ValueError):
-            pass
-        if time.time() >= deadline or not P.is_live(run_info(d)["state"]):
-            return None
-        time.sleep(0.1)
 
 
 def run_endpoints(run_id, known, timeout):

@@ -50,7 +50,6 @@ def method_table(files):
         "run_read": (runs.run_read, True),
         "run_stop": (runs.run_stop, True),
         "run_listening": (runs.run_listening, True),
-        "run_file": (runs.run_file, True),
         "run_endpoints": (runs.run_endpoints, True),
     }
 
