@@ -43,6 +43,10 @@ def shard(rank):
 
 rank = int(os.environ.get("SLURM_PROCID") or os.environ.get("PMI_RANK") or 0)
 sys.stdout.write(f"rank {rank} on {socket.gethostname()} part {shard(rank)}\\n")
+if os.environ.get("BY_HAND"):   # what people write to debug each rank without remote_dev
+    import debugpy
+    debugpy.listen(("127.0.0.1", 5678 + rank))
+    debugpy.wait_for_client()
 '''
 RANK_LINE = 7        # part = rank * 10
 
@@ -132,7 +136,7 @@ LAUNCHER = '''\
 #!/bin/sh
 # a launcher of our own: one python per rank, with MPI's rank variables (as mpirun sets them)
 for r in 0 1; do
-    PMI_RANK=$r PMI_SIZE=2 python3 main.py &
+    PMI_RANK=$r PMI_SIZE=2 BY_HAND=1 python3 main.py &
 done
 wait
 '''
@@ -141,7 +145,8 @@ wait
 def test_a_generic_launcher_and_stop_on_entry_by_rank(nvim, dap, make_project):
     """Any launcher that starts Python processes (here a shell script setting PMI_RANK as
     mpirun does): each process is a session named with its rank; with stop_on_entry = { 1 }
-    rank 1 stops at the program's first line, rank 0 runs to the breakpoint."""
+    rank 1 stops at the program's first line, rank 0 runs to the breakpoint.  The program's
+    own debugpy.listen() + wait_for_client() (per rank, by hand) go through unharmed."""
     proj = make_project()
     main = proj.write("main.py", RANKS)
     proj.write("launch.sh", LAUNCHER)

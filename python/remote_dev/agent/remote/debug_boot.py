@@ -132,19 +132,34 @@ def stops_on_entry(rank):
 
 
 def hide_this_file():
-    """This file is the debugger's, not the program's: never traced, never shown."""
-    import debugpy._vendored.force_pydevd  # noqa: F401 - puts pydevd on the path, as debugpy.listen does
-    from _pydevd_bundle import pydevd_dont_trace_files
+    """This file is the debugger's, not the program's: never traced, never shown (pydevd's
+    internals: a debugpy without them debugs all the same)."""
+    try:
+        import debugpy._vendored.force_pydevd  # noqa: F401 - pydevd on the path, as debugpy.listen does
+        from _pydevd_bundle import pydevd_dont_trace_files
 
-    pydevd_dont_trace_files.DONT_TRACE[os.path.basename(__file__)] = pydevd_dont_trace_files.PYDEV_FILE
+        pydevd_dont_trace_files.DONT_TRACE[os.path.basename(__file__)] = pydevd_dont_trace_files.PYDEV_FILE
+    except Exception:
+        pass
 
 
 def stop_at_first_line():
     """Stop at the next line of the user's code the main thread runs (what debugpy does for
     stopOnEntry of a launch): the program's first line."""
-    from _pydevd_bundle.pydevd_api import PyDevdAPI
+    try:
+        from _pydevd_bundle.pydevd_api import PyDevdAPI
 
-    PyDevdAPI().stop_on_entry()
+        PyDevdAPI().stop_on_entry()
+    except Exception as e:
+        sys.stderr.write("remote_dev: stop on entry is not possible with this debugpy: %s\n" % e)
+
+
+def keep_listening(debugpy, address):
+    """The program's own debugpy.listen() (many call it for each rank by hand) answers with
+    the address already listening instead of failing: its wait_for_client() returns at once."""
+    def listen(*args, **kwargs):
+        return address
+    debugpy.listen = listen
 
 
 def stop_on_uncaught(debugpy):
@@ -173,6 +188,7 @@ def debug_this_process(folder):
     rank = first_of(RANK_VARS)
     hide_this_file()
     host, port = debugpy.listen((listen_address(), 0))
+    keep_listening(debugpy, (host, port))
     write_endpoint(folder, {
         "host": socket.gethostname(), "addr": host, "port": port, "pid": os.getpid(), "ppid": os.getppid(),
         "rank": rank, "local_rank": first_of(LOCAL_VARS), "world_size": first_of(SIZE_VARS),
