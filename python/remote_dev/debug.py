@@ -6,7 +6,10 @@ from the mapping module.
 A run has one endpoint per Python process the bootstrap debugs: the program, or each rank
 of a launcher (srun, torchrun, mpirun...), found in the run folder as they start and
 announced one by one (one nvim-dap session each, named with rank and host).  Subprocesses
-of a debugged process are debugpy's child sessions, through the same listener.
+of a debugged process are debugpy's child sessions: debugpy (1.8) sends nvim-dap a
+`startDebugging` request whose configuration is the parent's attach arguments plus the
+child's `subProcessId`, its `connect` still the parent's local listener, so the child
+session goes through the same listener and SSH to the same debugpy adapter.
 
 How a debug session ends decides what happens to the run: a client ending any of its
 sessions (terminate, disconnect) stops the whole run like :RemoteStop (every rank, every
