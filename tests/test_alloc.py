@@ -16,6 +16,7 @@ from remote_dev.errors import RemoteDevError
 from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
 from support.slurm import SlurmCluster, slurm_available
 
+from test_debug import MAIN, UTIL, drive_session
 from test_persist import have_jupyter, have_tmux, tmux_sessions
 
 
@@ -123,6 +124,15 @@ def test_runs_shell_and_kernel_are_steps_of_one_allocation_found_again_and_stopp
     assert started_in < 5, f"a run in the allocation took {started_in:.1f} s to its first line"
     assert cluster.squeue() == [job], "no batch job was submitted for the runs"
 
+    # a debug run: a step too; a breakpoint on the local file stops it
+    proj.write("pkg/__init__.py", "")
+    util = proj.write("pkg/util.py", UTIL)
+    proj.write("dbg.py", MAIN)
+    dbg = engine.call_sync("debug", ctx, {"cmd": "python3 dbg.py"}, timeout=120)
+    drive_session(dbg["config"], util)
+    assert exit_of(engine, dbg["id"])["code"] == 0
+    assert runs[dbg["id"]].meta["job"] == job and runs[dbg["id"]].meta["step"].startswith(f"{job}.")
+
     # a shell and a kernel in it: steps too, on the node
     opened = engine.call_sync("shell_open", ctx, {"id": 1, "name": "main", "cols": 100, "rows": 30}, timeout=60)
     assert f"allocation job {job}" in opened["where"]
@@ -172,3 +182,216 @@ def test_runs_shell_and_kernel_are_steps_of_one_allocation_found_again_and_stopp
 def shell_screen(engine, term):
     return b"".join(p["data"] for k, p in engine.reports if k == "shell_output" and p["id"] == term).decode(
         errors="replace")
+
+
+WORKER = """\
+import os, sys, time
+from pkg import jobs
+rank = int(os.environ["SLURM_PROCID"])
+print("rank", rank, "of", os.environ["SLURM_NTASKS"], flush=True)
+time.sleep(0.2)
+jobs.work(rank)
+"""
+JOBS = """\
+def work(rank):
+    if rank == 0:
+        raise ValueError("rank zero failed")  # RANK0
+    shard = [1, 2]
+    return shard[rank + 5]  # RANK1
+"""
+
+
+def rank_project(make_project, cluster, args):
+    proj = slurm_project(make_project, cluster, args=args)
+    proj.write("pkg/__init__.py", "")
+    jobs = proj.write("pkg/jobs.py", JOBS)
+    proj.write("worker.py", WORKER)
+    return proj, jobs
+
+
+def check_ranks(engine, proj, jobs, run_id):
+    assert exit_of(engine, run_id, 90)["code"] != 0
+    out = lines_of(engine, run_id)
+    assert "0: rank 0 of 2" in out and "1: rank 1 of 2" in out, out
+    qf = engine.projects[proj.root].runs[run_id].quickfix
+    located = [(e["text"].split(":", 1)[0], e["filename"], e["lnum"]) for e in qf if e.get("type") == "E"]
+    assert located == [("0", str(jobs), 3), ("1", str(jobs), 5)] or \
+        located == [("1", str(jobs), 5), ("0", str(jobs), 3)], qf
+    assert any(e["text"].startswith("0: ValueError: rank zero failed") for e in qf), qf
+    assert any(e["text"].startswith("1: IndexError") for e in qf), qf
+
+
+def test_two_task_job_has_both_ranks_apart_in_quickfix(engine, make_project, cluster):
+    proj, jobs = rank_project(make_project, cluster, ["--ntasks=2"])
+    res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "srun python3 worker.py"}, timeout=60)
+    check_ranks(engine, proj, jobs, res["id"])
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
+
+
+def test_two_task_allocation_runs_srun_commands_on_all_its_tasks(engine, make_project, cluster):
+    proj, jobs = rank_project(make_project, cluster, ["--ntasks=2"])
+    ctx = {"cwd": str(proj.root)}
+    held = hold(engine, ctx)
+    try:
+        res = engine.call_sync("run", ctx, {"cmd": "srun python3 worker.py"}, timeout=60)
+        check_ranks(engine, proj, jobs, res["id"])
+        assert cluster.squeue() == [held["job_id"]]
+    finally:
+        engine.call_sync("alloc", ctx, {"stop": True}, timeout=120)
+    assert cluster.squeue() == []
+
+
+def test_unknown_partition_is_one_line_naming_it(engine, make_project, cluster):
+    proj = slurm_project(make_project, cluster, args=["--partition=nope"])
+    ctx = {"cwd": str(proj.root)}
+    with pytest.raises(RemoteDevError) as err:
+        engine.call_sync("alloc", ctx, {}, timeout=60)
+    assert "unknown partition 'nope' (--partition=nope)" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(RemoteDevError, match=r"invalid time limit \(-t soon\)"):
+        engine.call_sync("alloc", ctx, {"args": ["-t", "soon"]}, timeout=60)
+    # a batch run refused alike: the run ends, and the one line says why
+    proj.write("main.py", "print('never')\n")
+    res = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+    assert exit_of(engine, res["id"])["code"] != 0
+    errors = [e["message"] for e in events(engine, "RemoteDevError")]
+    assert [m for m in errors if "unknown partition 'nope' (--partition=nope)" in m], errors
+    assert cluster.squeue() == []
+
+
+def test_no_slurm_on_the_host_is_one_line(engine, make_project, cluster):
+    proj = slurm_project(make_project, cluster, env={"PATH": "/nonexistent"})
+    with pytest.raises(RemoteDevError, match="no Slurm here: sbatch is not on the PATH"):
+        engine.call_sync("alloc", {"cwd": str(proj.root)}, {}, timeout=60)
+
+
+def test_alloc_on_a_target_without_slurm_says_so(engine, make_project):
+    proj = make_project()
+    with pytest.raises(RemoteDevError, match=r'allocations are for runner = "slurm" targets'):
+        engine.call_sync("alloc", {"cwd": str(proj.root)}, {}, timeout=60)
+
+
+# --------------------------------------------------------------------------- containers in jobs
+
+
+@pytest.fixture(scope="module")
+def image():
+    reason = podman_available()
+    require(reason is None, f"podman: {reason}")
+    return ensure_test_image()
+
+
+def container_slurm_project(make_project, cluster):
+    body = ("\n[targets.test.container]\nengine = \"podman\"\nimage = \"" + TEST_IMAGE
+            + "\"\nworkdir = \"/workspace\"\n")
+    proj = slurm_project(make_project, cluster, env=podman_env(), extra=body)
+    proj.write("pkg/__init__.py", "")
+    mod = proj.write("pkg/mod.py", "def f():\n    raise RuntimeError('inside the container, inside the job')\n")
+    main = proj.write("main.py", "import os\nprint('in', os.getcwd(), 'job', os.environ.get('SLURM_JOB_ID'), "
+                                 "'container', os.path.exists('/run/.containerenv'), flush=True)\n"
+                                 "from pkg import mod\nmod.f()\n")
+    return proj, main, mod
+
+
+def podman_names():
+    out = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
+                         env={**os.environ, **podman_env()})
+    return [n for n in out.stdout.split() if n.startswith("rd-")]
+
+
+def test_containerized_job_traceback_maps_to_local_files(engine, make_project, cluster, image):
+    proj, main, mod = container_slurm_project(make_project, cluster)
+    res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=60)
+    ex = exit_of(engine, res["id"], 120)
+    out = lines_of(engine, res["id"])
+    job = engine.projects[proj.root].runs[res["id"]].meta["job"]
+    assert ex["code"] == 1, out
+    assert f"in /workspace job {job} container True" in out, out
+    qf = engine.projects[proj.root].runs[res["id"]].quickfix
+    assert [(e["filename"], e["lnum"]) for e in qf if e.get("filename")] == [(str(main), 4), (str(mod), 2)], qf
+    assert f"rd-{res['id']}" not in podman_names()
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
+
+    # in a held allocation: a step running the container; a stopped one leaves no container
+    ctx = {"cwd": str(proj.root)}
+    held = hold(engine, ctx)
+    try:
+        res = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+        assert exit_of(engine, res["id"], 120)["code"] == 1
+        rec = engine.projects[proj.root].runs[res["id"]]
+        assert rec.meta["job"] == held["job_id"] and rec.meta.get("step")
+        assert [(e["filename"], e["lnum"]) for e in rec.quickfix if e.get("filename")] == [(str(main), 4),
+                                                                                              (str(mod), 2)]
+        long = engine.call_sync("run", ctx, {"cmd": "python3 -c 'import time; print(1, flush=True); time.sleep(300)'"},
+                                timeout=60)
+        wait_for(lambda: "1" in lines_of(engine, long["id"]), 60, what="the container to run")
+        assert f"rd-{long['id']}" in podman_names()
+        engine.call_sync("stop", ctx, {"id": long["id"]}, timeout=60)
+        assert exit_of(engine, long["id"])["code"] != 0
+        wait_for(lambda: f"rd-{long['id']}" not in podman_names(), 30, what="the container removed")
+    finally:
+        engine.call_sync("alloc", ctx, {"stop": True}, timeout=120)
+    assert cluster.squeue() == []
+
+
+# --------------------------------------------------------------------------- units (no cluster)
+
+
+def test_config_container_table_on_a_slurm_target(tmp_path):
+    from remote_dev.config import load_config
+    from remote_dev.errors import ConfigError
+
+    def load(container):
+        f = tmp_path / ".remote-dev.toml"
+        f.write_text('[targets.hpc]\nhost = "login"\nremote_root = "~/p"\nrunner = "slurm"\n'
+                     f"[targets.hpc.container]\n{container}\n")
+        return load_config(f).targets["hpc"]
+
+    t = load('image = "pytorch:24.01"\nworkdir = "/w"')
+    assert t.in_container and t.container.workdir == "/w"
+    assert load('image = "x"\nengine = "pyxis"').container.engine == "pyxis"
+    with pytest.raises(ConfigError, match=r"targets\.hpc\.container.*needs container\.dockerfile or container\.image"):
+        load('workdir = "/w"')
+    with pytest.raises(ConfigError, match="pyxis runs an image, not a Dockerfile"):
+        load('dockerfile = "Dockerfile"\nengine = "pyxis"')
+
+
+def test_pyxis_command_mounts_the_tree_at_workdir():
+    from types import SimpleNamespace
+
+    from remote_dev.config import ContainerConfig, Target
+    from remote_dev.runners.slurm_container import pyxis_command
+
+    t = Target(name="hpc", host="login", remote_root="~/p", runner="slurm",
+               container=ContainerConfig(image="nvcr.io#nvidia/pytorch:24.01-py3", workdir="/w", args=("--no-container-mount-home",)))
+    sess = SimpleNamespace(target=t, remote_root="/home/u/p")
+    assert pyxis_command(sess, "python train.py") == (
+        "srun --nodes=1 --ntasks=1 '--container-image=nvcr.io#nvidia/pytorch:24.01-py3' "
+        "--container-mounts=/home/u/p:/w --container-workdir=/w --no-container-mount-home /bin/sh -c 'python train.py'")
+
+
+@pytest.mark.parametrize("args, option, want", [
+    (["--partition=gpu"], "partition", "--partition=gpu"),
+    (["-p", "gpu", "-t", "10"], "partition", "-p gpu"),
+    (["-pgpu"], "partition", "-pgpu"),
+    (["-t", "10", "--time=20"], "time", "--time=20"),
+    (["--gres=gpu:2"], "gres", "--gres=gpu:2"),
+    (["--ntasks=2"], "partition", ""),
+])
+def test_find_arg_names_the_argument_as_given(args, option, want):
+    from remote_dev.runners.slurm_errors import find_arg
+
+    assert find_arg(args, option) == want
+
+
+def test_step_commands():
+    from remote_dev.alloc import SRUN, Allocation, parse_left
+
+    for cmd in ("srun python x.py", "  OMP_NUM_THREADS=2 srun -n2 x", "/usr/bin/srun x", "exec srun x"):
+        assert SRUN.match(cmd), cmd
+    for cmd in ("python srun.py", "sruntool", "echo srun"):
+        assert not SRUN.match(cmd), cmd
+    assert parse_left("1-02:03:04") == 93784 and parse_left("05:06") == 306 and parse_left("UNLIMITED") is None
+    a = Allocation.from_info({"name": "n", "job": 7, "state": "pending", "job_state": "PENDING", "reason": "Resources"})
+    assert a.live and not a.running and a.describe() == "job 7 PENDING (Resources)"
+    done = Allocation.from_info({"name": "n", "job": 7, "state": "stopped", "detail": "CANCELLED"})
+    assert not done.live and done.describe() == "job 7 ended (CANCELLED)"
