@@ -236,6 +236,9 @@ def test_two_task_allocation_runs_srun_commands_on_all_its_tasks(engine, make_pr
         res = engine.call_sync("run", ctx, {"cmd": "srun python3 worker.py"}, timeout=60)
         check_ranks(engine, proj, jobs, res["id"])
         assert cluster.squeue() == [held["job_id"]]
+        texts = [i["text"] for i in engine.call_sync("health", ctx, timeout=120)["remote"]]
+        assert [t for t in texts if t.startswith(f"allocation: job {held['job_id']} RUNNING on {cluster.node_name}")
+                and "are its job steps" in t], texts
     finally:
         engine.call_sync("alloc", ctx, {"stop": True}, timeout=120)
     assert cluster.squeue() == []
@@ -395,3 +398,57 @@ def test_step_commands():
     assert a.live and not a.running and a.describe() == "job 7 PENDING (Resources)"
     done = Allocation.from_info({"name": "n", "job": 7, "state": "stopped", "detail": "CANCELLED"})
     assert not done.live and done.describe() == "job 7 ended (CANCELLED)"
+
+
+# --------------------------------------------------------------------------- through Neovim
+
+
+def test_remote_alloc_in_neovim_found_again_by_a_new_neovim_and_stopped(nvim, make_project, cluster):
+    from test_persist_nvim import new_nvim, quit_nvim
+
+    proj = slurm_project(make_project, cluster)
+    main = proj.write("main.py", "import os\nprint('in job', os.environ['SLURM_JOB_ID'])\n")
+    nvim.open(proj.root, main)
+    nvim.command("RemoteAlloc --time=20 --job-name=ignored")
+    ev = nvim.wait_event("RemoteDevAlloc", 60, lambda d: d.get("state") == "RUNNING")
+    job = ev["job_id"]
+    assert ev["nodes"] == [cluster.node_name] and ev["found"] is False and cluster.squeue() == [job]
+    nvim.command("RemoteRun")
+    ex = nvim.wait_event("RemoteDevRunExit", 60)
+    assert ex["code"] == 0
+    buf = [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")][0]
+    assert f"in job {job}" in buf[:] and f"step {job}." in buf[0], buf[:]
+    quit_nvim(nvim.api)
+    assert cluster.squeue() == [job], "the allocation outlives Neovim"
+
+    api = new_nvim()
+    try:
+        api.command(f"cd {proj.root}")
+        api.command(f"edit {main}")
+        api.command("RemoteAlloc")
+        found = wait_for(lambda: next((e["data"] for e in api.exec_lua("return _G.rd_events")
+                                       if e["name"] == "RemoteDevAlloc"), None), 60, 0.05, what="RemoteDevAlloc")
+        assert found["job_id"] == job and found["found"] is True and found["state"] == "RUNNING"
+        alloc = api.exec_lua("return require('remote_dev').status().alloc")
+        assert alloc["job_id"] == job and alloc["nodes"] == [cluster.node_name] and 0 < alloc["time_left"] <= 1200
+        api.command("RemoteStatus")
+        wait_for(lambda: f"alloc       job {job} RUNNING on {cluster.node_name} (0:1" in api.exec_lua(
+            "return vim.fn.execute('messages')"), 30, 0.05, what="the allocation in :RemoteStatus")
+        api.command("RemoteAlloc stop")
+        wait_for(lambda: [e for e in api.exec_lua("return _G.rd_events") if e["name"] == "RemoteDevAlloc"
+                          and e["data"]["state"] != "RUNNING"], 60, 0.05, what="the allocation's end")
+        assert cluster.squeue() == [] and alloc_processes(job) == []
+        assert api.exec_lua("return require('remote_dev').status().alloc") is None
+    finally:
+        quit_nvim(api)
+
+
+def test_remote_alloc_refuses_a_word_that_is_no_argument(nvim, make_project, cluster):
+    proj = slurm_project(make_project, cluster)
+    nvim.open(proj.root, proj.write("main.py", ""))
+    try:
+        nvim.command("RemoteAlloc start")
+    except Exception:  # noqa: BLE001 - the error is also raised to the client
+        pass
+    errors = [e["data"]["message"] for e in nvim.events("RemoteDevError")]
+    assert errors and errors[0].startswith(":RemoteAlloc start: unknown; give sbatch/salloc arguments"), errors
