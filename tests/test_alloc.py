@@ -3,6 +3,7 @@ cluster on loopback (the login node is this machine through the sshd, and so is 
 compute node), real tmux, real ipykernel and real podman."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podm
 from support.slurm import SlurmCluster, slurm_available
 
 from test_debug import MAIN, UTIL, drive_session
-from test_persist import have_jupyter, have_tmux, tmux_sessions
+from test_persist import capture, have_jupyter, have_tmux, tmux_sessions
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +138,7 @@ def test_runs_shell_and_kernel_are_steps_of_one_allocation_found_again_and_stopp
     opened = engine.call_sync("shell_open", ctx, {"id": 1, "name": "main", "cols": 100, "rows": 30}, timeout=60)
     assert f"allocation job {job}" in opened["where"]
     engine.call_sync("shell_input", ctx, {"id": 1, "data": "echo \"in-step-$SLURM_JOB_ID\"\r"})
-    wait_for(lambda: f"in-step-{job}" in shell_screen(engine, 1), 20, what="the shell's answer from the step")
+    wait_for(lambda: f"in-step-{job}" in capture(sshd, opened["session"]), 30, what="the shell's answer from the step")
     res = engine.call_sync("send", ctx, {"code": "import os\nvalue = 41\nos.environ['SLURM_JOB_ID']"}, timeout=120)
     assert res["status"] == "ok"
     assert f"Out[1]: '{job}'" in [ln for k, p in engine.reports if k == "kernel_output" for ln in p["lines"]]
@@ -167,7 +168,7 @@ def test_runs_shell_and_kernel_are_steps_of_one_allocation_found_again_and_stopp
         stopped = other.call_sync("alloc", ctx, {"stop": True}, timeout=120)
         assert stopped["live"] is False
         assert exit_of(other, long["id"])["code"] != 0
-        assert alloc_events(other)[-1]["state"] != "RUNNING"
+        assert alloc_events(other)[-1]["live"] is False
     finally:
         other.close()
     assert cluster.squeue() == []
@@ -179,9 +180,53 @@ def test_runs_shell_and_kernel_are_steps_of_one_allocation_found_again_and_stopp
         engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
 
 
-def shell_screen(engine, term):
-    return b"".join(p["data"] for k, p in engine.reports if k == "shell_output" and p["id"] == term).decode(
-        errors="replace")
+def test_allocation_ending_on_its_own_ends_its_shell_and_notebook_and_is_announced(
+        engine, make_project, cluster, sshd, monkeypatch):
+    """The end an allocation's time limit brings, brought here by a scancel from outside
+    (a time limit is at least a minute, checked by slurmctld every 30 s)."""
+    have_tmux()
+    have_jupyter()
+    import urllib.request
+
+    from remote_dev import alloc
+    from remote_dev.services import NOTEBOOK, remote_name
+
+    monkeypatch.setattr(alloc, "POLL_RUNNING", 0.5)
+    proj = slurm_project(make_project, cluster)
+    proj.write("main.py", "import os\nprint('job', os.environ.get('SLURM_JOB_ID'))\n")
+    ctx = {"cwd": str(proj.root)}
+    job = hold(engine, ctx)["job_id"]
+    cli = subprocess.run([sys.executable, "-m", "remote_dev.cli", "-C", str(proj.root), "alloc"],
+                         capture_output=True, text=True, timeout=60)
+    assert f"allocation on test: job {job} RUNNING on {cluster.node_name}" in cli.stdout, cli
+    assert "held already" in cli.stdout and cli.returncode == 0, cli
+    nb = engine.call_sync("notebook", ctx, {}, timeout=120)
+    token = nb["url"].split("token=")[1]
+    req = urllib.request.Request(f"http://127.0.0.1:{nb['local_port']}/api/status",
+                                 headers={"Authorization": f"token {token}"})
+    assert "started" in json.loads(urllib.request.urlopen(req, timeout=30).read())
+    opened = engine.call_sync("shell_open", ctx, {"id": 3, "name": "w", "cols": 80, "rows": 24}, timeout=60)
+    names = steps(cluster, job).values()
+    assert any(n.endswith("-notebook") for n in names) and any(n.endswith("-sh-w") for n in names), names
+
+    cluster.run("scancel", job)
+    wait_for(lambda: [e for e in alloc_events(engine) if e["job_id"] == job and e["state"] == "CANCELLED"],
+             30, 0.05, what=f"RemoteDevAlloc for the end, seen: {alloc_events(engine)}")
+    assert all(not e["live"] for e in alloc_events(engine)[2:]), alloc_events(engine)
+    nb_name = engine.submit(_name(engine, ctx, NOTEBOOK, remote_name)).result(10)
+    wait_for(lambda: opened["session"] not in tmux_sessions(sshd), 30, what="the shell to end")
+    wait_for(lambda: not run_processes(nb_name), 30, what="the notebook server to end")
+    wait_for(lambda: alloc_processes(job) == [] and cluster.squeue() == [], 30, what="nothing of the allocation left")
+    assert engine.call_sync("status", ctx, {"refresh": False}, timeout=30)["alloc"] is None
+    # without an allocation a run is a batch job again
+    res = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+    assert exit_of(engine, res["id"])["code"] == 0
+    rec = engine.projects[proj.root].runs[res["id"]]
+    assert rec.meta["job"] != job and "step" not in rec.meta
+
+
+async def _name(engine, ctx, kind, remote_name):
+    return remote_name(engine.project(ctx).session(), kind)
 
 
 WORKER = """\

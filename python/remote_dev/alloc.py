@@ -91,6 +91,11 @@ class Allocation:
     def running(self) -> bool:
         return self.live and self.state == "RUNNING"
 
+    @property
+    def watched(self) -> bool:
+        """Its state may still change (queued, running, or ending)."""
+        return self.live or self.state == "COMPLETING"
+
     def time_left(self) -> float | None:
         return None if self.ends_at is None else max(0.0, self.ends_at - time.time())
 
@@ -101,6 +106,8 @@ class Allocation:
         if self.live:
             where = ",".join(self.nodes) or "?"
             return f"job {self.job} {self.state} on {where} ({clock(self.time_left())})"
+        if self.state == "COMPLETING":
+            return f"job {self.job} ending (Slurm is ending its steps)"
         return f"job {self.job} ended ({self.state})"
 
     def summary(self, target: str) -> dict[str, Any]:
@@ -163,14 +170,14 @@ def update(sess: TargetSession, a: Allocation | None, found: bool = False) -> No
     else:
         engine.message(f"allocation on {t}: {a.describe()}", "info" if a.live or a.state == "CANCELLED" else "warn")
     publish_status(engine, sess.project)
-    if a.live and (st.watcher is None or st.watcher.done()):
+    if a.watched and (st.watcher is None or st.watcher.done()):
         st.watcher = engine.loop.create_task(watch(sess))
 
 
 async def watch(sess: TargetSession) -> None:
     """Follow a live allocation until it ends (its state in status, events on changes)."""
     st = state_of(sess)
-    while st.current is not None and st.current.live:
+    while st.current is not None and st.current.watched:
         await asyncio.sleep(POLL_RUNNING if st.current.running else POLL_PENDING)
         if sess.project.sessions.get(sess.target.name) is not sess:
             return   # the target's config changed: its new session follows it

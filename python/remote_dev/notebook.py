@@ -62,10 +62,14 @@ async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
                                  + await services.service_log_tail(sess, name))
     meta = info.get("meta") or {}
     port, token = int(meta["port"]), meta["token"]
-    if not await sess.call("service_listening", name, port, LISTEN_TIMEOUT):
+    if meta.get("alloc"):   # a job step in an allocation: on the node, reached at its address
+        listening = await sess.call("step_listening", name, meta.get("host"), port, LISTEN_TIMEOUT)
+    else:
+        listening = await sess.call("service_listening", name, port, LISTEN_TIMEOUT)
+    if not listening:
         tail = await services.service_log_tail(sess, name)
         raise RemoteDevError(f"{t.host}: the Jupyter server ({meta.get('server')}) is not listening on "
-                             f"127.0.0.1:{port}" + (f":\n{tail}" if tail else ""))
+                             f"{meta.get('host') or '127.0.0.1'}:{port}" + (f":\n{tail}" if tail else ""))
     fwd = await forwards_of(sess).add(meta.get("host") or "127.0.0.1", port, name="notebook")
     path = meta.get("path") or ""
     url = f"http://127.0.0.1:{fwd.local_port}/{path}?token={token}"

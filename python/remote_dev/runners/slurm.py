@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import alloc
 from ..engine import TargetSession
+from ..errors import RemoteDevError
 from . import Launch, ProcessRunner, ProjectView, slurm_errors
 from .container import dockerfile_quickfix
 from .slurm_container import container_command
@@ -27,6 +28,10 @@ class SlurmRunner(ProcessRunner):
     async def spec(self, proj: ProjectView, sess: TargetSession, run_id: str, launch: Launch) -> dict[str, Any]:
         command = launch.command
         if sess.target.in_container:
+            if "debug-launch" in command:
+                raise RemoteDevError(f"targets.{sess.target.name}: debugging in a container inside a Slurm job is "
+                                     f"not supported; :RemoteRun works, or debug with a target without the "
+                                     f"container table")
             command = await container_command(proj, sess, run_id, command)
         held = await alloc.held(sess)
         if held is not None:

@@ -23,7 +23,7 @@ import subprocess
 import time
 
 from .. import protocol as P
-from . import procs, runs, slurm
+from . import procs, runs, services, slurm
 from .common import AgentError, cache_dir, expand_root, read_json, write_json
 
 HOLD = "sleep infinity 2>/dev/null || while :; do sleep 3600; done"
@@ -212,3 +212,19 @@ def wait_left_queue(job, env):
         if p.returncode != 0 or not p.stdout.strip():
             return
         time.sleep(0.2)
+
+
+def step_listening(name, host, port, timeout):
+    """Wait until service ``name``, a job step (its processes are on a compute node, not
+    here), accepts connections at host:port; False when it ends first or timeout passes."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = services.service_info(name)
+        if info is None or not P.is_live(info["state"]):
+            return False
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False

@@ -65,6 +65,7 @@ def method_table(files):
         "alloc_start": (alloc.alloc_start, True),
         "alloc_info": (alloc.alloc_info, True),
         "alloc_stop": (alloc.alloc_stop, True),
+        "step_listening": (alloc.step_listening, True),
     }
 
 
