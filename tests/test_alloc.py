@@ -180,6 +180,24 @@ def test_runs_shell_and_kernel_are_steps_of_one_allocation_found_again_and_stopp
         engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
 
 
+def test_a_queued_allocation_shows_its_state_refuses_to_start_things_and_stop_cancels_it(engine, make_project,
+                                                                                           cluster):
+    proj = slurm_project(make_project, cluster)
+    ctx = {"cwd": str(proj.root)}
+    res = engine.call_sync("alloc", ctx, {"args": ["--hold"]}, timeout=60)
+    pending = wait_for(lambda: [e for e in alloc_events(engine) if e["state"] == "PENDING"
+                                and "JobHeldUser" in e["detail"]], 30, 0.05, what="the queue state")[-1]
+    assert pending["job_id"] == res["job_id"] and pending["live"] is True and pending["nodes"] == []
+    assert any("PENDING (JobHeldUser)" in p["text"] for k, p in engine.reports if k == "message")
+    proj.write("main.py", "print('never')\n")
+    with pytest.raises(RemoteDevError, match=r"the allocation is not running yet \(job \d+ PENDING \(JobHeldUser\)\)"):
+        engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+    with pytest.raises(RemoteDevError, match="an allocation is held already"):
+        engine.call_sync("alloc", ctx, {"args": ["--time=5"]}, timeout=60)
+    engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
+    assert cluster.squeue() == []
+
+
 def test_allocation_ending_on_its_own_ends_its_shell_and_notebook_and_is_announced(
         engine, make_project, cluster, sshd, monkeypatch):
     """The end an allocation's time limit brings, brought here by a scancel from outside
