@@ -11,35 +11,20 @@ import time
 
 import pytest
 
-from conftest import events, require, run_processes, wait_for
+from conftest import events, process_environs, require, run_processes, wait_for
 from remote_dev.errors import RemoteDevError
 
 from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
-from support.slurm import SlurmCluster, slurm_available
 
 from test_debug import MAIN, UTIL, drive_session
 from test_persist import capture, have_jupyter, have_tmux, tmux_sessions
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    reason = slurm_available()
-    require(reason is None, f"slurm: {reason}")
-    c = SlurmCluster(str(tmp_path_factory.mktemp("slurm")))
-    c.start()
-    yield c
-    c.stop()
+from test_slurm import cluster, exit_of  # noqa: F401 - a fixture (a cluster for this module)
 
 
 def slurm_project(make_project, cluster, args=(), env=None, extra=""):
     return make_project(target={"runner": "slurm", "python": sys.executable, "env": {**cluster.env, **(env or {})}},
                         config_extra="\n[targets.test.slurm]\nargs = [" + ", ".join(f'"{a}"' for a in args) + "]\n"
                                      + extra)
-
-
-def exit_of(engine, run_id, timeout=60):
-    return wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == run_id), None),
-                    timeout, 0.05, what=f"exit of {run_id}")
 
 
 def lines_of(engine, run_id):
@@ -63,21 +48,12 @@ def steps(cluster, job):
     return dict(line.split("|", 1) for line in out.split() if "|" in line)
 
 
-def alloc_processes(job):
+def alloc_processes(cluster, job):
     """Live processes on this machine (login and compute node here) started for the
-    allocation's steps, and the job's slurmstepd."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and (f"REMOTE_DEV_ALLOC={job}".encode() in env or f"SLURM_JOB_ID={job}".encode() in env):
-            out.append(int(pid))
-    return out
+    allocation's steps, and the job's own; of this cluster (other test clusters on the
+    machine have jobs of the same numbers)."""
+    return [pid for pid, env in process_environs() if env.get("SLURM_CONF") == cluster.conf and (
+        env.get("SLURM_JOB_ID") == job or env.get("REMOTE_DEV_ALLOC", "").endswith(f":{job}"))]
 
 
 def alloc_events(engine):
@@ -173,7 +149,7 @@ def test_runs_shell_and_kernel_are_steps_of_one_allocation_found_again_and_stopp
         other.close()
     assert cluster.squeue() == []
     wait_for(lambda: session not in tmux_sessions(sshd), 20, what="the shell to end with the allocation")
-    wait_for(lambda: alloc_processes(job) == [], 20, what="no process of the allocation left")
+    wait_for(lambda: alloc_processes(cluster, job) == [], 20, what="no process of the allocation left")
     wait_for(lambda: [p for k, p in engine.reports if k == "shell_state" and p["state"] == "ended"], 20,
              what="the terminal to say the shell ended")
     with pytest.raises(RemoteDevError, match="no allocation is held"):
@@ -234,7 +210,7 @@ def test_allocation_ending_on_its_own_ends_its_shell_and_notebook_and_is_announc
     nb_name = engine.submit(_name(engine, ctx, NOTEBOOK, remote_name)).result(10)
     wait_for(lambda: opened["session"] not in tmux_sessions(sshd), 30, what="the shell to end")
     wait_for(lambda: not run_processes(nb_name), 30, what="the notebook server to end")
-    wait_for(lambda: alloc_processes(job) == [] and cluster.squeue() == [], 30, what="nothing of the allocation left")
+    wait_for(lambda: alloc_processes(cluster, job) == [] and cluster.squeue() == [], 30, what="nothing of the allocation left")
     assert engine.call_sync("status", ctx, {"refresh": False}, timeout=30)["alloc"] is None
     # without an allocation a run is a batch job again
     res = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
@@ -500,7 +476,8 @@ def test_remote_alloc_in_neovim_found_again_by_a_new_neovim_and_stopped(nvim, ma
         api.command("RemoteAlloc stop")
         wait_for(lambda: [e for e in api.exec_lua("return _G.rd_events") if e["name"] == "RemoteDevAlloc"
                           and e["data"]["state"] != "RUNNING"], 60, 0.05, what="the allocation's end")
-        assert cluster.squeue() == [] and alloc_processes(job) == []
+        assert cluster.squeue() == []
+        assert alloc_processes(cluster, job) == []
         assert api.exec_lua("return require('remote_dev').status().alloc") is None
     finally:
         quit_nvim(api)

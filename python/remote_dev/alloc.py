@@ -35,7 +35,7 @@ from .status import STATUS_PARTS, publish_status
 
 POLL_PENDING = 1.0       # seconds between looks at a queued allocation
 POLL_RUNNING = 10.0      # ... at a running one (its end by time limit or scancel shows then)
-MARKER = "REMOTE_DEV_ALLOC"   # in the environment of every process started for a step
+MARKER = "REMOTE_DEV_ALLOC"   # NAME:JOB, in the environment of every process started for a step
 # a command that launches its own steps: `srun ...`, `VAR=x srun ...`, `/usr/bin/srun ...`
 SRUN = re.compile(r"^\s*(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:exec\s+)?(?:\S*/)?srun(?:\s|$)")
 
@@ -86,6 +86,12 @@ class Allocation:
                    ntasks=int(info.get("ntasks") or 1), nnodes=int(info.get("nnodes") or 1),
                    addr=info.get("addr"), ends_at=time.time() + left if left is not None else None,
                    args=list(info.get("args") or []))
+
+    @property
+    def marker(self) -> str:
+        """REMOTE_DEV_ALLOC's value: the allocation's name and job (job ids of two clusters
+        served by one login node may be the same)."""
+        return f"{self.name}:{self.job}"
 
     @property
     def running(self) -> bool:
@@ -238,7 +244,7 @@ def step_record(path: str) -> str:
 def run_spec(sess: TargetSession, a: Allocation, run_id: str, command: str, env: dict[str, str]) -> dict[str, Any]:
     """The agent's spec of a run in allocation a (a process run on the login node whose
     program is srun; see the module's doc)."""
-    env = {**env, MARKER: a.job}
+    env = {**env, MARKER: a.marker}
     meta = {"alloc": a.job}
     if SRUN.match(command):
         env.update(SLURM_JOB_ID=a.job, SLURM_JOBID=a.job, SLURM_NTASKS=str(a.ntasks), SLURM_NNODES=str(a.nnodes),
@@ -259,7 +265,7 @@ class AllocLauncher(services.HostLauncher):
     def __init__(self, a: Allocation) -> None:
         self.alloc = a
         self.listen = a.addr or "127.0.0.1"
-        self.env = {MARKER: a.job}
+        self.env = {MARKER: a.marker}
         self.meta = {"alloc": a.job, "node": a.nodes[0] if a.nodes else ""}
 
     def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> services.Launch:

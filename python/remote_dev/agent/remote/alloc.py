@@ -8,7 +8,7 @@ killing it then withdraws the request), and the queue state comes from squeue li
 job's.  The allocation ends with the holder, at ``alloc_stop`` (scancel) or at its own time
 limit; Slurm then ends every step on the nodes, and the srun clients of the steps on this
 node exit with them.  Every process remote_dev starts for a step carries
-REMOTE_DEV_ALLOC=<job>, so a stop also finds what did not go by itself.
+REMOTE_DEV_ALLOC=<name>:<job>, so a stop also finds what did not go by itself.
 
 Its folder, <cache>/allocs/<name>/, is a run folder (runs.py) whose job is the holder, plus
 node.json (nodes, tasks, the first node's address): a new agent (a new Neovim) finds the
@@ -16,7 +16,6 @@ allocation there.
 """
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,9 +23,11 @@ import time
 
 from .. import protocol as P
 from . import procs, runs, services, slurm
-from .common import AgentError, cache_dir, expand_root, read_json, write_json
+from .common import AgentError, cache_dir, expand_root, read_json, renew_dir, write_json
 
-HOLD = "sleep infinity 2>/dev/null || while :; do sleep 3600; done"
+# The holder's batch step: one process, gone with the job (a shell loop around sleep could
+# outlive the job's end by a sleep whose parent died first).  ~68 years: its time limit ends it.
+HOLD = "exec sleep 2147483647"
 MARKER = "REMOTE_DEV_ALLOC"
 NODE_EVERY = 60.0     # seconds a node record is trusted (a changed time limit shows after)
 STEPS_GO = 15.0       # seconds the srun clients get to exit after the scancel
@@ -68,11 +69,7 @@ def alloc_start(spec):
         info = alloc_info(name)
         info["found"] = True
         return info
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(allocs_dir(), exist_ok=True)
-    try:
-        os.mkdir(d, 0o700)
-    except FileExistsError:  # another client holds it this instant
+    if not renew_dir(d):  # another client holds it this instant
         info = alloc_info(name) or {"state": P.PENDING, "name": name}
         info["found"] = True
         return info
@@ -184,16 +181,16 @@ def alloc_stop(name, grace):
         if job:
             slurm.cancel(job, spec)
     if job:
-        end_step_clients(str(job), grace)
+        end_step_clients(name, str(job), grace)
         wait_left_queue(str(job), slurm.run_env(spec))
     slurm.CACHE.pop(str(job), None)
     return alloc_info(name)
 
 
-def end_step_clients(job, grace):
+def end_step_clients(name, job, grace):
     """Wait for the processes of the allocation's steps on this host to exit (they do as
     Slurm ends the steps), then SIGTERM and SIGKILL what is left."""
-    marker = "%s=%s" % (MARKER, job)
+    marker = "%s=%s:%s" % (MARKER, name, job)
     deadline = time.time() + STEPS_GO
     while procs.marked_processes(marker) and time.time() < deadline:
         time.sleep(0.1)

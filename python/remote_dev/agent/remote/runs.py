@@ -81,12 +81,12 @@ def run_info(d):
         info["state"] = P.STARTING if time.time() - spec.get("created", 0) < START_TIMEOUT else P.LOST
     elif procs.pid_alive(started.get("supervisor"), started.get("start_time")):
         info["state"] = P.RUNNING
-        if step:
-            info["detail"] = "step %s.%s on %s" % (step.get("job"), step.get("step"), step.get("node"))
     else:
         info["state"] = P.LOST
     if info["state"] == P.EXITED and info["stopped"]:
         info["state"] = P.STOPPED
+    if step and not info.get("detail"):
+        info["detail"] = "step %s.%s on %s" % (step.get("job"), step.get("step"), step.get("node"))
     return info
 
 
