@@ -133,6 +133,12 @@ def test_runs_shell_and_kernel_are_steps_of_one_allocation_found_again_and_stopp
         assert [e for e in alloc_events(other) if e["found"]][0]["job_id"] == job
         got = other.call_sync("send", ctx, {"code": "value + 1"}, timeout=60)
         assert got["status"] == "ok"
+        # an interrupt reaches the kernel on the node (not srun on the login node); it lives on
+        fut = other.request("send", ctx, {"code": "import time\nfor i in range(600):\n    time.sleep(0.1)"})
+        wait_for(lambda: any("In [3]" in ln for k, p in other_reports if k == "kernel_output" for ln in p["lines"]),
+                 30, what="the long cell to start")
+        other.call_sync("kernel", ctx, {"what": "interrupt"}, timeout=30)
+        assert fut.result(30)["error"].startswith("KeyboardInterrupt")
         r3 = other.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
         assert exit_of(other, r3["id"])["code"] == 0
         assert other.projects[proj.root].runs[r3["id"]].meta["job"] == job
@@ -200,8 +206,13 @@ def test_allocation_ending_on_its_own_ends_its_shell_and_notebook_and_is_announc
                                  headers={"Authorization": f"token {token}"})
     assert "started" in json.loads(urllib.request.urlopen(req, timeout=30).read())
     opened = engine.call_sync("shell_open", ctx, {"id": 3, "name": "w", "cols": 80, "rows": 24}, timeout=60)
+    engine.call_sync("shell_open", ctx, {"id": 4, "name": "k", "cols": 80, "rows": 24}, timeout=60)
     names = steps(cluster, job).values()
     assert any(n.endswith("-notebook") for n in names) and any(n.endswith("-sh-w") for n in names), names
+    # a shell killed on its own: its step ends, the allocation stays
+    engine.call_sync("shell_kill", ctx, {"name": "k"}, timeout=60)
+    wait_for(lambda: not any(n.endswith("-sh-k") for n in steps(cluster, job).values()), 30,
+             what="the killed shell's step to end")
 
     cluster.run("scancel", job)
     wait_for(lambda: [e for e in alloc_events(engine) if e["job_id"] == job and e["state"] == "CANCELLED"],
