@@ -431,7 +431,7 @@ def test_pyxis_command_mounts_the_tree_at_workdir():
     (["--ntasks=2"], "partition", ""),
 ])
 def test_find_arg_names_the_argument_as_given(args, option, want):
-    from remote_dev.runners.slurm_errors import find_arg
+    from remote_dev.slurm_errors import find_arg
 
     assert find_arg(args, option) == want
 

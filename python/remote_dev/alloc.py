@@ -30,7 +30,7 @@ from typing import Any
 from . import kernels, services
 from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
-from .runners.slurm_errors import explain
+from .slurm_errors import explain
 from .status import STATUS_PARTS, publish_status
 
 POLL_PENDING = 1.0       # seconds between looks at a queued allocation

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import alloc
+from .. import alloc, slurm_errors
 from ..engine import TargetSession
 from ..errors import RemoteDevError
-from . import Launch, ProcessRunner, ProjectView, slurm_errors
+from . import Launch, ProcessRunner, ProjectView
 from .container import dockerfile_quickfix
 from .slurm_container import container_command
 
