@@ -37,6 +37,19 @@ cmd('RemoteTarget', function(o) cmds().target(o) end,
   { nargs = '?', complete = function() return cmds().complete_targets() end, desc = 'Show or switch the target' })
 cmd('RemoteForward', function(o) cmds().forward(o) end,
   { nargs = '+', desc = 'Forward a remote port to a local one: {port} [local]' })
+cmd('RemoteShell', function(o) cmds().shell(o) end,
+  { nargs = '*', bang = true, complete = function() return cmds().complete_shells() end,
+    desc = 'A terminal on a remote tmux session in remote_root ([name]); ! lists; ! kill {name} ends one' })
+cmd('RemoteKernel', function(o) cmds().kernel(o) end,
+  { nargs = '?', complete = function() return { 'start', 'stop', 'restart', 'interrupt' } end,
+    desc = 'The Jupyter kernel on the target: start (default), stop, restart, interrupt' })
+cmd('RemoteSend', function(o) cmds().send(o) end,
+  { range = true, desc = 'Send the range / selection / # %% cell to the kernel' })
+cmd('RemoteNotebook', function(o) cmds().notebook(o) end,
+  { nargs = '?', complete = function() return { 'stop' } end, desc = 'A Jupyter server on the target, forwarded; stop' })
+cmd('RemoteAlloc', function(o) cmds().alloc(o) end,
+  { nargs = '*', complete = function() return { 'stop' } end,
+    desc = 'Hold a Slurm allocation for the target ([sbatch args]); runs, shells, kernels become its steps; stop' })
 
 local group = vim.api.nvim_create_augroup('remote_dev', { clear = true })
 vim.api.nvim_create_autocmd('BufWritePost', {

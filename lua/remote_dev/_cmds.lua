@@ -96,6 +96,83 @@ function M.forward(o)
   rd().forward(port, local_port)
 end
 
+--- :RemoteShell [name] | :RemoteShell! | :RemoteShell! kill {name}
+function M.shell(o)
+  local shell = require('remote_dev.shell')
+  if o.bang then
+    if #o.fargs == 0 then
+      shell.list()
+    elseif o.fargs[1] == 'kill' and #o.fargs == 2 then
+      shell.kill(o.fargs[2])
+    else
+      fail(':RemoteShell! lists the shells; :RemoteShell! kill {name} ends one')
+    end
+    return
+  end
+  if #o.fargs > 1 then
+    fail(':RemoteShell takes one name: :RemoteShell [name]')
+    return
+  end
+  shell.open({ name = o.fargs[1], mods = o.mods })
+end
+
+--- :RemoteKernel [start|stop|restart|interrupt]
+function M.kernel(o)
+  local what = arg_or_nil(o.args) or 'start'
+  if not vim.tbl_contains({ 'start', 'stop', 'restart', 'interrupt' }, what) then
+    fail((':RemoteKernel %s: unknown; use start, stop, restart or interrupt'):format(what))
+    return
+  end
+  rd().kernel(what)
+end
+
+--- :[range]RemoteSend: the range (a charwise or blockwise selection: its characters), else
+--- the # %% cell at the cursor.
+function M.send(o)
+  if o.range == 0 then
+    rd().send()
+    return
+  end
+  local mode = vim.fn.visualmode()
+  local s, e = vim.fn.getpos("'<"), vim.fn.getpos("'>")
+  local from_visual = (mode == 'v' or mode == '\22') and o.range == 2 and s[2] == o.line1 and e[2] == o.line2
+    and s[1] == 0
+  if from_visual then
+    rd().send({ selection = true })
+  else
+    rd().send({ line1 = o.line1, line2 = o.line2 })
+  end
+end
+
+--- :RemoteNotebook [stop]
+function M.notebook(o)
+  local what = arg_or_nil(o.args)
+  if what and what ~= 'stop' then
+    fail((':RemoteNotebook %s: unknown; :RemoteNotebook starts or finds the server, :RemoteNotebook stop ends it'):format(what))
+    return
+  end
+  rd().notebook({ stop = what == 'stop' })
+end
+
+--- :RemoteAlloc [sbatch/salloc arguments] | :RemoteAlloc stop
+function M.alloc(o)
+  if #o.fargs == 1 and o.fargs[1] == 'stop' then
+    rd().alloc({ stop = true })
+    return
+  end
+  if o.fargs[1] and not vim.startswith(o.fargs[1], '-') then
+    fail((':RemoteAlloc %s: unknown; give sbatch/salloc arguments (:RemoteAlloc -p gpu --time=60), or stop')
+      :format(o.args))
+    return
+  end
+  rd().alloc({ args = o.fargs })
+end
+
+--- Completion: the target's shells (from the last status).
+function M.complete_shells()
+  return require('remote_dev.shell').names()
+end
+
 --- Completion: ids of the runs this session knows.
 function M.complete_run_ids()
   return require('remote_dev.run').run_ids()

@@ -112,6 +112,10 @@ local reports = {
   run_state = function(p) require('remote_dev.run').on_state(p) end,
   debug_ready = function(p) require('remote_dev.dap').on_ready(p) end,
   debug_end = function(p) require('remote_dev.dap').on_end(p) end,
+  shell_output = function(p) require('remote_dev.shell').on_output(p) end,
+  shell_state = function(p) require('remote_dev.shell').on_state(p) end,
+  kernel_output = function(p) require('remote_dev.kernel').on_output(p) end,
+  kernel_error = function(p) require('remote_dev.kernel').on_error(p) end,
 }
 
 --- Everything the host sends: ("resolve", id, err, result) answers a request;

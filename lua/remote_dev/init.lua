@@ -10,6 +10,11 @@
 ---   quickfix  quickfix lists of conflicts and of runs
 ---   dap       :RemoteDebug and the nvim-dap glue
 ---   forwards  :RemoteForward
+---   shell     :RemoteShell terminals on remote tmux sessions
+---   kernel    :RemoteKernel, :RemoteSend and the kernel buffer
+---   notebook  :RemoteNotebook
+---   alloc     :RemoteAlloc (a held Slurm allocation)
+---   services  shells, kernel and notebook in :RemoteStatus and :RemoteRuns
 ---   _cmds     the Ex commands' argument parsing (plugin/remote_dev.lua)
 
 local M = {}
@@ -32,7 +37,8 @@ function M.setup(opts)
 end
 
 --- What :RemoteStatus shows, for statuslines and tests: target, host, remote_root,
---- connected, python (remote version), agent (version), rtt_ms, last_push, runs, error.
+--- connected, python (remote version), agent (version), rtt_ms, last_push, runs, error,
+--- services, alloc (a held Slurm allocation: job_id, state, nodes, time_left, ends_at).
 --- Instant: the last known state, refreshed by every request.
 ---@return table
 function M.status()
@@ -62,6 +68,8 @@ local function status_lines(s)
     end
   end
   table.insert(lines, ('runs        %d (%d live)'):format(#(s.runs or {}), live))
+  vim.list_extend(lines, lazy.services.status_lines(s))
+  vim.list_extend(lines, lazy.alloc.status_lines(s))
   return lines
 end
 
@@ -140,6 +148,47 @@ end
 ---@param local_port integer?
 function M.forward(port, local_port)
   lazy.forwards.forward(port, local_port)
+end
+
+--- A terminal on shell `name` (default "main") of the target, a tmux session in remote_root
+--- that outlives Neovim: made when missing, reattached (screen and history) when it exists.
+---@param opts remote_dev.ShellOpts?
+function M.shell(opts)
+  lazy.shell.open(opts)
+end
+
+--- End shell `name` on the remote (its tmux session and every process started in it).
+---@param name string
+function M.shell_kill(name)
+  lazy.shell.kill(name)
+end
+
+--- The target's Jupyter kernel: 'start' (default; finds a running one), 'stop', 'restart',
+--- 'interrupt'.
+---@param what string?
+function M.kernel(what)
+  lazy.kernel.command(what)
+end
+
+--- Send code to the kernel: { line1, line2 } a range, { selection = true } the last visual
+--- selection, none: the `# %%` cell at the cursor. Output in remote-dev://kernel/<target>.
+---@param opts remote_dev.SendOpts?
+function M.send(opts)
+  lazy.kernel.send(opts)
+end
+
+--- A Jupyter server on the target's 127.0.0.1, forwarded; { stop = true } ends it.
+---@param opts { stop: boolean? }?
+function M.notebook(opts)
+  lazy.notebook.notebook(opts)
+end
+
+--- Hold a Slurm allocation for the target ({ args = {...} }: sbatch/salloc arguments, default
+--- the target's slurm.args), or find the one held; { stop = true } ends it with every step,
+--- shell and kernel in it. User RemoteDevAlloc fires on every change of its state.
+---@param opts { args: string[]?, stop: boolean? }?
+function M.alloc(opts)
+  lazy.alloc.alloc(opts)
 end
 
 --- Low-level: send an action to the Python host; cb(err, result) runs later.

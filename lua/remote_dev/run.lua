@@ -291,6 +291,7 @@ function M.runs()
     map('l', M.log, 'open log')
     vim.keymap.set('n', 'r', function() vim.cmd('close'); M.runs() end, { buffer = buf, desc = 'refresh' })
     vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = buf, desc = 'close' })
+    require('remote_dev.services').append_to_runs(buf)
   end)
 end
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import debug, forwards, health as health_mod, runs as runs_mod, sync
+from . import alloc as alloc_mod, debug, forwards, health as health_mod, kernels, notebook as notebook_mod, \
+    runs as runs_mod, services, shells, sync
 from .engine import Action, Engine
 from .errors import RemoteDevError
 from .status import publish_status
@@ -34,6 +35,9 @@ async def status(engine: Engine, ctx: dict[str, Any], refresh: bool = True) -> d
     if refresh:
         try:
             await sess.ping()
+            await services.list_all(sess)
+            if sess.target.runner == "slurm":
+                await alloc_mod.refresh(sess, engine)
         except RemoteDevError as e:
             sess.last_error = e.message
             publish_status(engine, proj)
@@ -129,27 +133,30 @@ async def quickfix(engine: Engine, ctx: dict[str, Any], id: str | None = None) -
 
 @action("debug")
 async def debug_run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None,
-                    terminate_stops_run: bool = True) -> dict[str, Any]:
-    """Push, then run under debugpy; nvim-dap attaches through a local listener."""
+                    terminate_stops_run: bool = True, stop_on_entry: str = "") -> dict[str, Any]:
+    """Push, then run under debugpy; nvim-dap attaches through a local listener per process."""
     proj = engine.project(ctx)
     sess = proj.session()
     command = runs_mod.expand_command(proj, sess, cmd or None, ctx.get("file"))
     await sync.do_push(engine, proj, None, quiet=True)
-    return await debug.start_debug(engine, proj, sess, command, terminate_stops_run)
+    return await debug.start_debug(engine, proj, sess, command, terminate_stops_run, stop_on_entry=stop_on_entry)
 
 
 @action("debug_attach")
 async def debug_attach(engine: Engine, ctx: dict[str, Any], id: str | None = None,  # noqa: A002
-                       cmd: str | None = None, terminate_stops_run: bool = True) -> dict[str, Any]:
-    """The nvim-dap adapter: the run a configuration names while it goes on; once it has
-    ended (dap.restart(), dap.run_last()), the same command debugged again: push, run, attach."""
+                       cmd: str | None = None, terminate_stops_run: bool = True, endpoint: str | None = None,
+                       stop_on_entry: str = "") -> dict[str, Any]:
+    """The nvim-dap adapter: the run's process a configuration names while the run goes on;
+    once it has ended (dap.restart(), dap.run_last()), the same command debugged again:
+    push, run, attach."""
     proj = engine.project(ctx)
-    res = debug.attach_existing(proj, id)
+    res = debug.attach_existing(proj, id, endpoint)
     if res is not None:
         return {**res, "restarted": False}
     command = debug.command_again(proj, id, cmd)
     await sync.do_push(engine, proj, None, quiet=True)
-    res = await debug.start_debug(engine, proj, proj.session(), command, terminate_stops_run, announce=False)
+    res = await debug.start_debug(engine, proj, proj.session(), command, terminate_stops_run, announce=False,
+                                  stop_on_entry=stop_on_entry)
     return {**res, "restarted": True}
 
 
@@ -165,3 +172,73 @@ async def forward(engine: Engine, ctx: dict[str, Any], port: int, local: int | N
     fwd = await forwards.forwards_of(sess).add("127.0.0.1", int(port), int(local or 0), name=f"port {port}")
     engine.message(f"localhost:{fwd.local_port} -> {sess.target.host}:127.0.0.1:{port} (kept across reconnects)")
     return fwd.describe()
+
+
+# -- shells, the kernel, the notebook server: long-lived remote processes found again by name
+
+@action("shell_open")
+async def shell_open(engine: Engine, ctx: dict[str, Any], id: int, name: str = "main",  # noqa: A002
+                     cols: int = 80, rows: int = 24) -> dict[str, Any]:
+    """Attach terminal `id` (its buffer) to shell `name`, made in remote_root when missing."""
+    return await shells.open_shell(engine, engine.project(ctx), int(id), name or "main", int(cols), int(rows))
+
+
+@action("shell_input")
+async def shell_input(engine: Engine, ctx: dict[str, Any], id: int, data: str) -> None:  # noqa: A002
+    shells.shell_input(int(id), data)   # no await before the write: keystrokes stay in order
+
+
+@action("shell_resize")
+async def shell_resize(engine: Engine, ctx: dict[str, Any], id: int, cols: int, rows: int) -> None:  # noqa: A002
+    shells.shell_resize(int(id), cols, rows)
+
+
+@action("shell_detach")
+async def shell_detach(engine: Engine, ctx: dict[str, Any], id: int) -> None:  # noqa: A002
+    shells.shell_detach(int(id))
+
+
+@action("shells")
+async def shells_list(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    return await shells.list_shells(engine, engine.project(ctx))
+
+
+@action("shell_kill")
+async def shell_kill(engine: Engine, ctx: dict[str, Any], name: str) -> dict[str, Any]:
+    return await shells.kill_shell(engine, engine.project(ctx), name)
+
+
+@action("kernel")
+async def kernel(engine: Engine, ctx: dict[str, Any], what: str = "start") -> dict[str, Any]:
+    """:RemoteKernel start|stop|restart|interrupt."""
+    return await kernels.kernel_command(engine, engine.project(ctx), what)
+
+
+@action("send")
+async def send(engine: Engine, ctx: dict[str, Any], code: str, file: str | None = None,
+               line: int = 1) -> dict[str, Any]:
+    """Run code (from `file` at `line`) in the target's kernel; answers when it finished."""
+    return await kernels.send(engine, engine.project(ctx), code, file or ctx.get("file") or None, int(line))
+
+
+@action("notebook")
+async def notebook(engine: Engine, ctx: dict[str, Any], stop: bool = False) -> dict[str, Any]:
+    proj = engine.project(ctx)
+    if stop:
+        return await notebook_mod.stop_notebook(engine, proj)
+    return await notebook_mod.open_notebook(engine, proj)
+
+
+@action("services")
+async def services_list(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """The target's live shells, kernel and notebook server (for :RemoteRuns)."""
+    return await services.list_all(engine.project(ctx).session(), engine)
+
+
+# -- Slurm allocations
+
+@action("alloc")
+async def alloc(engine: Engine, ctx: dict[str, Any], args: list[str] | None = None, stop: bool = False) -> dict[str, Any]:
+    """:RemoteAlloc [sbatch arguments] | stop: hold an allocation for the target (or find
+    the one held); runs, debug runs, shells and kernels become its steps.  stop ends it."""
+    return await alloc_mod.alloc_command(engine, engine.project(ctx), list(args or []), stop)

@@ -21,6 +21,7 @@ from .errors import ConfigError
 CONFIG_NAME = ".remote-dev.toml"
 RUNNERS = ("process", "container", "slurm")
 ENGINES = ("docker", "podman")
+SLURM_ENGINES = ENGINES + ("pyxis",)   # runner = "slurm" also: srun --container-image (pyxis)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     container: ContainerConfig = ContainerConfig()
     slurm: SlurmConfig = SlurmConfig()
+
+    @property
+    def in_container(self) -> bool:
+        """Runs are in a container: runner "container", or "slurm" with a container table
+        naming an image or a Dockerfile (the container runs inside the job)."""
+        c = self.container
+        return self.runner == "container" or (self.runner == "slurm" and bool(c.image or c.dockerfile))
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,7 @@ def _target(c: _Checker, name: str, raw: Any) -> Target:
         ct = c.table(t["container"], f"{p}.container", CONTAINER_KEYS)
         cp = f"{p}.container"
         container = ContainerConfig(
-            engine=c.str_(ct, "engine", cp, choices=ENGINES),
+            engine=c.str_(ct, "engine", cp, choices=SLURM_ENGINES),
             dockerfile=c.str_(ct, "dockerfile", cp),
             image=c.str_(ct, "image", cp),
             workdir=c.str_(ct, "workdir", cp, default="/workspace"),
@@ -189,8 +197,15 @@ def _target(c: _Checker, name: str, raw: Any) -> Target:
         if not container.workdir.startswith("/"):
             raise c.fail(f"{cp}.workdir", f"must be an absolute path inside the container, not {container.workdir!r}")
     runner = c.str_(t, "runner", p, default="process", choices=RUNNERS)
+    if runner in ("container", "slurm") and "container" in t and not (container.dockerfile or container.image):
+        raise c.fail(f"{p}.container", f"runner = \"{runner}\" with a container table needs container.dockerfile "
+                                       f"or container.image")
     if runner == "container" and not (container.dockerfile or container.image):
         raise c.fail(f"{p}.container", "runner = \"container\" needs container.dockerfile or container.image")
+    if container.engine == "pyxis" and runner != "slurm":
+        raise c.fail(f"{p}.container.engine", "\"pyxis\" runs containers in Slurm jobs only (runner = \"slurm\")")
+    if container.engine == "pyxis" and container.dockerfile:
+        raise c.fail(f"{p}.container.dockerfile", "pyxis runs an image, not a Dockerfile: set container.image")
     slurm = SlurmConfig()
     if "slurm" in t:
         st = c.table(t["slurm"], f"{p}.slurm", {"args"})

@@ -12,6 +12,7 @@ from typing import Any
 from .engine import Engine
 from .errors import RemoteDevError
 from .runners import runner_for
+from .services import health_items as services_health
 
 
 def local_health() -> list[dict[str, str]]:
@@ -72,4 +73,5 @@ async def health_report(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any]:
     else:
         items.append({"level": "info", "text": "GPUs: nvidia-smi not found"})
     items.extend(await runner_for(t).health(proj, sess, found))
+    items.extend(await services_health(sess))
     return report

@@ -5,10 +5,14 @@ and above the engine."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 from .engine import Engine, Project
+
+# Parts features add to the status, by key: part(project) -> value (services.py: shells,
+# kernel, notebook).  Instant: from what the feature last saw.
+STATUS_PARTS: dict[str, Callable[[Project], Any]] = {}
 
 
 def project_status(proj: Project) -> dict[str, Any]:
@@ -32,6 +36,7 @@ def project_status(proj: Project) -> dict[str, Any]:
         "error": sess.last_error,
         "push_on_save": proj.config.sync.push_on_save,
         "version": __version__,
+        **{key: part(proj) for key, part in STATUS_PARTS.items()},
     }
 
 

@@ -41,8 +41,9 @@ class Sshd:
         return subprocess.run(self.ssh_argv(*cmd), capture_output=True, text=True, check=check, timeout=60, **kw)
 
     def target_toml(self, remote_root: str, name: str = "test", **extra: Any) -> str:
+        extra = {"python": "python3", **extra}
         lines = [f"[targets.{name}]", f'host = "{self.alias}"', f'remote_root = "{remote_root}"',
-                 f'ssh_config = "{self.ssh_config}"', 'python = "python3"']
+                 f'ssh_config = "{self.ssh_config}"']
         for k, v in extra.items():
             lines.append(f"{k} = {toml_value(v)}")
         return "\n".join(lines) + "\n"
@@ -65,8 +66,9 @@ def toml_value(v: Any) -> str:
 def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen: str = "127.0.0.1",
                port: int | None = None, wrap: tuple[str, ...] = (), new_session: bool = False) -> Sshd:
     """sshd -D on listen:port (default: a free loopback port).  wrap prefixes its command
-    (e.g. ("ip", "netns", "exec", NAME) for a network namespace); new_session keeps it out of
-    the caller's process group (a Ctrl-C then reaches only the caller, which stops it)."""
+    (e.g. ("ip", "netns", "exec", NAME) for a network namespace); new_session detaches it: its
+    own session (a Ctrl-C reaches only the caller, which stops it) and no inherited stdio (a
+    pipe the caller writes to still ends when the caller does; sshd logs to sshd.log)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"OpenSSH server not installed ({SSHD}); scripts/setup installs it")
     base.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,8 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
     (base / "authorized_keys").write_text((base / "id_ed25519.pub").read_text())
     remote_cache = base / "remote-cache"
     remote_cache.mkdir(exist_ok=True)
+    tmux_dir = base / "tmux"   # the remote's tmux servers of this sshd (:RemoteShell)
+    tmux_dir.mkdir(exist_ok=True)
     port = port or free_port()
     cfg = base / "sshd_config"
     cfg.write_text(textwrap.dedent(f"""\
@@ -96,7 +100,7 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
         Subsystem sftp internal-sftp
         MaxSessions 100
         MaxStartups 100
-        SetEnv XDG_CACHE_HOME={remote_cache}
+        SetEnv XDG_CACHE_HOME={remote_cache} TMUX_TMPDIR={tmux_dir}
         """) + extra_config)
     user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     ssh_config = base / "ssh_config"
@@ -116,8 +120,9 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
         """))
     pub = (base / "hostkey.pub").read_text().split()
     known_hosts.write_text(f"[{listen}]:{port} {pub[0]} {pub[1]}\n")
-    proc = subprocess.Popen([*wrap, SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")],
-                            start_new_session=new_session)
+    detached: dict[str, Any] = {"start_new_session": True, "stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
+                                "stderr": subprocess.DEVNULL} if new_session else {}
+    proc = subprocess.Popen([*wrap, SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")], **detached)
     sshd = Sshd(base, port, alias, ssh_config, known_hosts, userkey, remote_cache, proc)
 
     def ready() -> bool:
@@ -135,6 +140,9 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
 
 
 def stop_sshd(sshd: Sshd) -> None:
+    if shutil.which("tmux"):   # shells the tests left (a failed test) go with the bed
+        subprocess.run(["tmux", "-L", "remote-dev", "kill-server"], capture_output=True, timeout=10,
+                       env={**os.environ, "TMUX_TMPDIR": str(sshd.dir / "tmux")})
     subprocess.run(["ssh", "-F", str(sshd.ssh_config), "-O", "exit", sshd.alias], capture_output=True, timeout=10)
     sshd.proc.terminate()
     try:

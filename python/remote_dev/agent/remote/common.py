@@ -3,6 +3,7 @@ JSON records written atomically."""
 
 import json
 import os
+import shutil
 
 
 class AgentError(Exception):
@@ -52,3 +53,15 @@ def unlink_quiet(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+def renew_dir(d):
+    """Make folder d anew (mode 0700), removing an old one; False when another client
+    made it this instant (then it is theirs)."""
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(os.path.dirname(d), exist_ok=True)
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        return False
+    return True

@@ -5,6 +5,7 @@
     started.json   the supervisor's pid and start time, the program's pid (or the Slurm job)
     stop.json      a stop was asked for
     exit.json      exit code and time, once it ended
+    step.json      a job step in a held allocation: its job, step and node (alloc.py)
 
 The folder is the record: any agent (a reconnect, another client) reads a run's state
 from it; nothing about a run lives only in an agent's memory.
@@ -67,12 +68,16 @@ def run_info(d):
         info["pid"] = started.get("pid")
         info["started"] = started["time"]
         info["job"] = started.get("job")
+    step = _read_json_or_none(os.path.join(d, "step.json"))
+    if step:  # a job step in a held allocation (srun --jobid): its ids and node
+        info["step"] = step
     if ex is None and started and started.get("job"):
         slurm.update_state(info, spec, d)
     elif ex is not None:
         info.update(state=P.EXITED, code=ex["code"], ended=ex["time"], error=ex.get("error"))
         if started and started.get("job"):
-            info["detail"] = "CANCELLED" if info["stopped"] else ("COMPLETED" if ex["code"] == 0 else "FAILED")
+            info["detail"] = ex.get("slurm") or ("CANCELLED" if info["stopped"] else
+                                                 ("COMPLETED" if ex["code"] == 0 else "FAILED"))
     elif started is None:
         info["state"] = P.STARTING if time.time() - spec.get("created", 0) < START_TIMEOUT else P.LOST
     elif procs.pid_alive(started.get("supervisor"), started.get("start_time")):
@@ -81,6 +86,8 @@ def run_info(d):
         info["state"] = P.LOST
     if info["state"] == P.EXITED and info["stopped"]:
         info["state"] = P.STOPPED
+    if step and not info.get("detail"):
+        info["detail"] = "step %s.%s on %s" % (step.get("job"), step.get("step"), step.get("node"))
     return info
 
 
@@ -168,9 +175,14 @@ def run_read(run_id, offset, max_bytes, wait, min_bytes=1):
 
 
 def run_stop(run_id, grace):
-    """Stop a run: its stop_commands (a container's `stop`), scancel for a Slurm job, then
-    SIGINT, SIGTERM, SIGKILL (``grace`` seconds apart) to every process of it."""
-    d = run_dir(run_id)
+    """Stop a run: its stop_commands (a container's `stop`), scancel for a Slurm job, SIGINT
+    to the tasks of its job steps, then SIGINT, SIGTERM, SIGKILL (``grace`` seconds apart)
+    to every process of it."""
+    return stop_in(run_dir(run_id), grace)
+
+
+def stop_in(d, grace):
+    """Stop the run (or service) whose folder is d; its info once it ended."""
     info = run_info(d)
     if not P.is_live(info["state"]):
         return info
@@ -184,7 +196,8 @@ def run_stop(run_id, grace):
             pass
     if info.get("job"):
         slurm.cancel(info["job"], spec)
-    procs.kill_run_processes(run_id, info.get("supervisor"), grace)
+    procs.interrupt_steps(spec["id"], info.get("supervisor"))
+    procs.kill_run_processes(spec["id"], info.get("supervisor"), grace)
     deadline = time.time() + 10
     while P.is_live(run_info(d)["state"]) and time.time() < deadline:
         time.sleep(0.02)
@@ -214,17 +227,25 @@ def run_listening(run_id, port, timeout, own_netns_only=False):
     return False
 
 
-def run_file(run_id, name, timeout):
-    """A JSON file a run writes into its folder (Slurm debug address), once it exists;
-    None when the run ends first or timeout passes."""
+def run_endpoints(run_id, known, timeout):
+    """The debug endpoints the run's processes wrote into its folder (debug/<host>-<pid>.json,
+    see debug_boot.py) that are not in known (their names): a long poll answering as soon as
+    there is one, the run ends, or timeout passes.  {"found": [[name, endpoint], ...], "live"}"""
     d = run_dir(run_id, must_exist=False)
-    path = os.path.join(d, os.path.basename(name))
+    folder = os.path.join(d, "debug")
+    known = set(known or ())
     deadline = time.time() + timeout
     while True:
         try:
-            return read_json(path)
-        except (OSError, ValueError):
-            pass
-        if time.time() >= deadline or not P.is_live(run_info(d)["state"]):
-            return None
-        time.sleep(0.1)
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and n not in known)
+        except OSError:
+            names = []
+        found = []
+        for name in names:
+            endpoint = _read_json_or_none(os.path.join(folder, name))
+            if endpoint is not None:
+                found.append([name, endpoint])
+        live = P.is_live(run_info(d)["state"])
+        if found or not live or time.time() >= deadline:
+            return {"found": found, "live": live}
+        time.sleep(0.05)

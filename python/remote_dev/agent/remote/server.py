@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import host, runs
+from . import alloc, host, runs, services
 from .common import AgentError
 from .files import FileOps
 
@@ -53,7 +53,22 @@ def method_table(files):
         "run_read": (runs.run_read, True),
         "run_stop": (runs.run_stop, True),
         "run_listening": (runs.run_listening, True),
-        "run_file": (runs.run_file, True),
+        "run_endpoints": (runs.run_endpoints, True),
+        "service_start": (services.service_start, True),
+        "service_info": (services.service_info, False),
+        "service_list": (services.service_list, True),
+        "service_stop": (services.service_stop, True),
+        "service_signal": (services.service_signal, False),
+        "service_file": (services.service_file, True),
+        "service_listening": (services.service_listening, True),
+        "service_log": (services.service_log, False),
+        "shell_ensure": (services.shell_ensure, True),
+        "shell_capture": (services.shell_capture, True),
+        "shell_kill": (services.shell_kill, True),
+        "alloc_start": (alloc.alloc_start, True),
+        "alloc_info": (alloc.alloc_info, True),
+        "alloc_stop": (alloc.alloc_stop, True),
+        "step_listening": (alloc.step_listening, True),
     }
 
 

@@ -1,0 +1,235 @@
+""":RemoteShell: a Neovim terminal on a tmux session on the target.
+
+The terminal is driven over the engine's own SSH connection (same host keys, same ssh
+settings as everything else): a PTY channel runs ``tmux attach`` to the session, its bytes
+go to a Neovim terminal made with nvim_open_term (``shell_output`` reports), keystrokes
+come back with ``shell_input`` and window sizes with ``shell_resize``.  The session itself
+lives in remote_dev's own tmux server on the remote, so it outlives Neovim, disconnects and
+sleep; when the connection drops, the terminal reattaches by itself once it is back.
+
+A new terminal first shows the session's history (tmux capture-pane) and then attaches:
+tmux redraws the screen, and the earlier scrollback is in the buffer above it.
+
+On the container runner the session's program is a container of the target's image with
+the tree mounted (the run's argv, with a terminal), removed when the shell is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from . import services
+from .engine import Engine, Project, TargetSession, log
+from .errors import AgentCallError, ConnectError, RemoteDevError
+from .services import SHELL, remote_name
+
+TERM_TYPE = "xterm-256color"
+HISTORY_LINES = 5000     # scrollback a new terminal gets from tmux's history
+READ_BYTES = 1 << 16
+CONTAINER_SHELL = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"
+
+
+@dataclass
+class Shell:
+    term: int                 # the Neovim terminal's key (its buffer number): reports name it
+    name: str                 # the user's name for it
+    session: str              # the tmux session on the remote
+    sess: TargetSession
+    engine: Engine
+    tmux: str
+    cols: int
+    rows: int
+    proc: asyncssh.SSHClientProcess[bytes] | None = None
+    task: asyncio.Task[None] | None = None
+    detached: bool = False    # the terminal went away: do not reattach
+    typed: bytearray = field(default_factory=bytearray)   # keys typed before the first attach
+    attached_once: bool = False
+
+    def report_state(self, state: str, message: str = "") -> None:
+        self.engine.report("shell_state", {"id": self.term, "name": self.name, "state": state, "message": message,
+                                           "target": self.sess.target.name})
+
+    def attach_command(self) -> str:
+        return f"exec {shlex.quote(self.tmux)} -u -L {services.TMUX_SOCKET} attach-session -t {shlex.quote('=' + self.session)}"
+
+    async def relay(self, history: bytes) -> None:
+        """Attach, relay output until tmux ends; reattach after a lost connection."""
+        if history:
+            self.engine.report("shell_output", {"id": self.term, "data": history.replace(b"\n", b"\r\n") + b"\r\n"})
+        delay = 0.5
+        while not self.detached:
+            try:
+                await self.sess.ensure()
+                assert self.sess.conn is not None
+                conn = self.sess.conn
+                self.proc = await conn.create_process(self.attach_command(), term_type=TERM_TYPE,
+                                                      term_size=(self.cols, self.rows), encoding=None)
+            except (ConnectError, asyncssh.Error, OSError) as e:
+                self.report_state("reconnecting", getattr(e, "message", str(e)))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15)
+                continue
+            delay = 0.5
+            self.report_state("attached")
+            self.attached_once = True
+            if self.typed:
+                self.proc.stdin.write(bytes(self.typed))
+                self.typed.clear()
+            tail = b""
+            try:
+                while True:
+                    data = await self.proc.stdout.read(READ_BYTES)
+                    if not data:
+                        break
+                    tail = (tail + data)[-200:]
+                    self.engine.report("shell_output", {"id": self.term, "data": data})
+            except (asyncssh.Error, OSError) as e:
+                log.info("shell %s: %s", self.session, e)
+            status = self.proc.exit_status if self.proc.exit_status is not None else None
+            self.proc = None
+            if self.detached:
+                return
+            if not conn.is_closed() and status is not None:
+                # tmux ended on its own: the session ended, or a tmux detach
+                ended = b"[detached" not in tail
+                self.report_state("ended" if ended else "detached",
+                                  f"shell {self.name} ended" if ended else f"detached from shell {self.name}")
+                SHELLS.pop(self.term, None)
+                return
+            self.report_state("reconnecting", f"connection to {self.sess.target.host} lost")
+            if conn is self.sess.conn:
+                self.sess.drop()
+            try:
+                await self.sess.ensure()
+            except RemoteDevError as e:
+                self.report_state("reconnecting", e.message)
+                await asyncio.sleep(delay)
+                continue
+            alive = await self.sess.call("service_list", self.session)
+            if not any(s.get("name") == self.session for s in alive):
+                self.report_state("ended", f"shell {self.name} is gone from {self.sess.target.host}")
+                SHELLS.pop(self.term, None)
+                return
+
+    def write(self, data: bytes) -> None:
+        if self.proc is None:
+            if not self.attached_once:   # typed ahead of the first attach: sent then
+                self.typed += data[:65536 - len(self.typed)]
+            return   # while reconnecting keys go nowhere (never replayed blind later)
+        try:
+            self.proc.stdin.write(data)
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.cols, self.rows = cols, rows
+        if self.proc is not None:
+            try:
+                self.proc.change_terminal_size(cols, rows)
+            except (asyncssh.Error, OSError):
+                pass
+
+    def detach(self) -> None:
+        self.detached = True
+        if self.proc is not None:
+            self.proc.close()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+SHELLS: dict[int, Shell] = {}   # attached terminals of this Neovim, by terminal key
+
+
+async def container_spec(proj: Project, sess: TargetSession, session: str) -> tuple[list[str], list[list[str]]]:
+    """argv of a shell in a container of the target's image (tree mounted at workdir), and
+    the command that removes the container."""
+    from .runners.container import ContainerRunner, build_argv, run_argv, script
+
+    runner = ContainerRunner()
+    eng = await runner.engine_name(sess)
+    t = sess.target
+    image = runner.image(proj, t)
+    cname = f"rd-{session}"
+    run = run_argv(eng, cname, image, sess.remote_root or t.remote_root, t, CONTAINER_SHELL, run_id=session)
+    run.insert(2, "-it")
+    build = build_argv(eng, image, t.container.dockerfile) if t.container.dockerfile else None
+    remove = [eng, "rm", "-f", "-t", "0", cname] if eng == "podman" else [eng, "rm", "-f", cname]
+    return ["/bin/sh", "-c", script(build, run)], [remove]
+
+
+async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: int, rows: int) -> dict[str, Any]:
+    """Attach terminal `term` to shell `name` of the project's target, made when missing."""
+    services.check_name(name)
+    sess = proj.session()
+    await sess.ensure()
+    session = remote_name(sess, SHELL, name)
+    t = sess.target
+    argv, stop = (await container_spec(proj, sess, session)) if t.runner == "container" else (None, [])
+    launcher = await services.launcher_for(sess)
+    argv = launcher.shell(sess, argv, session)
+    spec = {"name": session, "root": sess.remote_root or t.remote_root, "argv": argv, "env": {**t.env, **launcher.env},
+            "cols": cols, "rows": rows, "stop_commands": stop,
+            "meta": {"kind": SHELL, "target": t.name, "local_root": str(proj.root), "runner": t.runner,
+                     **launcher.meta}}
+    try:
+        made = await sess.call("shell_ensure", spec)
+    except AgentCallError as e:
+        raise RemoteDevError(f"{t.host}: {e.message}", kind=e.kind) from None
+    history = b"" if made["created"] else await sess.call("shell_capture", session, HISTORY_LINES)
+    old = SHELLS.pop(term, None)
+    if old is not None:
+        old.detach()
+    shell = Shell(term, name, session, sess, engine, made["tmux"], max(cols, 2), max(rows, 1))
+    SHELLS[term] = shell
+    shell.task = asyncio.get_running_loop().create_task(shell.relay(history))
+    services.note(engine, sess, SHELL, name, "running", "attached")
+    where = f"{t.host}:{spec['root']}" + (" (in a container)" if t.runner == "container" else "") + (
+        f" ({launcher.where()})" if launcher.where() else "")
+    return {"id": term, "name": name, "session": session, "created": made["created"], "target": t.name,
+            "where": where}
+
+
+def shell_input(term: int, data: str | bytes) -> None:
+    shell = SHELLS.get(term)
+    if shell is not None:
+        shell.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
+
+
+def shell_resize(term: int, cols: int, rows: int) -> None:
+    shell = SHELLS.get(term)
+    if shell is not None:
+        shell.resize(max(int(cols), 2), max(int(rows), 1))
+
+
+def shell_detach(term: int) -> None:
+    shell = SHELLS.pop(term, None)
+    if shell is not None:
+        shell.detach()
+
+
+async def list_shells(engine: Engine, proj: Project) -> list[dict[str, Any]]:
+    sess = proj.session()
+    return [s for s in await services.list_all(sess, engine) if s["kind"] == SHELL]
+
+
+async def kill_shell(engine: Engine, proj: Project, name: str) -> dict[str, Any]:
+    """End shell `name`: its tmux session and every process started in it."""
+    services.check_name(name)
+    sess = proj.session()
+    session = remote_name(sess, SHELL, name)
+    for term, shell in list(SHELLS.items()):
+        if shell.session == session and shell.sess.target.name == sess.target.name:
+            shell.detach()
+            SHELLS.pop(term, None)
+            shell.report_state("ended", f"shell {name} killed")
+    existed = await sess.call("shell_kill", session, proj.config.run.stop_grace)
+    if not existed:
+        raise RemoteDevError(f"no shell named {name!r} on {sess.target.name} (:RemoteShell! lists them)")
+    services.note(engine, sess, SHELL, name, None)
+    engine.message(f"shell {name} killed on {sess.target.host}")
+    return {"name": name, "killed": True}
