@@ -12,6 +12,7 @@ tests check that with vermin), no state.
 """
 
 import hashlib
+import importlib
 import os
 
 # --------------------------------------------------------------------------- runs
@@ -219,7 +220,7 @@ def codec_formats():
     """The formats this interpreter can decode (bz2 can be missing from a Python build)."""
     out = [ZLIB]
     try:
-        import bz2  # noqa: F401
+        importlib.import_module("bz2")
         out.append(BZ2)
     except ImportError:
         pass

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..agent.protocol import CONFLICT, FILE, GONE, LINK, OK
+from ..agent.protocol import CONFLICT, FILE, GONE, OK
 from ..errors import RemoteDevError
 from .content import O_NOFOLLOW, finish, new_hasher
 from .problem import SyncResult, unreadable

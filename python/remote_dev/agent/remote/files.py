@@ -19,7 +19,7 @@ import msgpack
 from .. import protocol as P
 from .common import AgentError, expand_root, unlink_quiet, write_all
 from . import temps
-from .paths import check_relpath, content_hash, entry_state, resolve, stat_state  # noqa: F401 (also for callers)
+from .paths import content_hash, entry_state, resolve
 from .temps import link_temp, make_temp
 from .verify import Checks
 
