@@ -96,26 +96,39 @@ def test_deletes_follow_the_scope(scope, deleted):
     assert plan.delete == deleted
 
 
-# --------------------------------------------------------------------------- restore
+# --------------------------------------------------------------------------- after the remote check
+
+# (case, remote state now or None, record, local entry now or None, written by this push, force)
+#   -> "send" (again, must), "conflict", "rerecord" (the remote stat taken) or "nothing"
+CHECK_CASES = [
+    ("gone there, unchanged here", None, rec(), f(), False, False, "send"),
+    ("gone there, same content rewritten here", None, rec(), f(mtime=101), False, False, "send"),
+    ("edited there, unchanged here", ["f", 12, 501, H_THEIRS], rec(), f(), False, False, "conflict"),
+    ("edited there, same size", ["f", 10, 501, H_THEIRS], rec(), f(), False, False, "conflict"),
+    ("edited there, force", ["f", 12, 501, H_THEIRS], rec(), f(), False, True, "send"),
+    ("touched there, same content", ["f", 10, 501, H_OLD], rec(), f(), False, False, "rerecord"),
+    ("a folder there now", ["d", 0, 501, None], rec(), f(), False, False, "conflict"),
+    ("written by this push: the agent judged it", None, rec(), f(), True, False, "nothing"),
+    ("deleted here: the delete deals with it", None, rec(), None, False, False, "nothing"),
+    ("pulled, not pushed", None, rec(origin="pull"), f(), False, False, "nothing"),
+]
 
 
-@pytest.mark.parametrize("remote,force,restored", [
-    (None, False, True),                        # deleted remotely -> restored
-    (["f", 10, 500], False, False),             # as the last sync left it
-    (["f", 12, 501], False, False),             # changed remotely, local unchanged: left alone
-    (["f", 12, 501], True, True),               # ... and overwritten with force
-    (["f", 10, 500], True, False),              # force, but nothing to overwrite
-])
-def test_restore(remote, force, restored):
-    local = {"a.py": f()}
-    records = {"a.py": rec()}
-    plan = reconcile.plan_push(local, records, None, Policy(LIMIT, force), missing=lambda r: False)
-    assert plan.unchanged == ["a.py"]
-    plan = reconcile.restore(plan, {"a.py": remote}, records, local, force)
-    assert [s.rel for s in plan.send] == (["a.py"] if restored else [])
-    assert plan.unchanged == ([] if restored else ["a.py"])
-    if restored:
-        assert plan.send[0].must and plan.send[0].expect == ["f", 10, 500, H_OLD]
+@pytest.mark.parametrize("case,there,record,entry,written,force,decision", CHECK_CASES,
+                         ids=[c[0] for c in CHECK_CASES])
+def test_after_check(case, there, record, entry, written, force, decision):
+    out = reconcile.after_check({"a.py": there}, {"a.py": record}, {"a.py": entry},
+                                {"a.py"} if written else set(), force)
+    got = "send" if out.send else "conflict" if out.conflicts else "rerecord" if out.rerecord else "nothing"
+    assert got == decision
+    if out.send:
+        item = out.send[0]
+        assert item.must and item.force == force and item.entry == entry and item.expect == record.expect()
+    if out.conflicts:
+        assert out.conflicts[0][1] == ("a folder is in the way" if there[0] == "d"
+                                       else "changed on the remote since the last sync")
+    if out.rerecord:
+        assert out.rerecord[0] == ("a.py", record._replace(rsize=10, rmtime=501))
 
 
 # --------------------------------------------------------------------------- content

@@ -246,32 +246,80 @@ def test_remote_change_is_a_conflict_and_bang_overwrites(engine, make_project):
     assert push(engine, proj)["conflicts"] == ["new.py"]
 
 
-def test_remote_edit_of_a_file_unchanged_here_needs_bang(engine, make_project):
+# --------------------------------------------------------------------------- records are a cache
+
+
+def test_remote_edit_of_a_file_unchanged_here_is_a_conflict(engine, make_project):
     proj = make_project()
     proj.write("a.py", "v1\n")
+    proj.write("b.py", "b\n")
     push(engine, proj)
     proj.remote("a.py").write_text("remote work\n")
-    assert push(engine, proj)["files"] == 0
+    res = push(engine, proj)   # nothing changed here: the remote check finds it
+    assert res["files"] == 0 and res["conflicts"] == ["a.py"]
+    assert res["conflict_details"][0]["reason"] == "changed on the remote since the last sync"
     assert proj.remote("a.py").read_text() == "remote work\n"
+    assert events(engine, "RemoteDevPushDone")[-1]["conflicts"] == ["a.py"]
+    assert ":RemotePush!" in messages(engine, "warn")[-1]
+    # the dry run says so, a push of that path too; the remote copy stays
+    assert push(engine, proj, dry_run=True)["conflicts"] == ["a.py"]
+    assert push(engine, proj, paths=[str(proj.root / "a.py")])["conflicts"] == ["a.py"]
+    # touched on the remote with the same content: no conflict, just re-recorded
+    st = os.stat(proj.remote("b.py"))
+    os.utime(proj.remote("b.py"), ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert push(engine, proj)["conflicts"] == ["a.py"]
+    # ! overwrites
     res = push(engine, proj, force=True)
-    assert res["files"] == 1 and proj.remote("a.py").read_text() == "v1\n"
+    assert res["files"] == 1 and res["conflicts"] == [] and proj.remote("a.py").read_text() == "v1\n"
+    assert push(engine, proj)["conflicts"] == []
 
 
-def test_first_push_of_a_session_restores_what_vanished_remotely(make_project, engine):
+def test_session_b_restores_what_was_deleted_remotely_after_session_a(make_project):
+    """Issue 12: Neovim session A pushes; the remote tree is deleted (a reimaged machine);
+    the same files are written again here with the same content; session B's push
+    restores the tree instead of trusting its records ("3 unchanged")."""
     from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
 
     proj = make_project()
-    proj.write("a.py", "a\n")
-    proj.write("b.py", "b\n")
-    push(engine, proj)
-    proj.remote("a.py").unlink()
-    other = Engine(actions=ACTIONS)
+    files = {"a.py": "a\n", "pkg/b.py": "b\n", "run.sh": "echo hi\n"}
+    for rel, text in files.items():
+        proj.write(rel, text)
+    session_a = Engine(actions=ACTIONS)
     try:
-        res = other.call_sync("push", ctx(proj), {}, timeout=60)
+        session_a.call_sync("push", ctx(proj), {}, timeout=60)
     finally:
-        other.close()
-    assert res["files"] == 1 and proj.remote("a.py").read_text() == "a\n"
+        session_a.close()
+    shutil.rmtree(proj.remote_root)
+    for rel, text in files.items():
+        proj.write(rel, text)
+    session_b = Engine(actions=ACTIONS)
+    try:
+        preview = session_b.call_sync("push", ctx(proj), {"dry_run": True}, timeout=60)
+        assert sorted(preview["send"]) == sorted([*files, ".remote-dev.toml"])
+        res = session_b.call_sync("push", ctx(proj), {}, timeout=60)
+    finally:
+        session_b.close()
+    assert res["files"] == 4 and res["conflicts"] == [] and res["errors"] == []
+    assert remote_files(proj) == {*files, ".remote-dev.toml"}
+    assert all(proj.remote(rel).read_text() == text for rel, text in files.items())
+
+
+def test_a_push_with_nothing_changed_here_restores_what_vanished_remotely(engine, make_project):
+    proj = make_project()
+    proj.write("a.py", "a\n")
+    proj.write("pkg/b.py", "b\n")
+    push(engine, proj)
+    assert push(engine, proj)["files"] == 0
+    shutil.rmtree(proj.remote("pkg"))
+    proj.remote("a.py").unlink()
+    res = push(engine, proj)
+    assert res["files"] == 2 and proj.remote("pkg/b.py").read_text() == "b\n"
+    assert push(engine, proj)["files"] == 0
+    # a push of one path (a save) checks that path
+    proj.remote("a.py").unlink()
+    assert push(engine, proj, paths=[str(proj.root / "a.py")])["files"] == 1
+    assert proj.remote("a.py").read_text() == "a\n"
 
 
 def test_deletes_only_what_was_pushed(engine, make_project):
@@ -561,7 +609,7 @@ def test_killed_ssh_session_mid_push_leaves_no_partial_file(engine, make_project
         proj.write(f"pkg{i % 7}/f{i}.bin", blob[i:] + blob[:i])
     import remote_dev.sync.transfer as sync_mod
 
-    monkeypatch.setattr(sync_mod, "EXTRA_CHANNEL_BATCHES", 2)  # a second channel, cut as well
+    monkeypatch.setattr(sync_mod, "EXTRA_CHANNEL_BYTES", 1 << 20)  # more channels, cut as well
     monkeypatch.setattr(sync_mod, "PROGRESS_AFTER", 0.0)
     pid = agent_pid(engine, proj)
     session = ppid(pid)  # sshd's process for this session: the agent was exec'd by it
@@ -572,7 +620,7 @@ def test_killed_ssh_session_mid_push_leaves_no_partial_file(engine, make_project
     assert_remote_whole(proj)
     assert len(remote_files(proj)) < 401
     monkeypatch.undo()
-    monkeypatch.setattr(sync_mod, "EXTRA_CHANNEL_BATCHES", 2)
+    monkeypatch.setattr(sync_mod, "EXTRA_CHANNEL_BYTES", 1 << 20)
     monkeypatch.setattr(sync_mod, "PROGRESS_AFTER", 0.0)
     res = push(engine, proj)
     assert res["conflicts"] == [] and res["errors"] == []

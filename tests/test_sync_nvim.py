@@ -172,3 +172,48 @@ def test_neovim_answers_during_a_large_initial_push(nvim, make_project):
     # busy the machine is.
     assert worst < 0.5, f"Neovim took {worst * 1000:.0f} ms to answer during the push: something blocks it"
     assert proj.remote("data/chunk2.bin").read_bytes() == (proj.root / "data/chunk2.bin").read_bytes()
+
+
+def test_a_new_session_restores_a_wiped_remote_and_a_hand_edit_is_a_conflict(nvim, make_project):
+    """Issue 12, in Neovim: session A pushed (here: the test's own engine); the remote tree
+    is wiped and the same files written again here; session B's :RemotePush restores them
+    rather than trusting its records.  A remote file then edited by hand, unchanged here,
+    is a conflict in quickfix and in the dry run, and only :RemotePush! overwrites it."""
+    from remote_dev.actions import ACTIONS
+    from remote_dev.engine import Engine
+
+    proj = make_project()
+    files = {"main.py": "print('a')\n", "pkg/b.py": "b = 1\n"}
+    for rel, text in files.items():
+        proj.write(rel, text)
+    session_a = Engine(actions=ACTIONS)
+    try:
+        assert session_a.call_sync("push", {"cwd": str(proj.root)}, {}, timeout=60)["files"] == 3
+    finally:
+        session_a.close()
+    import shutil
+    shutil.rmtree(proj.remote_root)
+    for rel, text in files.items():
+        proj.write(rel, text)
+    open_project(nvim, proj, "main.py")
+    nvim.command("RemotePush")
+    done = nvim.wait_event("RemoteDevPushDone", 30)
+    assert done["files"] == 3 and done["conflicts"] == []
+    assert all(proj.remote(rel).read_text() == text for rel, text in files.items())
+    proj.remote("pkg/b.py").write_text("b = 2  # edited on the remote\n")
+    nvim.command("RemotePush --dry-run")
+    buf = wait_for(lambda: next((b for b in nvim.buffers if b.name == "remote-dev://push-preview"), None),
+                   30, 0.05, what="the preview buffer")
+    wait_for(lambda: any("pkg/b.py" in line for line in buf[:]), 10, what="the conflict in the preview")
+    nvim.command("RemotePush")
+    done = nvim.wait_event("RemoteDevPushDone", 30, pred=lambda d: d["conflicts"])
+    assert done["conflicts"] == ["pkg/b.py"] and done["files"] == 0
+    qf = wait_for(lambda: (q := nvim.call("getqflist", {"title": 1, "items": 1})) and q["items"] and q, 10)
+    assert nvim.call("fnamemodify", nvim.call("bufname", qf["items"][0]["bufnr"]), ":p") == str(proj.root / "pkg/b.py")
+    assert "changed on the remote" in qf["items"][0]["text"]
+    assert proj.remote("pkg/b.py").read_text() == "b = 2  # edited on the remote\n"
+    n = len(nvim.events("RemoteDevPushDone"))
+    nvim.command("RemotePush!")
+    wait_for(lambda: len(nvim.events("RemoteDevPushDone")) > n, 30)
+    assert nvim.events("RemoteDevPushDone")[-1]["data"]["conflicts"] == []
+    assert proj.remote("pkg/b.py").read_text() == "b = 1\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from typing import Any
 
 import asyncssh
@@ -11,6 +12,18 @@ import msgpack
 
 from .agent import bundle, bootstrap_command
 from .errors import AgentCallError, ConnectError
+
+
+class LostWrites(logging.Filter):
+    """asyncio warns "socket.send() raised exception." for every write past the fifth to a
+    connection already lost: asyncssh sends a large request as many packets in one go.  The
+    lost connection is reported once, as ConnectError; these add nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "socket.send() raised exception."
+
+
+logging.getLogger("asyncio").addFilter(LostWrites())
 
 
 class AgentChannel:
@@ -85,6 +98,7 @@ class AgentChannel:
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(self.closed)
+                fut.exception()  # marked retrieved: who awaits it still gets it, none is logged unawaited
         self.pending.clear()
 
     @property

@@ -1,10 +1,10 @@
 """What a sync changes here: the records (from the agent's answers, for pushes) and the
 local files (written atomically, for pulls).  The only writer of records during a sync.
 
-A pushed file is recorded only once the agent answered "ok" with the remote stat it left;
+A pushed file is recorded only once the agent answered OK with the remote stat it left;
 a conflict or an error records nothing, so the next push looks at the path again.  A
-pulled file is written to a temporary file beside its place and renamed over it, never
-through a symlinked folder on the way.
+pulled file is written block by block to a temporary file beside its place (PullFile) and
+renamed over it when whole, never through a symlinked folder on the way.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..agent.protocol import CONFLICT, FILE, GONE, OK
 from ..errors import RemoteDevError
-from .content import O_NOFOLLOW
+from .content import O_NOFOLLOW, finish, new_hasher
 from .problem import SyncResult, unreadable
 from .reconcile import PullItem, Send, content_unchanged
 from .records import Record, SyncRecords
@@ -29,6 +30,7 @@ class PushCommit:
     def __init__(self, records: SyncRecords, result: SyncResult) -> None:
         self.records = records
         self.result = result
+        self.written: set[str] = set()   # paths the agent was asked to write or delete
 
     def same(self, item: Send, content_hash: str, entry: LocalEntry) -> None:
         """Read, and its content is what the last sync left: only the new stat is recorded."""
@@ -41,8 +43,9 @@ class PushCommit:
         """The agent's answer to a write: ["ok", size, mtime_ns] | ["conflict", reason] |
         ["error", message].  large: a staged file, sent before its hash was known; when
         its content turns out to be what was recorded it counts as unchanged."""
+        self.written.add(item.rel)
         status = answer[0]
-        if status == "ok":
+        if status == OK:
             unchanged = large and content_unchanged(self.records.get(item.rel), entry.kind, content_hash,
                                                     entry.mode, item.must, item.force)
             self.records.set(item.rel, Record(entry.kind, entry.size, entry.mtime_ns, content_hash, answer[1],
@@ -52,7 +55,7 @@ class PushCommit:
                 return
             self.result.files += 1
             self.result.bytes += entry.size
-        elif status == "conflict":
+        elif status == CONFLICT:
             self.result.conflict(item.rel, answer[1])
         else:
             self.result.error(item.rel, answer[1] if len(answer) > 1 else status)
@@ -62,10 +65,11 @@ class PushCommit:
 
     def deleted(self, rel: str, answer: list[Any]) -> None:
         """The agent's answer to a delete: ok | gone (already) | conflict | error."""
-        if answer[0] in ("ok", "gone"):
+        self.written.add(rel)
+        if answer[0] in (OK, GONE):
             self.records.drop(rel)
-            self.result.deleted += answer[0] == "ok"
-        elif answer[0] == "conflict":
+            self.result.deleted += answer[0] == OK
+        elif answer[0] == CONFLICT:
             self.result.conflict(rel, answer[1] + " (deleted locally)")
         else:
             self.result.error(rel, answer[1])
@@ -102,22 +106,64 @@ def temp_beside(path: Path) -> Path:
     return path.parent / f".{path.name[:40]}.rdtmp-{os.getpid()}-{time.monotonic_ns()}"
 
 
-def write_file_atomic(path: Path, data: bytes, mode: int) -> os.stat_result:
-    tmp = temp_beside(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600)
+class PullFile:
+    """A pulled file on its way: a temporary file beside its place, written block by
+    block and hashed as it goes; finish() renames it into place.  start: the local copy's
+    first start bytes are taken as they are (a file that only grew)."""
+
+    def __init__(self, root: Path, item: Any, start: int = 0) -> None:
+        self.path = local_target(root, item.rel, create=True)
+        self.mode = item.mode
+        self.tmp = temp_beside(self.path)
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600)
+        self.hash = new_hasher()
+        self.fetched = 0     # bytes that came from the remote
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, mode & 0o7777)
+            if start:
+                self.copy_local(start)
+        except BaseException:
+            self.discard()
+            raise
+
+    def copy_local(self, n: int) -> None:
+        fd = os.open(self.path, os.O_RDONLY | O_NOFOLLOW)
+        try:
+            while n > 0:
+                block = os.read(fd, min(n, 1 << 20))
+                if not block:
+                    raise RemoteDevError(f"{self.path} shrank while being pulled")
+                self.put(block)
+                n -= len(block)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return os.lstat(path)
+
+    def put(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.hash.update(data)
+
+    def write(self, data: bytes) -> None:
+        self.put(data)
+        self.fetched += len(data)
+
+    def finish(self) -> tuple[os.stat_result, str]:
+        """Rename into place: (its stat, its content hash)."""
+        try:
+            os.fchmod(self.fd, self.mode & 0o7777)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return os.lstat(self.path), finish(self.hash)
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.tmp.unlink(missing_ok=True)
 
 
 def write_link_atomic(path: Path, target: str) -> os.stat_result:
@@ -143,19 +189,31 @@ class PullCommit:
     def same(self, rel: str, rec: Record) -> None:
         self.records.set(rel, rec)
 
-    def put(self, item: PullItem, data: bytes | None) -> os.stat_result:
-        """Put item in place, atomically (data for a file; a symlink's target comes with
-        the item).  Runs in a worker thread; records nothing."""
-        path = local_target(self.root, item.rel, create=True)
-        if item.kind == "l":
-            return write_link_atomic(path, item.target or "")
-        return write_file_atomic(path, data or b"", item.mode)
+    def put_link(self, item: PullItem) -> os.stat_result:
+        """Put a symlink in place, atomically.  In a worker thread; records nothing."""
+        return write_link_atomic(local_target(self.root, item.rel, create=True), item.target or "")
 
-    def done(self, item: PullItem, st: os.stat_result, content_hash: str) -> None:
+    def grown(self, item: PullItem) -> int:
+        """The recorded size when the remote file only grew since the last pull and the
+        local copy is still what that pull left: only the rest needs to come.  Else 0."""
+        rec = self.records.get(item.rel)
+        if rec is None or rec.origin != "pull" or rec.kind != FILE or item.kind != FILE:
+            return 0
+        if not 0 < rec.rsize < item.size or rec.lsize != rec.rsize or rec.hash is None:
+            return 0
+        try:
+            st = os.lstat(local_target(self.root, item.rel))
+        except (OSError, RemoteDevError):
+            return 0
+        if not stat.S_ISREG(st.st_mode) or not rec.same_local(FILE, st.st_size, st.st_mtime_ns):
+            return 0
+        return rec.rsize
+
+    def done(self, item: PullItem, st: os.stat_result, content_hash: str, fetched: int | None = None) -> None:
         self.records.set(item.rel, Record(item.kind, st.st_size, st.st_mtime_ns, content_hash, item.size, item.mtime,
-                                          stat.S_IMODE(st.st_mode) if item.kind == "f" else 0o777, "pull"))
+                                          stat.S_IMODE(st.st_mode) if item.kind == FILE else 0o777, "pull"))
         self.result.files += 1
-        self.result.bytes += item.size
+        self.result.bytes += item.size if fetched is None else fetched
         self.pulled.append(str(self.root / item.rel))
 
     def error(self, item: PullItem, reason: str) -> None:

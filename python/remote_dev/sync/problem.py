@@ -21,6 +21,7 @@ class SyncResult:
     """The outcome of one push or pull (a dry run fills send/delete instead of files)."""
     files: int = 0
     bytes: int = 0
+    wire: int = 0            # bytes that crossed the wire for content (compressed, only tails...)
     deleted: int = 0
     unchanged: int = 0
     conflicts: list[dict[str, str]] = field(default_factory=list)
@@ -54,7 +55,7 @@ def unreadable(rel: str, size: int | None, err: OSError) -> dict[str, Any]:
 
 def done_payload(root: Path, target: str, res: SyncResult, ms: float) -> dict[str, Any]:
     return {
-        "target": target, "files": res.files, "bytes": res.bytes, "ms": round(ms, 1),
+        "target": target, "files": res.files, "bytes": res.bytes, "wire_bytes": res.wire, "ms": round(ms, 1),
         "deleted": res.deleted, "unchanged": res.unchanged,
         "conflicts": [c["path"] for c in res.conflicts],
         "conflict_details": [dict(c, local=str(root / c["path"])) for c in res.conflicts],
@@ -69,7 +70,10 @@ def _some(items: list[str], n: int = 5) -> str:
 def summarize(kind: str, data: dict[str, Any]) -> tuple[str, str]:
     """(message, level) for a push or pull payload: "info" when all went well, "warn"
     for conflicts and skipped files, "error" for errors."""
-    parts = [f"{kind} {data['target']}: {data['files']} files, {human(data['bytes'])} in {data['ms'] / 1000:.2f} s"]
+    wire = data.get("wire_bytes") or 0
+    on_wire = f" ({human(wire)} on the wire)" if data["bytes"] and wire and wire < 0.9 * data["bytes"] else ""
+    parts = [f"{kind} {data['target']}: {data['files']} files, {human(data['bytes'])}{on_wire} in "
+             f"{data['ms'] / 1000:.2f} s"]
     if data.get("deleted"):
         parts.append(f"{data['deleted']} deleted")
     level = "info"

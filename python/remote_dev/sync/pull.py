@@ -1,5 +1,6 @@
 """A pull, start to end: list the remote folders -> look at the local side -> decide ->
-fetch and write atomically -> commit records.
+fetch (compressed for the link, streamed to disk, only the tail of a file that grew) and
+write atomically -> commit records.
 
 The mirror image of a push: a local file is replaced only while it is what the last sync
 left (or already has the remote content); otherwise it is a conflict that ``!``
@@ -26,7 +27,8 @@ from .problem import SyncResult, done_payload, summarize
 from .reconcile import PullItem
 from .scan import LocalEntry, in_scope, lstat_entry
 from .state import records_for, sync_state
-from .transfer import fetch_all
+from .fetch import fetch_all
+from .wire import LinkMeter
 
 
 def local_side(root: Path, items: list[PullItem], modified: set[str], result: SyncResult
@@ -74,7 +76,11 @@ async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force:
         try:
             known = {rel: [rec.kind, rec.rsize, rec.rmtime] for rel, rec in records.data.items()
                      if in_scope(rel, folders)}
+            meter = sess.state(LinkMeter)
+            t1 = time.perf_counter()
             listing = await sess.call("list", sess.target.remote_root, folders, known)
+            if meter.rtt_ms is None:   # a round trip (and a little listing): enough to tell loopback
+                meter.rtt_ms = sess.rtt_ms or (time.perf_counter() - t1) * 1000
             items = reconcile.remote_changed(listing, records.data)
             local, unsaved = await asyncio.to_thread(local_side, root, items, modified, res)
             plan = await asyncio.to_thread(
@@ -84,7 +90,7 @@ async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force:
                 commit.same(rel, rec)
             res.conflicts += plan.conflicts
             agent = await sess.ensure()
-            await fetch_all(agent, sess.target.remote_root, plan.fetch, commit)
+            await fetch_all(agent, sess.target.remote_root, plan.fetch, commit, meter)
         except ConnectError as e:
             raise RemoteDevError(f"pull from {sess.target.host} interrupted after {res.files} files: {e.message}. "
                                  f"Nothing half-written is left; :RemotePull again completes it.") from None

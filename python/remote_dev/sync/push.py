@@ -1,11 +1,11 @@
-"""A push, start to end: scan local -> ask the remote (when needed) -> decide -> transfer
--> commit records; and push on save.
+"""A push, start to end: scan local and check the remote -> decide -> transfer -> commit
+records; and push on save.
 
-Which pushes ask the remote first: the first whole-tree push on a connection, every ``!``
-push and every dry run ask for the remote stat of the paths unchanged here, so that what
-vanished there is sent again (and with ``!`` what changed there is overwritten).  A dry
-run also asks for the remote hashes of what it would send or delete, to report the
-conflicts a real push would meet.  Otherwise the agent checks each write against the
+Every push has the agent check the remote state of what it pushed before (check.py): the
+request goes out first, the local scan runs meanwhile, the transfer follows, and the
+answer is taken after it.  What vanished there is sent again, what changed there while
+it did not change here is a conflict (``!`` overwrites), a file merely touched there is
+re-recorded.  A dry run reports the same.  The agent also checks each write against the
 record's remote state when it writes (see reconcile.py).
 """
 
@@ -20,16 +20,21 @@ import asyncssh
 
 from ..engine import Engine, Project, TargetSession, log
 from ..errors import ConnectError, RemoteDevError
+from ..rpc import AgentChannel
 from ..status import publish_status
 from . import reconcile
 from .apply import PushCommit
+from .check import RemoteCheck
 from .content import entry_hash
 from .ignore import Excluder
 from .problem import SyncResult, done_payload, summarize
 from .reconcile import Policy, PushPlan, Send
 from .scan import LocalEntry, lstat_entry, rel_paths
 from .state import records_for, scanner_for, sync_state
-from .transfer import Progress, Sender
+from .transfer import Progress, Sender, channels_for
+from .wire import AckClock, Compressor, LinkMeter
+
+PING_BEFORE = 1 << 20      # a push of more bytes measures the round trip first (codec choice)
 
 
 class Push:
@@ -47,6 +52,7 @@ class Push:
         self.looked_at: list[str] = []   # what the watcher said changed, when a tree push used it
         self.whole_scan = False
         self.progress = Progress(engine.report, sess.target.name, self.result)
+        self.commit = PushCommit(self.records, self.result)
 
     # -- local side (in a worker thread: listing and stats)
     def scan_and_plan(self, paths: list[str] | None, whole: bool, dry_run: bool) -> PushPlan | None:
@@ -83,56 +89,102 @@ class Push:
                 out[item.rel] = e
         return out
 
+    def local_entries(self, rels: list[str]) -> dict[str, LocalEntry | None]:
+        root = self.proj.root
+        return {rel: self.local.get(rel) or lstat_entry(root / rel) for rel in rels}
+
     # -- the whole push
     async def run(self, paths: list[str] | None, dry_run: bool) -> SyncResult:
         state = sync_state(self.proj)
-        name = self.sess.target.name
-        agent_id = id(self.sess.agent) if self.sess.connected else None
-        verify = self.force or dry_run or (paths is None and (agent_id is None or state.verified.get(name) != agent_id))
+        target = self.sess.target
+        agent = await self.sess.ensure()
+        check = RemoteCheck(self.records, state.check, target.name, target.remote_root, paths)
         try:
-            plan = await asyncio.to_thread(self.scan_and_plan, paths, verify, dry_run)
+            check.start(agent)
+            await agent.drain()
+            plan = await asyncio.to_thread(self.scan_and_plan, paths, self.force, dry_run)
             if plan is None:
                 self.result.unchanged += len(self.records.data)
-                return self.result
-            if verify and plan.unchanged and self.records.data:
-                remote = await self.sess.call("state", self.sess.target.remote_root, plan.unchanged, False)
-                plan = reconcile.restore(plan, dict(zip(plan.unchanged, remote)), self.records.data, self.local,
-                                         self.force)
-            self.result.unchanged += len(plan.unchanged)
-            self.result.skipped += plan.skipped
+            else:
+                self.result.unchanged += len(plan.unchanged)
+                self.result.skipped += plan.skipped
             if dry_run:
-                return await self.preview(plan)
-            if not plan.send and not plan.delete:
-                if paths is None and self.sess.connected:
-                    state.verified[name] = id(self.sess.agent)
-                return self.result
-            agent = await self.sess.ensure()
+                assert plan is not None
+                return await self.preview(agent, plan, check)
             try:
-                commit = PushCommit(self.records, self.result)
-                await Sender(self.sess, self.proj.root, commit, self.progress).send_all(
-                    agent, plan.send, plan.delete, self.force)
+                if plan is not None and (plan.send or plan.delete):
+                    await self.transfer(agent, plan.send, plan.delete)
+                await self.after_check(agent, await check.differences())
             except (asyncssh.Error, OSError) as e:
-                raise ConnectError(f"{self.sess.target.host}: connection to the agent lost: {e}", kind="lost",
+                raise ConnectError(f"{target.host}: connection to the agent lost: {e}", kind="lost",
                                    retry=True) from None
             finally:
                 await asyncio.to_thread(self.records.save)
         except BaseException:
+            check.forget()
             self.scanner.requeue(self.looked_at)  # the watcher's news must not get lost
             if self.whole_scan:
                 self.scanner.invalidate()
             raise
         self.scanner.requeue(self.result.not_pushed())  # looked at again next time
-        if paths is None:
-            state.verified[name] = id(agent)
         self.progress(force=True)
         return self.result
 
-    async def preview(self, plan: PushPlan) -> SyncResult:
-        """What a push would do, writing nothing: conflicts come from the remote's state."""
+    async def transfer(self, agent: AgentChannel, sends: list[Send], deletes: list[str]) -> None:
+        meter = self.sess.state(LinkMeter)
+        if meter.rtt_ms is None:
+            meter.rtt_ms = self.sess.rtt_ms
+        if meter.rtt_ms is None and sum(i.entry.size for i in sends) >= PING_BEFORE:
+            t0 = time.perf_counter()
+            await agent.call("ping")
+            meter.rtt_ms = (time.perf_counter() - t0) * 1000
+        comp = Compressor(meter, self.sess.hello.get("codecs"))
+        channels = channels_for(meter, self.sess.hello.get("cpus") or 1)
+        try:
+            await Sender(self.sess, self.proj.root, self.commit, self.progress, comp, AckClock(meter),
+                         channels).send_all(agent, sends, deletes, self.force)
+        finally:
+            comp.close()
+            if comp.used:
+                log.info("push %s: %s, link %s", self.sess.target.name, comp.used,
+                         f"{meter.rate / 1e6:.1f} MB/s" if meter.rate else "not measured")
+
+    async def after_check(self, agent: AgentChannel, diffs: dict[str, list[Any] | None]) -> None:
+        """What the remote check found, for the paths this push did not write: restored,
+        reported as conflicts, or re-recorded."""
+        if not diffs:
+            return
+        local = await asyncio.to_thread(self.local_entries, [rel for rel in diffs if rel not in self.commit.written])
+        out = reconcile.after_check(diffs, self.records.data, local, self.commit.written, self.force)
+        for rel, rec in out.rerecord:
+            self.records.set(rel, rec)
+        for rel, reason in out.conflicts:
+            self.result.conflict(rel, reason)
+        self.result.unchanged = max(0, self.result.unchanged - len(out.conflicts) - len(out.send))
+        if out.send:
+            await self.transfer(agent, out.send, [])
+
+    async def preview(self, agent: AgentChannel, plan: PushPlan, check: RemoteCheck) -> SyncResult:
+        """What a push would do, writing nothing: conflicts come from the remote's state,
+        and the remote check says what a push would restore or find changed there."""
         rels = [i.rel for i in plan.send] + plan.delete
-        states = await self.sess.call("state", self.sess.target.remote_root, rels) if rels else []
+        states = agent.send("state", self.sess.target.remote_root, rels) if rels else None
+        await agent.drain()
         hashes = await asyncio.to_thread(self.hashes, plan.send)
-        return reconcile.preview(plan, dict(zip(rels, states)), hashes, self.records.data, self.force, self.result)
+        remote = dict(zip(rels, await states)) if states is not None else {}
+        res = reconcile.preview(plan, remote, hashes, self.records.data, self.force, self.result)
+        diffs = await check.differences()
+        written = set(res.send) | {c["path"] for c in res.conflicts} | set(plan.delete) | \
+            {s["path"] for s in res.skipped}
+        local = await asyncio.to_thread(self.local_entries, [rel for rel in diffs if rel not in written])
+        out = reconcile.after_check(diffs, self.records.data, local, written, self.force)
+        for item in out.send:
+            res.send.append(item.rel)
+            res.bytes += item.entry.size
+        for rel, reason in out.conflicts:
+            res.conflict(rel, reason)
+        res.unchanged = max(0, res.unchanged - len(out.conflicts) - len(out.send))
+        return res
 
 
 async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force: bool = False,

@@ -7,8 +7,10 @@ Push, in the order push.py asks:
   plan_push   local stat vs records -> send / unchanged / skipped (over
               sync.max_file_size) / delete on the remote (only what this tool pushed and
               is gone here; pulled files never cause a remote delete).
-  restore     the remote's stat of unchanged paths -> what vanished there is sent again;
-              with force, what changed there is overwritten.
+  after_check the remote check (the agent's stat of every recorded path, check.py) ->
+              for what this push did not write: gone there -> sent again; changed there
+              only in its stat -> re-recorded; changed there -> a conflict (force:
+              overwritten).  Records are a cache, never the truth.
   content_unchanged
               a file whose content (hash) equals the record is only re-recorded.
   preview     (dry run) the remote's state with hashes -> the conflicts the agent would
@@ -26,7 +28,7 @@ Pull:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -112,21 +114,35 @@ def plan_push(local: Mapping[str, LocalEntry], records: Mapping[str, Record], sc
     return plan
 
 
-def restore(plan: PushPlan, remote: Mapping[str, list[Any] | None], records: Mapping[str, Record],
-            local: Mapping[str, LocalEntry], force: bool) -> PushPlan:
-    """remote: the remote stat ([kind, size, mtime_ns, ...] or None) of unchanged paths.
-    What vanished there is sent again; with force, what changed there is overwritten."""
-    again = set()
-    for rel, st in remote.items():
+@dataclass
+class CheckOutcome:
+    send: list[Send] = field(default_factory=list)                   # gone there (force: or changed)
+    rerecord: list[tuple[str, Record]] = field(default_factory=list)  # touched there, same content
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+
+
+def after_check(diffs: Mapping[str, list[Any] | None], records: Mapping[str, Record],
+                local: Mapping[str, LocalEntry | None], written: Container[str], force: bool) -> CheckOutcome:
+    """What the remote check means.  diffs: the remote state ([kind, size, mtime_ns, hash],
+    None: gone) of each recorded path that is not what its record says; local: those paths'
+    local entries now (None: gone here, which the push's delete deals with); written: the
+    paths this push sent (the agent judged them as it wrote).  The others have the
+    record's content here."""
+    out = CheckOutcome()
+    for rel, there in sorted(diffs.items()):
         rec = records.get(rel)
-        if rec is None or rel not in local:
+        entry = local.get(rel)
+        if rel in written or rec is None or rec.origin != "push" or entry is None:
             continue
-        if st is None or (force and not rec.same_remote(st)):
-            plan.send.append(Send(rel, local[rel], rec.expect(), must=True, force=force))
-            again.add(rel)
-    if again:
-        plan.unchanged = [rel for rel in plan.unchanged if rel not in again]
-    return plan
+        if there is None or force:
+            out.send.append(Send(rel, entry, rec.expect(), must=True, force=force))
+            continue
+        reason = conflict_reason(_state(there), _state(rec.expect()), rec.hash)
+        if reason:
+            out.conflicts.append((rel, reason))
+        else:
+            out.rerecord.append((rel, rec._replace(rsize=there[1], rmtime=there[2])))
+    return out
 
 
 def content_unchanged(rec: Record | None, kind: str, content_hash: str, mode: int, must: bool = False,

@@ -3,7 +3,10 @@
 A record is a cache of both sides' state right after a sync, never the truth: a push
 compares the local stat with it to skip what did not change, and hands the agent the
 remote half (``expect``) so that the agent replaces a remote file only while it still is
-what the last sync left.
+what the last sync left; every push also has the agent check the remote half of the
+records it relies on (check.py), so what vanished or changed there is seen.  ``changes``
+lists the paths set or dropped, in order, so that check sends only what changed since the
+agent last heard.
 
 On disk (per target, see ``state.records_for``): a msgpack snapshot
 ``{"v": RECORDS_VERSION, "records": {rel: [8 fields]}}`` plus an append-only journal of
@@ -70,7 +73,17 @@ class SyncRecords:
         self.data: dict[str, Record] = {}
         self.dirty: dict[str, Record | None] = {}
         self.journal_entries = 0
+        self.uid = os.urandom(6).hex()       # names this table (as loaded) to the agent's check
+        self.changes: list[str] = []         # paths set or dropped since it was loaded, in order
         self.load()
+
+    @property
+    def gen(self) -> int:
+        """The generation of the table: 1 + how many changes it had since it was loaded."""
+        return len(self.changes) + 1
+
+    def changed_since(self, gen: int) -> set[str]:
+        return set(self.changes[gen - 1:])
 
     def load(self) -> None:
         if self.path.exists():
@@ -101,10 +114,12 @@ class SyncRecords:
     def set(self, rel: str, rec: Record) -> None:
         self.data[rel] = rec
         self.dirty[rel] = rec
+        self.changes.append(rel)
 
     def drop(self, rel: str) -> None:
         if self.data.pop(rel, None) is not None:
             self.dirty[rel] = None
+            self.changes.append(rel)
 
     def expect(self, rel: str) -> list[Any] | None:
         rec = self.data.get(rel)

@@ -1,5 +1,6 @@
 """What sync keeps per project between pushes: one sync at a time, the scanner (and its
-watcher), which connections were verified, the records per target, the save queue."""
+watcher), the records per target, what each target's agent holds for the remote check,
+the save queue."""
 
 from __future__ import annotations
 
@@ -9,19 +10,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import Project, TargetSession
+from .check import CheckMemory
 from .records import SyncRecords
 from .scan import Scanner
 
 
 @dataclass
 class SyncState:
-    """Per project: one sync at a time, the scanner, which connections were verified, and
-    push on save (saves queued while a push runs; the failure reported once)."""
+    """Per project: one sync at a time, the scanner, the records, what each target's agent
+    holds for the remote check, and push on save (saves queued while a push runs; the
+    failure reported once)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     scanner: Scanner | None = None
     scanner_key: tuple[Any, ...] = ()
-    verified: dict[str, int] = field(default_factory=dict)
     records: dict[str, SyncRecords] = field(default_factory=dict)
+    check: CheckMemory = field(default_factory=CheckMemory)
     save_pending: set[str] = field(default_factory=set)
     save_running: bool = False
     save_error: str | None = None

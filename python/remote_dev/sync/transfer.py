@@ -1,17 +1,27 @@
-"""Moving content over the agent channel(s): pushing a plan's files in batches (large ones
-staged in chunks) and deletes, and reading files for a pull.
+"""Moving a push's content over the agent channel(s): small files in batches, large files
+staged in chunks, deletes.  (Pulls: fetch.py.)
 
-Push: small files and symlinks go in batches of up to BATCH_BYTES / BATCH_OPS ops, read
-and hashed in worker threads READ_AHEAD batches ahead of the wire, up to MAX_INFLIGHT
-batches per channel on the wire before waiting for answers.  A big push opens more agent
-channels (each an SSH channel and an agent of its own): sshd's 2 MB window per channel
-bounds one channel to 2 MB per round trip, and more agents spread the remote's writing
-over more processes.  Files over LARGE travel in CHUNK appends to a staged temporary file
-on the remote, hashed as they are read.  What each answer means is apply.PushCommit's
-business; a file that cannot be read is skipped with its reason.
+Batches: small files and symlinks, sorted by suffix and name (similar files side by side
+compress better), up to BATCH_BYTES / BATCH_OPS each, read, hashed and -- when the link
+makes it pay (wire.Compressor) -- packed and compressed as ONE stream in worker threads,
+ahead of the wire.  Each channel keeps up to MAX_INFLIGHT requests / INFLIGHT_BYTES on the
+wire and takes the answers as they come (callbacks), so a long round trip never stalls
+the stream; the answers also measure the link (wire.AckClock).
 
-Pull: read requests pipelined up to PULL_WINDOW bytes; each file written atomically
-(apply.PullCommit) as soon as it is whole.
+A push of more than EXTRA_CHANNEL_BYTES, or of several large files, also uses extra agent
+channels (an SSH channel and an agent each) where they help: on a link whose bandwidth-
+delay product exceeds one channel's SSH window, or on a fast link to a remote with cores
+to spare for more writers (EXTRA_CHANNEL_CPUS; on fewer, the agents' start and their
+competition for the cores cost more than they bring).  They start in the background while
+the main channel already sends, join as they come up, and stay open a while for the next
+push (channels.py).
+
+Large files (over LARGE) travel in CHUNK appends to a staged temporary file on the remote,
+each chunk compressed on its own when that pays, hashed as read; then a push op carrying
+the stage token puts the file in place (the agent checks the hash).  What each answer
+means is apply.PushCommit's business; a file that cannot be read is skipped with its
+reason.  A lost connection fails every request in flight: their futures are retrieved
+here, so the push ends with one ConnectError and nothing else.
 """
 
 from __future__ import annotations
@@ -21,35 +31,52 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import asyncssh
+import msgpack
 
-from ..engine import TargetSession, log
-from ..errors import ConnectError, RemoteDevError
+from ..agent.protocol import FILE, LINK, OP_PAYLOAD, delete_op, digest, link_hash, link_op, staged_op, write_op
+from ..engine import TargetSession
+from ..errors import AgentCallError
 from ..rpc import AgentChannel
-from .apply import PullCommit, PushCommit
-from .content import O_NOFOLLOW, digest, finish, link_hash, new_hasher
-from .reconcile import PullItem, Send, content_unchanged
+from .apply import PushCommit
+from .channels import ExtraChannels
+from .content import O_NOFOLLOW, finish, new_hasher
+from .reconcile import Send, content_unchanged
 from .records import SyncRecords
 from .scan import LocalEntry
+from .wire import AckClock, Compressor
 
-BATCH_BYTES = 4 << 20          # payload per push request
+BATCH_BYTES = 2 << 20          # raw payload per push request
+FIRST_BATCH = 64 << 10         # the first batches are smaller (doubling up): the wire starts at once
 BATCH_OPS = 2048
-MAX_INFLIGHT = 3               # push requests per channel on the wire before waiting for answers
-READ_AHEAD = 3                 # batches being read from disk meanwhile
-EXTRA_CHANNEL_BATCHES = 8      # pushes of at least this many batches use more channels:
-PUSH_CHANNELS = 4              # this many in all
+MAX_INFLIGHT = 16              # push requests per channel on the wire before waiting for answers
+INFLIGHT_BYTES = 8 << 20       # wire bytes per channel on the wire
+EXTRA_CHANNEL_BYTES = 24 << 20  # pushes of at least this much use more channels:
+PUSH_CHANNELS = 4              # this many in all, when the link's window limits or
+EXTRA_CHANNEL_CPUS = 4         # the link is fast and the remote has at least this many cores
 CHUNK = 1 << 20                # large files travel in chunks of this size
 LARGE = 8 << 20                # files above this are staged in chunks
-PULL_WINDOW = 16 << 20         # bytes of read requests in flight during a pull
-READ_SIZE = 4 << 20            # bytes per read request of a pull
+CHUNKS_AHEAD = 3               # chunks of a large file read and compressed ahead of the wire
 PROGRESS_AFTER = 1.0           # seconds before progress reports start
 PROGRESS_EVERY = 0.25
 
-Op = list[Any]
-ReadOp = tuple[Op, Send, str, LocalEntry]          # (op for the agent, item, hash, what was read)
+
+class ReadFailed(Exception):
+    """Reading a local file failed (as opposed to the channel)."""
+
+    def __init__(self, err: OSError) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
+class ReadOp(NamedTuple):
+    op: list[Any]         # for the agent
+    item: Send
+    hash: str
+    entry: LocalEntry     # what was read
 
 
 class Progress:
@@ -84,16 +111,27 @@ def read_fd(fd: int, size: int) -> bytes:
     return chunks[0] if len(chunks) == 2 else b"".join(chunks)
 
 
+def is_large(item: Send) -> bool:
+    return item.entry.kind == FILE and item.entry.size > LARGE
+
+
+def by_suffix(item: Send) -> tuple[str, str, str]:
+    name = item.rel.rpartition("/")[2]
+    return (name.rpartition(".")[2] if "." in name else "", name, item.rel)
+
+
 def batches_of(items: list[Send]) -> list[list[Send]]:
     out: list[list[Send]] = []
     cur: list[Send] = []
     size = 0
-    for item in items:
+    limit = FIRST_BATCH
+    for item in sorted(items, key=by_suffix):
         cur.append(item)
         size += item.entry.size + 200
-        if size >= BATCH_BYTES or len(cur) >= BATCH_OPS:
+        if size >= limit or len(cur) >= BATCH_OPS:
             out.append(cur)
             cur, size = [], 0
+            limit = min(2 * limit, BATCH_BYTES)
     if cur:
         out.append(cur)
     return out
@@ -108,9 +146,9 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords
     bad: list[tuple[Send, OSError]] = []
     for item in items:
         entry = item.entry
-        if entry.kind == "l":
+        if entry.kind == LINK:
             h = link_hash(entry.target or "")
-            op = ["l", item.rel, item.expect, item.force, h, None, entry.target]
+            op = link_op(item.rel, item.expect, item.force, h, entry.target)
         else:
             try:
                 fd = os.open(root / item.rel, os.O_RDONLY | O_NOFOLLOW)
@@ -124,17 +162,86 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
-            entry = LocalEntry("f", len(data), st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+            entry = LocalEntry(FILE, len(data), st.st_mtime_ns, stat.S_IMODE(st.st_mode))
             h = digest(data)
-            op = ["w", item.rel, item.expect, item.force, h, entry.mode, data]
+            op = write_op(item.rel, item.expect, item.force, h, entry.mode, data)
         if content_unchanged(records.get(item.rel), entry.kind, h, entry.mode, item.must, item.force):
             same.append((item, h, entry))
         else:
-            ops.append((op, item, h, entry))
+            ops.append(ReadOp(op, item, h, entry))
     return ops, same, bad
 
 
-def consume(futs: list[asyncio.Future[Any]]) -> None:
+def sample_of(ops: list[ReadOp]) -> bytes:
+    """Up to 48 KB of a batch's file contents, from its start, middle and end."""
+    datas = [r.op[OP_PAYLOAD] for r in ops if isinstance(r.op[OP_PAYLOAD], bytes)]
+    pieces = []
+    for start in sorted({0, len(datas) // 2, max(len(datas) - 1, 0)}):
+        got = 0
+        for data in datas[start:]:
+            pieces.append(data[:16384 - got])
+            got += len(pieces[-1])
+            if got >= 16384:
+                break
+    return b"".join(pieces)
+
+
+@dataclass
+class Prepared:
+    """A batch ready for the wire: its request and what it carries."""
+    ops: list[ReadOp]
+    same: list[tuple[Send, str, LocalEntry]]
+    bad: list[tuple[Send, OSError]]
+    method: str = ""
+    params: tuple[Any, ...] = ()
+    wire: int = 0
+
+
+def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecords, comp: Compressor) -> Prepared:
+    """Read, hash and (when it pays) pack and compress one batch: in a worker thread."""
+    ops, same, bad = read_batch(root, items, records)
+    out = Prepared(ops, same, bad)
+    if not ops:
+        return out
+    raw_ops = [r.op for r in ops]
+    fmt, level = comp.choose(sample_of(ops))
+    if fmt:
+        fmt, blob = comp.compress(fmt, level, msgpack.packb(raw_ops, use_bin_type=True))
+        if fmt:
+            out.method, out.params, out.wire = "push_packed", (remote_root, fmt, blob), len(blob)
+            return out
+    out.method, out.params = "push", (remote_root, raw_ops)
+    out.wire = sum(len(r.op[OP_PAYLOAD] or b"") + 100 for r in ops)
+    return out
+
+
+@dataclass
+class Lane:
+    """One channel's requests on the wire."""
+    chan: AgentChannel
+    count: int = 0
+    bytes: int = 0
+    moved: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def room(self, wire: int) -> None:
+        while self.count >= MAX_INFLIGHT or (self.count and self.bytes + wire > INFLIGHT_BYTES):
+            self.moved.clear()
+            await self.moved.wait()
+
+    async def empty(self) -> None:
+        while self.count:
+            self.moved.clear()
+            await self.moved.wait()
+
+
+def channels_for(meter: Any, remote_cpus: int) -> int:
+    """How many channels a big push uses (see the module's doc)."""
+    if meter.window_limited() or (meter.fast and remote_cpus >= EXTRA_CHANNEL_CPUS):
+        return PUSH_CHANNELS
+    return 1
+
+
+def consume(futs: Any) -> None:
     """Futures left behind (a lost connection): retrieve or cancel, never leak."""
     for f in futs:
         if f.done() and not f.cancelled():
@@ -146,192 +253,210 @@ def consume(futs: list[asyncio.Future[Any]]) -> None:
 class Sender:
     """Sends one push plan: send_all(agent, sends, deletes, force)."""
 
-    def __init__(self, sess: TargetSession, local_root: Path, commit: PushCommit, progress: Progress) -> None:
+    def __init__(self, sess: TargetSession, local_root: Path, commit: PushCommit, progress: Progress,
+                 comp: Compressor, clock: AckClock, channels: int = PUSH_CHANNELS) -> None:
         self.sess = sess
         self.root = sess.target.remote_root
         self.local_root = local_root
         self.commit = commit
         self.progress = progress
+        self.comp = comp
+        self.clock = clock
         self.batches: list[list[Send]] = []
         self.large: list[Send] = []
-        self.reads: dict[int, asyncio.Future[Any]] = {}
-        self.inflight: list[tuple[asyncio.Future[Any], list[ReadOp]]] = []
+        self.prepared: dict[int, asyncio.Future[Prepared]] = {}
         self.started = self.claimed = self.large_claimed = 0
-        self.width = 1
+        self.lanes: list[Lane] = []
+        self.feeders: list[asyncio.Task[None]] = []
+        self.failure: BaseException | None = None
+        self.channels = channels
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
-        self.large = [i for i in sends if i.entry.kind == "f" and i.entry.size > LARGE]
-        self.batches = batches_of([i for i in sends if not (i.entry.kind == "f" and i.entry.size > LARGE)])
+        self.large = [i for i in sends if is_large(i)]
+        self.batches = batches_of([i for i in sends if not is_large(i)])
         self.progress.total_files = len(sends)
         self.progress.total_bytes = sum(i.entry.size for i in sends)
-        channels = [agent] + await self.extra_channels()
-        self.width = len(channels)
-        loop = asyncio.get_running_loop()
+        extras = self.sess.state(ExtraChannels)
         try:
-            tasks = [loop.create_task(self.feed(chan)) for chan in channels]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                for t in done:
-                    t.result()  # the first failure, if any
-                await asyncio.gather(*tasks)
-            finally:
-                for t in tasks:
-                    t.cancel()
+            self.add_lane(agent)
+            if self.channels > 1 and (self.progress.total_bytes >= EXTRA_CHANNEL_BYTES or len(self.large) > 1):
+                for chan in extras.take(self.sess, self.channels - 1, self.join):
+                    self.join(chan)
+            await self.wait_feeders()
             if deletes:
-                ops = [["d", rel, self.commit.records.expect(rel), force] for rel in deletes]
+                ops = [delete_op(rel, self.commit.records.expect(rel), force) for rel in deletes]
                 for rel, answer in zip(deletes, await agent.call("push", self.root, ops)):
                     self.commit.deleted(rel, answer)
         finally:
-            for extra in channels[1:]:
-                extra.close()
-            consume(list(self.reads.values()))
-            consume([fut for fut, _batch in self.inflight])
+            extras.give_back([lane.chan for lane in self.lanes[1:]])
+            for t in self.feeders:
+                t.cancel()
+            consume(self.prepared.values())
 
-    async def extra_channels(self) -> list[AgentChannel]:
-        """More agents for a big push, each on an SSH channel of its own."""
-        out: list[AgentChannel] = []
-        if len(self.batches) < EXTRA_CHANNEL_BATCHES and len(self.large) <= 1:
-            return out
-        for _ in range(PUSH_CHANNELS - 1):
-            try:
-                out.append(await AgentChannel.start(self.sess.conn, self.sess.target.host, self.sess.target.python))
-            except (RemoteDevError, asyncssh.Error, OSError) as e:
-                log.info("push: no extra channel (%s)", e)
+    def add_lane(self, chan: AgentChannel) -> None:
+        lane = Lane(chan)
+        self.lanes.append(lane)
+        self.feeders.append(asyncio.get_running_loop().create_task(self.feed(lane)))
+
+    def join(self, chan: AgentChannel) -> bool:
+        """An extra channel came up: it takes a share while work is left."""
+        if self.failure is not None or (self.claimed >= len(self.batches) and self.large_claimed >= len(self.large)):
+            return False
+        if any(t.done() for t in self.feeders[:1]):
+            return False
+        self.add_lane(chan)
+        return True
+
+    async def wait_feeders(self) -> None:
+        """Until every lane is done (lanes can join meanwhile); the first failure ends all."""
+        while True:
+            live = [t for t in self.feeders if not t.done()]
+            failed = [t for t in self.feeders if t.done() and not t.cancelled() and t.exception() is not None]
+            if failed or not live:
                 break
-        return out
+            await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED)
+        if failed:
+            for t in self.feeders:
+                t.cancel()
+            await asyncio.gather(*self.feeders, return_exceptions=True)
+            raise failed[0].exception()  # type: ignore[misc]
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def on_wire(self, lane: Lane, fut: asyncio.Future[Any], wire: int, handle: Callable[[Any], None]) -> None:
+        """A request went out: its answer is handled when it comes (or its failure kept)."""
+        lane.count += 1
+        lane.bytes += wire
+        self.clock.sent(wire)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            lane.count -= 1
+            lane.bytes -= wire
+            lane.moved.set()
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                self.failure = self.failure or exc
+                return
+            self.clock.answered(wire)
+            self.commit.result.wire += wire
+            handle(f.result())
+            self.progress()
+        fut.add_done_callback(done)
 
     def read_ahead(self, upto: int) -> None:
-        """Start reading batches (in worker threads) up to index upto."""
+        """Start preparing batches (in worker threads) up to index upto."""
         loop = asyncio.get_running_loop()
         while self.started < min(upto, len(self.batches)):
             n = self.started
-            self.reads[n] = loop.run_in_executor(None, read_batch, self.local_root, self.batches[n],
-                                                 self.commit.records)
+            self.prepared[n] = loop.run_in_executor(self.comp.pool, prepare, self.local_root, self.root,
+                                                    self.batches[n], self.commit.records, self.comp)
             self.started += 1
 
-    async def feed(self, chan: AgentChannel) -> None:
-        """One channel's share: claim the next batch, send it, keep MAX_INFLIGHT on the wire;
-        then the large files, one at a time."""
-        mine: list[tuple[asyncio.Future[Any], list[ReadOp]]] = []
-        while self.claimed < len(self.batches):
+    async def feed(self, lane: Lane) -> None:
+        """One channel's share: claim the next batch, send it while there is room on the
+        wire; then the large files, one at a time; then wait for its answers."""
+        chan = lane.chan
+        while self.failure is None and self.claimed < len(self.batches):
             n = self.claimed
             self.claimed += 1
-            self.read_ahead(n + READ_AHEAD + self.width)
-            batch, same, bad = await self.reads.pop(n)
-            for item, h, entry in same:
+            self.read_ahead(n + self.comp.cores + len(self.lanes) + 1)
+            prep = await self.prepared.pop(n)
+            for item, h, entry in prep.same:
                 self.commit.same(item, h, entry)
-            for item, err in bad:
+            for item, err in prep.bad:
                 self.commit.unreadable(item, err)
-            if batch:
-                entry = (chan.send("push", self.root, [b[0] for b in batch]), batch)
-                self.inflight.append(entry)
-                mine.append(entry)
+            if prep.method:
+                await lane.room(prep.wire)
+                self.check()
+                fut = chan.send(prep.method, *prep.params)
+                self.on_wire(lane, fut, prep.wire, lambda answers, prep=prep: self.batch_done(prep, answers))
                 await chan.drain()
-            while len(mine) > MAX_INFLIGHT:
-                await self.settle(mine.pop(0))
-        for entry in mine:
-            await self.settle(entry)
-        while self.large_claimed < len(self.large):
+        while self.failure is None and self.large_claimed < len(self.large):
             item = self.large[self.large_claimed]
             self.large_claimed += 1
-            await self.push_large(chan, item)
+            await self.push_large(lane, item)
+        await lane.empty()
+        self.check()
 
-    async def settle(self, entry: tuple[asyncio.Future[Any], list[ReadOp]]) -> None:
-        fut, batch = entry
-        answers = await fut
-        self.inflight.remove(entry)
-        for (_op, item, h, read), answer in zip(batch, answers):
-            self.commit.sent(item, h, read, answer)
-        self.progress()
+    def batch_done(self, prep: Prepared, answers: list[Any]) -> None:
+        for r, answer in zip(prep.ops, answers):
+            self.commit.sent(r.item, r.hash, r.entry, answer)
 
-    async def push_large(self, agent: AgentChannel, item: Send) -> None:
-        """One large file: staged on the remote in CHUNK appends, hashed as it is read, then
-        put in place by a push op carrying the stage token (the agent checks the hash)."""
+    def pack_chunk(self, block: bytes) -> tuple[str, bytes, int]:
+        fmt, level = self.comp.choose(block)
+        return (*self.comp.compress(fmt, level, block), len(block))
+
+    async def push_large(self, lane: Lane, item: Send) -> None:
+        """One large file: staged on the remote in CHUNK appends (each compressed when that
+        pays), hashed as read, then put in place by a push op carrying the stage token (the
+        agent checks the hash).  Chunks are read and compressed CHUNKS_AHEAD ahead."""
         try:
             fd = os.open(self.local_root / item.rel, os.O_RDONLY | O_NOFOLLOW)
         except OSError as e:
             self.commit.unreadable(item, e)
             return
         f = os.fdopen(fd, "rb")
-        token = await agent.call("stage", self.root, item.rel)
+        chan = lane.chan
+        ahead: list[asyncio.Future[tuple[str, bytes, int]]] = []
+        token = None
         h = new_hasher()
-        appends: list[asyncio.Future[Any]] = []
-        sent = 0
-
-        def read_chunk() -> bytes:
-            block = f.read(CHUNK)
-            h.update(block)
-            return block
         try:
             st = os.fstat(f.fileno())
-            while block := await asyncio.to_thread(read_chunk):
-                appends.append(agent.send("append", token, block))
-                sent += len(block)
-                self.progress.in_flight += len(block)
-                await agent.drain()
-                self.progress()
-        except OSError as e:
-            self.commit.unreadable(item, e)
-            await agent.call("unstage", token)
+            token = await chan.call("stage", self.root, item.rel)
+            sent = await self.send_chunks(lane, token, f, h, ahead)
+        except ReadFailed as e:   # reading here failed: the stage goes
+            self.commit.unreadable(item, e.err)
+            if chan.alive and token is not None:
+                consume([chan.send("unstage", token)])
+            return
+        except AgentCallError as e:   # the agent refused the path
+            self.commit.result.error(item.rel, e.message)
             return
         finally:
             f.close()
-            self.progress.in_flight -= sent
-        entry = LocalEntry("f", sent, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+            consume(ahead)
+        entry = LocalEntry(FILE, sent, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
         hd = finish(h)
-        answer = (await agent.call("push", self.root, [["s", item.rel, item.expect, item.force, hd, entry.mode,
-                                                         token]]))[0]
-        consume([f for f in appends if f.done()])  # their errors (disk full) come back in the answer as well
-        self.commit.sent(item, hd, entry, answer, large=True)
+        fut = chan.send("push", self.root, [staged_op(item.rel, item.expect, item.force, hd, entry.mode, token)])
 
+        def placed(answers: list[Any]) -> None:
+            self.progress.in_flight -= sent
+            self.commit.sent(item, hd, entry, answers[0], large=True)
+        self.on_wire(lane, fut, 200, placed)
+        await chan.drain()
 
-# --------------------------------------------------------------------------- pull
+    async def send_chunks(self, lane: Lane, token: int, f: Any, h: Any,
+                          ahead: list[asyncio.Future[tuple[str, bytes, int]]]) -> int:
+        loop = asyncio.get_running_loop()
+        chan = lane.chan
+        sent = 0
+        eof = False
 
-
-async def fetch_all(agent: Any, root: str, todo: list[PullItem], commit: PullCommit) -> None:
-    """Read requests pipelined up to PULL_WINDOW bytes; each file written atomically as
-    soon as it is whole."""
-    window: list[tuple[PullItem, list[asyncio.Future[Any]]]] = []
-    in_window = 0
-
-    async def flush() -> None:
-        nonlocal in_window
-        for item, futs in window:
+        def read_chunk() -> bytes:
             try:
-                data = b"".join([await f for f in futs])
-            except RemoteDevError as e:
-                if isinstance(e, ConnectError):
-                    raise
-                commit.error(item, e.message)
-                continue
-            await put(item, data, digest(data))
-        window.clear()
-        in_window = 0
-
-    async def put(item: PullItem, data: bytes | None, content_hash: str) -> None:
-        try:
-            st = await asyncio.to_thread(commit.put, item, data)
-        except RemoteDevError as e:  # a folder on the way turned into a symlink meanwhile
-            commit.error(item, e.message)
-            return
-        commit.done(item, st, content_hash)
-
-    try:
-        for item in todo:
-            if item.kind == "l":
-                await put(item, None, link_hash(item.target or ""))
-                continue
-            futs = []
-            offset = 0
-            while offset < item.size or (offset == 0 and not futs):
-                n = min(READ_SIZE, max(item.size - offset, 0)) or 1
-                futs.append(agent.send("read", root, item.rel, offset, n))
-                offset += n
-            window.append((item, futs))
-            in_window += item.size
-            await agent.drain()
-            if in_window >= PULL_WINDOW:
-                await flush()
-        await flush()
-    finally:
-        consume([f for _item, futs in window for f in futs])
+                block = f.read(CHUNK)
+            except OSError as e:
+                raise ReadFailed(e) from None
+            h.update(block)
+            return block
+        while True:
+            while not eof and len(ahead) < CHUNKS_AHEAD:
+                block = await asyncio.to_thread(read_chunk)
+                if not block:
+                    eof = True
+                    break
+                sent += len(block)
+                ahead.append(loop.run_in_executor(self.comp.pool, self.pack_chunk, block))
+            if not ahead:
+                return sent
+            fmt, payload, n = await ahead.pop(0)
+            await lane.room(len(payload))
+            self.check()
+            fut = chan.send("append", token, payload, fmt) if fmt else chan.send("append", token, payload)
+            self.on_wire(lane, fut, len(payload), lambda _answer: None)
+            self.progress.in_flight += n
+            await chan.drain()

@@ -1,8 +1,9 @@
-"""File operations under a project root: push (write, stage/append, link, delete),
-state, list, read.
+"""File operations under a project root: push (write, stage/append, link, delete; also
+packed: a batch of ops compressed as one stream), state, list, read (also in compressed
+blocks, for pulls), and the remote check of a push (verify.py).
 
 Paths are relative to a root; anything that would land outside it is refused: absolute
-paths, ``..`` components and symlinks on the way.  Every write goes to a temporary file
+paths, ``..`` components and symlinks on the way (paths.py).  Every write goes to a temporary file
 in the destination folder and is renamed into place.  Temporary files of large files
 still arriving when the channel closes are removed; those an agent killed mid-write left
 behind are swept by the next agent writing into the same folder (temps.py).
@@ -13,85 +14,16 @@ import os
 import stat
 import threading
 
+import msgpack
+
 from .. import protocol as P
 from .common import AgentError, expand_root, unlink_quiet, write_all
 from . import temps
+from .paths import content_hash, entry_state, resolve
 from .temps import link_temp, make_temp
+from .verify import Checks
 
-# --------------------------------------------------------------------------- paths
-
-
-def check_relpath(rel):
-    if not isinstance(rel, str) or rel == "" or "\0" in rel:
-        raise AgentError("path", "bad path %r" % (rel,))
-    if rel.startswith("/") or os.path.isabs(rel):
-        raise AgentError("path", "refused absolute path %r" % rel)
-    parts = rel.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise AgentError("path", "refused path %r: empty, '.' or '..' component" % rel)
-    return parts
-
-
-def resolve(root, rel, create_parents=False, known_dirs=None):
-    """Absolute path of root/rel after checking that no component on the way is a
-    symlink (so nothing is ever read or written outside root).  known_dirs: {folder:
-    made by this request} for folders already checked during the same request."""
-    parts = check_relpath(rel)
-    cur = root
-    for part in parts[:-1]:
-        cur = cur + "/" + part
-        if known_dirs is not None and cur in known_dirs:
-            continue
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            if not create_parents:
-                return os.path.join(root, *parts)  # nothing below a missing folder
-            try:
-                os.mkdir(cur, 0o777)
-                if known_dirs is not None:
-                    known_dirs[cur] = True  # made now: nothing below it yet
-                    continue
-            except FileExistsError:
-                pass
-            st = os.lstat(cur)
-        if stat.S_ISLNK(st.st_mode):
-            raise AgentError("path", "refused %r: %r is a symlink" % (rel, cur[len(root) + 1:]))
-        if not stat.S_ISDIR(st.st_mode):
-            raise AgentError("path", "refused %r: %r is not a folder" % (rel, cur[len(root) + 1:]))
-        if known_dirs is not None:
-            known_dirs[cur] = False
-    return root + "/" + rel
-
-
-def stat_state(st):
-    """[kind, size, mtime_ns] of a stat result (protocol kinds)."""
-    if stat.S_ISLNK(st.st_mode):
-        return [P.LINK, st.st_size, st.st_mtime_ns]
-    if stat.S_ISREG(st.st_mode):
-        return [P.FILE, st.st_size, st.st_mtime_ns]
-    if stat.S_ISDIR(st.st_mode):
-        return [P.DIR, 0, st.st_mtime_ns]
-    return [P.OTHER, st.st_size, st.st_mtime_ns]
-
-
-def entry_state(path):
-    """[kind, size, mtime_ns] of what is at path, never following a final symlink; None
-    when nothing is there."""
-    try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return stat_state(st)
-
-
-def content_hash(path, state):
-    if state[0] == P.LINK:
-        return P.link_hash(os.readlink(path))
-    if state[0] == P.FILE:
-        return P.file_hash(path)
-    return None
+# --------------------------------------------------------------------------- conflicts
 
 
 def conflict_at(path, expect, new_hash, state):
@@ -155,9 +87,14 @@ class FileOps(object):
         self.staged_lock = threading.Lock()
         self.next_token = 0
         self.swept = set()  # folders swept of dead agents' temporaries
+        self.checks = Checks()
+        self.formats = P.codec_formats()
+        self.cores = min(os.cpu_count() or 1, 4)
+        self.slots = threading.BoundedSemaphore(self.cores)  # compressions at once (reads run in threads)
 
     def cleanup(self):
         """Remove the temporary files of large files still arriving (channel closed)."""
+        self.checks.close()
         with self.staged_lock:
             staged = list(self.staged.values())
             self.staged.clear()
@@ -187,7 +124,10 @@ class FileOps(object):
             self.staged[token] = Staged(tmp, fd, final)
         return token
 
-    def append(self, token, data):
+    def append(self, token, data, fmt=P.RAW):
+        """The next chunk of a staged file (compressed in format fmt)."""
+        if fmt:
+            data = P.decompress(fmt, data)
         with self.staged_lock:
             entry = self.staged.get(token)
         if entry is None:
@@ -240,6 +180,19 @@ class FileOps(object):
                 if op[0] == P.OP_STAGED:
                     self.drop_staged(op[P.OP_PAYLOAD])
         return results
+
+    def push_packed(self, root, fmt, blob):
+        """push(root, ops) for ops packed with msgpack and compressed as one stream (so
+        small files find matches in each other)."""
+        try:
+            ops = msgpack.unpackb(P.decompress(fmt, blob), raw=False)
+        except Exception as e:  # noqa: BLE001 - any damage is the same answer
+            raise AgentError("packed", "damaged packed push (%s): %s" % (fmt, e))
+        return self.push(root, ops)
+
+    def verify(self, root, uid, base, gen, blob):
+        """The remote check of a push (verify.py)."""
+        return self.checks.verify(root, uid, base, gen, blob)
 
     def apply(self, root, op, known_dirs=None):
         if op[0] == P.OP_DELETE:
@@ -349,28 +302,70 @@ class FileOps(object):
 
     def read(self, root, rel, offset, size):
         """Bytes of a regular file under root (a final symlink is refused, not followed)."""
-        root = expand_root(root)
-        path = resolve(root, rel)
+        fd = open_regular(expand_root(root), rel)
         try:
-            fd = os.open(path, os.O_RDONLY | P.O_NOFOLLOW)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise AgentError("path", "refused %r: a symlink" % rel)
-            raise
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise AgentError("path", "refused %r: not a regular file" % rel)
-            os.lseek(fd, offset, os.SEEK_SET)
-            chunks = []
-            while size > 0:
-                block = os.read(fd, min(size, 1 << 22))
-                if not block:
-                    break
-                chunks.append(block)
-                size -= len(block)
-            return b"".join(chunks)
+            return pread_all(fd, offset, size)
         finally:
             os.close(fd)
+
+    def read_block(self, root, rel, offset, size, link=None, prefix=None):
+        """[format, data]: size bytes at offset of a regular file, compressed for a link of
+        link wire bytes per second (protocol.choose_codec; raw when they do not compress or
+        link is None).  prefix [n, hash]: the file's first n bytes must hash to hash (it only
+        grew since the last pull), else AgentError "changed".  Runs in a thread of its own."""
+        fd = open_regular(expand_root(root), rel)
+        try:
+            if prefix is not None and prefix_hash(fd, prefix[0]) != prefix[1]:
+                raise AgentError("changed", "%s: its first %d bytes changed" % (rel, prefix[0]))
+            data = pread_all(fd, offset, size)
+        finally:
+            os.close(fd)
+        if link is not None and data:
+            fmt, level = P.choose_codec(link, self.cores, P.sample_ratio(data), self.formats)
+            if fmt:
+                with self.slots:
+                    blob = P.compress(fmt, level, data)
+                if len(blob) < len(data):
+                    return [fmt, blob]
+        return [P.RAW, data]
+
+
+def open_regular(root, rel):
+    path = resolve(root, rel)
+    try:
+        fd = os.open(path, os.O_RDONLY | P.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise AgentError("path", "refused %r: a symlink" % rel)
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AgentError("path", "refused %r: not a regular file" % rel)
+    return fd
+
+
+def pread_all(fd, offset, size):
+    chunks = []
+    while size > 0:
+        block = os.pread(fd, min(size, 1 << 22), offset)
+        if not block:
+            break
+        chunks.append(block)
+        size -= len(block)
+        offset += len(block)
+    return b"".join(chunks)
+
+
+def prefix_hash(fd, size):
+    h = P.new_hasher()
+    offset = 0
+    while offset < size:
+        block = os.pread(fd, min(size - offset, P.HASH_BLOCK), offset)
+        if not block:
+            return None
+        h.update(block)
+        offset += len(block)
+    return P.hasher_digest(h)
 
 
 def want_mode(mode):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+from .. import protocol as P
 from .common import cache_dir, expand_root
 
 AGENT_VERSION = "1"
@@ -20,6 +21,8 @@ def hello(client_version):
         "host": socket.gethostname(),
         "cache_dir": cache_dir(),
         "home": os.path.expanduser("~"),
+        "codecs": P.codec_formats(),   # compression formats it decodes (bz2 can be missing)
+        "cpus": os.cpu_count() or 1,
     }
 
 

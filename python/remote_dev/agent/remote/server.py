@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover - the agent's zip always carries it
     msgpack = None
 
-FILE_METHODS = frozenset(("push", "stage", "append", "unstage", "state", "list", "read"))
+FILE_METHODS = frozenset(("push", "push_packed", "stage", "append", "unstage", "state", "list", "read", "verify"))
 
 
 def method_table(files):
@@ -41,6 +41,9 @@ def method_table(files):
         "append": (files.append, False),
         "unstage": (files.unstage, False),
         "push": (files.push, False),
+        "push_packed": (files.push_packed, False),
+        "verify": (files.verify, False),
+        "read_block": (files.read_block, True),
         "state": (files.state, False),
         "list": (files.list, False),
         "read": (files.read, False),

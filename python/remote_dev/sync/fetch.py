@@ -1,0 +1,198 @@
+"""Moving a pull's content: read requests pipelined up to PULL_WINDOW raw bytes, each block
+compressed by the agent for the link as measured (``read_block``: raw on fast links and
+for data that does not compress), taken in order, decompressed, hashed and written to a
+temporary file beside the file's place in a worker thread; the file is renamed into place
+when whole (apply.PullFile).  A file's blocks are asked for as the window has room, so
+never more than the window is held in memory, whatever the file's size.
+
+A file that only grew since the last pull (a training log) transfers only its new bytes:
+when the local copy is still what the last pull left and the remote one is longer, the
+local copy is copied into the temporary file and the rest is read from the recorded size
+on; the agent first checks that the remote file's first bytes still hash to what was
+pulled (else the whole file is read after all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..agent.protocol import LINK, decompress, link_hash
+from ..errors import AgentCallError, RemoteDevError
+from .apply import PullCommit, PullFile
+from .reconcile import PullItem
+from .wire import AckClock, LinkMeter
+
+READ_SIZE = 4 << 20            # bytes per read request
+PULL_WINDOW = 32 << 20         # raw bytes of read requests in flight
+
+
+@dataclass
+class Fetch:
+    """One file on its way: its writer and its blocks still to come."""
+    item: PullItem
+    start: int                  # 0, or the recorded size when only the tail comes
+    file: PullFile | None = None
+    offset: int = 0             # the next byte to ask for
+    left: int = 0               # blocks asked for, not yet taken
+    failed: bool = False
+
+
+@dataclass
+class Block:
+    fetch: Fetch
+    size: int
+    future: asyncio.Future[Any] = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+class Fetcher:
+    """fetch_all(todo): every item fetched and committed (or its error recorded)."""
+
+    def __init__(self, agent: Any, root: str, commit: PullCommit, meter: LinkMeter) -> None:
+        self.agent = agent
+        self.root = root
+        self.commit = commit
+        self.meter = meter
+        self.clock = AckClock(meter)
+        self.window: deque[Block] = deque()
+        self.in_window = 0
+        self.sending: deque[Fetch] = deque()   # files opened with blocks still to ask for
+
+    async def fetch_all(self, todo: list[PullItem]) -> None:
+        try:
+            for item in todo:
+                if item.kind == LINK:
+                    await self.put_link(item)
+                    continue
+                await self.request(Fetch(item, self.commit.grown(item)))
+                while self.in_window >= PULL_WINDOW:
+                    await self.take()
+            while self.window or self.sending:
+                if self.window:
+                    await self.take()
+                else:
+                    await self.fill()
+        finally:
+            for block in self.window:
+                consume(block.future)
+            for fetch in [b.fetch for b in self.window] + list(self.sending):
+                if fetch.file is not None:
+                    fetch.file.discard()
+                    fetch.file = None
+
+    async def put_link(self, item: PullItem) -> None:
+        try:
+            st = await asyncio.to_thread(self.commit.put_link, item)
+        except (RemoteDevError, OSError) as e:   # a folder on the way turned into a symlink meanwhile
+            self.commit.error(item, str(e))
+            return
+        self.commit.done(item, st, link_hash(item.target or ""))
+
+    async def request(self, fetch: Fetch) -> None:
+        """Open the file's writer; its read requests go out as the window has room."""
+        item = fetch.item
+        try:
+            fetch.file = await asyncio.to_thread(PullFile, self.commit.root, item, fetch.start)
+        except (RemoteDevError, OSError) as e:
+            self.commit.error(item, str(e))
+            return
+        if item.size <= fetch.start:
+            await self.finish(fetch)
+            return
+        fetch.offset = fetch.start
+        self.sending.append(fetch)
+        await self.fill()
+
+    async def fill(self) -> None:
+        """Read requests (one per READ_SIZE) while the window has room: a file larger than
+        the window is asked for as its blocks are taken."""
+        link = self.meter.link()
+        sent = False
+        while self.sending and self.in_window < PULL_WINDOW:
+            fetch = self.sending[0]
+            item = fetch.item
+            if fetch.failed or fetch.offset >= item.size:
+                self.sending.popleft()
+                continue
+            offset = fetch.offset
+            n = min(READ_SIZE, item.size - offset)
+            prefix = [fetch.start, self.commit.records.data[item.rel].hash] if offset == fetch.start and fetch.start \
+                else None
+            block = Block(fetch, n, self.agent.send("read_block", self.root, item.rel, offset, n, link, prefix))
+            self.clock.sent(n)
+            self.window.append(block)
+            self.in_window += n
+            fetch.left += 1
+            fetch.offset += n
+            sent = True
+        if sent:
+            await self.agent.drain()
+
+    async def take(self) -> None:
+        """The oldest block: written to its file (its file finished when whole)."""
+        block = self.window.popleft()
+        self.in_window -= block.size
+        fetch = block.fetch
+        fetch.left -= 1
+        try:
+            fmt, data = await block.future
+        except AgentCallError as e:
+            self.clock.answered(block.size, 0)
+            await self.fail(fetch, e)
+            return
+        self.clock.answered(block.size, len(data))
+        self.commit.result.wire += len(data)
+        if fetch.failed or fetch.file is None:
+            return
+        try:
+            await asyncio.to_thread(write_block, fetch.file, fmt, data)
+        except (OSError, ValueError) as e:
+            await self.fail(fetch, e)
+            return
+        if fetch.left == 0 and fetch.offset >= fetch.item.size:
+            await self.finish(fetch)
+        else:
+            await self.fill()
+
+    async def fail(self, fetch: Fetch, err: Exception) -> None:
+        """A block could not be read or written: the file's temporary goes; a file whose
+        first bytes changed on the remote is read whole instead."""
+        if fetch.failed:
+            return
+        fetch.failed = True
+        if fetch.file is not None:
+            fetch.file.discard()
+            fetch.file = None
+        if isinstance(err, AgentCallError) and err.agent_kind == "changed" and fetch.start:
+            await self.request(Fetch(fetch.item, 0))
+        else:
+            self.commit.error(fetch.item, getattr(err, "message", None) or str(err))
+
+    async def finish(self, fetch: Fetch) -> None:
+        pf, fetch.file = fetch.file, None
+        assert pf is not None
+        try:
+            st, content_hash = await asyncio.to_thread(pf.finish)
+        except (RemoteDevError, OSError) as e:
+            self.commit.error(fetch.item, str(e))
+            return
+        self.commit.done(fetch.item, st, content_hash, pf.fetched)
+
+
+def write_block(pf: PullFile, fmt: str, data: bytes) -> None:
+    pf.write(decompress(fmt, data) if fmt else data)
+
+
+def consume(fut: asyncio.Future[Any] | None) -> None:
+    if fut is None:
+        return
+    if fut.done() and not fut.cancelled():
+        fut.exception()
+    else:
+        fut.cancel()
+
+
+async def fetch_all(agent: Any, root: str, todo: list[PullItem], commit: PullCommit, meter: LinkMeter) -> None:
+    await Fetcher(agent, root, commit, meter).fetch_all(todo)

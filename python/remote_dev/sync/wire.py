@@ -1,0 +1,146 @@
+"""What goes on the wire and how fast it goes: the link's rate as measured, the choice of
+compression per batch (protocol.choose_codec), and the worker threads that compress.
+
+The rate is measured from the answers of pipelined requests: wire bytes answered per
+second while more was in flight behind them (the link, not this side, was what held them
+back).  It is kept per connection (LinkMeter, in the session's state), so a pull knows
+what the last push saw; until the first measurement a link counts as WAN_GUESS.  A link
+with a round trip under FAST_RTT_MS (loopback, a LAN) is never compressed: there the
+rate is bounded by the CPU of both ends (ssh, the agent), which compressing would only
+take from them.
+
+Compression runs in a pool of worker threads (zlib and bz2 release the GIL), one per core;
+the speed they really reach on this machine, busy as it may be, scales the codec table's
+figures (``Compressor.speed``), so a loaded machine picks cheaper codecs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..agent.protocol import CODECS, RAW, ZLIB, choose_codec, compress, sample_ratio
+
+FAST_RTT_MS = 1.5          # below this round trip a link counts as fast until measured
+WAN_GUESS = 12.5e6         # wire bytes/s assumed of other links until measured (100 Mbit/s)
+RATE_WINDOW = 0.4          # seconds of answers a rate is measured over (at least)
+WINDOW = 1 << 20           # bandwidth-delay product above which one SSH channel's window limits
+
+
+@dataclass
+class LinkMeter:
+    """Per connection: the link's rate in wire bytes per second, when measured."""
+    rate: float | None = None
+    rtt_ms: float | None = None
+
+    def update(self, rate: float) -> None:
+        self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
+
+    def link(self) -> float | None:
+        """The rate to plan with: None on a fast link (nothing compressed), else as
+        measured, else WAN_GUESS."""
+        if self.rtt_ms is not None and self.rtt_ms < FAST_RTT_MS:
+            return None
+        return WAN_GUESS if self.rate is None else self.rate
+
+    @property
+    def fast(self) -> bool:
+        return self.rtt_ms is not None and self.rtt_ms < FAST_RTT_MS
+
+    def window_limited(self) -> bool:
+        """More than one channel's SSH window (~2 MB) is in flight per round trip."""
+        rate = self.link()
+        return rate is not None and self.rtt_ms is not None and rate * self.rtt_ms / 1000 > WINDOW
+
+
+class AckClock:
+    """Wire bytes answered per second, from requests pipelined on one connection."""
+
+    def __init__(self, meter: LinkMeter) -> None:
+        self.meter = meter
+        self.inflight = 0
+        self.total = 0
+        self.points: deque[tuple[float, int]] = deque()
+
+    def sent(self, weight: int) -> None:
+        """A request went out, weighing weight bytes (its wire size, or for a read what
+        it asks for)."""
+        self.inflight += weight
+
+    def answered(self, weight: int, wire: int | None = None) -> None:
+        """Its answer came (wire bytes on the wire, by default its weight): a measuring
+        point when the link was still busy with more behind it."""
+        self.inflight -= weight
+        self.total += weight if wire is None else wire
+        now = time.perf_counter()
+        if self.inflight < max(weight, 64 << 10):
+            self.points.clear()   # the link ran dry: what follows measures this side
+            return
+        self.points.append((now, self.total))
+        while len(self.points) > 3 and now - self.points[1][0] >= RATE_WINDOW:
+            self.points.popleft()
+        t0, b0 = self.points[0]
+        if len(self.points) >= 3 and now - t0 >= RATE_WINDOW:
+            self.meter.update((self.total - b0) / (now - t0))
+
+
+def table_speed(fmt: str, level: int) -> float:
+    for f, lv, mbs, _rel in CODECS:
+        if f == fmt and lv == level:
+            return mbs * 1e6
+    return 0.0
+
+
+class Compressor:
+    """The worker threads of one transfer and the codec choice: per payload, the codec
+    that moves the most raw bytes per second given the link, this machine's cores and
+    speed, and the payload's own compressibility."""
+
+    def __init__(self, meter: LinkMeter, formats: list[str] | None) -> None:
+        self.meter = meter
+        self.formats = formats or [ZLIB]
+        self.cores = max(1, min(os.cpu_count() or 1, 8))
+        self.pool = ThreadPoolExecutor(self.cores, thread_name_prefix="rd-compress")
+        self.speed = 1.0       # speed reached / the table's, as measured
+        self.lock = threading.Lock()
+        self.used: dict[str, int] = {}   # codec name -> payloads compressed with it
+
+    def choose(self, data: bytes | memoryview) -> tuple[str, int]:
+        forced = os.environ.get("REMOTE_DEV_CODEC")   # for measurements: raw, zlib-1, bz2-9 ...
+        if forced:
+            fmt, _, level = forced.partition("-")
+            return ("" if fmt == "raw" else fmt), int(level or 0)
+        link = self.meter.link()
+        if link is None:
+            return RAW, 0
+        return choose_codec(link, self.cores, sample_ratio(data), self.formats, self.speed)
+
+    def compress(self, fmt: str, level: int, data: bytes) -> tuple[str, bytes]:
+        """(format, payload): data compressed as chosen (in a worker thread), or as it is
+        when that does not pay; the speed reached is measured."""
+        if not fmt:
+            self.count(RAW, 0)
+            return RAW, data
+        t0 = time.perf_counter()
+        blob = compress(fmt, level, data)
+        dt = time.perf_counter() - t0
+        table = table_speed(fmt, level)
+        if table and dt > 0.002:
+            with self.lock:
+                self.speed = 0.7 * self.speed + 0.3 * min(2.0, len(data) / dt / table)
+        self.count(fmt, level)
+        if len(blob) >= len(data):
+            return RAW, data
+        return fmt, blob
+
+    def count(self, fmt: str, level: int) -> None:
+        name = f"{fmt}-{level}" if fmt else "raw"
+        with self.lock:
+            self.used[name] = self.used.get(name, 0) + 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

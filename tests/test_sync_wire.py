@@ -1,0 +1,351 @@
+"""Sync on the wire, against the real sshd: compression round-trips byte for byte (text,
+random and empty files, large files staged in chunks, pulls), a remote log that grew is
+pulled as its tail only, and a connection cut in the middle of a push ends with one clear
+line and nothing half-written.  How fast any of it is: bench/, never here."""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import random
+import signal
+
+import pytest
+from conftest import wait_for
+from remote_dev import rpc
+from remote_dev.errors import RemoteDevError
+from remote_dev.sync import transfer, wire
+from remote_dev.sync.wire import LinkMeter
+
+
+def ctx(proj):
+    return {"cwd": str(proj.root)}
+
+
+def push(engine, proj, **args):
+    return engine.call_sync("push", ctx(proj), args, timeout=120)
+
+
+def pull(engine, proj, **args):
+    return engine.call_sync("pull", ctx(proj), args, timeout=120)
+
+
+def on_engine(engine, proj, fn):
+    async def go():
+        return await fn(engine.project(ctx(proj)).session())
+    return engine.submit(go()).result(60)
+
+
+def temps(path):
+    return [os.path.join(d, n) for d, _, names in os.walk(path) for n in names if ".rdtmp-" in n]
+
+
+def slow_link(engine, proj, monkeypatch, rate):
+    """The session's link taken as a WAN link of rate bytes/s with a 40 ms round trip
+    (loopback would be sent raw); measuring it is turned off so it stays so."""
+    monkeypatch.setattr(LinkMeter, "update", lambda self, rate: None)
+
+    async def set_link(sess):
+        await sess.ensure()
+        meter = sess.state(LinkMeter)
+        meter.rtt_ms, meter.rate = 40.0, rate
+    on_engine(engine, proj, set_link)
+
+
+def spy_formats(monkeypatch):
+    """The formats the local side compresses with."""
+    used = []
+    real = wire.compress
+
+    def spy(fmt, level, data):
+        used.append(fmt)
+        return real(fmt, level, data)
+    monkeypatch.setattr(wire, "compress", spy)
+    return used
+
+
+def source_text(n, seed):
+    rng = random.Random(seed)
+    words = ["def", "return", "self", "import", "class", "value", "data", "path", "for", "in", "if", "None"]
+    lines = []
+    size = 0
+    while size < n:
+        line = "    " * rng.randint(0, 3) + " ".join(rng.choice(words) for _ in range(rng.randint(2, 9))) + "\n"
+        lines.append(line)
+        size += len(line)
+    return "".join(lines)[:n].encode()
+
+
+# --------------------------------------------------------------------------- compression
+
+
+@pytest.mark.parametrize("rate,fmt", [(1e5, "bz2"), (5e7, "zlib")], ids=["slow-link-bz2", "fast-wan-zlib"])
+def test_compressed_push_and_pull_are_byte_exact(engine, make_project, monkeypatch, rate, fmt):
+    monkeypatch.setattr(transfer, "LARGE", 256 << 10)   # large files: staged in chunks
+    monkeypatch.setattr(transfer, "CHUNK", 64 << 10)
+    proj = make_project(config_extra='[sync]\npull = ["results/"]\n')
+    files = {
+        "src/a.py": source_text(50_000, 1), "src/b.py": source_text(3_000, 2), "src/empty.py": b"",
+        "data/random.bin": os.urandom(100_000), "data/big.txt": source_text(1_500_000, 3),
+        "data/big_random.bin": os.urandom(700_000), "data/zeros.bin": b"\0" * 300_000,
+    }
+    for rel, data in files.items():
+        proj.write(rel, data)
+    os.symlink("a.py", proj.root / "src/link.py")
+    slow_link(engine, proj, monkeypatch, rate)
+    used = spy_formats(monkeypatch)
+    res = push(engine, proj)
+    assert res["errors"] == [] and res["files"] == len(files) + 2   # + the symlink and .remote-dev.toml
+    for rel, data in files.items():
+        assert proj.remote(rel).read_bytes() == data, rel
+    assert os.readlink(proj.remote("src/link.py")) == "a.py"
+    assert fmt in used
+    assert 0 < res["wire_bytes"] < res["bytes"] - 1_000_000   # the text and the zeros shrank, the rest did not grow
+    assert temps(proj.remote_root) == []
+    # pulls: the agent compresses for the link the local side names
+    results = {"results/train.log": source_text(2_000_000, 4), "results/weights.bin": os.urandom(300_000),
+               "results/empty.txt": b"", "results/sub/small.csv": b"step,loss\n1,0.5\n"}
+    for rel, data in results.items():
+        proj.remote(rel).parent.mkdir(parents=True, exist_ok=True)
+        proj.remote(rel).write_bytes(data)
+    res = pull(engine, proj)
+    assert res["errors"] == [] and res["files"] == len(results)
+    for rel, data in results.items():
+        assert (proj.root / rel).read_bytes() == data, rel
+    assert res["wire_bytes"] < 0.6 * res["bytes"]
+    assert temps(proj.root) == []
+
+
+def test_a_grown_remote_log_pulls_only_its_tail(engine, make_project):
+    proj = make_project(config_extra='[sync]\npull = ["results/"]\n')
+    proj.write("main.py", "x\n")
+    push(engine, proj)
+    log = proj.remote("results/train.log")
+    log.parent.mkdir(parents=True)
+    first = os.urandom(3_000_000)   # random: raw on the wire, so bytes on the wire are the bytes read
+    log.write_bytes(first)
+    res = pull(engine, proj)
+    assert res["files"] == 1 and res["wire_bytes"] == len(first)
+    tail = os.urandom(100_000)
+    with open(log, "ab") as f:
+        f.write(tail)
+    res = pull(engine, proj)
+    assert res["files"] == 1 and res["errors"] == [] and res["conflicts"] == []
+    assert res["wire_bytes"] == len(tail) and res["bytes"] == len(tail)
+    assert (proj.root / "results/train.log").read_bytes() == first + tail
+    assert pull(engine, proj)["wire_bytes"] == 0
+    # not only grown: its first bytes changed too -- the whole file comes again
+    changed = b"X" + first[1:] + tail + os.urandom(10_000)
+    log.write_bytes(changed)
+    res = pull(engine, proj)
+    assert res["files"] == 1 and res["errors"] == []
+    assert (proj.root / "results/train.log").read_bytes() == changed
+    assert res["wire_bytes"] >= len(changed)
+    # the local copy edited since the last pull is no base for a tail: a conflict, as before
+    with open(proj.root / "results/train.log", "ab") as f:
+        f.write(b"local note\n")
+    with open(log, "ab") as f:
+        f.write(b"more\n")
+    res = pull(engine, proj)
+    assert res["conflicts"] == ["results/train.log"] and res["wire_bytes"] == 0
+    assert temps(proj.root) == []
+
+
+# --------------------------------------------------------------------------- cut connections
+
+
+def agent_pid(engine, proj):
+    async def pid(sess):
+        await sess.ensure()
+        return sess.hello["pid"]
+    return on_engine(engine, proj, pid)
+
+
+def ppid(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def cut_after(monkeypatch, method, count, cut):
+    """Cut the connection right after the count-th request of this method is sent."""
+    seen = {"n": 0}
+    orig = rpc.AgentChannel.send
+
+    def send(self, m, *params):
+        fut = orig(self, m, *params)
+        if m == method:
+            seen["n"] += 1
+            if seen["n"] == count:
+                cut()
+        return fut
+    monkeypatch.setattr(rpc.AgentChannel, "send", send)
+    return seen
+
+
+NOISE = ("Traceback", "never retrieved", "Exception in callback", "Task exception", "Error on reading")
+
+
+def test_a_connection_cut_mid_push_ends_with_one_clear_line(engine, make_project, monkeypatch, caplog, capfd):
+    """The sshd process serving the session is killed while large files are in flight:
+    the push ends with one line saying what happened and what to do, nothing else is
+    logged or printed, nothing half-written is left, and the next push completes it."""
+    caplog.set_level(logging.DEBUG)
+    proj = make_project()
+    for i in range(3):
+        proj.write(f"model/part{i}.bin", os.urandom(10 << 20))   # large: staged in chunks
+    for i in range(40):
+        proj.write(f"src/m{i}.py", source_text(20_000, i))
+    pid = agent_pid(engine, proj)
+    session = ppid(pid)   # sshd's process for this session: the agent was exec'd by it
+    cut_after(monkeypatch, "append", 12, lambda: os.kill(session, signal.SIGKILL))
+    with pytest.raises(RemoteDevError) as err:
+        push(engine, proj)
+    text = str(err.value)
+    assert "\n" not in text and "interrupted" in text and "completes it" in text, text
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20, what="the old agent to exit")
+    gc.collect()
+    out, errout = capfd.readouterr()
+    said = caplog.text + out + errout
+    assert not any(n in said for n in NOISE), said
+    assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert temps(proj.remote_root) == []
+    for dirpath, _dirs, names in os.walk(proj.remote_root):
+        for name in names:   # whatever arrived arrived whole
+            rel = os.path.relpath(os.path.join(dirpath, name), proj.remote_root)
+            assert (proj.root / rel).read_bytes() == proj.remote(rel).read_bytes(), rel
+    monkeypatch.undo()
+    res = push(engine, proj)
+    assert res["errors"] == [] and res["conflicts"] == []
+    for i in range(3):
+        assert proj.remote(f"model/part{i}.bin").read_bytes() == (proj.root / f"model/part{i}.bin").read_bytes()
+    assert len(os.listdir(proj.remote("src"))) == 40 and temps(proj.remote_root) == []
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def record_requests(monkeypatch):
+    """The requests sent to the agent in order, and "(awaited verify)" where the push
+    starts waiting for the remote check's answer: what is sent before that travels in
+    the same round trip as the check."""
+    sent = []
+    orig = rpc.AgentChannel.send
+
+    def send(self, m, *params):
+        fut = orig(self, m, *params)
+        sent.append("push" if m == "push_packed" else m)   # compressed or not, one request
+        return Awaited(fut, lambda: sent.append("(awaited verify)")) if m == "verify" else fut
+    monkeypatch.setattr(rpc.AgentChannel, "send", send)
+    return sent
+
+
+class Awaited:
+    """A future that says when it is awaited."""
+
+    def __init__(self, fut, said):
+        self.fut = fut
+        self.said = said
+
+    def __await__(self):
+        self.said()
+        return self.fut.__await__()
+
+    def __getattr__(self, name):
+        return getattr(self.fut, name)
+
+
+def test_the_remote_check_costs_no_round_trip_of_its_own(engine, make_project, monkeypatch):
+    """Records are a cache: every push asks the agent to check them (`verify`), yet that
+    request travels with the push's own: nothing the push sends waits for its answer, so it
+    adds no round trip (a no-op push makes that one request and nothing else)."""
+    proj = make_project()
+    for i in range(30):
+        proj.write(f"pkg/m{i}.py", source_text(2_000, i))
+    push(engine, proj)
+    sent = record_requests(monkeypatch)
+    assert push(engine, proj)["files"] == 0
+    assert sent == ["verify", "(awaited verify)"]   # a no-op push: one request, one round trip
+    del sent[:]
+    proj.write("pkg/m3.py", "changed\n")
+    res = push(engine, proj, paths=[str(proj.root / "pkg/m3.py")])   # a save: one round trip
+    assert res["files"] == 1 and sent == ["verify", "push", "(awaited verify)"]
+    del sent[:]
+    proj.write("pkg/m4.py", "changed\n")
+    proj.write("pkg/new.py", "new\n")
+    res = push(engine, proj)   # a tree push of what changed
+    assert res["files"] == 2 and sent == ["verify", "push", "(awaited verify)"]
+    # what the check finds costs the transfer it needs, nothing more
+    del sent[:]
+    proj.remote("pkg/m5.py").unlink()
+    res = push(engine, proj)
+    assert res["files"] == 1 and sent == ["verify", "(awaited verify)", "push"]
+    assert proj.remote("pkg/m5.py").read_text() == source_text(2_000, 5).decode()
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def vm_hwm(pid):
+    """Peak resident set of a process, in bytes (reset first with reset_hwm)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def reset_hwm(pid):
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def test_large_files_are_streamed_both_ways(engine, make_project, monkeypatch):
+    """A 64 MB file pushed and pulled: neither side ever holds it whole (Python's own
+    allocations here, the agent's peak resident set there), and it arrives byte exact."""
+    import hashlib
+    import tracemalloc
+
+    from remote_dev.sync import fetch
+
+    monkeypatch.setattr(fetch, "PULL_WINDOW", 4 << 20)
+    monkeypatch.setattr(fetch, "READ_SIZE", 1 << 20)
+    size = 64 << 20
+    proj = make_project(config_extra='[sync]\npull = ["results/"]\n')
+    block = os.urandom(1 << 20)
+    with open(proj.root / "model.bin", "wb") as f:
+        for i in range(size >> 20):
+            f.write(bytes([i]) + block[1:])
+    pid = agent_pid(engine, proj)
+    base = vm_hwm(pid)
+    reset_hwm(pid)
+    tracemalloc.start()
+    try:
+        res = push(engine, proj)
+        _, pushed_peak = tracemalloc.get_traced_memory()
+        agent_push_peak = vm_hwm(pid)
+        assert res["errors"] == [] and res["files"] == 2
+        remote = proj.remote("results/log.bin")
+        remote.parent.mkdir(parents=True)
+        with open(proj.remote("model.bin"), "rb") as src, open(remote, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        reset_hwm(pid)
+        tracemalloc.reset_peak()
+        res = pull(engine, proj)
+        _, pulled_peak = tracemalloc.get_traced_memory()
+        agent_pull_peak = vm_hwm(pid)
+    finally:
+        tracemalloc.stop()
+    assert res["errors"] == [] and res["files"] == 1
+
+    def sha(path):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+    assert sha(proj.remote("model.bin")) == sha(proj.root / "model.bin") == sha(proj.root / "results/log.bin")
+    limit = 24 << 20   # chunks and blocks in flight: well under the 64 MB file
+    assert pushed_peak < limit and pulled_peak < limit, (pushed_peak, pulled_peak)
+    assert agent_push_peak < max(base, 0) + limit and agent_pull_peak < base + limit, \
+        (base, agent_push_peak, agent_pull_peak)
