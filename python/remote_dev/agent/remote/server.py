@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import host, runs, services
+from . import host, runs, services, temps
 from .common import AgentError
 from .files import FileOps
 
@@ -116,6 +116,7 @@ class Agent(object):
 
     def cleanup(self):
         self.files.cleanup()
+        temps.forget_journal()
 
 
 class _Input(object):
@@ -134,6 +135,9 @@ def file_worker(agent, jobs):
         msg = jobs.get()
         if msg is None:
             return
+        if msg == ["sweep"]:
+            temps.sweep_dead_agents()
+            continue
         agent.handle(msg)
 
 
@@ -149,6 +153,7 @@ def serve():
     signal.signal(signal.SIGHUP, lambda *_: (agent.cleanup(), os._exit(0)))
     signal.signal(signal.SIGTERM, lambda *_: (agent.cleanup(), os._exit(0)))
     jobs = queue.Queue(maxsize=4)
+    jobs.put(["sweep"])   # first on the file worker: what killed agents left
     worker = threading.Thread(target=file_worker, args=(agent, jobs))
     worker.daemon = True
     worker.start()
