@@ -70,8 +70,8 @@ class AgentChannel:
                         fut = self.pending.pop(msg[1], None)
                         if fut is not None and not fut.done():
                             if msg[2] is not None:
-                                fut.set_exception(AgentCallError(getattr(fut, "method", "?"),
-                                                                 msg[2].get("kind", "?"), msg[2].get("message", "")))
+                                fut.set_exception(AgentCallError(getattr(fut, "method", "?"), msg[2].get("kind", "?"),
+                                                                 f"{self.host}: {msg[2].get('message', '')}"))
                             else:
                                 fut.set_result(msg[3])
         except (asyncssh.Error, OSError) as e:

@@ -193,3 +193,120 @@ def test_agent_killed_mid_push(remote, fault_project, engines, screen, figures, 
                                          f"the kills, all swept by the next agent")
     assert not procs, remote.describe(procs)
     assert_guarantees(failed, {"next push: conflict": SYNC, "next push: differs": SYNC, "in the log": SYNC})
+
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+
+
+def umount(path: os.PathLike[str] | str) -> None:
+    if subprocess.run(["umount", str(path)], capture_output=True, timeout=30).returncode:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def messages(eng: Any, level: str | None = None) -> list[str]:
+    return [p["text"] for k, p in eng.reports if k == "message" and (level is None or p["level"] == level)]
+
+
+def blocked_push(eng: Any, proj: Any, tree: Tree, want: str) -> list[str]:
+    """A push into a remote that refuses writes: one line saying so (naming the host and
+    what to do), no partial file, no temporary; what went wrong, as problems."""
+    before = len(eng.reports)
+    err = None
+    try:
+        res = eng.call_sync("push", proj.ctx(), {}, timeout=180)
+    except RemoteDevError as e:
+        err, res = e.message, {}
+    said = [p["text"] for k, p in eng.reports[before:] if k == "message" and p["level"] in ("warn", "error")]
+    problems = one_line(err) + [p for m in said for p in one_line(m)]
+    text = " ".join([err or ""] + said)
+    if not (res.get("errors") or err):
+        problems.append(f"the push did not fail: {res}")
+    if want not in text.lower():
+        problems.append(f"push message: does not say {want!r}: {text!r}")
+    if proj.remote.sshd.alias not in text:
+        problems.append(f"push message: does not name the host: {text!r}")
+    problems += [f"partial: {p}" for p in partial_files(tree, proj.remote_dir)]
+    problems += [f"temporary left: {t}" for t in temps_after(proj.remote_dir, 10)]
+    return problems
+
+
+@pytest.fixture
+def tmpfs_root(remote, fault_project):
+    """A project whose remote_root is an 8 MB tmpfs (owned by the remote user)."""
+    proj = fault_project()
+    proj.remote_dir.mkdir(parents=True)
+    mount("-t", "tmpfs", "-o", f"size=8m,mode=0755,uid={remote.uid},gid={remote.gid}", "tmpfs", str(proj.remote_dir))
+    yield proj
+    remote.kill_all()
+    umount(proj.remote_dir)
+
+
+def test_remote_disk_full_during_push(remote, tmpfs_root, engines, screen, figures, isolated_state):
+    proj = tmpfs_root
+    tree = Tree(proj.root, random.Random(16_200))
+    tree.build(small=60, large=[])
+    eng = engines.new()
+    eng.call_sync("push", proj.ctx(), {}, timeout=180)
+    for i in range(4):
+        tree.put(f"data/chunk{i}.bin", tree.blob(3 << 20))   # 12 MB: does not fit
+    failed = blocked_push(eng, proj, tree, "no space left")
+    mount("-o", "remount,size=64m", str(proj.remote_dir))    # the user frees space
+    failed += [f"next push: {p}" for p in converge(eng, proj, tree)]
+    failed += [f"on screen: {s}" for s in screen.seen()]
+    failed += [f"in the log: {s}" for s in log_problems(isolated_state)]
+    engines.close(eng)
+    procs = remote.settle()
+    figures.add("remote disk full during a push", remote.kind, 1, int(bool(failed)), len(procs),
+                "8 MB tmpfs as remote_root, 12 MB pushed")
+    assert not procs, remote.describe(procs)
+    assert_guarantees(failed, {"push message": SYNC})
+
+
+@pytest.fixture
+def read_only(remote):
+    """Make a remote folder read-only for the remote user, as a user would meet it: for an
+    unprivileged user, folders without write permission; for root (whom permissions do
+    not stop), a read-only bind mount."""
+    made: list[Any] = []
+
+    def block(path: Any) -> None:
+        if remote.kind == "root":
+            mount("--bind", str(path), str(path))
+            mount("-o", "remount,bind,ro", str(path))
+            made.append(lambda: umount(path))
+        else:
+            dirs = [path, *[p for p in path.rglob("*") if p.is_dir()]]
+            for d in dirs:
+                d.chmod(0o555)
+            made.append(lambda: [d.chmod(0o755) for d in dirs])
+
+    def unblock() -> None:
+        while made:
+            made.pop()()
+    block.unblock = unblock  # type: ignore[attr-defined]
+    yield block
+    unblock()
+
+
+def test_remote_root_read_only(remote, fault_project, read_only, engines, screen, figures, isolated_state):
+    proj = fault_project()
+    tree = Tree(proj.root, random.Random(16_300))
+    tree.build(small=40, large=[9 << 20])
+    eng = engines.new()
+    eng.call_sync("push", proj.ctx(), {}, timeout=180)
+    read_only(proj.remote_dir)
+    tree.change(small=10)
+    tree.put("new/dir/file.py", b"x = 1\n")
+    want = "read-only" if remote.kind == "root" else "permission denied"
+    failed = blocked_push(eng, proj, tree, want)
+    read_only.unblock()
+    failed += [f"next push: {p}" for p in converge(eng, proj, tree)]
+    failed += [f"on screen: {s}" for s in screen.seen()]
+    failed += [f"in the log: {s}" for s in log_problems(isolated_state)]
+    engines.close(eng)
+    procs = remote.settle()
+    figures.add("remote_root read-only", remote.kind, 1, int(bool(failed)), len(procs),
+                "read-only bind mount (root) / folders without write permission (user)")
+    assert not procs, remote.describe(procs)
+    assert_guarantees(failed)

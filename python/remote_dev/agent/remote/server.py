@@ -10,6 +10,7 @@ slow (long polls, stopping runs, commands), which get a thread each, so a long p
 holds up a push.
 """
 
+import errno
 import os
 import queue
 import signal
@@ -24,6 +25,23 @@ try:
     import msgpack
 except ImportError:  # pragma: no cover - the agent's zip always carries it
     msgpack = None
+
+# What to do about the file system errors a user meets on a remote.
+OS_HINTS = {
+    errno.ENOSPC: "free space there and try again",
+    errno.EDQUOT: "the disk quota is used up: free space there and try again",
+    errno.EROFS: "that file system is mounted read-only there",
+    errno.EACCES: "the remote user may not write there: check the owner and permissions of the folder",
+    errno.EPERM: "the remote user may not change that: check the owner and permissions",
+}
+
+
+def os_message(e):
+    """An OSError as one line: what failed, where, and what to do."""
+    text = "%s: %s" % (e.strerror or e, e.filename) if e.filename else str(e.strerror or e)
+    hint = OS_HINTS.get(e.errno)
+    return "%s (%s)" % (text, hint) if hint else text
+
 
 FILE_METHODS = frozenset(("push", "stage", "append", "unstage", "state", "list", "read"))
 
@@ -108,7 +126,7 @@ class Agent(object):
         except AgentError as e:
             self.respond(msgid, {"kind": e.kind, "message": e.message}, None)
         except OSError as e:
-            self.respond(msgid, {"kind": "os", "message": "%s: %s" % (e.strerror or e, e.filename or "")}, None)
+            self.respond(msgid, {"kind": "os", "message": os_message(e)}, None)
         except Exception as e:  # noqa: BLE001 - report, keep serving
             self.respond(msgid, {"kind": "internal", "message": "%s: %s" % (type(e).__name__, e)}, None)
         else:

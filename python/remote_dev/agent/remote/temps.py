@@ -150,6 +150,8 @@ def make_temp(path, flags=os.O_WRONLY, mode=0o600):
             fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL | P.O_NOFOLLOW, mode)
         except FileExistsError:
             continue
+        except OSError as e:   # named after the file being written, not its temporary
+            raise OSError(e.errno, e.strerror, path) from None
         return tmp, fd
 
 
@@ -161,4 +163,6 @@ def link_temp(path, target):
             os.symlink(target, tmp)
         except FileExistsError:
             continue
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from None
         return tmp
