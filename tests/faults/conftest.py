@@ -161,6 +161,14 @@ def screen() -> Iterator[Screen]:
     root.removeHandler(handler)
 
 
+def quit_nvim(nvim: Any) -> None:
+    """:qa! as a user quits (the fixture's own quit after this finds it gone)."""
+    try:
+        nvim.command("qa!")
+    except Exception:  # noqa: BLE001 - it exits while answering
+        pass
+
+
 def log_problems(state: Path) -> list[str]:
     """What remote-dev.log says went wrong unseen: errors no one awaited."""
     log = state / "remote-dev" / "remote-dev.log"
@@ -205,5 +213,5 @@ def screen_problems(stderr: str) -> list[str]:
     return bad
 
 
-__all__ = ["REPO", "FaultProject", "Engines", "Screen", "assert_guarantees", "cli", "log_problems",
+__all__ = ["REPO", "FaultProject", "Engines", "Screen", "assert_guarantees", "cli", "log_problems", "quit_nvim",
            "screen_problems"]
