@@ -147,7 +147,8 @@ class Remote:
             except OSError:
                 pass
         time.sleep(down)
-        self.sshd = start_sshd(self.base, port=self.port, user=self.user if self.kind == "user" else None)
+        self.sshd = start_sshd(self.base, alias=self.sshd.alias, port=self.port,
+                               user=self.user if self.kind == "user" else None)
         self.restarts += 1
 
 
