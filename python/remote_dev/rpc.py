@@ -22,7 +22,7 @@ class AgentChannel:
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.closed: Exception | None = None
-        self.packer = msgpack.Packer(use_bin_type=True)
+        self.packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
         self.reader: asyncio.Task[None] | None = None
 
     @classmethod
@@ -58,7 +58,7 @@ class AgentChannel:
                                f"remote_dev needs Python >= 3.8 (set `python` of this target)", kind="python")
 
     async def _read_loop(self) -> None:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=512 << 20)
+        unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", max_buffer_size=512 << 20)
         try:
             while True:
                 data = await self.process.stdout.read(1 << 20)

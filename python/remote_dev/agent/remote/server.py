@@ -93,7 +93,7 @@ class Agent(object):
         self.methods = method_table(self.files)
 
     def send(self, obj):
-        data = msgpack.packb(obj, use_bin_type=True)
+        data = msgpack.packb(obj, use_bin_type=True, unicode_errors="surrogateescape")
         with self.out_lock:
             self.out.write(data)
             self.out.flush()
@@ -167,7 +167,7 @@ def serve():
     # Anything printed by mistake must not corrupt the protocol stream.
     sys.stdout = sys.stderr
     agent = Agent(out)
-    unpacker = msgpack.Unpacker(_Input(inp), raw=False, max_buffer_size=256 << 20, read_size=1 << 16)
+    unpacker = msgpack.Unpacker(_Input(inp), raw=False, unicode_errors="surrogateescape", max_buffer_size=256 << 20, read_size=1 << 16)
     signal.signal(signal.SIGHUP, lambda *_: (agent.cleanup(), os._exit(0)))
     signal.signal(signal.SIGTERM, lambda *_: (agent.cleanup(), os._exit(0)))
     jobs = queue.Queue(maxsize=4)
