@@ -16,7 +16,7 @@ from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podm
 
 from remote_dev.dap_proxy import ends_debuggee
 from remote_dev.errors import RemoteDevError
-from remote_dev.debug import debug_command
+from remote_dev.debug_launch import boot_command, debug_command
 
 MAIN = '''\
 from pkg import util
@@ -95,7 +95,8 @@ def drive_session(cfg, local_util):
 def run_debug(engine, proj):
     res = engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=180)
     ready = events(engine, "RemoteDevDebugReady")[-1]
-    assert ready == {"id": res["id"], "port": res["port"]}
+    assert ready == {"id": res["id"], "port": res["port"], "name": f"remote_dev {res['id']}", "rank": None,
+                     "host": os.uname().nodename}
     return res
 
 
@@ -121,7 +122,7 @@ def test_debugpy_is_supplied_when_missing(engine, make_project, tmp_path):
     proj = make_project()
     proj.write("main.py", "print('hi')\n")
     engine.call_sync("status", {"cwd": str(proj.root)}, timeout=60)
-    from remote_dev.debug import ensure_debugpy
+    from remote_dev.debug_launch import ensure_debugpy
 
     sess = dict(engine.projects)[proj.root].session()
     path = engine.submit(ensure_debugpy(sess)).result(120)
@@ -216,6 +217,8 @@ def test_ends_debuggee():
 
 
 def test_command_rewrite():
+    """Direct (containers with their own network): the command rewritten to start under
+    `python -m debugpy`; a launcher there is refused with a message naming it."""
     cmd = debug_command("python3 -u train.py --lr 1", "python3", "127.0.0.1", 5678, None)
     assert "exec python3 -Xfrozen_modules=off -u -m debugpy --listen 127.0.0.1:5678 --wait-for-client train.py --lr 1" in cmd
     cmd = debug_command("pytest -x tests", "python3", "127.0.0.1", 5678, "/c/dbg")
@@ -228,6 +231,35 @@ def test_command_rewrite():
     cmd = debug_command("GREETING='a b' python3 x.py", "python3", "127.0.0.1", 1, None)
     out = subprocess.run(["sh", "-c", cmd.rsplit("exec ", 1)[0] + "exec env"], capture_output=True, text=True)
     assert "GREETING=a b" in out.stdout.splitlines()
+    with pytest.raises(RemoteDevError, match="`torchrun` .a launcher. in a container"):
+        debug_command("torchrun --nproc-per-node 2 x.py", "python3", "0.0.0.0", 1, None)
+
+
+def boot_env(cmd, env=None):
+    """The environment `cmd` (a boot command line, its exec replaced by `env`) gives the program."""
+    line = boot_command(cmd, "python3", {"REMOTE_DEV_DEBUG": "/c/runs/1/debug", "PYTHONPATH": "/c/boot", **(env or {})})
+    head, _, prog = line.rpartition("exec ")
+    out = subprocess.run(["sh", "-c", head + "exec env"], capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "PYTHONPATH": "/user/lib"})
+    return prog, dict(ln.split("=", 1) for ln in out.stdout.splitlines() if "=" in ln)
+
+
+def test_boot_command_runs_the_command_as_typed_with_the_bootstrap_in_front():
+    """Bootstrap (process and Slurm runners): the command as typed, the bootstrap first on
+    PYTHONPATH (before the command's own PYTHONPATH and the one in force), the run's marker
+    in the environment; a bare program that is no launcher runs as `python -m prog`."""
+    prog, env = boot_env("python3 -u train.py --lr 1")
+    assert prog == "python3 -Xfrozen_modules=off -u train.py --lr 1"
+    assert env["PYTHONPATH"] == "/c/boot:/user/lib" and env["REMOTE_DEV_DEBUG"] == "/c/runs/1/debug"
+    prog, env = boot_env("PYTHONPATH=src:. GREETING='a b' srun --ntasks=2 python x.py")
+    assert prog == "srun --ntasks=2 python x.py"
+    assert env["PYTHONPATH"] == "/c/boot:src:." and env["GREETING"] == "a b"
+    assert boot_env("torchrun --nproc-per-node 2 x.py")[0] == "torchrun --nproc-per-node 2 x.py"
+    assert boot_env("mpirun -n 2 python x.py")[0] == "mpirun -n 2 python x.py"
+    assert boot_env("./launch.sh 4")[0] == "./launch.sh 4"
+    assert boot_env("pytest -x tests")[0] == "python3 -Xfrozen_modules=off -m pytest -x tests"
+    line = boot_command("cd sub && python x.py $ARGS", "python3", {"REMOTE_DEV_DEBUG": "/d", "PYTHONPATH": "/b"})
+    assert line.endswith("; cd sub && python x.py $ARGS")     # shell syntax: as typed
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 this machine through the sshd)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import pytest
 
@@ -66,6 +68,11 @@ def test_pending_job_is_shown_pending_and_stop_cancels(engine, make_project, clu
     ex = exit_of(engine, res["id"])
     assert ex["code"] != 0
     wait_for(lambda: cluster.squeue() == [], 30)
+    # its end is recorded in the run folder once Slurm told it: Slurm is not asked again
+    # (it forgets the job after MinJobAge, or may be unreachable by then)
+    cache = engine.projects[proj.root].session().hello["cache_dir"]
+    recorded = json.loads((Path(cache) / "runs" / res["id"] / "exit.json").read_text())
+    assert recorded["slurm"] == "CANCELLED" and recorded["code"] == ex["code"]
 
 
 def test_remote_status_counts_a_queued_job_as_live(nvim, make_project, cluster):

@@ -36,6 +36,17 @@ M.schema = {
   { name = 'notebook_open', type = 'string', default = 'ask',
     check = function(v) return v == 'ask' or v == 'always' or v == 'never' end, expects = '"ask", "always" or "never"',
     description = 'What :RemoteNotebook does with the URL besides showing it: offer to open it, open it, or not.' },
+  { name = 'stop_on_entry', type = 'table', default = {},
+    check = function(v)
+      for _, r in ipairs(v) do
+        if not (r == 'all' or (type(r) == 'number' and r >= 0 and r == math.floor(r))) then
+          return false
+        end
+      end
+      return #v == vim.tbl_count(v)
+    end,
+    expects = "a list of ranks (whole numbers) or { 'all' }",
+    description = "Debugged processes that stop at the program's first line, by rank (`{ 0 }`; a process without a rank is 0), or `{ 'all' }`. Not in containers with their own network." },
   { name = 'open_quickfix', type = 'boolean',
     description = 'Deprecated: use `quickfix = { open = ... }`.',
     deprecated = {
@@ -70,6 +81,7 @@ end
 ---@field dap table
 ---@field terminate_stops_run boolean
 ---@field notebook_open 'ask'|'always'|'never'
+---@field stop_on_entry (integer|'all')[]
 M.options = defaults_of(M.schema)
 
 local function by_name(specs)

@@ -3,7 +3,9 @@
 -- no session ended it, else (dap.restart(), dap.run_last()) a fresh debug run of the same
 -- command. How a session ends is seen by the host on that listener (python/remote_dev/
 -- dap_proxy.py): terminate/disconnect stop the run like :RemoteStop; the program's own end
--- is left alone. Several sessions may belong to one run (child sessions, ranks).
+-- is left alone. Several sessions may belong to one run: one per debugged process (the
+-- ranks of srun/torchrun/mpirun, each with its own listener, announced by the host as they
+-- start) and debugpy's child sessions (pool workers), which go through their parent's.
 local M = {}
 
 local config = require('remote_dev.config')
@@ -53,7 +55,8 @@ local function adapter(callback, cfg, parent)
     callback(server(cfg.connect.port))
     return
   end
-  host.request('debug_attach', { id = rd.run, cmd = rd.cmd, terminate_stops_run = config.options.terminate_stops_run },
+  host.request('debug_attach', { id = rd.run, endpoint = rd.endpoint, cmd = rd.cmd,
+      terminate_stops_run = config.options.terminate_stops_run, stop_on_entry = M.stop_on_entry() },
     function(err, res)
       if err then
         ui.error(err)
@@ -62,6 +65,16 @@ local function adapter(callback, cfg, parent)
       -- the same run: the configuration as it is; a new run (restart): the new run's
       callback(server(res.port, res.restarted and res.config or nil))
     end, host.context_of(rd.root, rd.target))
+end
+
+--- The `stop_on_entry` option as the host takes it: "all", ranks "0,2", or "".
+---@return string
+function M.stop_on_entry()
+  local out = {}
+  for _, r in ipairs(config.options.stop_on_entry or {}) do
+    table.insert(out, tostring(r))
+  end
+  return table.concat(out, ',')
 end
 
 local registered = false
@@ -90,7 +103,8 @@ function M.debug(opts)
   if opts.attach then
     host.request('attach_port', { port = opts.attach })
   else
-    host.request('debug', { cmd = opts.cmd, terminate_stops_run = config.options.terminate_stops_run })
+    host.request('debug', { cmd = opts.cmd, terminate_stops_run = config.options.terminate_stops_run,
+      stop_on_entry = M.stop_on_entry() })
   end
 end
 

@@ -131,27 +131,30 @@ async def quickfix(engine: Engine, ctx: dict[str, Any], id: str | None = None) -
 
 @action("debug")
 async def debug_run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None,
-                    terminate_stops_run: bool = True) -> dict[str, Any]:
-    """Push, then run under debugpy; nvim-dap attaches through a local listener."""
+                    terminate_stops_run: bool = True, stop_on_entry: str = "") -> dict[str, Any]:
+    """Push, then run under debugpy; nvim-dap attaches through a local listener per process."""
     proj = engine.project(ctx)
     sess = proj.session()
     command = runs_mod.expand_command(proj, sess, cmd or None, ctx.get("file"))
     await sync.do_push(engine, proj, None, quiet=True)
-    return await debug.start_debug(engine, proj, sess, command, terminate_stops_run)
+    return await debug.start_debug(engine, proj, sess, command, terminate_stops_run, stop_on_entry=stop_on_entry)
 
 
 @action("debug_attach")
 async def debug_attach(engine: Engine, ctx: dict[str, Any], id: str | None = None,  # noqa: A002
-                       cmd: str | None = None, terminate_stops_run: bool = True) -> dict[str, Any]:
-    """The nvim-dap adapter: the run a configuration names while it goes on; once it has
-    ended (dap.restart(), dap.run_last()), the same command debugged again: push, run, attach."""
+                       cmd: str | None = None, terminate_stops_run: bool = True, endpoint: str | None = None,
+                       stop_on_entry: str = "") -> dict[str, Any]:
+    """The nvim-dap adapter: the run's process a configuration names while the run goes on;
+    once it has ended (dap.restart(), dap.run_last()), the same command debugged again:
+    push, run, attach."""
     proj = engine.project(ctx)
-    res = debug.attach_existing(proj, id)
+    res = debug.attach_existing(proj, id, endpoint)
     if res is not None:
         return {**res, "restarted": False}
     command = debug.command_again(proj, id, cmd)
     await sync.do_push(engine, proj, None, quiet=True)
-    res = await debug.start_debug(engine, proj, proj.session(), command, terminate_stops_run, announce=False)
+    res = await debug.start_debug(engine, proj, proj.session(), command, terminate_stops_run, announce=False,
+                                  stop_on_entry=stop_on_entry)
     return {**res, "restarted": True}
 
 

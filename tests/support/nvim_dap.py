@@ -49,6 +49,35 @@ function T.evaluate(key, expr)
   end)
 end
 
+--- Every open session (children included): id, name, parent, run, and its stop (top frame) if stopped.
+function T.all()
+  local out = {}
+  local function walk(s, parent)
+    if not s.closed then
+      local f = s.stopped_thread_id and s.current_frame or nil
+      table.insert(out, { id = s.id, name = s.config.name, parent = parent or vim.NIL,
+                          run = s.config.remote_dev and s.config.remote_dev.run or vim.NIL,
+                          stop = f and { path = f.source and f.source.path, line = f.line, name = f.name } or vim.NIL })
+    end
+    for _, c in pairs(s.children or {}) do walk(c, s.id) end
+  end
+  for _, s in pairs(dap.sessions()) do walk(s) end
+  return out
+end
+
+--- The open session with this id, focused.
+function T.focus(id)
+  local found
+  local function walk(s)
+    if s.id == id then found = s end
+    for _, c in pairs(s.children or {}) do walk(c) end
+  end
+  for _, s in pairs(dap.sessions()) do walk(s) end
+  assert(found, 'no session ' .. id)
+  dap.set_session(found)
+  return found
+end
+
 --- Open sessions (children included) with their run ids.
 function T.open_sessions()
   local out = {}
@@ -118,6 +147,31 @@ class Dap:
 
     def restart(self) -> None:
         self.lua("require('dap').restart()")
+
+    def all_sessions(self) -> list[dict[str, Any]]:
+        """Every open session: {id, name, parent, run, stop: {path, line, name} or None}."""
+        return self.lua("return T.all()")
+
+    def stopped_sessions(self, n: int, timeout: float = 90) -> list[dict[str, Any]]:
+        """Wait until n open sessions are stopped (their top frames known); those sessions."""
+        def stopped() -> list[dict[str, Any]] | None:
+            found = [s for s in self.all_sessions() if s["stop"]]
+            return found if len(found) >= n else None
+        return wait_for(stopped, timeout, 0.05,
+                        what=f"{n} stopped sessions (sessions: {self.all_sessions()}, "
+                             f"messages: {self.nvim.messages()[-5:]}, "
+                             f"run exits: {[e['data'] for e in self.nvim.events('RemoteDevRunExit')]})")
+
+    def focus(self, session_id: int) -> None:
+        self.lua("T.focus(...)", session_id)
+
+    def evaluate_in(self, session_id: int, expr: str) -> str:
+        self.focus(session_id)
+        return self.evaluate(expr)
+
+    def continue_in(self, session_id: int) -> None:
+        self.focus(session_id)
+        self.continue_()
 
     def sessions(self) -> list[dict[str, Any]]:
         return self.lua("return T.open_sessions()")

@@ -67,8 +67,9 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
                port: int | None = None, wrap: tuple[str, ...] = (), new_session: bool = False,
                user: str | None = None) -> Sshd:
     """sshd -D on listen:port (default: a free loopback port).  wrap prefixes its command
-    (e.g. ("ip", "netns", "exec", NAME) for a network namespace); new_session keeps it out of
-    the caller's process group (a Ctrl-C then reaches only the caller, which stops it).
+    (e.g. ("ip", "netns", "exec", NAME) for a network namespace); new_session detaches it: its
+    own session (a Ctrl-C reaches only the caller, which stops it) and no inherited stdio (a
+    pipe the caller writes to still ends when the caller does; sshd logs to sshd.log).
     user: log in as this (unprivileged) user instead, as on a real machine: StrictModes on,
     its own ~/.ssh/authorized_keys (the caller installs base/id_ed25519.pub there), no
     environment set for it (its own ~/.cache, its own tmux socket)."""
@@ -129,8 +130,9 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
         """))
     pub = (base / "hostkey.pub").read_text().split()
     known_hosts.write_text(f"[{listen}]:{port} {pub[0]} {pub[1]}\n")
-    proc = subprocess.Popen([*wrap, SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")],
-                            start_new_session=new_session)
+    detached: dict[str, Any] = {"start_new_session": True, "stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
+                                "stderr": subprocess.DEVNULL} if new_session else {}
+    proc = subprocess.Popen([*wrap, SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")], **detached)
     sshd = Sshd(base, port, alias, ssh_config, known_hosts, userkey, remote_cache, proc)
 
     def ready() -> bool:

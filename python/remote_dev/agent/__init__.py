@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import shlex
 import zipfile
 from dataclasses import dataclass
@@ -105,9 +104,3 @@ def bootstrap_command(python: str, env: dict[str, str] | None = None) -> str:
     if python.startswith("~/"):
         cmd = f"\"$HOME\"/{shlex.quote(python[2:])} -c {shlex.quote(_BOOTSTRAP)} {bundle().digest}"
     return f"env {prefix} {cmd}" if prefix else f"exec {cmd}"
-
-
-def agent_path_remote(cache_dir: str) -> str:
-    """The agent's zip on the remote (cache_dir: the agent's hello["cache_dir"]): any
-    python3 >= 3.8 runs it, e.g. ``python3 PATH debug-launch READY -- prog args``."""
-    return os.path.join(cache_dir, "agent", bundle().digest, AGENT_ZIP)

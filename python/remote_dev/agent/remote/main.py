@@ -3,10 +3,8 @@
     (none)                         serve msgpack-RPC on stdin/stdout (server.py)
     supervise DIR                  supervise the run in folder DIR (supervisor.py)
     supervise-spare                a spare supervisor: reads its run folder from stdin
-    debug-launch READY -- PROG...  debugpy on this node's address, then PROG (debug_launch.py)
 
-Each command imports only its own modules: a supervisor or a debugged program never loads
-msgpack or the server."""
+Each command imports only its own modules: a supervisor never loads msgpack or the server."""
 
 import sys
 
@@ -22,10 +20,6 @@ def main(argv=None):
         from .supervisor import supervise_spare
 
         supervise_spare()
-    elif command == "debug-launch":
-        from .debug_launch import debug_launch
-
-        debug_launch(argv[1:])
     elif command is None:
         from . import compiled, server
 

@@ -72,7 +72,8 @@ def run_info(d):
     elif ex is not None:
         info.update(state=P.EXITED, code=ex["code"], ended=ex["time"], error=ex.get("error"))
         if started and started.get("job"):
-            info["detail"] = "CANCELLED" if info["stopped"] else ("COMPLETED" if ex["code"] == 0 else "FAILED")
+            info["detail"] = ex.get("slurm") or ("CANCELLED" if info["stopped"] else
+                                                 ("COMPLETED" if ex["code"] == 0 else "FAILED"))
     elif started is None:
         info["state"] = P.STARTING if time.time() - spec.get("created", 0) < START_TIMEOUT else P.LOST
     elif procs.pid_alive(started.get("supervisor"), started.get("start_time")):
@@ -218,17 +219,25 @@ def run_listening(run_id, port, timeout, own_netns_only=False):
     return False
 
 
-def run_file(run_id, name, timeout):
-    """A JSON file a run writes into its folder (Slurm debug address), once it exists;
-    None when the run ends first or timeout passes."""
+def run_endpoints(run_id, known, timeout):
+    """The debug endpoints the run's processes wrote into its folder (debug/<host>-<pid>.json,
+    see debug_boot.py) that are not in known (their names): a long poll answering as soon as
+    there is one, the run ends, or timeout passes.  {"found": [[name, endpoint], ...], "live"}"""
     d = run_dir(run_id, must_exist=False)
-    path = os.path.join(d, os.path.basename(name))
+    folder = os.path.join(d, "debug")
+    known = set(known or ())
     deadline = time.time() + timeout
     while True:
         try:
-            return read_json(path)
-        except (OSError, ValueError):
-            pass
-        if time.time() >= deadline or not P.is_live(run_info(d)["state"]):
-            return None
-        time.sleep(0.1)
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and n not in known)
+        except OSError:
+            names = []
+        found = []
+        for name in names:
+            endpoint = _read_json_or_none(os.path.join(folder, name))
+            if endpoint is not None:
+                found.append([name, endpoint])
+        live = P.is_live(run_info(d)["state"])
+        if found or not live or time.time() >= deadline:
+            return {"found": found, "live": live}
+        time.sleep(0.05)

@@ -68,7 +68,7 @@ def method_table(files):
         "run_read": (runs.run_read, True),
         "run_stop": (runs.run_stop, True),
         "run_listening": (runs.run_listening, True),
-        "run_file": (runs.run_file, True),
+        "run_endpoints": (runs.run_endpoints, True),
         "service_start": (services.service_start, True),
         "service_info": (services.service_info, False),
         "service_list": (services.service_list, True),

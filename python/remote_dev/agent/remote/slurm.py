@@ -139,6 +139,9 @@ def update_state(info, spec, d):
         info.update(state=P.EXITED, code=ex["code"], ended=ex["time"])
     elif state:
         info.update(state=P.EXITED, code=exit_code(state, f), ended=time.time())
+        # recorded in the run folder as the job would have: Slurm is not asked again (it
+        # forgets the job after MinJobAge, and may be unreachable later)
+        write_json(os.path.join(d, "exit.json"), {"code": info["code"], "time": info["ended"], "slurm": state})
     else:
         info.update(state=P.LOST, code=None)
     if info["stopped"] and info["state"] == P.EXITED:
