@@ -74,6 +74,7 @@ class SyncConfig:
 class RunConfig:
     command: str = "{python} {file}"
     stop_grace: float = 3.0
+    debug_wait: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("exclude", "strings"), Key("pull", "strings", path="inside"), Key("push_on_save", "boolean"),
         Key("max_file_size", "integer", low=0),
     ),
-    "run": (Key("command", "string", nonempty=True), Key("stop_grace", "number", low=0, high=3600)),
+    "run": (Key("command", "string", nonempty=True), Key("stop_grace", "number", low=0, high=3600),
+            Key("debug_wait", "number", low=1, high=86400)),
 }
 
 

@@ -206,32 +206,49 @@ def wait_for_empty(what, timeout: float) -> list[int]:
 DEBUG_WAIT = 3
 
 
-@pytest.mark.xfail(reason="issue 15 (debugging) rewrites the debug launch; the bound goes in after it lands",
-                   strict=False)
-def test_debug_run_whose_client_never_comes(remote, fault_project, engines, figures):
-    """A debug run waits for its first client at most run.debug_wait seconds, then ends
-    saying so: nothing waits forever on the remote for a Neovim that died."""
-    proj = fault_project(config_extra=f"[run]\ndebug_wait = {DEBUG_WAIT}\n")
-    proj.write("main.py", "print('ran')\n")
+def debug_run_left_alone(proj, engines) -> str:
+    """A debug run whose Neovim went away before any debugger attached: its id."""
     eng = engines.new()
     res = eng.call_sync("debug", proj.ctx(), {"cmd": "python3 main.py"}, timeout=120)
-    run_id = res["id"]
     engines.close(eng)          # the client is gone before any debugger attached
-    t0 = time.monotonic()
-    eng = engines.new()
-    info = wait_for(lambda: next((r for r in eng.call_sync("runs", proj.ctx(), timeout=30)
+    return res["id"]
+
+
+def ended(eng, proj, run_id: str, timeout: float) -> dict:
+    return wait_for(lambda: next((r for r in eng.call_sync("runs", proj.ctx(), timeout=30)
                                   if r["id"] == run_id and r["state"] not in ("running", "starting")), None),
-                    DEBUG_WAIT + 30, 0.5, what="the debug run to end")
-    waited = time.monotonic() - t0
-    log = eng.call_sync("log", proj.ctx(), {"id": run_id}, timeout=30)
+                    timeout, 0.5, what="the debug run to end")
+
+
+def test_debug_run_whose_client_never_comes(remote, fault_project, engines, figures):
+    """A debugged process waits for its debugger at most run.debug_wait seconds, then ends
+    with one line saying so (exit 124): nothing waits forever on the remote for a Neovim
+    that died.  And :RemoteStop (from a new Neovim) ends one waiting at once."""
+    proj = fault_project(config_extra=f"[run]\ndebug_wait = {DEBUG_WAIT}\nstop_grace = 1\n")
+    proj.write("main.py", "print('ran')\n")
     failed = []
-    if "ran" in log["lines"]:
-        failed.append("the program ran without a debugger")
-    if not any("debug_wait" in ln for ln in log["lines"]):
-        failed.append(f"the log does not say why it ended: {log['lines'][-3:]}")
-    engines.close(eng)
+    notes = []
+    for how in ("bound", "stop"):
+        run_id = debug_run_left_alone(proj, engines)
+        t0 = time.monotonic()
+        eng = engines.new()
+        if how == "stop":
+            eng.call_sync("stop", proj.ctx(), {"id": run_id}, timeout=60)
+        info = ended(eng, proj, run_id, DEBUG_WAIT + 30)
+        waited = time.monotonic() - t0
+        lines = eng.call_sync("log", proj.ctx(), {"id": run_id}, timeout=30)["lines"]
+        if "ran" in lines:
+            failed.append(f"{how}: the program ran without a debugger")
+        if how == "bound":
+            said = [ln for ln in lines if "debug_wait" in ln]
+            if len(said) != 1 or info["code"] != 124:
+                failed.append(f"bound: not one line saying why it ended (exit {info['code']}): {lines[-3:]}")
+        elif info["state"] != "stopped" or waited > DEBUG_WAIT:
+            failed.append(f"stop: {info['state']} after {waited:.1f} s")
+        notes.append(f"{how}: ended in {waited:.1f} s, exit {info['code']}")
+        engines.close(eng)
     procs = remote.settle()
-    figures.add("debug run whose client never comes", remote.kind, 1, int(bool(failed)), len(procs),
-                f"ended {waited:.0f} s after its client went (run.debug_wait = {DEBUG_WAIT}), exit {info['code']}")
+    figures.add("debug run whose client never comes", remote.kind, 2, len(failed), len(procs),
+                f"run.debug_wait = {DEBUG_WAIT}; " + "; ".join(notes))
     assert not procs, remote.describe(procs)
     assert_guarantees(failed)
