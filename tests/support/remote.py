@@ -103,7 +103,7 @@ class Remote:
 
     def agents(self) -> list[int]:
         """The agent processes (serving an SSH channel) of this remote."""
-        return [p for p in self.processes() if _cmdline_has(p, b"remote_dev_agent.remote.main")]
+        return [p for p in self.processes() if cmdline_has(p, b"remote_dev_agent.remote.main")]
 
     def settle(self, timeout: float = 15.0, keep: set[int] | None = None) -> list[int]:
         """Wait until no process of this remote is left (but those in keep); what is still
@@ -152,7 +152,7 @@ class Remote:
         self.restarts += 1
 
 
-def _cmdline_has(pid: int, what: bytes) -> bool:
+def cmdline_has(pid: int, what: bytes) -> bool:
     try:
         return what in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
