@@ -1,6 +1,7 @@
 """Small helpers every area of the agent uses: its error type, where its files live,
 JSON records written atomically."""
 
+import errno
 import json
 import os
 
@@ -52,3 +53,21 @@ def unlink_quiet(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+# What to do about the file system errors a user meets on a remote.
+OS_HINTS = {
+    errno.ENOSPC: "free space there and try again",
+    errno.EDQUOT: "the disk quota is used up: free space there and try again",
+    errno.EROFS: "that file system is mounted read-only there",
+    errno.EACCES: "the remote user may not write there: check the owner and permissions of the folder",
+    errno.EPERM: "the remote user may not change that: check the owner and permissions",
+}
+
+
+def os_message(e, where=None):
+    """An OSError as one line: what failed, where (its file, else where), and what to do."""
+    where = e.filename or where
+    text = "%s: %s" % (e.strerror or e, where) if where else str(e.strerror or e)
+    hint = OS_HINTS.get(e.errno)
+    return "%s (%s)" % (text, hint) if hint else text

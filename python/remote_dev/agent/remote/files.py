@@ -14,7 +14,7 @@ import stat
 import threading
 
 from .. import protocol as P
-from .common import AgentError, cache_dir, expand_root, unlink_quiet, write_all
+from .common import AgentError, cache_dir, expand_root, os_message, unlink_quiet, write_all
 from . import temps
 from .temps import link_temp, make_temp
 
@@ -241,7 +241,7 @@ class FileOps(object):
                 if op[0] == P.OP_STAGED:
                     self.drop_staged(op[P.OP_PAYLOAD])
             except OSError as e:
-                results.append([P.ERROR, "%s: %s" % (e.strerror or e, op[1])])
+                results.append([P.ERROR, os_message(OSError(e.errno, e.strerror), op[1])])
                 if op[0] == P.OP_STAGED:
                     self.drop_staged(op[P.OP_PAYLOAD])
 

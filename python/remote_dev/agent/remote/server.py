@@ -10,7 +10,6 @@ slow (long polls, stopping runs, commands), which get a thread each, so a long p
 holds up a push.
 """
 
-import errno
 import os
 import queue
 import signal
@@ -18,30 +17,13 @@ import sys
 import threading
 
 from . import host, runs, services, temps
-from .common import AgentError
+from .common import AgentError, os_message
 from .files import FileOps
 
 try:
     import msgpack
 except ImportError:  # pragma: no cover - the agent's zip always carries it
     msgpack = None
-
-# What to do about the file system errors a user meets on a remote.
-OS_HINTS = {
-    errno.ENOSPC: "free space there and try again",
-    errno.EDQUOT: "the disk quota is used up: free space there and try again",
-    errno.EROFS: "that file system is mounted read-only there",
-    errno.EACCES: "the remote user may not write there: check the owner and permissions of the folder",
-    errno.EPERM: "the remote user may not change that: check the owner and permissions",
-}
-
-
-def os_message(e):
-    """An OSError as one line: what failed, where, and what to do."""
-    text = "%s: %s" % (e.strerror or e, e.filename) if e.filename else str(e.strerror or e)
-    hint = OS_HINTS.get(e.errno)
-    return "%s (%s)" % (text, hint) if hint else text
-
 
 FILE_METHODS = frozenset(("push", "stage", "append", "unstage", "state", "list", "read"))
 
