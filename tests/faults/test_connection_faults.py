@@ -9,7 +9,6 @@ import signal
 import time
 
 import pynvim
-import pytest
 
 from conftest import MINIMAL_INIT, NVIM, events, wait_for
 
