@@ -47,6 +47,9 @@ cmd('RemoteSend', function(o) cmds().send(o) end,
   { range = true, desc = 'Send the range / selection / # %% cell to the kernel' })
 cmd('RemoteNotebook', function(o) cmds().notebook(o) end,
   { nargs = '?', complete = function() return { 'stop' } end, desc = 'A Jupyter server on the target, forwarded; stop' })
+cmd('RemoteAlloc', function(o) cmds().alloc(o) end,
+  { nargs = '*', complete = function() return { 'stop' } end,
+    desc = 'Hold a Slurm allocation for the target ([sbatch args]); runs, shells, kernels become its steps; stop' })
 
 local group = vim.api.nvim_create_augroup('remote_dev', { clear = true })
 vim.api.nvim_create_autocmd('BufWritePost', {

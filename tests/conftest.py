@@ -61,17 +61,23 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run_processes(run_id: str) -> list[int]:
     """Live processes on this machine (the remote) that carry the run's id in their environment."""
+    return [pid for pid, env in process_environs() if env.get("REMOTE_DEV_RUN_ID") == run_id]
+
+
+def process_environs() -> list[tuple[int, dict[str, str]]]:
+    """(pid, environment) of every live process on this machine."""
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
             state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if f"REMOTE_DEV_RUN_ID={run_id}".encode() in env and state != "Z":
-            out.append(int(pid))
+        if state != "Z":
+            env = dict(v.decode(errors="replace").split("=", 1) for v in raw if b"=" in v)
+            out.append((int(pid), env))
     return out
 
 

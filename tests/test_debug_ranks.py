@@ -105,7 +105,8 @@ def test_srun_ranks_each_stop_in_their_own_session(nvim, dap, make_project, clus
     continue_all(dap, stops)
     assert run_exit(nvim, run_id, 120)["code"] == 0
     out = run_buffer(nvim, run_id)[:]
-    assert f"rank 0 on {HOST} part 0" in out and f"rank 1 on {HOST} part 10" in out
+    # srun labels each line with its rank (SLURM_LABELIO, set for jobs of more than one task)
+    assert f"0: rank 0 on {HOST} part 0" in out and f"1: rank 1 on {HOST} part 10" in out
     dap.wait_no_session()
     wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")
     wait_for(lambda: run_processes(run_id) == [], 30, what="no process of the job left")
@@ -167,6 +168,7 @@ def test_a_generic_launcher_and_stop_on_entry_by_rank(nvim, dap, make_project):
     continue_all(dap, [rank0, rank1])
     assert run_exit(nvim, run_id)["code"] == 0
     out = run_buffer(nvim, run_id)[:]
+    # srun labels each line with its rank (SLURM_LABELIO, set for jobs of more than one task)
     assert f"rank 0 on {HOST} part 0" in out and f"rank 1 on {HOST} part 10" in out
     dap.wait_no_session()
 

@@ -154,6 +154,20 @@ function M.notebook(o)
   rd().notebook({ stop = what == 'stop' })
 end
 
+--- :RemoteAlloc [sbatch/salloc arguments] | :RemoteAlloc stop
+function M.alloc(o)
+  if #o.fargs == 1 and o.fargs[1] == 'stop' then
+    rd().alloc({ stop = true })
+    return
+  end
+  if o.fargs[1] and not vim.startswith(o.fargs[1], '-') then
+    fail((':RemoteAlloc %s: unknown; give sbatch/salloc arguments (:RemoteAlloc -p gpu --time=60), or stop')
+      :format(o.args))
+    return
+  end
+  rd().alloc({ args = o.fargs })
+end
+
 --- Completion: the target's shells (from the last status).
 function M.complete_shells()
   return require('remote_dev.shell').names()

@@ -13,6 +13,7 @@
 ---   shell     :RemoteShell terminals on remote tmux sessions
 ---   kernel    :RemoteKernel, :RemoteSend and the kernel buffer
 ---   notebook  :RemoteNotebook
+---   alloc     :RemoteAlloc (a held Slurm allocation)
 ---   services  shells, kernel and notebook in :RemoteStatus and :RemoteRuns
 ---   _cmds     the Ex commands' argument parsing (plugin/remote_dev.lua)
 
@@ -36,7 +37,8 @@ function M.setup(opts)
 end
 
 --- What :RemoteStatus shows, for statuslines and tests: target, host, remote_root,
---- connected, python (remote version), agent (version), rtt_ms, last_push, runs, error.
+--- connected, python (remote version), agent (version), rtt_ms, last_push, runs, error,
+--- services, alloc (a held Slurm allocation: job_id, state, nodes, time_left, ends_at).
 --- Instant: the last known state, refreshed by every request.
 ---@return table
 function M.status()
@@ -67,6 +69,7 @@ local function status_lines(s)
   end
   table.insert(lines, ('runs        %d (%d live)'):format(#(s.runs or {}), live))
   vim.list_extend(lines, lazy.services.status_lines(s))
+  vim.list_extend(lines, lazy.alloc.status_lines(s))
   return lines
 end
 
@@ -178,6 +181,14 @@ end
 ---@param opts { stop: boolean? }?
 function M.notebook(opts)
   lazy.notebook.notebook(opts)
+end
+
+--- Hold a Slurm allocation for the target ({ args = {...} }: sbatch/salloc arguments, default
+--- the target's slurm.args), or find the one held; { stop = true } ends it with every step,
+--- shell and kernel in it. User RemoteDevAlloc fires on every change of its state.
+---@param opts { args: string[]?, stop: boolean? }?
+function M.alloc(opts)
+  lazy.alloc.alloc(opts)
 end
 
 --- Low-level: send an action to the Python host; cb(err, result) runs later.

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import debug, forwards, health as health_mod, kernels, notebook as notebook_mod, runs as runs_mod, \
-    services, shells, sync
+from . import alloc as alloc_mod, debug, forwards, health as health_mod, kernels, notebook as notebook_mod, \
+    runs as runs_mod, services, shells, sync
 from .engine import Action, Engine
 from .errors import RemoteDevError
 from .status import publish_status
@@ -36,6 +36,8 @@ async def status(engine: Engine, ctx: dict[str, Any], refresh: bool = True) -> d
         try:
             await sess.ping()
             await services.list_all(sess)
+            if sess.target.runner == "slurm":
+                await alloc_mod.refresh(sess, engine)
         except RemoteDevError as e:
             sess.last_error = e.message
             publish_status(engine, proj)
@@ -231,3 +233,12 @@ async def notebook(engine: Engine, ctx: dict[str, Any], stop: bool = False) -> d
 async def services_list(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
     """The target's live shells, kernel and notebook server (for :RemoteRuns)."""
     return await services.list_all(engine.project(ctx).session(), engine)
+
+
+# -- Slurm allocations
+
+@action("alloc")
+async def alloc(engine: Engine, ctx: dict[str, Any], args: list[str] | None = None, stop: bool = False) -> dict[str, Any]:
+    """:RemoteAlloc [sbatch arguments] | stop: hold an allocation for the target (or find
+    the one held); runs, debug runs, shells and kernels become its steps.  stop ends it."""
+    return await alloc_mod.alloc_command(engine, engine.project(ctx), list(args or []), stop)

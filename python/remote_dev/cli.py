@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("log", help="print a run's output")
     p.add_argument("id", nargs="?")
     sub.add_parser("health", help="the checks of :checkhealth remote_dev")
+    p = sub.add_parser("alloc", help="hold a Slurm allocation for the target (sbatch arguments), show it, or stop it")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="sbatch/salloc arguments (after --), or: stop")
     args = parser.parse_args(argv)
 
     printer = Printer(quiet=args.json)
@@ -172,6 +174,12 @@ def dispatch(engine: Engine, printer: Printer, ctx: dict[str, Any], args: argpar
         else:
             for line in res["header"] + res["lines"]:
                 print(line)
+    elif args.command == "alloc":
+        words = [a for a in args.args if a != "--"]
+        stop = words == ["stop"]
+        res = call("alloc", ctx, {"args": [] if stop else words, "stop": stop})
+        if args.json:   # else the messages have said it
+            print(json.dumps(res, indent=2))
     elif args.command == "health":
         rep = call("health", ctx)
         for item in rep["local"]:

@@ -28,6 +28,7 @@ RUNNERS = ("process", "container", "slurm")
 ENGINES = ("docker", "podman")
 TARGET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SLURM_ENGINES = ENGINES + ("pyxis",)   # runner = "slurm" also: srun --container-image (pyxis)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,13 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     container: ContainerConfig = ContainerConfig()
     slurm: SlurmConfig = SlurmConfig()
+
+    @property
+    def in_container(self) -> bool:
+        """Runs are in a container: runner "container", or "slurm" with a container table
+        naming an image or a Dockerfile (the container runs inside the job)."""
+        c = self.container
+        return self.runner == "container" or (self.runner == "slurm" and bool(c.image or c.dockerfile))
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("env", "env"), Key("container", "table"), Key("slurm", "table"),
     ),
     "targets.*.container": (
-        Key("engine", "string", choices=ENGINES), Key("dockerfile", "string", nonempty=True, path="inside"),
+        Key("engine", "string", choices=SLURM_ENGINES), Key("dockerfile", "string", nonempty=True, path="inside"),
         Key("image", "string", nonempty=True), Key("workdir", "string", path="absolute"),
         Key("gpus", "string"), Key("args", "strings"),
     ),
@@ -269,8 +277,15 @@ def _target(c: _Checker, name: str, raw: Any) -> Target:
         if container.dockerfile and container.image:
             raise c.fail(cp, "set either dockerfile or image, not both")
     runner = t.get("runner", "process")
+    if runner in ("container", "slurm") and "container" in t and not (container.dockerfile or container.image):
+        raise c.fail(f"{p}.container", f"runner = \"{runner}\" with a container table needs container.dockerfile "
+                                       f"or container.image")
     if runner == "container" and not (container.dockerfile or container.image):
         raise c.fail(f"{p}.container", "runner = \"container\" needs container.dockerfile or container.image")
+    if container.engine == "pyxis" and runner != "slurm":
+        raise c.fail(f"{p}.container.engine", "\"pyxis\" runs containers in Slurm jobs only (runner = \"slurm\")")
+    if container.engine == "pyxis" and container.dockerfile:
+        raise c.fail(f"{p}.container.dockerfile", "pyxis runs an image, not a Dockerfile: set container.image")
     slurm = SlurmConfig()
     if "slurm" in t:
         slurm = SlurmConfig(**c.table(t["slurm"], f"{p}.slurm", SCHEMA["targets.*.slurm"]))

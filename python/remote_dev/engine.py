@@ -201,7 +201,7 @@ class TargetSession(FeatureState):
     def mapping(self) -> PathMapping:
         cfg = self.project.config
         root = self.remote_root or self.target.remote_root
-        container = self.target.container.workdir if self.target.runner == "container" else None
+        container = self.target.container.workdir if self.target.in_container else None
         return PathMapping(cfg.root, root, container)
 
 

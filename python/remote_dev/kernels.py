@@ -169,6 +169,7 @@ class Kernel:
         self.lock = asyncio.Lock()
         self.outputs = 0
         self.last_seen = 0.0
+        self.alloc_job: str | None = None   # the Slurm allocation it runs in, as a job step
 
     # -- reports
     def out(self, lines: list[str], partial: str = "", show: bool = False) -> None:
@@ -198,7 +199,7 @@ class Kernel:
                 return True
             info = await self.sess.call("service_info", self.name)
             if info is not None and info.get("state") in ("starting", "running"):
-                await self.connect()
+                await self.connect(info.get("meta") or {})
                 self.say(f"connected to the running kernel on {self.sess.target.host} (its state is kept)")
                 return True
             if not start:
@@ -213,19 +214,20 @@ class Kernel:
             raise no_ipykernel(sess)
         await sync.do_push(self.engine, self.proj, None, quiet=True)   # it imports the tree as it is
         conn_file = posixpath.join(sess.hello["cache_dir"], "services", self.name, CONNECTION_FILE)
-        launcher = services.launcher_for(sess)
+        launcher = await services.launcher_for(sess)
         argv = services.python_argv(t.python, ["-m", "ipykernel_launcher", "-f", conn_file, f"--ip={launcher.listen}"])
-        launch = launcher.launch(sess, argv)
+        launch = launcher.launch(sess, argv, self.name)
         spec = {"name": self.name, "root": sess.remote_root or t.remote_root, "argv": launch.argv,
-                "env": {**t.env, "PYTHONUNBUFFERED": "1"},
+                "env": {**t.env, "PYTHONUNBUFFERED": "1", **launch.env},
                 "meta": {"kind": KERNEL, "target": t.name, "local_root": str(self.proj.root),
-                         "python": mods.get("python") or t.python}}
+                         "python": mods.get("python") or t.python, "host": launch.dest_host, **launch.meta}}
         t0 = time.perf_counter()
         info = await sess.call("service_start", spec)
         if info.get("state") not in ("starting", "running"):
             raise await self.failed("the kernel did not start")
-        await self.connect()
-        self.say(f"kernel started on {t.host} in {spec['root']} ({mods.get('python')}, "
+        await self.connect(spec["meta"])
+        where = f" {launcher.where()}" if launcher.where() else ""
+        self.say(f"kernel started on {t.host} in {spec['root']}{where} ({mods.get('python')}, "
                  f"{(time.perf_counter() - t0):.1f} s)")
         log.info("kernel %s started", self.name)
 
@@ -235,15 +237,17 @@ class Kernel:
             return no_ipykernel(self.sess)
         return RemoteDevError(f"{self.sess.target.host}: {what}" + (f":\n{tail}" if tail else ""))
 
-    async def connect(self) -> None:
-        """Forward the kernel's ports and open a client on them."""
+    async def connect(self, meta: dict[str, Any]) -> None:
+        """Forward the kernel's ports (on the host its meta names: a Slurm node for a
+        kernel in an allocation) and open a client on them."""
         sess = self.sess
         info = await sess.call("service_file", self.name, CONNECTION_FILE, START_TIMEOUT)
         if info is None:
             raise await self.failed("the kernel ended before it wrote its connection file")
         fwd = forwards_of(sess)
-        self.forwards = [await fwd.add(services.launcher_for(sess).launch(sess, []).dest_host, int(info[p]),
-                                       name=f"kernel {p}") for p in PORTS]
+        host = meta.get("host") or "127.0.0.1"
+        self.alloc_job = meta.get("alloc")
+        self.forwards = [await fwd.add(host, int(info[p]), name=f"kernel {p}") for p in PORTS]
         self.info = dict(info, ip="127.0.0.1", transport="tcp")
         for p, f in zip(PORTS, self.forwards):
             self.info[p] = f.local_port
@@ -323,7 +327,12 @@ class Kernel:
             return live
 
     async def interrupt(self) -> None:
-        await self.sess.call("service_signal", self.name, 2)
+        if self.alloc_job and self.client is not None:
+            # a job step: the signal would reach srun here, not the kernel on the node
+            msg = self.client.session.msg("interrupt_request", content={})
+            self.client.control_channel.send(msg)
+        else:
+            await self.sess.call("service_signal", self.name, 2)
         self.say("interrupt sent")
 
     # -- messages

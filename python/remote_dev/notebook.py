@@ -45,15 +45,16 @@ async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
         module = have[0]
         port = await sess.call("free_port")
         token = secrets.token_hex(24)
-        launcher = services.launcher_for(sess)
+        launcher = await services.launcher_for(sess)
         args = ["-m", module, "--no-browser", f"--ip={launcher.listen}", f"--port={port}", "--port-retries=0"]
         if mods.get("root"):
             args.append("--allow-root")
-        launch = launcher.launch(sess, services.python_argv(t.python, args))
+        launch = launcher.launch(sess, services.python_argv(t.python, args), name)
         spec = {"name": name, "root": sess.remote_root or t.remote_root, "argv": launch.argv,
-                "env": {**t.env, "JUPYTER_TOKEN": token},
+                "env": {**t.env, "JUPYTER_TOKEN": token, **launch.env},
                 "meta": {"kind": NOTEBOOK, "target": t.name, "local_root": str(proj.root), "server": module,
-                         "port": port, "token": token, "path": dict(SERVERS)[module], "host": launch.dest_host}}
+                         "port": port, "token": token, "path": dict(SERVERS)[module], "host": launch.dest_host,
+                         **launch.meta}}
         info = await sess.call("service_start", spec)
         found = bool(info.get("found"))
         if info.get("state") not in ("starting", "running"):
@@ -61,10 +62,14 @@ async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
                                  + await services.service_log_tail(sess, name))
     meta = info.get("meta") or {}
     port, token = int(meta["port"]), meta["token"]
-    if not await sess.call("service_listening", name, port, LISTEN_TIMEOUT):
+    if meta.get("alloc"):   # a job step in an allocation: on the node, reached at its address
+        listening = await sess.call("step_listening", name, meta.get("host"), port, LISTEN_TIMEOUT)
+    else:
+        listening = await sess.call("service_listening", name, port, LISTEN_TIMEOUT)
+    if not listening:
         tail = await services.service_log_tail(sess, name)
         raise RemoteDevError(f"{t.host}: the Jupyter server ({meta.get('server')}) is not listening on "
-                             f"127.0.0.1:{port}" + (f":\n{tail}" if tail else ""))
+                             f"{meta.get('host') or '127.0.0.1'}:{port}" + (f":\n{tail}" if tail else ""))
     fwd = await forwards_of(sess).add(meta.get("host") or "127.0.0.1", port, name="notebook")
     path = meta.get("path") or ""
     url = f"http://127.0.0.1:{fwd.local_port}/{path}?token={token}"

@@ -77,6 +77,7 @@ class RunRecord:
             "created": self.created, "ended": self.ended, "runner": self.runner, "detail": self.detail,
             "duration": round((self.ended or time.time()) - self.created, 2), "job": self.meta.get("job"),
             "root": self.root, "stopped_by": self.stopped_by if self.state == "stopped" else "",
+            "step": self.meta.get("step"),
         }
 
     def program_lines(self) -> list[str]:
@@ -144,6 +145,9 @@ def update_from_info(run: RunRecord, info: dict[str, Any]) -> None:
     run.detail = info.get("detail") or run.detail
     if info.get("job"):
         run.meta["job"] = info["job"]
+    step = info.get("step")
+    if step:   # a job step in a held allocation
+        run.meta.update(job=str(step.get("job")), step=f"{step.get('job')}.{step.get('step')}", node=step.get("node"))
 
 
 class OutputFollower:

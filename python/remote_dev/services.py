@@ -6,9 +6,10 @@ Names are namespaced per project and target (``rd-<root name>-<hash of remote_ro
 target>-...``), so two projects on one host never share a shell or a kernel, while two
 Neovims on the same project find the same ones.
 
-How a long-lived process is started is one seam, ``launcher_for``: today the process runs
-on the target's host as is; a held Slurm allocation will wrap it as a job step
-(``srun --jobid=ID --overlap ...``) and name the node its ports are reached on.
+How a long-lived process is started is one seam, ``launcher_for``: the process runs on the
+target's host as is, or, while a Slurm allocation is held (alloc.py adds its launcher to
+LAUNCHERS), as a job step (``srun --jobid=ID --overlap ...``) on its node, listening on
+the node's address, where its forwards go.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
@@ -57,29 +58,48 @@ def check_name(name: str, what: str = "shell") -> str:
 
 @dataclass
 class Launch:
-    """How a long-lived process starts on the target: its argv (wrapped by the launcher)
-    and the host its ports are reached at from the target's host."""
+    """How a long-lived process starts on the target: its argv (wrapped by the launcher),
+    the host its ports are reached at from the target's host, and what its spec gets
+    besides (environment, meta)."""
     argv: list[str]
     dest_host: str = "127.0.0.1"
+    env: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class HostLauncher:
-    """Long-lived processes run on the target's host as they are (also on the Slurm runner:
-    on the login node).  The seam for a held Slurm allocation: its launcher wraps argv as
-    a job step (``srun --jobid=ID --overlap [--pty] ...``), makes servers listen on the
-    node's address and names that node as where the forwards go."""
+    """Long-lived processes run on the target's host as they are (also on the Slurm runner
+    while no allocation is held: on the login node).  A held allocation's launcher
+    (alloc.AllocLauncher) wraps argv as a job step (``srun --jobid=ID --overlap [--pty]
+    ...``), makes servers listen on the node's address and names that node as where the
+    forwards go."""
 
     listen = "127.0.0.1"     # the address kernels and servers bind
+    env: dict[str, str] = {}     # added to the environment of what it starts
+    meta: dict[str, Any] = {}    # added to the service's meta
 
-    def launch(self, sess: TargetSession, argv: list[str]) -> Launch:
+    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> Launch:
+        """name: the remote name of the shell or service (a job step's name)."""
         return Launch(list(argv))
 
-    def shell(self, sess: TargetSession, argv: list[str] | None) -> list[str] | None:
+    def shell(self, sess: TargetSession, argv: list[str] | None, name: str = "") -> list[str] | None:
         """The program of a tmux session (None: the user's login shell, chosen remotely)."""
         return argv
 
+    def where(self) -> str:
+        return ""
 
-def launcher_for(sess: TargetSession) -> HostLauncher:
+
+# Launchers other than the host's, asked in turn: one answering (not None) starts things
+# (alloc.py: the held allocation's).
+LAUNCHERS: list[Callable[[TargetSession], Awaitable[HostLauncher | None]]] = []
+
+
+async def launcher_for(sess: TargetSession) -> HostLauncher:
+    for find in LAUNCHERS:
+        found = await find(sess)
+        if found is not None:
+            return found
     return HostLauncher()
 
 

@@ -170,10 +170,12 @@ async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: 
     session = remote_name(sess, SHELL, name)
     t = sess.target
     argv, stop = (await container_spec(proj, sess, session)) if t.runner == "container" else (None, [])
-    argv = services.launcher_for(sess).shell(sess, argv)
-    spec = {"name": session, "root": sess.remote_root or t.remote_root, "argv": argv, "env": dict(t.env),
+    launcher = await services.launcher_for(sess)
+    argv = launcher.shell(sess, argv, session)
+    spec = {"name": session, "root": sess.remote_root or t.remote_root, "argv": argv, "env": {**t.env, **launcher.env},
             "cols": cols, "rows": rows, "stop_commands": stop,
-            "meta": {"kind": SHELL, "target": t.name, "local_root": str(proj.root), "runner": t.runner}}
+            "meta": {"kind": SHELL, "target": t.name, "local_root": str(proj.root), "runner": t.runner,
+                     **launcher.meta}}
     made = await sess.call("shell_ensure", spec)   # an agent's error names the host
     history = b"" if made["created"] else await sess.call("shell_capture", session, HISTORY_LINES)
     old = SHELLS.pop(term, None)
@@ -183,7 +185,8 @@ async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: 
     SHELLS[term] = shell
     shell.task = asyncio.get_running_loop().create_task(shell.relay(history))
     services.note(engine, sess, SHELL, name, "running", "attached")
-    where = f"{t.host}:{spec['root']}" + (" (in a container)" if t.runner == "container" else "")
+    where = f"{t.host}:{spec['root']}" + (" (in a container)" if t.runner == "container" else "") + (
+        f" ({launcher.where()})" if launcher.where() else "")
     return {"id": term, "name": name, "session": session, "created": made["created"], "target": t.name,
             "where": where}
 

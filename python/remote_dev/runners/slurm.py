@@ -4,22 +4,52 @@ The agent submits it with sbatch (the target's slurm.args) from remote_root; the
 its output and exit status into the run folder (a shared file system, as home is on
 clusters), so nothing of ours stays on the login node.  The queue state (PENDING with its
 reason, RUNNING on a node, the final state) comes from squeue/scontrol, at most once a second.
+
+While an allocation is held (:RemoteAlloc, alloc.py) a run is a job step in it instead, with
+no queue wait.  With a container table the command runs in a container on the job's node
+(slurm_container.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .. import alloc, slurm_errors
 from ..engine import TargetSession
+from ..errors import RemoteDevError
 from . import Launch, ProcessRunner, ProjectView
+from .container import dockerfile_quickfix
+from .slurm_container import container_command
 
 
 class SlurmRunner(ProcessRunner):
     name = "slurm"
 
     async def spec(self, proj: ProjectView, sess: TargetSession, run_id: str, launch: Launch) -> dict[str, Any]:
-        return {"cmd": launch.command, "env": dict(sess.target.env), "slurm": {"args": list(sess.target.slurm.args)},
+        command = launch.command
+        if sess.target.in_container:
+            if "debug-launch" in command:
+                raise RemoteDevError(f"targets.{sess.target.name}: debugging in a container inside a Slurm job is "
+                                     f"not supported; :RemoteRun works, or debug with a target without the "
+                                     f"container table")
+            command = await container_command(proj, sess, run_id, command)
+        held = await alloc.held(sess)
+        if held is not None:
+            return alloc.run_spec(sess, held, run_id, command, dict(sess.target.env))
+        return {"cmd": command, "env": dict(sess.target.env), "slurm": {"args": list(sess.target.slurm.args)},
                 "meta": {}}
+
+    def extra_quickfix(self, proj: ProjectView, sess: TargetSession, text: str) -> list[dict[str, Any]]:
+        df = sess.target.container.dockerfile if sess.target.in_container else None
+        return dockerfile_quickfix(text, proj.root / df) if df else []
+
+    def diagnose(self, proj: ProjectView, sess: TargetSession, text: str) -> str | None:
+        """Slurm refusing the job (naming the argument at fault), or the step finding its
+        allocation gone."""
+        problem = slurm_errors.diagnose(text, sess.target.slurm.args, sess.target.host)
+        if problem and "allocation" in problem:
+            alloc.forget(sess)
+        return problem
 
     async def health(self, proj: ProjectView, sess: TargetSession, found: dict[str, Any]) -> list[dict[str, str]]:
         items = []
@@ -43,4 +73,5 @@ class SlurmRunner(ProcessRunner):
         listing = "; ".join(f"{p} ({', '.join(v)})" for p, v in parts.items())
         items.append({"level": "ok", "text": f"slurm default partition: {default or 'none'}"})
         items.append({"level": "ok" if parts else "warn", "text": f"slurm partitions: {listing or 'none visible'}"})
+        items.append(await alloc.health_item(sess))
         return items

@@ -10,6 +10,7 @@ over one long-lived SSH channel.
     temps.py         temporary files of atomic writes
     runs.py          run folders: start, info, list, read, stop, listening, file
     slurm.py         sbatch, squeue, scontrol, scancel
+    alloc.py         allocations held for a target (a holder job), its steps' ends
     supervisor.py    the detached supervisor of a run, the spare supervisor
     procs.py         /proc: processes of a run, stopping them, listening sockets
     debug_launch.py  debugpy on a Slurm compute node

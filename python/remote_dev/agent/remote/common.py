@@ -4,6 +4,7 @@ JSON records written atomically."""
 import errno
 import json
 import os
+import shutil
 
 
 class AgentError(Exception):
@@ -53,6 +54,18 @@ def unlink_quiet(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+def renew_dir(d):
+    """Make folder d anew (mode 0700), removing an old one; False when another client
+    made it this instant (then it is theirs)."""
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(os.path.dirname(d), exist_ok=True)
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        return False
+    return True
 
 
 # What to do about the file system errors a user meets on a remote.

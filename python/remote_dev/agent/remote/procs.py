@@ -66,18 +66,35 @@ def run_processes(run_id, supervisor):
                 continue
             found.add(pid)
             todo.extend(children.get(pid, []))
-    marker = ("REMOTE_DEV_RUN_ID=%s" % run_id).encode()
-    for pid in table:
-        if pid in found or pid == supervisor or pid == os.getpid():
+    skip = found | {supervisor}
+    return found | marked_processes("REMOTE_DEV_RUN_ID=%s" % run_id, table, skip)
+
+
+def marked_processes(marker, table=None, skip=()):
+    """Live processes (but ours and those in skip) whose environment holds the variable
+    assignment ``marker`` (e.g. ``REMOTE_DEV_RUN_ID=<id>``)."""
+    want = marker.encode()
+    found = set()
+    for pid in table if table is not None else proc_table():
+        if pid in skip or pid == os.getpid():
             continue
         try:
             with open("/proc/%d/environ" % pid, "rb") as f:
                 env = f.read()
         except OSError:
             continue
-        if marker in env.split(b"\0"):
+        if want in env.split(b"\0"):
             found.add(pid)
     return found
+
+
+def comm(pid):
+    """The process's command name (/proc/PID/comm), "" when it is gone."""
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
@@ -130,3 +147,19 @@ def listens_on(pid, port):
         except (OSError, StopIteration):
             continue
     return False
+
+
+def interrupt_steps(run_id, supervisor):
+    """SIGINT to the tasks of a run's job steps: srun forwards SIGINT to its tasks only
+    when it gets two within a second (one alone makes it print the tasks' state).
+    True when the run has srun clients."""
+    pids = [p for p in run_processes(run_id, supervisor) if comm(p) == "srun"]
+    for attempt in (0, 1):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGINT)
+            except OSError:
+                pass
+        if pids and attempt == 0:
+            time.sleep(0.1)
+    return bool(pids)

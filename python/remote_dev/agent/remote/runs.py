@@ -5,6 +5,7 @@
     started.json   the supervisor's pid and start time, the program's pid (or the Slurm job)
     stop.json      a stop was asked for
     exit.json      exit code and time, once it ended
+    step.json      a job step in a held allocation: its job, step and node (alloc.py)
 
 The folder is the record: any agent (a reconnect, another client) reads a run's state
 from it; nothing about a run lives only in an agent's memory.
@@ -67,6 +68,9 @@ def run_info(d):
         info["pid"] = started.get("pid")
         info["started"] = started["time"]
         info["job"] = started.get("job")
+    step = _read_json_or_none(os.path.join(d, "step.json"))
+    if step:  # a job step in a held allocation (srun --jobid): its ids and node
+        info["step"] = step
     if ex is None and started and started.get("job"):
         slurm.update_state(info, spec, d)
     elif ex is not None:
@@ -82,6 +86,8 @@ def run_info(d):
         info["state"] = P.LOST
     if info["state"] == P.EXITED and info["stopped"]:
         info["state"] = P.STOPPED
+    if step and not info.get("detail"):
+        info["detail"] = "step %s.%s on %s" % (step.get("job"), step.get("step"), step.get("node"))
     return info
 
 
@@ -169,8 +175,9 @@ def run_read(run_id, offset, max_bytes, wait, min_bytes=1):
 
 
 def run_stop(run_id, grace):
-    """Stop a run: its stop_commands (a container's `stop`), scancel for a Slurm job, then
-    SIGINT, SIGTERM, SIGKILL (``grace`` seconds apart) to every process of it."""
+    """Stop a run: its stop_commands (a container's `stop`), scancel for a Slurm job, SIGINT
+    to the tasks of its job steps, then SIGINT, SIGTERM, SIGKILL (``grace`` seconds apart)
+    to every process of it."""
     return stop_in(run_dir(run_id), grace)
 
 
@@ -189,6 +196,7 @@ def stop_in(d, grace):
             pass
     if info.get("job"):
         slurm.cancel(info["job"], spec)
+    procs.interrupt_steps(spec["id"], info.get("supervisor"))
     procs.kill_run_processes(spec["id"], info.get("supervisor"), grace)
     deadline = time.time() + 10
     while P.is_live(run_info(d)["state"]) and time.time() < deadline:

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import host, runs, services, temps
+from . import alloc, host, runs, services, temps
 from .common import AgentError, os_message
 from .files import FileOps
 
@@ -62,6 +62,10 @@ def method_table(files):
         "shell_ensure": (services.shell_ensure, True),
         "shell_capture": (services.shell_capture, True),
         "shell_kill": (services.shell_kill, True),
+        "alloc_start": (alloc.alloc_start, True),
+        "alloc_info": (alloc.alloc_info, True),
+        "alloc_stop": (alloc.alloc_stop, True),
+        "step_listening": (alloc.step_listening, True),
     }
 
 

@@ -22,7 +22,7 @@ import time
 
 from .. import protocol as P
 from . import procs, runs, supervisor
-from .common import AgentError, cache_dir, expand_root, read_json, unlink_quiet, write_json
+from .common import AgentError, cache_dir, expand_root, read_json, renew_dir, unlink_quiet, write_json
 
 TMUX_SOCKET = "remote-dev"
 TMUX_MIN = (3, 0)
@@ -70,12 +70,7 @@ def service_start(spec):
     if info is not None and P.is_live(info["state"]):
         info["found"] = True
         return info
-    if os.path.isdir(d):
-        shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(services_dir(), exist_ok=True)
-    try:
-        os.mkdir(d, 0o700)
-    except FileExistsError:  # another client started it this instant
+    if not renew_dir(d):  # another client started it this instant
         info = _info(d) or {"state": P.STARTING, "name": name}
         info["found"] = True
         return info

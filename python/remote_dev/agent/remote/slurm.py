@@ -35,6 +35,8 @@ def job_script(d, spec):
         lines.append("export %s=%s" % (key, shquote(value)))
     lines += [
         "export REMOTE_DEV_RUN_ID=%s PYTHONUNBUFFERED=${PYTHONUNBUFFERED:-1}" % shquote(spec["id"]),
+        # a job of several tasks: each srun in it prefixes its lines with the task's rank
+        '[ "${SLURM_NTASKS:-1}" -gt 1 ] && export SLURM_LABELIO=${SLURM_LABELIO:-1}',
         "/bin/sh -c %s" % shquote(spec["cmd"]),
         "code=$?",
         'printf \'{"code": %%d, "time": %%s}\' "$code" "$(date +%%s)" > %s.tmp && mv %s.tmp %s' % (
@@ -52,7 +54,8 @@ def submit(d, spec, run_info):
     """sbatch the run of folder d; its info (run_info(d)) after."""
     script = job_script(d, spec)
     log = os.path.join(d, "output.log")
-    argv = ["sbatch", "--parsable", "--output=" + log, "--open-mode=append", "--job-name=rd-" + spec["id"],
+    name = spec["slurm"].get("job_name") or "rd-" + spec["id"]
+    argv = ["sbatch", "--parsable", "--output=" + log, "--open-mode=append", "--job-name=" + name,
             "--chdir=" + spec["root"]] + list(spec["slurm"].get("args") or []) + [script]
     try:
         p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -78,7 +81,7 @@ def cancel(job, spec):
 
 
 def fields(job, env, has_output=False):
-    """The job's fields (JobState, Reason, NodeList, ExitCode...), from squeue while it
+    """The job's fields (JobState, Reason, NodeList, TimeLeft, ExitCode...), from squeue while it
     is queued or running, else from scontrol; cached for POLL seconds (not past the first
     output of a job cached as pending)."""
     now = time.time()
@@ -88,12 +91,12 @@ def fields(job, env, has_output=False):
         return cached[1]
     found = {}
     try:
-        p = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r|%N"], stdin=subprocess.DEVNULL,
+        p = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r|%N|%L"], stdin=subprocess.DEVNULL,
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, timeout=30)
         line = p.stdout.decode(errors="replace").strip().splitlines()
         if p.returncode == 0 and line:
-            state, reason, node = (line[0].split("|") + ["", "", ""])[:3]
-            found = {"JobState": state, "Reason": reason, "NodeList": node}
+            state, reason, node, left = (line[0].split("|") + ["", "", "", ""])[:4]
+            found = {"JobState": state, "Reason": reason, "NodeList": node, "TimeLeft": left}
         else:
             p = subprocess.run(["scontrol", "show", "job", "-o", job], stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, timeout=30)
