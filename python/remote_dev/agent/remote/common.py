@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import shutil
+import threading
 
 
 class AgentError(Exception):
@@ -31,7 +32,10 @@ def expand_root(root):
 
 
 def write_json(path, obj):
-    tmp = path + ".tmp%d" % os.getpid()
+    """obj as JSON at path, atomically.  The temporary is per thread: two threads of one
+    agent recording the same file at once (a stop and the watcher of a Slurm job) must not
+    rename each other's temporary."""
+    tmp = path + ".tmp%d.%d" % (os.getpid(), threading.get_ident())
     with open(tmp, "w") as f:
         json.dump(obj, f)
     os.rename(tmp, path)
