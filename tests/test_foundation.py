@@ -128,9 +128,9 @@ from remote_dev.errors import ConfigError  # noqa: E402
     ('[sync]\npush_on_save = true\n', "targets", "no target defined"),
     ('[targets.a]\nhost = "h"\nremote_root = "/r"\nrunner = "k8s"\n', "targets.a.runner", "must be one of"),
     ('[targets.a]\nhost = "h"\nremote_root = "/r"\nrunner = "container"\n', "targets.a.container", "needs"),
-    ('[targets.a]\nhost = "h"\nremote_root = "/r"\n[sync]\nexclude = "data"\n', "sync.exclude", "list of strings"),
+    ('[targets.a]\nhost = "h"\nremote_root = "/r"\n[sync]\nexclude = "data"\n', "sync.exclude", "array of strings"),
     ('[targets.a]\nhost = "h"\nremote_root = "~"\n', "targets.a.remote_root", "whole home"),
-    ('[targets.a]\nhost = "h"\nremote_root = "/r"\nport = 70000\n', "targets.a.port", "port number"),
+    ('[targets.a]\nhost = "h"\nremote_root = "/r"\nport = 70000\n', "targets.a.port", "between 1 and 65535"),
 ])
 def test_config_errors(tmp_path, body, key, reason):
     f = tmp_path / ".remote-dev.toml"

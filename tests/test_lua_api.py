@@ -16,7 +16,7 @@ def setup_error(nvim, opts_lua: str) -> str:
 def test_setup_checks_options_against_the_schema(nvim):
     assert "unknown option colour" in setup_error(nvim, "{ colour = 'red' }")
     assert "option notify: expected boolean, got string" in setup_error(nvim, "{ notify = 'yes' }")
-    assert "option run_buffer_lines: expected a whole number >= 1" in setup_error(nvim, "{ run_buffer_lines = 0 }")
+    assert "option run_buffer_lines: expected a whole number from 1 to 1000000" in setup_error(nvim, "{ run_buffer_lines = 0 }")
     nvim.exec_lua("require('remote_dev').setup({ run_buffer_lines = 50, dap = { justMyCode = false } })")
     opts = nvim.exec_lua("return require('remote_dev').options")
     assert opts["run_buffer_lines"] == 50 and opts["dap"] == {"justMyCode": False}

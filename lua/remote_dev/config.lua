@@ -19,7 +19,8 @@ M.schema = {
   { name = 'stop_runs_on_exit', type = 'boolean', default = false,
     description = "Stop this session's live runs when Neovim exits." },
   { name = 'run_buffer_lines', type = 'number', default = 10000,
-    check = function(v) return v >= 1 and v == math.floor(v) end, expects = 'a whole number >= 1',
+    check = function(v) return v >= 1 and v <= 1000000 and v == math.floor(v) end,
+    expects = 'a whole number from 1 to 1000000',
     description = 'Lines a run buffer keeps; the full log stays on the remote.' },
   { name = 'quickfix', type = 'table', description = 'Where the locations of an ended run go.',
     fields = {

@@ -33,6 +33,19 @@ def format_status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("'"): "\\'"}
+
+
+def shown(name: str) -> str:
+    """A file name on one line as a person reads it: as is when printable, else quoted with
+    escapes (a newline as \\n, a byte that is not UTF-8 as \\xff), as `ls` quotes names."""
+    if name.isprintable() and not any("\udc80" <= c <= "\udcff" for c in name):
+        return name
+    text = "".join(c if c.isprintable() or "\udc80" <= c <= "\udcff" else f"\\x{ord(c):02x}"
+                   for c in name.translate(_ESCAPES))
+    return "'" + text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") + "'"
+
+
 def format_preview(res: dict[str, Any]) -> str:
     """A push preview as a person reads it (what :RemotePush --dry-run shows)."""
     lines = [f"push preview for {res['target']} (nothing was written)"]
@@ -40,14 +53,14 @@ def format_preview(res: dict[str, Any]) -> str:
     def section(title: str, items: list[str]) -> None:
         lines.append(f"{title} ({len(items)})")
         lines.extend(f"  {item}" for item in items)
-    section("send", list(res.get("send") or []))
-    section("delete on the remote", list(res.get("delete") or []))
+    section("send", [shown(p) for p in res.get("send") or []])
+    section("delete on the remote", [shown(p) for p in res.get("delete") or []])
     section("conflicts (not overwritten without --force)",
-            [f"{c['path']}: {c['reason']}" for c in res.get("conflict_details") or []])
-    section("skipped", [f"{s['path']}: {s.get('reason') or str(s.get('size', '?')) + ' bytes, over sync.max_file_size'}"
+            [f"{shown(c['path'])}: {c['reason']}" for c in res.get("conflict_details") or []])
+    section("skipped", [f"{shown(s['path'])}: {s.get('reason') or str(s.get('size', '?')) + ' bytes, over sync.max_file_size'}"
                         for s in res.get("skipped") or []])
     if res.get("errors"):
-        section("errors", [f"{e['path']}: {e['reason']}" for e in res["errors"]])
+        section("errors", [f"{shown(e['path'])}: {e['reason']}" for e in res["errors"]])
     return "\n".join(lines)
 
 

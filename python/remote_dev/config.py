@@ -1,11 +1,16 @@
 """`.remote-dev.toml`: discovery and validation.  The only place that reads it.
 
-Every problem is a ConfigError naming the file, the key and what is wrong.
+One schema (``SCHEMA``: every table and key with its type and rules) drives the checks;
+every problem is a ConfigError naming the file, the key and what to write instead.  The
+fault suite generates malformed configs from the same schema.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+import posixpath
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +26,8 @@ from .errors import ConfigError
 CONFIG_NAME = ".remote-dev.toml"
 RUNNERS = ("process", "container", "slurm")
 ENGINES = ("docker", "podman")
+TARGET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SLURM_ENGINES = ENGINES + ("pyxis",)   # runner = "slurm" also: srun --container-image (pyxis)
 
 
@@ -75,6 +82,7 @@ class SyncConfig:
 class RunConfig:
     command: str = "{python} {file}"
     stop_grace: float = 3.0
+    debug_wait: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -95,16 +103,80 @@ class ProjectConfig:
                               f"no target named {name!r} (targets: {', '.join(self.targets)})") from None
 
 
-def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
-    """The nearest .remote-dev.toml walking up from start (a file or folder)."""
-    here = Path(start or os.getcwd()).expanduser()
-    if not here.is_dir():
-        here = here.parent
-    here = here.resolve()
-    for d in (here, *here.parents):
-        candidate = d / CONFIG_NAME
-        if candidate.is_file():
-            return candidate
+# --------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a table.  kind: "string", "integer", "number", "boolean", "strings" (an
+    array of strings), "env" (a table of strings), "table" (a sub-table, see SCHEMA).
+    path: "inside" (relative, inside the project) or "absolute" (a container path)."""
+    name: str
+    kind: str
+    required: bool = False
+    nonempty: bool = False
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    path: str = ""
+
+
+# Tables by their place: "targets.*" is each [targets.NAME].
+SCHEMA: dict[str, tuple[Key, ...]] = {
+    "": (Key("default_target", "string", nonempty=True), Key("targets", "table"),
+         Key("sync", "table"), Key("run", "table")),
+    "targets.*": (
+        Key("host", "string", required=True, nonempty=True),
+        Key("remote_root", "string", required=True, nonempty=True),
+        Key("user", "string", nonempty=True), Key("port", "integer", low=1, high=65535),
+        Key("identity_file", "string", nonempty=True), Key("ssh_config", "string", nonempty=True),
+        Key("known_hosts", "string", nonempty=True),
+        Key("runner", "string", choices=RUNNERS), Key("python", "string", nonempty=True),
+        Key("env", "env"), Key("container", "table"), Key("slurm", "table"),
+    ),
+    "targets.*.container": (
+        Key("engine", "string", choices=SLURM_ENGINES), Key("dockerfile", "string", nonempty=True, path="inside"),
+        Key("image", "string", nonempty=True), Key("workdir", "string", path="absolute"),
+        Key("gpus", "string"), Key("args", "strings"),
+    ),
+    "targets.*.slurm": (Key("args", "strings"),),
+    "sync": (
+        Key("exclude", "strings"), Key("pull", "strings", path="inside"), Key("push_on_save", "boolean"),
+        Key("max_file_size", "integer", low=0),
+    ),
+    "run": (Key("command", "string", nonempty=True), Key("stop_grace", "number", low=0, high=3600),
+            Key("debug_wait", "number", low=1, high=86400)),
+}
+
+
+def toml_type(v: Any) -> str:
+    """What a TOML value is, in TOML's words."""
+    if isinstance(v, bool):
+        return f"a boolean ({str(v).lower()})"
+    if isinstance(v, int):
+        return f"a whole number ({v})"
+    if isinstance(v, float):
+        return f"a number ({v})"
+    if isinstance(v, str):
+        return f"a string ({v!r})"
+    if isinstance(v, list):
+        return "an array of tables" if v and all(isinstance(x, dict) for x in v) else "an array"
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, (datetime.date, datetime.time)):
+        return f"a date/time ({v})"
+    return type(v).__name__
+
+
+def inside_problem(value: str) -> str | None:
+    """Why a path meant to be inside the project is not (None: it is)."""
+    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
+        return "must be a path inside the project, relative to its root (not absolute)"
+    parts = [p for p in value.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return "must be a path inside the project (no '..')"
+    if not parts:
+        return "must name a folder or file of the project, not its root"
     return None
 
 
@@ -115,88 +187,96 @@ class _Checker:
     def fail(self, key: str | None, problem: str) -> ConfigError:
         return ConfigError(self.file, key, problem)
 
-    def table(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+    def table(self, value: Any, key: str, allowed: tuple[Key, ...]) -> dict[str, Any]:
+        """The table at key, every known key checked; unknown keys are errors."""
         if not isinstance(value, dict):
-            raise self.fail(key, f"must be a table, not {type(value).__name__}")
+            hint = " ([targets.NAME] tables)" if key == "targets" else (f" ([{key}])" if key else "")
+            raise self.fail(key or None, f"must be a table{hint}, not {toml_type(value)}")
+        names = {k.name: k for k in allowed}
         for k in value:
-            if k not in allowed:
-                full = f"{key}.{k}" if key else k
-                raise self.fail(full, f"unknown key (known: {', '.join(sorted(allowed))})")
-        return value
+            if k not in names:
+                raise self.fail(f"{key}.{k}" if key else k, f"unknown key (known: {', '.join(sorted(names))})")
+        out = {}
+        for spec in allowed:
+            full = f"{key}.{spec.name}" if key else spec.name
+            if spec.name not in value:
+                if spec.required:
+                    raise self.fail(full, "is required")
+                continue
+            out[spec.name] = self.value(spec, full, value[spec.name])
+        return out
 
-    def str_(self, t: dict[str, Any], key: str, prefix: str, default: Any = None, required: bool = False,
-             choices: tuple[str, ...] | None = None) -> Any:
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in t:
-            if required:
-                raise self.fail(full, "is required")
-            return default
-        v = t[key]
+    def value(self, spec: Key, full: str, v: Any) -> Any:
+        """v checked against spec: the value to use, or a ConfigError naming full."""
+        kind = spec.kind
+        if kind == "table":
+            if not isinstance(v, dict):
+                return self.table(v, full, ())   # the message for a wrong type
+            return v
+        if kind == "env":
+            if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+                raise self.fail(full, 'must be a table of strings, e.g. { CUDA_VISIBLE_DEVICES = "0" }')
+            bad = [k for k in v if not ENV_NAME.match(k)]
+            if bad:
+                raise self.fail(f"{full}.{bad[0]}", "is not a variable name (letters, digits and _)")
+            return dict(v)
+        if kind == "strings":
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise self.fail(full, f'must be an array of strings, e.g. ["a", "b"], not {toml_type(v)}')
+            if spec.path == "inside":
+                for item in v:
+                    problem = inside_problem(item)
+                    if problem:
+                        raise self.fail(full, f"{item!r} {problem}")
+            return tuple(v)
+        if kind == "boolean":
+            if not isinstance(v, bool):
+                raise self.fail(full, f"must be true or false, not {toml_type(v)}")
+            return v
+        if kind in ("integer", "number"):
+            whole = kind == "integer"
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not isinstance(v, int)):
+                raise self.fail(full, f"must be a {'whole ' if whole else ''}number, not {toml_type(v)}")
+            if v != v or v in (float("inf"), float("-inf")):
+                raise self.fail(full, f"must be a finite number, not {v}")
+            if spec.low is not None and v < spec.low or spec.high is not None and v > spec.high:
+                if spec.high is None:
+                    raise self.fail(full, f"must be {spec.low:g} or more, not {v}")
+                raise self.fail(full, f"must be between {spec.low:g} and {spec.high:g}, not {v}")
+            return v if whole else float(v)
         if not isinstance(v, str):
-            raise self.fail(full, f"must be a string, not {type(v).__name__}")
-        if required and not v.strip():
+            raise self.fail(full, f"must be a string, not {toml_type(v)}")
+        if spec.nonempty and not v.strip():
             raise self.fail(full, "must not be empty")
-        if choices and v not in choices:
-            raise self.fail(full, f"must be one of {', '.join(map(repr, choices))}, not {v!r}")
+        if "\0" in v or "\n" in v:
+            raise self.fail(full, "must be one line without NUL characters")
+        if spec.choices and v not in spec.choices:
+            raise self.fail(full, f"must be one of {', '.join(map(repr, spec.choices))}, not {v!r}")
+        if spec.path == "inside":
+            problem = inside_problem(v)
+            if problem:
+                raise self.fail(full, f"{v!r} {problem}")
+        if spec.path == "absolute" and (not posixpath.isabs(v) or posixpath.normpath(v) == "/"):
+            raise self.fail(full, f"must be an absolute folder inside the container (not '/'), not {v!r}")
         return v
-
-    def list_(self, t: dict[str, Any], key: str, prefix: str) -> tuple[str, ...]:
-        full = f"{prefix}.{key}" if prefix else key
-        v = t.get(key, [])
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise self.fail(full, "must be a list of strings")
-        return tuple(v)
-
-    def bool_(self, t: dict[str, Any], key: str, prefix: str, default: bool) -> bool:
-        v = t.get(key, default)
-        if not isinstance(v, bool):
-            raise self.fail(f"{prefix}.{key}", f"must be true or false, not {v!r}")
-        return v
-
-    def num(self, t: dict[str, Any], key: str, prefix: str, default: float, kind: type = float) -> Any:
-        v = t.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
-            raise self.fail(f"{prefix}.{key}", f"must be a {'whole ' if kind is int else ''}number, not {v!r}")
-        if v < 0:
-            raise self.fail(f"{prefix}.{key}", "must not be negative")
-        return kind(v)
-
-
-TARGET_KEYS = {"host", "user", "port", "identity_file", "ssh_config", "known_hosts", "remote_root",
-               "runner", "python", "env", "container", "slurm"}
-CONTAINER_KEYS = {"engine", "dockerfile", "image", "workdir", "gpus", "args"}
 
 
 def _target(c: _Checker, name: str, raw: Any) -> Target:
     p = f"targets.{name}"
-    t = c.table(raw, p, TARGET_KEYS)
-    host = c.str_(t, "host", p, required=True)
-    remote_root = c.str_(t, "remote_root", p, required=True)
+    if not TARGET_NAME.match(name):
+        raise c.fail(p, "a target name is letters, digits, '_', '.' and '-' (it names files and buffers)")
+    t = c.table(raw, p, SCHEMA["targets.*"])
+    remote_root = t["remote_root"]
     if remote_root.rstrip("/") in ("", "~") or remote_root.strip() in ("/", "~/"):
         raise c.fail(f"{p}.remote_root", f"{remote_root!r} is a whole home or root folder; name a project folder")
-    port = t.get("port")
-    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
-        raise c.fail(f"{p}.port", f"must be a port number, not {port!r}")
-    env = t.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        raise c.fail(f"{p}.env", "must be a table of strings, e.g. { CUDA_VISIBLE_DEVICES = \"0\" }")
     container = ContainerConfig()
     if "container" in t:
-        ct = c.table(t["container"], f"{p}.container", CONTAINER_KEYS)
         cp = f"{p}.container"
-        container = ContainerConfig(
-            engine=c.str_(ct, "engine", cp, choices=SLURM_ENGINES),
-            dockerfile=c.str_(ct, "dockerfile", cp),
-            image=c.str_(ct, "image", cp),
-            workdir=c.str_(ct, "workdir", cp, default="/workspace"),
-            gpus=c.str_(ct, "gpus", cp, default=""),
-            args=c.list_(ct, "args", cp),
-        )
+        ct = c.table(t["container"], cp, SCHEMA["targets.*.container"])
+        container = ContainerConfig(**{k: v for k, v in ct.items()})
         if container.dockerfile and container.image:
             raise c.fail(cp, "set either dockerfile or image, not both")
-        if not container.workdir.startswith("/"):
-            raise c.fail(f"{cp}.workdir", f"must be an absolute path inside the container, not {container.workdir!r}")
-    runner = c.str_(t, "runner", p, default="process", choices=RUNNERS)
+    runner = t.get("runner", "process")
     if runner in ("container", "slurm") and "container" in t and not (container.dockerfile or container.image):
         raise c.fail(f"{p}.container", f"runner = \"{runner}\" with a container table needs container.dockerfile "
                                        f"or container.image")
@@ -208,16 +288,9 @@ def _target(c: _Checker, name: str, raw: Any) -> Target:
         raise c.fail(f"{p}.container.dockerfile", "pyxis runs an image, not a Dockerfile: set container.image")
     slurm = SlurmConfig()
     if "slurm" in t:
-        st = c.table(t["slurm"], f"{p}.slurm", {"args"})
-        slurm = SlurmConfig(args=c.list_(st, "args", f"{p}.slurm"))
-    return Target(
-        name=name, host=host, remote_root=remote_root,
-        user=c.str_(t, "user", p), port=port,
-        identity_file=c.str_(t, "identity_file", p), ssh_config=c.str_(t, "ssh_config", p),
-        known_hosts=c.str_(t, "known_hosts", p),
-        runner=runner, python=c.str_(t, "python", p, default="python3"),
-        env=dict(env), container=container, slurm=slurm,
-    )
+        slurm = SlurmConfig(**c.table(t["slurm"], f"{p}.slurm", SCHEMA["targets.*.slurm"]))
+    plain = {k: v for k, v in t.items() if k not in ("container", "slurm")}
+    return Target(name=name, **plain, container=container, slurm=slurm)
 
 
 def load_config(file: str | os.PathLike[str]) -> ProjectConfig:
@@ -230,24 +303,29 @@ def load_config(file: str | os.PathLike[str]) -> ProjectConfig:
         raise c.fail(None, f"cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise c.fail(None, f"not valid TOML: {e}") from None
-    c.table(raw, "", {"default_target", "targets", "sync", "run"})
-    targets_raw = c.table(raw.get("targets", {}), "targets", set(raw.get("targets", {}) or {}))
+    except UnicodeDecodeError as e:
+        raise c.fail(None, f"not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    top = c.table(raw, "", SCHEMA[""])
+    targets_raw = top.get("targets", {})
     if not targets_raw:
         raise c.fail("targets", "no target defined; add a [targets.NAME] table with host and remote_root")
     targets = {name: _target(c, name, t) for name, t in targets_raw.items()}
-    default = c.str_(raw, "default_target", "", default=next(iter(targets)))
+    default = top.get("default_target", next(iter(targets)))
     if default not in targets:
         raise c.fail("default_target", f"no target named {default!r} (targets: {', '.join(targets)})")
-    st = c.table(raw.get("sync", {}), "sync", {"exclude", "pull", "push_on_save", "max_file_size"})
-    sync = SyncConfig(
-        exclude=c.list_(st, "exclude", "sync"),
-        pull=c.list_(st, "pull", "sync"),
-        push_on_save=c.bool_(st, "push_on_save", "sync", False),
-        max_file_size=c.num(st, "max_file_size", "sync", SyncConfig.max_file_size, int),
-    )
-    rt = c.table(raw.get("run", {}), "run", {"command", "stop_grace"})
-    run = RunConfig(
-        command=c.str_(rt, "command", "run", default=RunConfig.command),
-        stop_grace=c.num(rt, "stop_grace", "run", RunConfig.stop_grace),
-    )
+    sync = SyncConfig(**c.table(raw.get("sync", {}), "sync", SCHEMA["sync"]))
+    run = RunConfig(**c.table(raw.get("run", {}), "run", SCHEMA["run"]))
     return ProjectConfig(file=file, root=file.parent, targets=targets, default_target=default, sync=sync, run=run)
+
+
+def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
+    """The nearest .remote-dev.toml walking up from start (a file or folder)."""
+    here = Path(start or os.getcwd()).expanduser()
+    if not here.is_dir():
+        here = here.parent
+    here = here.resolve()
+    for d in (here, *here.parents):
+        candidate = d / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    return None

@@ -241,7 +241,8 @@ async def start_debug(engine: Engine, proj: Project, sess: TargetSession, comman
     plan = await prepare(sess)
     run_id = new_run_id()
     dbg = DebugRun(engine, proj, sess, plan, terminate_stops_run)
-    run = await runs_mod.start_run(engine, proj, sess, command, launch_for(sess, plan, command, run_id, stop_on_entry),
+    run = await runs_mod.start_run(engine, proj, sess, command, launch_for(sess, plan, command, run_id, stop_on_entry,
+                                                                             proj.config.run.debug_wait),
                                    run_id, on_finish=[dbg.ended])
     dbg.run = run
     try:

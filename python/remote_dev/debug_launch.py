@@ -218,13 +218,16 @@ def endpoints_folder(sess: TargetSession, run_id: str) -> str:
     return posixpath.join(sess.hello["cache_dir"], "runs", run_id, ENDPOINTS)
 
 
-def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, stop_on_entry: str = "") -> Launch:
+def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, stop_on_entry: str = "",
+               wait: float = 600.0) -> Launch:
     """The Launch of a debug run.  stop_on_entry: "" (none), "all", or ranks "0,2" that stop
-    at the program's first line (bootstrap only)."""
+    at the program's first line (bootstrap only).  wait: seconds a debugged process waits
+    for its debugger before it ends (run.debug_wait; bootstrap only)."""
     if plan.boot:
         env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "REMOTE_DEV_DEBUG": endpoints_folder(sess, run_id),
                "REMOTE_DEV_DEBUG_HOST": sess.hello["host"], "REMOTE_DEV_DEBUGPY": plan.pythonpath or "",
-               "REMOTE_DEV_DEBUG_STOP": stop_on_entry, "PYTHONPATH": plan.boot}
+               "REMOTE_DEV_DEBUG_STOP": stop_on_entry, "REMOTE_DEV_DEBUG_WAIT_MAX": f"{wait:g}",
+               "PYTHONPATH": plan.boot}
         return Launch(boot_command(command, sess.target.python, env))
     wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.pythonpath)
     return Launch(wrapped, mounts=[plan.mount] if plan.mount else [], publish=[plan.port] if plan.publish else [])

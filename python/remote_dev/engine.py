@@ -63,16 +63,46 @@ def state_home() -> Path:
     return Path(base) / "remote-dev"
 
 
+ENGINE_THREAD = "remote-dev-engine"
+
+
+class _IntoOurLog(logging.Filter):
+    """What asyncio and asyncssh log on the engine's thread (a write to a connection
+    already reset, an exception nobody read) goes to remote-dev.log, never to the screen
+    (a CLI's stderr, Neovim's messages); their records from other threads pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if threading.current_thread().name != ENGINE_THREAD:
+            return True
+        for handler in log.handlers:
+            if getattr(handler, "_remote_dev", False) and record.levelno >= logging.INFO:
+                handler.handle(record)
+        return False
+
+
 def setup_logging() -> Path:
     path = state_home() / "remote-dev.log"
     if not any(getattr(h, "_remote_dev", False) for h in log.handlers):
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path)
         handler._remote_dev = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    for name in ("asyncio", "asyncssh"):
+        lib = logging.getLogger(name)
+        if not any(isinstance(f, _IntoOurLog) for f in lib.filters):
+            lib.addFilter(_IntoOurLog())
     return path
+
+
+def loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The engine loop's exception handler: an error no one awaited (a task or future whose
+    exception was never read) is logged with its traceback in remote-dev.log."""
+    exc = context.get("exception")
+    where = context.get("future") or context.get("task") or context.get("handle") or ""
+    log.error("%s %s", context.get("message", "unhandled error in the engine loop"), where,
+              exc_info=(type(exc), exc, exc.__traceback__) if isinstance(exc, BaseException) else None)
 
 
 class TargetSession(FeatureState):
@@ -217,10 +247,11 @@ class Engine:
         self.report: Report = report or (lambda kind, payload: None)
         self.actions: dict[str, Action] = dict(actions or {})
         self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(loop_error)
         self.projects: dict[Path, Project] = {}
         self.log_path = setup_logging()
         self.started = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="remote-dev-engine", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=ENGINE_THREAD, daemon=True)
         self.thread.start()
         self.started.wait()
 

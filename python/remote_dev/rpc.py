@@ -35,7 +35,7 @@ class AgentChannel:
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.closed: Exception | None = None
-        self.packer = msgpack.Packer(use_bin_type=True)
+        self.packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
         self.reader: asyncio.Task[None] | None = None
 
     @classmethod
@@ -71,7 +71,7 @@ class AgentChannel:
                                f"remote_dev needs Python >= 3.8 (set `python` of this target)", kind="python")
 
     async def _read_loop(self) -> None:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=512 << 20)
+        unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", max_buffer_size=512 << 20)
         try:
             while True:
                 data = await self.process.stdout.read(1 << 20)
@@ -83,8 +83,8 @@ class AgentChannel:
                         fut = self.pending.pop(msg[1], None)
                         if fut is not None and not fut.done():
                             if msg[2] is not None:
-                                fut.set_exception(AgentCallError(getattr(fut, "method", "?"),
-                                                                 msg[2].get("kind", "?"), msg[2].get("message", "")))
+                                fut.set_exception(AgentCallError(getattr(fut, "method", "?"), msg[2].get("kind", "?"),
+                                                                 f"{self.host}: {msg[2].get('message', '')}"))
                             else:
                                 fut.set_result(msg[3])
         except (asyncssh.Error, OSError) as e:

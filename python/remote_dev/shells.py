@@ -25,7 +25,7 @@ import asyncssh
 
 from . import services
 from .engine import Engine, Project, TargetSession, log
-from .errors import AgentCallError, ConnectError, RemoteDevError
+from .errors import ConnectError, RemoteDevError
 from .services import SHELL, remote_name
 
 TERM_TYPE = "xterm-256color"
@@ -176,10 +176,7 @@ async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: 
             "cols": cols, "rows": rows, "stop_commands": stop,
             "meta": {"kind": SHELL, "target": t.name, "local_root": str(proj.root), "runner": t.runner,
                      **launcher.meta}}
-    try:
-        made = await sess.call("shell_ensure", spec)
-    except AgentCallError as e:
-        raise RemoteDevError(f"{t.host}: {e.message}", kind=e.kind) from None
+    made = await sess.call("shell_ensure", spec)   # an agent's error names the host
     history = b"" if made["created"] else await sess.call("shell_capture", session, HISTORY_LINES)
     old = SHELLS.pop(term, None)
     if old is not None:

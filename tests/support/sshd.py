@@ -64,11 +64,15 @@ def toml_value(v: Any) -> str:
 
 
 def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen: str = "127.0.0.1",
-               port: int | None = None, wrap: tuple[str, ...] = (), new_session: bool = False) -> Sshd:
+               port: int | None = None, wrap: tuple[str, ...] = (), new_session: bool = False,
+               user: str | None = None) -> Sshd:
     """sshd -D on listen:port (default: a free loopback port).  wrap prefixes its command
     (e.g. ("ip", "netns", "exec", NAME) for a network namespace); new_session detaches it: its
     own session (a Ctrl-C reaches only the caller, which stops it) and no inherited stdio (a
-    pipe the caller writes to still ends when the caller does; sshd logs to sshd.log)."""
+    pipe the caller writes to still ends when the caller does; sshd logs to sshd.log).
+    user: log in as this (unprivileged) user instead, as on a real machine: StrictModes on,
+    its own ~/.ssh/authorized_keys (the caller installs base/id_ed25519.pub there), no
+    environment set for it (its own ~/.cache, its own tmux socket)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"OpenSSH server not installed ({SSHD}); scripts/setup installs it")
     base.mkdir(parents=True, exist_ok=True)
@@ -86,23 +90,33 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
     tmux_dir.mkdir(exist_ok=True)
     port = port or free_port()
     cfg = base / "sshd_config"
+    # A login shell killed inside `pyenv rehash` (a root .bashrc running `pyenv init`, as on
+    # this testbed) leaves pyenv's lock behind, and every later login waits 60 s for it; the
+    # fault tests kill shells on purpose. One second is enough for pyenv to give up.
+    quiet = "PYENV_REHASH_TIMEOUT=1"
+    if user is None:
+        login = textwrap.dedent(f"""\
+            AuthorizedKeysFile {base}/authorized_keys
+            StrictModes no
+            SetEnv XDG_CACHE_HOME={remote_cache} TMUX_TMPDIR={tmux_dir} {quiet}
+            """)
+    else:
+        login = f"AuthorizedKeysFile .ssh/authorized_keys\nStrictModes yes\nAllowUsers {user}\nSetEnv {quiet}\n"
     cfg.write_text(textwrap.dedent(f"""\
         Port {port}
         ListenAddress {listen}
         HostKey {hostkey}
         PidFile {base}/sshd.pid
-        AuthorizedKeysFile {base}/authorized_keys
         PasswordAuthentication no
         KbdInteractiveAuthentication no
         PermitRootLogin prohibit-password
         UsePAM no
-        StrictModes no
         Subsystem sftp internal-sftp
         MaxSessions 100
         MaxStartups 100
-        SetEnv XDG_CACHE_HOME={remote_cache} TMUX_TMPDIR={tmux_dir}
-        """) + extra_config)
-    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+        """) + login + extra_config)
+    user = user or os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
+                                                            text=True).stdout.strip()
     ssh_config = base / "ssh_config"
     known_hosts = base / "known_hosts"
     ssh_config.write_text(textwrap.dedent(f"""\

@@ -53,9 +53,9 @@ def unreadable(rel: str, size: int | None, err: OSError) -> dict[str, Any]:
     return out
 
 
-def done_payload(root: Path, target: str, res: SyncResult, ms: float) -> dict[str, Any]:
+def done_payload(root: Path, target: str, res: SyncResult, ms: float, host: str = "") -> dict[str, Any]:
     return {
-        "target": target, "files": res.files, "bytes": res.bytes, "wire_bytes": res.wire, "ms": round(ms, 1),
+        "target": target, "host": host, "files": res.files, "bytes": res.bytes, "wire_bytes": res.wire, "ms": round(ms, 1),
         "deleted": res.deleted, "unchanged": res.unchanged,
         "conflicts": [c["path"] for c in res.conflicts],
         "conflict_details": [dict(c, local=str(root / c["path"])) for c in res.conflicts],
@@ -84,7 +84,8 @@ def summarize(kind: str, data: dict[str, Any]) -> tuple[str, str]:
                      f" (see quickfix; {bang} overwrites)")
     if data.get("errors"):
         level = "error"
-        parts.append(f"{len(data['errors'])} error(s): " + "; ".join(f"{e['path']}: {e['reason']}" for e in data["errors"][:3]))
+        where = f" on {data['host']}" if data.get("host") else ""
+        parts.append(f"{len(data['errors'])} error(s){where}: " + "; ".join(f"{e['path']}: {e['reason']}" for e in data["errors"][:3]))
     skipped = data.get("skipped") or []
     large = [s for s in skipped if s["reason"].startswith(TOO_LARGE)]
     other = [s for s in skipped if not s["reason"].startswith(TOO_LARGE)]

@@ -98,7 +98,8 @@ async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force:
             raise RemoteDevError(f"pull from {sess.target.host} failed after {res.files} files: {e}") from None
         finally:
             await asyncio.to_thread(records.save)
-    data = done_payload(root, sess.target.name, res, (time.perf_counter() - t0) * 1000)
+    data = done_payload(root, sess.target.name, res, (time.perf_counter() - t0) * 1000,
+                        sess.target.host)
     data["pulled"] = commit.pulled
     engine.emit("RemoteDevPullDone", data)
     text, level = summarize("pull", data)

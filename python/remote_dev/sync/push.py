@@ -202,7 +202,7 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
                                  f"{e.message}. Nothing half-written is left; :RemotePush again completes it.",
                                  kind="connect") from None
         ms = (time.perf_counter() - t0) * 1000
-    data = done_payload(proj.root, sess.target.name, res, ms)
+    data = done_payload(proj.root, sess.target.name, res, ms, sess.target.host)
     if dry_run:
         data.update(dry_run=True, send=res.send, delete=res.delete)
         return data

@@ -88,7 +88,7 @@ class SyncRecords:
     def load(self) -> None:
         if self.path.exists():
             try:
-                raw = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=False)
+                raw = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=False, unicode_errors="surrogateescape")
                 if isinstance(raw, dict) and raw.get("v") == RECORDS_VERSION:
                     self.data = {rel: _record(rec) for rel, rec in raw["records"].items()}
             except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
@@ -96,7 +96,7 @@ class SyncRecords:
                 self.data = {}
         if self.journal.exists():
             try:
-                unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+                unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="surrogateescape")
                 unpacker.feed(self.journal.read_bytes())
                 for change in unpacker:
                     for rel, rec in change.items():
@@ -132,11 +132,11 @@ class SyncRecords:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.journal_entries + len(dirty) > max(4096, len(self.data) // 2):
             tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-            tmp.write_bytes(msgpack.packb({"v": RECORDS_VERSION, "records": self.data}, use_bin_type=True))
+            tmp.write_bytes(msgpack.packb({"v": RECORDS_VERSION, "records": self.data}, use_bin_type=True, unicode_errors="surrogateescape"))
             tmp.replace(self.path)
             self.journal.unlink(missing_ok=True)
             self.journal_entries = 0
             return
         with open(self.journal, "ab") as f:
-            f.write(msgpack.packb(dirty, use_bin_type=True))
+            f.write(msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape"))
         self.journal_entries += len(dirty)

@@ -206,7 +206,8 @@ def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecord
     raw_ops = [r.op for r in ops]
     fmt, level = comp.choose(sample_of(ops))
     if fmt:
-        fmt, blob = comp.compress(fmt, level, msgpack.packb(raw_ops, use_bin_type=True))
+        packed = msgpack.packb(raw_ops, use_bin_type=True, unicode_errors="surrogateescape")  # names as bytes
+        fmt, blob = comp.compress(fmt, level, packed)
         if fmt:
             out.method, out.params, out.wire = "push_packed", (remote_root, fmt, blob), len(blob)
             return out

@@ -1,9 +1,11 @@
 """Small helpers every area of the agent uses: its error type, where its files live,
 JSON records written atomically."""
 
+import errno
 import json
 import os
 import shutil
+import threading
 
 
 class AgentError(Exception):
@@ -30,7 +32,10 @@ def expand_root(root):
 
 
 def write_json(path, obj):
-    tmp = path + ".tmp%d" % os.getpid()
+    """obj as JSON at path, atomically.  The temporary is per thread: two threads of one
+    agent recording the same file at once (a stop and the watcher of a Slurm job) must not
+    rename each other's temporary."""
+    tmp = path + ".tmp%d.%d" % (os.getpid(), threading.get_ident())
     with open(tmp, "w") as f:
         json.dump(obj, f)
     os.rename(tmp, path)
@@ -65,3 +70,21 @@ def renew_dir(d):
     except FileExistsError:
         return False
     return True
+
+
+# What to do about the file system errors a user meets on a remote.
+OS_HINTS = {
+    errno.ENOSPC: "free space there and try again",
+    errno.EDQUOT: "the disk quota is used up: free space there and try again",
+    errno.EROFS: "that file system is mounted read-only there",
+    errno.EACCES: "the remote user may not write there: check the owner and permissions of the folder",
+    errno.EPERM: "the remote user may not change that: check the owner and permissions",
+}
+
+
+def os_message(e, where=None):
+    """An OSError as one line: what failed, where (its file, else where), and what to do."""
+    where = e.filename or where
+    text = "%s: %s" % (e.strerror or e, where) if where else str(e.strerror or e)
+    hint = OS_HINTS.get(e.errno)
+    return "%s (%s)" % (text, hint) if hint else text

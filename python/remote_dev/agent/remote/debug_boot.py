@@ -181,6 +181,40 @@ def stop_on_uncaught(debugpy):
     sys.excepthook = excepthook
 
 
+def bound_the_wait(debugpy, rank):
+    """A debugger that never comes (its Neovim gone, the user away) must not keep the process
+    waiting forever, holding its node or GPU: after REMOTE_DEV_DEBUG_WAIT_MAX seconds
+    (run.debug_wait) without a client it ends with one line saying so (exit code 124, as
+    timeout(1)).  A client that attached once ends the bound."""
+    import threading
+    import time
+
+    try:
+        bound = float(os.environ.get("REMOTE_DEV_DEBUG_WAIT_MAX") or 0)
+    except ValueError:
+        return
+    connected = getattr(debugpy, "is_client_connected", None)
+    if bound <= 0 or connected is None:
+        return
+
+    def watch():
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            if connected():
+                return
+            time.sleep(0.2)
+        if connected():
+            return
+        who = "rank %s, " % rank if rank is not None else ""
+        os.write(2, ("remote_dev: no debugger attached to this process (%spid %d on %s) within run.debug_wait = %g s:"
+                     " it ends (debug again with :RemoteDebug, or raise run.debug_wait in .remote-dev.toml)\n"
+                     % (who, os.getpid(), os.environ.get("REMOTE_DEV_DEBUG_HOST") or "the remote", bound)).encode())
+        os._exit(124)
+    t = threading.Thread(target=watch, name="remote_dev debug_wait")
+    t.daemon = True
+    t.start()
+
+
 def debug_this_process(folder):
     import socket
 
@@ -196,6 +230,7 @@ def debug_this_process(folder):
     })
     stop_on_uncaught(debugpy)
     if os.environ.get("REMOTE_DEV_DEBUG_WAIT", "1") != "0":
+        bound_the_wait(debugpy, rank)
         debugpy.wait_for_client()
         if stops_on_entry(rank):
             stop_at_first_line()

@@ -17,7 +17,7 @@ import threading
 import msgpack
 
 from .. import protocol as P
-from .common import AgentError, expand_root, unlink_quiet, write_all
+from .common import AgentError, cache_dir, expand_root, os_message, unlink_quiet, write_all
 from . import temps
 from .paths import content_hash, entry_state, resolve
 from .temps import link_temp, make_temp
@@ -163,6 +163,11 @@ class FileOps(object):
             os.makedirs(root, exist_ok=True)
         known_dirs = {}
         results = []
+        with root_lock(root):
+            self.push_ops(root, ops, known_dirs, results)
+        return results
+
+    def push_ops(self, root, ops, known_dirs, results):
         for op in ops:
             if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
                     or (op[0] != P.OP_DELETE and len(op) < 7) \
@@ -176,16 +181,15 @@ class FileOps(object):
                 if op[0] == P.OP_STAGED:
                     self.drop_staged(op[P.OP_PAYLOAD])
             except OSError as e:
-                results.append([P.ERROR, "%s: %s" % (e.strerror or e, op[1])])
+                results.append([P.ERROR, os_message(OSError(e.errno, e.strerror), op[1])])
                 if op[0] == P.OP_STAGED:
                     self.drop_staged(op[P.OP_PAYLOAD])
-        return results
 
     def push_packed(self, root, fmt, blob):
         """push(root, ops) for ops packed with msgpack and compressed as one stream (so
         small files find matches in each other)."""
         try:
-            ops = msgpack.unpackb(P.decompress(fmt, blob), raw=False)
+            ops = msgpack.unpackb(P.decompress(fmt, blob), raw=False, unicode_errors="surrogateescape")
         except Exception as e:  # noqa: BLE001 - any damage is the same answer
             raise AgentError("packed", "damaged packed push (%s): %s" % (fmt, e))
         return self.push(root, ops)
@@ -366,6 +370,38 @@ def prefix_hash(fd, size):
         h.update(block)
         offset += len(block)
     return P.hasher_digest(h)
+
+
+class root_lock(object):
+    """An exclusive lock per remote_root (a file in the agent's cache) held while a push
+    batch checks and replaces its files: two pushes to one root at once (two Neovims) then
+    see each other's writes as conflicts instead of both passing the check before either
+    renames.  Best effort: where the cache cannot lock (no flock), pushes go unlocked."""
+
+    def __init__(self, root):
+        self.root = root
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+            import hashlib
+
+            folder = os.path.join(cache_dir(), "locks")
+            os.makedirs(folder, exist_ok=True)
+            name = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:24]
+            self.fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except (OSError, ImportError):
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)   # releases the lock
+            self.fd = None
 
 
 def want_mode(mode):

@@ -16,8 +16,8 @@ import signal
 import sys
 import threading
 
-from . import alloc, host, runs, services
-from .common import AgentError
+from . import alloc, host, runs, services, temps
+from .common import AgentError, os_message
 from .files import FileOps
 
 try:
@@ -82,7 +82,7 @@ class Agent(object):
         self.methods = method_table(self.files)
 
     def send(self, obj):
-        data = msgpack.packb(obj, use_bin_type=True)
+        data = msgpack.packb(obj, use_bin_type=True, unicode_errors="surrogateescape")
         with self.out_lock:
             self.out.write(data)
             self.out.flush()
@@ -115,7 +115,7 @@ class Agent(object):
         except AgentError as e:
             self.respond(msgid, {"kind": e.kind, "message": e.message}, None)
         except OSError as e:
-            self.respond(msgid, {"kind": "os", "message": "%s: %s" % (e.strerror or e, e.filename or "")}, None)
+            self.respond(msgid, {"kind": "os", "message": os_message(e)}, None)
         except Exception as e:  # noqa: BLE001 - report, keep serving
             self.respond(msgid, {"kind": "internal", "message": "%s: %s" % (type(e).__name__, e)}, None)
         else:
@@ -123,6 +123,7 @@ class Agent(object):
 
     def cleanup(self):
         self.files.cleanup()
+        temps.forget_journal()
 
 
 class _Input(object):
@@ -141,6 +142,9 @@ def file_worker(agent, jobs):
         msg = jobs.get()
         if msg is None:
             return
+        if msg == ["sweep"]:
+            temps.sweep_dead_agents()
+            continue
         agent.handle(msg)
 
 
@@ -152,10 +156,11 @@ def serve():
     # Anything printed by mistake must not corrupt the protocol stream.
     sys.stdout = sys.stderr
     agent = Agent(out)
-    unpacker = msgpack.Unpacker(_Input(inp), raw=False, max_buffer_size=256 << 20, read_size=1 << 16)
+    unpacker = msgpack.Unpacker(_Input(inp), raw=False, unicode_errors="surrogateescape", max_buffer_size=256 << 20, read_size=1 << 16)
     signal.signal(signal.SIGHUP, lambda *_: (agent.cleanup(), os._exit(0)))
     signal.signal(signal.SIGTERM, lambda *_: (agent.cleanup(), os._exit(0)))
     jobs = queue.Queue(maxsize=4)
+    jobs.put(["sweep"])   # first on the file worker: what killed agents left
     worker = threading.Thread(target=file_worker, args=(agent, jobs))
     worker.daemon = True
     worker.start()

@@ -3,9 +3,11 @@ leader and child subreaper, starts the run's command with its output going strai
 DIR/output.log, and records the exit status in DIR/exit.json.  Processes the command left
 behind go with the run.
 
-The agent keeps one spare supervisor started ahead (``supervise-spare``): its interpreter
-is up when a run starts, so the program starts at once; it reads its run folder from
-stdin.  A supervisor imports this module, procs and common only (no msgpack, no
+After a run starts, the agent keeps one spare supervisor started ahead
+(``supervise-spare``) for SPARE_IDLE seconds: its interpreter is up when the next run
+starts soon after (a rerun, a debug restart), so that program starts at once; it reads its
+run folder from stdin.  Unused, the agent closes its stdin and it exits: an idle session
+keeps no process on the remote but the agent.  A supervisor imports this module, procs and common only (no msgpack, no
 server): it starts fast."""
 
 import os
@@ -19,6 +21,7 @@ from . import procs
 from .common import read_json, write_json
 
 SPARE_DELAY = 0.3     # seconds after a run start before the next spare supervisor starts
+SPARE_IDLE = 15.0     # seconds an unused spare supervisor is kept
 SPARE_LOCK = threading.Lock()
 SPARES = []           # at most one idle supervisor (Popen) waiting on its stdin for a run folder
 LEFTOVER_GRACE = 3.0  # seconds leftovers get after SIGTERM
@@ -75,8 +78,24 @@ def make_spare():
     with SPARE_LOCK:
         if not SPARES:
             SPARES.append(proc)
+            t = threading.Timer(SPARE_IDLE, retire_spare, (proc,))
+            t.daemon = True
+            t.start()
             return
     proc.stdin.close()  # another one won: this one reads EOF and exits
+
+
+def retire_spare(proc):
+    """The spare proc, still unused after SPARE_IDLE seconds, exits (EOF on its stdin).
+    Under the lock: a spare is either handed a run folder or retired, never both."""
+    with SPARE_LOCK:
+        if proc not in SPARES:
+            return
+        SPARES.remove(proc)
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
 
 
 # --------------------------------------------------------------------------- supervisor side
