@@ -55,12 +55,7 @@ end
 function M.on_output(p)
   local b = buffer_for(p.root, p.target)
   local buf = b.buf
-  local follow = {}
-  for _, win in ipairs(vim.fn.win_findbuf(buf)) do
-    if win ~= vim.api.nvim_get_current_win() or vim.api.nvim_win_get_cursor(win)[1] >= vim.api.nvim_buf_line_count(buf) then
-      table.insert(follow, win)
-    end
-  end
+  local follow = ui.followers(buf)
   local partial = p.partial or ''
   vim.bo[buf].modifiable = true
   local count = vim.api.nvim_buf_line_count(buf)
@@ -80,10 +75,7 @@ function M.on_output(p)
   if p.show then
     show(buf)
   end
-  local last = vim.api.nvim_buf_line_count(buf)
-  for _, win in ipairs(follow) do
-    pcall(vim.api.nvim_win_set_cursor, win, { last, 0 })
-  end
+  ui.follow(follow, buf)
 end
 
 --- Host report: an error's traceback as quickfix entries at local files.

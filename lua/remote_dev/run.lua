@@ -96,18 +96,6 @@ local function buffer_for(s)
   return r
 end
 
---- Windows showing buf whose cursor is on the last line (they follow the tail).
-local function followers(buf)
-  local out = {}
-  for _, win in ipairs(vim.fn.win_findbuf(buf)) do
-    local last = vim.api.nvim_buf_line_count(buf)
-    if vim.api.nvim_win_get_cursor(win)[1] >= last or win ~= vim.api.nvim_get_current_win() then
-      table.insert(out, win)
-    end
-  end
-  return out
-end
-
 --- Host report: new output lines (and the current unfinished line) of a run.
 function M.on_output(p)
   local r = runs[p.id]
@@ -118,7 +106,7 @@ function M.on_output(p)
   if not vim.api.nvim_buf_is_valid(buf) then
     return
   end
-  local follow = followers(buf)
+  local follow = ui.followers(buf)
   local lines = p.lines or {}
   if p.dropped and p.dropped > 0 then
     table.insert(lines, 1, ('[remote_dev: %d lines skipped here; :RemoteLog %s has them all]'):format(p.dropped, p.id))
@@ -134,10 +122,7 @@ function M.on_output(p)
   if count > max then
     ui.set_lines(buf, 1, count - max + 1, {})
   end
-  local last = vim.api.nvim_buf_line_count(buf)
-  for _, win in ipairs(follow) do
-    pcall(vim.api.nvim_win_set_cursor, win, { last, 0 })
-  end
+  ui.follow(follow, buf)
 end
 
 --- Host report: a run's state changed (new, queue state, exit with quickfix entries).

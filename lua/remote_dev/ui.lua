@@ -113,6 +113,31 @@ function M.set_lines(buf, from, to, lines)
   vim.bo[buf].modified = false
 end
 
+--- Windows showing buf that follow its tail: the cursor on the last line, or not the
+--- current window. Take them before appending; follow() moves them to the new end.
+---@param buf integer
+---@return integer[]
+function M.followers(buf)
+  local out = {}
+  local last = vim.api.nvim_buf_line_count(buf)
+  for _, win in ipairs(vim.fn.win_findbuf(buf)) do
+    if win ~= vim.api.nvim_get_current_win() or vim.api.nvim_win_get_cursor(win)[1] >= last then
+      table.insert(out, win)
+    end
+  end
+  return out
+end
+
+--- Move the windows of followers(buf) to buf's last line.
+---@param wins integer[]
+---@param buf integer
+function M.follow(wins, buf)
+  local last = vim.api.nvim_buf_line_count(buf)
+  for _, win in ipairs(wins) do
+    pcall(vim.api.nvim_win_set_cursor, win, { last, 0 })
+  end
+end
+
 --- The buffer named exactly `name` (bufnr() would read it as a pattern), or nil.
 ---@param name string
 ---@return integer?
