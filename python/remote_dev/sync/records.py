@@ -154,7 +154,10 @@ class SyncRecords:
         if writes:
             self.pending.update(writes)
             self.dirty_pending.update(writes)
-            self.save(snapshot=False)
+            try:
+                self.save(snapshot=False)
+            except OSError as e:   # kept in memory, written with the next save
+                log.warning("sync journal %s: cannot note the writes in flight (%s)", self.journal, e)
 
     def landed(self, rel: str) -> None:
         """The agent answered for rel: its write is no longer in flight."""
@@ -170,7 +173,6 @@ class SyncRecords:
         dirty: dict[str, Any] = dict(self.dirty)
         if self.dirty_pending:
             dirty[""] = self.dirty_pending
-        self.dirty, self.dirty_pending = {}, {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if snapshot and self.journal_entries + len(dirty) > max(4096, len(self.data) // 2):
             tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
@@ -179,7 +181,8 @@ class SyncRecords:
             tmp.replace(self.path)
             self.journal.unlink(missing_ok=True)
             self.journal_entries = 0
-            return
-        with open(self.journal, "ab") as f:
-            f.write(msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape"))
-        self.journal_entries += len(dirty)
+        else:
+            with open(self.journal, "ab") as f:
+                f.write(msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape"))
+            self.journal_entries += len(dirty)
+        self.dirty, self.dirty_pending = {}, {}   # only once written: a failed save is tried again
