@@ -152,6 +152,8 @@ def test_packed_ops_round_trip():
     got = P.unpack_ops(P.pack_ops(ops))
     assert [[bytes(v) if isinstance(v, memoryview) else v for v in op] for op in got] == ops
     assert os.fsencode(got[1][P.OP_PATH]) == b"bad\xff name\n-x"
+    answers = [[P.OK, 9, 1_700_000_000_123_456_789], [P.CONFLICT, "changed on the remote"], [P.ERROR, odd], [P.GONE]]
+    assert P.unpack_answers(P.pack_answers(answers)) == answers
     blob = P.pack_ops(ops)
     for bad in (blob[:-1], blob + b"x", blob[:3], b"\0\0\0\x05[1,2"):
         with pytest.raises(ValueError):

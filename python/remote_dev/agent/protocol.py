@@ -165,6 +165,19 @@ def unpack_ops(blob):
     return ops
 
 
+def pack_answers(answers):
+    """A packed push's answers (lists, see below) as JSON bytes: the agent's pure-Python
+    msgpack packed ~3 values an op (~8% of its CPU in a big push)."""
+    return json.dumps(answers, separators=(",", ":")).encode("ascii")
+
+
+def unpack_answers(blob):
+    answers = json.loads(bytes(blob).decode("ascii"))
+    if not isinstance(answers, list):
+        raise ValueError("not a list of answers")
+    return answers
+
+
 # Answers to push ops, one per op:
 #   [OK, size, mtime_ns] | [CONFLICT, reason] | [ERROR, message] | [GONE] (delete: nothing there)
 OK = "ok"

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..agent.protocol import FILE, LINK, OP_PAYLOAD, delete_op, digest, link_hash, link_op, pack_ops, staged_op, write_op
+from ..agent.protocol import FILE, LINK, OP_PAYLOAD, delete_op, digest, link_hash, link_op, pack_ops, staged_op, unpack_answers, write_op
 from ..engine import TargetSession
 from ..errors import AgentCallError
 from ..rpc import AgentChannel
@@ -366,7 +366,7 @@ class Sender:
                 await lane.room(prep.wire)
                 self.check()
                 fut = chan.send(prep.method, *prep.params)
-                self.on_wire(lane, fut, prep.wire, lambda answers, prep=prep: self.batch_done(prep, answers))
+                self.on_wire(lane, fut, prep.wire, lambda blob, prep=prep: self.batch_done(prep, unpack_answers(blob)))
                 await chan.drain()
         while self.failure is None and self.large_claimed < len(self.large):
             item = self.large[self.large_claimed]

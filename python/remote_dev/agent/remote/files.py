@@ -185,12 +185,12 @@ class FileOps(object):
 
     def push_packed(self, root, fmt, blob):
         """push(root, ops) for ops packed as one blob (protocol.pack_ops), compressed in
-        format fmt or raw."""
+        format fmt or raw; the answers packed too (protocol.pack_answers)."""
         try:
             ops = P.unpack_ops(P.decompress(fmt, blob))
         except Exception as e:  # noqa: BLE001 - any damage is the same answer
             raise AgentError("packed", "damaged packed push (%s): %s" % (fmt, e))
-        return self.push(root, ops)
+        return P.pack_answers(self.push(root, ops))
 
     def verify(self, root, uid, base, gen, blob):
         """The remote check of a push (verify.py)."""
