@@ -3,7 +3,7 @@
 links and on loopback, in one run (as root: the links are bench/wan.py beds).
 
     .venv/bin/python bench/sync_wan_bench.py [--links lo,100mbit/40,20mbit/80]
-        [--parts init,noop,one,pull] [--repeat 3] [--remote-base DIR] [--bashrc] [--keep]
+        [--parts init,noop,one,pull] [--repeat 3] [--remote-base DIR] [--remote-fs tmpfs|disk] [--bashrc] [--keep]
 
 The tree (built once, kept in bench/.work/wantree, a git repository of its own): real text
 files of this machine -- the interpreter's stdlib, the venv's site-packages, then the
@@ -19,6 +19,14 @@ system's dist-packages -- each 1 KB..4 MB, valid UTF-8, taken in sorted order un
     full-tree `rsync -a` / `rsync -az` (and, for reference, rsync -az of that one path);
   * pull of 32 MB of results (a 24 MB text log + 8 MB of random bytes) written on the remote:
     remote_dev `pull` (sync.pull = ["results"]) vs `rsync -az` back.
+
+The remote folders (all tools alike) are on a tmpfs the bench mounts when it runs as root
+(--remote-fs disk: a folder on the disk instead).  This VM's root is an ext4 without a
+journal: there the inode allocator skips every inode deleted in the last 60-300 s, each with
+a lookup of its inode table block (ext4 recently_deleted(); perf: 70% of the writer's CPU),
+so whoever creates files first after the previous trees were removed pays several times
+what the next tool pays -- an order effect, not a property of the tools.  A remote on a
+journaled file system (any real one) has no such cost.
 
 rsync and tar use an ssh ControlMaster opened before timing, and "lean" sessions (SHLVL=1
 sent, sshd AcceptEnv SHLVL: the remote bash skips ~/.bashrc, which runs `pyenv init` here,
@@ -406,9 +414,14 @@ class Bench:
                                    capture_output=True, check=True).stdout) if self.zstd else 0
         self.zinfo = f" (tar | zstd -3: {zsize / 1e6:.0f} MB)" if zsize else ""
         print(f"tree: {files} files, {size / 1e6:.0f} MB at {self.tree}{self.zinfo}", flush=True)
+        self.unmount_remote()
         shutil.rmtree(self.remote_base, ignore_errors=True)  # before anything is timed
         shutil.rmtree(WORK / "wanstate", ignore_errors=True)
         self.remote_base.mkdir(parents=True, exist_ok=True)
+        if self.args.remote_fs == "tmpfs":
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6g,mode=0755", "rd-bench-remote", str(self.remote_base)],
+                           check=True)
+            print(f"remote folders on a tmpfs at {self.remote_base} (see --remote-fs)", flush=True)
         os.environ["XDG_STATE_HOME"] = str(WORK / "wanstate")
         for i, link in enumerate(w for w in self.links if w.wan):
             link.bed = WanBed(f"{self.args.name}{i + 1}", link.rate, link.rtt_ms, self.args.queue_ms)
@@ -459,6 +472,12 @@ class Bench:
             shutil.rmtree(self.tree / "results", ignore_errors=True)
             if not self.args.keep:
                 shutil.rmtree(self.remote_base, ignore_errors=True)
+                self.unmount_remote()
+
+    def unmount_remote(self) -> None:
+        """The tmpfs of the remote folders (of this run, or one a killed run left)."""
+        if os.path.ismount(self.remote_base):
+            subprocess.run(["umount", "-l", str(self.remote_base)], check=False)
 
     # -- the table
     def report(self) -> None:
@@ -545,6 +564,8 @@ def main() -> None:
                         f"runs when noop or one is asked: they need its remote copy)")
     p.add_argument("--repeat", type=int, default=3, help="runs of the no-op and one-file steps (median; default 3)")
     p.add_argument("--remote-base", help="where the remote folders go (default bench/.work/wanremote)")
+    p.add_argument("--remote-fs", choices=("tmpfs", "disk"), default="tmpfs" if os.geteuid() == 0 else "disk",
+                   help="a tmpfs mounted at --remote-base (default as root) or the disk it is on")
     p.add_argument("--name", default="rdwb", help="prefix of the WAN beds' names (default rdwb: rdwb1, rdwb2)")
     p.add_argument("--queue-ms", type=float, default=100.0, help="tbf queue of the WAN beds (default 100)")
     p.add_argument("--check-bed", type=int, default=0, metavar="MB",

@@ -143,6 +143,36 @@ def test_states_pack_round_trip():
     assert P.unpack_states(P.pack_states([])) == []
 
 
+def test_packed_ops_round_trip():
+    odd = os.fsdecode(b"bad\xff name\n-x")          # invalid UTF-8: a lone surrogate in str
+    ops = [P.write_op("a.py", None, False, "h1", 0o644, b"print(1)\n"),
+           P.write_op(odd, [P.FILE, 3, 1_700_000_000_123_456_789, "h0"], True, "h2", 0o755, os.urandom(70_000)),
+           P.link_op("ln", None, False, "h3", odd), P.write_op("empty", None, False, "h4", None, b""),
+           P.staged_op("big.bin", None, False, "h5", 0o644, 7), P.delete_op("gone", None, False)]
+    got = P.unpack_ops(P.pack_ops(ops))
+    assert [[bytes(v) if isinstance(v, memoryview) else v for v in op] for op in got] == ops
+    assert os.fsencode(got[1][P.OP_PATH]) == b"bad\xff name\n-x"
+    answers = [[P.OK, 9, 1_700_000_000_123_456_789], [P.CONFLICT, "changed on the remote"], [P.ERROR, odd], [P.GONE]]
+    assert P.unpack_answers(P.pack_answers(answers)) == answers
+    blob = P.pack_ops(ops)
+    for bad in (blob[:-1], blob + b"x", blob[:3], b"\0\0\0\x05[1,2"):
+        with pytest.raises(ValueError):
+            P.unpack_ops(bad)
+
+
+def test_zlib_written_here_is_read_by_the_remotes_stdlib():
+    import zlib
+
+    from remote_dev.sync import wire
+    data = b"def f(x):\n    return x\n" * 50_000
+    for _fmt, level, _mbs, _rel in wire.LOCAL_CODECS:
+        if _fmt == P.ZLIB:
+            assert zlib.decompress(wire.deflate.compress(data, level)) == data
+    # zlib-ng (a dependency) writes the zlib format here: the choice uses its own table
+    assert wire.LOCAL_CODECS is wire.NG_CODECS
+    assert P.choose_codec(12.5e6, 2, 3.8, codecs=wire.NG_CODECS)[0] == P.ZLIB
+
+
 @pytest.mark.parametrize("fmt", P.codec_formats())
 def test_codecs_round_trip(fmt):
     for data in (b"", b"x", os.urandom(70_000), b"hello world\n" * 10_000):

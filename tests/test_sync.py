@@ -613,7 +613,7 @@ def test_killed_ssh_session_mid_push_leaves_no_partial_file(engine, make_project
     monkeypatch.setattr(sync_mod, "PROGRESS_AFTER", 0.0)
     pid = agent_pid(engine, proj)
     session = ppid(pid)  # sshd's process for this session: the agent was exec'd by it
-    cut_after(monkeypatch, "push", 3, lambda: os.kill(session, signal.SIGKILL))
+    cut_after(monkeypatch, "push_packed", 3, lambda: os.kill(session, signal.SIGKILL))
     with pytest.raises(RemoteDevError, match="interrupted"):
         push(engine, proj)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20, what="the old agent to exit")

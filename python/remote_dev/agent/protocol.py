@@ -13,7 +13,9 @@ tests check that with vermin), no state.
 
 import hashlib
 import importlib
+import json
 import os
+import struct
 
 # --------------------------------------------------------------------------- runs
 
@@ -116,6 +118,64 @@ def link_op(path, expect, force, hash_, target):
 
 def delete_op(path, expect, force):
     return [OP_DELETE, path, expect, force]
+
+
+# A packed push: a batch of push ops as ONE blob (compressed as one stream when that pays,
+# so small files find matches in each other): a 4-byte length, a JSON header -- the ops,
+# each write's payload replaced by its length -- then the payloads, in order.  JSON, not
+# msgpack: the agent's msgpack is pure Python (nothing is installed on the remote) and
+# decoding ~8 values per op that way cost ~20 us an op; the stdlib's json is C (the
+# ~7,500-file bench tree: 0.15 s -> 0.01 s).  Names keep surrogateescape's lone surrogates
+# (JSON escapes them and gives them back); payloads come back as memoryviews of the blob.
+_HEAD = struct.Struct("<I")
+
+
+def pack_ops(ops):
+    """ops (lists, see above) -> bytes."""
+    header = []
+    payloads = []
+    for op in ops:
+        if op[OP_KIND] == OP_WRITE:
+            payloads.append(op[OP_PAYLOAD])
+            op = op[:OP_PAYLOAD] + [len(op[OP_PAYLOAD])]
+        header.append(op)
+    head = json.dumps(header, separators=(",", ":")).encode("ascii")
+    return b"".join([_HEAD.pack(len(head)), head] + payloads)
+
+
+def unpack_ops(blob):
+    """pack_ops' bytes -> ops; ValueError when they do not add up."""
+    view = memoryview(blob)
+    if len(view) < _HEAD.size:
+        raise ValueError("too short")
+    (n,) = _HEAD.unpack_from(view, 0)
+    pos = _HEAD.size + n
+    ops = json.loads(bytes(view[_HEAD.size:pos]).decode("ascii"))
+    if not isinstance(ops, list):
+        raise ValueError("not a list of ops")
+    for op in ops:
+        if isinstance(op, list) and len(op) > OP_PAYLOAD and op[OP_KIND] == OP_WRITE:
+            size = op[OP_PAYLOAD]
+            if not isinstance(size, int) or size < 0 or pos + size > len(view):
+                raise ValueError("payload sizes exceed the blob")
+            op[OP_PAYLOAD] = view[pos:pos + size]
+            pos += size
+    if pos != len(view):
+        raise ValueError("%d bytes left over" % (len(view) - pos))
+    return ops
+
+
+def pack_answers(answers):
+    """A packed push's answers (lists, see below) as JSON bytes: the agent's pure-Python
+    msgpack packed ~3 values an op (~8% of its CPU in a big push)."""
+    return json.dumps(answers, separators=(",", ":")).encode("ascii")
+
+
+def unpack_answers(blob):
+    answers = json.loads(bytes(blob).decode("ascii"))
+    if not isinstance(answers, list):
+        raise ValueError("not a list of answers")
+    return answers
 
 
 # Answers to push ops, one per op:
@@ -266,16 +326,16 @@ def sample_ratio(data):
     return len(piece) / float(len(zlib.compress(piece, 1)))
 
 
-def choose_codec(link, cores, ratio1, formats=None, speed=1.0):
+def choose_codec(link, cores, ratio1, formats=None, speed=1.0, codecs=CODECS):
     """(format, level) moving the most raw bytes per second: RAW moves the link rate, a
     codec min(cores x its speed, link x its ratio).  link: wire bytes per second (None:
     a fast link: nothing is compressed); ratio1: zlib-1 ratio of the data (a
     sample's, or measured); speed: this machine's speed relative to CODECS' figures.  A
-    slower codec is taken only for 2% more."""
+    slower codec is taken only for 2% more.  codecs: the sender's table (its compressors)."""
     if link is None or ratio1 < INCOMPRESSIBLE:
         return RAW, 0
     best, best_rate = (RAW, 0), float(link)
-    for fmt, level, mbs, rel in CODECS:
+    for fmt, level, mbs, rel in codecs:
         if formats is not None and fmt not in formats:
             continue
         rate = min(cores * mbs * MB * speed, link * ratio1 * rel)

@@ -14,8 +14,6 @@ import os
 import stat
 import threading
 
-import msgpack
-
 from .. import protocol as P
 from .common import AgentError, cache_dir, expand_root, os_message, unlink_quiet, write_all
 from . import temps
@@ -171,7 +169,7 @@ class FileOps(object):
         for op in ops:
             if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
                     or (op[0] != P.OP_DELETE and len(op) < 7) \
-                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], bytes)):
+                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], (bytes, memoryview))):
                 results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
                 continue
             try:
@@ -186,13 +184,13 @@ class FileOps(object):
                     self.drop_staged(op[P.OP_PAYLOAD])
 
     def push_packed(self, root, fmt, blob):
-        """push(root, ops) for ops packed with msgpack and compressed as one stream (so
-        small files find matches in each other)."""
+        """push(root, ops) for ops packed as one blob (protocol.pack_ops), compressed in
+        format fmt or raw; the answers packed too (protocol.pack_answers)."""
         try:
-            ops = msgpack.unpackb(P.decompress(fmt, blob), raw=False, unicode_errors="surrogateescape")
+            ops = P.unpack_ops(P.decompress(fmt, blob))
         except Exception as e:  # noqa: BLE001 - any damage is the same answer
             raise AgentError("packed", "damaged packed push (%s): %s" % (fmt, e))
-        return self.push(root, ops)
+        return P.pack_answers(self.push(root, ops))
 
     def verify(self, root, uid, base, gen, blob):
         """The remote check of a push (verify.py)."""

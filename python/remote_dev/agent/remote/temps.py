@@ -14,6 +14,7 @@ system (a cluster's home) stay.
 """
 
 import hashlib
+import itertools
 import os
 import socket
 import threading
@@ -23,17 +24,15 @@ from .common import cache_dir, unlink_quiet
 
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _lock = threading.Lock()
-_counter = [0]
+_numbers = itertools.count(1)   # next() is atomic: no lock per temporary
 
 
 def temp_names(path):
     """Fresh temporary names in path's folder (the caller creates exclusively)."""
-    d, base = os.path.split(path)
+    d, _, base = path.rpartition("/")
+    head = "%s/%s%s.%s.%d." % (d, P.TMP_MARK, base[:40], HOST_TAG, os.getpid())
     while True:
-        with _lock:
-            _counter[0] += 1
-            n = _counter[0]
-        yield "%s/%s%s.%s.%d.%d" % (d, P.TMP_MARK, base[:40], HOST_TAG, os.getpid(), n)
+        yield head + str(next(_numbers))
 
 
 def temp_owner(name):
@@ -93,6 +92,8 @@ def journal_path(pid=None):
 
 def note_folder(folder):
     """Write folder into this agent's journal (once), before a temporary is made in it."""
+    if folder in _journal["folders"]:
+        return   # (a set only grows while temporaries are made: read without the lock)
     with _lock:
         if folder in _journal["folders"]:
             return
