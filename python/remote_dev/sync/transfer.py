@@ -143,6 +143,7 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords
     ops: list[ReadOp] = []
     same: list[tuple[Send, str, LocalEntry]] = []
     bad: list[tuple[Send, OSError]] = []
+    base = os.path.join(root, "")   # a str once, not a Path per file
     for item in items:
         entry = item.entry
         if entry.kind == LINK:
@@ -150,7 +151,7 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords
             op = link_op(item.rel, item.expect, item.force, h, entry.target)
         else:
             try:
-                fd = os.open(root / item.rel, os.O_RDONLY | O_NOFOLLOW)
+                fd = os.open(base + item.rel, os.O_RDONLY | O_NOFOLLOW)
                 try:
                     st = os.fstat(fd)
                     data = read_fd(fd, st.st_size)

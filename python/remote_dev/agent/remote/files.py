@@ -219,6 +219,8 @@ class FileOps(object):
             if state is not None and state[0] == P.DIR:
                 return [P.ERROR, "%s: %s" % (rel, P.FOLDER_IN_THE_WAY)]
             if not force:
+                if new_hash is None and kind == P.OP_WRITE and state is not None:
+                    new_hash = P.digest(payload)   # packed writes leave it to the agent
                 reason = conflict_at(path, expect, new_hash, state)
                 if reason:
                     return [P.CONFLICT, reason]
