@@ -131,6 +131,33 @@ def test_after_check(case, there, record, entry, written, force, decision):
         assert out.rerecord[0] == ("a.py", record._replace(rsize=10, rmtime=501))
 
 
+# --------------------------------------------------------------------------- settle_pending
+
+SENT = rec(size=3, mtime=200, h=H_NEW, rsize=0, rmtime=0)    # a write in flight: remote half unknown
+
+# (case, what was in flight (None: a delete), remote state now or None) -> verdict
+SETTLE_CASES = [
+    ("the write landed", SENT, ["f", 3, 700, H_NEW], "adopt"),
+    ("it did not land: the old content", SENT, ["f", 10, 500, H_OLD], "keep"),
+    ("edited there since", SENT, ["f", 3, 701, H_THEIRS], "keep"),
+    ("gone there", SENT, None, "keep"),
+    ("a symlink there, same hash", SENT, ["l", 3, 700, H_NEW], "keep"),
+    ("no hash (a folder there)", SENT, ["d", 0, 700, None], "keep"),
+    ("the delete landed", None, None, "drop"),
+    ("the delete did not land", None, ["f", 10, 500, H_OLD], "keep"),
+]
+
+
+@pytest.mark.parametrize("case,sent,there,verdict", SETTLE_CASES, ids=[c[0] for c in SETTLE_CASES])
+def test_settle_pending(case, sent, there, verdict):
+    got, record = reconcile.settle_pending(sent, there)
+    assert got == verdict
+    if got == reconcile.ADOPT:
+        assert record == SENT._replace(rsize=3, rmtime=700)   # the local half as sent: not sent again
+    else:
+        assert record is None
+
+
 # --------------------------------------------------------------------------- content
 
 

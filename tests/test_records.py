@@ -44,3 +44,32 @@ def test_record_compares_stats():
     assert REC.same_local("f", 1, 2) and REC.same_local("f", 1, 2, 0o644) and not REC.same_local("f", 1, 2, 0o600)
     assert not REC.same_local("l", 1, 2) and not REC.same_local("f", 1, 3)
     assert REC.same_remote(["f", 3, 4, None]) and not REC.same_remote(["f", 3, 5])
+
+
+def test_writes_in_flight_are_journaled_before_they_go_out(tmp_path):
+    """in_flight appends at once (a process killed right after still has them on disk);
+    landed ones go with the next save; the snapshot keeps those still in flight."""
+    path = tmp_path / "sync-x.msgpack"
+    r = SyncRecords(path)
+    r.set("a.py", REC)
+    r.in_flight({"a.py": REC._replace(hash="n" * 32), "b.py": None})
+    on_disk = SyncRecords(path)
+    assert on_disk.data == {"a.py": REC}                      # what changed before went too
+    assert on_disk.pending == {"a.py": REC._replace(hash="n" * 32), "b.py": None}
+    r.landed("a.py")
+    r.set("a.py", REC._replace(hash="n" * 32))
+    r.save()
+    on_disk = SyncRecords(path)
+    assert on_disk.pending == {"b.py": None} and on_disk.data["a.py"].hash == "n" * 32
+    r.in_flight({"a.py": REC})                                # in flight again, after it landed
+    r.save()
+    assert SyncRecords(path).pending == {"a.py": REC, "b.py": None}
+    for i in range(5000):
+        r.set(f"f{i}", REC)
+    r.save()                                                  # a snapshot
+    assert not r.journal.exists()
+    assert SyncRecords(path).pending == {"a.py": REC, "b.py": None}
+    r.landed("a.py")
+    r.landed("b.py")
+    r.save()
+    assert SyncRecords(path).pending == {}

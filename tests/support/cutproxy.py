@@ -1,5 +1,7 @@
 """A TCP proxy in front of a test sshd whose connections can be cut at any moment, as a
-network would cut them: both sides get a reset, nothing is flushed."""
+network would cut them: both sides get a reset, nothing is flushed.  Its answers (what
+the server sends) can also be held back first, so that a cut loses exactly the answers
+to requests the server has carried out."""
 
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ class CutProxy:
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.cuts = 0
         self.closed = False
+        self.flowing = threading.Event()   # cleared: what the server sends is held back
+        self.flowing.set()
+        self.sent = 0                      # bytes the clients sent
+        self.hold_at: int | None = None    # hold once they sent this many
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -46,6 +52,12 @@ class CutProxy:
                 data = src.recv(1 << 16)
                 if not data:
                     break
+                if src is pair[1]:
+                    self.flowing.wait()
+                else:
+                    self.sent += len(data)
+                    if self.hold_at is not None and self.sent >= self.hold_at:
+                        self.flowing.clear()
                 dst.sendall(data)
         except OSError:
             pass
@@ -57,13 +69,24 @@ class CutProxy:
             except OSError:
                 pass
 
+    def hold(self, after: int = 0) -> None:
+        """Hold back what the server sends (until the next cut) from now on, or once the
+        clients sent `after` bytes more; requests still go through."""
+        if after:
+            self.hold_at = self.sent + after
+        else:
+            self.flowing.clear()
+
     def cut(self) -> int:
-        """Reset every connection going through; how many were cut."""
+        """Reset every connection going through (what was held back is lost); how many
+        were cut."""
         with self.lock:
             pairs, self.pairs = self.pairs, []
             for a, b in pairs:
                 _reset(a)
                 _reset(b)
+        self.hold_at = None
+        self.flowing.set()
         self.cuts += 1
         return len(pairs)
 

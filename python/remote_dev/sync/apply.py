@@ -32,6 +32,15 @@ class PushCommit:
         self.result = result
         self.written: set[str] = set()   # paths the agent was asked to write or delete
 
+    def in_flight(self, writes: list[tuple[Send, str, LocalEntry]]) -> None:
+        """Writes about to be sent (item, content hash, what was read): journaled before
+        they go out, so that a write whose answer is lost is known as ours (records.py)."""
+        self.records.in_flight({item.rel: Record(entry.kind, entry.size, entry.mtime_ns, h, 0, 0, entry.mode, "push")
+                                for item, h, entry in writes})
+
+    def deleting(self, rels: list[str]) -> None:
+        self.records.in_flight(dict.fromkeys(rels))
+
     def same(self, item: Send, content_hash: str, entry: LocalEntry) -> None:
         """Read, and its content is what the last sync left: only the new stat is recorded."""
         rec = self.records.data[item.rel]
@@ -44,6 +53,7 @@ class PushCommit:
         ["error", message].  large: a staged file, sent before its hash was known; when
         its content turns out to be what was recorded it counts as unchanged."""
         self.written.add(item.rel)
+        self.records.landed(item.rel)
         status = answer[0]
         if status == OK:
             unchanged = large and content_unchanged(self.records.get(item.rel), entry.kind, content_hash,
@@ -66,6 +76,7 @@ class PushCommit:
     def deleted(self, rel: str, answer: list[Any]) -> None:
         """The agent's answer to a delete: ok | gone (already) | conflict | error."""
         self.written.add(rel)
+        self.records.landed(rel)
         if answer[0] in (OK, GONE):
             self.records.drop(rel)
             self.result.deleted += answer[0] == OK

@@ -7,6 +7,11 @@ answer is taken after it.  What vanished there is sent again, what changed there
 it did not change here is a conflict (``!`` overwrites), a file merely touched there is
 re-recorded.  A dry run reports the same.  The agent also checks each write against the
 record's remote state when it writes (see reconcile.py).
+
+Writes are journaled as in flight before they go out (records.py); a push that finds some
+left by an earlier one (cut, or its process killed, before the answers came) first asks
+the remote for those paths and records what it finds there as sent as this tool's own
+write (settle), so it is neither a conflict nor sent again.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ class Push:
         agent = await self.sess.ensure()
         check = RemoteCheck(self.records, state.check, target.name, target.remote_root, paths)
         try:
+            if self.records.pending:
+                await self.settle(agent)
             check.start(agent)
             await agent.drain()
             plan = await asyncio.to_thread(self.scan_and_plan, paths, self.force, dry_run)
@@ -129,6 +136,29 @@ class Push:
         self.scanner.requeue(self.result.not_pushed())  # looked at again next time
         self.progress(force=True)
         return self.result
+
+    async def settle(self, agent: AgentChannel) -> None:
+        """Writes an earlier push left in flight (cut before their answers came): those
+        the remote has as they were sent are recorded as this tool's writes, not taken for
+        changes made there (reconcile.settle_pending)."""
+        rels = sorted(self.records.pending)
+        try:
+            states = await agent.call("state", self.sess.target.remote_root, rels)
+        except (asyncssh.Error, OSError) as e:
+            raise ConnectError(f"{self.sess.target.host}: connection to the agent lost: {e}", kind="lost",
+                               retry=True) from None
+        adopted = 0
+        for rel, there in zip(rels, states):
+            verdict, rec = reconcile.settle_pending(self.records.pending[rel], there)
+            if verdict == reconcile.ADOPT and rec is not None:
+                self.records.set(rel, rec)
+                adopted += 1
+            elif verdict == reconcile.DROP:
+                self.records.drop(rel)
+            self.records.landed(rel)
+        log.info("push %s: %d of %d writes of an interrupted push found on the remote", self.sess.target.name,
+                 adopted, len(rels))
+        await asyncio.to_thread(self.records.save)
 
     async def transfer(self, agent: AgentChannel, sends: list[Send], deletes: list[str]) -> None:
         meter = self.sess.state(LinkMeter)

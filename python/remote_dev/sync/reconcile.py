@@ -4,6 +4,11 @@ here: what needs the disk or the network comes in as data (or, for a lazily comp
 hash, a function), so every case is a table-driven unit test (tests/test_reconcile.py).
 
 Push, in the order push.py asks:
+  settle_pending
+              writes a cut push left in flight (records.pending) vs the remote's state
+              -> adopted (the remote has what was sent: the write landed, its answer was
+              lost) / dropped (a delete landed) / left to the rules below (it never
+              landed, or the remote changed since).
   plan_push   local stat vs records -> send / unchanged / skipped (over
               sync.max_file_size) / delete on the remote (only what this tool pushed and
               is gone here; pulled files never cause a remote delete).
@@ -112,6 +117,23 @@ def plan_push(local: Mapping[str, LocalEntry], records: Mapping[str, Record], sc
         if missing(rel):
             plan.delete.append(rel)
     return plan
+
+
+ADOPT, DROP, KEEP = "adopt", "drop", "keep"
+
+
+def settle_pending(sent: Record | None, there: list[Any] | None) -> tuple[str, Record | None]:
+    """A write (sent: the Record it would leave, remote half unknown) or a delete (sent
+    None) whose answer never came, against what the remote has there now ([kind, size,
+    mtime_ns, hash] or None): (ADOPT, the record: the remote has exactly what was sent),
+    (DROP, None: a delete, and nothing is there) or (KEEP, None: the write did not land,
+    or something else is there since -- the record stays, so a change there is still a
+    conflict)."""
+    if sent is None:
+        return (DROP, None) if there is None else (KEEP, None)
+    if there is not None and there[0] == sent.kind and len(there) > 3 and there[3] == sent.hash:
+        return ADOPT, sent._replace(rsize=there[1], rmtime=there[2], origin="push")
+    return KEEP, None
 
 
 @dataclass

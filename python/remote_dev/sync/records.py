@@ -8,9 +8,18 @@ records it relies on (check.py), so what vanished or changed there is seen.  ``c
 lists the paths set or dropped, in order, so that check sends only what changed since the
 agent last heard.
 
+Writes in flight (``pending``): before a push sends a write or a delete, its path and the
+content it sends (a Record whose remote half is not known yet; None for a delete) are
+appended to the journal at once, and dropped when the agent answers.  A push cut after the
+agent wrote but before its answer came back leaves them there: the next push asks the
+remote for those paths first and adopts what is its own write (reconcile.settle_pending)
+instead of calling it a change made there by hand.
+
 On disk (per target, see ``state.records_for``): a msgpack snapshot
-``{"v": RECORDS_VERSION, "records": {rel: [8 fields]}}`` plus an append-only journal of
-``{rel: [8 fields] | None}`` maps.  A ``Record`` is a NamedTuple, which msgpack packs as
+``{"v": RECORDS_VERSION, "records": {rel: [8 fields]}, "pending": {rel: [8 fields] | None}}``
+plus an append-only journal of ``{rel: [8 fields] | None}`` maps; the key "" (never a
+path) of a journal map carries changes of the writes in flight, ``{rel: [8 fields] | None
+| False}`` (False: no longer in flight).  A ``Record`` is a NamedTuple, which msgpack packs as
 the same array the earlier positional lists were: the format is unchanged and
 RECORDS_VERSION stays 2.  A snapshot of another version, or one that cannot be read,
 starts afresh (an empty table: the next push compares contents with the remote, so
@@ -72,6 +81,8 @@ class SyncRecords:
         self.journal = path.with_name(path.name + ".journal")
         self.data: dict[str, Record] = {}
         self.dirty: dict[str, Record | None] = {}
+        self.pending: dict[str, Record | None] = {}    # writes (deletes: None) in flight, see above
+        self.dirty_pending: dict[str, Record | None | bool] = {}
         self.journal_entries = 0
         self.uid = os.urandom(6).hex()       # names this table (as loaded) to the agent's check
         self.changes: list[str] = []         # paths set or dropped since it was loaded, in order
@@ -91,9 +102,11 @@ class SyncRecords:
                 raw = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=False, unicode_errors="surrogateescape")
                 if isinstance(raw, dict) and raw.get("v") == RECORDS_VERSION:
                     self.data = {rel: _record(rec) for rel, rec in raw["records"].items()}
+                    self.pending = {rel: None if rec is None else _record(rec)
+                                    for rel, rec in (raw.get("pending") or {}).items()}
             except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
                 log.warning("sync records %s unreadable (%s): starting afresh", self.path, e)
-                self.data = {}
+                self.data, self.pending = {}, {}
         if self.journal.exists():
             try:
                 unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="surrogateescape")
@@ -101,12 +114,21 @@ class SyncRecords:
                 for change in unpacker:
                     for rel, rec in change.items():
                         self.journal_entries += 1
-                        if rec is None:
+                        if rel == "" and isinstance(rec, dict):
+                            self.load_pending(rec)
+                        elif rec is None:
                             self.data.pop(rel, None)
                         else:
                             self.data[rel] = _record(rec)
             except (ValueError, TypeError, msgpack.UnpackException) as e:
                 log.warning("sync journal %s: stopped at a damaged entry (%s)", self.journal, e)
+
+    def load_pending(self, changes: dict[str, Any]) -> None:
+        for rel, rec in changes.items():
+            if rec is False:
+                self.pending.pop(rel, None)
+            else:
+                self.pending[rel] = None if rec is None else _record(rec)
 
     def get(self, rel: str) -> Record | None:
         return self.data.get(rel)
@@ -125,18 +147,42 @@ class SyncRecords:
         rec = self.data.get(rel)
         return None if rec is None else rec.expect()
 
-    def save(self) -> None:
-        if not self.dirty:
+    def in_flight(self, writes: dict[str, Record | None]) -> None:
+        """Writes (rel: the Record the write would leave, remote half unknown) and deletes
+        (rel: None) about to be sent: journaled at once (with what else changed), before
+        they go out."""
+        if writes:
+            self.pending.update(writes)
+            self.dirty_pending.update(writes)
+            try:
+                self.save(snapshot=False)
+            except OSError as e:   # kept in memory, written with the next save
+                log.warning("sync journal %s: cannot note the writes in flight (%s)", self.journal, e)
+
+    def landed(self, rel: str) -> None:
+        """The agent answered for rel: its write is no longer in flight."""
+        if rel in self.pending:
+            del self.pending[rel]
+            self.dirty_pending[rel] = False
+
+    def save(self, snapshot: bool = True) -> None:
+        """What changed, as a journal entry; as a new snapshot instead once the journal
+        grew (unless not snapshot)."""
+        if not self.dirty and not self.dirty_pending:
             return
-        dirty, self.dirty = self.dirty, {}
+        dirty: dict[str, Any] = dict(self.dirty)
+        if self.dirty_pending:
+            dirty[""] = self.dirty_pending
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.journal_entries + len(dirty) > max(4096, len(self.data) // 2):
+        if snapshot and self.journal_entries + len(dirty) > max(4096, len(self.data) // 2):
             tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-            tmp.write_bytes(msgpack.packb({"v": RECORDS_VERSION, "records": self.data}, use_bin_type=True, unicode_errors="surrogateescape"))
+            tmp.write_bytes(msgpack.packb({"v": RECORDS_VERSION, "records": self.data, "pending": self.pending},
+                                          use_bin_type=True, unicode_errors="surrogateescape"))
             tmp.replace(self.path)
             self.journal.unlink(missing_ok=True)
             self.journal_entries = 0
-            return
-        with open(self.journal, "ab") as f:
-            f.write(msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape"))
-        self.journal_entries += len(dirty)
+        else:
+            with open(self.journal, "ab") as f:
+                f.write(msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape"))
+            self.journal_entries += len(dirty)
+        self.dirty, self.dirty_pending = {}, {}   # only once written: a failed save is tried again

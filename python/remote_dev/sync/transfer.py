@@ -278,6 +278,7 @@ class Sender:
                     self.join(chan)
             await self.wait_feeders()
             if deletes:
+                self.commit.deleting(deletes)
                 ops = [delete_op(rel, self.commit.records.expect(rel), force) for rel in deletes]
                 for rel, answer in zip(deletes, await agent.call("push", self.root, ops)):
                     self.commit.deleted(rel, answer)
@@ -366,6 +367,7 @@ class Sender:
             if prep.method:
                 await lane.room(prep.wire)
                 self.check()
+                self.commit.in_flight([(r.item, r.hash, r.entry) for r in prep.ops])
                 fut = chan.send(prep.method, *prep.params)
                 self.on_wire(lane, fut, prep.wire, lambda blob, prep=prep: self.batch_done(prep, unpack_answers(blob)))
                 await chan.drain()
@@ -415,6 +417,7 @@ class Sender:
             consume(ahead)
         entry = LocalEntry(FILE, sent, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
         hd = finish(h)
+        self.commit.in_flight([(item, hd, entry)])
         fut = chan.send("push", self.root, [staged_op(item.rel, item.expect, item.force, hd, entry.mode, token)])
 
         def placed(answers: list[Any]) -> None:
