@@ -516,6 +516,46 @@ def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
     check()
 
 
+def test_what_changes_while_folders_are_not_yet_watched_is_looked_at_again(tmp_path):
+    """A whole-tree scan watches the folders that held nothing listed after the scan, in a
+    thread; what appeared, changed or went away in a folder before its watch was in place
+    (after git listed it) is named by the next changes(), through the folder's mtime and
+    its entries' ctimes."""
+    import time
+
+    from remote_dev.sync.scan import MTIME_SLACK_NS, Scanner
+
+    root = tmp_path / "tree"
+    for rel in ("a.py", "pkg/b.py", "pkg/c.py", "empty/nothing-listed/x.tmp"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x\n")
+    (root / ".gitignore").write_text("*.tmp\n")
+    time.sleep(2 * MTIME_SLACK_NS / 1e9)   # older than the scan: not looked at again
+    sc = Scanner(root)
+    try:
+        listed = set(sc.scan())
+        sc.settle()
+        assert {"", "pkg", "empty", "empty/nothing-listed"} <= sc.watcher.dirs
+        assert sc.changes() == []
+        # the race, replayed: the scan began at `since`; meanwhile, unwatched, pkg changed
+        since = time.time_ns() - MTIME_SLACK_NS
+        time.sleep(0.06)
+        (root / "pkg/new.py").write_text("new\n")
+        (root / "pkg/c.py").unlink()
+        (root / "pkg/b.py").write_text("changed\n")
+        sc.watcher.reset()   # as if the watch came after these
+        sc._watch_rest(sc.watcher, since, listed)
+        assert sc.changes() == ["pkg/b.py", "pkg/c.py", "pkg/new.py"]
+        # folders older than the scan cost nothing
+        sc._watch_rest(sc.watcher, time.time_ns(), listed)
+        assert sc.changes() == []
+        # a file appearing in a folder with nothing listed, after the scan: seen
+        (root / "empty/nothing-listed/new.py").write_text("seen\n")
+        assert sc.changes() == ["empty/nothing-listed/new.py"]
+    finally:
+        sc.close()
+
+
 # --------------------------------------------------------------------------- the agent refuses
 
 

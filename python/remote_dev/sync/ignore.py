@@ -243,8 +243,8 @@ class Walker:
         whole tree, or what lies at or under the given relative paths."""
         return [rel + "/" if what == "repo" else rel for rel, what in self._walk_paths(paths) if what != "dir"]
 
-    def dirs(self) -> list[str]:
+    def dirs(self) -> Iterator[str]:
         """Every folder the walk enters ("" is the root) and the top of every nested
         repository: what a watcher watches, so that a file appearing in a folder that held
         nothing listed is seen."""
-        return [rel for rel, _what in self._walk_paths(None, files=False)]
+        return (rel for rel, _what in self._walk_paths(None, files=False))
