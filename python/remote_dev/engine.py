@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import hashlib
 import logging
 import os
@@ -65,17 +64,6 @@ def state_home() -> Path:
 
 
 ENGINE_THREAD = "remote-dev-engine"
-_frozen: list[bool] = []
-
-
-def freeze_once() -> None:
-    """Once per process, when the first connection is up: what is alive then (modules,
-    asyncssh, the host's own objects) lives as long as the process, so the garbage
-    collector stops walking it (gc.freeze).  Its full collections are then small: one at
-    the start of a whole-tree push of 7,500 files cost 13 ms before the first byte went."""
-    if not _frozen:
-        _frozen.append(True)
-        gc.freeze()
 
 
 class _IntoOurLog(logging.Filter):
@@ -184,7 +172,6 @@ class TargetSession(FeatureState):
             self.drop()
             raise
         log.info("connected to %s (agent %s, python %s)", t.host, self.hello.get("version"), self.hello.get("python"))
-        freeze_once()
 
     def drop(self) -> None:
         if self.agent is not None:
