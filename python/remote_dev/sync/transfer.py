@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..agent.protocol import FILE, LINK, OP_PAYLOAD, delete_op, digest, link_hash, link_op, pack_ops, staged_op, unpack_answers, write_op
+from ..agent.protocol import (FILE, LINK, OP_PAYLOAD, delete_op, digest, link_hash, link_op, pack_ops, staged_op,
+                              unpack_answers, write_op)
 from ..engine import TargetSession
 from ..errors import AgentCallError
 from ..rpc import AgentChannel
