@@ -16,28 +16,7 @@ from remote_dev import rpc
 from remote_dev.errors import RemoteDevError
 from remote_dev.sync import transfer, wire
 from remote_dev.sync.wire import LinkMeter
-
-
-def ctx(proj):
-    return {"cwd": str(proj.root)}
-
-
-def push(engine, proj, **args):
-    return engine.call_sync("push", ctx(proj), args, timeout=120)
-
-
-def pull(engine, proj, **args):
-    return engine.call_sync("pull", ctx(proj), args, timeout=120)
-
-
-def on_engine(engine, proj, fn):
-    async def go():
-        return await fn(engine.project(ctx(proj)).session())
-    return engine.submit(go()).result(60)
-
-
-def temps(path):
-    return [os.path.join(d, n) for d, _, names in os.walk(path) for n in names if ".rdtmp-" in n]
+from test_sync import agent_pid, cut_after, on_engine, ppid, pull, push, temps
 
 
 def slow_link(engine, proj, monkeypatch, rate):
@@ -152,34 +131,6 @@ def test_a_grown_remote_log_pulls_only_its_tail(engine, make_project):
 
 
 # --------------------------------------------------------------------------- cut connections
-
-
-def agent_pid(engine, proj):
-    async def pid(sess):
-        await sess.ensure()
-        return sess.hello["pid"]
-    return on_engine(engine, proj, pid)
-
-
-def ppid(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def cut_after(monkeypatch, method, count, cut):
-    """Cut the connection right after the count-th request of this method is sent."""
-    seen = {"n": 0}
-    orig = rpc.AgentChannel.send
-
-    def send(self, m, *params):
-        fut = orig(self, m, *params)
-        if m == method:
-            seen["n"] += 1
-            if seen["n"] == count:
-                cut()
-        return fut
-    monkeypatch.setattr(rpc.AgentChannel, "send", send)
-    return seen
 
 
 NOISE = ("Traceback", "never retrieved", "Exception in callback", "Task exception", "Error on reading")
