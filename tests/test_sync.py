@@ -131,6 +131,40 @@ def test_walker_matches_git_ls_files(tmp_path, global_excludes):
         assert sorted(Walker(plain).listing(paths)) == sorted(git_listing(repo, paths))
 
 
+def test_git_listing_as_git_writes_it(tmp_path, global_excludes):
+    """The scan reads git's listing as git writes it, tracked and untracked files from two
+    processes: the same paths as one `git ls-files -co`, a file in a merge conflict once
+    (git lists it per stage), and no listing at all when git fails."""
+    from remote_dev.sync.scan import GitListing, Scanner, git_listing_start
+
+    repo = tmp_path / "repo"
+    build_ignore_tree(repo)
+    ident = ("-c", "user.name=t", "-c", "user.email=t@t")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "normal.py", "src")
+    git(repo, *ident, "commit", "-q", "-m", "one")
+    git(repo, "checkout", "-q", "-b", "other")
+    (repo / "normal.py").write_text("theirs\n")
+    git(repo, *ident, "commit", "-q", "-am", "theirs")
+    git(repo, "checkout", "-q", "main")
+    (repo / "normal.py").write_text("ours\n")
+    git(repo, *ident, "commit", "-q", "-am", "ours")
+    merge = subprocess.run(["git", "-C", str(repo), *ident, "merge", "other"], capture_output=True)
+    assert merge.returncode != 0   # a conflict: normal.py has stages 1-3 in the index
+    raw = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "-c"], capture_output=True).stdout
+    assert raw.split(b"\0").count(b"normal.py") == 3
+    combined = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "-co", "--exclude-standard"],
+                              capture_output=True).stdout.decode().split("\0")[:-1]
+    listed = git_listing(repo)
+    assert listed.count("normal.py") == 1 and sorted(listed) == sorted(set(combined))
+    assert set(Scanner(repo, watch=False).scan()) == set(combined)
+    # git failing (no repository any more): what it listed does not count
+    shutil.rmtree(repo / ".git")
+    listing = GitListing(git_listing_start(repo))
+    assert list(listing) == [] and not listing.ok
+    assert git_listing(repo) is None
+
+
 def test_push_follows_git_ignores_exclude_and_pull(engine, make_project, global_excludes):
     proj = make_project(git=True, config_extra='[sync]\nexclude = ["data/", "*.ckpt", "!keep.ckpt"]\n'
                                                'pull = ["results/"]\n')
@@ -439,9 +473,9 @@ def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
     calls = {"git": 0}
     orig = scan_mod.git_listing_start
 
-    def counting(root, paths=None):
+    def counting(root, paths=None, which=("-c", "-o")):
         calls["git"] += 1
-        return orig(root, paths)
+        return orig(root, paths, which)
     monkeypatch.setattr(scan_mod, "git_listing_start", counting)
     proj = make_project(git=True)
     proj.write(".gitignore", "*.tmp\n")
@@ -517,37 +551,52 @@ def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
 
 
 def test_what_changes_while_folders_are_not_yet_watched_is_looked_at_again(tmp_path):
-    """A whole-tree scan watches the folders that held nothing listed after the scan, in a
-    thread; what appeared, changed or went away in a folder before its watch was in place
-    (after git listed it) is named by the next changes(), through the folder's mtime and
-    its entries' ctimes."""
+    """A whole-tree scan watches the tree's folders after the scan, in a thread; what
+    appeared, changed or went away before its folder's watch was in place (after the scan
+    stat'ed it) is named by the next changes(): a listed file through its ctime (even when
+    its folder's entries did not change), a folder's entries through its mtime and their
+    ctimes.  Folders watched before the scan began are not looked at again: their news
+    are inotify events."""
     import time
 
     from remote_dev.sync.scan import MTIME_SLACK_NS, Scanner
 
     root = tmp_path / "tree"
-    for rel in ("a.py", "pkg/b.py", "pkg/c.py", "empty/nothing-listed/x.tmp"):
+    for rel in ("a.py", "pkg/b.py", "pkg/c.py", "lib/d.py", "empty/nothing-listed/x.tmp"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("x\n")
     (root / ".gitignore").write_text("*.tmp\n")
     time.sleep(2 * MTIME_SLACK_NS / 1e9)   # older than the scan: not looked at again
     sc = Scanner(root)
     try:
-        listed = set(sc.scan())
+        listed = list(sc.scan())
+        assert sc.watcher.dirs == {""}    # the others come after the scan
         sc.settle()
-        assert {"", "pkg", "empty", "empty/nothing-listed"} <= sc.watcher.dirs
+        assert {"", "pkg", "lib", "empty", "empty/nothing-listed"} <= sc.watcher.dirs
         assert sc.changes() == []
-        # the race, replayed: the scan began at `since`; meanwhile, unwatched, pkg changed
+        # the race, replayed: the scan began at `since`; meanwhile, unwatched, pkg's entries
+        # changed, and lib/d.py was rewritten in place (lib's entries did not change)
         since = time.time_ns() - MTIME_SLACK_NS
         time.sleep(0.06)
         (root / "pkg/new.py").write_text("new\n")
         (root / "pkg/c.py").unlink()
         (root / "pkg/b.py").write_text("changed\n")
-        sc.watcher.reset()   # as if the watch came after these
-        sc._watch_rest(sc.watcher, since, listed)
-        assert sc.changes() == ["pkg/b.py", "pkg/c.py", "pkg/new.py"]
-        # folders older than the scan cost nothing
-        sc._watch_rest(sc.watcher, time.time_ns(), listed)
+        with open(root / "lib/d.py", "r+") as f:
+            f.write("y")
+        sc.watcher.reset()   # as if the watches came after these
+        sc._watch_rest(sc.watcher, since, listed, {""})
+        assert sc.changes() == ["lib/d.py", "pkg/b.py", "pkg/c.py", "pkg/new.py"]
+        # what was watched before the scan began is not looked at again
+        with open(root / "lib/d.py", "r+") as f:
+            f.write("z")
+        sc.watcher.reset()
+        sc._watch_rest(sc.watcher, since, listed, set(sc.watcher.dirs))
+        assert sc.changes() == []
+        # files and folders older than the scan cost nothing
+        listed = list(sc.scan())
+        sc.settle()
+        assert sc.changes() == []
+        sc._watch_rest(sc.watcher, time.time_ns(), listed, {""})
         assert sc.changes() == []
         # a file appearing in a folder with nothing listed, after the scan: seen
         (root / "empty/nothing-listed/new.py").write_text("seen\n")
@@ -814,6 +863,21 @@ def test_saves_in_quick_succession_coalesce(engine, make_project):
 
 
 # --------------------------------------------------------------------------- records
+
+
+def test_a_big_push_folds_its_journal_after_it(engine, make_project):
+    """A push's records go to the journal when it ends; one that grew it past the
+    threshold has it folded into a snapshot right after (under the sync lock), so the
+    push does not wait for that."""
+    proj = make_project()
+    for i in range(4200):
+        proj.write(f"many/f{i}.txt", f"{i}\n")
+    res = push(engine, proj)
+    assert res["files"] >= 4200 and not res["errors"]
+    snaps = wait_for(lambda: [p for p in Path(os.environ["XDG_STATE_HOME"]).rglob("sync-*.msgpack")
+                              if not p.with_name(p.name + ".journal").exists()], what="the snapshot")
+    assert len(snaps) == 1
+    assert len(SyncRecords(snaps[0]).data) == res["files"]
 
 
 def test_records_journal_and_compaction(tmp_path):

@@ -10,24 +10,28 @@ inside the tree) are listed with their own rules.  Symlinks are entries of their
 
 The Scanner remembers whether git answers, and where inotify exists (watch.Watcher) a
 whole-tree scan also starts watching the tree's folders: ``changes()`` then names what
-may have changed since, so a push with nothing to do stats nothing.  The folders of listed
-files are watched before their files are stat'ed; the others (empty, or holding only
-ignored files: a file appearing there must be seen too) after the scan, in a thread, while
-the push already sends (on the bench tree that walk is ~40 ms of a ~100 ms scan).  What
-changed in a folder before its watch was in place is looked at again by the next push:
-the folder's mtime says whether its entries changed since the scan began, their ctimes
-which (and a listed file gone from it is named too).
+may have changed since, so a push with nothing to do stats nothing.  The folders are
+watched after the scan, in a thread the push starts once it is done (on the bench tree the
+watches are ~30 ms and the walk of the folders holding nothing listed ~40 ms: in the scan
+they were most of its ~100 ms, and during the push they slowed its sending).  What changed
+before its folder's watch was in place is looked at again by the next push: a listed file
+whose ctime is not older than the scan, and in a folder whose mtime says its entries
+changed since the scan began, what appeared there (ctime) or went away.
+
+git lists the tracked and the untracked files in two processes, read as they write: the
+tracked ones (from git's index, at once) are stat'ed while the other still walks the tree.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import stat
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,6 +42,7 @@ from .watch import Watcher
 MAX_CHANGES = 2000        # more changed paths than this: a full scan is cheaper
 MTIME_SLACK_NS = 50_000_000   # folder mtimes come from a coarse clock: "since" starts this much earlier
 YIELD_EVERY = 16          # folders the background watch walks between letting other threads run
+GIT_TIMEOUT = 300.0       # seconds git may take to list the tree
 RESCAN_AFTER = 600.0      # seconds: a full scan now and then, whatever the watcher says
 _DIR_FD = os.stat in os.supports_dir_fd and os.stat in os.supports_follow_symlinks
 
@@ -127,8 +132,10 @@ def git_dir(root: Path) -> str | None:
     return gdir or None
 
 
-def git_listing_start(root: Path, paths: Iterable[str] | None = None) -> subprocess.Popen[bytes] | None:
-    argv = ["git", "-c", "core.quotepath=off", "ls-files", "-z", "-c", "-o", "--exclude-standard"]
+def git_listing_start(root: Path, paths: Iterable[str] | None = None, which: tuple[str, ...] = ("-c", "-o")
+                      ) -> subprocess.Popen[bytes] | None:
+    """git ls-files of the tracked (-c) and/or untracked, not ignored (-o) paths."""
+    argv = ["git", "-c", "core.quotepath=off", "ls-files", "-z", *which, "--exclude-standard"]
     if paths is not None:
         argv += ["--", *(f":(literal){p}" if p not in ("", ".") else "." for p in paths)]
     try:
@@ -138,24 +145,59 @@ def git_listing_start(root: Path, paths: Iterable[str] | None = None) -> subproc
         return None
 
 
-def git_listing_finish(proc: subprocess.Popen[bytes]) -> list[str] | None:
-    try:
-        out, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return None
-    if proc.returncode != 0:
-        return None
-    # a tracked file in conflict is listed once per stage: keep the first
-    return list(dict.fromkeys(out.decode("utf-8", "surrogateescape").split("\0")[:-1]))
+class GitListing:
+    """The paths a git_listing_start process writes, in parts as they come (each path
+    once: a tracked file in conflict is listed once per stage); ``ok`` afterwards: git
+    answered (exit 0, within GIT_TIMEOUT), else what was listed does not count."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.ok = False
+
+    def __iter__(self) -> Iterator[list[str]]:
+        proc = self.proc
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        deadline = time.monotonic() + GIT_TIMEOUT
+        seen: set[str] = set()
+        tail = b""
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    proc.kill()
+                    return
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    break
+                *names, tail = (tail + data).split(b"\0")
+                part = []
+                for raw in names:
+                    name = raw.decode("utf-8", "surrogateescape")
+                    if name not in seen:
+                        seen.add(name)
+                        part.append(name)
+                if part:
+                    yield part
+            self.ok = proc.wait(max(0.0, deadline - time.monotonic())) == 0 and not tail
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        finally:
+            proc.stdout.close()
+            if not self.ok:
+                proc.kill()
+                proc.wait()
 
 
 def git_listing(root: Path, paths: Iterable[str] | None = None) -> list[str] | None:
     """Paths git would consider (tracked + untracked not ignored), relative to root,
     limited to the given relative paths when any; None when git cannot answer."""
     proc = git_listing_start(root, paths)
-    return None if proc is None else git_listing_finish(proc)
+    if proc is None:
+        return None
+    listing = GitListing(proc)
+    out = [name for part in listing for name in part]
+    return out if listing.ok else None
 
 
 # --------------------------------------------------------------------------- scanner
@@ -190,20 +232,32 @@ class Scanner:
         """Wait for the background watch of the last whole-tree scan."""
         t = self.background
         if t is not None:
+            self.start_watch()
             t.join()
             self.background = None
 
-    def _watch_rest(self, w: Watcher, since_ns: int, listed: set[str]) -> None:
-        """After a whole-tree scan (in a thread): watch every folder the walk enters; then,
-        in each folder whose entries changed since the scan began (before its watch was in
-        place), look again next time at what appeared there (ctime) or went away."""
+    def _watch_rest(self, w: Watcher, since_ns: int, listed: list[str], watched: set[str]) -> None:
+        """After a whole-tree scan (in a thread): watch the folders of the listed files
+        and every folder the walk enters; then look again next time at what may have
+        changed before its folder's watch was in place (``watched``: the folders watched
+        before the scan): a listed file changed since the scan began (ctime), and in each
+        folder whose entries changed since, what appeared there (ctime) or went away."""
+        if not w.valid:
+            return
         try:
+            for n, rel in enumerate(listed):
+                w.watch_parents(rel)
+                if n % (YIELD_EVERY * 16) == 0:
+                    time.sleep(0)   # the GIL to the push's threads, which wait for it otherwise
             for n, d in enumerate(Walker(self.root).dirs()):
                 w.watch(d)
                 if n % YIELD_EVERY == 0:
-                    time.sleep(0)   # the GIL to the push's threads, which wait for it otherwise
+                    time.sleep(0)
+            self._changed_before_watch(listed, watched, since_ns)
             by_dir: dict[str, set[str]] | None = None
             for d in list(w.dirs):
+                if d in watched:
+                    continue
                 full = os.path.join(self.root, d) if d else str(self.root)
                 try:
                     if os.lstat(full).st_mtime_ns < since_ns:
@@ -222,6 +276,21 @@ class Scanner:
                 self.pending.update(prefix + name for name in by_dir.get(d, ()) if name not in names)
         except Exception:  # noqa: BLE001 - never half-watched: the next push scans the tree
             w.valid = False
+
+    def _changed_before_watch(self, listed: list[str], watched: set[str], since_ns: int) -> None:
+        """Listed files in folders watched only after the scan stat'ed them, changed
+        since the scan began (ctime: content, mode, or replaced): looked at again."""
+        root = os.path.join(self.root, "")
+        for n, rel in enumerate(listed):
+            if rel.rpartition("/")[0] in watched:
+                continue
+            try:
+                if os.lstat(root + rel).st_ctime_ns >= since_ns:
+                    self.pending.add(rel)
+            except OSError:
+                self.pending.add(rel)   # gone meanwhile
+            if n % (YIELD_EVERY * 16) == 0:
+                time.sleep(0)
 
     def changes(self) -> list[str] | None:
         """Paths that may differ from what the last whole-tree scan saw (plus paths to look
@@ -279,7 +348,7 @@ class Scanner:
             self.watcher.close()
             self.watcher = None
 
-    def _prepare_watcher(self, hint: Iterable[str] | None) -> Watcher | None:
+    def _prepare_watcher(self) -> Watcher | None:
         w = self.watcher
         if w is None or not w.valid:
             if w is not None:
@@ -291,9 +360,6 @@ class Scanner:
                 self.watcher = None
                 return None
         w.watch("")
-        if hint is not None:
-            for rel in hint:
-                w.watch_parents(rel)
         w.reset()
         self.pending.clear()
         return w
@@ -314,19 +380,26 @@ class Scanner:
         since = time.time_ns() - MTIME_SLACK_NS
         if paths is None and self.watch and track:
             stamps = self._stamps()
-            w = self._prepare_watcher(hint)
+            w = self._prepare_watcher()
+        watched = set(w.dirs) if w is not None else set()   # before any stat: no news lost there
         out: dict[str, LocalEntry] = {}
-        self._scan(self.root, "", paths, bool(self.git), 0, out, hint, w)
+        self._scan(self.root, "", paths, bool(self.git), 0, out, hint)
         if w is not None and w.valid:
             self.stamps = stamps
             self.last_full = time.monotonic()
-            self.background = threading.Thread(target=self._watch_rest, args=(w, since, set(out)),
+            self.background = threading.Thread(target=self._watch_rest, args=(w, since, list(out), watched),
                                                daemon=True, name="rd-watch")
-            self.background.start()
         return out
 
+    def start_watch(self) -> None:
+        """Start the background watch of the last whole-tree scan (a push starts it when
+        it is done: until then the GIL and the cores are the push's)."""
+        t = self.background
+        if t is not None and t.ident is None:
+            t.start()
+
     def _scan(self, root: Path, prefix: str, paths: list[str] | None, use_git: bool, depth: int,
-              out: dict[str, LocalEntry], hint: Iterable[str] | None = None, w: Watcher | None = None) -> None:
+              out: dict[str, LocalEntry], hint: Iterable[str] | None = None) -> None:
         base = str(root)
         try:
             root_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if _DIR_FD else None
@@ -340,29 +413,42 @@ class Scanner:
                 def lstat(rel: str) -> os.stat_result:
                     return os.lstat(os.path.join(base, rel))
             pre: dict[str, os.stat_result] = {}
-            listing = None
             if use_git:
-                proc = git_listing_start(root, paths)
-                if proc is not None:
+                # the untracked ones take git a walk of the tree: the tracked ones are
+                # stat'ed meanwhile (and the hint's paths, while git reads its index)
+                procs = [git_listing_start(root, paths, (which,)) for which in ("-o", "-c")]
+                if None not in procs:
                     if hint is not None and not prefix:
-                        # git walks the tree in its own process meanwhile
                         for rel in hint:
                             try:
                                 pre[rel] = lstat(rel)
                             except OSError:
                                 pass
-                    listing = git_listing_finish(proc)
-            if listing is None:
-                listing = Walker(root).listing(paths)
-            self._collect(root, prefix, paths, depth, listing, pre, lstat, out, w)
+                    got: dict[str, LocalEntry] = {}
+                    listings = [GitListing(proc) for proc in reversed(procs)]   # type: ignore[arg-type]
+                    for listing in listings:
+                        for part in listing:
+                            self._collect(root, prefix, paths, depth, part, pre, lstat, got)
+                        if not listing.ok:
+                            break
+                    if all(listing.ok for listing in listings):
+                        out.update(got)
+                        return
+                for proc in procs:
+                    if proc is not None:
+                        if proc.poll() is None:
+                            proc.kill()
+                            proc.wait()
+                        if proc.stdout is not None:
+                            proc.stdout.close()
+            self._collect(root, prefix, paths, depth, Walker(root).listing(paths), pre, lstat, out)
         finally:
             if root_fd is not None:
                 os.close(root_fd)
 
     def _collect(self, root: Path, prefix: str, paths: list[str] | None, depth: int, listing: list[str],
-                 pre: dict[str, os.stat_result], lstat: Any, out: dict[str, LocalEntry], w: Watcher | None) -> None:
+                 pre: dict[str, os.stat_result], lstat: Any, out: dict[str, LocalEntry]) -> None:
         excluded = self.excluder.excluded if self.excluder.spec is not None else None
-        dirs = w.dirs if w is not None else None
         for rel in listing:
             nested = rel.endswith("/")
             if nested:
@@ -372,8 +458,6 @@ class Scanner:
                 continue
             if excluded is not None and excluded(full_rel):
                 continue
-            if w is not None and dirs is not None and full_rel.rpartition("/")[0] not in dirs:
-                w.watch_parents(full_rel)  # before the stat: a change after it is an event
             st = pre.get(rel)
             if st is None:
                 try:
@@ -396,4 +480,4 @@ class Scanner:
                     if paths is not None:
                         inner = [p[len(rel) + 1:] for p in paths if p.startswith(rel + "/")] or None
                     sub = Path(full)
-                    self._scan(sub, full_rel + "/", inner, git_dir(sub) is not None, depth + 1, out, None, w)
+                    self._scan(sub, full_rel + "/", inner, git_dir(sub) is not None, depth + 1, out)
