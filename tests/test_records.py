@@ -73,3 +73,22 @@ def test_writes_in_flight_are_journaled_before_they_go_out(tmp_path):
     r.landed("b.py")
     r.save()
     assert SyncRecords(path).pending == {}
+
+
+def test_a_push_leaves_the_snapshot_for_after_it(tmp_path):
+    """save(snapshot=False) only appends, however long the journal grew (a push saves so
+    at its end); compact() then folds a journal that grew into a snapshot."""
+    path = tmp_path / "sync-x.msgpack"
+    r = SyncRecords(path)
+    for i in range(5000):
+        r.set(f"f{i}", REC)
+    r.save(snapshot=False)
+    assert r.journal.exists() and not path.exists() and r.compaction_due()
+    r.set("late", REC)
+    r.in_flight({"w": REC})
+    r.compact()
+    assert not r.journal.exists() and not r.compaction_due()
+    back = SyncRecords(path)
+    assert len(back.data) == 5001 and back.pending == {"w": REC}
+    r.compact()   # nothing due: nothing written
+    assert not r.journal.exists()

@@ -300,3 +300,24 @@ def test_large_files_are_streamed_both_ways(engine, make_project, monkeypatch):
     assert pushed_peak < limit and pulled_peak < limit, (pushed_peak, pulled_peak)
     assert agent_push_peak < max(base, 0) + limit and agent_pull_peak < base + limit, \
         (base, agent_push_peak, agent_pull_peak)
+
+
+def test_batches_start_small_and_end_small():
+    """Batches of small files double from FIRST_BATCH up to BATCH_BYTES (the wire starts at
+    once) and halve again towards the end (the last answer follows the last byte closely);
+    sorted by suffix, then path; each file once."""
+    from remote_dev.sync.reconcile import Send
+    from remote_dev.sync.scan import LocalEntry
+
+    rng = random.Random(3)
+    items = [Send(f"d{i % 37}/f{i}.{('py', 'txt', 'json')[i % 3]}", LocalEntry("f", rng.randint(1000, 40000), 0, 0o644),
+                  None) for i in range(3000)]
+    batches = transfer.batches_of(items)
+    sizes = [sum(i.entry.size + 200 for i in b) for b in batches]
+    flat = [i for b in batches for i in b]
+    assert sorted(i.rel for i in flat) == sorted(i.rel for i in items) and len(flat) == len(items)
+    assert flat == sorted(items, key=transfer.by_suffix)
+    assert sizes[0] < 2 * transfer.FIRST_BATCH and sizes[1] < 3 * transfer.FIRST_BATCH
+    assert max(sizes) < transfer.BATCH_BYTES + 40200
+    assert sizes[-1] < 2 * transfer.FIRST_BATCH and sizes[-2] < 3 * transfer.FIRST_BATCH
+    assert sizes[-3] <= sizes[-4] + 40200 <= transfer.BATCH_BYTES + 80400

@@ -17,6 +17,7 @@ write (settle), so it is neither a conflict nor sent again.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from typing import Any
@@ -35,7 +36,7 @@ from .ignore import Excluder
 from .problem import SyncResult, done_payload, summarize
 from .reconcile import Policy, PushPlan, Send
 from .scan import LocalEntry, lstat_entry, rel_paths
-from .state import records_for, scanner_for, sync_state
+from .state import compact_later, records_for, scanner_for, sync_state
 from .transfer import Progress, Sender, channels_for
 from .wire import AckClock, Compressor, LinkMeter
 
@@ -58,6 +59,7 @@ class Push:
         self.whole_scan = False
         self.progress = Progress(engine.report, sess.target.name, self.result)
         self.commit = PushCommit(self.records, self.result)
+        self.gc_paused = False
 
     # -- local side (in a worker thread: listing and stats)
     def scan_and_plan(self, paths: list[str] | None, whole: bool, dry_run: bool) -> PushPlan | None:
@@ -109,6 +111,7 @@ class Push:
                 await self.settle(agent)
             check.start(agent)
             await agent.drain()
+            self.pause_gc()
             plan = await asyncio.to_thread(self.scan_and_plan, paths, self.force, dry_run)
             if plan is None:
                 self.result.unchanged += len(self.records.data)
@@ -126,16 +129,36 @@ class Push:
                 raise ConnectError(f"{target.host}: connection to the agent lost: {e}", kind="lost",
                                    retry=True) from None
             finally:
-                await asyncio.to_thread(self.records.save)
+                await asyncio.to_thread(self.records.save, False)   # a snapshot after it: compact_later
         except BaseException:
             check.forget()
             self.scanner.requeue(self.looked_at)  # the watcher's news must not get lost
             if self.whole_scan:
                 self.scanner.invalidate()
             raise
+        finally:
+            self.on_wire()
+            # the folders' watch is for the next push: it waits for this one, whose
+            # sending it would slow down (the GIL, the cores); what changes meanwhile is
+            # looked at again (scan.Scanner._watch_rest)
+            self.scanner.start_watch()
         self.scanner.requeue(self.result.not_pushed())  # looked at again next time
         self.progress(force=True)
         return self.result
+
+    def pause_gc(self) -> None:
+        """No garbage collection from the scan until the first request is on the wire: a
+        tree's scan allocates enough to set off a full collection of the process (~15 ms
+        in the bench's engine), which then comes while the wire is busy instead."""
+        if gc.isenabled():
+            gc.disable()
+            self.gc_paused = True
+
+    def on_wire(self) -> None:
+        """The first request is on the wire (or none goes): collections resume."""
+        if self.gc_paused:
+            self.gc_paused = False
+            gc.enable()
 
     async def settle(self, agent: AgentChannel) -> None:
         """Writes an earlier push left in flight (cut before their answers came): those
@@ -172,7 +195,7 @@ class Push:
         channels = channels_for(meter, self.sess.hello.get("cpus") or 1)
         try:
             await Sender(self.sess, self.proj.root, self.commit, self.progress, comp, AckClock(meter),
-                         channels).send_all(agent, sends, deletes, self.force)
+                         channels, self.on_wire).send_all(agent, sends, deletes, self.force)
         finally:
             comp.close()
             if comp.used:
@@ -232,6 +255,7 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
                                  f"{e.message}. Nothing half-written is left; :RemotePush again completes it.",
                                  kind="connect") from None
         ms = (time.perf_counter() - t0) * 1000
+    compact_later(proj, push.records)
     data = done_payload(proj.root, sess.target.name, res, ms, sess.target.host)
     if dry_run:
         data.update(dry_run=True, send=res.send, delete=res.delete)

@@ -28,10 +28,26 @@ class SyncState:
     save_pending: set[str] = field(default_factory=set)
     save_running: bool = False
     save_error: str | None = None
+    later: set[asyncio.Task[None]] = field(default_factory=set)   # work left for after a sync
 
 
 def sync_state(proj: Project) -> SyncState:
     return proj.state(SyncState)
+
+
+def compact_later(proj: Project, records: SyncRecords) -> None:
+    """Fold the records' journal into a snapshot after this sync, when it has grown (one
+    sync at a time: under the lock)."""
+    if not records.compaction_due():
+        return
+    st = sync_state(proj)
+
+    async def compact() -> None:
+        async with st.lock:
+            await asyncio.to_thread(records.compact)
+    task = asyncio.get_running_loop().create_task(compact())
+    st.later.add(task)
+    task.add_done_callback(st.later.discard)
 
 
 def scanner_for(proj: Project) -> Scanner:

@@ -121,15 +121,20 @@ def by_suffix(item: Send) -> tuple[str, str]:
 
 
 def batches_of(items: list[Send]) -> list[list[Send]]:
+    """The batches of small files, in the order they go: the first ones small and doubling
+    (the wire starts at once), the last ones halving (the remote writes the last one soon
+    after it has come, so its answer follows the last byte closely)."""
     out: list[list[Send]] = []
     cur: list[Send] = []
     size = 0
     limit = FIRST_BATCH
+    left = sum(item.entry.size + 200 for item in items)
     for item in sorted(items, key=by_suffix):
         cur.append(item)
         size += item.entry.size + 200
-        if size >= limit or len(cur) >= BATCH_OPS:
+        if size >= min(limit, max(FIRST_BATCH, left // 2)) or len(cur) >= BATCH_OPS:
             out.append(cur)
+            left -= size
             cur, size = [], 0
             limit = min(2 * limit, BATCH_BYTES)
     if cur:
@@ -249,7 +254,8 @@ class Sender:
     """Sends one push plan: send_all(agent, sends, deletes, force)."""
 
     def __init__(self, sess: TargetSession, local_root: Path, commit: PushCommit, progress: Progress,
-                 comp: Compressor, clock: AckClock, channels: int = PUSH_CHANNELS) -> None:
+                 comp: Compressor, clock: AckClock, channels: int = PUSH_CHANNELS,
+                 on_wire: Callable[[], None] | None = None) -> None:
         self.sess = sess
         self.root = sess.target.remote_root
         self.local_root = local_root
@@ -265,6 +271,7 @@ class Sender:
         self.feeders: list[asyncio.Task[None]] = []
         self.failure: BaseException | None = None
         self.channels = channels
+        self.first_on_wire = on_wire   # called once, when the first request is on the wire
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
         self.large = [i for i in sends if is_large(i)]
@@ -372,6 +379,9 @@ class Sender:
                 fut = chan.send(prep.method, *prep.params)
                 self.on_wire(lane, fut, prep.wire, lambda blob, prep=prep: self.batch_done(prep, unpack_answers(blob)))
                 await chan.drain()
+                if self.first_on_wire is not None:
+                    self.first_on_wire()
+                    self.first_on_wire = None
         while self.failure is None and self.large_claimed < len(self.large):
             item = self.large[self.large_claimed]
             self.large_claimed += 1
