@@ -276,6 +276,33 @@ class Bench:
         res = self.engine.call_sync(action, self.ctx(), args or {}, timeout=3600)
         return time.perf_counter() - t0, res
 
+    def ssh_floor(self, link: Link) -> float:
+        """What the SSH library alone takes to carry the tree's bytes: remote_dev's own
+        connection (asyncssh, its ciphers) streaming as many bytes in 1 MB writes into
+        `cat > /dev/null` -- no files read, hashed or written.  A floor for any push over
+        asyncssh on a link this fast."""
+        total = self.tree_size[1]
+        block = os.urandom(1 << 20)
+
+        async def stream() -> float:
+            conn = None
+            for proj in self.engine.projects.values():
+                sess = proj.sessions.get(link.target)
+                if sess is not None and sess.conn is not None:
+                    conn = sess.conn
+            assert conn is not None, "no open connection to measure"
+            proc = await conn.create_process("cat > /dev/null", encoding=None)
+            t0 = time.perf_counter()
+            left = total
+            while left > 0:
+                proc.stdin.write(block[:min(left, len(block))])
+                left -= len(block)
+                await proc.stdin.drain()
+            proc.stdin.write_eof()
+            await proc.wait()
+            return time.perf_counter() - t0
+        return median([self.engine.submit(stream()).result(300) for _ in range(3)])
+
     def drop_session(self, link: Link) -> None:
         async def drop() -> None:
             for proj in self.engine.projects.values():
@@ -337,6 +364,9 @@ class Bench:
                 r[f"init_{tool}"] = t
                 print(f"    {TOOL_NAMES[tool]:<16}{t:7.2f} s", flush=True)
             settle_disk()
+            if not link.wan and "init" in self.parts:
+                r["floor"] = self.ssh_floor(link)
+                print(f"    (asyncssh alone: the tree's bytes into cat > /dev/null {r['floor']:.2f} s)", flush=True)
         reps = self.args.repeat
         if "noop" in self.parts:
             print(f"[{link.label}] no-op push ...", flush=True)
@@ -502,7 +532,11 @@ class Bench:
                 ratio = r["init_rd"] / best
                 names = " / ".join(TOOL_NAMES[k[5:]] for k in best_key)
                 rows.append([f"{link.label}: initial push", *(s(r.get(f"init_{t}")) for t in cols),
-                             f"{ratio:.2f}x (vs {names})"])
+                             f"{ratio:.3f}x (vs {names})"])
+                if "floor" in r:
+                    info.append(f"{link.label}: asyncssh alone carries the tree's bytes (into cat > /dev/null, "
+                                f"remote_dev's connection) in {s(r['floor'])}, {r['floor'] / best:.2f}x "
+                                f"{names}'s whole push: the floor of a push over asyncssh here")
                 if link.wan:
                     targets.append((ratio <= 1.0, f"{link.label}: initial push <= 1.0x best of rsync -az and "
                                                   f"tar|zstd|ssh ({ratio:.2f}x)"))
