@@ -18,7 +18,9 @@ system's dist-packages -- each 1 KB..4 MB, valid UTF-8, taken in sorted order un
   * one file changed (median): remote_dev pushing that path (as push on save does) vs
     full-tree `rsync -a` / `rsync -az` (and, for reference, rsync -az of that one path);
   * pull of 32 MB of results (a 24 MB text log + 8 MB of random bytes) written on the remote:
-    remote_dev `pull` (sync.pull = ["results"]) vs `rsync -az` back.
+    remote_dev `pull` (sync.pull = ["results"]) vs `rsync -az` back;
+  * on loopback, with the initial push: asyncssh alone carrying the tree's bytes (remote_dev's
+    connection into `cat > /dev/null`), the floor of a push over asyncssh on that link.
 
 The remote folders (all tools alike) are on a tmpfs the bench mounts when it runs as root
 (--remote-fs disk: a folder on the disk instead).  This VM's root is an ext4 without a
