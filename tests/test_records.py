@@ -92,3 +92,24 @@ def test_a_push_leaves_the_snapshot_for_after_it(tmp_path):
     assert len(back.data) == 5001 and back.pending == {"w": REC}
     r.compact()   # nothing due: nothing written
     assert not r.journal.exists()
+
+
+def test_saves_make_their_folder_when_it_is_gone(tmp_path):
+    """The folder is made by the first save, and again when it was removed meanwhile (a
+    cleaned state folder), for the journal as for the snapshot."""
+    import shutil
+
+    path = tmp_path / "state" / "proj" / "sync-x.msgpack"
+    r = SyncRecords(path)
+    r.set("a.py", REC)
+    r.save()
+    assert SyncRecords(path).data == {"a.py": REC}
+    shutil.rmtree(tmp_path / "state")
+    r.set("b.py", REC)
+    r.save()
+    assert SyncRecords(path).data == {"b.py": REC}      # the journal alone: the snapshot went
+    shutil.rmtree(tmp_path / "state")
+    for i in range(5000):
+        r.set(f"f{i}", REC)
+    r.save()                                             # a snapshot
+    assert len(SyncRecords(path).data) == 5002 and not r.journal.exists()

@@ -173,14 +173,23 @@ class SyncRecords:
         dirty: dict[str, Any] = dict(self.dirty)
         if self.dirty_pending:
             dirty[""] = self.dirty_pending
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if snapshot and self.compaction_due(len(dirty)):
             self.snapshot()
         else:
-            with open(self.journal, "ab") as f:
+            with self.open(self.journal, "ab") as f:
                 f.write(msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape"))
             self.journal_entries += len(dirty)
             self.dirty, self.dirty_pending = {}, {}   # only once written: a failed save is tried again
+
+    def open(self, path: Path, mode: str) -> Any:
+        """path opened for writing; its folder made when it is not there (the first save,
+        or the state folder removed meanwhile) -- not looked at on every save: a push
+        journals each batch, from its event loop."""
+        try:
+            return open(path, mode)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, mode)
 
     def compaction_due(self, more: int = 0) -> bool:
         """The journal (with more entries) has grown enough to be folded into a snapshot."""
@@ -198,10 +207,10 @@ class SyncRecords:
     def snapshot(self) -> None:
         """All records and writes in flight as a new snapshot (a temporary file renamed);
         the journal goes."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-        tmp.write_bytes(msgpack.packb({"v": RECORDS_VERSION, "records": self.data, "pending": self.pending},
-                                      use_bin_type=True, unicode_errors="surrogateescape"))
+        with self.open(tmp, "wb") as f:
+            f.write(msgpack.packb({"v": RECORDS_VERSION, "records": self.data, "pending": self.pending},
+                                  use_bin_type=True, unicode_errors="surrogateescape"))
         tmp.replace(self.path)
         self.journal.unlink(missing_ok=True)
         self.journal_entries = 0
