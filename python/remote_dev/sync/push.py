@@ -137,7 +137,7 @@ class Push:
                 self.scanner.invalidate()
             raise
         finally:
-            self.on_wire()
+            self.resume_gc()
             # the folders' watch is for the next push: it waits for this one, whose
             # sending it would slow down (the GIL, the cores); what changes meanwhile is
             # looked at again (scan.Scanner._watch_rest)
@@ -154,7 +154,7 @@ class Push:
             gc.disable()
             self.gc_paused = True
 
-    def on_wire(self) -> None:
+    def resume_gc(self) -> None:
         """The first request is on the wire (or none goes): collections resume."""
         if self.gc_paused:
             self.gc_paused = False
@@ -195,7 +195,7 @@ class Push:
         channels = channels_for(meter, self.sess.hello.get("cpus") or 1)
         try:
             await Sender(self.sess, self.proj.root, self.commit, self.progress, comp, AckClock(meter),
-                         channels, self.on_wire).send_all(agent, sends, deletes, self.force)
+                         channels, self.resume_gc).send_all(agent, sends, deletes, self.force)
         finally:
             comp.close()
             if comp.used:

@@ -176,12 +176,12 @@ class SyncRecords:
         if snapshot and self.compaction_due(len(dirty)):
             self.snapshot()
         else:
-            with self.open(self.journal, "ab") as f:
+            with self.open_writing(self.journal, "ab") as f:
                 f.write(msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape"))
             self.journal_entries += len(dirty)
             self.dirty, self.dirty_pending = {}, {}   # only once written: a failed save is tried again
 
-    def open(self, path: Path, mode: str) -> Any:
+    def open_writing(self, path: Path, mode: str) -> Any:
         """path opened for writing; its folder made when it is not there (the first save,
         or the state folder removed meanwhile) -- not looked at on every save: a push
         journals each batch, from its event loop."""
@@ -208,7 +208,7 @@ class SyncRecords:
         """All records and writes in flight as a new snapshot (a temporary file renamed);
         the journal goes."""
         tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-        with self.open(tmp, "wb") as f:
+        with self.open_writing(tmp, "wb") as f:
             f.write(msgpack.packb({"v": RECORDS_VERSION, "records": self.data, "pending": self.pending},
                                   use_bin_type=True, unicode_errors="surrogateescape"))
         tmp.replace(self.path)

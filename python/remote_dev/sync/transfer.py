@@ -255,7 +255,7 @@ class Sender:
 
     def __init__(self, sess: TargetSession, local_root: Path, commit: PushCommit, progress: Progress,
                  comp: Compressor, clock: AckClock, channels: int = PUSH_CHANNELS,
-                 on_wire: Callable[[], None] | None = None) -> None:
+                 first_sent: Callable[[], None] | None = None) -> None:
         self.sess = sess
         self.root = sess.target.remote_root
         self.local_root = local_root
@@ -271,7 +271,7 @@ class Sender:
         self.feeders: list[asyncio.Task[None]] = []
         self.failure: BaseException | None = None
         self.channels = channels
-        self.first_on_wire = on_wire   # called once, when the first request is on the wire
+        self.first_sent = first_sent   # called once, when the first request is on the wire
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
         self.large = [i for i in sends if is_large(i)]
@@ -379,9 +379,9 @@ class Sender:
                 fut = chan.send(prep.method, *prep.params)
                 self.on_wire(lane, fut, prep.wire, lambda blob, prep=prep: self.batch_done(prep, unpack_answers(blob)))
                 await chan.drain()
-                if self.first_on_wire is not None:
-                    self.first_on_wire()
-                    self.first_on_wire = None
+                if self.first_sent is not None:
+                    self.first_sent()
+                    self.first_sent = None
         while self.failure is None and self.large_claimed < len(self.large):
             item = self.large[self.large_claimed]
             self.large_claimed += 1
