@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Protocol, TypeVar
 
 import asyncssh
 
-from . import __version__, ssh
+from . import __version__, library_warnings, ssh
 from .config import ProjectConfig, Target, find_config, load_config
 from .errors import ConnectError, RemoteDevError
 from .mapping import PathMapping
@@ -89,6 +89,7 @@ def setup_logging() -> Path:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    library_warnings.attach(log)
     for name in ("asyncio", "asyncssh"):
         lib = logging.getLogger(name)
         if not any(isinstance(f, _IntoOurLog) for f in lib.filters):
