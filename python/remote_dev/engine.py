@@ -24,12 +24,16 @@ import asyncssh
 from . import __version__, ssh
 from .config import ProjectConfig, Target, find_config, load_config
 from .errors import ConnectError, RemoteDevError
+from .login import Challenge
 from .mapping import PathMapping
 from .rpc import AgentChannel
 
 log = logging.getLogger("remote_dev")
 
 Report = Callable[[str, dict], None]
+# prompter(challenge payload, reply): shows the server's prompts to the person and calls
+# reply(answers or None) later, from any thread.
+Prompter = Callable[[dict, Callable[[Any], None]], None]
 Action = Callable[..., Awaitable[Any]]
 BACKOFF = (0.0, 0.5, 1.5)
 T = TypeVar("T")
@@ -122,6 +126,7 @@ class TargetSession(FeatureState):
         self.on_reconnect: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.connected_once = False
         self.container_engine: str | None = None   # docker or podman, once found to answer
+        self.connected_since: float | None = None  # time.time() of the login now serving
 
     @property
     def connected(self) -> bool:
@@ -133,13 +138,16 @@ class TargetSession(FeatureState):
         async with self.lock:
             if self.agent is not None and self.agent.alive:
                 return self.agent
+            why = ""
+            if self.agent is not None and self.agent.closed is not None:
+                why = f"{self.agent.closed.message}; logging in again"
             self.drop()
             last: ConnectError | None = None
             for delay in BACKOFF:
                 if delay:
                     await asyncio.sleep(delay)
                 try:
-                    await self._connect()
+                    await self._connect(why)
                     break
                 except ConnectError as e:
                     last = e
@@ -158,9 +166,9 @@ class TargetSession(FeatureState):
             assert self.agent is not None
             return self.agent
 
-    async def _connect(self) -> None:
+    async def _connect(self, why: str = "") -> None:
         t = self.target
-        self.conn = await ssh.connect(t)
+        self.conn = await ssh.connect(t, ask=self.project.ask, why=why)
         try:
             self.agent = await AgentChannel.start(self.conn, t.host, t.python)
             self.hello = await self.agent.call("hello", __version__)
@@ -171,9 +179,11 @@ class TargetSession(FeatureState):
         except BaseException:
             self.drop()
             raise
+        self.connected_since = time.time()
         log.info("connected to %s (agent %s, python %s)", t.host, self.hello.get("version"), self.hello.get("python"))
 
     def drop(self) -> None:
+        self.connected_since = None
         if self.agent is not None:
             self.agent.close()
             self.agent = None
@@ -213,6 +223,7 @@ class Project(FeatureState):
     sessions: dict[str, TargetSession] = field(default_factory=dict)
     last_push: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, RunView] = field(default_factory=dict)   # by id: started or followed here
+    ask: ssh.Ask | None = None   # the person's answers to login prompts (the front-end's)
 
     def __post_init__(self) -> None:
         FeatureState.__init__(self)
@@ -243,8 +254,11 @@ class Engine:
     """The loop thread and the projects.  ``actions`` (name -> ``async def (engine, ctx,
     **args)``) come from the front-end: the engine knows no action itself."""
 
-    def __init__(self, report: Report | None = None, actions: dict[str, Action] | None = None) -> None:
+    def __init__(self, report: Report | None = None, actions: dict[str, Action] | None = None,
+                 prompter: Prompter | None = None) -> None:
         self.report: Report = report or (lambda kind, payload: None)
+        # The front-end's way to ask the person (Neovim's prompt, a terminal); None: nobody.
+        self.prompter = prompter
         self.actions: dict[str, Action] = dict(actions or {})
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(loop_error)
@@ -333,7 +347,7 @@ class Engine:
                 saved = Project(config, mtime, config.default_target).state_dir() / "target"
                 name = saved.read_text().strip() if saved.exists() else ""
                 target_name = name if name in config.targets else config.default_target
-            new = Project(config, mtime, target_name)
+            new = Project(config, mtime, target_name, ask=self.ask if self.prompter else None)
             if proj is not None:
                 for name, sess in proj.sessions.items():
                     if name in config.targets and config.targets[name] == sess.target:
@@ -346,6 +360,21 @@ class Engine:
                 new._states = proj._states
             self.projects[root] = proj = new
         return proj
+
+    async def ask(self, challenge: Challenge) -> list[str] | None:
+        """The person's answers to a login prompt, through the front-end's prompter (which
+        calls back from any thread); None when cancelled.  Waits without blocking anyone."""
+        assert self.prompter is not None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[str] | None] = loop.create_future()
+
+        def reply(answers: list[str] | None) -> None:
+            def settle() -> None:
+                if not fut.done():
+                    fut.set_result([str(a) for a in answers] if isinstance(answers, (list, tuple)) else None)
+            loop.call_soon_threadsafe(settle)
+        self.prompter(challenge.payload(), reply)
+        return await fut
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
         self.report("event", {"name": name, "data": data})

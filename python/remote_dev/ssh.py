@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Any
+from typing import Any, Coroutine, TypeVar
 
 import asyncssh
 from asyncssh.encryption import get_default_encryption_algs
 
 from .config import Target
 from .errors import ConnectError
+from .login import Ask, LoginClient, LoginState, refusal
 
 KEEPALIVE_INTERVAL = 15
 KEEPALIVE_COUNT_MAX = 4
 CONNECT_TIMEOUT = 15
+T = TypeVar("T")
 
 
 def _expand(path: str | None) -> str | None:
@@ -97,11 +99,90 @@ def _host_label(target: Target, options: asyncssh.SSHClientConnectionOptions) ->
     return label, real, port
 
 
-async def connect(target: Target) -> asyncssh.SSHClientConnection:
+async def connect(target: Target, ask: Ask | None = None, why: str = "") -> asyncssh.SSHClientConnection:
+    """The connection to the target, through its ProxyJump hops (each hop's prompts name
+    their host).  ask answers the servers' prompts (a one-time code, a password); why says
+    to the person why a login is asked for (again)."""
     kwargs, options = await connection_options(target)
+    kwargs.pop("connect_timeout", None)   # ours (_patient) does not count the person's typing
     label, real, port = _host_label(target, options)
+    clients: list[LoginClient] = []
+    hops = _proxy_jumps(options)
+    tunnel: asyncssh.SSHClientConnection | None = None
     try:
-        return await asyncssh.connect(target.host, **kwargs)
+        for hop in hops:
+            tunnel = await _open_hop(hop, tunnel, kwargs.get("config"), ask, why, clients, label)
+        user = getattr(options, "username", None) or target.user or "?"
+        client = LoginClient(target.host, user, ask, why)
+        clients.append(client)
+        extra = {"tunnel": tunnel} if tunnel is not None else {}
+        conn = await _patient(asyncssh.connect(target.host, client_factory=lambda: client, **kwargs, **extra), clients)
+        if tunnel is not None:
+            conn.set_tunnel(tunnel)
+        return conn
+    except ConnectError:
+        if tunnel is not None:
+            tunnel.close()
+        raise
+    except BaseException as e:
+        if tunnel is not None:
+            tunnel.close()
+        if isinstance(e, Exception):
+            _explain(e, target, options, label, real, port, clients[-1] if clients else None)
+        raise
+
+
+def _proxy_jumps(options: asyncssh.SSHClientConnectionOptions) -> list[str]:
+    tunnel = getattr(options, "tunnel", None)
+    if not isinstance(tunnel, str) or tunnel.lower() == "none":
+        return []
+    return [h.strip() for h in tunnel.split(",") if h.strip()]
+
+
+async def _open_hop(hop: str, tunnel: asyncssh.SSHClientConnection | None, config: Any, ask: Ask | None,
+                    why: str, clients: list[LoginClient], label: str) -> asyncssh.SSHClientConnection:
+    """One ProxyJump hop ([user@]host[:port]), with its own prompts naming it."""
+    user, _, hostport = hop.rpartition("@")
+    host, _, port = hostport.partition(":")
+    client = LoginClient(host, user or "?", ask, why)
+    clients.append(client)
+    try:
+        return await _patient(asyncssh.connect(
+            host, int(port) if port.isdigit() else (), username=user or (), tunnel=tunnel or (),
+            config=config or (), client_factory=lambda: client), clients)
+    except asyncssh.PermissionDenied:
+        kind, text = refusal(f"{host} (ProxyJump to {label})", client.user, client.state)
+        raise ConnectError(text, kind=kind) from None
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+        raise ConnectError(f"{label}: cannot reach the ProxyJump host {host}: {e or type(e).__name__}",
+                           kind="network", retry=True) from None
+
+
+async def _patient(coro: Coroutine[Any, Any, T], clients: list[LoginClient]) -> T:
+    """coro, given up after CONNECT_TIMEOUT s without progress; the time a person takes to
+    answer a prompt does not count."""
+    task = asyncio.ensure_future(coro)
+    seen = 0
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CONNECT_TIMEOUT)
+            if done:
+                return task.result()
+            progress = sum(c.state.progress for c in clients)
+            if any(c.state.asking for c in clients) or progress != seen:
+                seen = progress
+                continue
+            raise asyncio.TimeoutError()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def _explain(e: Exception, target: Target, options: asyncssh.SSHClientConnectionOptions, label: str,
+             real: str, port: int, client: LoginClient | None) -> None:
+    """Raise the one-line ConnectError for an expected failure; return for the others."""
+    try:
+        raise e
     except asyncssh.HostKeyNotVerifiable:
         files = _known_hosts_files(options)
         where = ", ".join(files) or "known_hosts"
@@ -120,10 +201,8 @@ async def connect(target: Target) -> asyncssh.SSHClientConnection:
             kind="hostkey") from None
     except asyncssh.PermissionDenied:
         user = getattr(options, "username", None) or target.user or "?"
-        raise ConnectError(
-            f"{label}: authentication failed for user {user}: no key was accepted. "
-            f"Check identity_file / IdentityFile, ssh-agent, and the remote authorized_keys "
-            f"(passwords are not supported).", kind="auth") from None
+        kind, text = refusal(label, user, client.state if client else LoginState())
+        raise ConnectError(text, kind=kind) from None
     except socket.gaierror:
         raise ConnectError(f"{target.host}: unknown host: it is neither a Host alias in the ssh config nor a "
                            f"name that resolves", kind="unknown-host") from None
@@ -137,3 +216,5 @@ async def connect(target: Target) -> asyncssh.SSHClientConnection:
         raise ConnectError(f"{label}: disconnected: {e.reason}", kind="disconnect", retry=True) from None
     except OSError as e:
         raise ConnectError(f"{label}: cannot connect: {e.strerror or e}", kind="network", retry=True) from None
+    except Exception:  # noqa: BLE001 - not an expected failure: the caller's traceback
+        return

@@ -1,0 +1,220 @@
+"""Two-factor login against a real OpenSSH sshd whose PAM stack is pam_google_authenticator
+(tests/support/mfa.py): the key, then "Verification code:" through keyboard-interactive.
+Codes come from pyotp with the secret the user's ~/.google_authenticator holds."""
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from conftest import events, require, wait_for
+
+
+@pytest.fixture(scope="session")
+def mfa(tmp_path_factory: pytest.TempPathFactory):
+    from support.mfa import pam_module_installed, start_mfa, stop_mfa
+    require(os.geteuid() == 0, "the two-factor sshd writes /etc/pam.d/<its name> and makes a user: run as root")
+    require(pam_module_installed(), "pam_google_authenticator.so missing; scripts/setup installs libpam-google-authenticator")
+    try:
+        import pyotp  # noqa: F401
+    except ImportError:
+        require(False, "pyotp missing; it is in the test extra of pyproject.toml")
+    m = start_mfa(tmp_path_factory.mktemp("mfa"))
+    yield m
+    stop_mfa(m)
+
+
+def mfa_project(tmp_path: Path, mfa: Any, name: str = "proj", **target: Any) -> Path:
+    root = tmp_path / name
+    root.mkdir()
+    (root / ".remote-dev.toml").write_text(mfa.sshd.target_toml(f"~/{name}-{os.getpid()}-{time.time_ns()}", **target))
+    (root / "main.py").write_text("import getpass\nprint('hello from', getpass.getuser())\n")
+    return root
+
+
+class Person:
+    """Who sits at the front-end: answers each challenge with answer(challenge)."""
+
+    def __init__(self, answer: Callable[[dict], list[str] | None]) -> None:
+        self.answer = answer
+        self.seen: list[dict] = []
+
+    def __call__(self, challenge: dict, reply: Callable[[Any], None]) -> None:
+        self.seen.append(challenge)
+        reply(self.answer(challenge))
+
+
+@pytest.fixture
+def make_engine():
+    from remote_dev.actions import ACTIONS
+    from remote_dev.engine import Engine
+    made = []
+
+    def make(prompter: Any = None) -> Any:
+        reports: list[tuple[str, dict]] = []
+        eng = Engine(report=lambda kind, payload: reports.append((kind, payload)), actions=ACTIONS, prompter=prompter)
+        eng.reports = reports  # type: ignore[attr-defined]
+        made.append(eng)
+        return eng
+    yield make
+    for eng in made:
+        eng.close()
+
+
+def run_and_exit(eng: Any, root: Path) -> dict:
+    res = eng.call_sync("run", {"cwd": str(root)}, {"cmd": "python3 main.py"}, timeout=90)
+    return wait_for(lambda: next((e for e in events(eng, "RemoteDevRunExit") if e["id"] == res["id"]), None), 30)
+
+
+def output_of(eng: Any) -> list[str]:
+    return [line for kind, p in eng.reports if kind == "run_output" for line in p["lines"]]
+
+
+def test_code_asked_once_with_the_servers_prompt_then_the_connection_serves(make_engine, mfa, tmp_path):
+    person = Person(lambda c: [mfa.code()])
+    eng = make_engine(person)
+    root = mfa_project(tmp_path, mfa)
+    assert run_and_exit(eng, root)["code"] == 0
+    assert f"hello from {mfa.user}" in output_of(eng)
+    assert len(person.seen) == 1
+    ch = person.seen[0]
+    assert ch["prompts"] == [{"text": "Verification code: ", "echo": False}]
+    assert ch["host"] == mfa.sshd.alias and ch["user"] == mfa.user and ch["why"] == ""
+    # A second run, a push and the status ask nothing: one login serves them all.
+    assert run_and_exit(eng, root)["code"] == 0
+    eng.call_sync("push", {"cwd": str(root)}, {}, timeout=60)
+    status = eng.call_sync("status", {"cwd": str(root)}, {}, timeout=60)
+    assert len(person.seen) == 1
+    assert status["connected"] and time.time() - 120 < status["connected_since"] <= time.time()
+
+
+def test_wrong_code_is_one_line_saying_the_code_was_refused(make_engine, mfa, tmp_path):
+    from remote_dev.errors import RemoteDevError
+    person = Person(lambda c: [mfa.wrong_code()])
+    eng = make_engine(person)
+    root = mfa_project(tmp_path, mfa)
+    with pytest.raises(RemoteDevError) as err:
+        eng.call_sync("push", {"cwd": str(root)}, {}, timeout=90)
+    msg = err.value.message
+    assert "refused the code" in msg and "Verification code:" in msg and "after the key" in msg, msg
+    assert "no key was accepted" not in msg and "\n" not in msg
+    assert len(person.seen) == 1   # asked once, not again and again
+    assert mfa.wrong_code() not in msg
+
+
+def test_cancelled_prompt_says_what_the_server_wanted(make_engine, mfa, tmp_path):
+    from remote_dev.errors import RemoteDevError
+    eng = make_engine(Person(lambda c: None))
+    with pytest.raises(RemoteDevError) as err:
+        eng.call_sync("push", {"cwd": str(mfa_project(tmp_path, mfa))}, {}, timeout=90)
+    msg = err.value.message
+    assert "login cancelled" in msg and "keyboard-interactive after the key" in msg, msg
+
+
+def test_nobody_to_ask_is_one_honest_line(make_engine, mfa, tmp_path):
+    """The issue's report: the key WAS accepted, the server wanted a code next."""
+    from remote_dev.errors import RemoteDevError
+    eng = make_engine(None)
+    with pytest.raises(RemoteDevError) as err:
+        eng.call_sync("push", {"cwd": str(mfa_project(tmp_path, mfa))}, {}, timeout=90)
+    msg = err.value.message
+    assert "keyboard-interactive after the key (Verification code:)" in msg, msg
+    assert "no key was accepted" not in msg and "\n" not in msg
+
+
+def test_a_refused_key_still_says_so(make_engine, mfa, tmp_path):
+    from remote_dev.errors import RemoteDevError
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    person = Person(lambda c: [mfa.code()])
+    eng = make_engine(person)
+    root = mfa_project(tmp_path, mfa, identity_file=str(other))
+    cfg = root / ".remote-dev.toml"
+    # IdentitiesOnly in the ssh config: only identity_file is offered.
+    with pytest.raises(RemoteDevError) as err:
+        eng.call_sync("push", {"cwd": str(root)}, {}, timeout=90)
+    assert "no key was accepted" in err.value.message, err.value.message
+    assert person.seen == [] and cfg.exists()
+
+
+def test_dropped_connection_asks_again_and_says_why(make_engine, mfa, tmp_path):
+    person = Person(lambda c: [mfa.code()])
+    eng = make_engine(person)
+    root = mfa_project(tmp_path, mfa)
+    eng.call_sync("push", {"cwd": str(root)}, {}, timeout=90)
+    assert len(person.seen) == 1
+    # The server side of the connection goes away (a cluster's login node restarts sshd's child).
+    for pid in mfa.pids():
+        os.kill(pid, 9)
+    wait_for(lambda: not eng.call_sync("status", {"cwd": str(root)}, {"refresh": False})["connected"], 15)
+    eng.call_sync("push", {"cwd": str(root)}, {}, timeout=90)
+    assert len(person.seen) == 2
+    assert "lost" in person.seen[1]["why"] and "logging in again" in person.seen[1]["why"], person.seen[1]
+
+
+# --------------------------------------------------------------------------- the CLI on a terminal
+
+def cli_on_terminal(root: Path, answer: Callable[[str], str | None], timeout: float = 90) -> tuple[int, str]:
+    """`remote-dev run` in a real pseudo-terminal (its controlling tty); answer(screen so far)
+    types a line when it returns one."""
+    cli = str(Path(sys.executable).parent / "remote-dev")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(root)
+        os.execve(cli, [cli, "run", "python3", "main.py"], env)
+    screen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not data:
+                    break
+                screen += data
+                line = answer(screen.decode(errors="replace"))
+                if line is not None:
+                    os.write(fd, line.encode() + b"\r")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")
+
+
+def test_cli_asks_on_its_terminal(mfa, tmp_path):
+    root = mfa_project(tmp_path, mfa)
+    typed = []
+
+    def answer(screen: str) -> str | None:
+        if "Verification code: " in screen and not typed:
+            typed.append(mfa.code())
+            return typed[-1]
+        return None
+    code, screen = cli_on_terminal(root, answer)
+    assert code == 0, repr(screen)
+    assert f"login to {mfa.sshd.alias} as {mfa.user}" in screen
+    assert f"hello from {mfa.user}" in screen
+    assert typed[0] not in screen   # echo off, as the server asked
+
+
+def test_cli_without_a_terminal_says_so_in_one_line(mfa, tmp_path):
+    root = mfa_project(tmp_path, mfa)
+    cli = str(Path(sys.executable).parent / "remote-dev")
+    out = subprocess.run([cli, "-C", str(root), "push"], capture_output=True, text=True, timeout=90,
+                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if "Warning" not in line and line.strip()
+             and not line.startswith("  ")]
+    assert len(lines) == 1 and "Verification code:" in lines[0] and "nothing here can ask you" in lines[0], out.stderr
+
