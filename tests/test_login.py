@@ -14,21 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import events, require, wait_for
-
-
-@pytest.fixture(scope="session")
-def mfa(tmp_path_factory: pytest.TempPathFactory):
-    from support.mfa import pam_module_installed, start_mfa, stop_mfa
-    require(os.geteuid() == 0, "the two-factor sshd writes /etc/pam.d/<its name> and makes a user: run as root")
-    require(pam_module_installed(), "pam_google_authenticator.so missing; scripts/setup installs libpam-google-authenticator")
-    try:
-        import pyotp  # noqa: F401
-    except ImportError:
-        require(False, "pyotp missing; it is in the test extra of pyproject.toml")
-    m = start_mfa(tmp_path_factory.mktemp("mfa"))
-    yield m
-    stop_mfa(m)
+from conftest import events, wait_for
 
 
 def mfa_project(tmp_path: Path, mfa: Any, name: str = "proj", **target: Any) -> Path:
