@@ -204,3 +204,72 @@ def test_cli_without_a_terminal_says_so_in_one_line(mfa, tmp_path):
              and not line.startswith("  ")]
     assert len(lines) == 1 and "Verification code:" in lines[0] and "nothing here can ask you" in lines[0], out.stderr
 
+
+
+# --------------------------------------------------------------------------- bastions and certificates
+
+def test_proxyjump_bastion_asks_for_its_code_naming_itself(make_engine, mfa, sshd, tmp_path):
+    """The cluster's bastion (the two-factor sshd) asks for a code; the node behind it takes
+    the key.  The prompt names the bastion, not the target."""
+    cfg = tmp_path / "ssh_config"
+    behind = sshd.ssh_config.read_text().replace(f"Host {sshd.alias}\n", f"Host {sshd.alias}\n  ProxyJump {mfa.sshd.alias}\n")
+    cfg.write_text(behind + mfa.sshd.ssh_config.read_text())
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / ".remote-dev.toml").write_text(sshd.target_toml(str(tmp_path / "remote")).replace(str(sshd.ssh_config), str(cfg)))
+    person = Person(lambda c: [mfa.code()])
+    eng = make_engine(person)
+    log = mfa.sshd.dir / "sshd.log"
+    before = log.read_text().count("Accepted keyboard-interactive/pam")
+    status = eng.call_sync("status", {"cwd": str(root)}, {}, timeout=90)
+    assert status["connected"]
+    assert [(c["host"], c["user"], c["prompts"][0]["text"]) for c in person.seen] == \
+        [(mfa.sshd.alias, mfa.user, "Verification code: ")]
+    # The hop really carried it: the bastion's log has the login.
+    assert log.read_text().count("Accepted keyboard-interactive/pam") == before + 1
+
+
+def test_proxyjump_refused_code_names_the_bastion(make_engine, mfa, sshd, tmp_path):
+    from remote_dev.errors import RemoteDevError
+    cfg = tmp_path / "ssh_config"
+    behind = sshd.ssh_config.read_text().replace(f"Host {sshd.alias}\n", f"Host {sshd.alias}\n  ProxyJump {mfa.sshd.alias}\n")
+    cfg.write_text(behind + mfa.sshd.ssh_config.read_text())
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / ".remote-dev.toml").write_text(sshd.target_toml(str(tmp_path / "remote")).replace(str(sshd.ssh_config), str(cfg)))
+    eng = make_engine(Person(lambda c: [mfa.wrong_code()]))
+    with pytest.raises(RemoteDevError) as err:
+        eng.call_sync("status", {"cwd": str(root)}, {}, timeout=90)
+    assert err.value.message.startswith(f"{mfa.sshd.alias} (ProxyJump to {sshd.alias}"), err.value.message
+    assert "refused the code" in err.value.message
+
+
+def test_ssh_certificate_next_to_the_key_is_offered(make_engine, tmp_path):
+    """A centre's short-lived certificate (id_*-cert.pub beside the key) logs in where the
+    key alone is not authorized, as with OpenSSH; once it expired the line says no key."""
+    from remote_dev.errors import RemoteDevError
+    from support.sshd import start_sshd, stop_sshd
+    base = tmp_path / "sshd"
+    ca = tmp_path / "ca"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+    s = start_sshd(base, alias="rdcert", extra_config=f"TrustedUserCAKeys {ca}.pub\n")
+    try:
+        (base / "authorized_keys").write_text("")   # the key alone is no longer enough
+        user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+
+        def sign(validity: str) -> None:
+            subprocess.run(["ssh-keygen", "-q", "-s", str(ca), "-I", "test", "-n", user, "-V", validity,
+                            str(s.user_key) + ".pub"], check=True)
+        root = tmp_path / "proj"
+        root.mkdir()
+        (root / ".remote-dev.toml").write_text(s.target_toml(str(tmp_path / "remote")))
+        sign("-5m:+1h")
+        eng = make_engine(None)
+        assert eng.call_sync("status", {"cwd": str(root)}, {}, timeout=60)["connected"]
+        sign("-2h:-1h")   # expired
+        eng2 = make_engine(None)
+        with pytest.raises(RemoteDevError) as err:
+            eng2.call_sync("status", {"cwd": str(root)}, {}, timeout=60)
+        assert "no key was accepted" in err.value.message, err.value.message
+    finally:
+        stop_sshd(s)

@@ -65,6 +65,9 @@ class LoginClient(asyncssh.SSHClient):
         self.why = why
         self.state = LoginState()
 
+    def begin_auth(self, username: str) -> None:
+        self.user = username   # as the ssh config resolved it (a hop's own User)
+
     def auth_banner_received(self, msg: str, lang: str) -> None:
         log.info("%s: login banner: %s", self.host, msg.strip())
 
