@@ -18,7 +18,7 @@ LAYERS = {
     "status": 2,
     "engine": 1,
 }
-BASE = {"ssh", "login", "rpc", "config", "mapping", "tracebacks", "termtext", "errors", "slurm_errors", "agent"}
+BASE = {"ssh", "login", "master", "rpc", "config", "mapping", "tracebacks", "termtext", "errors", "slurm_errors", "agent"}
 FEATURES = 3   # sync, runs, debug, forwards, health, runners and every other module
 
 MAX_FILE_LINES = 600

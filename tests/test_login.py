@@ -273,3 +273,52 @@ def test_ssh_certificate_next_to_the_key_is_offered(make_engine, tmp_path):
         assert "no key was accepted" in err.value.message, err.value.message
     finally:
         stop_sshd(s)
+
+
+# --------------------------------------------------------------------------- an OpenSSH master
+
+def open_master(mfa: Any, tmp_path: Path) -> None:
+    """What the person did in a terminal: `ssh -M` and typed the code (SSH_ASKPASS types it here)."""
+    askpass = tmp_path / "askpass"
+    askpass.write_text(f"#!/bin/sh\necho {mfa.code()}\n")
+    askpass.chmod(0o700)
+    env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+    subprocess.run(["ssh", "-F", str(mfa.sshd.ssh_config), "-o", "ControlPersist=120", "-M", "-N", "-f",
+                    mfa.sshd.alias], env=env, check=True, timeout=60, stdin=subprocess.DEVNULL)
+    subprocess.run(["ssh", "-F", str(mfa.sshd.ssh_config), "-O", "check", mfa.sshd.alias], check=True,
+                   capture_output=True, timeout=10)
+
+
+def close_master(mfa: Any) -> None:
+    subprocess.run(["ssh", "-F", str(mfa.sshd.ssh_config), "-O", "exit", mfa.sshd.alias], capture_output=True,
+                   timeout=10)
+
+
+def test_an_open_openssh_master_is_used_instead_of_asking(make_engine, mfa, tmp_path):
+    """Everything rides the master: the run (agent, output), a port forward; nothing asks,
+    the remote keeps no key of it afterwards; once the master is gone, we ask again."""
+    from remote_dev.errors import RemoteDevError
+    open_master(mfa, tmp_path)
+    log = mfa.sshd.dir / "sshd.log"
+    logins = log.read_text().count("Accepted keyboard-interactive/pam")
+    try:
+        asked: list[dict] = []
+        eng = make_engine(Person(lambda c: asked.append(c) or None))
+        root = mfa_project(tmp_path, mfa)
+        assert run_and_exit(eng, root)["code"] == 0
+        assert f"hello from {mfa.user}" in output_of(eng)
+        status = eng.call_sync("status", {"cwd": str(root)}, {}, timeout=60)
+        assert "OpenSSH master" in (status["connected_via"] or "")
+        # a forward over it (as debug, notebooks and :RemoteForward use)
+        fwd = eng.call_sync("forward", {"cwd": str(root)}, {"port": mfa.sshd.port}, timeout=60)
+        import socket
+        with socket.create_connection(("127.0.0.1", fwd["local_port"]), timeout=10) as s:
+            assert s.recv(4) == b"SSH-"
+        assert asked == [] and log.read_text().count("Accepted keyboard-interactive/pam") == logins
+        assert list((mfa.home / ".cache" / "remote-dev" / "mux").iterdir()) == []
+    finally:
+        close_master(mfa)
+    eng2 = make_engine(None)
+    with pytest.raises(RemoteDevError) as err:
+        eng2.call_sync("status", {"cwd": str(root)}, {}, timeout=60)
+    assert "Verification code:" in err.value.message

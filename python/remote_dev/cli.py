@@ -41,7 +41,8 @@ def since(s: dict[str, Any]) -> str:
     if not t:
         return ""
     mins = int(max(0, time.time() - t) // 60)
-    return f", since {time.strftime('%H:%M', time.localtime(t))} ({mins // 60} h {mins % 60} min)"
+    via = f", through {s['connected_via']}" if s.get("connected_via") else ""
+    return f", since {time.strftime('%H:%M', time.localtime(t))} ({mins // 60} h {mins % 60} min){via}"
 
 
 _ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("'"): "\\'"}

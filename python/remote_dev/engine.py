@@ -127,20 +127,27 @@ class TargetSession(FeatureState):
         self.connected_once = False
         self.container_engine: str | None = None   # docker or podman, once found to answer
         self.connected_since: float | None = None  # time.time() of the login now serving
+        self.via: str | None = None   # how, when not a login of our own (an OpenSSH master)
 
     @property
     def connected(self) -> bool:
-        return self.agent is not None and self.agent.alive
+        # A closed connection whose agent channel has not yet read its end counts as lost
+        # (a watcher looping on "alive" would otherwise never let that read happen).
+        return self.agent is not None and self.agent.alive and not (self.conn is not None and self.conn.is_closed())
 
     async def ensure(self) -> AgentChannel:
-        if self.agent is not None and self.agent.alive:
+        if self.connected:
+            assert self.agent is not None
             return self.agent
         async with self.lock:
-            if self.agent is not None and self.agent.alive:
+            if self.connected:
+                assert self.agent is not None
                 return self.agent
             why = ""
             if self.agent is not None and self.agent.closed is not None:
                 why = f"{self.agent.closed.message}; logging in again"
+            elif self.conn is not None and self.conn.is_closed():
+                why = f"{self.target.host}: the connection was closed; logging in again"
             self.drop()
             last: ConnectError | None = None
             for delay in BACKOFF:
@@ -180,6 +187,7 @@ class TargetSession(FeatureState):
             self.drop()
             raise
         self.connected_since = time.time()
+        self.via = self.conn.get_extra_info("remote_dev_via") if self.conn is not None else None
         log.info("connected to %s (agent %s, python %s)", t.host, self.hello.get("version"), self.hello.get("python"))
 
     def drop(self) -> None:

@@ -7,6 +7,7 @@ message names the host and says what to do.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from typing import Any, Coroutine, TypeVar
@@ -15,8 +16,11 @@ import asyncssh
 from asyncssh.encryption import get_default_encryption_algs
 
 from .config import Target
+from . import master
 from .errors import ConnectError
 from .login import Ask, LoginClient, LoginState, refusal
+
+log = logging.getLogger("remote_dev")
 
 KEEPALIVE_INTERVAL = 15
 KEEPALIVE_COUNT_MAX = 4
@@ -106,6 +110,12 @@ async def connect(target: Target, ask: Ask | None = None, why: str = "") -> asyn
     kwargs, options = await connection_options(target)
     kwargs.pop("connect_timeout", None)   # ours (_patient) does not count the person's typing
     label, real, port = _host_label(target, options)
+    held = await master.find(target)
+    if held is not None:
+        try:
+            return await asyncio.wait_for(master.connect(held, target, label), CONNECT_TIMEOUT)
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+            log.warning("%s: not through the OpenSSH master connection (%s): logging in", label, e)
     clients: list[LoginClient] = []
     hops = _proxy_jumps(options)
     tunnel: asyncssh.SSHClientConnection | None = None
