@@ -322,3 +322,53 @@ def test_an_open_openssh_master_is_used_instead_of_asking(make_engine, mfa, tmp_
     with pytest.raises(RemoteDevError) as err:
         eng2.call_sync("status", {"cwd": str(root)}, {}, timeout=60)
     assert "Verification code:" in err.value.message
+
+
+# --------------------------------------------------------------------------- Duo-style and password prompts
+
+@pytest.fixture
+def duo(tmp_path):
+    from support.duo import start_duo, stop_duo
+    servers = []
+
+    def make(method: str = "duo") -> Any:
+        servers.append(start_duo(tmp_path / f"duo-{method}", method))
+        return servers[-1]
+    yield make
+    for s in servers:
+        stop_duo(s)
+
+
+def duo_project(tmp_path: Path, server: Any) -> Path:
+    root = tmp_path / "duo-proj"
+    root.mkdir()
+    (root / ".remote-dev.toml").write_text(server.target_toml(str(tmp_path / "duo-remote")))
+    return root
+
+
+def test_duo_style_prompt_echoes_and_carries_the_instructions(make_engine, duo, tmp_path):
+    from support.duo import DUO_PROMPT
+    server = duo("duo")
+    person = Person(lambda c: ["1"])
+    eng = make_engine(person)
+    status = eng.call_sync("status", {"cwd": str(duo_project(tmp_path, server))}, {}, timeout=60)
+    assert status["connected"]
+    (ch,) = person.seen
+    assert ch["prompts"] == [{"text": DUO_PROMPT, "echo": True}]
+    assert "1. Duo Push to" in ch["instructions"] and ch["host"] == server.alias
+    assert server.answers == ["1"]
+
+
+def test_password_when_the_server_offers_it(make_engine, duo, tmp_path):
+    from remote_dev.errors import RemoteDevError
+    server = duo("password")
+    server.secret = "correct horse"
+    person = Person(lambda c: ["correct horse"])
+    eng = make_engine(person)
+    root = duo_project(tmp_path, server)
+    assert eng.call_sync("status", {"cwd": str(root)}, {}, timeout=60)["connected"]
+    assert person.seen[0]["prompts"] == [{"text": f"{server.user}@{server.alias}'s password: ", "echo": False}]
+    eng2 = make_engine(Person(lambda c: ["wrong"]))
+    with pytest.raises(RemoteDevError) as err:
+        eng2.call_sync("status", {"cwd": str(root)}, {}, timeout=60)
+    assert "refused the password" in err.value.message and "wrong" not in err.value.message

@@ -73,3 +73,25 @@ def test_escape_cancels_the_login(nvim, mfa, tmp_path):
     nvim.input("<Esc>")
     err = nvim.wait_event("RemoteDevError", 90)
     assert "login cancelled" in err["message"], err
+
+
+def test_duo_style_prompt_in_neovim_echoes_through_vim_ui_input(nvim, tmp_path):
+    """An echoing prompt goes through vim.ui.input (so a UI plugin's input box shows it)."""
+    from support.duo import DUO_PROMPT, start_duo, stop_duo
+    from test_login import duo_project
+    server = start_duo(tmp_path / "duo")
+    try:
+        root = duo_project(tmp_path, server)
+        (root / "main.py").write_text("print('pushed and ran')\n")
+        nvim.open(root, root / "main.py")
+        nvim.exec_lua("_G.rd_inputs = {}; local orig = vim.ui.input; vim.ui.input = function(o, cb) "
+                      "table.insert(_G.rd_inputs, o.prompt); return orig(o, cb) end")
+        nvim.command("RemoteRun")
+        assert wait_prompt(nvim) == DUO_PROMPT
+        nvim.input("1<CR>")
+        assert nvim.wait_event("RemoteDevRunExit", 60)["code"] == 0
+        (shown,) = nvim.exec_lua("return _G.rd_inputs")
+        assert "1. Duo Push to" in shown and shown.endswith(DUO_PROMPT)
+        assert server.answers == ["1"]
+    finally:
+        stop_duo(server)
