@@ -372,3 +372,15 @@ def test_password_when_the_server_offers_it(make_engine, duo, tmp_path):
     with pytest.raises(RemoteDevError) as err:
         eng2.call_sync("status", {"cwd": str(root)}, {}, timeout=60)
     assert "refused the password" in err.value.message and "wrong" not in err.value.message
+
+
+def test_a_host_that_takes_the_key_alone_is_reached_directly_despite_a_master(make_engine, make_project, sshd):
+    """The master is for logins that would ask: a key-only host keeps its direct connection."""
+    proj = make_project()
+    subprocess.run(["ssh", "-F", str(sshd.ssh_config), "-o", "ControlPersist=30", "-M", "-N", "-f", sshd.alias],
+                   check=True, timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        status = make_engine(None).call_sync("status", {"cwd": str(proj.root)}, {}, timeout=60)
+        assert status["connected"] and status["connected_via"] is None
+    finally:
+        subprocess.run(["ssh", "-F", str(sshd.ssh_config), "-O", "exit", sshd.alias], capture_output=True, timeout=10)

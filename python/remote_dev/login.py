@@ -37,6 +37,8 @@ class Challenge:
 
 
 Ask = Callable[[Challenge], Awaitable[Optional[list[str]]]]
+# Is the person's OpenSSH master connection to the target open?  Then it serves instead of asking.
+MasterCheck = Callable[[], Awaitable[bool]]
 
 
 @dataclass
@@ -50,6 +52,7 @@ class LoginState:
     cancelled: bool = False
     no_person: str = ""               # the prompt nobody could answer (no front-end to ask)
     asking: bool = False
+    use_master: bool = False          # a prompt came, and the person's OpenSSH master serves instead
     progress: int = 0                 # bumps on each answer: the connect timeout restarts
     prompts_seen: list[str] = field(default_factory=list)
 
@@ -58,11 +61,13 @@ class LoginClient(asyncssh.SSHClient):
     """The asyncssh client of one connection (or one ProxyJump hop): hands the server's
     prompts to the person, remembers what happened."""
 
-    def __init__(self, host: str, user: str, ask: Ask | None, why: str = "") -> None:
+    def __init__(self, host: str, user: str, ask: Ask | None, why: str = "",
+                 master_open: MasterCheck | None = None) -> None:
         self.host = host
         self.user = user
         self.ask = ask
         self.why = why
+        self.master_open = master_open
         self.state = LoginState()
 
     def begin_auth(self, username: str) -> None:
@@ -83,7 +88,7 @@ class LoginClient(asyncssh.SSHClient):
             # A new keyboard-interactive round after we answered: the answer was refused.
             st.refused = st.refused or "code"
             return None
-        if st.cancelled or st.no_person:
+        if st.cancelled or st.no_person or st.use_master:
             return None
         st.kbdint_wanted = True
         return ""
@@ -106,7 +111,7 @@ class LoginClient(asyncssh.SSHClient):
             st.refused = "password"
             return None
         st.password_wanted = True
-        if st.cancelled:
+        if st.cancelled or st.no_person or st.use_master:
             return None
         text = f"{self.user}@{self.host}'s password: "
         self.state.prompts_seen.append(text)
@@ -115,6 +120,9 @@ class LoginClient(asyncssh.SSHClient):
 
     async def _ask(self, challenge: Challenge) -> list[str] | None:
         st = self.state
+        if self.master_open is not None and await self.master_open():
+            st.use_master = True
+            return None
         if self.ask is None:
             st.no_person = challenge.prompts[0][0].strip()
             return None

@@ -18,7 +18,7 @@ from asyncssh.encryption import get_default_encryption_algs
 from .config import Target
 from . import master
 from .errors import ConnectError
-from .login import Ask, LoginClient, LoginState, refusal
+from .login import Ask, LoginClient, LoginState, MasterCheck, refusal
 
 log = logging.getLogger("remote_dev")
 
@@ -106,24 +106,43 @@ def _host_label(target: Target, options: asyncssh.SSHClientConnectionOptions) ->
 async def connect(target: Target, ask: Ask | None = None, why: str = "") -> asyncssh.SSHClientConnection:
     """The connection to the target, through its ProxyJump hops (each hop's prompts name
     their host).  ask answers the servers' prompts (a one-time code, a password); why says
-    to the person why a login is asked for (again)."""
+    to the person why a login is asked for (again).  When a server would ask and the person
+    holds an OpenSSH master connection to the target, that is used instead of asking."""
     kwargs, options = await connection_options(target)
     kwargs.pop("connect_timeout", None)   # ours (_patient) does not count the person's typing
     label, real, port = _host_label(target, options)
-    held = await master.find(target)
-    if held is not None:
-        try:
-            return await asyncio.wait_for(master.connect(held, target, label), CONNECT_TIMEOUT)
-        except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
-            log.warning("%s: not through the OpenSSH master connection (%s): logging in", label, e)
+    held: list[master.Master] = []
+
+    async def master_open() -> bool:
+        found = await master.find(target)
+        if found is not None:
+            held.append(found)
+        return found is not None
     clients: list[LoginClient] = []
-    hops = _proxy_jumps(options)
+    try:
+        return await _login(target, kwargs, options, ask, why, clients, master_open)
+    except ConnectError:
+        if not (held and any(c.state.use_master for c in clients)):
+            raise
+    try:
+        return await asyncio.wait_for(master.connect(held[0], target, label), CONNECT_TIMEOUT)
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+        log.warning("%s: not through the OpenSSH master connection (%s): asking", label, e)
+    return await _login(target, kwargs, options, ask, why, [], None)
+
+
+async def _login(target: Target, kwargs: dict[str, Any], options: asyncssh.SSHClientConnectionOptions,
+                 ask: Ask | None, why: str, clients: list[LoginClient], master_open: MasterCheck | None,
+                 ) -> asyncssh.SSHClientConnection:
+    """A login of our own: each ProxyJump hop, then the target."""
+    label, real, port = _host_label(target, options)
     tunnel: asyncssh.SSHClientConnection | None = None
     try:
-        for hop in hops:
-            tunnel = await _open_hop(hop, tunnel, kwargs.get("config"), ask, why, clients, label)
+        for hop in _proxy_jumps(options):
+            tunnel = await _open_hop(hop, tunnel, kwargs.get("config"), LoginClient(hop, "?", ask, why, master_open),
+                                     clients, label)
         user = getattr(options, "username", None) or target.user or "?"
-        client = LoginClient(target.host, user, ask, why)
+        client = LoginClient(target.host, user, ask, why, master_open)
         clients.append(client)
         extra = {"tunnel": tunnel} if tunnel is not None else {}
         conn = await _patient(asyncssh.connect(target.host, client_factory=lambda: client, **kwargs, **extra), clients)
@@ -149,12 +168,12 @@ def _proxy_jumps(options: asyncssh.SSHClientConnectionOptions) -> list[str]:
     return [h.strip() for h in tunnel.split(",") if h.strip()]
 
 
-async def _open_hop(hop: str, tunnel: asyncssh.SSHClientConnection | None, config: Any, ask: Ask | None,
-                    why: str, clients: list[LoginClient], label: str) -> asyncssh.SSHClientConnection:
+async def _open_hop(hop: str, tunnel: asyncssh.SSHClientConnection | None, config: Any, client: LoginClient,
+                    clients: list[LoginClient], label: str) -> asyncssh.SSHClientConnection:
     """One ProxyJump hop ([user@]host[:port]), with its own prompts naming it."""
     user, _, hostport = hop.rpartition("@")
     host, _, port = hostport.partition(":")
-    client = LoginClient(host, user or "?", ask, why)
+    client.host, client.user = host, user or "?"
     clients.append(client)
     try:
         return await _patient(asyncssh.connect(
