@@ -156,9 +156,11 @@ async def _login(target: Target, kwargs: dict[str, Any], options: asyncssh.SSHCl
     except BaseException as e:
         if tunnel is not None:
             tunnel.close()
-        if isinstance(e, Exception):
-            _explain(e, target, options, label, real, port, clients[-1] if clients else None)
-        raise
+        err = _connect_error(e, target, options, label, real, port, clients[-1] if clients else None) \
+            if isinstance(e, Exception) else None
+        if err is None:
+            raise
+        raise err from None
 
 
 def _proxy_jumps(options: asyncssh.SSHClientConnectionOptions) -> list[str]:
@@ -207,43 +209,44 @@ async def _patient(coro: Coroutine[Any, Any, T], clients: list[LoginClient]) -> 
             task.cancel()
 
 
-def _explain(e: Exception, target: Target, options: asyncssh.SSHClientConnectionOptions, label: str,
-             real: str, port: int, client: LoginClient | None) -> None:
-    """Raise the one-line ConnectError for an expected failure; return for the others."""
-    try:
-        raise e
-    except asyncssh.HostKeyNotVerifiable:
-        files = _known_hosts_files(options)
-        where = ", ".join(files) or "known_hosts"
-        hostspec = real if port == 22 else f"[{real}]:{port}"
-        if _has_known_key(files, real, port):
-            raise ConnectError(
-                f"{label}: REMOTE HOST KEY CHANGED — it does not match the key in {where}. "
-                f"This can be an attack. If the host was really reinstalled, remove the old key with "
-                f"`ssh-keygen -R '{hostspec}'` and connect once with ssh to check and trust the new one.",
-                kind="hostkey") from None
-        pflag = f" -p {port}" if port != 22 else ""
-        raise ConnectError(
-            f"{label}: host key is not trusted: no key for {hostspec} in {where}. "
-            f"Check the fingerprint and trust it by connecting once with `ssh{pflag} {target.host}` "
-            f"(answer yes), or add it with `ssh-keyscan{pflag} {real} >> {where.split(', ')[0]}`.",
-            kind="hostkey") from None
-    except asyncssh.PermissionDenied:
+def _connect_error(e: Exception, target: Target, options: asyncssh.SSHClientConnectionOptions, label: str,
+                   real: str, port: int, client: LoginClient | None) -> ConnectError | None:
+    """The one-line error for an expected failure of a connect; None for the others (their
+    traceback goes to the log)."""
+    if isinstance(e, asyncssh.HostKeyNotVerifiable):
+        return _host_key_error(target, options, label, real, port)
+    if isinstance(e, asyncssh.PermissionDenied):
         user = getattr(options, "username", None) or target.user or "?"
         kind, text = refusal(label, user, client.state if client else LoginState())
-        raise ConnectError(text, kind=kind) from None
-    except socket.gaierror:
-        raise ConnectError(f"{target.host}: unknown host: it is neither a Host alias in the ssh config nor a "
-                           f"name that resolves", kind="unknown-host") from None
-    except asyncio.TimeoutError:
-        raise ConnectError(f"{label}: timed out connecting after {CONNECT_TIMEOUT} s", kind="timeout",
-                           retry=True) from None
-    except ConnectionRefusedError:
-        raise ConnectError(f"{label}: connection refused (is sshd running there?)", kind="refused",
-                           retry=True) from None
-    except asyncssh.DisconnectError as e:
-        raise ConnectError(f"{label}: disconnected: {e.reason}", kind="disconnect", retry=True) from None
-    except OSError as e:
-        raise ConnectError(f"{label}: cannot connect: {e.strerror or e}", kind="network", retry=True) from None
-    except Exception:  # noqa: BLE001 - not an expected failure: the caller's traceback
-        return
+        return ConnectError(text, kind=kind)
+    if isinstance(e, socket.gaierror):
+        return ConnectError(f"{target.host}: unknown host: it is neither a Host alias in the ssh config nor a "
+                            f"name that resolves", kind="unknown-host")
+    if isinstance(e, asyncio.TimeoutError):
+        return ConnectError(f"{label}: timed out connecting after {CONNECT_TIMEOUT} s", kind="timeout", retry=True)
+    if isinstance(e, ConnectionRefusedError):
+        return ConnectError(f"{label}: connection refused (is sshd running there?)", kind="refused", retry=True)
+    if isinstance(e, asyncssh.DisconnectError):
+        return ConnectError(f"{label}: disconnected: {e.reason}", kind="disconnect", retry=True)
+    if isinstance(e, OSError):
+        return ConnectError(f"{label}: cannot connect: {e.strerror or e}", kind="network", retry=True)
+    return None
+
+
+def _host_key_error(target: Target, options: asyncssh.SSHClientConnectionOptions, label: str, real: str,
+                    port: int) -> ConnectError:
+    files = _known_hosts_files(options)
+    where = ", ".join(files) or "known_hosts"
+    hostspec = real if port == 22 else f"[{real}]:{port}"
+    if _has_known_key(files, real, port):
+        return ConnectError(
+            f"{label}: REMOTE HOST KEY CHANGED — it does not match the key in {where}. "
+            f"This can be an attack. If the host was really reinstalled, remove the old key with "
+            f"`ssh-keygen -R '{hostspec}'` and connect once with ssh to check and trust the new one.",
+            kind="hostkey")
+    pflag = f" -p {port}" if port != 22 else ""
+    return ConnectError(
+        f"{label}: host key is not trusted: no key for {hostspec} in {where}. "
+        f"Check the fingerprint and trust it by connecting once with `ssh{pflag} {target.host}` "
+        f"(answer yes), or add it with `ssh-keyscan{pflag} {real} >> {where.split(', ')[0]}`.",
+        kind="hostkey")
