@@ -381,7 +381,11 @@ class Engine:
                 if not fut.done():
                     fut.set_result([str(a) for a in answers] if isinstance(answers, (list, tuple)) else None)
             loop.call_soon_threadsafe(settle)
-        self.prompter(challenge.payload(), reply)
+        try:
+            self.prompter(challenge.payload(), reply)
+        except Exception:  # noqa: BLE001 - a front-end that cannot ask: as if cancelled, traceback in the log
+            log.error("asking for a login failed:\n%s", traceback.format_exc())
+            return None
         return await fut
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
