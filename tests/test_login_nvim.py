@@ -51,6 +51,9 @@ def test_remote_run_asks_for_the_code_in_neovim_once(nvim, mfa, tmp_path):
     assert code not in (nvim.call("histget", "@", -1) or "")
     status = nvim.exec_lua("return require('remote_dev').status()")
     assert status["connected"] and status["connected_since"]
+    nvim.command("RemoteStatus")
+    wait_for(lambda: "connected   yes, since " in nvim.api.api.exec2("messages", {"output": True})["output"], 30,
+             what=":RemoteStatus saying since when")
 
 
 def test_wrong_code_is_one_line_in_neovim(nvim, mfa, tmp_path):
