@@ -394,3 +394,21 @@ def test_cli_status_says_since_when_and_through_what():
     assert line == f"connected   yes, since {time.strftime('%H:%M', time.localtime(t))} (3 h 5 min)"
     via = format_status({**base, "connected_since": t, "connected_via": "your OpenSSH master connection (x)"})
     assert "(3 h 5 min), through your OpenSSH master connection (x)" in via
+
+
+def test_proxyjump_bastion_with_an_untrusted_host_key_is_one_line_naming_it(make_engine, mfa, sshd, tmp_path):
+    from remote_dev.errors import RemoteDevError
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    cfg = tmp_path / "ssh_config"
+    behind = sshd.ssh_config.read_text().replace(f"Host {sshd.alias}\n", f"Host {sshd.alias}\n  ProxyJump {mfa.sshd.alias}\n")
+    cfg.write_text(behind + mfa.sshd.ssh_config.read_text().replace(str(mfa.sshd.known_hosts), str(empty)))
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / ".remote-dev.toml").write_text(sshd.target_toml(str(tmp_path / "remote")).replace(str(sshd.ssh_config), str(cfg)))
+    person = Person(lambda c: [mfa.code()])
+    with pytest.raises(RemoteDevError) as err:
+        make_engine(person).call_sync("status", {"cwd": str(root)}, {}, timeout=60)
+    msg = err.value.message
+    assert msg.startswith(f"{mfa.sshd.alias} (ProxyJump to {sshd.alias}") and "host key not trusted" in msg, msg
+    assert person.seen == [] and "\n" not in msg

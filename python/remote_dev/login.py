@@ -148,8 +148,10 @@ def refusal(label: str, user: str, st: LoginState) -> tuple[str, str]:
     wanted = "keyboard-interactive" if st.kbdint_wanted else "a password" if st.password_wanted else ""
     prompt = f" ({st.prompts_seen[-1].strip()})" if st.prompts_seen else ""
     if st.refused == "code":
-        return "auth-code", (f"{label}: the server refused the code for user {user}{prompt}: "
-                             f"keyboard-interactive{after_key}. Nothing was kept; try again with a new code.")
+        what = "password" if "password" in prompt.lower() else "code"
+        return "auth-code", (f"{label}: the server refused the {what} for user {user}{prompt}: "
+                             f"keyboard-interactive{after_key}. Nothing was kept; try again"
+                             + (" with a new code." if what == "code" else "."))
     if st.refused == "password":
         return "auth-password", f"{label}: the server refused the password for user {user}."
     if st.cancelled:

@@ -184,6 +184,9 @@ async def _open_hop(hop: str, tunnel: asyncssh.SSHClientConnection | None, confi
     except asyncssh.PermissionDenied:
         kind, text = refusal(f"{host} (ProxyJump to {label})", client.user, client.state)
         raise ConnectError(text, kind=kind) from None
+    except asyncssh.HostKeyNotVerifiable as e:
+        raise ConnectError(f"{host} (ProxyJump to {label}): host key not trusted ({e.reason}): check it and trust it "
+                           f"by connecting once with `ssh {host}`", kind="hostkey") from None
     except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
         raise ConnectError(f"{label}: cannot reach the ProxyJump host {host}: {e or type(e).__name__}",
                            kind="network", retry=True) from None
