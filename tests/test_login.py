@@ -412,3 +412,25 @@ def test_proxyjump_bastion_with_an_untrusted_host_key_is_one_line_naming_it(make
     msg = err.value.message
     assert msg.startswith(f"{mfa.sshd.alias} (ProxyJump to {sshd.alias}") and "host key not trusted" in msg, msg
     assert person.seen == [] and "\n" not in msg
+
+
+def test_after_a_cancel_background_reconnects_do_not_ask_until_the_person_acts(make_engine, mfa, tmp_path):
+    from remote_dev.errors import RemoteDevError
+    answers: list[Any] = [None]
+    person = Person(lambda c: answers[0])
+    eng = make_engine(person)
+    root = mfa_project(tmp_path, mfa)
+    with pytest.raises(RemoteDevError):
+        eng.call_sync("push", {"cwd": str(root)}, {}, timeout=60)
+    assert len(person.seen) == 1
+    sess = eng.projects[root.resolve()].session()
+
+    async def background() -> list[Any]:   # what output followers and forwards do after a drop
+        import asyncio
+        return await asyncio.gather(sess.ensure(), sess.ensure(), return_exceptions=True)
+    results = eng.submit(background()).result(60)
+    assert all(isinstance(r, RemoteDevError) and "login cancelled" in r.message for r in results), results
+    assert len(person.seen) == 1
+    answers[0] = [mfa.code()]
+    eng.call_sync("push", {"cwd": str(root)}, {}, timeout=60)   # the person acts: asked again
+    assert len(person.seen) == 2

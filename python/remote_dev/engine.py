@@ -128,6 +128,9 @@ class TargetSession(FeatureState):
         self.container_engine: str | None = None   # docker or podman, once found to answer
         self.connected_since: float | None = None  # time.time() of the login now serving
         self.via: str | None = None   # how, when not a login of our own (an OpenSSH master)
+        # The person cancelled a login prompt: reconnects in the background (output
+        # followers, forwards) do not ask again until the person makes a request.
+        self.login_declined = False
 
     @property
     def connected(self) -> bool:
@@ -175,7 +178,7 @@ class TargetSession(FeatureState):
 
     async def _connect(self, why: str = "") -> None:
         t = self.target
-        self.conn = await ssh.connect(t, ask=self.project.ask, why=why)
+        self.conn = await ssh.connect(t, ask=self._ask if self.project.ask else None, why=why)
         try:
             self.agent = await AgentChannel.start(self.conn, t.host, t.python)
             self.hello = await self.agent.call("hello", __version__)
@@ -189,6 +192,13 @@ class TargetSession(FeatureState):
         self.connected_since = time.time()
         self.via = self.conn.get_extra_info("remote_dev_via") if self.conn is not None else None
         log.info("connected to %s (agent %s, python %s)", t.host, self.hello.get("version"), self.hello.get("python"))
+
+    async def _ask(self, challenge: Challenge) -> list[str] | None:
+        if self.login_declined or self.project.ask is None:
+            return None
+        answers = await self.project.ask(challenge)
+        self.login_declined = answers is None
+        return answers
 
     def drop(self) -> None:
         self.connected_since = None
@@ -290,6 +300,9 @@ class Engine:
                 done: Callable[[str | None, Any], None] | None = None) -> concurrent.futures.Future[Any]:
         """Run an action; done(error_message, result) is called from the engine thread."""
         async def run() -> Any:
+            for proj in self.projects.values():   # the person acts: a cancelled login may ask again
+                for sess in proj.sessions.values():
+                    sess.login_declined = False
             try:
                 func = self.actions.get(action)
                 if func is None:
