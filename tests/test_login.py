@@ -194,6 +194,21 @@ def test_cli_asks_on_its_terminal(mfa, tmp_path):
     assert typed[0] not in screen   # echo off, as the server asked
 
 
+def test_cli_wrong_code_on_its_terminal_is_one_line(mfa, tmp_path):
+    root = mfa_project(tmp_path, mfa)
+    typed: list[str] = []
+
+    def answer(screen: str) -> str | None:
+        if "Verification code: " in screen and not typed:
+            typed.append(mfa.wrong_code())
+            return typed[-1]
+        return None
+    code, screen = cli_on_terminal(root, answer)
+    assert code == 2, repr(screen)
+    said = [line for line in screen.splitlines() if line.startswith("remote-dev: ") and "login to" not in line]
+    assert len(said) == 1 and "refused the code" in said[0], repr(screen)
+
+
 def test_cli_without_a_terminal_says_so_in_one_line(mfa, tmp_path):
     root = mfa_project(tmp_path, mfa)
     cli = str(Path(sys.executable).parent / "remote-dev")
