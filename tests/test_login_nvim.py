@@ -16,6 +16,12 @@ login.ask = function(p)
   table.insert(_G.rd_logins, { host = p.host, prompts = p.prompts })
   return ask(p)
 end
+_G.rd_secret_prompts = {}
+local inputsecret = vim.fn.inputsecret
+vim.fn.inputsecret = function(text)
+  table.insert(_G.rd_secret_prompts, text)
+  return inputsecret(text)
+end
 """
 
 
@@ -35,6 +41,8 @@ def test_remote_run_asks_for_the_code_in_neovim_once(nvim, mfa, tmp_path):
     # break) name the host: "remote_dev: login to rdmfa as <user>".
     assert prompt == "Verification code: ", prompt
     assert nvim.exec_lua("return _G.rd_logins")[0]["host"] == mfa.sshd.alias
+    assert nvim.exec_lua("return _G.rd_secret_prompts") == \
+        [f"remote_dev: login to {mfa.sshd.alias} as {mfa.user}\nVerification code: "]
     code = mfa.code()
     nvim.input(code + "<CR>")
     first = nvim.wait_event("RemoteDevRunExit", 90)
