@@ -64,7 +64,14 @@ next_challenge = function()
   local p = table.remove(queue, 1)
   busy = p ~= nil
   if p then
-    vim.schedule(function() run(p) end)
+    vim.schedule(function()
+      local ok, err = pcall(run, p)
+      if not ok then -- a broken input UI: the login is cancelled, the next one still asks
+        reply(p.id, nil)
+        require('remote_dev.ui').error('login prompt failed: ' .. tostring(err))
+        next_challenge()
+      end
+    end)
   end
 end
 
