@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import alloc as alloc_mod, debug, forwards, health as health_mod, kernels, notebook as notebook_mod, \
+from . import alloc as alloc_mod, debug, envmirror, forwards, health as health_mod, kernels, notebook as notebook_mod, \
     runs as runs_mod, services, shells, sync
 from .engine import Action, Engine
 from .errors import RemoteDevError
@@ -242,3 +242,25 @@ async def alloc(engine: Engine, ctx: dict[str, Any], args: list[str] | None = No
     """:RemoteAlloc [sbatch arguments] | stop: hold an allocation for the target (or find
     the one held); runs, debug runs, shells and kernels become its steps.  stop ends it."""
     return await alloc_mod.alloc_command(engine, engine.project(ctx), list(args or []), stop)
+
+
+# -- the target's environment (:RemoteEnv)
+
+@action("env")
+async def env(engine: Engine, ctx: dict[str, Any], refresh: bool = False) -> dict[str, Any]:
+    """:RemoteEnv [refresh]: bring the local mirror of what the target's python imports up to
+    date (refresh: list every file again, not only when the environment's stamp changed)."""
+    proj = engine.project(ctx)
+    return await envmirror.refresh(engine, proj, proj.session(ctx.get("target")), force=bool(refresh))
+
+
+@action("connected")
+async def connected(engine: Engine, ctx: dict[str, Any]) -> None:
+    """Run by the engine after each login of a target: the mirror, adopted from disk and
+    checked against the environment in the background (containers: not mirrored)."""
+    proj = engine.project(ctx)
+    sess = proj.session(ctx.get("target"))
+    if sess.target.in_container:
+        return
+    envmirror.adopt(sess)
+    await envmirror.refresh(engine, proj, sess)

@@ -13,6 +13,8 @@ class PathMapping:
     local_root: Path          # folder holding .remote-dev.toml
     remote_root: str          # absolute path on the remote (after ~ expansion)
     container_root: str | None = None   # workdir the tree is mounted at inside a container
+    # (remote folder, local folder) of the :RemoteEnv mirror: the target's libraries
+    libraries: tuple[tuple[str, str], ...] = ()
 
     def roots(self) -> list[str]:
         """Remote-side roots, most specific first."""
@@ -35,6 +37,15 @@ class PathMapping:
             if path.startswith(root + "/"):
                 rel = path[len(root) + 1:]
                 return str(self.local_root / rel)
+        return self.library_file(path)
+
+    def library_file(self, path: str) -> str | None:
+        """The mirror's copy of a remote library file (the longest mirrored folder holding
+        it), when the mirror has it; else None."""
+        for remote, local in sorted(self.libraries, key=lambda rl: len(rl[0]), reverse=True):
+            if path.startswith(remote.rstrip("/") + "/"):
+                mirrored = os.path.join(local, path[len(remote.rstrip("/")) + 1:])
+                return mirrored if os.path.isfile(mirrored) else None
         return None
 
     def rel(self, local_path: str | Path) -> str:
@@ -46,5 +57,11 @@ class PathMapping:
             return p.resolve().relative_to(self.local_root.resolve()).as_posix()
 
     def dap_path_mappings(self, *, in_container: bool = False) -> list[dict[str, str]]:
+        """The project, then every mirrored library folder (longest first; not inside a
+        container, whose interpreter is the image's)."""
         root = self.container_root if in_container and self.container_root else self.remote_root
-        return [{"localRoot": str(self.local_root), "remoteRoot": root}]
+        out = [{"localRoot": str(self.local_root), "remoteRoot": root}]
+        if not in_container:
+            for remote, local in sorted(self.libraries, key=lambda rl: len(rl[0]), reverse=True):
+                out.append({"localRoot": local, "remoteRoot": remote})
+        return out

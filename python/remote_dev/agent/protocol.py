@@ -181,6 +181,33 @@ def unpack_answers(blob):
     return answers
 
 
+
+def pack_files(header, parts):
+    """Files in one blob (the :RemoteEnv mirror's reads): a JSON header of [rel, size,
+    mtime_ns] (size -1: gone), then the bytes of each file present, in order."""
+    head = json.dumps(header, separators=(",", ":")).encode("ascii")
+    return b"".join([_HEAD.pack(len(head)), head] + list(parts))
+
+
+def unpack_files(blob):
+    """pack_files' bytes -> [(rel, size, mtime_ns, memoryview or None)]; ValueError when
+    they do not add up."""
+    view = memoryview(blob)
+    (n,) = _HEAD.unpack_from(view, 0)
+    pos = _HEAD.size + n
+    out = []
+    for rel, size, mtime in json.loads(bytes(view[_HEAD.size:pos]).decode("ascii")):
+        if size < 0:
+            out.append((rel, size, mtime, None))
+            continue
+        if pos + size > len(view):
+            raise ValueError("file sizes exceed the blob")
+        out.append((rel, size, mtime, view[pos:pos + size]))
+        pos += size
+    if pos != len(view):
+        raise ValueError("%d bytes left over" % (len(view) - pos))
+    return out
+
 # Answers to push ops, one per op:
 #   [OK, size, mtime_ns] | [CONFLICT, reason] | [ERROR, message] | [GONE] (delete: nothing there)
 OK = "ok"

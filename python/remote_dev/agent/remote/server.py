@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import alloc, host, runs, services, temps
+from . import alloc, envscan, host, runs, services, temps
 from .common import AgentError, os_message
 from .files import FileOps
 
@@ -69,6 +69,9 @@ def method_table(files):
         "alloc_info": (alloc.alloc_info, True),
         "alloc_stop": (alloc.alloc_stop, True),
         "step_listening": (alloc.step_listening, True),
+        "env_probe": (envscan.env_probe, True),
+        "env_list": (envscan.env_list, True),
+        "env_read": (envscan.env_read, True),
     }
 
 

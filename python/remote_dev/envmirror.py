@@ -1,0 +1,245 @@
+""":RemoteEnv: a local, read-only mirror of what the target's python imports from outside
+remote_root, for language servers, quickfix and nvim-dap.
+
+One refresh is: probe (the agent runs the target's python for its sys.path and a stamp of
+it; one round trip) -> when the stamp differs from the mirror's, or when asked to: list
+the sources under those folders -> read what differs from the manifest in batches
+pipelined like a pull's blocks, each compressed for the link -> write the files, delete
+what went, save the manifest.  The mirror lives in the project's state folder, one local
+folder per sys.path entry (``env/<target>/<name>-<hash>``); ``manifest.json`` beside them
+says what each holds.  Every refresh fires ``RemoteDevEnv`` {target, paths, files, bytes}
+and hands the (remote, local) folders to the session's path mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .agent.protocol import decompress, unpack_files
+from .engine import Engine, Project, TargetSession
+from .errors import RemoteDevError
+from .sync.wire import LinkMeter
+
+log = logging.getLogger("remote_dev")
+
+BATCH = 4 << 20          # raw bytes asked for per read request
+WINDOW = 24 << 20        # raw bytes of read requests in flight
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class EnvState:
+    """Per session: the refresh in progress (one at a time) and the last event's data."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last: dict[str, Any] | None = None
+
+
+def mirror_dir(proj: Project, target: str) -> Path:
+    return proj.state_dir() / "env" / target
+
+
+def local_name(remote: str) -> str:
+    """The local folder of a remote sys.path folder: its name and a hash of its path."""
+    digest = hashlib.sha1(remote.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{posixpath.basename(remote.rstrip('/')) or 'root'}-{digest}"
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+        return data if isinstance(data, dict) and data.get("version") == 1 else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest))
+    tmp.replace(folder / MANIFEST)
+
+
+def libraries_of(folder: Path, manifest: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    roots = manifest.get("roots") or {}
+    return tuple((remote, str(folder / roots[remote]["dir"])) for remote in manifest.get("paths") or ()
+                 if remote in roots)
+
+
+def event_data(sess: TargetSession, folder: Path, manifest: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    roots = manifest.get("roots") or {}
+    files = sum(len(r["files"]) for r in roots.values())
+    size = sum(f[0] for r in roots.values() for f in r["files"].values())
+    libs = libraries_of(folder, manifest)
+    return {"target": sess.target.name, "root": str(sess.project.root), "paths": [local for _, local in libs],
+            "remotes": [remote for remote, _ in libs], "files": files, "bytes": size,
+            "python": manifest.get("python"), **extra}
+
+
+def adopt(sess: TargetSession) -> dict[str, Any] | None:
+    """The mirror already on disk (an earlier Neovim's) for the session's mapping."""
+    folder = mirror_dir(sess.project, sess.target.name)
+    manifest = load_manifest(folder)
+    if manifest and not sess.library_roots and not sess.target.in_container:
+        sess.library_roots = libraries_of(folder, manifest)
+    return manifest or None
+
+
+async def refresh(engine: Engine, proj: Project, sess: TargetSession, force: bool = False) -> dict[str, Any]:
+    """Bring the mirror up to date (a full listing when force, else only when the probe's
+    stamp changed); fires RemoteDevEnv and returns its data."""
+    if sess.target.in_container:
+        raise RemoteDevError(f"target {sess.target.name}: :RemoteEnv mirrors the interpreter of process and slurm "
+                             f"targets; for runner = \"container\" it is not built yet", kind="env")
+    state = sess.state(EnvState)
+    async with state.lock:
+        t0 = time.perf_counter()
+        folder = mirror_dir(proj, sess.target.name)
+        manifest = load_manifest(folder)
+        remote_root = sess.remote_root or sess.target.remote_root
+        probe = await sess.call("env_probe", None, dict(sess.target.env or {}), [remote_root])
+        unchanged = (not force and manifest.get("stamp") == probe["stamp"]
+                     and manifest.get("paths") == probe["paths"])
+        fetched = 0
+        if not unchanged:
+            fetched = await _mirror(sess, folder, manifest, probe, remote_root)
+        sess.library_roots = libraries_of(folder, manifest)
+        ms = int((time.perf_counter() - t0) * 1000)
+        data = event_data(sess, folder, manifest, changed=fetched, ms=ms)
+        state.last = data
+        log.info("env %s: %d folders, %d files, %d bytes; %d fetched in %d ms", sess.target.name,
+                 len(data["paths"]), data["files"], data["bytes"], fetched, ms)
+        engine.emit("RemoteDevEnv", data)
+        return data
+
+
+async def _mirror(sess: TargetSession, folder: Path, manifest: dict[str, Any], probe: dict[str, Any],
+                  remote_root: str) -> int:
+    """List, fetch what differs, delete what went; manifest updated in place and saved."""
+    paths: list[str] = probe["paths"]
+    listing = await sess.call("env_list", paths, [remote_root])
+    old_roots: dict[str, Any] = manifest.get("roots") or {}
+    roots: dict[str, Any] = {}
+    todo: list[tuple[str, str, int]] = []     # (remote folder, rel, size)
+    for remote, files in zip(paths, listing):
+        have = (old_roots.get(remote) or {}).get("files") or {}
+        entry = roots[remote] = {"dir": local_name(remote), "files": {}}
+        for rel, size, mtime in files:
+            if have.get(rel) == [size, mtime] and (folder / entry["dir"] / rel).is_file():
+                entry["files"][rel] = [size, mtime]
+            else:
+                todo.append((remote, rel, size))
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    # What is no longer listed goes first (a file may become a folder of the same name).
+    await asyncio.to_thread(_delete_gone, folder, old_roots, roots, {(r, rel) for r, rel, _ in todo})
+    fetched = await _fetch(sess, folder, roots, todo)
+    manifest.clear()
+    manifest.update({"version": 1, "stamp": probe["stamp"], "paths": paths, "python": probe.get("version"),
+                     "prefix": probe.get("prefix"), "roots": roots})
+    await asyncio.to_thread(save_manifest, folder, manifest)
+    return fetched
+
+
+def _delete_gone(folder: Path, old_roots: dict[str, Any], roots: dict[str, Any], coming: set[tuple[str, str]]) -> None:
+    for remote, old in old_roots.items():
+        if remote not in roots:
+            shutil.rmtree(folder / old["dir"], ignore_errors=True)
+            continue
+        keep = roots[remote]["files"]
+        emptied: set[Path] = set()
+        for rel in old.get("files") or {}:
+            if rel not in keep and (remote, rel) not in coming:
+                path = folder / old["dir"] / rel
+                try:
+                    path.unlink()
+                except OSError:
+                    continue
+                emptied.add(path.parent)
+        top = folder / old["dir"]
+        for d in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+            while d != top and d.is_relative_to(top):
+                try:
+                    d.rmdir()          # only when empty
+                except OSError:
+                    break
+                d = d.parent
+
+
+def _batches(todo: list[tuple[str, str, int]]) -> list[tuple[str, list[str], int]]:
+    """Read requests of up to BATCH bytes, files of one folder each, sorted by suffix so
+    that like compresses with like."""
+    out: list[tuple[str, list[str], int]] = []
+    by_root: dict[str, list[tuple[str, int]]] = {}
+    for remote, rel, size in todo:
+        by_root.setdefault(remote, []).append((rel, size))
+    for remote, files in by_root.items():
+        files.sort(key=lambda f: (os.path.splitext(f[0])[1], f[0]))
+        cur: list[str] = []
+        cur_size = 0
+        for rel, size in files:
+            if cur and cur_size + size > BATCH:
+                out.append((remote, cur, cur_size))
+                cur, cur_size = [], 0
+            cur.append(rel)
+            cur_size += size
+        if cur:
+            out.append((remote, cur, cur_size))
+    return out
+
+
+async def _fetch(sess: TargetSession, folder: Path, roots: dict[str, Any], todo: list[tuple[str, str, int]]) -> int:
+    """Read the batches with up to WINDOW raw bytes in flight; write each as it comes."""
+    agent = await sess.ensure()
+    meter = sess.state(LinkMeter)
+    if meter.rtt_ms is None:
+        meter.rtt_ms = sess.rtt_ms
+    link = meter.link()
+    formats = sess.hello.get("codecs")
+    queue = _batches(todo)
+    inflight: list[tuple[str, int, asyncio.Future[Any]]] = []
+    in_window = 0
+    fetched = 0
+    while queue or inflight:
+        while queue and (not inflight or in_window + queue[0][2] <= WINDOW):
+            remote, rels, size = queue.pop(0)
+            inflight.append((remote, size, agent.send("env_read", remote, rels, link, formats)))
+            in_window += size
+        await agent.drain()
+        remote, size, fut = inflight.pop(0)
+        try:
+            fmt, blob = await fut
+        except RemoteDevError:
+            for _, _, other in inflight:
+                other.cancel()
+            raise
+        in_window -= size
+        entry = roots[remote]
+        fetched += await asyncio.to_thread(_write_batch, folder / entry["dir"], entry["files"], fmt, blob)
+    return fetched
+
+
+def _write_batch(local: Path, files: dict[str, list[int]], fmt: str, blob: bytes) -> int:
+    n = 0
+    for rel, size, mtime, data in unpack_files(decompress(fmt, blob)):
+        if data is None:
+            continue
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise RemoteDevError(f"{rel}: outside the mirror folder {local}", kind="env")
+        path = local / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".rd-tmp")
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o444)
+        tmp.replace(path)
+        files[rel] = [size, mtime]
+        n += 1
+    return n

@@ -1,0 +1,55 @@
+"""A remote's Python with a package the local side does not have: a venv (made once per
+machine in the test bed's cache, beside the podman image) with more_itertools at a pinned
+version, for :RemoteEnv.  The test venv running the tests lacks more_itertools, so a
+definition that resolves, a breakpoint that binds, a frame that maps can only come through
+the mirror.
+
+`fresh_env(folder)` makes a venv without pip in a test's own folder (0.1 s), whose
+site-packages a test may change as pip would.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from support.podman import _locked, cache_dir
+
+MORE_ITERTOOLS = "more-itertools==10.7.0"
+
+
+def more_itertools_python() -> tuple[Path | None, str]:
+    """(python of a venv with MORE_ITERTOOLS, "") or (None, why)."""
+    base = cache_dir() / f"env-more-itertools-{hashlib.sha256(MORE_ITERTOOLS.encode()).hexdigest()[:12]}"
+    python, done = base / "bin" / "python", base / ".complete"
+    if done.exists():
+        return python, ""
+    with _locked(cache_dir() / "env-more-itertools.lock"):
+        if done.exists():
+            return python, ""
+        shutil.rmtree(base, ignore_errors=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(base)], check=True, capture_output=True, timeout=120)
+            res = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                  "--no-deps", MORE_ITERTOOLS], capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"making a venv with {MORE_ITERTOOLS} failed: {e}"
+        if res.returncode != 0:
+            return None, f"installing {MORE_ITERTOOLS} failed: {(res.stderr or res.stdout)[-800:]}"
+        done.write_text("ok")
+    return python, ""
+
+
+def site_packages(python: Path) -> Path:
+    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True, timeout=30)
+    return Path(out.stdout.strip())
+
+
+def fresh_env(folder: Path) -> Path:
+    """A venv without pip at folder; its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, capture_output=True,
+                   timeout=120)
+    return folder / "bin" / "python"
