@@ -50,8 +50,22 @@ cmd('RemoteNotebook', function(o) cmds().notebook(o) end,
 cmd('RemoteAlloc', function(o) cmds().alloc(o) end,
   { nargs = '*', complete = function() return { 'stop' } end,
     desc = 'Hold a Slurm allocation for the target ([sbatch args]); runs, shells, kernels become its steps; stop' })
+cmd('RemoteEnv', function(o) cmds().env(o) end,
+  { nargs = '?', complete = function() return { 'refresh' } end,
+    desc = "Mirror the target's libraries locally for language servers, quickfix and nvim-dap; refresh" })
 
 local group = vim.api.nvim_create_augroup('remote_dev', { clear = true })
+vim.api.nvim_create_autocmd('BufReadPost', {
+  group = group,
+  pattern = '*/remote-dev/projects/*/env/*',
+  desc = 'remote_dev: :RemoteEnv mirror files are read-only',
+  callback = function(args) require('remote_dev.env').on_read(args) end,
+})
+vim.api.nvim_create_autocmd('LspAttach', {
+  group = group,
+  desc = 'remote_dev: Python language servers see the :RemoteEnv mirror',
+  callback = function(args) require('remote_dev.env').on_lsp_attach(args) end,
+})
 vim.api.nvim_create_autocmd('BufWritePost', {
   group = group,
   desc = 'remote_dev: push on save',

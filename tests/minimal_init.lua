@@ -23,3 +23,6 @@ vim.notify = function(msg, level, opts)
   table.insert(_G.rd_messages, { msg = msg, level = level })
   return orig_notify(msg, level, opts)
 end
+-- The :RemoteEnv mirror is made in the background after connecting (the target's stdlib and
+-- site-packages); tests about something else leave it off, those about it call setup({}).
+require('remote_dev.config').options.env.auto = false

@@ -66,14 +66,6 @@ def test_refresh_with_nothing_changed_fetches_nothing_and_a_new_package_comes(en
     assert fourth["files"] == first["files"] and not os.path.exists(os.path.join(local, "fresh_pkg"))
 
 
-def test_first_connection_mirrors_in_the_background(engine, make_project):
-    python = env_python()
-    proj = make_project(target={"python": str(python)})
-    engine.call_sync("status", {"cwd": str(proj.root)}, timeout=60)
-    data = wait_for(lambda: (events(engine, "RemoteDevEnv") or [None])[-1], 120, what="RemoteDevEnv after login")
-    assert data["target"] == "test" and str(site_packages(python)) in data["remotes"]
-
-
 def test_traceback_inside_a_library_lands_on_the_mirror_file(engine, make_project):
     python = env_python()
     proj = make_project(target={"python": str(python)})

@@ -168,6 +168,16 @@ function M.alloc(o)
   rd().alloc({ args = o.fargs })
 end
 
+--- :RemoteEnv [refresh]
+function M.env(o)
+  local what = arg_or_nil(o.args)
+  if what and what ~= 'refresh' then
+    fail((':RemoteEnv %s: unknown; :RemoteEnv checks the mirror, :RemoteEnv refresh lists every file again'):format(what))
+    return
+  end
+  rd().env({ refresh = what == 'refresh' })
+end
+
 --- Completion: the target's shells (from the last status).
 function M.complete_shells()
   return require('remote_dev.shell').names()

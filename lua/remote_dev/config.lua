@@ -47,6 +47,13 @@ M.schema = {
     end,
     expects = "a list of ranks (whole numbers) or { 'all' }",
     description = "Debugged processes that stop at the program's first line, by rank (`{ 0 }`; a process without a rank is 0), or `{ 'all' }`. Not in containers with their own network." },
+  { name = 'env', type = 'table', description = 'The :RemoteEnv mirror of the target\'s libraries.',
+    fields = {
+      { name = 'auto', type = 'boolean', default = true,
+        description = 'Check it after the first connection to a target and after each run (one round trip when nothing changed), and bring it up to date in the background.' },
+      { name = 'lsp', type = 'boolean', default = true,
+        description = 'Give its folders to the Python language servers of the project (basedpyright, pyright, pylsp, jedi-language-server).' },
+    } },
   { name = 'open_quickfix', type = 'boolean',
     description = 'Deprecated: use `quickfix = { open = ... }`.',
     deprecated = {
@@ -82,6 +89,7 @@ end
 ---@field terminate_stops_run boolean
 ---@field notebook_open 'ask'|'always'|'never'
 ---@field stop_on_entry (integer|'all')[]
+---@field env { auto: boolean, lsp: boolean }
 M.options = defaults_of(M.schema)
 
 local function by_name(specs)

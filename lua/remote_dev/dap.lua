@@ -26,7 +26,7 @@ end
 
 --- The configuration nvim-dap runs: the host's, with the user's `dap` option merged in.
 local function with_user_fields(cfg)
-  return vim.tbl_deep_extend('force', cfg, config.options.dap or {})
+  return require('remote_dev.env').with_breakpoint_rules(vim.tbl_deep_extend('force', cfg, config.options.dap or {}))
 end
 
 --- A server adapter for a local port, answering with the configuration for it.

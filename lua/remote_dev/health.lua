@@ -53,6 +53,12 @@ function M.check()
   else
     vim.health.warn('nvim-dap not found: :RemoteDebug needs it', { 'Install mfussenegger/nvim-dap with your plugin manager' })
   end
+  vim.health.start('remote_dev: language servers (:RemoteEnv)')
+  local lsp_items = require('remote_dev.env').health()
+  if #lsp_items == 0 then
+    vim.health.info('no language server running now')
+  end
+  show(lsp_items)
   vim.health.start('remote_dev: remote side')
   if report.remote == nil or report.remote == vim.NIL then
     vim.health.info('no project: ' .. tostring(report.project))

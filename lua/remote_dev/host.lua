@@ -86,6 +86,8 @@ local levels = { info = vim.log.levels.INFO, warn = vim.log.levels.WARN, error =
 local on_event = {
   RemoteDevPushDone = function(data) require('remote_dev.sync').on_push_done(data) end,
   RemoteDevPullDone = function(data) require('remote_dev.sync').on_pull_done(data) end,
+  RemoteDevEnv = function(data) require('remote_dev.env').on_env(data) end,
+  RemoteDevRunExit = function(data) require('remote_dev.env').on_run_exit(data) end,
 }
 
 -- The host's reports by kind (python/remote_dev: engine.report).
@@ -103,6 +105,9 @@ local reports = {
   status = function(p)
     status_cache[p.root] = p
     last_status = p
+    if p.connected and p.runner ~= 'container' and require('remote_dev.config').options.env.auto then
+      require('remote_dev.env').on_connected(p.root, p.target)
+    end
   end,
   progress = function(p)
     local pct = p.total_bytes > 0 and math.floor(100 * p.bytes / p.total_bytes) or 100

@@ -14,6 +14,7 @@
 ---   kernel    :RemoteKernel, :RemoteSend and the kernel buffer
 ---   notebook  :RemoteNotebook
 ---   alloc     :RemoteAlloc (a held Slurm allocation)
+---   env       :RemoteEnv: the libraries' mirror for language servers, nvim-dap, quickfix
 ---   services  shells, kernel and notebook in :RemoteStatus and :RemoteRuns
 ---   _cmds     the Ex commands' argument parsing (plugin/remote_dev.lua)
 
@@ -200,6 +201,22 @@ end
 ---@param opts { args: string[]?, stop: boolean? }?
 function M.alloc(opts)
   lazy.alloc.alloc(opts)
+end
+
+--- :RemoteEnv: bring the local mirror of what the target's python imports (outside
+--- remote_root) up to date; { refresh = true } lists every file again. User RemoteDevEnv
+--- fires with { target, paths, files, bytes }.
+---@param opts { refresh: boolean? }?
+function M.env(opts)
+  lazy.env.env(opts)
+end
+
+--- The :RemoteEnv mirror's local folders in sys.path order, for the target (default: the
+--- current one); {} until the mirror was made or checked in this session.
+---@param target string?
+---@return string[]
+function M.env_paths(target)
+  return lazy.env.env_paths(target)
 end
 
 --- Low-level: send an action to the Python host; cb(err, result) runs later.

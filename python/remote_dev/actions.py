@@ -253,14 +253,3 @@ async def env(engine: Engine, ctx: dict[str, Any], refresh: bool = False) -> dic
     proj = engine.project(ctx)
     return await envmirror.refresh(engine, proj, proj.session(ctx.get("target")), force=bool(refresh))
 
-
-@action("connected")
-async def connected(engine: Engine, ctx: dict[str, Any]) -> None:
-    """Run by the engine after each login of a target: the mirror, adopted from disk and
-    checked against the environment in the background (containers: not mirrored)."""
-    proj = engine.project(ctx)
-    sess = proj.session(ctx.get("target"))
-    if sess.target.in_container:
-        return
-    envmirror.adopt(sess)
-    await envmirror.refresh(engine, proj, sess)

@@ -176,8 +176,6 @@ class TargetSession(FeatureState):
             if reconnect:
                 for hook in list(self.on_reconnect):
                     asyncio.get_running_loop().create_task(hook())
-            if self.project.on_login is not None:
-                self.project.on_login(self)
             assert self.agent is not None
             return self.agent
 
@@ -247,7 +245,6 @@ class Project(FeatureState):
     last_push: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, RunView] = field(default_factory=dict)   # by id: started or followed here
     ask: ssh.Ask | None = None   # the person's answers to login prompts (the front-end's)
-    on_login: Callable[[TargetSession], None] | None = None   # after each login (Engine.on_login)
 
     def __post_init__(self) -> None:
         FeatureState.__init__(self)
@@ -374,8 +371,7 @@ class Engine:
                 saved = Project(config, mtime, config.default_target).state_dir() / "target"
                 name = saved.read_text().strip() if saved.exists() else ""
                 target_name = name if name in config.targets else config.default_target
-            new = Project(config, mtime, target_name, ask=self.ask if self.prompter else None,
-                          on_login=self.on_login)
+            new = Project(config, mtime, target_name, ask=self.ask if self.prompter else None)
             if proj is not None:
                 for name, sess in proj.sessions.items():
                     if name in config.targets and config.targets[name] == sess.target:
@@ -407,23 +403,6 @@ class Engine:
             log.error("asking for a login failed:\n%s", traceback.format_exc())
             return None
         return await fut
-
-    def on_login(self, sess: TargetSession) -> None:
-        """After each login of a session: the registry's `connected` action, if it has one
-        (the :RemoteEnv check), in the background; its failure goes to the log."""
-        func = self.actions.get("connected")
-        if func is None:
-            return
-        ctx = {"cwd": str(sess.project.root), "target": sess.target.name}
-
-        async def run() -> None:
-            try:
-                await func(self, ctx)
-            except RemoteDevError as e:
-                log.info("connected: %s", e.message)
-            except Exception:  # noqa: BLE001 - in the background: the traceback in the log
-                log.error("connected failed:\n%s", traceback.format_exc())
-        self.loop.create_task(run())
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
         self.report("event", {"name": name, "data": data})

@@ -84,15 +84,6 @@ def event_data(sess: TargetSession, folder: Path, manifest: dict[str, Any], **ex
             "python": manifest.get("python"), **extra}
 
 
-def adopt(sess: TargetSession) -> dict[str, Any] | None:
-    """The mirror already on disk (an earlier Neovim's) for the session's mapping."""
-    folder = mirror_dir(sess.project, sess.target.name)
-    manifest = load_manifest(folder)
-    if manifest and not sess.library_roots and not sess.target.in_container:
-        sess.library_roots = libraries_of(folder, manifest)
-    return manifest or None
-
-
 async def refresh(engine: Engine, proj: Project, sess: TargetSession, force: bool = False) -> dict[str, Any]:
     """Bring the mirror up to date (a full listing when force, else only when the probe's
     stamp changed); fires RemoteDevEnv and returns its data."""

@@ -1,0 +1,92 @@
+""":RemoteEnv in a real headless Neovim: with setup()'s defaults the mirror is made after
+the first connection, a real basedpyright (from PyPI, its own Node) enabled the ordinary way
+resolves a package installed only in the target's python into it, the mirror's buffers are
+read-only, and an nvim-dap breakpoint in a mirrored library file stops :RemoteDebug there."""
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from pathlib import Path
+
+from conftest import require, wait_for
+
+from support.env_python import more_itertools_python, site_packages
+
+LANGSERVER = Path(sys.executable).parent / "basedpyright-langserver"
+MAIN = "import more_itertools\n\nprint('got', more_itertools.one([7]))\n"
+
+DEFINITION = """
+local line, col = ...
+local params = vim.lsp.util.make_position_params(0, 'utf-16')
+params.position = { line = line, character = col }
+local res = vim.lsp.buf_request_sync(0, 'textDocument/definition', params, 5000) or {}
+for _, r in pairs(res) do
+  local loc = r.result and (r.result[1] or r.result)
+  if loc and (loc.uri or loc.targetUri) then
+    local range = loc.range or loc.targetSelectionRange
+    return { file = vim.uri_to_fname(loc.uri or loc.targetUri), line = range.start.line }
+  end
+end
+return vim.NIL
+"""
+
+
+def start_basedpyright(nvim):
+    require(LANGSERVER.exists(), f"basedpyright not installed in the venv ({LANGSERVER}); scripts/setup installs it")
+    nvim.exec_lua("""
+      require('remote_dev').setup({})
+      vim.lsp.config('basedpyright', { cmd = { ..., '--stdio' }, filetypes = { 'python' },
+        root_markers = { '.remote-dev.toml' } })
+      vim.lsp.enable('basedpyright')
+    """, str(LANGSERVER))
+
+
+def body_line(path: str, name: str) -> int:
+    """The first line of the body of function name (after its docstring), 1-based."""
+    tree = ast.parse(Path(path).read_text())
+    func = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)
+    body = func.body[1:] if isinstance(func.body[0], ast.Expr) and isinstance(func.body[0].value, ast.Constant) \
+        else func.body
+    return body[0].lineno
+
+
+def test_basedpyright_definition_read_only_buffer_and_library_breakpoint(nvim, dap, make_project):
+    python, why = more_itertools_python()
+    require(python is not None, why)
+    proj = make_project(target={"python": str(python)})
+    main = proj.write("main.py", MAIN)
+    start_basedpyright(nvim)
+    nvim.open(proj.root, main)
+    nvim.command("RemoteStatus")                       # connects: the mirror comes by itself
+    data = nvim.wait_event("RemoteDevEnv", 120)
+    assert nvim.exec_lua("return require('remote_dev').env_paths()") == data["paths"]
+    site = site_packages(python)
+    mirror = Path(data["paths"][data["remotes"].index(str(site))])
+    more = mirror / "more_itertools" / "more.py"
+    col = MAIN.splitlines()[2].index("one")
+
+    def definition():
+        loc = nvim.exec_lua(DEFINITION, 2, col)
+        return loc if loc and loc["file"] == str(more) else None
+    loc = wait_for(definition, 60, 0.5, what=f"basedpyright's definition of more_itertools.one in {more}")
+    assert more.read_bytes() == (site / "more_itertools" / "more.py").read_bytes()
+    assert "def one(" in more.read_text().splitlines()[loc["line"]]
+    # the mirror's buffer: read-only, and :w says why
+    nvim.command(f"edit {more}")
+    assert nvim.eval("&modifiable") == 0
+    assert nvim.eval("b:remote_dev_mirror") == str(site / "more_itertools" / "more.py")
+    nvim.command("silent! write")
+    assert any("read-only :RemoteEnv mirror" in m for m in nvim.messages()), nvim.messages()
+    # a breakpoint on the first line of one's body stops a debug run there
+    line = body_line(str(more), "one")
+    dap.breakpoint(more, line)
+    nvim.command(f"edit {main}")
+    nvim.command(f"RemoteDebug {python} main.py")
+    frame = dap.stopped(1, 120)
+    assert (frame["path"], frame["line"]) == (str(more), line), frame
+    dap.clear_breakpoints()
+    dap.continue_()
+    ex = nvim.wait_event("RemoteDevRunExit", 90)
+    assert ex["code"] == 0
+    assert os.stat(more).st_mode & 0o222 == 0              # the files themselves are read-only
