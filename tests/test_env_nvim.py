@@ -21,14 +21,17 @@ local line, col = ...
 local params = vim.lsp.util.make_position_params(0, 'utf-16')
 params.position = { line = line, character = col }
 local res = vim.lsp.buf_request_sync(0, 'textDocument/definition', params, 5000) or {}
+local out = {}
 for _, r in pairs(res) do
-  local loc = r.result and (r.result[1] or r.result)
-  if loc and (loc.uri or loc.targetUri) then
-    local range = loc.range or loc.targetSelectionRange
-    return { file = vim.uri_to_fname(loc.uri or loc.targetUri), line = range.start.line }
+  local locs = r.result and (r.result[1] and r.result or { r.result }) or {}
+  for _, loc in ipairs(locs) do
+    if loc.uri or loc.targetUri then
+      local range = loc.range or loc.targetSelectionRange
+      table.insert(out, { file = vim.uri_to_fname(loc.uri or loc.targetUri), line = range.start.line })
+    end
   end
 end
-return vim.NIL
+return out
 """
 
 
@@ -40,6 +43,11 @@ def start_basedpyright(nvim):
         root_markers = { '.remote-dev.toml' } })
       vim.lsp.enable('basedpyright')
     """, str(LANGSERVER))
+
+
+def definition_in(nvim, file: Path, col: int):
+    """The definition of the name at line 3, col of the buffer, when one lands in file."""
+    return next((loc for loc in nvim.exec_lua(DEFINITION, 2, col) if loc["file"] == str(file)), None)
 
 
 def body_line(path: str, name: str) -> int:
@@ -66,10 +74,8 @@ def test_basedpyright_definition_read_only_buffer_and_library_breakpoint(nvim, d
     more = mirror / "more_itertools" / "more.py"
     col = MAIN.splitlines()[2].index("one")
 
-    def definition():
-        loc = nvim.exec_lua(DEFINITION, 2, col)
-        return loc if loc and loc["file"] == str(more) else None
-    loc = wait_for(definition, 60, 0.5, what=f"basedpyright's definition of more_itertools.one in {more}")
+    loc = wait_for(lambda: definition_in(nvim, more, col), 60, 0.5,
+                   what=f"basedpyright's definition of more_itertools.one in {more}")
     assert more.read_bytes() == (site / "more_itertools" / "more.py").read_bytes()
     assert "def one(" in more.read_text().splitlines()[loc["line"]]
     # the mirror's buffer: read-only, and :w says why
@@ -90,3 +96,31 @@ def test_basedpyright_definition_read_only_buffer_and_library_breakpoint(nvim, d
     ex = nvim.wait_event("RemoteDevRunExit", 90)
     assert ex["code"] == 0
     assert os.stat(more).st_mode & 0o222 == 0              # the files themselves are read-only
+
+
+def test_a_server_started_after_the_mirror_gets_it_and_an_unknown_one_is_named(nvim, make_project):
+    python, why = more_itertools_python()
+    require(python is not None, why)
+    proj = make_project(target={"python": str(python)})
+    main = proj.write("main.py", MAIN)
+    nvim.exec_lua("require('remote_dev').setup({})")
+    nvim.open(proj.root, main)
+    nvim.command("RemoteStatus")
+    data = nvim.wait_event("RemoteDevEnv", 120)
+    more = Path(data["paths"][data["remotes"].index(str(site_packages(python)))]) / "more_itertools" / "more.py"
+    start_basedpyright(nvim)                 # after the mirror: LspAttach gives it the paths
+    # the same server under a name and program remote_dev does not know
+    nvim.exec_lua("""
+      vim.lsp.start({ name = 'other', cmd = { '/bin/sh', '-c', 'exec "$0" --stdio', ... },
+        root_dir = vim.fs.root(0, '.remote-dev.toml') })
+    """, str(LANGSERVER))
+    col = MAIN.splitlines()[2].index("one")
+    wait_for(lambda: definition_in(nvim, more, col), 60, 0.5, what=f"the definition in {more}")
+    other = nvim.exec_lua("""
+      local c = vim.lsp.get_clients({ name = 'other' })[1]
+      return c and vim.inspect(c.settings) or 'no client'""")
+    assert "extraPaths" not in other and other != "no client"
+    nvim.command("checkhealth remote_dev")
+    text = "\n".join(nvim.current.buffer[:])
+    assert "language server other is not one remote_dev knows" in text, text
+    assert "language server basedpyright gets the :RemoteEnv mirror" in text, text

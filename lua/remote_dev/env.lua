@@ -345,11 +345,14 @@ end
 function M.health()
   local out = {}
   for _, client in ipairs(vim.lsp.get_clients()) do
-    local fts = client.config and client.config.filetypes or {}
+    local python = vim.tbl_contains(client.config and client.config.filetypes or {}, 'python')
+    for buf in pairs(client.attached_buffers or {}) do
+      python = python or (vim.api.nvim_buf_is_valid(buf) and vim.bo[buf].filetype == 'python')
+    end
     if M.kind(client) then
       table.insert(out, { level = 'ok', text = ('language server %s gets the :RemoteEnv mirror (%s)'):format(
         client.name, table.concat(servers[M.kind(client)], '.')) })
-    elseif vim.tbl_contains(fts, 'python') then
+    elseif python then
       table.insert(out, { level = 'warn', text = ('language server %s is not one remote_dev knows (basedpyright, pyright, '
         .. 'pylsp, jedi-language-server): it gets no :RemoteEnv paths; add require("remote_dev").env_paths() '
         .. 'to its settings yourself'):format(client.name) })
