@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 from conftest import events, require, wait_for
 
-from support.env_python import fresh_env, more_itertools_python, site_packages
+from support.env_python import editable_install, fresh_env, more_itertools_python, site_packages
 
 
 def env_python():
@@ -81,3 +82,26 @@ def test_traceback_inside_a_library_lands_on_the_mirror_file(engine, make_projec
     assert files[0] == str(proj.root / "main.py") and more in files, items
     inner = items[-1]
     assert inner["filename"] == more and inner["type"] == "E" and "ValueError" in inner["text"], items
+
+
+def test_an_editable_install_outside_the_project_is_mirrored(engine, make_project, tmp_path):
+    python = fresh_env(tmp_path / "venv")
+    lib = tmp_path / "corp-lib"                      # the cluster's own package, beside the project
+    (lib / "corp").mkdir(parents=True)
+    (lib / "corp" / "__init__.py").write_text("def shard(n):\n    return n % 4\n")
+    (lib / "README.md").write_text("not a package\n")
+    (lib / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=64"]\n'
+                                        'build-backend = "setuptools.build_meta"\n'
+                                        '[project]\nname = "corp"\nversion = "0.1"\n'
+                                        '[tool.setuptools]\npackages = ["corp"]\n')
+    proj = make_project(target={"python": str(python)})
+    ctx = {"cwd": str(proj.root)}
+    before = engine.call_sync("env", ctx, {}, timeout=120)
+    editable_install(python, lib, tmp_path / "dist")
+    data = engine.call_sync("env", ctx, {}, timeout=120)
+    assert data["changed"] > 0 and str(lib / "corp") in data["remotes"]
+    top = data["paths"][data["remotes"].index(str(lib / "corp"))]
+    assert top not in before["paths"]
+    # the import folder holds the package itself, as a type checker wants it; nothing else of the repo
+    assert (Path(top) / "corp" / "__init__.py").read_text().startswith("def shard")
+    assert sorted(os.listdir(top)) == ["corp"]

@@ -68,9 +68,21 @@ def save_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     tmp.replace(folder / MANIFEST)
 
 
+def mirrored_roots(probe: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(remote folder, local folder holding its files, local import folder) per mirrored
+    folder, relative to the mirror: the sys.path folders, then each package an editable
+    install maps by an import hook, inside an import folder of its own."""
+    out = [(remote, local_name(remote), local_name(remote)) for remote in probe["paths"]]
+    for name, remote in probe.get("editable") or ():
+        top = "editable-" + local_name(remote)
+        out.append((remote, f"{top}/{name}", top))
+    return out
+
+
 def libraries_of(folder: Path, manifest: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(remote folder, local folder) of what the mirror holds, in sys.path order."""
     roots = manifest.get("roots") or {}
-    return tuple((remote, str(folder / roots[remote]["dir"])) for remote in manifest.get("paths") or ()
+    return tuple((remote, str(folder / roots[remote]["dir"])) for remote in manifest.get("order") or ()
                  if remote in roots)
 
 
@@ -78,10 +90,10 @@ def event_data(sess: TargetSession, folder: Path, manifest: dict[str, Any], **ex
     roots = manifest.get("roots") or {}
     files = sum(len(r["files"]) for r in roots.values())
     size = sum(f[0] for r in roots.values() for f in r["files"].values())
-    libs = libraries_of(folder, manifest)
-    return {"target": sess.target.name, "root": str(sess.project.root), "paths": [local for _, local in libs],
-            "remotes": [remote for remote, _ in libs], "files": files, "bytes": size,
-            "python": manifest.get("python"), **extra}
+    order = [remote for remote in manifest.get("order") or () if remote in roots]
+    return {"target": sess.target.name, "root": str(sess.project.root),
+            "paths": [str(folder / roots[r].get("import", roots[r]["dir"])) for r in order],
+            "remotes": order, "files": files, "bytes": size, "python": manifest.get("python"), **extra}
 
 
 async def refresh(engine: Engine, proj: Project, sess: TargetSession, force: bool = False) -> dict[str, Any]:
@@ -98,7 +110,7 @@ async def refresh(engine: Engine, proj: Project, sess: TargetSession, force: boo
         remote_root = sess.remote_root or sess.target.remote_root
         probe = await sess.call("env_probe", None, dict(sess.target.env or {}), [remote_root])
         unchanged = (not force and manifest.get("stamp") == probe["stamp"]
-                     and manifest.get("paths") == probe["paths"])
+                     and manifest.get("order") == [r for r, _, _ in mirrored_roots(probe)])
         fetched = 0
         if not unchanged:
             fetched = await _mirror(sess, folder, manifest, probe, remote_root)
@@ -115,14 +127,17 @@ async def refresh(engine: Engine, proj: Project, sess: TargetSession, force: boo
 async def _mirror(sess: TargetSession, folder: Path, manifest: dict[str, Any], probe: dict[str, Any],
                   remote_root: str) -> int:
     """List, fetch what differs, delete what went; manifest updated in place and saved."""
-    paths: list[str] = probe["paths"]
-    listing = await sess.call("env_list", paths, [remote_root])
+    mirrored = mirrored_roots(probe)
+    order = [remote for remote, _, _ in mirrored]
+    listing = await sess.call("env_list", order, [remote_root])
     old_roots: dict[str, Any] = manifest.get("roots") or {}
     roots: dict[str, Any] = {}
     todo: list[tuple[str, str, int]] = []     # (remote folder, rel, size)
-    for remote, files in zip(paths, listing):
+    for (remote, local, top), files in zip(mirrored, listing):
         have = (old_roots.get(remote) or {}).get("files") or {}
-        entry = roots[remote] = {"dir": local_name(remote), "files": {}}
+        if (old_roots.get(remote) or {}).get("dir") != local:
+            have = {}
+        entry = roots[remote] = {"dir": local, "import": top, "files": {}}
         for rel, size, mtime in files:
             if have.get(rel) == [size, mtime] and (folder / entry["dir"] / rel).is_file():
                 entry["files"][rel] = [size, mtime]
@@ -134,7 +149,7 @@ async def _mirror(sess: TargetSession, folder: Path, manifest: dict[str, Any], p
     await asyncio.to_thread(_delete_gone, folder, old_roots, roots, {(r, rel) for r, rel, _ in todo})
     fetched = await _fetch(sess, folder, roots, todo)
     manifest.clear()
-    manifest.update({"version": 1, "stamp": probe["stamp"], "paths": paths, "python": probe.get("version"),
+    manifest.update({"version": 1, "stamp": probe["stamp"], "order": order, "python": probe.get("version"),
                      "prefix": probe.get("prefix"), "roots": roots})
     await asyncio.to_thread(save_manifest, folder, manifest)
     return fetched
@@ -142,8 +157,8 @@ async def _mirror(sess: TargetSession, folder: Path, manifest: dict[str, Any], p
 
 def _delete_gone(folder: Path, old_roots: dict[str, Any], roots: dict[str, Any], coming: set[tuple[str, str]]) -> None:
     for remote, old in old_roots.items():
-        if remote not in roots:
-            shutil.rmtree(folder / old["dir"], ignore_errors=True)
+        if remote not in roots or roots[remote]["dir"] != old["dir"]:
+            shutil.rmtree(folder / old.get("import", old["dir"]), ignore_errors=True)
             continue
         keep = roots[remote]["files"]
         emptied: set[Path] = set()

@@ -53,3 +53,15 @@ def fresh_env(folder: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, capture_output=True,
                    timeout=120)
     return folder / "bin" / "python"
+
+
+def editable_install(python: Path, project: Path, dist: Path) -> None:
+    """pip install -e project into python's venv, as pip does it: setuptools' PEP 660 hook
+    builds the editable wheel (a flat layout: an import-hook finder, not a sys.path folder),
+    then pip installs it."""
+    subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                    "build_meta.build_editable(sys.argv[1])", str(dist)], cwd=project, check=True,
+                   capture_output=True, timeout=120)
+    wheel = next(dist.glob("*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index",
+                    "--disable-pip-version-check", str(wheel)], check=True, capture_output=True, timeout=120)

@@ -18,9 +18,29 @@ from .. import protocol as P
 from .common import AgentError
 
 # Run by the target's interpreter with the target's environment: its import path as a
-# program would see it (site, .pth files, PYTHONPATH), without the script's own folder.
-PROBE = ("import sys, json; sys.stdout.write(json.dumps({'path': sys.path[1:], 'prefix': sys.prefix, "
-         "'version': '%d.%d.%d' % sys.version_info[:3]}))")
+# program would see it (site, .pth files, PYTHONPATH), without the script's own folder, and
+# the packages of editable installs that an import hook finds instead of sys.path
+# (setuptools' __editable___*_finder.py: MAPPING = {name: folder}).
+PROBE = r"""
+import ast, json, os, re, sys
+path = sys.path[1:]
+editable = []
+for d in path:
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        continue
+    for n in names:
+        if n.startswith("__editable__") and n.endswith("_finder.py"):
+            try:
+                with open(os.path.join(d, n)) as f:
+                    m = re.search(r"^MAPPING\s*(?::[^=\n]*)?=\s*(\{.*?\})\s*$", f.read(), re.M | re.S)
+                editable += sorted(ast.literal_eval(m.group(1)).items()) if m else []
+            except (OSError, ValueError, SyntaxError):
+                pass
+sys.stdout.write(json.dumps({"path": path, "editable": editable, "prefix": sys.prefix,
+                             "version": "%d.%d.%d" % sys.version_info[:3]}))
+"""
 SOURCE_SUFFIXES = (".py", ".pyi", ".pth")
 SOURCE_NAMES = frozenset(("py.typed",))
 META_FOLDERS = (".dist-info", ".egg-info")
@@ -41,9 +61,10 @@ def _inside(path, roots):
 
 
 def env_probe(python, env, exclude):
-    """{"paths", "stamp", "version", "prefix"}: the folders of python's sys.path (None:
-    this agent's interpreter, which is the target's) outside the folders of exclude, in
-    order, and the stamp of what they hold."""
+    """{"paths", "editable", "stamp", "version", "prefix"}: the folders of python's sys.path
+    (None: this agent's interpreter, which is the target's) outside the folders of exclude,
+    in order; [name, folder] of the packages editable installs map by an import hook (outside
+    exclude); and the stamp of what they hold."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     exe = python or sys.executable
@@ -65,7 +86,13 @@ def env_probe(python, env, exclude):
         if entry in paths or _inside(entry, excl) or not os.path.isdir(entry):
             continue
         paths.append(entry)
-    return {"paths": paths, "stamp": stamp_of(paths), "version": info.get("version"), "prefix": info.get("prefix")}
+    editable = []
+    for name, folder in info.get("editable") or ():
+        folder = os.path.normpath(folder)
+        if os.path.isdir(folder) and not _inside(folder, excl) and folder not in paths:
+            editable.append([name, folder])
+    return {"paths": paths, "editable": editable, "stamp": stamp_of(paths + [f for _, f in editable]),
+            "version": info.get("version"), "prefix": info.get("prefix")}
 
 
 def stamp_of(paths):
