@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import require, wait_for
 
 from support.env_python import more_itertools_python, site_packages
@@ -20,7 +21,9 @@ DEFINITION = """
 local line, col = ...
 local params = vim.lsp.util.make_position_params(0, 'utf-16')
 params.position = { line = line, character = col }
-local res = vim.lsp.buf_request_sync(0, 'textDocument/definition', params, 5000) or {}
+-- pcall: a client restarting (jedi-language-server getting the mirror) may stop mid-request
+local ok, res = pcall(vim.lsp.buf_request_sync, 0, 'textDocument/definition', params, 5000)
+res = ok and res or {}
 local out = {}
 for _, r in pairs(res) do
   local locs = r.result and (r.result[1] and r.result or { r.result }) or {}
@@ -124,3 +127,36 @@ def test_a_server_started_after_the_mirror_gets_it_and_an_unknown_one_is_named(n
     text = "\n".join(nvim.current.buffer[:])
     assert "language server other is not one remote_dev knows" in text, text
     assert "language server basedpyright gets the :RemoteEnv mirror" in text, text
+
+
+@pytest.mark.parametrize("name, program", [("pylsp", "pylsp"), ("jedi_language_server", "jedi-language-server")])
+def test_jedi_servers_resolve_into_the_mirror(nvim, make_project, name, program):
+    """pylsp takes the paths as settings (didChangeConfiguration); jedi-language-server only
+    at its start, so the one running before the mirror is restarted with them."""
+    python, why = more_itertools_python()
+    require(python is not None, why)
+    exe = Path(sys.executable).parent / program
+    require(exe.exists(), f"{program} not installed in the venv ({exe}); scripts/setup installs it")
+    proj = make_project(target={"python": str(python)})
+    main = proj.write("main.py", MAIN)
+    nvim.exec_lua("""
+      local name, exe = ...
+      require('remote_dev').setup({})
+      vim.lsp.config(name, { cmd = { exe }, filetypes = { 'python' }, root_markers = { '.remote-dev.toml' } })
+      vim.lsp.enable(name)
+    """, name, str(exe))
+    nvim.open(proj.root, main)
+    wait_for(lambda: nvim.exec_lua("return #vim.lsp.get_clients({ bufnr = 0 })") > 0, 30, what=f"{name} attached")
+    assert nvim.exec_lua(DEFINITION, 2, MAIN.splitlines()[2].index("one")) == []    # not resolvable here
+    nvim.command("RemoteStatus")
+    data = nvim.wait_event("RemoteDevEnv", 120)
+    site = site_packages(python)
+    pkg = Path(data["paths"][data["remotes"].index(str(site))]) / "more_itertools"
+    col = MAIN.splitlines()[2].index("one")
+
+    def landed():
+        return next((loc for loc in nvim.exec_lua(DEFINITION, 2, col)
+                     if Path(loc["file"]).parent == pkg), None)
+    loc = wait_for(landed, 60, 0.5, what=f"{name}'s definition of more_itertools.one in {pkg}")
+    rel = Path(loc["file"]).relative_to(pkg.parent)
+    assert Path(loc["file"]).read_bytes() == (site / rel).read_bytes()

@@ -9,6 +9,7 @@ local ui = require('remote_dev.ui')
 
 local mirrors = {} ---@type table<string, table<string, table>> RemoteDevEnv data by project root, target
 local ours = {} ---@type table<integer, string[]> the mirror folders given to each client
+local ours_before_restart = {} ---@type table<string, string[]> those given to a restarted client, by name
 
 -- Where each server we know reads extra import folders (settings, as the server reads them
 -- from workspace/configuration or workspace/didChangeConfiguration).
@@ -16,7 +17,7 @@ local servers = {
   basedpyright = { 'basedpyright', 'analysis', 'extraPaths' },
   pyright = { 'python', 'analysis', 'extraPaths' },
   pylsp = { 'pylsp', 'plugins', 'jedi', 'extra_paths' },
-  jedi_language_server = { 'jedi', 'workspace', 'extraPaths' },
+  jedi_language_server = { 'workspace', 'extraPaths' },   -- initializationOptions
 }
 -- A client's kind by its name (nvim-lspconfig's) or by its program.
 local programs = {
@@ -152,6 +153,65 @@ local function set(tbl, keys, value)
   tbl[keys[#keys]] = value
 end
 
+--- The user's extra paths (without the mirror folders given before), then the mirror's.
+local function merged(current, previous, paths)
+  local out = {}
+  for _, p in ipairs(current or {}) do
+    if not vim.tbl_contains(previous, p) then
+      table.insert(out, p)
+    end
+  end
+  for _, p in ipairs(paths) do
+    if not vim.tbl_contains(out, p) then
+      table.insert(out, p)
+    end
+  end
+  return out
+end
+
+--- Stop a client and start it again with its (changed) configuration for its buffers, as
+--- :LspRestart does, once it has stopped; never waits.
+local function restart(client)
+  local bufs = vim.tbl_keys(client.attached_buffers or {})
+  local cfg = client.config
+  client:stop()
+  local timer = assert(vim.uv.new_timer())
+  local tries = 0
+  timer:start(50, 50, vim.schedule_wrap(function()
+    tries = tries + 1
+    if not client:is_stopped() and tries < 100 then
+      return
+    end
+    timer:stop()
+    timer:close()
+    for _, buf in ipairs(bufs) do
+      if vim.api.nvim_buf_is_valid(buf) then
+        vim.lsp.start(cfg, { bufnr = buf })
+      end
+    end
+  end))
+end
+
+--- jedi-language-server reads its extra paths from initializationOptions only: a client
+--- that started without the mirror's is restarted with them.
+local function configure_by_init(client, paths)
+  local init = client.config.init_options or {}
+  local keys = { 'workspace', 'extraPaths' }
+  local have = get(init, keys) or {}
+  local missing = false
+  for _, p in ipairs(paths) do
+    missing = missing or not vim.tbl_contains(have, p)
+  end
+  ours[client.id] = vim.deepcopy(paths)
+  if not missing then
+    return
+  end
+  client.config.init_options = init
+  set(init, keys, merged(have, ours_before_restart[client.name] or {}, paths))
+  ours_before_restart[client.name] = vim.deepcopy(paths)
+  restart(client)
+end
+
 --- Give a client the mirror's folders (the user's own extra paths first) and tell it.
 ---@param client vim.lsp.Client
 ---@param paths string[]
@@ -164,29 +224,16 @@ function M.configure(client, paths)
   if vim.deep_equal(ours[client.id], paths) then
     return true
   end
+  if kind == 'jedi_language_server' then
+    configure_by_init(client, paths)
+    return true
+  end
   local keys = servers[kind]
   local settings = client.settings or (client.config and client.config.settings) or {}
-  local previous = ours[client.id] or {}
-  local out = {}
-  for _, p in ipairs(get(settings, keys) or {}) do
-    if not vim.tbl_contains(previous, p) then
-      table.insert(out, p)
-    end
-  end
-  for _, p in ipairs(paths) do
-    if not vim.tbl_contains(out, p) then
-      table.insert(out, p)
-    end
-  end
-  set(settings, keys, out)
+  set(settings, keys, merged(get(settings, keys), ours[client.id] or {}, paths))
   client.settings = settings
   if client.config then
     client.config.settings = settings
-  end
-  if kind == 'jedi_language_server' and client.config then
-    -- it reads its options at start: kept for its next start (:LspRestart)
-    client.config.init_options = client.config.init_options or {}
-    set(client.config.init_options, { 'workspace', 'extraPaths' }, out)
   end
   ours[client.id] = vim.deepcopy(paths)
   client:notify('workspace/didChangeConfiguration', { settings = settings })
@@ -351,7 +398,8 @@ function M.health()
     end
     if M.kind(client) then
       table.insert(out, { level = 'ok', text = ('language server %s gets the :RemoteEnv mirror (%s)'):format(
-        client.name, table.concat(servers[M.kind(client)], '.')) })
+        client.name, (M.kind(client) == 'jedi_language_server' and 'initializationOptions ' or '')
+          .. table.concat(servers[M.kind(client)], '.')) })
     elseif python then
       table.insert(out, { level = 'warn', text = ('language server %s is not one remote_dev knows (basedpyright, pyright, '
         .. 'pylsp, jedi-language-server): it gets no :RemoteEnv paths; add require("remote_dev").env_paths() '
