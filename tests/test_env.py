@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import events, require, wait_for
@@ -105,3 +106,14 @@ def test_an_editable_install_outside_the_project_is_mirrored(engine, make_projec
     # the import folder holds the package itself, as a type checker wants it; nothing else of the repo
     assert (Path(top) / "corp" / "__init__.py").read_text().startswith("def shard")
     assert sorted(os.listdir(top)) == ["corp"]
+
+
+def test_the_cli_prints_the_mirror_folders(make_project, tmp_path):
+    python = fresh_env(tmp_path / "venv")
+    proj = make_project(target={"python": str(python)})
+    out = subprocess.run([sys.executable, "-m", "remote_dev.cli", "-C", str(proj.root), "env"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    paths = out.stdout.split()
+    assert paths and all(os.path.isdir(p) for p in paths)
+    assert any(os.path.isfile(os.path.join(p, "os.py")) for p in paths)    # the stdlib

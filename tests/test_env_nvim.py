@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import require, wait_for
 
-from support.env_python import more_itertools_python, site_packages
+from support.env_python import fresh_env, more_itertools_python, site_packages
 
 LANGSERVER = Path(sys.executable).parent / "basedpyright-langserver"
 MAIN = "import more_itertools\n\nprint('got', more_itertools.one([7]))\n"
@@ -160,3 +160,22 @@ def test_jedi_servers_resolve_into_the_mirror(nvim, make_project, name, program)
     loc = wait_for(landed, 60, 0.5, what=f"{name}'s definition of more_itertools.one in {pkg}")
     rel = Path(loc["file"]).relative_to(pkg.parent)
     assert Path(loc["file"]).read_bytes() == (site / rel).read_bytes()
+
+
+def test_a_run_that_installs_a_package_brings_it_into_the_mirror(nvim, make_project, tmp_path):
+    python = fresh_env(tmp_path / "venv")
+    site = site_packages(python)
+    proj = make_project(target={"python": str(python)})
+    # what `pip install` does to site-packages, done by a run on the target
+    main = proj.write("install.py", "import os, sys\nd = os.path.join(sys.argv[1], 'fresh_pkg')\n"
+                                    "os.makedirs(d)\nopen(os.path.join(d, '__init__.py'), 'w').write('X = 1\\n')\n")
+    nvim.exec_lua("require('remote_dev').setup({})")
+    nvim.open(proj.root, main)
+    nvim.command("RemoteStatus")
+    first = nvim.wait_event("RemoteDevEnv", 120)
+    nvim.command(f"RemoteRun {python} install.py {site}")
+    nvim.wait_event("RemoteDevRunExit", 60)
+    data = nvim.wait_event("RemoteDevEnv", 60, pred=lambda d: d["files"] == first["files"] + 1)
+    local = Path(data["paths"][data["remotes"].index(str(site))])
+    assert (local / "fresh_pkg" / "__init__.py").read_text() == "X = 1\n"
+    assert str(local) in nvim.exec_lua("return require('remote_dev').env_paths()")

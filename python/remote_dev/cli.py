@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("health", help="the checks of :checkhealth remote_dev")
     p = sub.add_parser("alloc", help="hold a Slurm allocation for the target (sbatch arguments), show it, or stop it")
     p.add_argument("args", nargs=argparse.REMAINDER, help="sbatch/salloc arguments (after --), or: stop")
+    p = sub.add_parser("env", help="mirror what the target's python imports locally (:RemoteEnv); print its folders")
+    p.add_argument("what", nargs="?", choices=["refresh"], help="list every file again")
     args = parser.parse_args(argv)
 
     printer = Printer(quiet=args.json)
@@ -223,6 +225,9 @@ def dispatch(engine: Engine, printer: Printer, ctx: dict[str, Any], args: argpar
         res = call("alloc", ctx, {"args": [] if stop else words, "stop": stop})
         if args.json:   # else the messages have said it
             print(json.dumps(res, indent=2))
+    elif args.command == "env":
+        res = call("env", ctx, {"refresh": args.what == "refresh"})
+        print(json.dumps(res, indent=2) if args.json else "\n".join(res["paths"]))
     elif args.command == "health":
         rep = call("health", ctx)
         for item in rep["local"]:

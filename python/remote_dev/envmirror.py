@@ -148,6 +148,8 @@ async def _mirror(sess: TargetSession, folder: Path, manifest: dict[str, Any], p
     # What is no longer listed goes first (a file may become a folder of the same name).
     await asyncio.to_thread(_delete_gone, folder, old_roots, roots, {(r, rel) for r, rel, _ in todo})
     fetched = await _fetch(sess, folder, roots, todo)
+    for entry in roots.values():       # an empty folder too: every path given out exists
+        (folder / entry["dir"]).mkdir(parents=True, exist_ok=True)
     manifest.clear()
     manifest.update({"version": 1, "stamp": probe["stamp"], "order": order, "python": probe.get("version"),
                      "prefix": probe.get("prefix"), "roots": roots})
