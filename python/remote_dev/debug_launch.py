@@ -35,7 +35,7 @@ from typing import Any
 
 import debugpy
 
-from .agent.protocol import OK, write_op
+from .agent.protocol import OK, python_words, shell_word, write_op
 from .engine import TargetSession
 from .errors import RemoteDevError
 from .runners import Launch
@@ -134,13 +134,33 @@ def exports(env: list[str]) -> str:
     return "".join(f"export {shlex.quote(w)}; " for w in env)
 
 
+def python_prefix(words: list[str], python: str) -> int:
+    """How many of the command's first words are the target's python (0: none): its words as
+    configured (`~/venv/bin/python`, `conda run -n X python`) or as ``{python}`` wrote them."""
+    for form in (python_words(python), shlex.split(shell_word(python))):
+        if form and words[:len(form)] == form:
+            return len(form)
+    return 0
+
+
+def interpreter(words: list[str], python: str) -> tuple[str, list[str]]:
+    """(the interpreter as a shell word, the rest) when the command starts with a Python
+    interpreter (`python3`, a path to one, the target's python), else ("", words)."""
+    n = python_prefix(words, python)
+    if n:
+        return shell_word(python), words[n:]
+    if PYTHON_WORD.match(words[0]):
+        return shlex.quote(words[0]), words[1:]
+    return "", words
+
+
 def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str | None) -> str:
     """Direct: cmd rewritten to start under debugpy, waiting for the client:
     `python [opts] script args` / `python -m mod args` -> `python -m debugpy ... script args`;
     any other program (pytest, a console script) runs as `python -m debugpy ... -m prog`."""
     env, words = split_command(cmd)
-    if PYTHON_WORD.match(words[0]) or words[0] == python:
-        interp, rest = words[0], words[1:]
+    interp, rest = interpreter(words, python)
+    if interp:
         opts = []
         while rest and rest[0].startswith("-") and rest[0] not in ("-m", "-c"):
             opts.append(rest.pop(0))
@@ -150,11 +170,10 @@ def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str
         if posixpath.basename(words[0]) in LAUNCHERS:
             raise RemoteDevError(f"debugging `{words[0]}` (a launcher) in a container with its own network is not "
                                  f"supported: debug the Python command itself, or use the process or slurm runner")
-        interp, opts, rest = python, [], ["-m", words[0].rsplit("/", 1)[-1]] + words[1:]
-    dbg = [interp, "-Xfrozen_modules=off", *opts, "-m", "debugpy", "--listen", f"{listen}:{port}",
-           "--wait-for-client", *rest]
-    line = " ".join(shlex.quote(w) for w in dbg)
-    check = f"{shlex.quote(interp)} -c 'import debugpy' 2>/dev/null"
+        interp, opts, rest = shell_word(python), [], ["-m", words[0].rsplit("/", 1)[-1]] + words[1:]
+    dbg = ["-Xfrozen_modules=off", *opts, "-m", "debugpy", "--listen", f"{listen}:{port}", "--wait-for-client", *rest]
+    line = interp + " " + " ".join(shlex.quote(w) for w in dbg)
+    check = f"{interp} -c 'import debugpy' 2>/dev/null"
     supply = ""
     if pythonpath:
         supply = (f"{check} || export PYTHONPATH={shlex.quote(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; ")
@@ -163,23 +182,27 @@ def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str
 
 def boot_command(cmd: str, python: str, env: dict[str, str]) -> str:
     """Bootstrap: cmd as typed after env (PYTHONPATH put in front of the one in force).
-    A simple command execs: `python ...` gets -Xfrozen_modules=off, a launcher (srun,
-    torchrun, mpirun, a shell) or a path runs as is, another program (pytest, a console
-    script) as `python -m prog`.  A line with shell syntax (&&, |, $VAR) runs as typed."""
+    A simple command execs: `python ...` (or the target's python) gets -Xfrozen_modules=off,
+    a launcher (srun, torchrun, mpirun, a shell) or a path runs as is, another program
+    (pytest, a console script) as `python -m prog`.  A line with shell syntax (&&, |, $VAR)
+    runs as typed."""
     env = dict(env)
     path = env.pop("PYTHONPATH")
     ours = "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + "; "
-    if SHELL_SYNTAX.search(cmd):
-        return f"{ours}export PYTHONPATH={shlex.quote(path)}${{PYTHONPATH:+:$PYTHONPATH}}; {cmd}"
+    boot_path = f"export PYTHONPATH={shlex.quote(path)}${{PYTHONPATH:+:$PYTHONPATH}}; "
+    if SHELL_SYNTAX.search(cmd.replace(shell_word(python), "")):
+        return f"{ours}{boot_path}{cmd}"
     user_env, words = split_command(cmd)
-    if PYTHON_WORD.match(words[0]) or words[0] == python:
-        words = [words[0], "-Xfrozen_modules=off", *words[1:]]
+    interp, rest = interpreter(words, python)
+    if interp:
+        line = f"{interp} -Xfrozen_modules=off"
     elif "/" not in words[0] and words[0] not in LAUNCHERS:
-        words = [python, "-Xfrozen_modules=off", "-m", *words]
-    line = " ".join(shlex.quote(w) for w in words)
+        line, rest = f"{shell_word(python)} -Xfrozen_modules=off -m", words
+    else:
+        line, rest = shlex.quote(words[0]), words[1:]
+    line = " ".join([line, *(shlex.quote(w) for w in rest)])
     # the command's own variables first: a PYTHONPATH among them keeps the bootstrap in front
-    return (f"{ours}{exports(user_env)}export PYTHONPATH={shlex.quote(path)}${{PYTHONPATH:+:$PYTHONPATH}}; "
-            f"exec {line}")
+    return f"{ours}{exports(user_env)}{boot_path}exec {line}"
 
 
 def host_network(args: tuple[str, ...]) -> bool:

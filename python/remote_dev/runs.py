@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import tracebacks
-from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED
+from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED, shell_word
 from .engine import Engine, Project, TargetSession
 from .errors import ConnectError, RemoteDevError
 from .runners import Launch, runner_for
@@ -106,7 +106,7 @@ def expand_command(proj: Project, sess: TargetSession, cmd: str | None, file: st
         raise RemoteDevError(f"{proj.config.file}: run.command uses {{file}} but the current buffer is not a "
                              f"file of the project; open one or give a command: :RemoteRun python script.py")
     return template.replace("{file}", shlex.quote(rel) if rel else "").replace(
-        "{python}", sess.target.python).replace("{root}", sess.remote_root or sess.target.remote_root)
+        "{python}", shell_word(sess.target.python)).replace("{root}", sess.remote_root or sess.target.remote_root)
 
 
 async def start_run(engine: Engine, proj: Project, sess: TargetSession, command: str,

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from .agent.protocol import shell_word
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
 from .status import STATUS_PARTS, publish_status
@@ -172,17 +173,9 @@ async def service_log_tail(sess: TargetSession, name: str, lines: int = 15) -> s
     return "\n".join(text)
 
 
-def shell_python(py: str) -> str:
-    """The target's python as a word of a shell command line (a command with arguments,
-    e.g. `conda run -n x python`, as it is; ~/ from $HOME)."""
-    if py.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(py[2:])
-    return py if " " in py else shlex.quote(py)
-
-
 def python_argv(py: str, args: list[str]) -> list[str]:
     """argv running the target's python with args (through sh: ~ and commands work)."""
-    return ["/bin/sh", "-c", "exec " + shell_python(py) + " " + " ".join(shlex.quote(a) for a in args)]
+    return ["/bin/sh", "-c", "exec " + shell_word(py) + " " + " ".join(shlex.quote(a) for a in args)]
 
 
 async def python_modules(sess: TargetSession, modules: list[str]) -> dict[str, Any]:

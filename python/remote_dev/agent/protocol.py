@@ -8,13 +8,15 @@ tests check that with vermin), no state.
 - the content hash: sha256 truncated to 128 bits, of a file's bytes or of ``link:`` and a
   symlink's target;
 - the shapes on the wire: push ops, their answers, entry states, listing entries;
-- the conflict rule: when what is at a path may be replaced by new content.
+- the conflict rule: when what is at a path may be replaced by new content;
+- how the target's ``python`` setting becomes words of a shell command line.
 """
 
 import hashlib
 import importlib
 import json
 import os
+import shlex
 import struct
 
 # --------------------------------------------------------------------------- runs
@@ -33,6 +35,28 @@ ENDED_STATES = (EXITED, STOPPED, LOST)
 def is_live(state):
     """True while a run may still produce output or change state."""
     return state in LIVE_STATES
+
+
+# --------------------------------------------------------------------------- the target's python
+
+def python_words(python):
+    """The target's python setting as words: a path (``/opt/env/bin/python``,
+    ``~/venv/bin/python``) or a command with arguments (``conda run -n X python``); a path
+    with spaces is quoted in the setting (``"'/opt/my env/bin/python'"``)."""
+    return shlex.split(python)
+
+
+def shell_word(python):
+    """The target's python as it starts in a shell command line (sh): each word quoted,
+    a leading ``~/`` from ``$HOME`` (quoted, a tilde would stay a tilde).  The one way every
+    feature (agent, runs, debug, shells, kernels, notebooks) writes it."""
+    out = []
+    for word in python_words(python) or [python]:
+        if not out and word.startswith("~/"):
+            out.append('"$HOME"/' + shlex.quote(word[2:]))
+        else:
+            out.append(shlex.quote(word))
+    return " ".join(out)
 
 
 # --------------------------------------------------------------------------- content hash
