@@ -8,7 +8,7 @@ Neovim and a new Neovim finds it.  Here: what this Neovim knows of it (``AllocSt
 target connection), a watcher that asks the agent every POLL_PENDING seconds while it is
 queued and every POLL_RUNNING seconds while it runs and fires ``User RemoteDevAlloc`` on
 every change of state, the step a run becomes (``run_spec``) and the launcher of shells,
-kernels and notebook servers (``AllocLauncher``, through services.LAUNCHERS).
+kernels and notebook servers (``AllocLauncher``, registered in wiring.py).
 
 How a run becomes a step: a command that starts with ``srun`` runs as typed on the login
 node, as it would in an salloc shell (SLURM_JOB_ID, SLURM_NTASKS, SLURM_NNODES and
@@ -27,11 +27,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kernels, services
+from typing import Callable
+
+from . import services
 from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
 from .slurm_errors import explain
-from .status import STATUS_PARTS, publish_status
+from .status import publish_status
 
 POLL_PENDING = 1.0       # seconds between looks at a queued allocation
 POLL_RUNNING = 10.0      # ... at a running one (its end by time limit or scancel shows then)
@@ -268,8 +270,8 @@ class AllocLauncher(services.HostLauncher):
         self.env = {MARKER: a.marker}
         self.meta = {"alloc": a.job, "node": a.nodes[0] if a.nodes else ""}
 
-    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> services.Launch:
-        return services.Launch(srun_argv(self.alloc, name or "rd-step") + list(argv), dest_host=self.listen,
+    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> services.ServiceLaunch:
+        return services.ServiceLaunch(srun_argv(self.alloc, name or "rd-step") + list(argv), dest_host=self.listen,
                                env=dict(self.env), meta=dict(self.meta))
 
     def shell(self, sess: TargetSession, argv: list[str] | None, name: str = "") -> list[str] | None:
@@ -285,10 +287,13 @@ async def launcher(sess: TargetSession) -> services.HostLauncher | None:
     return AllocLauncher(a) if a is not None else None
 
 
-services.LAUNCHERS.append(launcher)
-
 
 # --------------------------------------------------------------------------- :RemoteAlloc
+
+# What ends with an allocation besides its steps, by name: hook(engine, project, job id)
+# (wiring.py registers them; the kernel's: its client lets go of a kernel that was a step).
+ON_END: dict[str, Callable[[Engine, Project, str], None]] = {}
+
 
 
 def need_slurm(sess: TargetSession) -> None:
@@ -334,11 +339,8 @@ async def stop_alloc(engine: Engine, proj: Project, sess: TargetSession) -> dict
     a = await refresh(sess, engine, fresh=True)
     if a is None or not a.live:
         raise RemoteDevError(f"no allocation is held for {t.name} (:RemoteAlloc holds one)")
-    kernel = kernels.kernel_of(engine, proj)
-    if kernel.connected and kernel.alloc_job == a.job:
-        kernel.disconnect()
-        kernel.say(f"the kernel ends with allocation job {a.job}")
-        services.note(engine, sess, services.KERNEL, "kernel", None)
+    for hook in ON_END.values():
+        hook(engine, proj, a.job)
     info = await sess.call("alloc_stop", alloc_name(sess), proj.config.run.stop_grace)
     update(sess, Allocation.from_info(info) if info else None)
     try:
@@ -358,8 +360,6 @@ def status_part(proj: Project) -> dict[str, Any] | None:
     a = state_of(sess).current if sess.target.runner == "slurm" else None
     return a.summary(sess.target.name) if a is not None and a.live else None
 
-
-STATUS_PARTS["alloc"] = status_part
 
 
 async def health_item(sess: TargetSession) -> dict[str, str]:

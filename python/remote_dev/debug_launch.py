@@ -47,7 +47,7 @@ BOOT_SOURCE = Path(__file__).resolve().parent / "agent" / "remote" / "debug_boot
 ENDPOINTS = "debug"     # the folder of a run's folder the bootstrap writes endpoints into
 # Programs that start others: run as typed (not as `python -m prog`), each Python process
 # below them debugged.
-LAUNCHERS = frozenset(("srun", "mpirun", "mpiexec", "orterun", "torchrun", "deepspeed", "accelerate",
+LAUNCHER_PROGRAMS = frozenset(("srun", "mpirun", "mpiexec", "orterun", "torchrun", "deepspeed", "accelerate",
                        "horovodrun", "env", "time", "nice", "nohup", "numactl", "taskset", "sh", "bash",
                        "dash", "zsh", "apptainer", "singularity"))
 SHELL_SYNTAX = re.compile(r"[;&|<>()`$]")
@@ -167,7 +167,7 @@ def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str
         if rest and rest[0] == "-c":
             raise RemoteDevError("debugging `python -c` in a container is not supported: put the code in a file")
     else:
-        if posixpath.basename(words[0]) in LAUNCHERS:
+        if posixpath.basename(words[0]) in LAUNCHER_PROGRAMS:
             raise RemoteDevError(f"debugging `{words[0]}` (a launcher) in a container with its own network is not "
                                  f"supported: debug the Python command itself, or use the process or slurm runner")
         interp, opts, rest = shell_word(python), [], ["-m", words[0].rsplit("/", 1)[-1]] + words[1:]
@@ -196,7 +196,7 @@ def boot_command(cmd: str, python: str, env: dict[str, str]) -> str:
     interp, rest = interpreter(words, python)
     if interp:
         line = f"{interp} -Xfrozen_modules=off"
-    elif "/" not in words[0] and words[0] not in LAUNCHERS:
+    elif "/" not in words[0] and words[0] not in LAUNCHER_PROGRAMS:
         line, rest = f"{shell_word(python)} -Xfrozen_modules=off -m", words
     else:
         line, rest = shlex.quote(words[0]), words[1:]

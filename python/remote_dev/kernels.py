@@ -23,9 +23,9 @@ import re
 import textwrap
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
-from . import services, sync, tracebacks
+from . import services, tracebacks
 from .engine import Engine, Project, TargetSession, log
 from .errors import RemoteDevError
 from .forwards import Forward, forwards_of
@@ -36,6 +36,7 @@ CONNECTION_FILE = "kernel.json"
 PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 START_TIMEOUT = 60.0
 CHECK_EVERY = 3.0         # seconds without an answer after which we look whether the kernel lives
+BeforeStart = Callable[[], Awaitable[Any]]   # what a new kernel waits for (the caller's push)
 RICH = {"image/png": ".png", "image/jpeg": ".jpg", "image/svg+xml": ".svg", "text/html": ".html",
         "text/markdown": ".md", "text/latex": ".tex", "application/json": ".json",
         "application/pdf": ".pdf"}
@@ -184,9 +185,10 @@ class Kernel:
     def connected(self) -> bool:
         return self.client is not None
 
-    async def ensure(self, start: bool = True) -> bool:
-        """Connected to the kernel: the running one, else (with start) a new one.  True
-        when it was found running."""
+    async def ensure(self, start: bool = True, before_start: BeforeStart | None = None) -> bool:
+        """Connected to the kernel: the running one, else (with start) a new one, after
+        before_start (the caller's push: it imports the tree as it is).  True when it was
+        found running."""
         async with self.lock:
             if self.client is not None and not self.reconnected:
                 return True   # a kernel that died is noticed while code waits (execute)
@@ -204,15 +206,16 @@ class Kernel:
                 return True
             if not start:
                 raise RemoteDevError(f"no kernel running on {self.sess.target.name} (:RemoteKernel start)")
-            await self.start()
+            await self.start(before_start)
             return False
 
-    async def start(self) -> None:
+    async def start(self, before_start: BeforeStart | None = None) -> None:
         sess, t = self.sess, self.sess.target
         mods = await services.python_modules(sess, ["ipykernel"])
         if not mods["modules"]["ipykernel"]:
             raise no_ipykernel(sess)
-        await sync.do_push(self.engine, self.proj, None, quiet=True)   # it imports the tree as it is
+        if before_start is not None:
+            await before_start()
         conn_file = posixpath.join(sess.hello["cache_dir"], "services", self.name, CONNECTION_FILE)
         launcher = await services.launcher_for(sess)
         argv = services.python_argv(t.python, ["-m", "ipykernel_launcher", "-f", conn_file, f"--ip={launcher.listen}"])
@@ -432,8 +435,9 @@ class Kernel:
                                             "quickfix": items})
 
     # -- sending code
-    async def execute(self, code: str, file: str | None, line: int) -> dict[str, Any]:
-        await self.ensure(start=True)
+    async def execute(self, code: str, file: str | None, line: int,
+                      before_start: BeforeStart | None = None) -> dict[str, Any]:
+        await self.ensure(start=True, before_start=before_start)
         client = self.client
         assert client is not None
         msg_id = client.execute(code, store_history=True, allow_stdin=False)
@@ -477,12 +481,22 @@ def kernel_of(engine: Engine, proj: Project) -> Kernel:
     return kernel
 
 
-async def kernel_command(engine: Engine, proj: Project, what: str) -> dict[str, Any]:
-    """:RemoteKernel start|stop|restart|interrupt."""
+def alloc_ended(engine: Engine, proj: Project, job: str) -> None:
+    """Allocation `job` ends: a kernel that was its step ends with it (alloc.ON_END)."""
+    kernel = kernel_of(engine, proj)
+    if kernel.connected and kernel.alloc_job == job:
+        kernel.disconnect()
+        kernel.say(f"the kernel ends with allocation job {job}")
+        services.note(engine, kernel.sess, KERNEL, "kernel", None)
+
+
+async def kernel_command(engine: Engine, proj: Project, what: str,
+                         before_start: BeforeStart | None = None) -> dict[str, Any]:
+    """:RemoteKernel start|stop|restart|interrupt; before_start: what a new kernel waits for."""
     kernel = kernel_of(engine, proj)
     t = kernel.sess.target
     if what == "start":
-        found = await kernel.ensure(start=True)
+        found = await kernel.ensure(start=True, before_start=before_start)
         engine.message(f"kernel on {t.name}: " + ("running (found again)" if found else "started"))
         return {"state": "running", "found": found}
     if what == "stop":
@@ -491,7 +505,7 @@ async def kernel_command(engine: Engine, proj: Project, what: str) -> dict[str, 
         return {"state": "stopped", "was_running": live}
     if what == "restart":
         await kernel.stop(quiet=True)
-        await kernel.ensure(start=True)
+        await kernel.ensure(start=True, before_start=before_start)
         kernel.say("kernel restarted: its state is new")
         engine.message(f"kernel on {t.name} restarted")
         return {"state": "running", "found": False}
@@ -502,10 +516,12 @@ async def kernel_command(engine: Engine, proj: Project, what: str) -> dict[str, 
     raise RemoteDevError(f":RemoteKernel {what}: unknown; use start, stop, restart or interrupt")
 
 
-async def send(engine: Engine, proj: Project, code: str, file: str | None, line: int) -> dict[str, Any]:
-    """Run code (from file's line `line` on) in the kernel, starting one when none runs."""
+async def send(engine: Engine, proj: Project, code: str, file: str | None, line: int,
+               before_start: BeforeStart | None = None) -> dict[str, Any]:
+    """Run code (from file's line `line` on) in the kernel, starting one (after
+    before_start) when none runs."""
     code = textwrap.dedent(code)
     if not code.strip():
         raise RemoteDevError("nothing to send: the range is empty")
-    return await kernel_of(engine, proj).execute(code, file, line)
+    return await kernel_of(engine, proj).execute(code, file, line, before_start)
 

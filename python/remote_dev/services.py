@@ -7,8 +7,8 @@ target>-...``), so two projects on one host never share a shell or a kernel, whi
 Neovims on the same project find the same ones.
 
 How a long-lived process is started is one seam, ``launcher_for``: the process runs on the
-target's host as is, or, while a Slurm allocation is held (alloc.py adds its launcher to
-LAUNCHERS), as a job step (``srun --jobid=ID --overlap ...``) on its node, listening on
+target's host as is, or, while a Slurm allocation is held (alloc.py's launcher, registered
+in LAUNCHERS by wiring.py), as a job step (``srun --jobid=ID --overlap ...``) on its node, listening on
 the node's address, where its forwards go.
 """
 
@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 from .agent.protocol import shell_word
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
-from .status import STATUS_PARTS, publish_status
+from .status import publish_status
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 SHELL, KERNEL, NOTEBOOK = "shell", "kernel", "notebook"
@@ -58,7 +58,7 @@ def check_name(name: str, what: str = "shell") -> str:
 
 
 @dataclass
-class Launch:
+class ServiceLaunch:
     """How a long-lived process starts on the target: its argv (wrapped by the launcher),
     the host its ports are reached at from the target's host, and what its spec gets
     besides (environment, meta)."""
@@ -79,9 +79,9 @@ class HostLauncher:
     env: dict[str, str] = {}     # added to the environment of what it starts
     meta: dict[str, Any] = {}    # added to the service's meta
 
-    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> Launch:
+    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> ServiceLaunch:
         """name: the remote name of the shell or service (a job step's name)."""
-        return Launch(list(argv))
+        return ServiceLaunch(list(argv))
 
     def shell(self, sess: TargetSession, argv: list[str] | None, name: str = "") -> list[str] | None:
         """The program of a tmux session (None: the user's login shell, chosen remotely)."""
@@ -91,13 +91,13 @@ class HostLauncher:
         return ""
 
 
-# Launchers other than the host's, asked in turn: one answering (not None) starts things
-# (alloc.py: the held allocation's).
-LAUNCHERS: list[Callable[[TargetSession], Awaitable[HostLauncher | None]]] = []
+# Launchers other than the host's, by name, asked in turn: one answering (not None) starts
+# things (wiring.py registers them: the held allocation's).
+LAUNCHERS: dict[str, Callable[[TargetSession], Awaitable[HostLauncher | None]]] = {}
 
 
 async def launcher_for(sess: TargetSession) -> HostLauncher:
-    for find in LAUNCHERS:
+    for find in LAUNCHERS.values():
         found = await find(sess)
         if found is not None:
             return found
@@ -163,8 +163,6 @@ def note(engine: Engine, sess: TargetSession, kind: str, name: str, state: str |
 def status_part(proj: Project) -> list[dict[str, Any]]:
     return list(known(proj.session()).items)
 
-
-STATUS_PARTS["services"] = status_part
 
 
 async def service_log_tail(sess: TargetSession, name: str, lines: int = 15) -> str:
