@@ -30,6 +30,7 @@ from typing import Any
 from typing import Callable
 
 from . import services
+from .agent.protocol import ALLOC_ENV, PENDING, STEP_FILE, is_live, run_dir
 from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
 from .slurm_errors import explain
@@ -37,7 +38,7 @@ from .status import publish_status
 
 POLL_PENDING = 1.0       # seconds between looks at a queued allocation
 POLL_RUNNING = 10.0      # ... at a running one (its end by time limit or scancel shows then)
-MARKER = "REMOTE_DEV_ALLOC"   # NAME:JOB, in the environment of every process started for a step
+MARKER = ALLOC_ENV   # NAME:JOB, in the environment of every process started for a step
 # a command that launches its own steps: `srun ...`, `VAR=x srun ...`, `/usr/bin/srun ...`
 SRUN = re.compile(r"^\s*(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:exec\s+)?(?:\S*/)?srun(?:\s|$)")
 
@@ -77,13 +78,13 @@ class Allocation:
     def from_info(cls, info: dict[str, Any]) -> "Allocation":
         state = info.get("job_state") or ""
         # COMPLETING: it is ending (scancel, its time limit): no step starts in it any more
-        live = info.get("state") in ("pending", "running", "starting") and state != "COMPLETING"
+        live = is_live(info.get("state")) and state != "COMPLETING"
         if not live and not state:
             detail = str(info.get("detail") or "")
             state = detail if detail.isupper() and detail.replace("_", "").isalpha() else "ENDED"
         left = parse_left(info.get("time_left") or "")
         return cls(name=info.get("name", ""), job=str(info.get("job") or "?"),
-                   state=state or ("PENDING" if info.get("state") == "pending" else "RUNNING"), live=live,
+                   state=state or ("PENDING" if info.get("state") == PENDING else "RUNNING"), live=live,
                    reason=info.get("reason") or "", nodes=list(info.get("nodes") or []),
                    ntasks=int(info.get("ntasks") or 1), nnodes=int(info.get("nnodes") or 1),
                    addr=info.get("addr"), ends_at=time.time() + left if left is not None else None,
@@ -91,7 +92,7 @@ class Allocation:
 
     @property
     def marker(self) -> str:
-        """REMOTE_DEV_ALLOC's value: the allocation's name and job (job ids of two clusters
+        """The value of ALLOC_ENV: the allocation's name and job (job ids of two clusters
         served by one login node may be the same)."""
         return f"{self.name}:{self.job}"
 
@@ -254,7 +255,7 @@ def run_spec(sess: TargetSession, a: Allocation, run_id: str, command: str, env:
         if a.ntasks > 1:
             env.setdefault("SLURM_LABELIO", "1")   # each line says its rank: `0: ...`
         return {"cmd": command, "env": env, "meta": meta}
-    record = posixpath.join(sess.hello["cache_dir"], "runs", run_id, "step.json")
+    record = posixpath.join(run_dir(sess.hello["cache_dir"], run_id), STEP_FILE)
     argv = srun_argv(a, f"rd-{run_id}") + ["/bin/sh", "-c", step_record(record) + 'exec /bin/sh -c "$1"', "sh",
                                            command]
     return {"argv": argv, "env": env, "meta": meta}
@@ -359,6 +360,14 @@ def status_part(proj: Project) -> dict[str, Any] | None:
     sess = proj.session()
     a = state_of(sess).current if sess.target.runner == "slurm" else None
     return a.summary(sess.target.name) if a is not None and a.live else None
+
+
+def status_lines(s: dict[str, Any]) -> list[str]:
+    """The :RemoteStatus line of a Slurm target's allocation."""
+    if s["runner"] != "slurm":
+        return []
+    a = s.get("alloc")
+    return [f"alloc       {a['detail'] if a else 'none'}"]
 
 
 

@@ -35,16 +35,16 @@ from typing import Any
 
 import debugpy
 
-from .agent.protocol import OK, python_words, shell_word, write_op
+from .agent.protocol import (DEBUG_ENV, DEBUG_HOST_ENV, DEBUG_STOP_ENV, DEBUG_WAIT_MAX_ENV, DEBUGPY_ENV, ENDPOINTS_DIR,
+                             OK, python_words, run_dir, shell_word, write_op)
 from .engine import TargetSession
 from .errors import RemoteDevError
-from .runners import Launch
+from .runners import BOOTSTRAP, Launch, runner_of
 
 CONTAINER_DEBUGPY = "/opt/remote-dev/debugpy"
 SKIP_SUFFIXES = (".pyc", ".pyo", ".dll", ".exe", ".pdb", ".dylib")
 PYTHON_WORD = re.compile(r"^(?:.*/)?python[0-9.]*$")
 BOOT_SOURCE = Path(__file__).resolve().parent / "agent" / "remote" / "debug_boot.py"
-ENDPOINTS = "debug"     # the folder of a run's folder the bootstrap writes endpoints into
 # Programs that start others: run as typed (not as `python -m prog`), each Python process
 # below them debugged.
 LAUNCHER_PROGRAMS = frozenset(("srun", "mpirun", "mpiexec", "orterun", "torchrun", "deepspeed", "accelerate",
@@ -224,7 +224,7 @@ class DebugPlan:
 async def prepare(sess: TargetSession) -> DebugPlan:
     """debugpy (and the bootstrap) on the target, and the way its runner starts a debug run."""
     t = sess.target
-    if t.runner != "container":
+    if runner_of(sess).debug_mode() == BOOTSTRAP:
         pythonpath, boot = await asyncio.gather(ensure_debugpy(sess), ensure_boot(sess))
         return DebugPlan(pythonpath, boot=boot)
     pythonpath = await ensure_debugpy(sess)
@@ -238,7 +238,7 @@ async def prepare(sess: TargetSession) -> DebugPlan:
 
 
 def endpoints_folder(sess: TargetSession, run_id: str) -> str:
-    return posixpath.join(sess.hello["cache_dir"], "runs", run_id, ENDPOINTS)
+    return posixpath.join(run_dir(sess.hello["cache_dir"], run_id), ENDPOINTS_DIR)
 
 
 def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, stop_on_entry: str = "",
@@ -247,10 +247,9 @@ def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, 
     at the program's first line (bootstrap only).  wait: seconds a debugged process waits
     for its debugger before it ends (run.debug_wait; bootstrap only)."""
     if plan.boot:
-        env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "REMOTE_DEV_DEBUG": endpoints_folder(sess, run_id),
-               "REMOTE_DEV_DEBUG_HOST": sess.hello["host"], "REMOTE_DEV_DEBUGPY": plan.pythonpath or "",
-               "REMOTE_DEV_DEBUG_STOP": stop_on_entry, "REMOTE_DEV_DEBUG_WAIT_MAX": f"{wait:g}",
-               "PYTHONPATH": plan.boot}
+        env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", DEBUG_ENV: endpoints_folder(sess, run_id),
+               DEBUG_HOST_ENV: sess.hello["host"], DEBUGPY_ENV: plan.pythonpath or "",
+               DEBUG_STOP_ENV: stop_on_entry, DEBUG_WAIT_MAX_ENV: f"{wait:g}", "PYTHONPATH": plan.boot}
         return Launch(boot_command(command, sess.target.python, env))
     wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.pythonpath)
     return Launch(wrapped, mounts=[plan.mount] if plan.mount else [], publish=[plan.port] if plan.publish else [])

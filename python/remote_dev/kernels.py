@@ -25,14 +25,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from . import services, tracebacks
+from . import runners, services, tracebacks
+from .agent.protocol import KERNEL_FILE, RUNNING, STOPPED, is_live, service_dir
 from .engine import Engine, Project, TargetSession, log
 from .errors import RemoteDevError
 from .forwards import Forward, forwards_of
 from .services import KERNEL, remote_name
 from .termtext import TerminalText, clean
 
-CONNECTION_FILE = "kernel.json"
 PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 START_TIMEOUT = 60.0
 CHECK_EVERY = 3.0         # seconds without an answer after which we look whether the kernel lives
@@ -200,7 +200,7 @@ class Kernel:
                 await self.open_client()
                 return True
             info = await self.sess.call("service_info", self.name)
-            if info is not None and info.get("state") in ("starting", "running"):
+            if info is not None and is_live(info.get("state")):
                 await self.connect(info.get("meta") or {})
                 self.say(f"connected to the running kernel on {self.sess.target.host} (its state is kept)")
                 return True
@@ -216,7 +216,7 @@ class Kernel:
             raise no_ipykernel(sess)
         if before_start is not None:
             await before_start()
-        conn_file = posixpath.join(sess.hello["cache_dir"], "services", self.name, CONNECTION_FILE)
+        conn_file = posixpath.join(service_dir(sess.hello["cache_dir"], self.name), KERNEL_FILE)
         launcher = await services.launcher_for(sess)
         argv = services.python_argv(t.python, ["-m", "ipykernel_launcher", "-f", conn_file, f"--ip={launcher.listen}"])
         launch = launcher.launch(sess, argv, self.name)
@@ -226,7 +226,7 @@ class Kernel:
                          "python": mods.get("python") or t.python, "host": launch.dest_host, **launch.meta}}
         t0 = time.perf_counter()
         info = await sess.call("service_start", spec)
-        if info.get("state") not in ("starting", "running"):
+        if not is_live(info.get("state")):
             raise await self.failed("the kernel did not start")
         await self.connect(spec["meta"])
         where = f" {launcher.where()}" if launcher.where() else ""
@@ -244,7 +244,7 @@ class Kernel:
         """Forward the kernel's ports (on the host its meta names: a Slurm node for a
         kernel in an allocation) and open a client on them."""
         sess = self.sess
-        info = await sess.call("service_file", self.name, CONNECTION_FILE, START_TIMEOUT)
+        info = await sess.call("service_file", self.name, KERNEL_FILE, START_TIMEOUT)
         if info is None:
             raise await self.failed("the kernel ended before it wrote its connection file")
         fwd = forwards_of(sess)
@@ -255,7 +255,7 @@ class Kernel:
         for p, f in zip(PORTS, self.forwards):
             self.info[p] = f.local_port
         await self.open_client()
-        services.note(self.engine, sess, KERNEL, "kernel", "running", info.get("kernel_name") or "")
+        services.note(self.engine, sess, KERNEL, "kernel", RUNNING, info.get("kernel_name") or "")
 
     async def open_client(self) -> None:
         """A jupyter_client on the forwarded ports, ready (its iopub receives), and the
@@ -314,13 +314,13 @@ class Kernel:
                     pass
             self.disconnect()
             info = await self.sess.call("service_info", self.name)
-            live = info is not None and info.get("state") in ("starting", "running")
+            live = info is not None and is_live(info.get("state"))
             if live:
                 deadline = time.monotonic() + 2
                 while time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
                     info = await self.sess.call("service_info", self.name)
-                    if info is None or info.get("state") not in ("starting", "running"):
+                    if info is None or not is_live(info.get("state")):
                         break
                 await self.sess.call("service_stop", self.name, self.proj.config.run.stop_grace)
             services.note(self.engine, self.sess, KERNEL, "kernel", None)
@@ -427,7 +427,7 @@ class Kernel:
             ex.error = content
         text = python_traceback(chunks, ename, evalue, self.sess.hello.get("home", "~"), self.cells)
         local = {f for f, _ in self.cells.values()}
-        mapping = self.sess.mapping()
+        mapping = runners.path_mapping(self.sess)
         items = tracebacks.parse(text, lambda p: p if p in local else mapping.to_local(p))
         count = ex.count if ex is not None else None
         self.engine.report("kernel_error", {"target": self.sess.target.name, "root": str(self.proj.root),
@@ -459,7 +459,7 @@ class Kernel:
                                              f"sent or ran: its output is lost (the kernel and its state are kept; "
                                              f":RemoteSend again)")
                     info = await self.sess.call("service_info", self.name)
-                    if info is None or info.get("state") not in ("starting", "running"):
+                    if info is None or not is_live(info.get("state")):
                         self.disconnect()
                         code_txt = f" (exit {info.get('code')})" if info and info.get("code") is not None else ""
                         tail = await services.service_log_tail(self.sess, self.name, 8)
@@ -498,21 +498,21 @@ async def kernel_command(engine: Engine, proj: Project, what: str,
     if what == "start":
         found = await kernel.ensure(start=True, before_start=before_start)
         engine.message(f"kernel on {t.name}: " + ("running (found again)" if found else "started"))
-        return {"state": "running", "found": found}
+        return {"state": RUNNING, "found": found}
     if what == "stop":
         live = await kernel.stop()
         engine.message(f"kernel on {t.name} stopped" if live else f"no kernel was running on {t.name}")
-        return {"state": "stopped", "was_running": live}
+        return {"state": STOPPED, "was_running": live}
     if what == "restart":
         await kernel.stop(quiet=True)
         await kernel.ensure(start=True, before_start=before_start)
         kernel.say("kernel restarted: its state is new")
         engine.message(f"kernel on {t.name} restarted")
-        return {"state": "running", "found": False}
+        return {"state": RUNNING, "found": False}
     if what == "interrupt":
         await kernel.ensure(start=False)
         await kernel.interrupt()
-        return {"state": "running"}
+        return {"state": RUNNING}
     raise RemoteDevError(f":RemoteKernel {what}: unknown; use start, stop, restart or interrupt")
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from .agent.protocol import shell_word
+from .agent.protocol import is_live, shell_word
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
 from .status import publish_status
@@ -124,7 +124,7 @@ def summarize(sess: TargetSession, info: dict[str, Any]) -> dict[str, Any]:
     if kind == SHELL and short.startswith("sh-"):
         short = short[3:]
     meta = info.get("meta") or {}
-    out = {"kind": kind, "name": short, "remote_name": full, "state": info.get("state"),
+    out = {"kind": kind, "name": short, "remote_name": full, "state": info.get("state"), "live": is_live(info.get("state")),
            "created": info.get("created") or 0, "target": sess.target.name}
     if kind == SHELL:
         out["detail"] = f"{info.get('command') or '?'} in {info.get('cwd') or '?'}" + (
@@ -141,7 +141,7 @@ def summarize(sess: TargetSession, info: dict[str, Any]) -> dict[str, Any]:
 async def list_all(sess: TargetSession, engine: Engine | None = None, live_only: bool = True) -> list[dict[str, Any]]:
     """The target's shells, kernel and notebook server, as the remote has them now."""
     found = await sess.call("service_list", namespace(sess))
-    items = [summarize(sess, i) for i in found if not live_only or i.get("state") in ("starting", "running")]
+    items = [summarize(sess, i) for i in found if not live_only or is_live(i.get("state"))]
     items.sort(key=lambda i: (i["kind"], i["name"]))
     k = known(sess)
     k.items, k.at = items, time.time()
@@ -162,6 +162,20 @@ def note(engine: Engine, sess: TargetSession, kind: str, name: str, state: str |
 
 def status_part(proj: Project) -> list[dict[str, Any]]:
     return list(known(proj.session()).items)
+
+
+def status_lines(s: dict[str, Any]) -> list[str]:
+    """:RemoteStatus lines of status()["services"]."""
+    items = s.get("services") or []
+    shells = [i["name"] for i in items if i["kind"] == SHELL]
+    kernel = notebook = "none"
+    for i in items:
+        detail = i.get("detail") or ""
+        if i["kind"] == KERNEL:
+            kernel = f"{i['state']}" + (f" ({detail})" if detail else "")
+        elif i["kind"] == NOTEBOOK:
+            notebook = f"{i['state']}" + (f" — {detail}" if detail else "")
+    return [f"shells      {', '.join(shells) or 'none'}", f"kernel      {kernel}", f"notebook    {notebook}"]
 
 
 
