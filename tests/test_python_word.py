@@ -64,9 +64,10 @@ def test_debug_command_lines_start_the_targets_python(kind):
         line = boot_command(cmd, py, env)
         assert line.endswith(f"exec {shell_word(py)} -Xfrozen_modules=off -u x.py"), line
     assert boot_command("pytest -x", py, env).endswith(f"exec {shell_word(py)} -Xfrozen_modules=off -m pytest -x")
-    direct = debug_command(f"{shell_word(py)} x.py", py, "127.0.0.1", 1, "/dbg")
+    direct = debug_command(f"{shell_word(py)} x.py", py, "127.0.0.1", 1, [((3, 10), "/dbg"), ((3, 8), "/old")])
     assert f"exec {shell_word(py)} -Xfrozen_modules=off -m debugpy" in direct
     assert f"{shell_word(py)} -c 'import debugpy'" in direct
+    assert f"{shell_word(py)} -c 'import sys; sys.exit(sys.version_info < (3, 10))'" in direct
     # what the shell makes of the interpreter words: the venv's python
     head = direct.rsplit("exec ", 1)[0]
     assert sh(head + f"exec {shell_word(py)} -c {shlex.quote(PROBE)}").split()[1] == EXE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -75,6 +76,35 @@ class Printer:
             return self.exits[run_id]
 
 
+def terminal_prompter(challenge: dict[str, Any], reply: Any) -> None:
+    """A server's login prompts on the terminal (echo off where the server says so), asked
+    in a thread of their own: the engine's loop never waits on the person."""
+    def ask() -> None:
+        answers: list[str] | None = []
+        try:
+            with open("/dev/tty", "w") as tty, open("/dev/tty") as keys:
+                head = [f"remote-dev: login to {challenge['host']} as {challenge['user']}", challenge.get("why"),
+                        challenge.get("name"), challenge.get("instructions")]
+                tty.write("\n".join(str(h).rstrip("\n") for h in head if h) + "\n")
+                tty.flush()
+                for p in challenge["prompts"]:
+                    if p["echo"]:
+                        tty.write(p["text"])
+                        tty.flush()
+                        line = keys.readline()
+                        answer = line.rstrip("\n") if line else None
+                    else:
+                        answer = getpass.getpass(p["text"]) or None
+                    if answer is None:
+                        answers = None
+                        break
+                    answers.append(answer)
+        except (OSError, EOFError, KeyboardInterrupt):
+            answers = None
+        reply(answers)
+    threading.Thread(target=ask, name="remote-dev-login", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="remote-dev", description=__doc__)
     parser.add_argument("-C", "--directory", default=os.getcwd(), help="project folder (default: cwd)")
@@ -103,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     printer = Printer(quiet=args.json)
-    engine = Engine(report=printer, actions=ACTIONS, runners=RUNNERS)
+    # On a terminal a server's prompts (a one-time code) are asked there; elsewhere (a pipe,
+    # a cron job) no one can answer them and the login fails with one line saying so.
+    engine = Engine(report=printer, actions=ACTIONS, prompter=terminal_prompter if sys.stdin.isatty() else None,
+                    runners=RUNNERS)
     ctx = {"cwd": os.path.abspath(args.directory)}
     try:
         result = dispatch(engine, printer, ctx, args)

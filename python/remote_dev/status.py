@@ -19,11 +19,22 @@ STATUS_PARTS: dict[str, Callable[[Project], Any]] = {}
 STATUS_LINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {}
 
 
+def since(s: dict[str, Any]) -> str:
+    """', since 09:12 (3 h 5 min)': when the login now serving was made, and how when not a
+    login of our own (', through your OpenSSH master connection (...)')."""
+    t = s.get("connected_since")
+    if not t:
+        return ""
+    mins = int(max(0, time.time() - t) // 60)
+    via = f", through {s['connected_via']}" if s.get("connected_via") else ""
+    return f", since {time.strftime('%H:%M', time.localtime(t))} ({mins // 60} h {mins % 60} min){via}"
+
+
 def status_lines(s: dict[str, Any]) -> list[str]:
     """:RemoteStatus as lines (columns of 12)."""
     lp = s.get("last_push")
     runs = s.get("runs") or []
-    connected = "yes" if s["connected"] else "no" + (f": {s['error']}" if s.get("error") else "")
+    connected = "yes" + since(s) if s["connected"] else "no" + (f": {s['error']}" if s.get("error") else "")
     lines = [
         f"target      {s['target']} ({s['runner']} runner)  [{', '.join(s.get('targets') or [])}]",
         f"host        {s['host']}" + (f" ({s['remote_host']})" if s.get("remote_host") else ""),
@@ -53,6 +64,8 @@ def project_status(proj: Project) -> dict[str, Any]:
         "runner": t.runner,
         "remote_root": sess.remote_root or t.remote_root,
         "connected": sess.connected,
+        "connected_since": sess.connected_since if sess.connected else None,
+        "connected_via": sess.via if sess.connected else None,
         "python": sess.hello.get("python"),
         "agent": sess.hello.get("version"),
         "remote_host": sess.hello.get("host"),
