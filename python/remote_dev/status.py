@@ -12,8 +12,8 @@ from typing import Any, Callable
 from . import __version__
 from .engine import Engine, Project
 
-# Parts features add to the status, by key: part(project) -> value (services.py: shells,
-# kernel, notebook).  Instant: from what the feature last saw.
+# Parts features add to the status, by key: part(project) -> value (wiring.py registers
+# them: shells, kernel, notebook; the allocation).  Instant: from what the feature last saw.
 STATUS_PARTS: dict[str, Callable[[Project], Any]] = {}
 # Their lines in :RemoteStatus, by the same key: lines(status) -> [str] (wiring.py).
 STATUS_LINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {}
