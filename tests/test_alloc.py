@@ -390,17 +390,21 @@ def test_containerized_job_traceback_maps_to_local_files(engine, make_project, c
 
 
 def test_config_container_table_on_a_slurm_target(tmp_path):
-    from remote_dev.config import load_config
+    from remote_dev.config import check_runner, load_config
     from remote_dev.errors import ConfigError
+    from remote_dev.runners import RUNNERS
 
     def load(container):
         f = tmp_path / ".remote-dev.toml"
         f.write_text('[targets.hpc]\nhost = "login"\nremote_root = "~/p"\nrunner = "slurm"\n'
                      f"[targets.hpc.container]\n{container}\n")
-        return load_config(f).targets["hpc"]
+        cfg = load_config(f)
+        check_runner(cfg, RUNNERS)
+        return cfg.targets["hpc"]
 
     t = load('image = "pytorch:24.01"\nworkdir = "/w"')
-    assert t.in_container and t.container.workdir == "/w"
+    runner = RUNNERS[t.runner](t)
+    assert runner.in_container() and runner.container_root() == "/w"
     assert load('image = "x"\nengine = "pyxis"').container.engine == "pyxis"
     with pytest.raises(ConfigError, match=r"targets\.hpc\.container.*needs container\.dockerfile or container\.image"):
         load('workdir = "/w"')

@@ -115,7 +115,8 @@ def test_unknown_host_is_one_clear_message(engine, tmp_path):
 
 
 # ---- config validation: one message with file, key and reason
-from remote_dev.config import load_config  # noqa: E402
+from remote_dev.config import check_runner, load_config  # noqa: E402
+from remote_dev.runners import RUNNERS  # noqa: E402
 from remote_dev.errors import ConfigError  # noqa: E402
 
 
@@ -126,7 +127,7 @@ from remote_dev.errors import ConfigError  # noqa: E402
     ('[targets.a]\nremote_root = "/r"\n', "targets.a.host", "is required"),
     ('default_target = "b"\n[targets.a]\nhost = "h"\nremote_root = "/r"\n', "default_target", "no target named 'b'"),
     ('[sync]\npush_on_save = true\n', "targets", "no target defined"),
-    ('[targets.a]\nhost = "h"\nremote_root = "/r"\nrunner = "k8s"\n', "targets.a.runner", "must be one of"),
+    ('[targets.a]\nhost = "h"\nremote_root = "/r"\nrunner = "k8s"\n', "targets.a.runner", "unknown runner 'k8s'"),
     ('[targets.a]\nhost = "h"\nremote_root = "/r"\nrunner = "container"\n', "targets.a.container", "needs"),
     ('[targets.a]\nhost = "h"\nremote_root = "/r"\n[sync]\nexclude = "data"\n', "sync.exclude", "array of strings"),
     ('[targets.a]\nhost = "h"\nremote_root = "~"\n', "targets.a.remote_root", "whole home"),
@@ -136,7 +137,7 @@ def test_config_errors(tmp_path, body, key, reason):
     f = tmp_path / ".remote-dev.toml"
     f.write_text(body)
     with pytest.raises(ConfigError) as e:
-        load_config(f)
+        check_runner(load_config(f), RUNNERS)   # as the engine loads it
     msg = str(e.value)
     assert msg.startswith(str(f)) and reason in msg
     if key:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remote_dev.tracebacks import parse
+from remote_dev.tracebacks import ipython_traceback, parse
 
 REMOTE_ROOT = "/remote/root"
 
@@ -791,3 +791,34 @@ def test_single_huge_line_is_fast() -> None:
     start = time.perf_counter()
     parse(text, lambda path: path)
     assert time.perf_counter() - start < 10.0  # quadratic-blowup guard, as above
+
+
+# --------------------------------------------------------------------------- a Jupyter kernel's errors (IPython's format)
+
+CHUNKS = [
+    "\x1b[31m-----\x1b[39m", "\x1b[31mValueError\x1b[39m    Traceback (most recent call last)",
+    "\x1b[36mCell\x1b[39m\x1b[36m \x1b[39m\x1b[32mIn[2]\x1b[39m\x1b[32m, line 3\x1b[39m\n\x1b[32m      1\x1b[39m import pkg.model\n"
+    "\x1b[32m      2\x1b[39m \n\x1b[32m----> \x1b[39m\x1b[32m3\x1b[39m pkg.model.load('data')\n",
+    "\x1b[36mFile \x1b[39m\x1b[32m~/proj/pkg/model.py:2\x1b[39m, in \x1b[36mload\x1b[39m\x1b[34m(p)\x1b[39m\n"
+    "\x1b[32m      1\x1b[39m def load(p):\n\x1b[32m----> \x1b[39m\x1b[32m2\x1b[39m     return parse(p)\n",
+    "\x1b[31mValueError\x1b[39m: bad data",
+]
+
+
+def test_ipython_traceback_in_python_format_with_cells_at_their_file():
+    text = ipython_traceback(CHUNKS, "ValueError", "bad data", "/home/u", {2: ("/local/main.py", 10)})
+    assert text == ('Traceback (most recent call last):\n'
+                    '  File "/local/main.py", line 12, in <module>\n'
+                    "    pkg.model.load('data')\n"
+                    '  File "/home/u/proj/pkg/model.py", line 2, in load\n'
+                    '    return parse(p)\n'
+                    'ValueError: bad data\n')
+    unknown = ipython_traceback(CHUNKS, "ValueError", "bad data", "/home/u", {})
+    assert '  File "<cell 2>", line 3, in <module>' in unknown
+
+
+def test_ipython_syntax_error_keeps_the_caret():
+    chunk = ("  \x1b[36mCell\x1b[39m\x1b[36m \x1b[39m\x1b[32mIn[1]\x1b[39m\x1b[32m, line 1\x1b[39m\n"
+             "\x1b[31m    \x1b[39m\x1b[31mdef f(:\x1b[39m\n          ^\n\x1b[31mSyntaxError\x1b[39m\x1b[31m:\x1b[39m invalid syntax\n")
+    text = ipython_traceback([chunk], "SyntaxError", "invalid syntax", "/h", {1: ("/l/a.py", 5)})
+    assert text == '  File "/l/a.py", line 5\n    def f(:\n          ^\nSyntaxError: invalid syntax\n'

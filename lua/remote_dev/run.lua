@@ -5,15 +5,6 @@ local config = require('remote_dev.config')
 local host = require('remote_dev.host')
 local ui = require('remote_dev.ui')
 
---- States of a run that has not ended, as the agent names them ("pending": a queued Slurm job).
-M.LIVE_STATES = { starting = true, running = true, pending = true }
-
----@param state string
----@return boolean
-function M.is_live(state)
-  return M.LIVE_STATES[state] == true
-end
-
 local runs = {} ---@type table<string, {buf: integer, summary: table, has_partial: boolean}>
 local run_win = nil ---@type integer?
 local started_from = {} ---@type table<string, integer> the window each run was started from, by run id
@@ -22,10 +13,10 @@ local function state_line(s)
   local icon = ({ running = '●', starting = '…', pending = '…', exited = (s.code == 0 and '✓' or '✗'), stopped = '■', lost = '?' })[s.state]
     or '•'
   local what = s.state
-  if s.state == 'stopped' and type(s.stopped_by) == 'string' and s.stopped_by ~= '' then
+  if type(s.stopped_by) == 'string' and s.stopped_by ~= '' then
     what = 'stopped by ' .. s.stopped_by
   end
-  if s.code ~= nil and s.code ~= vim.NIL and s.state ~= 'running' then
+  if s.code ~= nil and s.code ~= vim.NIL and not s.live then
     what = ('%s (exit %d)'):format(what, s.code)
   end
   local job = (s.job and s.job ~= vim.NIL) and (' job ' .. s.job) or ''

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import alloc as alloc_mod, debug, envmirror, forwards, health as health_mod, kernels, notebook as notebook_mod, \
-    runs as runs_mod, services, shells, sync
+from . import alloc as alloc_mod, debug, envmirror, forwards, health as health_mod, kernels, \
+    notebook as notebook_mod, runs as runs_mod, services, shells, sync, wiring  # noqa: F401 - wiring: registrations between features
 from .engine import Action, Engine
 from .errors import RemoteDevError
 from .status import publish_status
@@ -210,15 +210,19 @@ async def shell_kill(engine: Engine, ctx: dict[str, Any], name: str) -> dict[str
 
 @action("kernel")
 async def kernel(engine: Engine, ctx: dict[str, Any], what: str = "start") -> dict[str, Any]:
-    """:RemoteKernel start|stop|restart|interrupt."""
-    return await kernels.kernel_command(engine, engine.project(ctx), what)
+    """:RemoteKernel start|stop|restart|interrupt; a new kernel starts after a push (it
+    imports the tree as it is)."""
+    proj = engine.project(ctx)
+    return await kernels.kernel_command(engine, proj, what, lambda: sync.do_push(engine, proj, None, quiet=True))
 
 
 @action("send")
 async def send(engine: Engine, ctx: dict[str, Any], code: str, file: str | None = None,
                line: int = 1) -> dict[str, Any]:
     """Run code (from `file` at `line`) in the target's kernel; answers when it finished."""
-    return await kernels.send(engine, engine.project(ctx), code, file or ctx.get("file") or None, int(line))
+    proj = engine.project(ctx)
+    return await kernels.send(engine, proj, code, file or ctx.get("file") or None, int(line),
+                              lambda: sync.do_push(engine, proj, None, quiet=True))
 
 
 @action("notebook")

@@ -8,7 +8,7 @@ Neovim and a new Neovim finds it.  Here: what this Neovim knows of it (``AllocSt
 target connection), a watcher that asks the agent every POLL_PENDING seconds while it is
 queued and every POLL_RUNNING seconds while it runs and fires ``User RemoteDevAlloc`` on
 every change of state, the step a run becomes (``run_spec``) and the launcher of shells,
-kernels and notebook servers (``AllocLauncher``, through services.LAUNCHERS).
+kernels and notebook servers (``AllocLauncher``, registered in wiring.py).
 
 How a run becomes a step: a command that starts with ``srun`` runs as typed on the login
 node, as it would in an salloc shell (SLURM_JOB_ID, SLURM_NTASKS, SLURM_NNODES and
@@ -27,15 +27,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kernels, services
+from typing import Callable
+
+from . import services
+from .agent.protocol import ALLOC_ENV, PENDING, STEP_FILE, is_live, run_dir
 from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
 from .slurm_errors import explain
-from .status import STATUS_PARTS, publish_status
+from .status import publish_status
 
 POLL_PENDING = 1.0       # seconds between looks at a queued allocation
 POLL_RUNNING = 10.0      # ... at a running one (its end by time limit or scancel shows then)
-MARKER = "REMOTE_DEV_ALLOC"   # NAME:JOB, in the environment of every process started for a step
+MARKER = ALLOC_ENV   # NAME:JOB, in the environment of every process started for a step
 # a command that launches its own steps: `srun ...`, `VAR=x srun ...`, `/usr/bin/srun ...`
 SRUN = re.compile(r"^\s*(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:exec\s+)?(?:\S*/)?srun(?:\s|$)")
 
@@ -75,13 +78,13 @@ class Allocation:
     def from_info(cls, info: dict[str, Any]) -> "Allocation":
         state = info.get("job_state") or ""
         # COMPLETING: it is ending (scancel, its time limit): no step starts in it any more
-        live = info.get("state") in ("pending", "running", "starting") and state != "COMPLETING"
+        live = is_live(info.get("state")) and state != "COMPLETING"
         if not live and not state:
             detail = str(info.get("detail") or "")
             state = detail if detail.isupper() and detail.replace("_", "").isalpha() else "ENDED"
         left = parse_left(info.get("time_left") or "")
         return cls(name=info.get("name", ""), job=str(info.get("job") or "?"),
-                   state=state or ("PENDING" if info.get("state") == "pending" else "RUNNING"), live=live,
+                   state=state or ("PENDING" if info.get("state") == PENDING else "RUNNING"), live=live,
                    reason=info.get("reason") or "", nodes=list(info.get("nodes") or []),
                    ntasks=int(info.get("ntasks") or 1), nnodes=int(info.get("nnodes") or 1),
                    addr=info.get("addr"), ends_at=time.time() + left if left is not None else None,
@@ -89,7 +92,7 @@ class Allocation:
 
     @property
     def marker(self) -> str:
-        """REMOTE_DEV_ALLOC's value: the allocation's name and job (job ids of two clusters
+        """The value of ALLOC_ENV: the allocation's name and job (job ids of two clusters
         served by one login node may be the same)."""
         return f"{self.name}:{self.job}"
 
@@ -252,7 +255,7 @@ def run_spec(sess: TargetSession, a: Allocation, run_id: str, command: str, env:
         if a.ntasks > 1:
             env.setdefault("SLURM_LABELIO", "1")   # each line says its rank: `0: ...`
         return {"cmd": command, "env": env, "meta": meta}
-    record = posixpath.join(sess.hello["cache_dir"], "runs", run_id, "step.json")
+    record = posixpath.join(run_dir(sess.hello["cache_dir"], run_id), STEP_FILE)
     argv = srun_argv(a, f"rd-{run_id}") + ["/bin/sh", "-c", step_record(record) + 'exec /bin/sh -c "$1"', "sh",
                                            command]
     return {"argv": argv, "env": env, "meta": meta}
@@ -268,8 +271,8 @@ class AllocLauncher(services.HostLauncher):
         self.env = {MARKER: a.marker}
         self.meta = {"alloc": a.job, "node": a.nodes[0] if a.nodes else ""}
 
-    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> services.Launch:
-        return services.Launch(srun_argv(self.alloc, name or "rd-step") + list(argv), dest_host=self.listen,
+    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> services.ServiceLaunch:
+        return services.ServiceLaunch(srun_argv(self.alloc, name or "rd-step") + list(argv), dest_host=self.listen,
                                env=dict(self.env), meta=dict(self.meta))
 
     def shell(self, sess: TargetSession, argv: list[str] | None, name: str = "") -> list[str] | None:
@@ -285,10 +288,13 @@ async def launcher(sess: TargetSession) -> services.HostLauncher | None:
     return AllocLauncher(a) if a is not None else None
 
 
-services.LAUNCHERS.append(launcher)
-
 
 # --------------------------------------------------------------------------- :RemoteAlloc
+
+# What ends with an allocation besides its steps, by name: hook(engine, project, job id)
+# (wiring.py registers them; the kernel's: its client lets go of a kernel that was a step).
+ON_END: dict[str, Callable[[Engine, Project, str], None]] = {}
+
 
 
 def need_slurm(sess: TargetSession) -> None:
@@ -334,11 +340,8 @@ async def stop_alloc(engine: Engine, proj: Project, sess: TargetSession) -> dict
     a = await refresh(sess, engine, fresh=True)
     if a is None or not a.live:
         raise RemoteDevError(f"no allocation is held for {t.name} (:RemoteAlloc holds one)")
-    kernel = kernels.kernel_of(engine, proj)
-    if kernel.connected and kernel.alloc_job == a.job:
-        kernel.disconnect()
-        kernel.say(f"the kernel ends with allocation job {a.job}")
-        services.note(engine, sess, services.KERNEL, "kernel", None)
+    for hook in ON_END.values():
+        hook(engine, proj, a.job)
     info = await sess.call("alloc_stop", alloc_name(sess), proj.config.run.stop_grace)
     update(sess, Allocation.from_info(info) if info else None)
     try:
@@ -359,7 +362,13 @@ def status_part(proj: Project) -> dict[str, Any] | None:
     return a.summary(sess.target.name) if a is not None and a.live else None
 
 
-STATUS_PARTS["alloc"] = status_part
+def status_lines(s: dict[str, Any]) -> list[str]:
+    """The :RemoteStatus line of a Slurm target's allocation."""
+    if s["runner"] != "slurm":
+        return []
+    a = s.get("alloc")
+    return [f"alloc       {a['detail'] if a else 'none'}"]
+
 
 
 async def health_item(sess: TargetSession) -> dict[str, str]:

@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,7 +24,6 @@ else:  # pragma: no cover
 from .errors import ConfigError
 
 CONFIG_NAME = ".remote-dev.toml"
-RUNNERS = ("process", "container", "slurm")
 ENGINES = ("docker", "podman")
 TARGET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -39,6 +38,7 @@ class ContainerConfig:
     workdir: str = "/workspace"
     gpus: str = ""
     args: tuple[str, ...] = ()
+    table: bool = False                # the file has a [targets.NAME.container] table
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,6 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     container: ContainerConfig = ContainerConfig()
     slurm: SlurmConfig = SlurmConfig()
-
-    @property
-    def in_container(self) -> bool:
-        """Runs are in a container: runner "container", or "slurm" with a container table
-        naming an image or a Dockerfile (the container runs inside the job)."""
-        c = self.container
-        return self.runner == "container" or (self.runner == "slurm" and bool(c.image or c.dockerfile))
 
 
 @dataclass(frozen=True)
@@ -131,7 +124,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("user", "string", nonempty=True), Key("port", "integer", low=1, high=65535),
         Key("identity_file", "string", nonempty=True), Key("ssh_config", "string", nonempty=True),
         Key("known_hosts", "string", nonempty=True),
-        Key("runner", "string", choices=RUNNERS), Key("python", "string", nonempty=True),
+        Key("runner", "string", nonempty=True), Key("python", "string", nonempty=True),
         Key("env", "env"), Key("container", "table"), Key("slurm", "table"),
     ),
     "targets.*.container": (
@@ -273,17 +266,10 @@ def _target(c: _Checker, name: str, raw: Any) -> Target:
     if "container" in t:
         cp = f"{p}.container"
         ct = c.table(t["container"], cp, SCHEMA["targets.*.container"])
-        container = ContainerConfig(**{k: v for k, v in ct.items()})
+        container = ContainerConfig(**{k: v for k, v in ct.items()}, table=True)
         if container.dockerfile and container.image:
             raise c.fail(cp, "set either dockerfile or image, not both")
-    runner = t.get("runner", "process")
-    if runner in ("container", "slurm") and "container" in t and not (container.dockerfile or container.image):
-        raise c.fail(f"{p}.container", f"runner = \"{runner}\" with a container table needs container.dockerfile "
-                                       f"or container.image")
-    if runner == "container" and not (container.dockerfile or container.image):
-        raise c.fail(f"{p}.container", "runner = \"container\" needs container.dockerfile or container.image")
-    if container.engine == "pyxis" and runner != "slurm":
-        raise c.fail(f"{p}.container.engine", "\"pyxis\" runs containers in Slurm jobs only (runner = \"slurm\")")
+    # what a runner kind needs of these tables is its own check (runners/, check_runner)
     if container.engine == "pyxis" and container.dockerfile:
         raise c.fail(f"{p}.container.dockerfile", "pyxis runs an image, not a Dockerfile: set container.image")
     slurm = SlurmConfig()
@@ -291,6 +277,25 @@ def _target(c: _Checker, name: str, raw: Any) -> Target:
         slurm = SlurmConfig(**c.table(t["slurm"], f"{p}.slurm", SCHEMA["targets.*.slurm"]))
     plain = {k: v for k, v in t.items() if k not in ("container", "slurm")}
     return Target(name=name, **plain, container=container, slurm=slurm)
+
+
+class RunnerCheck(Protocol):
+    def check(self, target: Target) -> tuple[str, str] | None: ...
+
+
+def check_runner(config: ProjectConfig, runners: Mapping[str, RunnerCheck]) -> None:
+    """Every target's runner is a known kind (runners.RUNNERS, handed down by the engine's
+    front-end) and has what that kind needs (its ``check``: the key below the target and
+    the problem), else one line naming the file, the key and the problem (for an unknown
+    kind: the known kinds)."""
+    for t in config.targets.values():
+        kind = runners.get(t.runner)
+        if kind is None:
+            raise ConfigError(str(config.file), f"targets.{t.name}.runner",
+                              f"unknown runner {t.runner!r} (known: {', '.join(map(repr, runners))})")
+        problem = kind.check(t)
+        if problem is not None:
+            raise ConfigError(str(config.file), f"targets.{t.name}.{problem[0]}", problem[1])
 
 
 def load_config(file: str | os.PathLike[str]) -> ProjectConfig:

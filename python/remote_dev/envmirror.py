@@ -28,6 +28,7 @@ from typing import Any
 from .agent.protocol import decompress, unpack_files
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
+from .runners import runner_of
 from .sync.wire import LinkMeter
 
 log = logging.getLogger("remote_dev")
@@ -99,7 +100,7 @@ def event_data(sess: TargetSession, folder: Path, manifest: dict[str, Any], **ex
 async def refresh(engine: Engine, proj: Project, sess: TargetSession, force: bool = False) -> dict[str, Any]:
     """Bring the mirror up to date (a full listing when force, else only when the probe's
     stamp changed); fires RemoteDevEnv and returns its data."""
-    if sess.target.in_container:
+    if runner_of(sess).in_container():
         raise RemoteDevError(f"target {sess.target.name}: :RemoteEnv mirrors the interpreter of process and slurm "
                              f"targets; for runner = \"container\" it is not built yet", kind="env")
     state = sess.state(EnvState)

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import tracebacks
-from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED
+from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED, is_live, shell_word
 from .engine import Engine, Project, TargetSession
 from .errors import ConnectError, RemoteDevError
-from .runners import Launch, runner_for
+from .runners import Launch, path_mapping, runner_of
 from .status import publish_status
 from .termtext import TerminalText
 
@@ -73,10 +73,11 @@ class RunRecord:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "id": self.id, "target": self.target, "cmd": self.cmd, "state": self.state, "code": self.code,
+            "id": self.id, "target": self.target, "cmd": self.cmd, "state": self.state, "live": is_live(self.state),
+            "code": self.code,
             "created": self.created, "ended": self.ended, "runner": self.runner, "detail": self.detail,
             "duration": round((self.ended or time.time()) - self.created, 2), "job": self.meta.get("job"),
-            "root": self.root, "stopped_by": self.stopped_by if self.state == "stopped" else "",
+            "root": self.root, "stopped_by": self.stopped_by if self.state == STOPPED else "",
             "step": self.meta.get("step"),
         }
 
@@ -99,14 +100,14 @@ def expand_command(proj: Project, sess: TargetSession, cmd: str | None, file: st
     rel = ""
     if file:
         try:
-            rel = sess.mapping().rel(file)
+            rel = path_mapping(sess).rel(file)
         except ValueError:
             rel = ""
     if "{file}" in template and not rel:
         raise RemoteDevError(f"{proj.config.file}: run.command uses {{file}} but the current buffer is not a "
                              f"file of the project; open one or give a command: :RemoteRun python script.py")
     return template.replace("{file}", shlex.quote(rel) if rel else "").replace(
-        "{python}", sess.target.python).replace("{root}", sess.remote_root or sess.target.remote_root)
+        "{python}", shell_word(sess.target.python)).replace("{root}", sess.remote_root or sess.target.remote_root)
 
 
 async def start_run(engine: Engine, proj: Project, sess: TargetSession, command: str,
@@ -118,7 +119,11 @@ async def start_run(engine: Engine, proj: Project, sess: TargetSession, command:
     run = RunRecord(id=run_id or new_run_id(), target=sess.target.name, cmd=command, root=str(proj.root),
                     runner=sess.target.runner, created=time.time(), exec_cmd=launch.command,
                     on_finish=list(on_finish or []))
-    spec = await runner_for(sess.target).spec(proj, sess, run.id, launch)
+    runner = runner_of(sess)
+    if (launch.mounts or launch.publish) and not runner.honours_launch:
+        raise RemoteDevError(f"targets.{sess.target.name}: runner = \"{runner.name}\" cannot mount folders or "
+                             f"publish ports for this run")
+    spec = await runner.spec(proj, sess, run.id, launch)
     spec.update(id=run.id, root=sess.target.remote_root)
     spec.setdefault("meta", {}).update(target=sess.target.name, display=command, runner=sess.target.runner,
                                        local_root=str(proj.root))
@@ -294,7 +299,7 @@ def cancel_all(futures: collections.deque[asyncio.Future[Any]]) -> None:
 def run_quickfix(proj: Project, sess: TargetSession, run: RunRecord) -> list[dict[str, Any]]:
     """Quickfix entries from what the run printed (its tail), at local files."""
     text = "\n".join(run.program_lines())
-    return runner_for(sess.target).extra_quickfix(proj, sess, text) + tracebacks.parse(text, sess.mapping().to_local)
+    return runner_of(sess).extra_quickfix(proj, sess, text) + tracebacks.parse(text, path_mapping(sess).to_local)
 
 
 def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
@@ -303,7 +308,7 @@ def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -
     run.on_finish.clear()
     run.quickfix = run_quickfix(proj, sess, run)
     if run.code:
-        problem = runner_for(sess.target).diagnose(proj, sess, "\n".join(run.tail))
+        problem = runner_of(sess).diagnose(proj, sess, "\n".join(run.tail))
         if problem:
             engine.message(problem, "error")
             engine.emit("RemoteDevError", {"message": problem})

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgpack
 
+from . import protocol
 from .protocol import AGENT_ZIP, COMPILED_ZIP
 
 HERE = Path(__file__).resolve().parent
@@ -100,7 +101,5 @@ main([])
 def bootstrap_command(python: str, env: dict[str, str] | None = None) -> str:
     """The shell command that starts (and if needed installs) the agent."""
     prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
-    cmd = f"{shlex.quote(python) if ' ' not in python else python} -c {shlex.quote(_BOOTSTRAP)} {bundle().digest}"
-    if python.startswith("~/"):
-        cmd = f"\"$HOME\"/{shlex.quote(python[2:])} -c {shlex.quote(_BOOTSTRAP)} {bundle().digest}"
+    cmd = f"{protocol.shell_word(python)} -c {shlex.quote(_BOOTSTRAP)} {bundle().digest}"
     return f"env {prefix} {cmd}" if prefix else f"exec {cmd}"

@@ -29,7 +29,7 @@ START_TIMEOUT = 10.0   # a run whose supervisor has not reported by then is lost
 
 
 def runs_dir():
-    return os.path.join(cache_dir(), "runs")
+    return os.path.join(cache_dir(), P.RUNS_DIR)
 
 
 def run_dir(run_id, must_exist=True):
@@ -68,7 +68,7 @@ def run_info(d):
         info["pid"] = started.get("pid")
         info["started"] = started["time"]
         info["job"] = started.get("job")
-    step = _read_json_or_none(os.path.join(d, "step.json"))
+    step = _read_json_or_none(os.path.join(d, P.STEP_FILE))
     if step:  # a job step in a held allocation (srun --jobid): its ids and node
         info["step"] = step
     if ex is None and started and started.get("job"):
@@ -232,7 +232,7 @@ def run_endpoints(run_id, known, timeout):
     see debug_boot.py) that are not in known (their names): a long poll answering as soon as
     there is one, the run ends, or timeout passes.  {"found": [[name, endpoint], ...], "live"}"""
     d = run_dir(run_id, must_exist=False)
-    folder = os.path.join(d, "debug")
+    folder = os.path.join(d, P.ENDPOINTS_DIR)
     known = set(known or ())
     deadline = time.time() + timeout
     while True:

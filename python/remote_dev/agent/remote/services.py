@@ -34,7 +34,7 @@ START_TIMEOUT = 10.0
 
 
 def services_dir():
-    return os.path.join(cache_dir(), "services")
+    return os.path.join(cache_dir(), P.SERVICES_DIR)
 
 
 def _check_name(name):
@@ -257,7 +257,7 @@ def shell_ensure(spec):
         return {"name": name, "tmux": tmux, "created": False}
     root = expand_root(spec["root"])
     os.makedirs(root, exist_ok=True)
-    env["REMOTE_DEV_RUN_ID"] = name
+    env[P.RUN_ID_ENV] = name
     argv = spec.get("argv") or [login_shell(), "-l"]
     command = ["env"] + ["%s=%s" % kv for kv in sorted(env.items())] + list(argv)
     size = ["-x", str(int(spec.get("cols") or 80)), "-y", str(int(spec.get("rows") or 24))]
