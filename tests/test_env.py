@@ -117,3 +117,23 @@ def test_the_cli_prints_the_mirror_folders(make_project, tmp_path):
     paths = out.stdout.split()
     assert paths and all(os.path.isdir(p) for p in paths)
     assert any(os.path.isfile(os.path.join(p, "os.py")) for p in paths)    # the stdlib
+
+
+def test_the_mapping_takes_library_frames_to_the_mirror_longest_folder_first(tmp_path):
+    from remote_dev.mapping import PathMapping
+
+    stdlib, nested = tmp_path / "m" / "lib-1", tmp_path / "m" / "dyn-2"
+    (stdlib / "json").mkdir(parents=True)
+    (stdlib / "json" / "decoder.py").write_text("")
+    (nested / "x.py").parent.mkdir(parents=True)
+    (nested / "x.py").write_text("")
+    libs = (("/usr/lib/python3.11", str(stdlib)), ("/usr/lib/python3.11/lib-dynload", str(nested)))
+    m = PathMapping(tmp_path / "proj", "/srv/proj", None, libs)
+    assert m.to_local("/srv/proj/main.py") == str(tmp_path / "proj" / "main.py")
+    assert m.to_local("/usr/lib/python3.11/json/decoder.py") == str(stdlib / "json" / "decoder.py")
+    assert m.to_local("/usr/lib/python3.11/lib-dynload/x.py") == str(nested / "x.py")
+    assert m.to_local("/usr/lib/python3.11/not_mirrored.py") is None        # stays a text entry
+    assert m.to_local("/usr/lib/python3.110/json/decoder.py") is None
+    assert [d["remoteRoot"] for d in m.dap_path_mappings()] == \
+        ["/srv/proj", "/usr/lib/python3.11/lib-dynload", "/usr/lib/python3.11"]
+    assert len(PathMapping(tmp_path, "/srv/proj", "/workspace", libs).dap_path_mappings(in_container=True)) == 1
