@@ -245,7 +245,7 @@ def _write_batch(local: Path, files: dict[str, list[int]], fmt: str, blob: bytes
             raise RemoteDevError(f"{rel}: outside the mirror folder {local}", kind="env")
         path = local / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".rd-tmp")
+        tmp = path.with_name(f"{path.name}.rd-tmp{os.getpid()}")   # two Neovims on one project: their own
         tmp.write_bytes(data)
         os.chmod(tmp, 0o444)
         tmp.replace(path)
