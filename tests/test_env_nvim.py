@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import require, wait_for
 
-from support.env_python import fresh_env, more_itertools_python, site_packages
+from support.env_python import editable_install, fresh_env, more_itertools_python, site_packages
 
 LANGSERVER = Path(sys.executable).parent / "basedpyright-langserver"
 MAIN = "import more_itertools\n\nprint('got', more_itertools.one([7]))\n"
@@ -179,3 +179,25 @@ def test_a_run_that_installs_a_package_brings_it_into_the_mirror(nvim, make_proj
     local = Path(data["paths"][data["remotes"].index(str(site))])
     assert (local / "fresh_pkg" / "__init__.py").read_text() == "X = 1\n"
     assert str(local) in nvim.exec_lua("return require('remote_dev').env_paths()")
+
+
+def test_an_editable_packages_mirror_buffer_knows_its_remote_file(nvim, make_project, tmp_path):
+    python = fresh_env(tmp_path / "venv")
+    lib = tmp_path / "corp-lib"
+    (lib / "corp").mkdir(parents=True)
+    (lib / "corp" / "__init__.py").write_text("def shard(n):\n    return n % 4\n")
+    (lib / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=64"]\n'
+                                        'build-backend = "setuptools.build_meta"\n'
+                                        '[project]\nname = "corp"\nversion = "0.1"\n'
+                                        '[tool.setuptools]\npackages = ["corp"]\n')
+    editable_install(python, lib, tmp_path / "dist")
+    proj = make_project(target={"python": str(python)})
+    main = proj.write("main.py", "import corp\n")
+    nvim.exec_lua("require('remote_dev').setup({})")
+    nvim.open(proj.root, main)
+    nvim.command("RemoteEnv")
+    data = nvim.wait_event("RemoteDevEnv", 120)
+    local = Path(data["paths"][data["remotes"].index(str(lib / "corp"))]) / "corp" / "__init__.py"
+    nvim.command(f"edit {local}")
+    assert nvim.eval("b:remote_dev_mirror") == str(lib / "corp" / "__init__.py")
+    assert nvim.eval("&modifiable") == 0

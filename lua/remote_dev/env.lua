@@ -67,15 +67,20 @@ local function mirror_parts(file)
   return base .. proj .. '/env/' .. target, dir, rel, target
 end
 
---- The remote path of a mirror file (from the mirror's manifest), or nil.
----@param file string
----@return string?, string?  remote path, target
-function M.remote_of(file)
-  local folder, dir, rel, target = mirror_parts(file)
-  if not folder then
+local manifests = {} ---@type table<string, { mtime: integer, roots: table }> by mirror folder
+
+--- The roots of a mirror's manifest (read again only when the file changed), or nil.
+local function roots_of(folder)
+  local path = folder .. '/manifest.json'
+  local st = vim.uv.fs_stat(path)
+  if not st then
     return nil
   end
-  local f = io.open(folder .. '/manifest.json', 'r')
+  local cached = manifests[folder]
+  if cached and cached.mtime == st.mtime.nsec + st.mtime.sec * 1e9 then
+    return cached.roots
+  end
+  local f = io.open(path, 'r')
   if not f then
     return nil
   end
@@ -84,12 +89,27 @@ function M.remote_of(file)
   if not ok or type(manifest) ~= 'table' or type(manifest.roots) ~= 'table' then
     return nil
   end
-  for remote, entry in pairs(manifest.roots) do
-    if entry.dir == dir then
-      return remote .. '/' .. rel, target
+  manifests[folder] = { mtime = st.mtime.nsec + st.mtime.sec * 1e9, roots = manifest.roots }
+  return manifest.roots
+end
+
+--- The remote path of a mirror file (from the mirror's manifest), or nil.
+---@param file string
+---@return string?, string?  remote path, target
+function M.remote_of(file)
+  local folder, _, _, target = mirror_parts(file)
+  local roots = folder and roots_of(folder)
+  if not roots then
+    return nil
+  end
+  local best, best_len = nil, 0
+  for remote, entry in pairs(roots) do   -- the folder holding it (an editable package's is deeper)
+    local dir = folder .. '/' .. entry.dir .. '/'
+    if file:sub(1, #dir) == dir and #dir > best_len then
+      best, best_len = remote .. '/' .. file:sub(#dir + 1), #dir
     end
   end
-  return nil
+  return best, best and target or nil
 end
 
 --- The project root of a buffer's file: the nearest .remote-dev.toml above it, or for a
