@@ -136,4 +136,5 @@ def test_the_mapping_takes_library_frames_to_the_mirror_longest_folder_first(tmp
     assert m.to_local("/usr/lib/python3.110/json/decoder.py") is None
     assert [d["remoteRoot"] for d in m.dap_path_mappings()] == \
         ["/srv/proj", "/usr/lib/python3.11/lib-dynload", "/usr/lib/python3.11"]
-    assert len(PathMapping(tmp_path, "/srv/proj", "/workspace", libs).dap_path_mappings(in_container=True)) == 1
+    assert [d["remoteRoot"] for d in PathMapping(tmp_path, "/srv/proj", "/workspace", libs)
+            .dap_path_mappings(in_container=True)][0] == "/workspace"

@@ -323,14 +323,24 @@ function M.on_run_exit(data)
   if type(data) ~= 'table' or not data.target or not config.options.env.auto then
     return
   end
+  local roots = {}
   for root, targets in pairs(mirrors) do
     if targets[data.target] then
-      host.request('env', {}, function(err)
-        if err then
-          ui.notify(':RemoteEnv (in the background): ' .. err, vim.log.levels.WARN)
-        end
-      end, host.context_of(root, data.target))
+      roots[root] = true
     end
+  end
+  -- a container target's first mirror: after its first run (the image exists by then)
+  local here = host.project_root()
+  local s = here and host.status_of(here)
+  if s and s.target == data.target and s.runner == 'container' then
+    roots[here] = true
+  end
+  for root in pairs(roots) do
+    host.request('env', {}, function(err)
+      if err then
+        ui.notify(':RemoteEnv (in the background): ' .. err, vim.log.levels.WARN)
+      end
+    end, host.context_of(root, data.target))
   end
 end
 

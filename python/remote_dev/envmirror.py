@@ -28,7 +28,7 @@ from typing import Any
 from .agent.protocol import decompress, unpack_files
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
-from .runners import runner_of
+from .envsource import AgentSource, ContainerSource, source_of
 from .sync.wire import LinkMeter
 
 log = logging.getLogger("remote_dev")
@@ -36,6 +36,7 @@ log = logging.getLogger("remote_dev")
 BATCH = 4 << 20          # raw bytes asked for per read request
 WINDOW = 24 << 20        # raw bytes of read requests in flight
 MANIFEST = "manifest.json"
+Source = AgentSource | ContainerSource
 
 
 @dataclass
@@ -100,21 +101,18 @@ def event_data(sess: TargetSession, folder: Path, manifest: dict[str, Any], **ex
 async def refresh(engine: Engine, proj: Project, sess: TargetSession, force: bool = False) -> dict[str, Any]:
     """Bring the mirror up to date (a full listing when force, else only when the probe's
     stamp changed); fires RemoteDevEnv and returns its data."""
-    if runner_of(sess).in_container():
-        raise RemoteDevError(f"target {sess.target.name}: :RemoteEnv mirrors the interpreter of process and slurm "
-                             f"targets; for runner = \"container\" it is not built yet", kind="env")
     state = sess.state(EnvState)
+    source = source_of(sess, proj)
     async with state.lock:
         t0 = time.perf_counter()
         folder = mirror_dir(proj, sess.target.name)
         manifest = load_manifest(folder)
-        remote_root = sess.remote_root or sess.target.remote_root
-        probe = await sess.call("env_probe", None, dict(sess.target.env or {}), [remote_root])
+        probe = await source.probe()
         unchanged = (not force and manifest.get("stamp") == probe["stamp"]
                      and manifest.get("order") == [r for r, _, _ in mirrored_roots(probe)])
         fetched = 0
         if not unchanged:
-            fetched = await _mirror(sess, folder, manifest, probe, remote_root)
+            fetched = await _mirror(sess, source, folder, manifest, probe)
         sess.library_roots = libraries_of(folder, manifest)
         ms = int((time.perf_counter() - t0) * 1000)
         data = event_data(sess, folder, manifest, changed=fetched, ms=ms)
@@ -125,12 +123,12 @@ async def refresh(engine: Engine, proj: Project, sess: TargetSession, force: boo
         return data
 
 
-async def _mirror(sess: TargetSession, folder: Path, manifest: dict[str, Any], probe: dict[str, Any],
-                  remote_root: str) -> int:
+async def _mirror(sess: TargetSession, source: Source, folder: Path, manifest: dict[str, Any],
+                  probe: dict[str, Any]) -> int:
     """List, fetch what differs, delete what went; manifest updated in place and saved."""
     mirrored = mirrored_roots(probe)
     order = [remote for remote, _, _ in mirrored]
-    listing = await sess.call("env_list", order, [remote_root])
+    listing = await source.list(order)
     old_roots: dict[str, Any] = manifest.get("roots") or {}
     roots: dict[str, Any] = {}
     todo: list[tuple[str, str, int]] = []     # (remote folder, rel, size)
@@ -148,7 +146,7 @@ async def _mirror(sess: TargetSession, folder: Path, manifest: dict[str, Any], p
     os.chmod(folder, 0o700)
     # What is no longer listed goes first (a file may become a folder of the same name).
     await asyncio.to_thread(_delete_gone, folder, old_roots, roots, {(r, rel) for r, rel, _ in todo})
-    fetched = await _fetch(sess, folder, roots, todo)
+    fetched = await _fetch(sess, source, folder, roots, todo)
     for entry in roots.values():       # an empty folder too: every path given out exists
         (folder / entry["dir"]).mkdir(parents=True, exist_ok=True)
     manifest.clear()
@@ -183,9 +181,9 @@ def _delete_gone(folder: Path, old_roots: dict[str, Any], roots: dict[str, Any],
                 d = d.parent
 
 
-def _batches(todo: list[tuple[str, str, int]]) -> list[tuple[str, list[str], int]]:
-    """Read requests of up to BATCH bytes, files of one folder each, sorted by suffix so
-    that like compresses with like."""
+def _batches(todo: list[tuple[str, str, int]], names_max: int) -> list[tuple[str, list[str], int]]:
+    """Read requests of up to BATCH bytes (and names_max bytes of names), files of one
+    folder each, sorted by suffix so that like compresses with like."""
     out: list[tuple[str, list[str], int]] = []
     by_root: dict[str, list[tuple[str, int]]] = {}
     for remote, rel, size in todo:
@@ -193,36 +191,38 @@ def _batches(todo: list[tuple[str, str, int]]) -> list[tuple[str, list[str], int
     for remote, files in by_root.items():
         files.sort(key=lambda f: (os.path.splitext(f[0])[1], f[0]))
         cur: list[str] = []
-        cur_size = 0
+        cur_size = names = 0
         for rel, size in files:
-            if cur and cur_size + size > BATCH:
+            if cur and (cur_size + size > BATCH or names + len(rel) + 4 > names_max):
                 out.append((remote, cur, cur_size))
-                cur, cur_size = [], 0
+                cur, cur_size, names = [], 0, 0
             cur.append(rel)
             cur_size += size
+            names += len(rel.encode("utf-8", "surrogateescape")) + 4
         if cur:
             out.append((remote, cur, cur_size))
     return out
 
 
-async def _fetch(sess: TargetSession, folder: Path, roots: dict[str, Any], todo: list[tuple[str, str, int]]) -> int:
+async def _fetch(sess: TargetSession, source: Source, folder: Path, roots: dict[str, Any],
+                 todo: list[tuple[str, str, int]]) -> int:
     """Read the batches with up to WINDOW raw bytes in flight; write each as it comes."""
-    agent = await sess.ensure()
+    read, drain = await source.reader()
     meter = sess.state(LinkMeter)
     if meter.rtt_ms is None:
         meter.rtt_ms = sess.rtt_ms
     link = meter.link()
     formats = sess.hello.get("codecs")
-    queue = _batches(todo)
+    queue = _batches(todo, source.batch_limit())
     inflight: list[tuple[str, int, asyncio.Future[Any]]] = []
     in_window = 0
     fetched = 0
     while queue or inflight:
         while queue and (not inflight or in_window + queue[0][2] <= WINDOW):
             remote, rels, size = queue.pop(0)
-            inflight.append((remote, size, agent.send("env_read", remote, rels, link, formats)))
+            inflight.append((remote, size, read(remote, rels, link, formats)))
             in_window += size
-        await agent.drain()
+        await drain()
         remote, size, fut = inflight.pop(0)
         try:
             fmt, blob = await fut

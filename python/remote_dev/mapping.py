@@ -57,11 +57,10 @@ class PathMapping:
             return p.resolve().relative_to(self.local_root.resolve()).as_posix()
 
     def dap_path_mappings(self, *, in_container: bool = False) -> list[dict[str, str]]:
-        """The project, then every mirrored library folder (longest first; not inside a
-        container, whose interpreter is the image's)."""
+        """The project, then every mirrored library folder, longest first (a container
+        target's are the image's folders, as its programs see them)."""
         root = self.container_root if in_container and self.container_root else self.remote_root
         out = [{"localRoot": str(self.local_root), "remoteRoot": root}]
-        if not in_container:
-            for remote, local in sorted(self.libraries, key=lambda rl: len(rl[0]), reverse=True):
-                out.append({"localRoot": local, "remoteRoot": remote})
+        for remote, local in sorted(self.libraries, key=lambda rl: len(rl[0]), reverse=True):
+            out.append({"localRoot": local, "remoteRoot": remote})
         return out
