@@ -24,5 +24,14 @@ vim.notify = function(msg, level, opts)
   return orig_notify(msg, level, opts)
 end
 -- The :RemoteEnv mirror is made in the background after connecting (the target's stdlib and
--- site-packages); tests about something else leave it off, those about it call setup({}).
-require('remote_dev.config').options.env.auto = false
+-- site-packages); tests about something else leave it off, also when they call setup() with
+-- options of their own. Tests about it call _G.rd_setup, the plugin's own setup().
+local config = require('remote_dev.config')
+_G.rd_setup = config.setup
+config.setup = function(opts)
+  _G.rd_setup(opts)
+  if not (type(opts) == 'table' and type(opts.env) == 'table' and opts.env.auto ~= nil) then
+    config.options.env.auto = false
+  end
+end
+config.options.env.auto = false

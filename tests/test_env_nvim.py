@@ -41,7 +41,7 @@ return out
 def start_basedpyright(nvim):
     require(LANGSERVER.exists(), f"basedpyright not installed in the venv ({LANGSERVER}); scripts/setup installs it")
     nvim.exec_lua("""
-      require('remote_dev').setup({})
+      _G.rd_setup({})   -- the plugin's setup(), its defaults (tests/minimal_init.lua)
       vim.lsp.config('basedpyright', { cmd = { ..., '--stdio' }, filetypes = { 'python' },
         root_markers = { '.remote-dev.toml' } })
       vim.lsp.enable('basedpyright')
@@ -106,7 +106,7 @@ def test_a_server_started_after_the_mirror_gets_it_and_an_unknown_one_is_named(n
     require(python is not None, why)
     proj = make_project(target={"python": str(python)})
     main = proj.write("main.py", MAIN)
-    nvim.exec_lua("require('remote_dev').setup({})")
+    nvim.exec_lua("_G.rd_setup({})   -- the plugin's setup(), its defaults (tests/minimal_init.lua)")
     nvim.open(proj.root, main)
     nvim.command("RemoteStatus")
     data = nvim.wait_event("RemoteDevEnv", 120)
@@ -141,7 +141,7 @@ def test_jedi_servers_resolve_into_the_mirror(nvim, make_project, name, program)
     main = proj.write("main.py", MAIN)
     nvim.exec_lua("""
       local name, exe = ...
-      require('remote_dev').setup({})
+      _G.rd_setup({})   -- the plugin's setup(), its defaults (tests/minimal_init.lua)
       vim.lsp.config(name, { cmd = { exe }, filetypes = { 'python' }, root_markers = { '.remote-dev.toml' } })
       vim.lsp.enable(name)
     """, name, str(exe))
@@ -169,7 +169,7 @@ def test_a_run_that_installs_a_package_brings_it_into_the_mirror(nvim, make_proj
     # what `pip install` does to site-packages, done by a run on the target
     main = proj.write("install.py", "import os, sys\nd = os.path.join(sys.argv[1], 'fresh_pkg')\n"
                                     "os.makedirs(d)\nopen(os.path.join(d, '__init__.py'), 'w').write('X = 1\\n')\n")
-    nvim.exec_lua("require('remote_dev').setup({})")
+    nvim.exec_lua("_G.rd_setup({})   -- the plugin's setup(), its defaults (tests/minimal_init.lua)")
     nvim.open(proj.root, main)
     nvim.command("RemoteStatus")
     first = nvim.wait_event("RemoteDevEnv", 120)
@@ -193,7 +193,7 @@ def test_an_editable_packages_mirror_buffer_knows_its_remote_file(nvim, make_pro
     editable_install(python, lib, tmp_path / "dist")
     proj = make_project(target={"python": str(python)})
     main = proj.write("main.py", "import corp\n")
-    nvim.exec_lua("require('remote_dev').setup({})")
+    nvim.exec_lua("_G.rd_setup({})   -- the plugin's setup(), its defaults (tests/minimal_init.lua)")
     nvim.open(proj.root, main)
     nvim.command("RemoteEnv")
     data = nvim.wait_event("RemoteDevEnv", 120)
