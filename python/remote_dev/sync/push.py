@@ -25,7 +25,7 @@ from typing import Any
 import asyncssh
 
 from ..engine import Engine, Project, TargetSession, log
-from ..errors import ConnectError, RemoteDevError
+from ..errors import NO_AGENT, ConnectError, RemoteDevError
 from ..rpc import AgentChannel
 from ..status import publish_status
 from . import reconcile
@@ -251,6 +251,8 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
         try:
             res = await push.run(paths, dry_run)
         except ConnectError as e:
+            if e.kind in NO_AGENT:   # nothing was sent: pushing again cannot help until that is fixed
+                raise RemoteDevError(f"push to {sess.target.host} not started: {e.message}", kind="connect") from None
             raise RemoteDevError(f"push to {sess.target.host} interrupted after {push.result.files} files: "
                                  f"{e.message}. Nothing half-written is left; :RemotePush again completes it.",
                                  kind="connect") from None
