@@ -58,6 +58,32 @@ def test_stop_leaves_no_process(engine, make_project):
     assert run_processes(res["id"]) == []
 
 
+def messages(engine):
+    return [p["text"] for kind, p in engine.reports if kind == "message"]
+
+
+def test_stop_of_an_ended_run_says_so_and_the_live_run_goes_on(engine, make_project):
+    """:RemoteStop in the log buffer of a run that ended: it says that run had ended and
+    which run :RemoteStop would stop; the live run keeps running and can still be stopped."""
+    proj = make_project()
+    ctx = {"cwd": str(proj.root)}
+    proj.write("quick.py", "print('done')\n")
+    proj.write("slow.py", "import time\nprint('started', flush=True)\ntime.sleep(300)\n")
+    ended = engine.call_sync("run", ctx, {"cmd": "python3 quick.py"}, timeout=60)
+    assert run_exit(engine, ended["id"])["code"] == 0
+    live = engine.call_sync("run", ctx, {"cmd": "python3 slow.py"}, timeout=60)
+    wait_for(lambda: "started" in output_lines(engine, live["id"]), 20, what="the slow run to start")
+    engine.call_sync("stop", ctx, {"id": ended["id"]}, timeout=60)
+    said = messages(engine)[-1]
+    assert said.startswith(f"run {ended['id']} had already ended (exited, exit 0)"), said
+    assert f":RemoteStop {live['id']} stops the live run (python3 slow.py)" in said
+    assert not any(m == f"run {ended['id']} stopped" for m in messages(engine))
+    assert run_processes(live["id"]), "the live run still runs"
+    engine.call_sync("stop", ctx, {}, timeout=60)
+    assert run_exit(engine, live["id"])["code"] != 0
+    assert messages(engine)[-1] == f"run {live['id']} stopped"
+
+
 def test_run_survives_engine_restart_and_reattach_gets_everything(make_project, sshd):
     from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine

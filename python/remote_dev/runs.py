@@ -332,11 +332,28 @@ async def stop(engine: Engine, proj: Project, sess: TargetSession, run_id: str, 
             pass
         rec.stopped_by = by
     info = await sess.call("run_stop", run_id, proj.config.run.stop_grace)
+    if info.get("already_ended"):
+        if rec is not None:
+            update_from_info(rec, info)
+        engine.message(already_ended(proj, run_id, info), "warn")
+        return rec.summary() if rec is not None else info
     if rec is None:
         return info
     update_from_info(rec, info)
     engine.message(f"run {run_id} stopped" + (f" ({by})" if by != ":RemoteStop" else ""), "info")
     return rec.summary()
+
+
+def already_ended(proj: Project, run_id: str, info: dict[str, Any]) -> str:
+    """What :RemoteStop of a run that had ended says: how it ended, and what it would stop."""
+    code = info.get("code")
+    how = info.get("state", "ended") + (f", exit {code}" if code is not None else "")
+    live = [r for r in proj.runs.values() if r.state in LIVE and r.id != run_id]  # type: ignore[attr-defined]
+    if not live:
+        return f"run {run_id} had already ended ({how}); no run is live here"
+    latest = max(live, key=lambda r: r.created)
+    return (f"run {run_id} had already ended ({how}); nothing stopped. :RemoteStop {latest.id} stops "
+            f"the live run ({latest.cmd})" + (f", one of {len(live)}" if len(live) > 1 else ""))
 
 
 async def stop_run(engine: Engine, proj: Project, run_id: str | None, target: str | None = None,

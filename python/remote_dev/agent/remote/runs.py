@@ -182,10 +182,11 @@ def run_stop(run_id, grace):
 
 
 def stop_in(d, grace):
-    """Stop the run (or service) whose folder is d; its info once it ended."""
+    """Stop the run (or service) whose folder is d; its info once it ended (with
+    already_ended when it had ended before)."""
     info = run_info(d)
     if not P.is_live(info["state"]):
-        return info
+        return dict(info, already_ended=True)
     write_json(os.path.join(d, "stop.json"), {"time": time.time()})
     spec = read_json(os.path.join(d, "spec.json"))
     for argv in spec.get("stop_commands") or []:
