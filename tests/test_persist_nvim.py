@@ -183,6 +183,10 @@ def test_notebook_url_answers_through_the_forward_and_stop_leaves_nothing(nvim, 
     port = int(base.split(":")[2].split("/")[0])
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"})
     assert "started" in json.loads(urllib.request.urlopen(req, timeout=30).read())
+    # a fresh project: the server lists its files (pushed before it started)
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents", headers={"Authorization": f"token {token}"})
+    listed = [c["name"] for c in json.loads(urllib.request.urlopen(req, timeout=30).read())["content"]]
+    assert "main.py" in listed, listed
     assert any(url in m for m in nvim.messages()), "the URL is shown"
     # :RemoteRuns lists it with the runs
     nvim.command("RemoteRuns")

@@ -1,7 +1,7 @@
 """:RemoteNotebook: a Jupyter server (JupyterLab, Notebook or bare jupyter_server, whichever
 the target's python has) on the remote, reached through an SSH forward.
 
-The server is a service (services.py): started detached in remote_root, found again by
+The tree is pushed first.  The server is a service (services.py): started detached in remote_root, found again by
 name, bound to the remote's 127.0.0.1 on a port chosen there, with a token chosen here and
 handed over in its environment (JUPYTER_TOKEN: never on a command line others can read
 with ps).  Port and token stay in the service's record (a folder only its user reads), so
@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import Any
 
-from . import services
+from . import services, sync
 from .engine import Engine, Project
 from .errors import RemoteDevError
 from .forwards import forwards_of
@@ -26,9 +26,12 @@ LISTEN_TIMEOUT = 90.0
 
 
 async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
-    """The project's notebook server on the target, started when none runs, forwarded."""
+    """The project's notebook server on the target, started when none runs, forwarded;
+    the tree is pushed first, so the server lists the project as it is (as :RemoteKernel
+    and runs do)."""
     sess = proj.session()
     await sess.ensure()
+    await sync.do_push(engine, proj, None, quiet=True)
     t = sess.target
     name = remote_name(sess, NOTEBOOK)
     info = await sess.call("service_info", name)
