@@ -172,12 +172,37 @@ def test_a_queued_allocation_shows_its_state_refuses_to_start_things_and_stop_ca
     assert pending["job_id"] == res["job_id"] and pending["live"] is True and pending["nodes"] == []
     assert any("PENDING (JobHeldUser)" in p["text"] for k, p in engine.reports if k == "message")
     proj.write("main.py", "print('never')\n")
-    with pytest.raises(RemoteDevError, match=r"the allocation is not running yet \(job \d+ PENDING \(JobHeldUser\)\)"):
+    with pytest.raises(RemoteDevError, match=r"not started: the allocation is not running yet \(job \d+ PENDING "
+                                             r"\(JobHeldUser\)\); start it again once it runs") as refused:
         engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+    assert "once it does" not in refused.value.message   # it is not started later: it says so
     with pytest.raises(RemoteDevError, match="an allocation is held already"):
         engine.call_sync("alloc", ctx, {"args": ["--time=5"]}, timeout=60)
     engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
     assert cluster.squeue() == []
+
+
+def test_a_run_the_moment_squeue_shows_the_allocation_running_runs_in_it(engine, make_project, cluster,
+                                                                         monkeypatch):
+    """What this Neovim knows of the allocation is a poll old (here the watcher looks only
+    every 600 s): squeue says R, the run is started at once, and runs in it."""
+    import remote_dev.alloc as alloc_mod
+    monkeypatch.setattr(alloc_mod, "POLL_PENDING", 600.0)
+    proj = slurm_project(make_project, cluster)
+    ctx = {"cwd": str(proj.root)}
+    proj.write("main.py", "import os\nprint('in job', os.environ.get('SLURM_JOB_ID'), flush=True)\n")
+    res = engine.call_sync("alloc", ctx, {"args": ["--hold"]}, timeout=60)
+    job = res["job_id"]
+    wait_for(lambda: [e for e in alloc_events(engine) if e["state"] == "PENDING"], 30, 0.05, what="the queue state")
+    cluster.run("scontrol", "release", str(job))
+    wait_for(lambda: cluster.run("squeue", "-h", "-j", str(job), "-o", "%t").stdout.strip() == "R", 30, 0.05,
+             what="squeue to show the allocation running")
+    assert not [e for e in alloc_events(engine) if e["state"] == "RUNNING"], "known here only as pending"
+    run = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+    assert exit_of(engine, run["id"])["code"] == 0
+    assert lines_of(engine, run["id"]) == [f"in job {job}"]
+    assert engine.projects[proj.root].runs[run["id"]].meta["job"] == job
+    engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
 
 
 def test_allocation_ending_on_its_own_ends_its_shell_and_notebook_and_is_announced(

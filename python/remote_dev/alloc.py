@@ -210,13 +210,19 @@ async def current(sess: TargetSession) -> Allocation | None:
 
 async def held(sess: TargetSession) -> Allocation | None:
     """The running allocation things of the target start in; None when none is held; an
-    error while it is still queued."""
+    error (nothing was started) while it is still queued, asked of Slurm before refusing."""
     a = await current(sess)
     if a is None or a.running:
         return a
-    raise RemoteDevError(f"{sess.target.name}: the allocation is not running yet ({a.describe()}): what you start "
-                         f"runs in it once it does (User RemoteDevAlloc fires then); :RemoteAlloc stop gives it up",
-                         kind="alloc-pending")
+    # what is known here may be a poll old (squeue may show it running already): ask Slurm now
+    a = await refresh(sess, fresh=True)
+    if a is None or not a.live:
+        return None
+    if a.running:
+        return a
+    raise RemoteDevError(f"{sess.target.name}: not started: the allocation is not running yet ({a.describe()}); "
+                         f"start it again once it runs (User RemoteDevAlloc fires then), or give the allocation "
+                         f"up with :RemoteAlloc stop", kind="alloc-pending")
 
 
 def forget(sess: TargetSession) -> None:
