@@ -188,3 +188,31 @@ def test_cli_log_prints_the_output(engine, make_project, isolated_state, tmp_pat
     assert lines[0].startswith(f"# remote_dev run {res['id']}: python3 main.py  (exited, exit 0)")
     assert lines[1:] == ["green", "last line"]
     assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if res["id"] in n]   # no file made
+
+
+def test_a_file_over_the_size_limit_is_told_once_per_change_and_in_status(engine, make_project):
+    proj = make_project(config_extra="[sync]\nmax_file_size = 1000\n")
+    ctx = {"cwd": str(proj.root)}
+    proj.write("main.py", "print('ok')\n")
+    proj.write("weights.bin", b"\0" * 5000)
+
+    def run_told() -> list[str]:
+        seen = len(messages(engine))
+        res = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+        assert run_exit(engine, res["id"])["code"] == 0
+        return [m for m in messages(engine)[seen:] if "weights.bin" in m]
+
+    first = run_told()
+    assert len(first) == 1 and "over sync.max_file_size" in first[0]
+    assert run_told() == [] and run_told() == []
+    status = engine.call_sync("status", ctx, {"refresh": False}, timeout=30)
+    assert status["last_push"]["too_large"] == [{"path": "weights.bin", "size": 5000}]
+    from remote_dev.cli import format_status
+    assert "not pushed  weights.bin (0.0 MB): over sync.max_file_size" in format_status(status)
+    proj.write("weights.bin", b"\0" * 6000)   # it changed: told again, once
+    assert len(run_told()) == 1 and run_told() == []
+    proj.write("weights.bin", b"\0" * 10)     # it fits now: pushed, no longer listed
+    assert run_told() == []
+    assert (proj.remote_root / "weights.bin").stat().st_size == 10
+    status = engine.call_sync("status", ctx, {"refresh": False}, timeout=30)
+    assert status["last_push"]["too_large"] == []

@@ -58,6 +58,13 @@ local function status_lines(s)
   local lp = s.last_push
   if lp and lp ~= vim.NIL then
     table.insert(lines, ('last push   %d files, %d bytes, %d ms, %s'):format(lp.files, lp.bytes, lp.ms, os.date('%H:%M:%S', lp.time)))
+    local big = {}
+    for _, f in ipairs(lp.too_large or {}) do
+      table.insert(big, ('%s (%.1f MB)'):format(f.path, f.size / 1e6))
+    end
+    if #big > 0 then
+      table.insert(lines, ('not pushed  %s: over sync.max_file_size'):format(table.concat(big, ', ')))
+    end
   else
     table.insert(lines, 'last push   never (this session)')
   end

@@ -29,6 +29,9 @@ class SyncState:
     save_running: bool = False
     save_error: str | None = None
     later: set[asyncio.Task[None]] = field(default_factory=set)   # work left for after a sync
+    # files over sync.max_file_size told of by a run's or a save's push, per target: path ->
+    # size; told again once the file changes (another size), dropped once it fits or is gone
+    told_large: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def sync_state(proj: Project) -> SyncState:
