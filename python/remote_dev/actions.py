@@ -109,6 +109,11 @@ async def stop_all(engine: Engine, ctx: dict[str, Any]) -> int:
     return await runs_mod.stop_all(engine)
 
 
+@action("run_delete")
+async def run_delete(engine: Engine, ctx: dict[str, Any], id: str) -> dict[str, Any]:  # noqa: A002
+    return await runs_mod.delete_run(engine, engine.project(ctx), id)
+
+
 @action("runs")
 async def runs(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
     return await runs_mod.list_runs(engine.project(ctx))

@@ -83,6 +83,7 @@ class RunConfig:
     command: str = "{python} {file}"
     stop_grace: float = 3.0
     debug_wait: float = 600.0
+    keep: int = 50            # ended runs kept on the remote per project and target
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("max_file_size", "integer", low=0),
     ),
     "run": (Key("command", "string", nonempty=True), Key("stop_grace", "number", low=0, high=3600),
-            Key("debug_wait", "number", low=1, high=86400)),
+            Key("debug_wait", "number", low=1, high=86400), Key("keep", "integer", low=1, high=100000)),
 }
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from . import tracebacks
 from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED
-from .engine import Engine, Project, TargetSession
+from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
 from .runners import Launch, runner_for
 from .status import publish_status
@@ -284,6 +284,36 @@ class OutputFollower:
 async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
     await OutputFollower(engine, sess, run).follow()
     finish(engine, proj, sess, run)
+    await prune(engine, proj, sess)
+
+
+async def prune(engine: Engine, proj: Project, sess: TargetSession) -> None:
+    """Keep run.keep ended runs of the project and target on the remote (the newest); the
+    older folders go, live runs never."""
+    try:
+        gone = await sess.call("run_prune", sess.target.remote_root, sess.target.name, proj.config.run.keep)
+    except RemoteDevError as e:
+        log.info("run folders of %s not pruned: %s", sess.target.name, e.message)
+        return
+    for run_id in gone:
+        rec = proj.runs.get(run_id)
+        if rec is not None and rec.state not in LIVE:   # type: ignore[attr-defined]
+            proj.runs.pop(run_id, None)
+    if gone:
+        log.info("run folders deleted on %s (run.keep = %d): %s", sess.target.host, proj.config.run.keep,
+                 ", ".join(gone))
+        publish_status(engine, proj)
+
+
+async def delete_run(engine: Engine, proj: Project, run_id: str) -> dict[str, Any]:
+    """Delete an ended run's folder on the remote (:RemoteRuns D); a live run is refused."""
+    rec = pick_run(proj, run_id)
+    sess = proj.session(rec.target if rec else None)
+    await sess.call("run_delete", run_id)
+    proj.runs.pop(run_id, None)
+    engine.message(f"run {run_id} deleted on {sess.target.host}")
+    publish_status(engine, proj)
+    return {"id": run_id, "deleted": True}
 
 
 def cancel_all(futures: collections.deque[asyncio.Future[Any]]) -> None:

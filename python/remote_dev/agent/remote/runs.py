@@ -12,6 +12,7 @@ from it; nothing about a run lives only in an agent's memory.
 """
 
 import os
+import shutil
 import subprocess
 import time
 
@@ -141,6 +142,29 @@ def run_list(root):
         if root is None or info.get("root") == root:
             out.append(info)
     return out
+
+
+def run_delete(run_id):
+    """Delete an ended run's folder (its output with it); a live run is refused."""
+    d = run_dir(run_id)
+    info = run_info(d)
+    if P.is_live(info["state"]):
+        raise AgentError("run", "run %s is %s: stop it first (:RemoteStop %s)" % (run_id, info["state"], run_id))
+    shutil.rmtree(d, ignore_errors=True)
+    return run_id
+
+
+def run_prune(root, target, keep):
+    """Delete the folders of the ended runs of the project at root on target but the
+    newest keep; live runs are never touched.  The ids deleted."""
+    ended = [info for info in run_list(root)
+             if (info.get("meta") or {}).get("target") == target and not P.is_live(info["state"])]
+    ended.sort(key=lambda info: (info.get("created") or 0, info["id"]))
+    gone = []
+    for info in ended[:max(len(ended) - int(keep), 0)]:
+        shutil.rmtree(run_dir(info["id"], must_exist=False), ignore_errors=True)
+        gone.append(info["id"])
+    return gone
 
 
 def run_read(run_id, offset, max_bytes, wait, min_bytes=1):
