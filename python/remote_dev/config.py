@@ -73,6 +73,7 @@ class Target:
 @dataclass(frozen=True)
 class SyncConfig:
     exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()     # pushed although .gitignore leaves them out
     pull: tuple[str, ...] = ()
     push_on_save: bool = False
     max_file_size: int = 100 * 1000 * 1000
@@ -142,7 +143,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
     ),
     "targets.*.slurm": (Key("args", "strings"),),
     "sync": (
-        Key("exclude", "strings"), Key("pull", "strings", path="inside"), Key("push_on_save", "boolean"),
+        Key("exclude", "strings"), Key("include", "strings"), Key("pull", "strings", path="inside"), Key("push_on_save", "boolean"),
         Key("max_file_size", "integer", low=0),
     ),
     "run": (Key("command", "string", nonempty=True), Key("stop_grace", "number", low=0, high=3600),

@@ -33,6 +33,7 @@ from .apply import PushCommit
 from .check import RemoteCheck
 from .content import entry_hash
 from .ignore import Excluder
+from .include import ignored_by
 from .problem import SyncResult, done_payload, is_too_large, summarize
 from .reconcile import Policy, PushPlan, Send
 from .scan import LocalEntry, lstat_entry, rel_paths
@@ -250,6 +251,8 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
         push = Push(engine, proj, sess, force)
         try:
             res = await push.run(paths, dry_run)
+            if paths and not quiet:   # a path someone named and nothing of it pushed: say why
+                res.skipped += await asyncio.to_thread(left_out, proj, paths, push.local, push.scanner)
         except ConnectError as e:
             if e.kind in NO_AGENT:   # nothing was sent: pushing again cannot help until that is fixed
                 raise RemoteDevError(f"push to {sess.target.host} not started: {e.message}", kind="connect") from None
@@ -275,6 +278,26 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
         engine.message(text, level)
     publish_status(engine, proj)
     return data
+
+
+def left_out(proj: Project, paths: list[str], listed: dict[str, LocalEntry], scanner: Any) -> list[dict[str, Any]]:
+    """Named paths that exist here but of which the scan listed nothing, with the rule that
+    leaves them out: sync.exclude / sync.pull, or .gitignore (file and line)."""
+    out = []
+    for rel in paths:
+        if rel in ("", ".") or rel in listed or any(p.startswith(rel + "/") for p in listed):
+            continue
+        if not os.path.lexists(proj.root / rel):
+            continue
+        if scanner.excluder.excluded(rel):
+            reason = "excluded by sync.exclude (or a sync.pull folder)"
+        else:
+            rule = ignored_by(proj.root, rel)
+            if rule is None:
+                continue
+            reason = f"ignored by {rule} (sync.include in .remote-dev.toml pushes it)"
+        out.append({"path": rel, "reason": reason})
+    return out
 
 
 def told_too_large(proj: Project, target: str, res: SyncResult) -> tuple[dict[str, int], set[str]]:

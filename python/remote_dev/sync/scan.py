@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 from ..errors import RemoteDevError
 from .ignore import Excluder, Walker, global_excludes_file_cached, is_git_component, mtime
+from .include import Includer, included
 from .watch import Watcher
 
 MAX_CHANGES = 2000        # more changed paths than this: a full scan is cheaper
@@ -208,9 +209,10 @@ class Scanner:
     scan and remembered for path scans (push on save runs one git command, or none)."""
 
     def __init__(self, root: Path, exclude: Iterable[str] = (), pull: Iterable[str] = (),
-                 watch: bool = True) -> None:
+                 watch: bool = True, include: Iterable[str] = ()) -> None:
         self.root = Path(root)
         self.excluder = Excluder(exclude, pull)
+        self.includer = Includer(include)
         self.git: bool | None = None
         self.git_dir: str | None = None
         self.watch = watch and sys.platform.startswith("linux")
@@ -384,12 +386,22 @@ class Scanner:
         watched = set(w.dirs) if w is not None else set()   # before any stat: no news lost there
         out: dict[str, LocalEntry] = {}
         self._scan(self.root, "", paths, bool(self.git), 0, out, hint)
+        if self.includer:
+            self._add_included(paths, out)
         if w is not None and w.valid:
             self.stamps = stamps
             self.last_full = time.monotonic()
             self.background = threading.Thread(target=self._watch_rest, args=(w, since, list(out), watched),
                                                daemon=True, name="rd-watch")
         return out
+
+    def _add_included(self, paths: list[str] | None, out: dict[str, LocalEntry]) -> None:
+        """The files sync.include takes back from .gitignore (sync.exclude still wins)."""
+        for rel in included(self.root, self.includer, paths, bool(self.git)):
+            if rel not in out and not self.excluder.excluded(rel):
+                entry = lstat_entry(self.root / rel)
+                if entry is not None:
+                    out[rel] = entry
 
     def start_watch(self) -> None:
         """Start the background watch of the last whole-tree scan (a push starts it when

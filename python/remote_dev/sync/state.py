@@ -57,11 +57,11 @@ def scanner_for(proj: Project) -> Scanner:
     """The project's scanner, made anew when the root or the sync rules changed."""
     st = sync_state(proj)
     cfg = proj.config.sync
-    key = (str(proj.root), cfg.exclude, cfg.pull)
+    key = (str(proj.root), cfg.exclude, cfg.pull, cfg.include)
     if st.scanner is None or st.scanner_key != key:
         if st.scanner is not None:
             st.scanner.close()
-        st.scanner = Scanner(proj.root, cfg.exclude, cfg.pull)
+        st.scanner = Scanner(proj.root, cfg.exclude, cfg.pull, include=cfg.include)
         st.scanner_key = key
     return st.scanner
 
