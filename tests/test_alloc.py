@@ -205,6 +205,39 @@ def test_a_run_the_moment_squeue_shows_the_allocation_running_runs_in_it(engine,
     engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
 
 
+def test_an_allocation_s_time_limit_is_warned_of_once_per_threshold_naming_what_ends(engine, make_project,
+                                                                                     cluster):
+    """--time=2: two minutes.  With warn_before = [600, 112] the first warning comes as soon
+    as it runs (less than 10 minutes left), the second about 8 s later, each once; both name
+    the live run that ends with it; status and the event carry ends_at / time_left."""
+    proj = slurm_project(make_project, cluster, args=["--time=2"], extra="warn_before = [600, 112]\n")
+    proj.write("slow.py", "import time\nprint('started', flush=True)\ntime.sleep(300)\n")
+    ctx = {"cwd": str(proj.root)}
+    job = hold(engine, ctx)["job_id"]
+    ev = [e for e in alloc_events(engine) if e["state"] == "RUNNING"][-1]
+    assert 100 < ev["ends_at"] - time.time() <= 120 and 100 < ev["time_left"] <= 120
+    status = engine.call_sync("status", ctx, {"refresh": False}, timeout=30)
+    assert status["alloc"]["ends_at"] == ev["ends_at"]
+    run = engine.call_sync("run", ctx, {"cmd": "python3 slow.py"}, timeout=60)
+    wait_for(lambda: "started" in lines_of(engine, run["id"]), 30, what="the run in the allocation")
+
+    def warnings():
+        return [p["text"] for k, p in engine.reports if k == "message" and p["level"] == "warn"
+                and f"job {job} ends at" in p["text"]]
+    first = wait_for(warnings, 30, 0.1, what="the first warning")[0]
+    assert "its time limit" in first and "left" in first
+    both = wait_for(lambda: len(warnings()) >= 2 and warnings(), 30, 0.1, what="the second warning")
+    assert f"run {run['id']} (python3 slow.py)" in both[1], both
+    left = float(both[1].split("(")[1].split(" left")[0].split(":")[-1]) + 60 * float(
+        both[1].split("(")[1].split(" left")[0].split(":")[-2])
+    assert left <= 112, both[1]
+    for _ in range(3):   # more looks at it (:RemoteAlloc finds it held): nothing told twice
+        engine.call_sync("alloc", ctx, {"args": []}, timeout=60)
+    assert len(warnings()) == 2, warnings()
+    engine.call_sync("stop", ctx, {"id": run["id"]}, timeout=60)
+    engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
+
+
 def test_allocation_ending_on_its_own_ends_its_shell_and_notebook_and_is_announced(
         engine, make_project, cluster, sshd, monkeypatch):
     """The end an allocation's time limit brings, brought here by a scancel from outside
@@ -412,6 +445,24 @@ def test_containerized_job_traceback_maps_to_local_files(engine, make_project, c
 
 
 # --------------------------------------------------------------------------- units (no cluster)
+
+
+def test_config_warn_before(tmp_path):
+    from remote_dev.config import load_config
+    from remote_dev.errors import ConfigError
+
+    def load(slurm):
+        f = tmp_path / ".remote-dev.toml"
+        f.write_text(f'[targets.hpc]\nhost = "login"\nremote_root = "~/p"\nrunner = "slurm"\n[targets.hpc.slurm]\n{slurm}\n')
+        return load_config(f).targets["hpc"].slurm
+
+    assert load("").warn_before == (600.0, 60.0)
+    assert load("warn_before = [1800, 300.5]").warn_before == (1800.0, 300.5)
+    assert load("warn_before = []").warn_before == ()
+    with pytest.raises(ConfigError, match=r"targets\.hpc\.slurm\.warn_before: must be an array of numbers"):
+        load('warn_before = "10m"')
+    with pytest.raises(ConfigError, match=r"targets\.hpc\.slurm\.warn_before: must hold numbers of 1 or more"):
+        load("warn_before = [60, 0]")
 
 
 def test_config_container_table_on_a_slurm_target(tmp_path):

@@ -30,9 +30,11 @@ def format_status(s: dict[str, Any]) -> str:
         "last push   never (this session)",
         f"runs        {len(s.get('runs') or [])} ({live} live)",
     ]
+    if s.get("alloc"):
+        lines.append(f"alloc       {s['alloc'].get('detail') or s['alloc'].get('state')}")
     big = (lp or {}).get("too_large") or []
     if big:
-        lines.insert(-1, "not pushed  " + ", ".join(f"{f['path']} ({f['size'] / 1e6:.1f} MB)" for f in big)
+        lines.insert(8, "not pushed  " + ", ".join(f"{f['path']} ({f['size'] / 1e6:.1f} MB)" for f in big)
                      + ": over sync.max_file_size")
     return "\n".join(lines)
 
