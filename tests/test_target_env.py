@@ -87,3 +87,39 @@ def test_activation_of_each_kind_of_environment(tmp_path, layout, want):
     assert {k: v for k, v in changes.items() if k != "PATH"} == expect
     assert env["PATH"] == f"{prefix}/bin:/usr/bin:/bin"
     assert ("PYTHONHOME" in env) == (layout == "conda")
+
+
+def test_debug_of_python_in_a_command_is_the_target_s_and_an_early_failure_ends_it(engine, make_project, venv):
+    """:RemoteDebug python main.py debugs the venv's python (debugpy supplied by the plugin:
+    the venv has none); a program that fails before its first line (its file is missing)
+    ends the debug run with its error once the debugger attached, not after debug_wait."""
+    from support.dap import DapClient
+    from test_debug import MAIN, UTIL, drive_session
+
+    proj = make_project(target={"python": str(venv / "bin" / "python")}, config_extra="[run]\ndebug_wait = 300\n")
+    proj.write("pkg/__init__.py", "")
+    util = proj.write("pkg/util.py", UTIL)
+    proj.write("main.py", MAIN + "import sys\nprint('prefix', sys.prefix, flush=True)\n")
+    ctx = {"cwd": str(proj.root)}
+    res = engine.call_sync("debug", ctx, {"cmd": "python main.py"}, timeout=180)
+    drive_session(res["config"], util)
+    ex = wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == res["id"]), None), 60)
+    assert ex["code"] == 0
+    assert f"prefix {venv}" in output(engine, res["id"]), output(engine, res["id"])
+
+    bad = engine.call_sync("debug", ctx, {"cmd": "python missing.py"}, timeout=180)
+    cfg = bad["config"]
+    dap = DapClient(cfg["connect"]["host"], cfg["connect"]["port"])
+    try:
+        dap.request("initialize", clientID="remote-dev-tests", adapterID="debugpy", pathFormat="path",
+                    linesStartAt1=True, columnsStartAt1=True)
+        attach_seq = dap.send("attach", **{k: v for k, v in cfg.items() if k not in ("type", "request", "name")})
+        dap.event("initialized")
+        dap.request("configurationDone")
+        dap.response(attach_seq)
+        ex = wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == bad["id"]), None),
+                      30, what="the debug run to end with the program's error")
+    finally:
+        dap.close()
+    assert ex["code"] == 2
+    assert any("missing.py" in ln and "No such file" in ln for ln in output(engine, bad["id"])), output(engine, bad["id"])
