@@ -102,6 +102,25 @@ def test_remote_runs_lists_and_remote_log_opens_output(nvim, make_project):
     assert log[1:] == ["red", "second"]
 
 
+def test_remote_runs_d_deletes_an_ended_run(nvim, make_project, sshd):
+    proj = make_project()
+    main = proj.write("main.py", "print('hi')\n")
+    nvim.open(proj.root, main)
+    nvim.command("RemoteRun")
+    ex = nvim.wait_event("RemoteDevRunExit", 60)
+    folder = sshd.remote_cache / "remote-dev" / "runs" / ex["id"]
+    assert folder.is_dir()
+    nvim.command("RemoteRuns")
+    buf = wait_for(lambda: [b for b in nvim.buffers if b.name == "remote-dev://runs"], 30)[0]
+    row = wait_for(lambda: [i for i, ln in enumerate(buf[:], 1) if ln.startswith(ex["id"])], 30)[0]
+    nvim.call("cursor", row, 1)
+    nvim.input("D")
+    wait_for(lambda: not folder.exists(), 30, what="the run's folder deleted on the remote")
+    wait_for(lambda: any(f"run {ex['id']} deleted" in m for m in nvim.messages()), 30)
+    fresh = wait_for(lambda: [b for b in nvim.buffers if b.name == "remote-dev://runs" and b.valid], 30)[0]
+    wait_for(lambda: not any(ln.startswith(ex["id"]) for ln in fresh[:]), 30, what="the list without it")
+
+
 def plugin_buffer_info(nvim, buf):
     return nvim.exec_lua("local b = ...; return { bt = vim.bo[b].buftype, swap = vim.bo[b].swapfile, "
                          "modified = vim.bo[b].modified, owner = vim.b[b].remote_dev, "
