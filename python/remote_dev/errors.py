@@ -30,11 +30,6 @@ class ConnectError(RemoteDevError):
         self.retry = retry
 
 
-# ConnectError kinds that mean the agent cannot start there (its interpreter, its bootstrap):
-# trying again changes nothing until the target or the remote is fixed
-NO_AGENT = ("agent", "python")
-
-
 class AgentCallError(RemoteDevError):
     """The agent answered a request with an error."""
 

@@ -19,7 +19,7 @@ from typing import Any
 import asyncssh
 
 from ..engine import Engine, Project
-from ..errors import NO_AGENT, ConnectError, RemoteDevError
+from ..errors import ConnectError, RemoteDevError
 from . import reconcile
 from .apply import PullCommit, local_target
 from .content import entry_hash
@@ -92,8 +92,8 @@ async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force:
             agent = await sess.ensure()
             await fetch_all(agent, sess.target.remote_root, plan.fetch, commit, meter)
         except ConnectError as e:
-            if e.kind in NO_AGENT:
-                raise RemoteDevError(f"pull from {sess.target.host} not started: {e.message}") from None
+            if not res.files and not e.retry:
+                raise   # a login that failed interrupted nothing
             raise RemoteDevError(f"pull from {sess.target.host} interrupted after {res.files} files: {e.message}. "
                                  f"Nothing half-written is left; :RemotePull again completes it.") from None
         except (asyncssh.Error, OSError) as e:

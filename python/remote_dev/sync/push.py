@@ -25,7 +25,7 @@ from typing import Any
 import asyncssh
 
 from ..engine import Engine, Project, TargetSession, log
-from ..errors import NO_AGENT, ConnectError, RemoteDevError
+from ..errors import ConnectError, RemoteDevError
 from ..rpc import AgentChannel
 from ..status import publish_status
 from . import reconcile
@@ -254,8 +254,8 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
             if paths and not quiet:   # a path someone named and nothing of it pushed: say why
                 res.skipped += await asyncio.to_thread(left_out, proj, paths, push.local, push.scanner)
         except ConnectError as e:
-            if e.kind in NO_AGENT:   # nothing was sent: pushing again cannot help until that is fixed
-                raise RemoteDevError(f"push to {sess.target.host} not started: {e.message}", kind="connect") from None
+            if not push.result.files and not e.retry:
+                raise   # a login that failed (a refused code, an untrusted host key) interrupted nothing
             raise RemoteDevError(f"push to {sess.target.host} interrupted after {push.result.files} files: "
                                  f"{e.message}. Nothing half-written is left; :RemotePush again completes it.",
                                  kind="connect") from None
