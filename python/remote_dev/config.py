@@ -235,6 +235,8 @@ class _Checker:
         if kind == "numbers":
             if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
                 raise self.fail(full, f"must be an array of numbers, e.g. [600, 60], not {toml_type(v)}")
+            if any(x != x or x in (float("inf"), float("-inf")) for x in v):
+                raise self.fail(full, "must hold finite numbers")
             if spec.low is not None and any(x < spec.low for x in v):
                 raise self.fail(full, f"must hold numbers of {spec.low:g} or more, not {min(v)}")
             return tuple(float(x) for x in v)
