@@ -6,7 +6,6 @@ import json
 import pytest
 from conftest import events, run_processes, wait_for
 
-from remote_dev.cli import format_status
 from remote_dev.errors import RemoteDevError
 
 
@@ -212,7 +211,7 @@ def test_a_file_over_the_size_limit_is_told_once_per_change_and_in_status(engine
     assert run_told() == [] and run_told() == []
     status = engine.call_sync("status", ctx, {"refresh": False}, timeout=30)
     assert status["last_push"]["too_large"] == [{"path": "weights.bin", "size": 5000}]
-    assert "not pushed  weights.bin (0.0 MB): over sync.max_file_size" in format_status(status)
+    assert "not pushed  weights.bin (0.0 MB): over sync.max_file_size" in status["lines"]
     proj.write("weights.bin", b"\0" * 6000)   # it changed: told again, once
     assert len(run_told()) == 1 and run_told() == []
     proj.write("weights.bin", b"\0" * 10)     # it fits now: pushed, no longer listed
