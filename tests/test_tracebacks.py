@@ -526,8 +526,34 @@ def test_python_warning_is_a_generic_location(tmp_path: Path) -> None:
 
     entries = parse(output, to_local_for(tmp_path))
 
-    assert shape(entries, tmp_path) == [("main.py", 2, "")]
+    assert shape(entries, tmp_path) == [("main.py", 2, "W")]
     assert entries[0]["text"] == "UserWarning: careful"
+
+
+def test_warnings_come_after_the_error(tmp_path: Path) -> None:
+    """A FutureWarning printed before the traceback (nanoGPT's train.py does): :cfirst
+    reaches the error's frames, the warning is a W entry at the end."""
+    write_project(
+        tmp_path,
+        {
+            "main.py": "import warnings\nfrom pkg import model\n"
+                       "warnings.warn('old API', FutureWarning)  # WARN\n"
+                       "model.train()  # CALL\n",
+            "pkg/__init__.py": "",
+            "pkg/model.py": "def train():\n    raise ValueError('bad shape')  # RAISE\n",
+        },
+    )
+    output = run(tmp_path, "main.py")
+    assert output.index("FutureWarning") < output.index("Traceback")
+
+    entries = parse(output, to_local_for(tmp_path))
+
+    assert shape(entries, tmp_path) == [
+        ("main.py", line_of(tmp_path, "main.py", "# CALL"), ""),
+        ("pkg/model.py", line_of(tmp_path, "pkg/model.py", "# RAISE"), "E"),
+        ("main.py", line_of(tmp_path, "main.py", "# WARN"), "W"),
+    ]
+    assert entries[-1]["text"] == "FutureWarning: old API"
 
 
 def test_generic_compiler_and_linter_lines(tmp_path: Path) -> None:
@@ -581,13 +607,6 @@ def test_generic_compiler_and_linter_lines(tmp_path: Path) -> None:
             "text": "error: expected ';' after expression",
             "type": "E",
         },
-        {
-            "filename": str(tmp_path / "src/app.py"),
-            "lnum": 12,
-            "col": 1,
-            "text": "warning: unused variable",
-            "type": "",
-        },
         {"text": "/usr/include/stdio.h:10: error: outside the project", "valid": 0},
         {
             "filename": str(tmp_path / "src/app.py"),
@@ -595,6 +614,13 @@ def test_generic_compiler_and_linter_lines(tmp_path: Path) -> None:
             "col": 5,
             "text": "E501 line too long (99 > 79 characters)",
             "type": "",
+        },
+        {   # a warning: type W, after the rest
+            "filename": str(tmp_path / "src/app.py"),
+            "lnum": 12,
+            "col": 1,
+            "text": "warning: unused variable",
+            "type": "W",
         },
     ]
     # Only consecutive duplicates collapse.

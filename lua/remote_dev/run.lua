@@ -233,7 +233,7 @@ function M.runs()
       ui.error(err)
       return
     end
-    local lines = { 'remote_dev runs — <CR>/a attach  s stop  l log  r refresh  q close', '' }
+    local lines = { 'remote_dev runs — <CR>/a attach  s stop  l log  D delete  r refresh  q close', '' }
     local by_line = {}
     for _, s in ipairs(list) do
       table.insert(lines, ('%-20s %-9s %-6s %s  %8.1f s  %s%s'):format(s.id, s.state,
@@ -265,6 +265,17 @@ function M.runs()
     map('a', attach, 'attach')
     map('s', M.stop, 'stop')
     map('l', M.log, 'open log')
+    map('D', function(id)
+      host.request('run_delete', { id = id }, function(e)
+        if e then
+          return ui.error(e)
+        end
+        if vim.api.nvim_buf_is_valid(buf) and vim.fn.bufwinid(buf) ~= -1 then
+          vim.api.nvim_win_close(vim.fn.bufwinid(buf), false)
+          M.runs()
+        end
+      end, host.context_of(owner.root, owner.target))
+    end, 'delete (an ended run: its folder and output on the remote)')
     vim.keymap.set('n', 'r', function() vim.cmd('close'); M.runs() end, { buffer = buf, desc = 'refresh' })
     vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = buf, desc = 'close' })
     require('remote_dev.services').append_to_runs(buf)

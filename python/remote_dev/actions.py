@@ -109,6 +109,11 @@ async def stop_all(engine: Engine, ctx: dict[str, Any]) -> int:
     return await runs_mod.stop_all(engine)
 
 
+@action("run_delete")
+async def run_delete(engine: Engine, ctx: dict[str, Any], id: str) -> dict[str, Any]:  # noqa: A002
+    return await runs_mod.delete_run(engine, engine.project(ctx), id)
+
+
 @action("runs")
 async def runs(engine: Engine, ctx: dict[str, Any]) -> list[dict[str, Any]]:
     return await runs_mod.list_runs(engine.project(ctx))
@@ -230,6 +235,8 @@ async def notebook(engine: Engine, ctx: dict[str, Any], stop: bool = False) -> d
     proj = engine.project(ctx)
     if stop:
         return await notebook_mod.stop_notebook(engine, proj)
+    # pushed first, as runs and a new kernel are: the server lists the project as it is
+    await sync.do_push(engine, proj, None, quiet=True)
     return await notebook_mod.open_notebook(engine, proj)
 
 

@@ -136,6 +136,7 @@ class AllocState:
         self.seen: tuple[str, str] | None = None   # (job, state) last announced
         self.engine: Engine | None = None
         self.watcher: asyncio.Task[None] | None = None
+        self.warned: set[tuple[str, float]] = set()   # (job, seconds before its end) told
 
 
 def state_of(sess: TargetSession) -> AllocState:
@@ -156,6 +157,8 @@ async def refresh(sess: TargetSession, engine: Engine | None = None, found: bool
     info = await sess.call("alloc_info", alloc_name(sess), fresh)
     st.checked, st.at = sess.conn, time.monotonic()
     update(sess, Allocation.from_info(info) if info else None, found)
+    if st.current is not None:
+        warn_of_end(sess, st.current)
     return st.current
 
 
@@ -187,7 +190,7 @@ async def watch(sess: TargetSession) -> None:
     """Follow a live allocation until it ends (its state in status, events on changes)."""
     st = state_of(sess)
     while st.current is not None and st.current.watched:
-        await asyncio.sleep(POLL_RUNNING if st.current.running else POLL_PENDING)
+        await asyncio.sleep(next_look(sess, st.current))
         if sess.project.sessions.get(sess.target.name) is not sess:
             return   # the target's config changed: its new session follows it
         try:
@@ -196,6 +199,40 @@ async def watch(sess: TargetSession) -> None:
             continue   # asked again once the host answers
         except RemoteDevError as e:
             log.info("allocation %s: %s", alloc_name(sess), e.message)
+
+
+def next_look(sess: TargetSession, a: Allocation) -> float:
+    """Seconds to the watcher's next look: POLL_PENDING / POLL_RUNNING, sooner when a
+    warning of slurm.warn_before falls due before then."""
+    if not a.running:
+        return POLL_PENDING
+    left = a.time_left()
+    due = [left - w for w in sess.target.slurm.warn_before if left is not None and left > w]
+    return max(0.05, min([POLL_RUNNING, *due]))
+
+
+def warn_of_end(sess: TargetSession, a: Allocation) -> None:
+    """Once per job and threshold of slurm.warn_before (the nearest one crossed): say when
+    the allocation ends and what ends with it."""
+    st = state_of(sess)
+    left = a.time_left()
+    engine = st.engine
+    if engine is None or left is None or not a.running:
+        return
+    crossed = [w for w in sess.target.slurm.warn_before if left <= w]
+    if not crossed or (a.job, min(crossed)) in st.warned:
+        return
+    st.warned.update((a.job, w) for w in crossed)
+    t = sess.target.name
+    proj = sess.project
+    going = [f"run {r.id} ({r.cmd})" for r in proj.runs.values()   # type: ignore[attr-defined]
+             if r.target == t and is_live(r.state) and r.meta.get("job") == a.job]
+    going += [f"{i['kind']} {i['name']}" for i in services.known(sess).items
+              if is_live(i.get("state")) and i.get("target", t) == t]
+    ending = time.strftime("%H:%M", time.localtime(a.ends_at or time.time()))
+    what = ("; ending with it: " + ", ".join(going)) if going else ""
+    text = f"allocation on {t}: job {a.job} ends at {ending} ({clock(left)}, its time limit){what}"
+    engine.message(text, "warn")
 
 
 async def current(sess: TargetSession) -> Allocation | None:
@@ -213,13 +250,19 @@ async def current(sess: TargetSession) -> Allocation | None:
 
 async def held(sess: TargetSession) -> Allocation | None:
     """The running allocation things of the target start in; None when none is held; an
-    error while it is still queued."""
+    error (nothing was started) while it is still queued, asked of Slurm before refusing."""
     a = await current(sess)
     if a is None or a.running:
         return a
-    raise RemoteDevError(f"{sess.target.name}: the allocation is not running yet ({a.describe()}): what you start "
-                         f"runs in it once it does (User RemoteDevAlloc fires then); :RemoteAlloc stop gives it up",
-                         kind="alloc-pending")
+    # what is known here may be a poll old (squeue may show it running already): ask Slurm now
+    a = await refresh(sess, fresh=True)
+    if a is None or not a.live:
+        return None
+    if a.running:
+        return a
+    raise RemoteDevError(f"{sess.target.name}: not started: the allocation is not running yet ({a.describe()}); "
+                         f"start it again once it runs (User RemoteDevAlloc fires then), or give the allocation "
+                         f"up with :RemoteAlloc stop", kind="alloc-pending")
 
 
 def forget(sess: TargetSession) -> None:

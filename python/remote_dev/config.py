@@ -44,6 +44,7 @@ class ContainerConfig:
 @dataclass(frozen=True)
 class SlurmConfig:
     args: tuple[str, ...] = ()
+    warn_before: tuple[float, ...] = (600.0, 60.0)   # seconds before a held allocation's end
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Target:
 @dataclass(frozen=True)
 class SyncConfig:
     exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()     # pushed although .gitignore leaves them out
     pull: tuple[str, ...] = ()
     push_on_save: bool = False
     max_file_size: int = 100 * 1000 * 1000
@@ -76,6 +78,7 @@ class RunConfig:
     command: str = "{python} {file}"
     stop_grace: float = 3.0
     debug_wait: float = 600.0
+    keep: int = 50            # ended runs kept on the remote per project and target
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class ProjectConfig:
 @dataclass(frozen=True)
 class Key:
     """One key of a table.  kind: "string", "integer", "number", "boolean", "strings" (an
-    array of strings), "env" (a table of strings), "table" (a sub-table, see SCHEMA).
+    array of strings), "numbers" (an array of numbers), "env" (a table of strings), "table" (a sub-table, see SCHEMA).
     path: "inside" (relative, inside the project) or "absolute" (a container path)."""
     name: str
     kind: str
@@ -132,13 +135,13 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("image", "string", nonempty=True), Key("workdir", "string", path="absolute"),
         Key("gpus", "string"), Key("args", "strings"),
     ),
-    "targets.*.slurm": (Key("args", "strings"),),
+    "targets.*.slurm": (Key("args", "strings"), Key("warn_before", "numbers", low=1)),
     "sync": (
-        Key("exclude", "strings"), Key("pull", "strings", path="inside"), Key("push_on_save", "boolean"),
+        Key("exclude", "strings"), Key("include", "strings"), Key("pull", "strings", path="inside"), Key("push_on_save", "boolean"),
         Key("max_file_size", "integer", low=0),
     ),
     "run": (Key("command", "string", nonempty=True), Key("stop_grace", "number", low=0, high=3600),
-            Key("debug_wait", "number", low=1, high=86400)),
+            Key("debug_wait", "number", low=1, high=86400), Key("keep", "integer", low=1, high=100000)),
 }
 
 
@@ -222,6 +225,14 @@ class _Checker:
                     if problem:
                         raise self.fail(full, f"{item!r} {problem}")
             return tuple(v)
+        if kind == "numbers":
+            if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise self.fail(full, f"must be an array of numbers, e.g. [600, 60], not {toml_type(v)}")
+            if any(x != x or x in (float("inf"), float("-inf")) for x in v):
+                raise self.fail(full, "must hold finite numbers")
+            if spec.low is not None and any(x < spec.low for x in v):
+                raise self.fail(full, f"must hold numbers of {spec.low:g} or more, not {min(v)}")
+            return tuple(float(x) for x in v)
         if kind == "boolean":
             if not isinstance(v, bool):
                 raise self.fail(full, f"must be true or false, not {toml_type(v)}")

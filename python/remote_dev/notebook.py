@@ -1,7 +1,7 @@
 """:RemoteNotebook: a Jupyter server (JupyterLab, Notebook or bare jupyter_server, whichever
 the target's python has) on the remote, reached through an SSH forward.
 
-The server is a service (services.py): started detached in remote_root, found again by
+The tree is pushed first.  The server is a service (services.py): started detached in remote_root, found again by
 name, bound to the remote's 127.0.0.1 on a port chosen there, with a token chosen here and
 handed over in its environment (JUPYTER_TOKEN: never on a command line others can read
 with ps).  Port and token stay in the service's record (a folder only its user reads), so
@@ -27,7 +27,8 @@ LISTEN_TIMEOUT = 90.0
 
 
 async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
-    """The project's notebook server on the target, started when none runs, forwarded."""
+    """The project's notebook server on the target, started when none runs, forwarded
+    (actions.notebook pushes the tree first, so the server lists the project as it is)."""
     sess = proj.session()
     await sess.ensure()
     t = sess.target

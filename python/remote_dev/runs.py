@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from . import tracebacks
 from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED, is_live, shell_word
-from .engine import Engine, Project, TargetSession
+from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
 from .runners import Launch, path_mapping, runner_of
 from .status import publish_status
@@ -289,6 +289,36 @@ class OutputFollower:
 async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
     await OutputFollower(engine, sess, run).follow()
     finish(engine, proj, sess, run)
+    await prune(engine, proj, sess)
+
+
+async def prune(engine: Engine, proj: Project, sess: TargetSession) -> None:
+    """Keep run.keep ended runs of the project and target on the remote (the newest); the
+    older folders go, live runs never."""
+    try:
+        gone = await sess.call("run_prune", sess.target.remote_root, sess.target.name, proj.config.run.keep)
+    except RemoteDevError as e:
+        log.info("run folders of %s not pruned: %s", sess.target.name, e.message)
+        return
+    for run_id in gone:
+        rec = proj.runs.get(run_id)
+        if rec is not None and rec.state not in LIVE:   # type: ignore[attr-defined]
+            proj.runs.pop(run_id, None)
+    if gone:
+        log.info("run folders deleted on %s (run.keep = %d): %s", sess.target.host, proj.config.run.keep,
+                 ", ".join(gone))
+        publish_status(engine, proj)
+
+
+async def delete_run(engine: Engine, proj: Project, run_id: str) -> dict[str, Any]:
+    """Delete an ended run's folder on the remote (:RemoteRuns D); a live run is refused."""
+    rec = pick_run(proj, run_id)
+    sess = proj.session(rec.target if rec else None)
+    await sess.call("run_delete", run_id)
+    proj.runs.pop(run_id, None)
+    engine.message(f"run {run_id} deleted on {sess.target.host}")
+    publish_status(engine, proj)
+    return {"id": run_id, "deleted": True}
 
 
 def cancel_all(futures: collections.deque[asyncio.Future[Any]]) -> None:
@@ -337,11 +367,28 @@ async def stop(engine: Engine, proj: Project, sess: TargetSession, run_id: str, 
             pass
         rec.stopped_by = by
     info = await sess.call("run_stop", run_id, proj.config.run.stop_grace)
+    if info.get("already_ended"):
+        if rec is not None:
+            update_from_info(rec, info)
+        engine.message(already_ended(proj, run_id, info), "warn")
+        return rec.summary() if rec is not None else info
     if rec is None:
         return info
     update_from_info(rec, info)
     engine.message(f"run {run_id} stopped" + (f" ({by})" if by != ":RemoteStop" else ""), "info")
     return rec.summary()
+
+
+def already_ended(proj: Project, run_id: str, info: dict[str, Any]) -> str:
+    """What :RemoteStop of a run that had ended says: how it ended, and what it would stop."""
+    code = info.get("code")
+    how = info.get("state", "ended") + (f", exit {code}" if code is not None else "")
+    live = [r for r in proj.runs.values() if r.state in LIVE and r.id != run_id]  # type: ignore[attr-defined]
+    if not live:
+        return f"run {run_id} had already ended ({how}); no run is live here"
+    latest = max(live, key=lambda r: r.created)
+    return (f"run {run_id} had already ended ({how}); nothing stopped. :RemoteStop {latest.id} stops "
+            f"the live run ({latest.cmd})" + (f", one of {len(live)}" if len(live) > 1 else ""))
 
 
 async def stop_run(engine: Engine, proj: Project, run_id: str | None, target: str | None = None,

@@ -144,10 +144,23 @@ class Shell:
 
 
 SHELLS: dict[int, Shell] = {}   # attached terminals of this Neovim, by terminal key
+# keys typed into a terminal whose shell is still being opened (ensured, made on the remote):
+# handed to its Shell, which sends them once tmux has attached, as :terminal keeps typeahead
+TYPED_AHEAD: dict[int, bytearray] = {}
+TYPEAHEAD_MAX = 65536
 
 
 async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: int, rows: int) -> dict[str, Any]:
-    """Attach terminal `term` to shell `name` of the project's target, made when missing."""
+    """Attach terminal `term` to shell `name` of the project's target, made when missing;
+    keys typed meanwhile go to the shell once attached."""
+    TYPED_AHEAD.setdefault(term, bytearray())
+    try:
+        return await _open_shell(engine, proj, term, name, cols, rows)
+    finally:
+        TYPED_AHEAD.pop(term, None)
+
+
+async def _open_shell(engine: Engine, proj: Project, term: int, name: str, cols: int, rows: int) -> dict[str, Any]:
     services.check_name(name)
     sess = proj.session()
     await sess.ensure()
@@ -165,7 +178,8 @@ async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: 
     old = SHELLS.pop(term, None)
     if old is not None:
         old.detach()
-    shell = Shell(term, name, session, sess, engine, made["tmux"], max(cols, 2), max(rows, 1))
+    shell = Shell(term, name, session, sess, engine, made["tmux"], max(cols, 2), max(rows, 1),
+                  typed=TYPED_AHEAD.pop(term, bytearray()))
     SHELLS[term] = shell
     shell.task = asyncio.get_running_loop().create_task(shell.relay(history))
     services.note(engine, sess, SHELL, name, RUNNING, "attached")
@@ -176,9 +190,13 @@ async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: 
 
 
 def shell_input(term: int, data: str | bytes) -> None:
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     shell = SHELLS.get(term)
     if shell is not None:
-        shell.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
+        shell.write(raw)
+    elif term in TYPED_AHEAD:   # its shell_open is still under way
+        ahead = TYPED_AHEAD[term]
+        ahead += raw[:TYPEAHEAD_MAX - len(ahead)]
 
 
 def shell_resize(term: int, cols: int, rows: int) -> None:

@@ -47,6 +47,10 @@ def status_lines(s: dict[str, Any]) -> list[str]:
          f"{time.strftime('%H:%M:%S', time.localtime(lp['time']))}") if lp else "last push   never (this session)",
         f"runs        {len(runs)} ({sum(1 for r in runs if r.get('live'))} live)",
     ]
+    big = (lp or {}).get("too_large") or []
+    if big:
+        lines.insert(8, "not pushed  " + ", ".join(f"{f['path']} ({f['size'] / 1e6:.1f} MB)" for f in big)
+                     + ": over sync.max_file_size")
     for lines_of in STATUS_LINES.values():
         lines += lines_of(s)
     return lines

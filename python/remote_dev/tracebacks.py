@@ -36,10 +36,10 @@ arrows at the failing line, IPython 7's ``<ipython-input-N-...> in func``) is fi
 rewritten in Python's format by :func:`ipython_traceback`, sent cells pointing at the file
 and line they came from, then parsed like any other output.
 
-Entries keep the printed order (Python prints the innermost frame last), one
-entry per frame.  A frame whose path ``to_local`` maps gives::
+Entries keep the printed order, warnings last (Python prints the innermost frame
+last), one entry per frame.  A frame whose path ``to_local`` maps gives::
 
-    {"filename": local, "lnum": n, "col": c, "text": t, "type": "E" or ""}
+    {"filename": local, "lnum": n, "col": c, "text": t, "type": "E", "W" or ""}
 
 ``col`` is 0 except for SyntaxError frames, where it is the caret position
 (1-based) in the source line as Python printed it, i.e. after Python removed
@@ -47,7 +47,10 @@ its leading whitespace.  The innermost frame of each traceback gets type
 ``"E"`` and the exception as text (``ValueError: bad (in func)``); the other
 frames get ``in func: <source line>``.  Generic lines get type ``"E"`` when
 the message starts with ``error``, ``fatal error``, ``assert`` or an exception
-name such as ``AssertionError``.
+name such as ``AssertionError``; type ``"W"`` when it starts with ``warning`` or a
+warning's name such as ``FutureWarning`` (Python's warnings).  Warnings come after
+every other entry, so ``:cfirst`` lands on the error rather than on a deprecation
+printed before it.
 
 A frame outside the project (``to_local`` returns None, or the path is a
 pseudo file such as ``<string>``) gives a text-only entry
@@ -101,6 +104,8 @@ _DEBUGGER = re.compile(r"(?:^|/)(?:debugpy|_pydevd_bundle|_pydev_bundle|_pydevd_
 _RUNPY = re.compile(r"(?:^|/)runpy\.py$|^<frozen runpy>$")
 _STDLIB = re.compile(r"/lib/python[0-9][0-9.]*/(?!site-packages/|dist-packages/)|^<frozen ")
 _ERRORISH = re.compile(r"(?i:(?:fatal )?error)\b|assert\b|" + _EXCEPTION_NAME)
+# "FutureWarning: ...", "UserWarning: ...", "warning: unused variable"
+_WARNINGISH = re.compile(r"(?i:warning)\b|[\w.]*Warning\b")
 
 
 @dataclass
@@ -115,6 +120,7 @@ class _Frame:
     source: Optional[str] = None
     message: Optional[str] = None
     error: bool = False
+    warning: bool = False
     # The Python traceback the frame belongs to (one object per traceback), None for others.
     tb: Optional[object] = None
 
@@ -340,6 +346,7 @@ def _generic(frame: _Frame, message: str) -> None:
     says so (error, fatal error, assert, an exception's name)."""
     frame.message = message
     frame.error = _ERRORISH.match(message) is not None
+    frame.warning = not frame.error and _WARNINGISH.match(message) is not None
 
 
 def _clean(text: str) -> str:
@@ -490,7 +497,7 @@ def parse(text: str, to_local: ToLocal) -> list[dict]:
                 "lnum": frame.lnum,
                 "col": frame.col,
                 "text": shown,
-                "type": "E" if frame.error else "",
+                "type": "E" if frame.error else "W" if frame.warning else "",
             }
         else:
             shown = f"{frame.prefix}{frame.path}:{frame.lnum}: {body}".rstrip()
@@ -499,7 +506,9 @@ def parse(text: str, to_local: ToLocal) -> list[dict]:
         if key != previous:
             entries.append(entry)
         previous = key
-    return entries
+    # warnings after the rest (as printed otherwise): :cfirst reaches the error, not a
+    # deprecation printed before it
+    return [e for e in entries if e.get("type") != "W"] + [e for e in entries if e.get("type") == "W"]
 
 
 # --------------------------------------------------------------------------- IPython (kernels)

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 from ..errors import RemoteDevError
 from .ignore import Excluder, Walker, global_excludes_file_cached, is_git_component, mtime
+from .include import Includer, included
 from .watch import Watcher
 
 MAX_CHANGES = 2000        # more changed paths than this: a full scan is cheaper
@@ -208,9 +209,10 @@ class Scanner:
     scan and remembered for path scans (push on save runs one git command, or none)."""
 
     def __init__(self, root: Path, exclude: Iterable[str] = (), pull: Iterable[str] = (),
-                 watch: bool = True) -> None:
+                 watch: bool = True, include: Iterable[str] = ()) -> None:
         self.root = Path(root)
         self.excluder = Excluder(exclude, pull)
+        self.includer = Includer(include)
         self.git: bool | None = None
         self.git_dir: str | None = None
         self.watch = watch and sys.platform.startswith("linux")
@@ -384,6 +386,8 @@ class Scanner:
         watched = set(w.dirs) if w is not None else set()   # before any stat: no news lost there
         out: dict[str, LocalEntry] = {}
         scan_tree(self.excluder, self.root, "", paths, bool(self.git), 0, out, hint)
+        if self.includer:
+            add_included(self.root, self.includer, self.excluder, paths, bool(self.git), out)
         if w is not None and w.valid:
             self.stamps = stamps
             self.last_full = time.monotonic()
@@ -397,6 +401,16 @@ class Scanner:
         t = self.background
         if t is not None and t.ident is None:
             t.start()
+
+
+def add_included(root: Path, includer: Includer, excluder: Excluder, paths: list[str] | None, use_git: bool,
+                 out: dict[str, LocalEntry]) -> None:
+    """The files sync.include takes back from .gitignore (sync.exclude still wins)."""
+    for rel in included(root, includer, paths, use_git):
+        if rel not in out and not excluder.excluded(rel):
+            entry = lstat_entry(root / rel)
+            if entry is not None:
+                out[rel] = entry
 
 
 def scan_tree(excluder: Excluder, root: Path, prefix: str, paths: list[str] | None, use_git: bool, depth: int,

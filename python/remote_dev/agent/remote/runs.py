@@ -12,6 +12,7 @@ from it; nothing about a run lives only in an agent's memory.
 """
 
 import os
+import shutil
 import subprocess
 import time
 
@@ -143,6 +144,29 @@ def run_list(root):
     return out
 
 
+def run_delete(run_id):
+    """Delete an ended run's folder (its output with it); a live run is refused."""
+    d = run_dir(run_id)
+    info = run_info(d)
+    if P.is_live(info["state"]):
+        raise AgentError("run", "run %s is %s: stop it first (:RemoteStop %s)" % (run_id, info["state"], run_id))
+    shutil.rmtree(d, ignore_errors=True)
+    return run_id
+
+
+def run_prune(root, target, keep):
+    """Delete the folders of the ended runs of the project at root on target but the
+    newest keep; live runs are never touched.  The ids deleted."""
+    ended = [info for info in run_list(root)
+             if (info.get("meta") or {}).get("target") == target and not P.is_live(info["state"])]
+    ended.sort(key=lambda info: (info.get("created") or 0, info["id"]))
+    gone = []
+    for info in ended[:max(len(ended) - int(keep), 0)]:
+        shutil.rmtree(run_dir(info["id"], must_exist=False), ignore_errors=True)
+        gone.append(info["id"])
+    return gone
+
+
 def run_read(run_id, offset, max_bytes, wait, min_bytes=1):
     """Output of a run from a byte offset.  With wait > 0 this is a long poll: it
     returns as soon as there is output (at least min_bytes of it, or max_bytes if
@@ -182,10 +206,11 @@ def run_stop(run_id, grace):
 
 
 def stop_in(d, grace):
-    """Stop the run (or service) whose folder is d; its info once it ended."""
+    """Stop the run (or service) whose folder is d; its info once it ended (with
+    already_ended when it had ended before)."""
     info = run_info(d)
     if not P.is_live(info["state"]):
-        return info
+        return dict(info, already_ended=True)
     write_json(os.path.join(d, "stop.json"), {"time": time.time()})
     spec = read_json(os.path.join(d, "spec.json"))
     for argv in spec.get("stop_commands") or []:

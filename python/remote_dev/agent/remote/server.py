@@ -52,6 +52,8 @@ def method_table(files):
         "run_list": (runs.run_list, False),
         "run_read": (runs.run_read, True),
         "run_stop": (runs.run_stop, True),
+        "run_delete": (runs.run_delete, True),
+        "run_prune": (runs.run_prune, True),
         "run_listening": (runs.run_listening, True),
         "run_endpoints": (runs.run_endpoints, True),
         "service_start": (services.service_start, True),
