@@ -40,6 +40,9 @@ def test_mirror_has_the_remote_bytes_and_only_sources(engine, make_project):
     assert not [f for f in files if "__pycache__" in f or f.endswith((".pyc", ".so"))]
     assert data["files"] > 100 and data["bytes"] > 1_000_000   # the stdlib too
     assert events(engine, "RemoteDevEnv")[-1]["paths"] == data["paths"]
+    status = engine.call_sync("status", ctx, {"refresh": False})
+    assert status["env"]["files"] == data["files"]
+    assert any(ln.startswith(f"env         {data['files']} files") for ln in status["lines"]), status["lines"]
     # sys.path order: the stdlib before site-packages
     assert data["remotes"].index(str(site)) == len(data["remotes"]) - 1
 

@@ -16,7 +16,7 @@ def test_registrations_are_in_wiring_by_name_in_order():
     from remote_dev import alloc, kernels, services
     from remote_dev.status import STATUS_PARTS
 
-    assert list(STATUS_PARTS) == ["services", "alloc"]
+    assert list(STATUS_PARTS) == ["services", "alloc", "env"]
     assert services.LAUNCHERS == {"alloc": alloc.launcher}
     assert alloc.ON_END == {"kernel": kernels.alloc_ended}
 

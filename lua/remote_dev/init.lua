@@ -39,7 +39,8 @@ end
 
 --- What :RemoteStatus shows, for statuslines and tests: target, host, remote_root,
 --- connected, python (remote version), agent (version), rtt_ms, last_push, runs, error,
---- services, alloc (a held Slurm allocation: job_id, state, nodes, time_left, ends_at), lines
+--- services, alloc (a held Slurm allocation: job_id, state, nodes, time_left, ends_at), env
+--- (the :RemoteEnv mirror's last check: files, bytes, paths, time), lines
 --- (what :RemoteStatus prints, rendered by the host).
 --- Instant: the last known state, refreshed by every request.
 ---@return table

@@ -29,6 +29,7 @@ from .agent.protocol import decompress, unpack_files
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
 from .envsource import AgentSource, ContainerSource, source_of
+from .status import publish_status
 from .sync.wire import LinkMeter
 
 log = logging.getLogger("remote_dev")
@@ -116,10 +117,11 @@ async def refresh(engine: Engine, proj: Project, sess: TargetSession, force: boo
         sess.library_roots = libraries_of(folder, manifest)
         ms = int((time.perf_counter() - t0) * 1000)
         data = event_data(sess, folder, manifest, changed=fetched, ms=ms)
-        state.last = data
+        state.last = {**data, "time": time.time()}
         log.info("env %s: %d folders, %d files, %d bytes; %d fetched in %d ms", sess.target.name,
                  len(data["paths"]), data["files"], data["bytes"], fetched, ms)
         engine.emit("RemoteDevEnv", data)
+        publish_status(engine, proj)
         return data
 
 
@@ -252,3 +254,17 @@ def _write_batch(local: Path, files: dict[str, list[int]], fmt: str, blob: bytes
         files[rel] = [size, mtime]
         n += 1
     return n
+
+
+def status_part(proj: Project) -> dict[str, Any] | None:
+    """The mirror as :RemoteStatus shows it: the last refresh of the current target."""
+    last = proj.session().state(EnvState).last
+    return None if last is None else {k: last[k] for k in ("files", "bytes", "paths", "time")}
+
+
+def status_lines(s: dict[str, Any]) -> list[str]:
+    e = s.get("env")
+    if not e:
+        return ["env         not mirrored in this session (:RemoteEnv)"]
+    return [f"env         {e['files']} files, {e['bytes'] / 1e6:.1f} MB in {len(e['paths'])} folders, "
+            f"checked {time.strftime('%H:%M:%S', time.localtime(e['time']))} (:RemoteEnv)"]

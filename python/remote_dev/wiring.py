@@ -7,7 +7,7 @@ parts appear in ``status()`` in this order, launchers are asked in this order.
 
 from __future__ import annotations
 
-from . import alloc, kernels, services
+from . import alloc, envmirror, kernels, services
 from .status import STATUS_LINES, STATUS_PARTS
 
 # Shells, kernels and notebook servers start as steps of a held Slurm allocation
@@ -20,6 +20,9 @@ STATUS_LINES["services"] = services.status_lines
 # ... and the allocation held for a Slurm target.
 STATUS_PARTS["alloc"] = alloc.status_part
 STATUS_LINES["alloc"] = alloc.status_lines
+# ... and the :RemoteEnv mirror of the target's libraries.
+STATUS_PARTS["env"] = envmirror.status_part
+STATUS_LINES["env"] = envmirror.status_lines
 
 # A kernel started as an allocation's step ends with it: its client lets go.
 alloc.ON_END["kernel"] = kernels.alloc_ended
