@@ -136,4 +136,4 @@ def test_remote_status_and_the_cli_show_the_same_lines(nvim, make_project, sshd,
     assert out.returncode == 0, out.stderr
     assert steady(out.stdout.splitlines()) == steady(st["lines"])
     assert [ln.split()[0] for ln in st["lines"]] == ["target", "host", "remote_root", "connected", "python", "agent",
-                                                      "round", "last", "runs", "shells", "kernel", "notebook"]
+                                                      "round", "last", "runs", "shells", "kernel", "notebook", "env"]
