@@ -84,6 +84,9 @@ def test_basedpyright_definition_read_only_buffer_and_library_breakpoint(nvim, d
     # the mirror's buffer: read-only, and :w says why
     nvim.command(f"edit {more}")
     assert nvim.eval("&modifiable") == 0
+    # a file still: the language server serves it too (definitions within the library)
+    wait_for(lambda: nvim.exec_lua("return #vim.lsp.get_clients({ bufnr = 0 })") > 0, 30,
+             what="basedpyright attached to the mirror's buffer")
     assert nvim.eval("b:remote_dev_mirror") == str(site / "more_itertools" / "more.py")
     nvim.command("silent! write")
     assert any("read-only :RemoteEnv mirror" in m for m in nvim.messages()), nvim.messages()

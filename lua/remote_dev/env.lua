@@ -366,7 +366,8 @@ function M.on_read(args)
   vim.b[args.buf].remote_dev_mirror = remote
   vim.bo[args.buf].modifiable = false
   vim.bo[args.buf].readonly = false   -- else :w stops at E45 (the files are 0444) before saying why
-  vim.bo[args.buf].buftype = 'acwrite'
+  -- buftype stays '' (a file): language servers attach to it (definitions within libraries);
+  -- a buffer-local BufWriteCmd answers :w all the same
   vim.api.nvim_create_autocmd('BufWriteCmd', {
     buffer = args.buf,
     desc = 'remote_dev: the :RemoteEnv mirror is read-only',
