@@ -97,6 +97,11 @@ def test_basedpyright_definition_read_only_buffer_and_library_breakpoint(nvim, d
     nvim.command(f"RemoteDebug {python} main.py")
     frame = dap.stopped(1, 120)
     assert (frame["path"], frame["line"]) == (str(more), line), frame
+    # one put into another library file during the session: told that justMyCode hides it
+    recipes = more.parent / "recipes.py"
+    dap.breakpoint(recipes, body_line(str(recipes), "take"))
+    wait_for(lambda: any("recipes.py is library code" in m for m in nvim.messages()), 15,
+             what=f"the justMyCode note; messages {nvim.messages()[-3:]}")
     dap.clear_breakpoints()
     dap.continue_()
     ex = nvim.wait_event("RemoteDevRunExit", 90)

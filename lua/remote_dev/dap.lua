@@ -85,6 +85,9 @@ local function register(dap)
   end
   registered = true
   dap.adapters.remote_dev = adapter
+  dap.listeners.after.setBreakpoints['remote_dev'] = function(...)
+    require('remote_dev.env').on_set_breakpoints(...)
+  end
 end
 
 ---@class remote_dev.DebugOpts

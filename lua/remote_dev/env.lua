@@ -404,6 +404,32 @@ function M.with_breakpoint_rules(cfg)
   return cfg
 end
 
+local told = {} ---@type table<string, boolean> mirror files told about, by path
+
+--- nvim-dap listener after setBreakpoints: a breakpoint put into a mirror file while a
+--- session runs that started without it among its rules is hidden by justMyCode until the
+--- next session; say so once per file.
+function M.on_set_breakpoints(session, _, _, request)
+  local cfg = session and session.config or {}
+  local path = request and request.source and request.source.path
+  if type(cfg.remote_dev) ~= 'table' or cfg.justMyCode == false or type(path) ~= 'string' or told[path] then
+    return
+  end
+  local remote = M.remote_of(path)
+  if not remote then
+    return
+  end
+  for _, rule in ipairs(cfg.rules or {}) do
+    if rule.path == remote then
+      return
+    end
+  end
+  told[path] = true
+  ui.notify(('%s is library code (the :RemoteEnv mirror): debugpy\'s justMyCode hides its breakpoints in this '
+    .. 'session; they bind from the next debug run (dap.restart()), or set dap = { justMyCode = false }'):format(
+    vim.fn.fnamemodify(path, ':t')), vim.log.levels.WARN)
+end
+
 --- :RemoteEnv [refresh]
 ---@param opts { refresh: boolean? }?
 function M.env(opts)
