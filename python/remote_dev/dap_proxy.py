@@ -188,8 +188,9 @@ class DapProxy:
     docstring).  With intercept False, every request goes to debugpy unchanged."""
 
     def __init__(self, sess: TargetSession, dest_host: str, dest_port: int, on_end: Callable[[str], None],
-                 intercept: bool = True) -> None:
+                 intercept: bool = True, secret: str | None = None) -> None:
         self.sess = sess
+        self.secret = secret    # sent first on each connection: the run's debuggee is on another host
         self.dest_host = dest_host
         self.dest_port = dest_port
         self.on_end = on_end
@@ -219,6 +220,8 @@ class DapProxy:
                 await self.sess.ensure()
                 assert self.sess.conn is not None
                 up_r, conn.up_w = await self.sess.conn.open_connection(self.dest_host, self.dest_port)
+                if self.secret:
+                    conn.up_w.write(self.secret.encode() + b"\n")
             except (RemoteDevError, asyncssh.Error, OSError) as e:
                 log.warning("debug connection to %s:%s on %s failed: %s", self.dest_host, self.dest_port,
                             self.sess.target.host, e)

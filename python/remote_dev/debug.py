@@ -60,6 +60,18 @@ def dap_config(run: RunRecord | None, local_port: int, path_mappings: list[dict[
     return config
 
 
+class DebugFailed(RemoteDevError):
+    """The run's process could not start its debugger; the run goes on without it."""
+
+
+def undebugged_message(run: RunRecord, info: dict[str, Any]) -> str:
+    rank = info.get("rank")
+    who = (f"rank {rank} (pid {info.get('pid')} on {info.get('host')})" if rank is not None
+           else f"pid {info.get('pid')} on {info.get('host')}")
+    return (f"run {run.id}: {who} runs WITHOUT the debugger: {info.get('error')} "
+            f"(it goes on; :RemoteStop {run.id} ends it)")
+
+
 @dataclass
 class Endpoint:
     """One debugged process of a run: where its debugpy listens (as the remote sees it)
@@ -111,6 +123,7 @@ class DebugRun:
         self.ended_by: str | None = None      # the client request that ended the program
         self.closed = False
         self.watcher: asyncio.Task[None] | None = None
+        self.failed: dict[str, dict[str, Any]] = {}   # processes that run without the debugger, by file name
 
     def attachable(self, key: str | None) -> Endpoint | None:
         """The endpoint a client may (re)attach to: the run goes on and no client has ended it."""
@@ -166,7 +179,10 @@ class DebugRun:
 
     async def listen(self, ep: Endpoint) -> Endpoint:
         """The local listener in front of an endpoint."""
-        ep.proxy = DapProxy(self.sess, ep.dest_host, ep.port, self.client_ended, intercept=self.terminate_stops_run)
+        # a debuggee on another node than the agent's takes connections that open with the run's secret
+        remote_node = ep.node is not None and ep.node != self.sess.hello["host"]
+        ep.proxy = DapProxy(self.sess, ep.dest_host, ep.port, self.client_ended, intercept=self.terminate_stops_run,
+                            secret=self.plan.token if remote_node and self.plan.boot else None)
         await ep.proxy.start()
         self.endpoints[ep.key] = ep
         if self.closed:   # the run ended meanwhile
@@ -175,10 +191,14 @@ class DebugRun:
 
     async def new_endpoints(self, run: RunRecord, timeout: float) -> tuple[list[Endpoint], bool]:
         """Endpoints written since the last look (a long poll), and whether the run goes on."""
-        known = sorted(f"{key}.json" for key in self.endpoints)
+        known = sorted([f"{key}.json" for key in self.endpoints] + list(self.failed))
         res = await self.sess.call("run_endpoints", run.id, known, timeout)
         out = []
         for name, info in res["found"]:
+            if name.endswith(".failed"):
+                self.failed[name] = info
+                self.engine.message(undebugged_message(run, info), "error")
+                continue
             ep = Endpoint.from_file(name, info, first=not self.endpoints and not out)
             if ep.key not in self.endpoints:
                 out.append(await self.listen(ep))
@@ -203,6 +223,9 @@ class DebugRun:
             found, live = await self.new_endpoints(run, POLL)
             if found:
                 return found
+            if self.failed and not self.endpoints:
+                # its process runs on without the debugger (said already): the user decides
+                raise DebugFailed(undebugged_message(run, next(iter(self.failed.values()))))
             info = await sess.call("run_info", run.id)
             if not live or not is_live(info.get("state", "")):
                 raise RemoteDevError(f"run {run.id} ended (exit {info.get('code')}) before debugpy listened "
@@ -247,12 +270,17 @@ async def start_debug(engine: Engine, proj: Project, sess: TargetSession, comman
     dbg.run = run
     try:
         first = await dbg.first_endpoints(run)
+    except DebugFailed:
+        dbg.ended(run) if not is_live(run.state) else None
+        raise
     except Exception:
-        # no debuggee is left waiting for a client that will never come
-        try:
-            await runs_mod.stop(engine, proj, sess, run.id, run, "debug setup failed")
-        except RemoteDevError:
-            pass
+        # no debuggee is left waiting for a client that will never come (a run that
+        # ended by itself meanwhile is not "stopped")
+        if is_live(run.state):
+            try:
+                await runs_mod.stop(engine, proj, sess, run.id, run, "debug setup failed")
+            except RemoteDevError:
+                pass
         raise
     if not is_live(run.state) or dbg.closed:
         dbg.ended(run)

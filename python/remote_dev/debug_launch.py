@@ -29,7 +29,8 @@ import os
 import posixpath
 import re
 import shlex
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +86,13 @@ async def upload_once(sess: TargetSession, base: str, files: list[tuple[str, Pat
     futures = []
     for rel, src in files:
         data = src if isinstance(src, bytes) else await asyncio.to_thread(src.read_bytes)
-        batch.append(write_op(rel, None, True, None, 0o644, data))
+        batch.append(write_op(rel, None, True, None, 0o600, data))
         size += len(data)
         if size > (4 << 20):
             futures.append(agent.send("push", base, batch))
             await agent.drain()
             batch, size = [], 0
-    batch.append(write_op(".complete", None, True, None, 0o644, what.encode()))
+    batch.append(write_op(".complete", None, True, None, 0o600, what.encode()))
     futures.append(agent.send("push", base, batch))
     await agent.drain()
     for fut in futures:
@@ -196,6 +197,7 @@ class DebugPlan:
     listen: str = "127.0.0.1"              # direct: the address debugpy binds
     mount: tuple[str, str] | None = None   # (remote debugpy folder, container path)
     publish: bool = False                  # publish the port on the remote's 127.0.0.1 (own container network)
+    token: str = field(default_factory=lambda: secrets.token_hex(32))   # the run's secret (debug_boot's guard)
 
 
 async def prepare(sess: TargetSession) -> DebugPlan:
@@ -228,6 +230,6 @@ def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, 
                "REMOTE_DEV_DEBUG_HOST": sess.hello["host"], "REMOTE_DEV_DEBUGPY": plan.pythonpath or "",
                "REMOTE_DEV_DEBUG_STOP": stop_on_entry, "REMOTE_DEV_DEBUG_WAIT_MAX": f"{wait:g}",
                "PYTHONPATH": plan.boot}
-        return Launch(boot_command(command, sess.target.python, env))
+        return Launch(boot_command(command, sess.target.python, env), env={"REMOTE_DEV_DEBUG_TOKEN": plan.token})
     wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.pythonpath)
     return Launch(wrapped, mounts=[plan.mount] if plan.mount else [], publish=[plan.port] if plan.publish else [])

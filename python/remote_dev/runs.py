@@ -335,7 +335,10 @@ async def stop(engine: Engine, proj: Project, sess: TargetSession, run_id: str, 
     if rec is None:
         return info
     update_from_info(rec, info)
-    engine.message(f"run {run_id} stopped" + (f" ({by})" if by != ":RemoteStop" else ""), "info")
+    if info.get("state") == STOPPED:
+        engine.message(f"run {run_id} stopped" + (f" ({by})" if by != ":RemoteStop" else ""), "info")
+    else:   # it had ended by itself: never called "stopped"
+        engine.message(f"run {run_id} had already ended ({info.get('state')}, exit {info.get('code')})", "info")
     return rec.summary()
 
 

@@ -26,6 +26,7 @@ class Launch:
     command: str                                                   # the shell command line on the remote
     mounts: list[tuple[str, str]] = field(default_factory=list)     # (remote path, container path), read-only
     publish: list[int] = field(default_factory=list)               # ports published on the remote's 127.0.0.1
+    env: dict[str, str] = field(default_factory=dict)              # secrets: in the environment, never argv
 
 
 class ProjectView(Protocol):
@@ -50,7 +51,7 @@ class ProcessRunner:
     name = "process"
 
     async def spec(self, proj: ProjectView, sess: TargetSession, run_id: str, launch: Launch) -> dict[str, Any]:
-        return {"cmd": launch.command, "env": dict(sess.target.env), "meta": {}}
+        return {"cmd": launch.command, "env": {**sess.target.env, **launch.env}, "meta": {}}
 
     def extra_quickfix(self, proj: ProjectView, sess: TargetSession, text: str) -> list[dict[str, Any]]:
         return []

