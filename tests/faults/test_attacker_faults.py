@@ -73,6 +73,8 @@ def test_pool_debug_run_under_attack(user_remote, mallory, tmp_path, nvim, dap, 
         dap.breakpoint(main, 6)                          # y = x * 10, in the workers only
         run_id = debug(nvim, proj, main, "python3 main.py spawn")
         stops = dap.stopped_sessions(2, 120)
+        # the run's local listener (this Neovim's side, e.g. on a shared login node)
+        local = mallory.try_port("127.0.0.1", nvim.events("RemoteDevDebugReady")[-1]["data"]["port"])
         assert all((s["stop"]["path"], s["stop"]["line"]) == (str(main), 6) for s in stops), stops
         assert sorted(dap.evaluate_in(s["id"], "x") for s in stops) == ["1", "2"]
         loose = loose_modes(remote.cache / "runs" / run_id)
@@ -86,3 +88,4 @@ def test_pool_debug_run_under_attack(user_remote, mallory, tmp_path, nvim, dap, 
     finally:
         got = mallory.stop()
     attacked(figures, remote, "pool debug run", got, loose)
+    assert local["tried"] == 1 and local["answered"] == 0, f"the local listener answered another user: {local}"

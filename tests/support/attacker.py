@@ -151,6 +151,10 @@ def watch():
             last = time.time()
         time.sleep(0.005)
 
+if uid == "once":   # one given port: once 127.0.0.1 PORT
+    attack(socket.AF_INET, paths[0], int(paths[1]))
+    print(json.dumps(stats), flush=True)
+    sys.exit(0)
 threading.Thread(target=watch, daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()
@@ -196,6 +200,13 @@ class Mallory:
         self.proc.wait(30)
         self.proc = None
         return json.loads(out.strip().splitlines()[-1])
+
+    def try_port(self, host: str, port: int) -> dict[str, Any]:
+        """She connects to one given port at once (a listener of a user she cannot aim at
+        by uid without hitting this machine's other users: root's)."""
+        res = subprocess.run(["runuser", "-u", self.name, "--", "/usr/bin/python3", "-I", "-c", ATTACK, "once", "",
+                              host, str(port)], capture_output=True, text=True, timeout=60, cwd="/")
+        return json.loads(res.stdout.strip().splitlines()[-1])
 
     def remove(self) -> None:
         from support.remote import remove_user

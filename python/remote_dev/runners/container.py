@@ -51,8 +51,8 @@ def run_argv(engine: str, name: str, image: str, remote_root: str, target: Targe
         argv += ["-e", f"REMOTE_DEV_RUN_ID={run_id}"]
     for src, dst in mounts or []:
         argv += ["-v", f"{src}:{dst}:ro"]
-    for key, value in target.env.items():
-        argv += ["-e", f"{key}={value}"]
+    for key in target.env:   # the value comes from the engine's environment: never on a command line
+        argv += ["-e", key]
     for port in publish or []:
         argv += ["-p", f"127.0.0.1:{port}:{port}"]
     argv += gpu_args(engine, c.gpus)
