@@ -7,7 +7,10 @@ answered, no attach, no evaluate, no file, no secret. The figures go to the Guar
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,9 +19,10 @@ import pytest
 from conftest import require, run_processes, wait_for
 from support.attacker import Mallory
 from support.remote import Remote
+from support.slurm import SlurmCluster, slurm_available
 
 from test_debug_nvim import run_buffer, run_exit
-from test_debug_ranks import POOL, continue_all, debug
+from test_debug_ranks import POOL, RANK_LINE, RANKS, continue_all, debug
 
 from .conftest import FaultProject
 
@@ -29,6 +33,23 @@ def mallory() -> Iterator[Mallory]:
     m = Mallory()
     yield m
     m.remove()
+
+
+@pytest.fixture(scope="module")
+def user_cluster() -> Iterator[SlurmCluster]:
+    """The loopback Slurm cluster in a folder the unprivileged victim can read (its
+    slurm.conf, munge's socket)."""
+    reason = slurm_available()
+    require(reason is None, f"slurm: {reason}")
+    base = tempfile.mkdtemp(prefix="rdslurm-")
+    os.chmod(base, 0o755)
+    c = SlurmCluster(os.path.join(base, "c"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def victim_project(tmp_path: Path, remote: Remote, name: str = "proj", **target: Any) -> FaultProject:
@@ -89,3 +110,32 @@ def test_pool_debug_run_under_attack(user_remote, mallory, tmp_path, nvim, dap, 
         got = mallory.stop()
     attacked(figures, remote, "pool debug run", got, loose)
     assert local["tried"] == 1 and local["answered"] == 0, f"the local listener answered another user: {local}"
+
+
+def test_srun_two_rank_debug_run_under_attack(user_remote, mallory, tmp_path, nvim, dap, figures, user_cluster):
+    """`srun python3 main.py` in a job of 2 tasks (the victim's): each rank stops at the
+    owner's breakpoint in its own session while mallory tries every new socket."""
+    remote = user_remote
+    proj = victim_project(tmp_path, remote, runner="slurm", env=dict(user_cluster.env))
+    (proj.root / ".remote-dev.toml").write_text((proj.root / ".remote-dev.toml").read_text()
+                                                + '\n[targets.test.slurm]\nargs = ["--ntasks=2"]\n')
+    main = proj.write("main.py", RANKS)
+    mallory.start(remote.uid, [str(remote.cache)])
+    try:
+        dap.breakpoint(main, RANK_LINE)
+        run_id = debug(nvim, proj, main, "srun python3 main.py")
+        stops = dap.stopped_sessions(2, 180)
+        host = socket.gethostname()
+        assert sorted(s["name"] for s in stops) == [f"remote_dev {run_id} rank {r} @ {host}" for r in (0, 1)]
+        for s in stops:
+            assert (s["stop"]["path"], s["stop"]["line"]) == (str(main), RANK_LINE)
+            assert dap.evaluate_in(s["id"], "rank") == s["name"].split(" rank ")[1].split()[0]
+        loose = loose_modes(remote.cache / "runs" / run_id)
+        continue_all(dap, stops)
+        assert run_exit(nvim, run_id, 120)["code"] == 0
+        loose += loose_modes(remote.cache / "runs" / run_id)
+        dap.wait_no_session()
+        wait_for(lambda: user_cluster.squeue() == [], 30, what="empty queue")
+    finally:
+        got = mallory.stop()
+    attacked(figures, remote, "srun 2-rank debug run", got, loose)
