@@ -5,12 +5,17 @@ from another host must open with the run's secret. This machine has no second ho
 that path the owner lookup is told the peer is not local (said in the test)."""
 from __future__ import annotations
 
+import re
 import socket
 import threading
+import time
 
 import pytest
 
+from conftest import events, wait_for
+
 from remote_dev.agent.remote import debug_boot
+from remote_dev.errors import RemoteDevError
 
 
 def listener(token: str) -> debug_boot.GuardedListener:
@@ -101,3 +106,34 @@ def test_the_adapter_is_found_by_its_command_line():
         == "/c/debugpy/1.8.22-x/debugpy"
     assert debug_boot.adapter_package(["python3", "-m", "debugpy.adapter"]) == ""
     assert debug_boot.adapter_package(["python3", "main.py"]) is None
+
+
+def messages(engine) -> list[str]:
+    return [p["text"] for k, p in engine.reports if k == "message"]
+
+
+def test_a_process_that_cannot_start_its_debugger_says_so_at_once(engine, make_project):
+    """debugpy cannot listen (an address of no interface here, REMOTE_DEV_DEBUG_ADDR): the
+    debug request fails at once naming the process and host, the run goes on undebugged (the
+    user decides), and nothing calls it stopped."""
+    proj = make_project(target={"env": {"REMOTE_DEV_DEBUG_ADDR": "203.0.113.7"}})
+    proj.write("main.py", "import time\nprint('working', flush=True)\ntime.sleep(30)\n")
+    started = time.monotonic()
+    with pytest.raises(RemoteDevError) as e:
+        engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=120)
+    assert time.monotonic() - started < 30                  # not at the end of the run
+    assert re.search(rf"run \S+: pid \d+ on {socket.gethostname()} runs WITHOUT the debugger: RuntimeError: .*:RemoteStop",
+                     e.value.message), e.value.message
+    run_id = e.value.message.split()[1].rstrip(":")
+    assert not any(ex["id"] == run_id for ex in events(engine, "RemoteDevRunExit"))   # it goes on
+    assert not any("stopped" in m for m in messages(engine)), messages(engine)
+    engine.call_sync("stop", {"cwd": str(proj.root)}, {"id": run_id}, timeout=60)
+    wait_for(lambda: any(ex["id"] == run_id for ex in events(engine, "RemoteDevRunExit")), 30)
+
+
+def test_a_debug_run_that_ends_by_itself_is_not_called_stopped(engine, make_project):
+    proj = make_project()
+    with pytest.raises(RemoteDevError) as e:
+        engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "sh -c 'exit 3'"}, timeout=120)
+    assert "ended (exit 3)" in e.value.message, e.value.message
+    assert not any("stopped" in m for m in messages(engine)), messages(engine)

@@ -189,15 +189,17 @@ class DebugRun:
             ep.proxy.close()
         return ep
 
-    async def new_endpoints(self, run: RunRecord, timeout: float) -> tuple[list[Endpoint], bool]:
-        """Endpoints written since the last look (a long poll), and whether the run goes on."""
+    async def new_endpoints(self, run: RunRecord, timeout: float, say: bool = True) -> tuple[list[Endpoint], bool]:
+        """Endpoints written since the last look (a long poll), and whether the run goes on.
+        A process that could not start its debugger is said at once (say), by pid and rank."""
         known = sorted([f"{key}.json" for key in self.endpoints] + list(self.failed))
         res = await self.sess.call("run_endpoints", run.id, known, timeout)
         out = []
         for name, info in res["found"]:
             if name.endswith(".failed"):
                 self.failed[name] = info
-                self.engine.message(undebugged_message(run, info), "error")
+                if say:
+                    self.engine.message(undebugged_message(run, info), "error")
                 continue
             ep = Endpoint.from_file(name, info, first=not self.endpoints and not out)
             if ep.key not in self.endpoints:
@@ -220,11 +222,14 @@ class DebugRun:
         # a queued job or a slow launcher may take long: wait while the run goes on
         waited = 0.0
         while True:
-            found, live = await self.new_endpoints(run, POLL)
+            failed_before = len(self.failed)
+            found, live = await self.new_endpoints(run, POLL, say=False)
             if found:
+                for info in list(self.failed.values())[failed_before:]:
+                    self.engine.message(undebugged_message(run, info), "error")
                 return found
-            if self.failed and not self.endpoints:
-                # its process runs on without the debugger (said already): the user decides
+            if self.failed:
+                # its process runs on without the debugger: the user decides (:RemoteStop)
                 raise DebugFailed(undebugged_message(run, next(iter(self.failed.values()))))
             info = await sess.call("run_info", run.id)
             if not live or not is_live(info.get("state", "")):
