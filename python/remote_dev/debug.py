@@ -180,9 +180,12 @@ class DebugRun:
     async def listen(self, ep: Endpoint) -> Endpoint:
         """The local listener in front of an endpoint."""
         # a debuggee on another node than the agent's takes connections that open with the run's secret
+        # a debuggee on another node than the agent's, or in a container's own network, takes
+        # connections that open with the run's secret (debug_boot's guard)
         remote_node = ep.node is not None and ep.node != self.sess.hello["host"]
+        elsewhere = (remote_node and bool(self.plan.boot)) or self.plan.publish
         ep.proxy = DapProxy(self.sess, ep.dest_host, ep.port, self.client_ended, intercept=self.terminate_stops_run,
-                            secret=self.plan.token if remote_node and self.plan.boot else None)
+                            secret=self.plan.token if elsewhere else None)
         await ep.proxy.start()
         self.endpoints[ep.key] = ep
         if self.closed:   # the run ended meanwhile

@@ -42,6 +42,7 @@ from .errors import RemoteDevError
 from .runners import Launch
 
 CONTAINER_DEBUGPY = "/opt/remote-dev/debugpy"
+CONTAINER_BOOT = "/opt/remote-dev/boot"
 SKIP_SUFFIXES = (".pyc", ".pyo", ".dll", ".exe", ".pdb", ".dylib")
 PYTHON_WORD = re.compile(r"^(?:.*/)?python[0-9.]*$")
 BOOT_SOURCE = Path(__file__).resolve().parent / "agent" / "remote" / "debug_boot.py"
@@ -135,7 +136,8 @@ def exports(env: list[str]) -> str:
     return "".join(f"export {shlex.quote(w)}; " for w in env)
 
 
-def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str | None) -> str:
+def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str | None,
+                  boot: str | None = None) -> str:
     """Direct: cmd rewritten to start under debugpy, waiting for the client:
     `python [opts] script args` / `python -m mod args` -> `python -m debugpy ... script args`;
     any other program (pytest, a console script) runs as `python -m debugpy ... -m prog`."""
@@ -159,7 +161,10 @@ def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str
     supply = ""
     if pythonpath:
         supply = (f"{check} || export PYTHONPATH={shlex.quote(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; ")
-    return f"export PYDEVD_DISABLE_FILE_VALIDATION=1; {exports(env)}{supply}exec {line}"
+    guard = ""
+    if boot:   # the bootstrap guards debugpy's listeners (debug_boot.guard_cli)
+        guard = f"export REMOTE_DEV_DEBUG_GUARD=1 PYTHONPATH={shlex.quote(boot)}${{PYTHONPATH:+:$PYTHONPATH}}; "
+    return f"export PYDEVD_DISABLE_FILE_VALIDATION=1; {exports(env)}{supply}{guard}exec {line}"
 
 
 def boot_command(cmd: str, python: str, env: dict[str, str]) -> str:
@@ -196,6 +201,7 @@ class DebugPlan:
     port: int = 0                          # direct: the debuggee's port
     listen: str = "127.0.0.1"              # direct: the address debugpy binds
     mount: tuple[str, str] | None = None   # (remote debugpy folder, container path)
+    boot_mount: tuple[str, str] | None = None   # (remote bootstrap folder, container path): the guard
     publish: bool = False                  # publish the port on the remote's 127.0.0.1 (own container network)
     token: str = field(default_factory=lambda: secrets.token_hex(32))   # the run's secret (debug_boot's guard)
 
@@ -206,8 +212,9 @@ async def prepare(sess: TargetSession) -> DebugPlan:
     if t.runner != "container":
         pythonpath, boot = await asyncio.gather(ensure_debugpy(sess), ensure_boot(sess))
         return DebugPlan(pythonpath, boot=boot)
-    pythonpath = await ensure_debugpy(sess)
-    plan = DebugPlan(CONTAINER_DEBUGPY, port=await sess.call("free_port"), mount=(pythonpath, CONTAINER_DEBUGPY))
+    pythonpath, boot = await asyncio.gather(ensure_debugpy(sess), ensure_boot(sess))
+    plan = DebugPlan(CONTAINER_DEBUGPY, port=await sess.call("free_port"), mount=(pythonpath, CONTAINER_DEBUGPY),
+                     boot_mount=(boot, CONTAINER_BOOT))
     if not host_network(t.container.args):
         # the container has its own network: listen on its interfaces, published only
         # on the remote's 127.0.0.1
@@ -231,5 +238,7 @@ def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, 
                "REMOTE_DEV_DEBUG_STOP": stop_on_entry, "REMOTE_DEV_DEBUG_WAIT_MAX": f"{wait:g}",
                "PYTHONPATH": plan.boot}
         return Launch(boot_command(command, sess.target.python, env), env={"REMOTE_DEV_DEBUG_TOKEN": plan.token})
-    wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.pythonpath)
-    return Launch(wrapped, mounts=[plan.mount] if plan.mount else [], publish=[plan.port] if plan.publish else [])
+    wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.pythonpath,
+                            plan.boot_mount[1] if plan.boot_mount else None)
+    return Launch(wrapped, mounts=[m for m in (plan.mount, plan.boot_mount) if m],
+                  publish=[plan.port] if plan.publish else [], env={"REMOTE_DEV_DEBUG_TOKEN": plan.token})

@@ -7,6 +7,7 @@ answered, no attach, no evaluate, no file, no secret. The figures go to the Guar
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import stat
@@ -16,11 +17,13 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import require, run_processes, wait_for
-from support.attacker import Mallory
+from conftest import events, require, run_processes, wait_for
+from support.attacker import SECRET_PATTERN, Mallory
+from support.podman import TEST_IMAGE, podman_env
 from support.remote import Remote
 from support.slurm import SlurmCluster, slurm_available
 
+from test_debug import debug_project, drive_session, image, run_debug  # noqa: F401 - the module's image
 from test_debug_nvim import run_buffer, run_exit
 from test_debug_ranks import POOL, RANK_LINE, RANKS, continue_all, debug
 
@@ -71,10 +74,10 @@ def loose_modes(folder: Path) -> list[str]:
     return out
 
 
-def attacked(figures: Any, remote: Remote, what: str, got: dict[str, int], loose: list[str]) -> None:
+def attacked(figures: Any, user: str, what: str, got: dict[str, int], loose: list[str]) -> None:
     """The figures of one attack, then the guarantee: she tried, and got nothing."""
     won = got["answered"] + got["accepted"] + got["evaluated"] + got["read"] + got["secrets"]
-    figures.add(f"attacker: {what}", remote.kind, got["tried"], won + len(loose),
+    figures.add(f"attacker: {what}", user, got["tried"], won + len(loose),
                 note=f"tried {got['tried']} / answered {got['answered']} / attach {got['accepted']} / "
                      f"evaluate {got['evaluated']} / read {got['read']} / secrets {got['secrets']}")
     assert got["tried"] >= 2, f"the attacker found nothing to try: {got}"
@@ -108,7 +111,7 @@ def test_pool_debug_run_under_attack(user_remote, mallory, tmp_path, nvim, dap, 
         wait_for(lambda: run_processes(run_id) == [], 30, what="no process of the run left")
     finally:
         got = mallory.stop()
-    attacked(figures, remote, "pool debug run", got, loose)
+    attacked(figures, remote.kind, "pool debug run", got, loose)
     assert local["tried"] == 1 and local["answered"] == 0, f"the local listener answered another user: {local}"
 
 
@@ -138,4 +141,32 @@ def test_srun_two_rank_debug_run_under_attack(user_remote, mallory, tmp_path, nv
         wait_for(lambda: user_cluster.squeue() == [], 30, what="empty queue")
     finally:
         got = mallory.stop()
-    attacked(figures, remote, "srun 2-rank debug run", got, loose)
+    attacked(figures, remote.kind, "srun 2-rank debug run", got, loose)
+
+
+def test_container_debug_run_under_attack(engine, make_project, image, mallory, figures):  # noqa: F811
+    """A debug run in a container with its own network (debugpy listening inside it, its
+    port published on the remote's 127.0.0.1): mallory connects to the published port and
+    to the run's local listener at once and gets no byte; no secret is on a command line;
+    the owner's session stops at the breakpoint (through the run's secret)."""
+    proj, _, util = debug_project(
+        make_project, target={"runner": "container", "env": podman_env()},
+        config_extra=f'\n[targets.test.container]\nengine = "podman"\nimage = "{TEST_IMAGE}"\nworkdir = "/workspace"\n')
+    res = run_debug(engine, proj)
+    got = {"tried": 0, "answered": 0, "accepted": 0, "evaluated": 0, "read": 0, "secrets": 0}
+    for port in (res["remote_port"], res["port"]):
+        for key, n in mallory.try_port("127.0.0.1", port).items():
+            got[key] += n
+    got["secrets"] = len([pid for pid in run_processes(res["id"]) if secret_on_command_line(pid)])
+    drive_session(res["config"], util)
+    ex = wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == res["id"]), None), 60)
+    assert ex["code"] == 0
+    attacked(figures, "root", "container debug run", got, [])
+
+
+def secret_on_command_line(pid: int) -> bool:
+    try:
+        line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return bool(re.search(SECRET_PATTERN, line))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import signal
 import subprocess
 import time
@@ -28,12 +29,13 @@ PREFIX = "rdmallory"
 # What a secret on a command line is written after (debugpy's adapter, Jupyter, ours).
 SECRET_MARKERS = ("--server-access-token", "--adapter-access-token", "--access-token", "--client-access-token",
                   "access_token=", "token=", "REMOTE_DEV_DEBUG_TOKEN", "--IdentityProvider.token", "--key")
+# a long hex string, or a value after a marker (not None)
+SECRET_PATTERN = (r"[0-9a-fA-F]{32,}|(?:%s)[ =:]*['\"]?(?!None\b)[^\s'\",)]{8,}"
+                  % "|".join(re.escape(m) for m in SECRET_MARKERS))
 
 ATTACK = r'''
 import json, os, re, socket, struct, sys, threading, time
-uid, markers, paths = sys.argv[1], [s for s in sys.argv[2].split(",") if s], sys.argv[3:]
-# a long hex string, or a value after a marker (not None, not empty)
-SECRET = "[0-9a-fA-F]{32,}|(?:%s)[ =:]*['\"]?(?!None\\b)[^\\s'\",)]{8,}" % "|".join(re.escape(m) for m in markers)
+uid, SECRET, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
 leaked = set()
 stats = {"tried": 0, "answered": 0, "accepted": 0, "evaluated": 0, "read": 0, "secrets": 0}
 lock = threading.Lock()
@@ -121,7 +123,7 @@ def snoop():
                     count("read")
                 except OSError:
                     pass
-    if markers:
+    if SECRET:
         for pid in os.listdir("/proc"):
             if not pid.isdigit() or pid in leaked:
                 continue
@@ -185,9 +187,9 @@ class Mallory:
                        capture_output=True, timeout=60)
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, victim_uid: int, paths: list[str], markers: tuple[str, ...] = SECRET_MARKERS) -> None:
+    def start(self, victim_uid: int, paths: list[str]) -> None:
         self.proc = subprocess.Popen(["runuser", "-u", self.name, "--", "/usr/bin/python3", "-I", "-c", ATTACK,
-                                      str(victim_uid), ",".join(markers), *paths],
+                                      str(victim_uid), SECRET_PATTERN, *paths],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
         assert self.proc.stdout is not None
         assert self.proc.stdout.readline().strip() == "ready"

@@ -312,7 +312,22 @@ def guard_adapter(argv):
             del sys.path[0]
 
 
-def listen_quietly(debugpy, address):
+def guard_cli(argv):
+    """`python -m debugpy --listen ...` (a container's debug run): its listeners guarded, its
+    adapter started without a secret on its command line."""
+    if main_of(argv) != ("-m", "debugpy"):
+        return
+    import debugpy
+
+    guard_listeners(os.environ.get("REMOTE_DEV_DEBUG_TOKEN", ""))
+    listen = debugpy.listen
+
+    def quiet_listen(address, **kwargs):
+        return listen_quietly(lambda a: listen(a, **kwargs), address)
+    debugpy.listen = quiet_listen
+
+
+def listen_quietly(listen, address):
     """debugpy.listen(address) without the secret it shares with its adapter (and, through
     pydevd, with every subprocess it debugs): debugpy puts it on their command lines, which
     `ps` shows to everyone.  Who may connect is decided by the guard above (the owner's
@@ -323,7 +338,7 @@ def listen_quietly(debugpy, address):
         from debugpy.server import api
         settrace = api._settrace
     except (ImportError, AttributeError):   # another debugpy: its own way, guarded all the same
-        return debugpy.listen(address)
+        return listen(address)
     real = subprocess.Popen
 
     class Popen(real):
@@ -339,7 +354,7 @@ def listen_quietly(debugpy, address):
         return settrace(*args, **kwargs)
     subprocess.Popen, api._settrace = Popen, quiet_settrace
     try:
-        return debugpy.listen(address)
+        return listen(address)
     finally:
         subprocess.Popen, api._settrace = real, settrace
 
@@ -456,7 +471,7 @@ def debug_this_process(folder):
     except Exception as e:   # a debugpy without the listeners we know: not debugged, never exposed
         raise RuntimeError("cannot restrict this debugpy's listeners to their owner (%s: %s)"
                            % (type(e).__name__, e))
-    host, port = listen_quietly(debugpy, (listen_address(), 0))
+    host, port = listen_quietly(debugpy.listen, (listen_address(), 0))
     keep_listening(debugpy, (host, port))
     write_endpoint(folder, {
         "host": socket.gethostname(), "addr": host, "port": port, "pid": os.getpid(), "ppid": os.getppid(),
@@ -496,16 +511,21 @@ def boot():
         sys.stderr.write("Error in sitecustomize; set PYTHONVERBOSE for traceback:\n")
         traceback.print_exc()
     folder = os.environ.get("REMOTE_DEV_DEBUG")
-    if not folder:
+    guard_only = os.environ.get("REMOTE_DEV_DEBUG_GUARD")   # a container's `python -m debugpy --listen`
+    if not folder and not guard_only:
         return
     argv = command_line()
     if left_alone(argv):
         try:
             guard_adapter(argv)
-        except Exception as e:   # an adapter nobody may reach but its owner, or none
-            sys.stderr.write("remote_dev: debugpy's adapter (pid %d) cannot be restricted to its owner: %s: %s\n"
+            if guard_only:
+                guard_cli(argv)
+        except Exception as e:   # a debugpy nobody may reach but its owner, or none
+            sys.stderr.write("remote_dev: debugpy (pid %d) cannot be restricted to its owner: %s: %s\n"
                              % (os.getpid(), type(e).__name__, e))
             os._exit(1)
+        return
+    if not folder:
         return
     try:
         debug_this_process(folder)
