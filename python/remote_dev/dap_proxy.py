@@ -25,13 +25,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from typing import Any, Callable
 
 import asyncssh
 
 from .engine import TargetSession
 from .errors import RemoteDevError
+from .ssh import own_peer
 
 log = logging.getLogger("remote_dev")
 
@@ -183,45 +183,6 @@ class Connection:
         self.close_client()
 
 
-def tcp_owner(peer: tuple[Any, ...], local: tuple[Any, ...]) -> int | None:
-    """The uid owning the socket at peer connected to local when it is a socket of this
-    machine (Linux: /proc/net/tcp names every socket's owner), else None.  The debug
-    bootstrap on the remote does the same for debugpy's listeners (debug_boot.socket_owner)."""
-    import socket
-    import struct
-
-    def spelled(host: str, port: int) -> str:
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        if ":" in host:
-            words = struct.unpack("=4I", socket.inet_pton(socket.AF_INET6, host))
-            return "%08X%08X%08X%08X:%04X" % (*words, port)
-        return "%08X:%04X" % (struct.unpack("=I", socket.inet_aton(host))[0], port)
-    try:
-        want = (spelled(peer[0], peer[1]), spelled(local[0], local[1]))
-    except (OSError, ValueError, IndexError):
-        return None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                for line in f.readlines()[1:]:
-                    fields = line.split()
-                    if len(fields) > 7 and (fields[1], fields[2]) == want:
-                        return int(fields[7])
-        except OSError:
-            continue
-    return None
-
-
-def own_connection(writer: asyncio.StreamWriter) -> bool:
-    """A connection to a local listener from a socket of this user (where the machine says
-    whose a socket is: Linux, e.g. a cluster's login node shared by hundreds of users)."""
-    if not os.path.exists("/proc/net/tcp"):
-        return True
-    peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
-    return peer is not None and local is not None and tcp_owner(peer, local) == os.getuid()
-
-
 class DapProxy:
     """A localhost listener forwarding DAP connections to dest_host:dest_port as the remote
     sees it; ``on_end(command)`` is called when a client ends the program (see the module
@@ -249,7 +210,8 @@ class DapProxy:
         return self.server is not None
 
     async def serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if not own_connection(client_w):
+        peer, local = client_w.get_extra_info("peername"), client_w.get_extra_info("sockname")
+        if not own_peer(peer, local):
             log.warning("debug listener of %s:%s: a connection of another local user refused", self.dest_host,
                         self.dest_port)
             client_w.close()

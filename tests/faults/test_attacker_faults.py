@@ -12,6 +12,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -74,13 +75,13 @@ def loose_modes(folder: Path) -> list[str]:
     return out
 
 
-def attacked(figures: Any, user: str, what: str, got: dict[str, int], loose: list[str]) -> None:
+def attacked(figures: Any, user: str, what: str, got: dict[str, int], loose: list[str], least: int = 2) -> None:
     """The figures of one attack, then the guarantee: she tried, and got nothing."""
     won = got["answered"] + got["accepted"] + got["evaluated"] + got["read"] + got["secrets"]
     figures.add(f"attacker: {what}", user, got["tried"], won + len(loose),
                 note=f"tried {got['tried']} / answered {got['answered']} / attach {got['accepted']} / "
                      f"evaluate {got['evaluated']} / read {got['read']} / secrets {got['secrets']}")
-    assert got["tried"] >= 2, f"the attacker found nothing to try: {got}"
+    assert got["tried"] >= least, f"the attacker found nothing to try: {got}"
     assert won == 0, got
     assert loose == [], loose
 
@@ -170,3 +171,28 @@ def secret_on_command_line(pid: int) -> bool:
     except OSError:
         return False
     return bool(re.search(SECRET_PATTERN, line))
+
+
+def test_forward_under_attack(engine, make_project, mallory, figures):
+    """A :RemoteForward's local port (on a shared login node, where Neovim runs): mallory
+    connects and gets nothing of the remote service; its owner does."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.sendall(b"hello from the remote\n")
+            c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        proj = make_project()
+        fwd = engine.call_sync("forward", {"cwd": str(proj.root)}, {"port": srv.getsockname()[1]}, timeout=60)
+        got = mallory.try_port("127.0.0.1", fwd["local_port"])
+        with socket.create_connection(("127.0.0.1", fwd["local_port"]), timeout=5) as c:
+            assert c.recv(100) == b"hello from the remote\n"     # the owner still gets through
+    finally:
+        srv.close()
+    attacked(figures, "root", "forward's local port", got, [], least=1)
