@@ -196,3 +196,24 @@ def test_forward_under_attack(engine, make_project, mallory, figures):
     finally:
         srv.close()
     attacked(figures, "root", "forward's local port", got, [], least=1)
+
+
+def test_shell_under_attack(user_remote, mallory, tmp_path, engine, figures):
+    """A :RemoteShell of the victim (tmux on the user's own socket): mallory cannot connect
+    to its server nor read what the plugin keeps, and sees no secret."""
+    remote = user_remote
+    proj = victim_project(tmp_path, remote)
+    ctx = {"cwd": str(proj.root)}
+    engine.call_sync("push", ctx, {}, timeout=60)
+    engine.call_sync("shell_open", ctx, {"id": 1, "name": "main", "cols": 100, "rows": 30}, timeout=60)
+    engine.call_sync("shell_input", ctx, {"id": 1, "data": 'echo "SOCK=${TMUX%%,*}"\r'})
+    shown = lambda: b"".join(p["data"] for k, p in engine.reports if k == "shell_output").decode(errors="replace")  # noqa: E731
+    tmux_dir = os.path.dirname(wait_for(lambda: re.search(r"SOCK=(/\S+)", shown()), 20, what="the tmux socket").group(1))
+    mallory.start(remote.uid, [str(remote.cache), tmux_dir])
+    try:
+        engine.call_sync("shell_input", ctx, {"id": 1, "data": "echo private-$((6*7))\r"})
+        wait_for(lambda: "private-42" in shown(), 20)
+    finally:
+        got = mallory.stop()
+        engine.call_sync("shell_kill", ctx, {"name": "main"}, timeout=60)
+    attacked(figures, remote.kind, "shell", got, loose_modes(remote.cache / "shells"), least=1)

