@@ -51,6 +51,21 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
     stop_sshd(s)
 
 
+@pytest.fixture(scope="session")
+def mfa(tmp_path_factory: pytest.TempPathFactory):
+    """A cluster's two-factor login (support/mfa.py): the key, then a one-time code."""
+    from support.mfa import pam_module_installed, start_mfa, stop_mfa
+    require(os.geteuid() == 0, "the two-factor sshd writes /etc/pam.d/<its name> and makes a user: run as root")
+    require(pam_module_installed(), "pam_google_authenticator.so missing; scripts/setup installs libpam-google-authenticator")
+    try:
+        import pyotp  # noqa: F401
+    except ImportError:
+        require(False, "pyotp missing; it is in the test extra of pyproject.toml")
+    m = start_mfa(tmp_path_factory.mktemp("mfa"))
+    yield m
+    stop_mfa(m)
+
+
 @pytest.fixture(autouse=True)
 def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Local state (sync records, logs) of each test in its own folder."""

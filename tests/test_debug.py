@@ -13,6 +13,7 @@ from conftest import events, require, run_processes, wait_for
 
 from support.dap import DapClient
 from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
+from support.pythons import pyenv_python
 
 from remote_dev.dap_proxy import ends_debuggee
 from remote_dev.errors import RemoteDevError
@@ -219,20 +220,34 @@ def test_ends_debuggee():
 def test_command_rewrite():
     """Direct (containers with their own network): the command rewritten to start under
     `python -m debugpy`; a launcher there is refused with a message naming it."""
-    cmd = debug_command("python3 -u train.py --lr 1", "python3", "127.0.0.1", 5678, None)
+    cmd = debug_command("python3 -u train.py --lr 1", "python3", "127.0.0.1", 5678, [])
     assert "exec python3 -Xfrozen_modules=off -u -m debugpy --listen 127.0.0.1:5678 --wait-for-client train.py --lr 1" in cmd
-    cmd = debug_command("pytest -x tests", "python3", "127.0.0.1", 5678, "/c/dbg")
+    cmd = debug_command("pytest -x tests", "python3", "127.0.0.1", 5678, [((3, 10), "/c/dbg")])
     assert "-m debugpy --listen 127.0.0.1:5678 --wait-for-client -m pytest -x tests" in cmd
-    assert "export PYTHONPATH=/c/dbg" in cmd
-    cmd = debug_command("OMP_NUM_THREADS=1 python -m pkg.train", "python3", "0.0.0.0", 1, None)
+    assert "_rd_debugpy=/c/dbg;" in cmd and 'export PYTHONPATH="$_rd_debugpy' in cmd
+    cmd = debug_command("OMP_NUM_THREADS=1 python -m pkg.train", "python3", "0.0.0.0", 1, [])
     assert "export OMP_NUM_THREADS=1; exec python -Xfrozen_modules=off -m debugpy --listen 0.0.0.0:1 " \
            "--wait-for-client -m pkg.train" in cmd
     # the command's own variables reach the program: the line up to its exec, then `env`
-    cmd = debug_command("GREETING='a b' python3 x.py", "python3", "127.0.0.1", 1, None)
+    cmd = debug_command("GREETING='a b' python3 x.py", "python3", "127.0.0.1", 1, [])
     out = subprocess.run(["sh", "-c", cmd.rsplit("exec ", 1)[0] + "exec env"], capture_output=True, text=True)
     assert "GREETING=a b" in out.stdout.splitlines()
     with pytest.raises(RemoteDevError, match="`torchrun` .a launcher. in a container"):
-        debug_command("torchrun --nproc-per-node 2 x.py", "python3", "0.0.0.0", 1, None)
+        debug_command("torchrun --nproc-per-node 2 x.py", "python3", "0.0.0.0", 1, [])
+
+
+@pytest.mark.parametrize("minor,want", [(9, "/c/debugpy-old"), (12, "/c/debugpy")])
+def test_a_container_python_without_debugpy_gets_the_newest_that_runs_on_it(minor, want):
+    """Direct: the debugpys mounted into a container, newest first; the command line puts
+    on PYTHONPATH the first whose oldest Python the interpreter meets (run here by real
+    Pythons 3.9 and 3.12)."""
+    python = pyenv_python(minor)
+    require(python is not None, f"Python 3.{minor} under ~/.pyenv/versions")
+    cmd = debug_command(f"{python} x.py", str(python), "127.0.0.1", 1,
+                        [((3, 10), "/c/debugpy"), ((3, 8), "/c/debugpy-old")])
+    out = subprocess.run(["sh", "-c", cmd.rsplit("exec ", 1)[0] + "exec env"], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert f"PYTHONPATH={want}" in out.stdout.splitlines(), (cmd, out.stdout[-500:], out.stderr)
 
 
 def boot_env(cmd, env=None):

@@ -77,11 +77,11 @@ def test_breakpoint_step_evaluate_and_natural_end(nvim, dap, make_project):
     assert local_listener_closed(ready["port"])
 
 
-def flow_breakpoint_evaluate_natural_end(nvim, dap, proj, main, util, timeout=120):
+def flow_breakpoint_evaluate_natural_end(nvim, dap, proj, main, util, timeout=120, command="python3 main.py"):
     """A breakpoint on the local file is hit, evaluate works, continue runs to the end: the
     program's own exit code 0, no quickfix entry, the session and the listener gone."""
     dap.breakpoint(util, 2)
-    start(nvim, proj, main)
+    start(nvim, proj, main, command)
     ready = nvim.wait_event("RemoteDevDebugReady", timeout)
     frame = dap.stopped(1, timeout)
     assert (frame["path"], frame["line"], frame["run"]) == (str(util), 2, ready["id"])

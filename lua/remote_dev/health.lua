@@ -12,10 +12,10 @@ end
 function M.check()
   vim.health.start('remote_dev: local side')
   local v = vim.version()
-  if vim.fn.has('nvim-0.10') == 1 then
+  if vim.fn.has('nvim-0.11') == 1 then
     vim.health.ok(('Neovim %d.%d.%d'):format(v.major, v.minor, v.patch))
   else
-    vim.health.error(('Neovim %d.%d.%d is too old: remote_dev needs 0.10 or newer'):format(v.major, v.minor, v.patch))
+    vim.health.error(('Neovim %d.%d.%d is too old: remote_dev needs 0.11 or newer (the version it is tested with)'):format(v.major, v.minor, v.patch))
   end
   if vim.fn.has('python3') ~= 1 then
     vim.health.error('no python3 provider', {

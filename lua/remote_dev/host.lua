@@ -116,6 +116,7 @@ local reports = {
   shell_state = function(p) require('remote_dev.shell').on_state(p) end,
   kernel_output = function(p) require('remote_dev.kernel').on_output(p) end,
   kernel_error = function(p) require('remote_dev.kernel').on_error(p) end,
+  login = function(p) require('remote_dev.login').ask(p) end,
 }
 
 --- Everything the host sends: ("resolve", id, err, result) answers a request;

@@ -45,12 +45,23 @@ function M.status()
   return vim.deepcopy(lazy.host.status_of(lazy.host.project_root()) or {})
 end
 
+--- ', since 09:12 (3 h 5 min)' for a connection up since epoch seconds t ('' without),
+--- and how when not a login of our own (', through your OpenSSH master connection (...)').
+local function since(t, via)
+  if type(t) ~= 'number' then
+    return ''
+  end
+  local mins = math.floor(math.max(0, os.time() - t) / 60)
+  local how = type(via) == 'string' and (', through ' .. via) or ''
+  return (', since %s (%d h %d min)%s'):format(os.date('%H:%M', math.floor(t)), math.floor(mins / 60), mins % 60, how)
+end
+
 local function status_lines(s)
   local lines = {
     ('target      %s (%s runner)  [%s]'):format(s.target, s.runner, table.concat(s.targets or {}, ', ')),
     ('host        %s%s'):format(s.host, s.remote_host and (' (' .. s.remote_host .. ')') or ''),
     ('remote_root %s'):format(s.remote_root),
-    ('connected   %s'):format(s.connected and 'yes' or ('no' .. (s.error and (': ' .. s.error) or ''))),
+    ('connected   %s'):format(s.connected and ('yes' .. since(s.connected_since, s.connected_via)) or ('no' .. (s.error and (': ' .. s.error) or ''))),
     ('python      %s'):format(s.python or '?'),
     ('agent       %s'):format(s.agent or '?'),
     ('round trip  %s'):format(s.rtt_ms and (s.rtt_ms .. ' ms') or '?'),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from .actions import ACTIONS
@@ -22,7 +24,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"target      {s['target']} ({s['runner']} runner)  [{', '.join(s.get('targets') or [])}]",
         f"host        {s['host']}" + (f" ({s['remote_host']})" if s.get("remote_host") else ""),
         f"remote_root {s['remote_root']}",
-        f"connected   {'yes' if s['connected'] else 'no' + (': ' + s['error'] if s.get('error') else '')}",
+        f"connected   {'yes' + since(s) if s['connected'] else 'no' + (': ' + s['error'] if s.get('error') else '')}",
         f"python      {s.get('python') or '?'}",
         f"agent       {s.get('agent') or '?'}",
         f"round trip  {str(s['rtt_ms']) + ' ms' if s.get('rtt_ms') is not None else '?'}",
@@ -31,6 +33,16 @@ def format_status(s: dict[str, Any]) -> str:
         f"runs        {len(s.get('runs') or [])} ({live} live)",
     ]
     return "\n".join(lines)
+
+
+def since(s: dict[str, Any]) -> str:
+    """', since 09:12 (3 h 5 min)': when the login now serving was made."""
+    t = s.get("connected_since")
+    if not t:
+        return ""
+    mins = int(max(0, time.time() - t) // 60)
+    via = f", through {s['connected_via']}" if s.get("connected_via") else ""
+    return f", since {time.strftime('%H:%M', time.localtime(t))} ({mins // 60} h {mins % 60} min){via}"
 
 
 _ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("'"): "\\'"}
@@ -93,6 +105,35 @@ class Printer:
             return self.exits[run_id]
 
 
+def terminal_prompter(challenge: dict[str, Any], reply: Any) -> None:
+    """A server's login prompts on the terminal (echo off where the server says so), asked
+    in a thread of their own: the engine's loop never waits on the person."""
+    def ask() -> None:
+        answers: list[str] | None = []
+        try:
+            with open("/dev/tty", "w") as tty, open("/dev/tty") as keys:
+                head = [f"remote-dev: login to {challenge['host']} as {challenge['user']}", challenge.get("why"),
+                        challenge.get("name"), challenge.get("instructions")]
+                tty.write("\n".join(str(h).rstrip("\n") for h in head if h) + "\n")
+                tty.flush()
+                for p in challenge["prompts"]:
+                    if p["echo"]:
+                        tty.write(p["text"])
+                        tty.flush()
+                        line = keys.readline()
+                        answer = line.rstrip("\n") if line else None
+                    else:
+                        answer = getpass.getpass(p["text"]) or None
+                    if answer is None:
+                        answers = None
+                        break
+                    answers.append(answer)
+        except (OSError, EOFError, KeyboardInterrupt):
+            answers = None
+        reply(answers)
+    threading.Thread(target=ask, name="remote-dev-login", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="remote-dev", description=__doc__)
     parser.add_argument("-C", "--directory", default=os.getcwd(), help="project folder (default: cwd)")
@@ -121,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     printer = Printer(quiet=args.json)
-    engine = Engine(report=printer, actions=ACTIONS)
+    # On a terminal a server's prompts (a one-time code) are asked there; elsewhere (a pipe,
+    # a cron job) no one can answer them and the login fails with one line saying so.
+    engine = Engine(report=printer, actions=ACTIONS, prompter=terminal_prompter if sys.stdin.isatty() else None)
     ctx = {"cwd": os.path.abspath(args.directory)}
     try:
         result = dispatch(engine, printer, ctx, args)

@@ -16,20 +16,24 @@ Two ways, chosen by the runner:
 * direct (containers with their own network): ``python -m debugpy --listen ADDR:PORT
   --wait-for-client`` at a port chosen beforehand and published on the remote's 127.0.0.1.
 
-When the remote (or container) Python lacks debugpy, the one from the plugin's own
-environment is uploaded once, content-addressed, and put on PYTHONPATH (mounted read-only
-into containers); the bootstrap adds it after the program's own paths.
+When the remote (or container) Python lacks debugpy, the plugin's own is uploaded once,
+content-addressed, and put on PYTHONPATH (mounted read-only into containers); the bootstrap
+adds it after the program's own paths.  The plugin has two: its environment's, and the last
+release that runs on Python 3.8 and 3.9 (``OLDER_DEBUGPY``); a remote gets the newest its
+Python runs, a container both (the command line picks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
 import os
 import posixpath
 import re
 import shlex
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +59,54 @@ LAUNCHERS = frozenset(("srun", "mpirun", "mpiexec", "orterun", "torchrun", "deep
 SHELL_SYNTAX = re.compile(r"[;&|<>()`$]")
 
 
-def debugpy_files() -> list[tuple[str, Path]]:
-    base = Path(debugpy.__file__).parent
+# debugpy for remotes whose Python the newest debugpy no longer supports (1.8.22 needs
+# 3.10; 1.8.21 still runs on 3.8 and 3.9): scripts/install-host puts that release's
+# pure-Python wheel here, at the version of locks/remote-debugpy.txt
+OLDER_DEBUGPY = Path(sys.prefix) / "share" / "remote-dev" / "remote-debugpy"
+
+
+@dataclass(frozen=True)
+class Debugpy:
+    """One debugpy the plugin can upload: its version, the oldest Python it runs on, its
+    package folder."""
+    version: str
+    min_python: tuple[int, int]
+    base: Path
+
+
+def min_python(requires: str | None) -> tuple[int, int]:
+    """The oldest Python a Requires-Python admits (">=3.10" -> (3, 10)); (3, 0) when it
+    names none."""
+    found = re.search(r">=\s*3\.(\d+)", requires or "")
+    return (3, int(found.group(1))) if found else (3, 0)
+
+
+def debugpys() -> list[Debugpy]:
+    """The debugpys the plugin has, newest first: its own environment's, then the older
+    release kept for older remote Pythons (when scripts/install-host put it there)."""
+    out = [Debugpy(debugpy.__version__, min_python(importlib.metadata.metadata("debugpy").get("Requires-Python")),
+                   Path(debugpy.__file__).parent)]
+    for info in sorted(OLDER_DEBUGPY.glob("debugpy-*.dist-info")):
+        meta = importlib.metadata.PathDistribution(info).metadata
+        out.append(Debugpy(meta["Version"], min_python(meta.get("Requires-Python")), OLDER_DEBUGPY / "debugpy"))
+    return out
+
+
+def debugpy_for(python: str, host: str) -> Debugpy:
+    """The newest debugpy that runs on the remote's Python (its "3.9.18"), or one clear line."""
+    version = tuple(int(x) for x in python.split(".")[:2])
+    have = debugpys()
+    for d in have:
+        if version >= d.min_python:
+            return d
+    oldest = have[-1]
+    raise RemoteDevError(f"debugging on {host} (Python {python}) needs a debugpy for Python "
+                         f"{version[0]}.{version[1]}; the plugin has debugpy {oldest.version} (Python >= "
+                         f"{oldest.min_python[0]}.{oldest.min_python[1]}): run scripts/install-host, which installs "
+                         f"the release of locks/remote-debugpy.txt for older Pythons")
+
+
+def debugpy_files(base: Path) -> list[tuple[str, Path]]:
     out = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = [d for d in dirnames if d != "__pycache__"]
@@ -68,8 +118,8 @@ def debugpy_files() -> list[tuple[str, Path]]:
     return sorted(out)
 
 
-def debugpy_digest(files: list[tuple[str, Path]]) -> str:
-    h = hashlib.sha256(debugpy.__version__.encode())
+def debugpy_digest(version: str, files: list[tuple[str, Path]]) -> str:
+    h = hashlib.sha256(version.encode())
     for rel, full in files:
         h.update(f"{rel}\0{full.stat().st_size}\0".encode())
     return h.hexdigest()[:16]
@@ -103,13 +153,14 @@ async def upload_once(sess: TargetSession, base: str, files: list[tuple[str, Pat
     return base
 
 
-async def ensure_debugpy(sess: TargetSession) -> str:
-    """Upload the plugin's debugpy (once per content) into the remote cache; returns the
-    folder to put on PYTHONPATH."""
-    files = await asyncio.to_thread(debugpy_files)
-    digest = debugpy_digest(files)
-    base = posixpath.join(sess.hello["cache_dir"], "debugpy", f"{debugpy.__version__}-{digest}")
-    return await upload_once(sess, base, list(files), f"debugpy {debugpy.__version__}")
+async def ensure_debugpy(sess: TargetSession, which: Debugpy | None = None) -> str:
+    """Upload a debugpy (once per content) into the remote cache; returns the folder to put
+    on PYTHONPATH.  which: by default the newest that runs on the remote's Python."""
+    d = which or debugpy_for(sess.hello["python"], sess.target.host)
+    files = await asyncio.to_thread(debugpy_files, d.base)
+    digest = debugpy_digest(d.version, files)
+    base = posixpath.join(sess.hello["cache_dir"], "debugpy", f"{d.version}-{digest}")
+    return await upload_once(sess, base, list(files), f"debugpy {d.version}")
 
 
 async def ensure_boot(sess: TargetSession) -> str:
@@ -136,11 +187,13 @@ def exports(env: list[str]) -> str:
     return "".join(f"export {shlex.quote(w)}; " for w in env)
 
 
-def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str | None,
+def debug_command(cmd: str, python: str, listen: str, port: int, supplied: list[tuple[tuple[int, int], str]],
                   boot: str | None = None) -> str:
     """Direct: cmd rewritten to start under debugpy, waiting for the client:
     `python [opts] script args` / `python -m mod args` -> `python -m debugpy ... script args`;
-    any other program (pytest, a console script) runs as `python -m debugpy ... -m prog`."""
+    any other program (pytest, a console script) runs as `python -m debugpy ... -m prog`.
+    supplied: (oldest Python, folder) of the debugpys mounted into the container, newest
+    first: when its Python lacks debugpy, the first that runs on it goes on PYTHONPATH."""
     env, words = split_command(cmd)
     if PYTHON_WORD.match(words[0]) or words[0] == python:
         interp, rest = words[0], words[1:]
@@ -159,8 +212,13 @@ def debug_command(cmd: str, python: str, listen: str, port: int, pythonpath: str
     line = " ".join(shlex.quote(w) for w in dbg)
     check = f"{shlex.quote(interp)} -c 'import debugpy' 2>/dev/null"
     supply = ""
-    if pythonpath:
-        supply = (f"{check} || export PYTHONPATH={shlex.quote(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; ")
+    if supplied:
+        pick = f"_rd_debugpy={shlex.quote(supplied[0][1])}; "
+        for (newer, _), (_, folder) in zip(supplied, supplied[1:]):
+            # older than what the newer one needs: the next one
+            pick += (f"{shlex.quote(interp)} -c 'import sys; sys.exit(sys.version_info < {newer})' "
+                     f"2>/dev/null || _rd_debugpy={shlex.quote(folder)}; ")
+        supply = f'{check} || {{ {pick}export PYTHONPATH="$_rd_debugpy${{PYTHONPATH:+:$PYTHONPATH}}"; }}; '
     guard = ""
     if boot:   # the bootstrap guards debugpy's listeners (debug_boot.guard_cli)
         guard = f"export REMOTE_DEV_DEBUG_GUARD=1 PYTHONPATH={shlex.quote(boot)}${{PYTHONPATH:+:$PYTHONPATH}}; "
@@ -196,12 +254,13 @@ def host_network(args: tuple[str, ...]) -> bool:
 @dataclass
 class DebugPlan:
     """How one debug run's processes start under debugpy and where they listen."""
-    pythonpath: str | None                 # folder with debugpy, for a remote that lacks it
+    pythonpath: str | None                 # bootstrap: folder with debugpy, for a remote that lacks it
     boot: str | None = None                # bootstrap folder: every Python process debugged (see above)
     port: int = 0                          # direct: the debuggee's port
     listen: str = "127.0.0.1"              # direct: the address debugpy binds
-    mount: tuple[str, str] | None = None   # (remote debugpy folder, container path)
-    boot_mount: tuple[str, str] | None = None   # (remote bootstrap folder, container path): the guard
+    supplied: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # direct: debugpys in the container
+    mounts: list[tuple[str, str]] = field(default_factory=list)   # (remote debugpy folder, container path)
+    guard: str | None = None               # direct: the bootstrap's folder in the container (its guard)
     publish: bool = False                  # publish the port on the remote's 127.0.0.1 (own container network)
     token: str = field(default_factory=lambda: secrets.token_hex(32))   # the run's secret (debug_boot's guard)
 
@@ -212,9 +271,17 @@ async def prepare(sess: TargetSession) -> DebugPlan:
     if t.runner != "container":
         pythonpath, boot = await asyncio.gather(ensure_debugpy(sess), ensure_boot(sess))
         return DebugPlan(pythonpath, boot=boot)
-    pythonpath, boot = await asyncio.gather(ensure_debugpy(sess), ensure_boot(sess))
-    plan = DebugPlan(CONTAINER_DEBUGPY, port=await sess.call("free_port"), mount=(pythonpath, CONTAINER_DEBUGPY),
-                     boot_mount=(boot, CONTAINER_BOOT))
+    # the image's Python is known only inside it: every debugpy the plugin has goes in, and
+    # the command line picks the newest that runs there
+    plan = DebugPlan(None, port=await sess.call("free_port"))
+    have = debugpys()
+    folders, boot = await asyncio.gather(asyncio.gather(*(ensure_debugpy(sess, d) for d in have)), ensure_boot(sess))
+    for i, (d, folder) in enumerate(zip(have, folders)):
+        inside = CONTAINER_DEBUGPY if i == 0 else f"{CONTAINER_DEBUGPY}-{d.version}"
+        plan.supplied.append((d.min_python, inside))
+        plan.mounts.append((folder, inside))
+    plan.mounts.append((boot, CONTAINER_BOOT))   # the guard on debugpy's listeners (debug_boot.guard_cli)
+    plan.guard = CONTAINER_BOOT
     if not host_network(t.container.args):
         # the container has its own network: listen on its interfaces, published only
         # on the remote's 127.0.0.1
@@ -238,7 +305,6 @@ def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, 
                "REMOTE_DEV_DEBUG_STOP": stop_on_entry, "REMOTE_DEV_DEBUG_WAIT_MAX": f"{wait:g}",
                "PYTHONPATH": plan.boot}
         return Launch(boot_command(command, sess.target.python, env), env={"REMOTE_DEV_DEBUG_TOKEN": plan.token})
-    wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.pythonpath,
-                            plan.boot_mount[1] if plan.boot_mount else None)
-    return Launch(wrapped, mounts=[m for m in (plan.mount, plan.boot_mount) if m],
-                  publish=[plan.port] if plan.publish else [], env={"REMOTE_DEV_DEBUG_TOKEN": plan.token})
+    wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.supplied, plan.guard)
+    return Launch(wrapped, mounts=list(plan.mounts), publish=[plan.port] if plan.publish else [],
+                  env={"REMOTE_DEV_DEBUG_TOKEN": plan.token})

@@ -21,15 +21,19 @@ from typing import Any, Awaitable, Callable, Coroutine, Protocol, TypeVar
 
 import asyncssh
 
-from . import __version__, ssh
+from . import __version__, library_warnings, ssh
 from .config import ProjectConfig, Target, find_config, load_config
 from .errors import ConnectError, RemoteDevError
+from .login import Challenge
 from .mapping import PathMapping
 from .rpc import AgentChannel
 
 log = logging.getLogger("remote_dev")
 
 Report = Callable[[str, dict], None]
+# prompter(challenge payload, reply): shows the server's prompts to the person and calls
+# reply(answers or None) later, from any thread.
+Prompter = Callable[[dict, Callable[[Any], None]], None]
 Action = Callable[..., Awaitable[Any]]
 BACKOFF = (0.0, 0.5, 1.5)
 T = TypeVar("T")
@@ -89,6 +93,7 @@ def setup_logging() -> Path:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    library_warnings.attach(log)
     for name in ("asyncio", "asyncssh"):
         lib = logging.getLogger(name)
         if not any(isinstance(f, _IntoOurLog) for f in lib.filters):
@@ -122,24 +127,38 @@ class TargetSession(FeatureState):
         self.on_reconnect: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.connected_once = False
         self.container_engine: str | None = None   # docker or podman, once found to answer
+        self.connected_since: float | None = None  # time.time() of the login now serving
+        self.via: str | None = None   # how, when not a login of our own (an OpenSSH master)
+        # The person cancelled a login prompt: reconnects in the background (output
+        # followers, forwards) do not ask again until the person makes a request.
+        self.login_declined = False
 
     @property
     def connected(self) -> bool:
-        return self.agent is not None and self.agent.alive
+        # A closed connection whose agent channel has not yet read its end counts as lost
+        # (a watcher looping on "alive" would otherwise never let that read happen).
+        return self.agent is not None and self.agent.alive and not (self.conn is not None and self.conn.is_closed())
 
     async def ensure(self) -> AgentChannel:
-        if self.agent is not None and self.agent.alive:
+        if self.connected:
+            assert self.agent is not None
             return self.agent
         async with self.lock:
-            if self.agent is not None and self.agent.alive:
+            if self.connected:
+                assert self.agent is not None
                 return self.agent
+            why = ""
+            if self.agent is not None and self.agent.closed is not None:
+                why = f"{self.agent.closed.message}; logging in again"
+            elif self.conn is not None and self.conn.is_closed():
+                why = f"{self.target.host}: the connection was closed; logging in again"
             self.drop()
             last: ConnectError | None = None
             for delay in BACKOFF:
                 if delay:
                     await asyncio.sleep(delay)
                 try:
-                    await self._connect()
+                    await self._connect(why)
                     break
                 except ConnectError as e:
                     last = e
@@ -158,9 +177,9 @@ class TargetSession(FeatureState):
             assert self.agent is not None
             return self.agent
 
-    async def _connect(self) -> None:
+    async def _connect(self, why: str = "") -> None:
         t = self.target
-        self.conn = await ssh.connect(t)
+        self.conn = await ssh.connect(t, ask=self._ask if self.project.ask else None, why=why)
         try:
             self.agent = await AgentChannel.start(self.conn, t.host, t.python)
             self.hello = await self.agent.call("hello", __version__)
@@ -171,9 +190,19 @@ class TargetSession(FeatureState):
         except BaseException:
             self.drop()
             raise
+        self.connected_since = time.time()
+        self.via = self.conn.get_extra_info("remote_dev_via") if self.conn is not None else None
         log.info("connected to %s (agent %s, python %s)", t.host, self.hello.get("version"), self.hello.get("python"))
 
+    async def _ask(self, challenge: Challenge) -> list[str] | None:
+        if self.login_declined or self.project.ask is None:
+            return None
+        answers = await self.project.ask(challenge)
+        self.login_declined = answers is None
+        return answers
+
     def drop(self) -> None:
+        self.connected_since = None
         if self.agent is not None:
             self.agent.close()
             self.agent = None
@@ -213,6 +242,7 @@ class Project(FeatureState):
     sessions: dict[str, TargetSession] = field(default_factory=dict)
     last_push: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, RunView] = field(default_factory=dict)   # by id: started or followed here
+    ask: ssh.Ask | None = None   # the person's answers to login prompts (the front-end's)
 
     def __post_init__(self) -> None:
         FeatureState.__init__(self)
@@ -243,8 +273,11 @@ class Engine:
     """The loop thread and the projects.  ``actions`` (name -> ``async def (engine, ctx,
     **args)``) come from the front-end: the engine knows no action itself."""
 
-    def __init__(self, report: Report | None = None, actions: dict[str, Action] | None = None) -> None:
+    def __init__(self, report: Report | None = None, actions: dict[str, Action] | None = None,
+                 prompter: Prompter | None = None) -> None:
         self.report: Report = report or (lambda kind, payload: None)
+        # The front-end's way to ask the person (Neovim's prompt, a terminal); None: nobody.
+        self.prompter = prompter
         self.actions: dict[str, Action] = dict(actions or {})
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(loop_error)
@@ -268,6 +301,9 @@ class Engine:
                 done: Callable[[str | None, Any], None] | None = None) -> concurrent.futures.Future[Any]:
         """Run an action; done(error_message, result) is called from the engine thread."""
         async def run() -> Any:
+            for proj in self.projects.values():   # the person acts: a cancelled login may ask again
+                for sess in proj.sessions.values():
+                    sess.login_declined = False
             try:
                 func = self.actions.get(action)
                 if func is None:
@@ -333,7 +369,7 @@ class Engine:
                 saved = Project(config, mtime, config.default_target).state_dir() / "target"
                 name = saved.read_text().strip() if saved.exists() else ""
                 target_name = name if name in config.targets else config.default_target
-            new = Project(config, mtime, target_name)
+            new = Project(config, mtime, target_name, ask=self.ask if self.prompter else None)
             if proj is not None:
                 for name, sess in proj.sessions.items():
                     if name in config.targets and config.targets[name] == sess.target:
@@ -346,6 +382,25 @@ class Engine:
                 new._states = proj._states
             self.projects[root] = proj = new
         return proj
+
+    async def ask(self, challenge: Challenge) -> list[str] | None:
+        """The person's answers to a login prompt, through the front-end's prompter (which
+        calls back from any thread); None when cancelled.  Waits without blocking anyone."""
+        assert self.prompter is not None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[str] | None] = loop.create_future()
+
+        def reply(answers: list[str] | None) -> None:
+            def settle() -> None:
+                if not fut.done():
+                    fut.set_result([str(a) for a in answers] if isinstance(answers, (list, tuple)) else None)
+            loop.call_soon_threadsafe(settle)
+        try:
+            self.prompter(challenge.payload(), reply)
+        except Exception:  # noqa: BLE001 - a front-end that cannot ask: as if cancelled, traceback in the log
+            log.error("asking for a login failed:\n%s", traceback.format_exc())
+            return None
+        return await fut
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
         self.report("event", {"name": name, "data": data})

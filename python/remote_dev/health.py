@@ -7,23 +7,78 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from .debug_launch import debugpys
 from .engine import Engine
 from .errors import RemoteDevError
 from .runners import runner_for
 from .services import health_items as services_health
 
 
+# What scripts/install-host installed, pip's names and versions resolved from the lock for
+# this Python (its first line names the lock): :checkhealth compares the packages with it
+LOCKED = Path(sys.prefix) / "share" / "remote-dev" / "locked.txt"
+SHOWN = ("pynvim", "asyncssh", "cryptography", "msgpack", "debugpy", "pathspec", "zlib-ng", "jupyter_client")
+
+
+def read_locked(path: Path | None = None) -> tuple[str, dict[str, str]]:
+    """(the lock's name, {package: version}) of what scripts/install-host installed."""
+    path = path or LOCKED
+    lines = path.read_text().splitlines()
+    name = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else str(path)
+    pins = dict(ln.split("==", 1) for ln in lines if "==" in ln and not ln.startswith("#"))
+    return name, pins
+
+
+def installed(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def local_health() -> list[dict[str, str]]:
     out = [{"level": "ok", "text": f"Python host {sys.version.split()[0]} ({sys.executable})"}]
-    for dist in ("pynvim", "asyncssh", "msgpack", "debugpy", "pathspec"):
-        try:
-            out.append({"level": "ok", "text": f"{dist} {importlib.metadata.version(dist)}"})
-        except importlib.metadata.PackageNotFoundError:
-            out.append({"level": "error", "text": f"{dist} is not installed in {sys.executable}: "
-                                                  f"{sys.executable} -m pip install {dist}"})
+    lock, pins = read_locked() if LOCKED.exists() else ("", {})
+    for dist in SHOWN:
+        have = installed(dist)
+        if have is None:
+            out.append({"level": "error", "text": f"{dist} is not installed in {sys.executable}: run scripts/install-host "
+                                                  f"(or {sys.executable} -m pip install <plugin dir>)"})
+        else:
+            locked = pins.get(dist)
+            note = "" if not lock else " (locked)" if locked == have else f" (the lock says {locked})"
+            out.append({"level": "ok", "text": f"{dist} {have}{note}"})
+    out.append(lock_item(lock, pins))
+    out.append(older_debugpy_item())
     return out
+
+
+def lock_item(lock: str, pins: dict[str, str]) -> dict[str, str]:
+    """Whether the packages are the ones the suite passed with."""
+    if not lock:
+        return {"level": "info", "text": f"{sys.executable} was not set up by scripts/install-host: its packages are "
+                                         f"whatever it has, not the tested versions of locks/host.txt"}
+    differ = [f"{dist} {have or 'missing'} (locked {want})" for dist, want in sorted(pins.items())
+              if (have := installed(dist)) != want]
+    if differ:
+        return {"level": "warn", "text": f"{len(differ)} of {len(pins)} packages differ from {lock}: "
+                                         f"{', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''}; "
+                                         f"scripts/install-host puts the tested versions back"}
+    return {"level": "ok", "text": f"all {len(pins)} packages at the tested versions of {lock}"}
+
+
+def older_debugpy_item() -> dict[str, str]:
+    have = debugpys()
+    if len(have) > 1:
+        older = ", ".join(f"{d.version} for Python >= {d.min_python[0]}.{d.min_python[1]}" for d in have[1:])
+        return {"level": "ok", "text": f"debugpy uploaded to older remote Pythons: {older}"}
+    newest = have[0]
+    return {"level": "warn", "text": f"only debugpy {newest.version} (Python >= {newest.min_python[0]}."
+                                     f"{newest.min_python[1]}): :RemoteDebug on remotes with an older Python needs "
+                                     f"scripts/install-host (it adds the release of locks/remote-debugpy.txt)"}
 
 
 async def health_report(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any]:

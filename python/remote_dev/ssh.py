@@ -7,19 +7,25 @@ message names the host and says what to do.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
-from typing import Any
+from typing import Any, Coroutine, TypeVar
 
 import asyncssh
 from asyncssh.encryption import get_default_encryption_algs
 
 from .config import Target
+from . import master
 from .errors import ConnectError
+from .login import Ask, LoginClient, LoginState, MasterCheck, refusal
+
+log = logging.getLogger("remote_dev")
 
 KEEPALIVE_INTERVAL = 15
 KEEPALIVE_COUNT_MAX = 4
 CONNECT_TIMEOUT = 15
+T = TypeVar("T")
 
 
 def _expand(path: str | None) -> str | None:
@@ -97,46 +103,156 @@ def _host_label(target: Target, options: asyncssh.SSHClientConnectionOptions) ->
     return label, real, port
 
 
-async def connect(target: Target) -> asyncssh.SSHClientConnection:
+async def connect(target: Target, ask: Ask | None = None, why: str = "") -> asyncssh.SSHClientConnection:
+    """The connection to the target, through its ProxyJump hops (each hop's prompts name
+    their host).  ask answers the servers' prompts (a one-time code, a password); why says
+    to the person why a login is asked for (again).  When a server would ask and the person
+    holds an OpenSSH master connection to the target, that is used instead of asking."""
     kwargs, options = await connection_options(target)
+    kwargs.pop("connect_timeout", None)   # ours (_patient) does not count the person's typing
     label, real, port = _host_label(target, options)
+    held: list[master.Master] = []
+
+    async def master_open() -> bool:
+        found = await master.find(target)
+        if found is not None:
+            held.append(found)
+        return found is not None
+    clients: list[LoginClient] = []
     try:
-        return await asyncssh.connect(target.host, **kwargs)
-    except asyncssh.HostKeyNotVerifiable:
-        files = _known_hosts_files(options)
-        where = ", ".join(files) or "known_hosts"
-        hostspec = real if port == 22 else f"[{real}]:{port}"
-        if _has_known_key(files, real, port):
-            raise ConnectError(
-                f"{label}: REMOTE HOST KEY CHANGED — it does not match the key in {where}. "
-                f"This can be an attack. If the host was really reinstalled, remove the old key with "
-                f"`ssh-keygen -R '{hostspec}'` and connect once with ssh to check and trust the new one.",
-                kind="hostkey") from None
-        pflag = f" -p {port}" if port != 22 else ""
-        raise ConnectError(
-            f"{label}: host key is not trusted: no key for {hostspec} in {where}. "
-            f"Check the fingerprint and trust it by connecting once with `ssh{pflag} {target.host}` "
-            f"(answer yes), or add it with `ssh-keyscan{pflag} {real} >> {where.split(', ')[0]}`.",
-            kind="hostkey") from None
-    except asyncssh.PermissionDenied:
+        return await _login(target, kwargs, options, ask, why, clients, master_open)
+    except ConnectError:
+        if not (held and any(c.state.use_master for c in clients)):
+            raise
+    try:
+        return await asyncio.wait_for(master.connect(held[0], target, label), CONNECT_TIMEOUT)
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+        log.warning("%s: not through the OpenSSH master connection (%s): asking", label, e)
+    return await _login(target, kwargs, options, ask, why, [], None)
+
+
+async def _login(target: Target, kwargs: dict[str, Any], options: asyncssh.SSHClientConnectionOptions,
+                 ask: Ask | None, why: str, clients: list[LoginClient], master_open: MasterCheck | None,
+                 ) -> asyncssh.SSHClientConnection:
+    """A login of our own: each ProxyJump hop, then the target."""
+    label, real, port = _host_label(target, options)
+    tunnel: asyncssh.SSHClientConnection | None = None
+    try:
+        for hop in _proxy_jumps(options):
+            tunnel = await _open_hop(hop, tunnel, kwargs.get("config"), LoginClient(hop, "?", ask, why, master_open),
+                                     clients, label)
         user = getattr(options, "username", None) or target.user or "?"
-        raise ConnectError(
-            f"{label}: authentication failed for user {user}: no key was accepted. "
-            f"Check identity_file / IdentityFile, ssh-agent, and the remote authorized_keys "
-            f"(passwords are not supported).", kind="auth") from None
-    except socket.gaierror:
-        raise ConnectError(f"{target.host}: unknown host: it is neither a Host alias in the ssh config nor a "
-                           f"name that resolves", kind="unknown-host") from None
-    except asyncio.TimeoutError:
-        raise ConnectError(f"{label}: timed out connecting after {CONNECT_TIMEOUT} s", kind="timeout",
-                           retry=True) from None
-    except ConnectionRefusedError:
-        raise ConnectError(f"{label}: connection refused (is sshd running there?)", kind="refused",
-                           retry=True) from None
-    except asyncssh.DisconnectError as e:
-        raise ConnectError(f"{label}: disconnected: {e.reason}", kind="disconnect", retry=True) from None
-    except OSError as e:
-        raise ConnectError(f"{label}: cannot connect: {e.strerror or e}", kind="network", retry=True) from None
+        client = LoginClient(target.host, user, ask, why, master_open)
+        clients.append(client)
+        extra = {"tunnel": tunnel} if tunnel is not None else {}
+        conn = await _patient(asyncssh.connect(target.host, client_factory=lambda: client, **kwargs, **extra), clients)
+        if tunnel is not None:
+            conn.set_tunnel(tunnel)
+        return conn
+    except ConnectError:
+        if tunnel is not None:
+            tunnel.close()
+        raise
+    except BaseException as e:
+        if tunnel is not None:
+            tunnel.close()
+        err = _connect_error(e, target, options, label, real, port, clients[-1] if clients else None) \
+            if isinstance(e, Exception) else None
+        if err is None:
+            raise
+        raise err from None
+
+
+def _proxy_jumps(options: asyncssh.SSHClientConnectionOptions) -> list[str]:
+    tunnel = getattr(options, "tunnel", None)
+    if not isinstance(tunnel, str) or tunnel.lower() == "none":
+        return []
+    return [h.strip() for h in tunnel.split(",") if h.strip()]
+
+
+async def _open_hop(hop: str, tunnel: asyncssh.SSHClientConnection | None, config: Any, client: LoginClient,
+                    clients: list[LoginClient], label: str) -> asyncssh.SSHClientConnection:
+    """One ProxyJump hop ([user@]host[:port]), with its own prompts naming it."""
+    user, _, hostport = hop.rpartition("@")
+    host, _, port = hostport.partition(":")
+    client.host, client.user = host, user or "?"
+    clients.append(client)
+    try:
+        return await _patient(asyncssh.connect(
+            host, int(port) if port.isdigit() else (), username=user or (), tunnel=tunnel or (),
+            config=config or (), client_factory=lambda: client), clients)
+    except asyncssh.PermissionDenied:
+        kind, text = refusal(f"{host} (ProxyJump to {label})", client.user, client.state)
+        raise ConnectError(text, kind=kind) from None
+    except asyncssh.HostKeyNotVerifiable as e:
+        raise ConnectError(f"{host} (ProxyJump to {label}): host key not trusted ({e.reason}): check it and trust it "
+                           f"by connecting once with `ssh {host}`", kind="hostkey") from None
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+        raise ConnectError(f"{label}: cannot reach the ProxyJump host {host}: {e or type(e).__name__}",
+                           kind="network", retry=True) from None
+
+
+async def _patient(coro: Coroutine[Any, Any, T], clients: list[LoginClient]) -> T:
+    """coro, given up after CONNECT_TIMEOUT s without progress; the time a person takes to
+    answer a prompt does not count."""
+    task = asyncio.ensure_future(coro)
+    seen = 0
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CONNECT_TIMEOUT)
+            if done:
+                return task.result()
+            progress = sum(c.state.progress for c in clients)
+            if any(c.state.asking for c in clients) or progress != seen:
+                seen = progress
+                continue
+            raise asyncio.TimeoutError()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def _connect_error(e: Exception, target: Target, options: asyncssh.SSHClientConnectionOptions, label: str,
+                   real: str, port: int, client: LoginClient | None) -> ConnectError | None:
+    """The one-line error for an expected failure of a connect; None for the others (their
+    traceback goes to the log)."""
+    if isinstance(e, asyncssh.HostKeyNotVerifiable):
+        return _host_key_error(target, options, label, real, port)
+    if isinstance(e, asyncssh.PermissionDenied):
+        user = getattr(options, "username", None) or target.user or "?"
+        kind, text = refusal(label, user, client.state if client else LoginState())
+        return ConnectError(text, kind=kind)
+    if isinstance(e, socket.gaierror):
+        return ConnectError(f"{target.host}: unknown host: it is neither a Host alias in the ssh config nor a "
+                            f"name that resolves", kind="unknown-host")
+    if isinstance(e, asyncio.TimeoutError):
+        return ConnectError(f"{label}: timed out connecting after {CONNECT_TIMEOUT} s", kind="timeout", retry=True)
+    if isinstance(e, ConnectionRefusedError):
+        return ConnectError(f"{label}: connection refused (is sshd running there?)", kind="refused", retry=True)
+    if isinstance(e, asyncssh.DisconnectError):
+        return ConnectError(f"{label}: disconnected: {e.reason}", kind="disconnect", retry=True)
+    if isinstance(e, OSError):
+        return ConnectError(f"{label}: cannot connect: {e.strerror or e}", kind="network", retry=True)
+    return None
+
+
+def _host_key_error(target: Target, options: asyncssh.SSHClientConnectionOptions, label: str, real: str,
+                    port: int) -> ConnectError:
+    files = _known_hosts_files(options)
+    where = ", ".join(files) or "known_hosts"
+    hostspec = real if port == 22 else f"[{real}]:{port}"
+    if _has_known_key(files, real, port):
+        return ConnectError(
+            f"{label}: REMOTE HOST KEY CHANGED — it does not match the key in {where}. "
+            f"This can be an attack. If the host was really reinstalled, remove the old key with "
+            f"`ssh-keygen -R '{hostspec}'` and connect once with ssh to check and trust the new one.",
+            kind="hostkey")
+    pflag = f" -p {port}" if port != 22 else ""
+    return ConnectError(
+        f"{label}: host key is not trusted: no key for {hostspec} in {where}. "
+        f"Check the fingerprint and trust it by connecting once with `ssh{pflag} {target.host}` "
+        f"(answer yes), or add it with `ssh-keyscan{pflag} {real} >> {where.split(', ')[0]}`.",
+        kind="hostkey")
 
 
 def tcp_owner(peer: tuple[Any, ...], local: tuple[Any, ...]) -> int | None:

@@ -27,6 +27,8 @@ def project_status(proj: Project) -> dict[str, Any]:
         "runner": t.runner,
         "remote_root": sess.remote_root or t.remote_root,
         "connected": sess.connected,
+        "connected_since": sess.connected_since if sess.connected else None,
+        "connected_via": sess.via if sess.connected else None,
         "python": sess.hello.get("python"),
         "agent": sess.hello.get("version"),
         "remote_host": sess.hello.get("host"),

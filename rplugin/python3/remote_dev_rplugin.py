@@ -16,6 +16,8 @@ class RemoteDevPlugin:
     def __init__(self, nvim):
         self.nvim = nvim
         self._engine = None  # created on the first request: nothing runs at import time
+        self._replies = {}   # login prompt id -> reply(answers): the person answers in Lua
+        self._next_prompt = 0
 
     @property
     def engine(self):
@@ -23,7 +25,7 @@ class RemoteDevPlugin:
             from remote_dev.actions import ACTIONS
             from remote_dev.engine import Engine
 
-            self._engine = Engine(report=self._report, actions=ACTIONS)
+            self._engine = Engine(report=self._report, actions=ACTIONS, prompter=self._prompt)
         return self._engine
 
     def _to_lua(self, *args):
@@ -33,6 +35,19 @@ class RemoteDevPlugin:
 
     def _report(self, kind, payload):
         self._to_lua("report", kind, payload)
+
+    def _prompt(self, challenge, reply):
+        """A server's login prompts, to the person in Neovim (lua/remote_dev/login.lua)."""
+        self._next_prompt += 1
+        self._replies[self._next_prompt] = reply
+        self._report("login", {**challenge, "id": self._next_prompt})
+
+    @pynvim.function("RemoteDevAnswer", sync=False)
+    def answer(self, args):
+        """The person's answers (or nil: cancelled), handed on and forgotten."""
+        reply = self._replies.pop(args[0], None) if args else None
+        if reply is not None:
+            reply(args[1] if len(args) > 1 and isinstance(args[1], list) else None)
 
     @pynvim.function("RemoteDevRequest", sync=False)
     def request(self, args):

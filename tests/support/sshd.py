@@ -17,6 +17,9 @@ from typing import Any
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
+DEFAULT_AUTH = "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,14 +68,16 @@ def toml_value(v: Any) -> str:
 
 def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen: str = "127.0.0.1",
                port: int | None = None, wrap: tuple[str, ...] = (), new_session: bool = False,
-               user: str | None = None) -> Sshd:
+               user: str | None = None, program: str | None = None, auth: str | None = None) -> Sshd:
     """sshd -D on listen:port (default: a free loopback port).  wrap prefixes its command
     (e.g. ("ip", "netns", "exec", NAME) for a network namespace); new_session detaches it: its
     own session (a Ctrl-C reaches only the caller, which stops it) and no inherited stdio (a
     pipe the caller writes to still ends when the caller does; sshd logs to sshd.log).
     user: log in as this (unprivileged) user instead, as on a real machine: StrictModes on,
     its own ~/.ssh/authorized_keys (the caller installs base/id_ed25519.pub there), no
-    environment set for it (its own ~/.cache, its own tmux socket)."""
+    environment set for it (its own ~/.cache, its own tmux socket).  program: the sshd to
+    start (a symlink to it with another name has a PAM service of its own); auth: sshd_config
+    lines that replace the key-only defaults (PasswordAuthentication .. UsePAM)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"OpenSSH server not installed ({SSHD}); scripts/setup installs it")
     base.mkdir(parents=True, exist_ok=True)
@@ -107,14 +112,10 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
         ListenAddress {listen}
         HostKey {hostkey}
         PidFile {base}/sshd.pid
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        PermitRootLogin prohibit-password
-        UsePAM no
         Subsystem sftp internal-sftp
         MaxSessions 100
         MaxStartups 100
-        """) + login + extra_config)
+        """) + (auth or DEFAULT_AUTH) + "\n" + login + extra_config)
     user = user or os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
                                                             text=True).stdout.strip()
     ssh_config = base / "ssh_config"
@@ -136,7 +137,7 @@ def start_sshd(base: Path, alias: str = "rdtest", extra_config: str = "", listen
     known_hosts.write_text(f"[{listen}]:{port} {pub[0]} {pub[1]}\n")
     detached: dict[str, Any] = {"start_new_session": True, "stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
                                 "stderr": subprocess.DEVNULL} if new_session else {}
-    proc = subprocess.Popen([*wrap, SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")], **detached)
+    proc = subprocess.Popen([*wrap, program or SSHD, "-D", "-f", str(cfg), "-E", str(base / "sshd.log")], **detached)
     sshd = Sshd(base, port, alias, ssh_config, known_hosts, userkey, remote_cache, proc)
 
     def ready() -> bool:

@@ -2,11 +2,12 @@
 per machine in the test bed's cache (beside the podman image), never in the checkout.
 
 `pip install torch==TORCH` takes the wheel this machine kind keeps on disk (its other
-requirements come from PyPI): about 30 s and 0.9 GB the first time, nothing after.  It is
+requirements come from PyPI at the versions of locks/torch-cpu.txt): about 30 s and 0.9 GB the first time, nothing after.  It is
 made only when a test asks for it, so the rest of the suite never waits for it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -16,12 +17,13 @@ from pathlib import Path
 from support.podman import _locked, cache_dir
 
 TORCH = "2.13.0"
+LOCK = Path(__file__).resolve().parent.parent.parent / "locks" / "torch-cpu.txt"   # what comes beside it
 INSTALL_TIMEOUT = 600
 
 
 def torch_python(version: str = TORCH) -> tuple[Path | None, str]:
     """(python of an environment with torch==version, "") once it exists, else (None, why)."""
-    base = cache_dir() / f"torch-{version}"
+    base = cache_dir() / f"torch-{version}-{hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]}"
     python = base / "bin" / "python"
     done = base / ".complete"
     if done.exists():
@@ -33,7 +35,8 @@ def torch_python(version: str = TORCH) -> tuple[Path | None, str]:
         try:
             subprocess.run([sys.executable, "-m", "venv", str(base)], check=True, capture_output=True, timeout=120)
             res = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                                  f"torch=={version}"], capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+                                  f"torch=={version}", "-c", str(LOCK)],
+                                 capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
         except (OSError, subprocess.SubprocessError) as e:
             return None, f"making a venv with torch=={version} failed: {e}"
         if res.returncode != 0:

@@ -92,6 +92,8 @@ async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force:
             agent = await sess.ensure()
             await fetch_all(agent, sess.target.remote_root, plan.fetch, commit, meter)
         except ConnectError as e:
+            if not res.files and not e.retry:
+                raise   # a login that failed interrupted nothing
             raise RemoteDevError(f"pull from {sess.target.host} interrupted after {res.files} files: {e.message}. "
                                  f"Nothing half-written is left; :RemotePull again completes it.") from None
         except (asyncssh.Error, OSError) as e:

@@ -251,6 +251,8 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
         try:
             res = await push.run(paths, dry_run)
         except ConnectError as e:
+            if not push.result.files and not e.retry:
+                raise   # a login that failed (a refused code, an untrusted host key) interrupted nothing
             raise RemoteDevError(f"push to {sess.target.host} interrupted after {push.result.files} files: "
                                  f"{e.message}. Nothing half-written is left; :RemotePush again completes it.",
                                  kind="connect") from None
