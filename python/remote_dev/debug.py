@@ -279,7 +279,8 @@ async def start_debug(engine: Engine, proj: Project, sess: TargetSession, comman
     try:
         first = await dbg.first_endpoints(run)
     except DebugFailed:
-        dbg.ended(run) if not is_live(run.state) else None
+        if not is_live(run.state):
+            dbg.ended(run)
         raise
     except Exception:
         # no debuggee is left waiting for a client that will never come (a run that

@@ -26,6 +26,8 @@ from support.slurm import SlurmCluster, slurm_available
 
 from test_debug import debug_project, drive_session, image, run_debug  # noqa: F401 - the module's image
 from test_debug_nvim import run_buffer, run_exit
+from test_persist import _name, have_jupyter, venv_project
+from remote_dev.services import NOTEBOOK, remote_name
 from test_debug_ranks import POOL, RANK_LINE, RANKS, continue_all, debug
 
 from .conftest import FaultProject
@@ -217,3 +219,23 @@ def test_shell_under_attack(user_remote, mallory, tmp_path, engine, figures):
         got = mallory.stop()
         engine.call_sync("shell_kill", ctx, {"name": "main"}, timeout=60)
     attacked(figures, remote.kind, "shell", got, loose_modes(remote.cache / "shells"), least=1)
+
+
+def test_notebook_under_attack(engine, make_project, mallory, figures):
+    """A :RemoteNotebook of root: mallory asks its server (on the remote's 127.0.0.1) for
+    its contents without the token and is refused; its local forward refuses her; its token
+    is on no command line."""
+    have_jupyter()
+    proj, ctx = venv_project(make_project)
+    try:
+        nb = engine.call_sync("notebook", ctx, {}, timeout=120)
+        server = mallory.try_http("127.0.0.1", nb["remote_port"])
+        local = mallory.try_http("127.0.0.1", nb["local_port"])
+        name = engine.submit(_name(engine, ctx, NOTEBOOK, remote_name)).result(10)
+        secrets = len([pid for pid in run_processes(name) if secret_on_command_line(pid)])
+    finally:
+        engine.call_sync("notebook", ctx, {"stop": True}, timeout=60)
+    assert server["answered"] == 1, server            # the server is there and answers: with a refusal
+    got = {"tried": server["tried"] + local["tried"], "answered": local["answered"],
+           "accepted": server["accepted"] + local["accepted"], "evaluated": 0, "read": 0, "secrets": secrets}
+    attacked(figures, "root", "notebook (server without token; local forward)", got, [])

@@ -170,6 +170,20 @@ def watch():
             last = time.time()
         time.sleep(0.005)
 
+if uid == "http":   # an HTTP server's API without its token: http 127.0.0.1 PORT
+    count("tried")
+    try:
+        s = socket.create_connection((paths[0], int(paths[1])), timeout=5)
+        s.sendall(b"GET /api/contents HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        head = s.recv(100)
+        if head:
+            count("answered")
+        if head.split(b" ")[1:2] == [b"200"]:
+            count("accepted")
+    except (OSError, IndexError):
+        pass
+    print(json.dumps(stats), flush=True)
+    sys.exit(0)
 if uid == "once":   # one given port: once 127.0.0.1 PORT
     attack(socket.AF_INET, paths[0], int(paths[1]))
     print(json.dumps(stats), flush=True)
@@ -225,6 +239,13 @@ class Mallory:
         """She connects to one given port at once (a listener of a user she cannot aim at
         by uid without hitting this machine's other users: root's)."""
         res = subprocess.run(["runuser", "-u", self.name, "--", "/usr/bin/python3", "-I", "-c", ATTACK, "once", "",
+                              host, str(port)], capture_output=True, text=True, timeout=60, cwd="/")
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    def try_http(self, host: str, port: int) -> dict[str, Any]:
+        """She asks an HTTP server for its API (a Jupyter server's contents) without a token:
+        answered counts any answer (a refusal too), accepted a 200."""
+        res = subprocess.run(["runuser", "-u", self.name, "--", "/usr/bin/python3", "-I", "-c", ATTACK, "http", "",
                               host, str(port)], capture_output=True, text=True, timeout=60, cwd="/")
         return json.loads(res.stdout.strip().splitlines()[-1])
 
