@@ -13,6 +13,12 @@ subprocesses of a debugged process: pool workers, DataLoader workers) and the la
 whose children are the ranks (torchrun, ...).  Then the next ``sitecustomize`` on the path
 (the interpreter's own) runs as if this one were not there.
 
+Every listener debugpy opens in a debugged process and in its adapter takes only the run
+owner's connections (see "Only the run's owner gets in" below); a process that cannot start
+its debugger writes ``<host>-<pid>.failed`` beside the endpoints, which the engine reports
+at once.  With REMOTE_DEV_DEBUG_GUARD alone (a container's ``python -m debugpy --listen``)
+only the guard is installed.
+
 Stdlib only, Python >= 3.8; nothing of the agent is imported."""
 
 import os
