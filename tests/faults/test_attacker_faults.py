@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -26,7 +27,7 @@ from support.slurm import SlurmCluster, slurm_available
 
 from test_debug import debug_project, drive_session, image, run_debug  # noqa: F401 - the module's image
 from test_debug_nvim import run_buffer, run_exit
-from test_persist import _name, have_jupyter, venv_project
+from test_persist import _name, have_jupyter, kernel_name, venv_project
 from remote_dev.services import NOTEBOOK, remote_name
 from test_debug_ranks import POOL, RANK_LINE, RANKS, continue_all, debug
 
@@ -239,3 +240,39 @@ def test_notebook_under_attack(engine, make_project, mallory, figures):
     got = {"tried": server["tried"] + local["tried"], "answered": local["answered"],
            "accepted": server["accepted"] + local["accepted"], "evaluated": 0, "read": 0, "secrets": secrets}
     attacked(figures, "root", "notebook (server without token; local forward)", got, [])
+
+
+def listening_ports(pids: list[int]) -> list[int]:
+    """TCP ports the processes listen on (ss as root names each socket's process)."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=30).stdout
+    ports = set()
+    for line in out.splitlines():
+        if any(f"pid={pid}," in line for pid in pids):
+            ports.add(int(line.split()[3].rsplit(":", 1)[1]))
+    return sorted(ports)
+
+
+def test_kernel_under_attack(engine, make_project, mallory, figures, tmp_path):
+    """A :RemoteSend kernel of root: mallory sends each of its ports an execute_request (ZMQ
+    as the kernel speaks it) that would write a file, signed without the kernel's key: no
+    reply, the code never runs; its key is on no command line. The owner's code runs."""
+    have_jupyter()
+    proj, ctx = venv_project(make_project)
+    marker = Path(f"/tmp/rdmallory-was-here-{os.getpid()}")
+    code = f"open({str(marker)!r}, 'w').write('x')"
+    got = {"tried": 0, "answered": 0, "accepted": 0, "evaluated": 0, "read": 0, "secrets": 0}
+    try:
+        assert engine.call_sync("send", ctx, {"code": "6 * 7"}, timeout=120)["status"] == "ok"
+        name = kernel_name(engine, ctx)
+        ports = listening_ports(run_processes(name))
+        assert len(ports) >= 5, ports          # shell, iopub, stdin, control, heartbeat
+        for port in ports:
+            for key, n in mallory.try_kernel("127.0.0.1", port, code).items():
+                got[key] += n
+        got["secrets"] = len([pid for pid in run_processes(name) if secret_on_command_line(pid)])
+        assert engine.call_sync("send", ctx, {"code": "6 * 7 + 1"}, timeout=60)["status"] == "ok"
+    finally:
+        engine.call_sync("kernel", ctx, {"what": "stop"}, timeout=60)
+    got["evaluated"] += int(marker.exists())
+    marker.unlink(missing_ok=True)
+    attacked(figures, "root", "kernel (execute_request without the key)", got, [])

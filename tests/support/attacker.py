@@ -170,6 +170,49 @@ def watch():
             last = time.time()
         time.sleep(0.005)
 
+def zmtp_frame(body, more=False, command=False):
+    flags = (1 if more else 0) | (4 if command else 0)
+    if len(body) > 255:
+        return bytes([flags | 2]) + struct.pack(">Q", len(body)) + body
+    return bytes([flags, len(body)]) + body
+
+def jupyter_execute(host, port, code):
+    """A kernel's shell port as ZMQ speaks it (ZMTP 3.0, NULL mechanism, a DEALER): an
+    execute_request whose signature she cannot make without the kernel's key."""
+    count("tried")
+    try:
+        s = socket.create_connection((host, port), timeout=3)
+        s.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + b"\0" + b"\0" * 31)
+        ready = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+        s.sendall(zmtp_frame(ready, command=True))
+        header = json.dumps({"msg_id": "m1", "session": "s1", "username": "mallory", "msg_type": "execute_request",
+                             "version": "5.3", "date": "2026-01-01T00:00:00Z"}).encode()
+        content = json.dumps({"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                              "allow_stdin": False}).encode()
+        parts = [b"<IDS|MSG>", b"0" * 64, header, b"{}", b"{}", content]
+        s.sendall(b"".join(zmtp_frame(p, more=i < len(parts) - 1) for i, p in enumerate(parts)))
+        got = b""
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            got += chunk
+        s.close()
+    except OSError:
+        return
+    if b"execute_reply" in got:
+        count("answered")
+        if b'"ok"' in got:
+            count("evaluated")
+
+if uid == "zmq":   # a kernel's port: zmq 127.0.0.1 PORT CODE
+    jupyter_execute(paths[0], int(paths[1]), paths[2])
+    print(json.dumps(stats), flush=True)
+    sys.exit(0)
 if uid == "http":   # an HTTP server's API without its token: http 127.0.0.1 PORT
     count("tried")
     try:
@@ -240,6 +283,13 @@ class Mallory:
         by uid without hitting this machine's other users: root's)."""
         res = subprocess.run(["runuser", "-u", self.name, "--", "/usr/bin/python3", "-I", "-c", ATTACK, "once", "",
                               host, str(port)], capture_output=True, text=True, timeout=60, cwd="/")
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    def try_kernel(self, host: str, port: int, code: str) -> dict[str, Any]:
+        """She sends a Jupyter kernel's port an execute_request of code, signed without the
+        kernel's key: answered / evaluated count an execute_reply (an "ok" one)."""
+        res = subprocess.run(["runuser", "-u", self.name, "--", "/usr/bin/python3", "-I", "-c", ATTACK, "zmq", "",
+                              host, str(port), code], capture_output=True, text=True, timeout=60, cwd="/")
         return json.loads(res.stdout.strip().splitlines()[-1])
 
     def try_http(self, host: str, port: int) -> dict[str, Any]:
