@@ -80,13 +80,24 @@ def loose_modes(folder: Path) -> list[str]:
 
 def attacked(figures: Any, user: str, what: str, got: dict[str, int], loose: list[str], least: int = 2) -> None:
     """The figures of one attack, then the guarantee: she tried, and got nothing."""
-    won = got["answered"] + got["accepted"] + got["evaluated"] + got["read"] + got["secrets"]
+    got.setdefault("stolen", 0)
+    won = got["answered"] + got["accepted"] + got["evaluated"] + got["read"] + got["secrets"] + got["stolen"]
     figures.add(f"attacker: {what}", user, got["tried"], won + len(loose),
                 note=f"tried {got['tried']} / answered {got['answered']} / attach {got['accepted']} / "
-                     f"evaluate {got['evaluated']} / read {got['read']} / secrets {got['secrets']}")
+                     f"evaluate {got['evaluated']} / stolen {got['stolen']} / read {got['read']} / "
+                     f"secrets {got['secrets']}")
     assert got["tried"] >= least, f"the attacker found nothing to try: {got}"
     assert won == 0, got
     assert loose == [], loose
+
+
+def owners_stops(dap: Any, n: int, timeout: float, got: dict[str, int]) -> list[dict[str, Any]]:
+    """The owner's n sessions stopped at the breakpoint; else the run counts as stolen."""
+    try:
+        return dap.stopped_sessions(n, timeout)
+    except AssertionError:
+        got["stolen"] = 1
+        raise
 
 
 def test_pool_debug_run_under_attack(user_remote, mallory, tmp_path, nvim, dap, figures):
@@ -97,10 +108,11 @@ def test_pool_debug_run_under_attack(user_remote, mallory, tmp_path, nvim, dap, 
     proj = victim_project(tmp_path, remote)
     main = proj.write("main.py", POOL)
     mallory.start(remote.uid, [str(remote.cache)])
+    stolen: dict[str, int] = {}
     try:
         dap.breakpoint(main, 6)                          # y = x * 10, in the workers only
         run_id = debug(nvim, proj, main, "python3 main.py spawn")
-        stops = dap.stopped_sessions(2, 120)
+        stops = owners_stops(dap, 2, 120, stolen)
         # the run's local listener (this Neovim's side, e.g. on a shared login node)
         local = mallory.try_port("127.0.0.1", nvim.events("RemoteDevDebugReady")[-1]["data"]["port"])
         assert all((s["stop"]["path"], s["stop"]["line"]) == (str(main), 6) for s in stops), stops
@@ -114,7 +126,9 @@ def test_pool_debug_run_under_attack(user_remote, mallory, tmp_path, nvim, dap, 
         dap.wait_no_session()
         wait_for(lambda: run_processes(run_id) == [], 30, what="no process of the run left")
     finally:
-        got = mallory.stop()
+        got = {**mallory.stop(), **stolen}
+        if stolen:
+            attacked(figures, remote.kind, "pool debug run", got, [])
     attacked(figures, remote.kind, "pool debug run", got, loose)
     assert local["tried"] == 1 and local["answered"] == 0, f"the local listener answered another user: {local}"
 
@@ -128,10 +142,11 @@ def test_srun_two_rank_debug_run_under_attack(user_remote, mallory, tmp_path, nv
                                                 + '\n[targets.test.slurm]\nargs = ["--ntasks=2"]\n')
     main = proj.write("main.py", RANKS)
     mallory.start(remote.uid, [str(remote.cache)])
+    stolen: dict[str, int] = {}
     try:
         dap.breakpoint(main, RANK_LINE)
         run_id = debug(nvim, proj, main, "srun python3 main.py")
-        stops = dap.stopped_sessions(2, 180)
+        stops = owners_stops(dap, 2, 180, stolen)
         host = socket.gethostname()
         assert sorted(s["name"] for s in stops) == [f"remote_dev {run_id} rank {r} @ {host}" for r in (0, 1)]
         for s in stops:
@@ -144,7 +159,9 @@ def test_srun_two_rank_debug_run_under_attack(user_remote, mallory, tmp_path, nv
         dap.wait_no_session()
         wait_for(lambda: user_cluster.squeue() == [], 30, what="empty queue")
     finally:
-        got = mallory.stop()
+        got = {**mallory.stop(), **stolen}
+        if stolen:
+            attacked(figures, remote.kind, "srun 2-rank debug run", got, [])
     attacked(figures, remote.kind, "srun 2-rank debug run", got, loose)
 
 
