@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import tracebacks
-from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED
+from .agent.protocol import ENDED_STATES, EXITED, LIVE_STATES as LIVE, LOST, STARTING, STOPPED
 from .engine import Engine, Project, TargetSession
 from .errors import ConnectError, RemoteDevError
 from .runners import Launch, runner_for
@@ -335,10 +335,10 @@ async def stop(engine: Engine, proj: Project, sess: TargetSession, run_id: str, 
     if rec is None:
         return info
     update_from_info(rec, info)
-    if info.get("state") == STOPPED:
-        engine.message(f"run {run_id} stopped" + (f" ({by})" if by != ":RemoteStop" else ""), "info")
-    else:   # it had ended by itself: never called "stopped"
+    if info.get("state") == EXITED:   # it had ended by itself (no stop recorded): never called "stopped"
         engine.message(f"run {run_id} had already ended ({info.get('state')}, exit {info.get('code')})", "info")
+    else:
+        engine.message(f"run {run_id} stopped" + (f" ({by})" if by != ":RemoteStop" else ""), "info")
     return rec.summary()
 
 
