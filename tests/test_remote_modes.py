@@ -5,6 +5,7 @@ the first contact. (A second user trying to read them: tests/faults/test_attacke
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 
 from conftest import events, wait_for
@@ -31,11 +32,15 @@ def test_runs_are_private_and_older_folders_are_tightened_on_first_contact(engin
                     (old / "job.sh", 0o755)):
         p.chmod(mode)
     (cache / ".private-v1").unlink(missing_ok=True)   # as a version before this one left it
-    proj = make_project()
-    proj.write("main.py", "print('hi', flush=True)\n")
-    res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=120)
-    wait_for(lambda: any(e["id"] == res["id"] for e in events(engine, "RemoteDevRunExit")), 60)
-    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
-    assert stat.S_IMODE((old / "job.sh").stat().st_mode) == 0o700       # still executable, by its owner only
-    assert loose(cache / "runs") == []
-    assert (cache / ".private-v1").exists()
+    try:
+        proj = make_project()
+        proj.write("main.py", "print('hi', flush=True)\n")
+        res = engine.call_sync("run", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=120)
+        wait_for(lambda: any(e["id"] == res["id"] for e in events(engine, "RemoteDevRunExit")), 60)
+        assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+        assert stat.S_IMODE((old / "job.sh").stat().st_mode) == 0o700       # still executable, by its owner only
+        assert loose(cache / "runs") == []
+        assert (cache / ".private-v1").exists()
+        assert all(r["id"] != old.name for r in engine.call_sync("runs", {"cwd": str(proj.root)}, timeout=60))
+    finally:
+        shutil.rmtree(old, ignore_errors=True)   # the cache is the session's

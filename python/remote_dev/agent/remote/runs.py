@@ -138,7 +138,7 @@ def run_list(root):
     for name in sorted(names):
         try:
             info = run_info(os.path.join(runs_dir(), name))
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError):   # not a run folder (a damaged or foreign one)
             continue
         if root is None or info.get("root") == root:
             out.append(info)
