@@ -137,9 +137,10 @@ def make_project(tmp_path: Path, sshd: Sshd) -> Callable[..., Project]:
 def engine():
     from remote_dev.actions import ACTIONS
     from remote_dev.engine import Engine
+    from remote_dev.runners import RUNNERS
 
     reports: list[tuple[str, dict[str, Any]]] = []
-    eng = Engine(report=lambda kind, payload: reports.append((kind, payload)), actions=ACTIONS)
+    eng = Engine(report=lambda kind, payload: reports.append((kind, payload)), actions=ACTIONS, runners=RUNNERS)
     eng.reports = reports  # type: ignore[attr-defined]
     yield eng
     eng.close()

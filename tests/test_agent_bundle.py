@@ -16,7 +16,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from remote_dev.agent import AGENT_ZIP, PACKAGE, bootstrap_command, bundle, bundle_files, pack
+from remote_dev.agent import AGENT_ZIP, NEED, OK, PACKAGE, REMOTE_COMMAND, bootstrap_script, bundle, bundle_files, pack
 
 PY = shutil.which("python3") or sys.executable
 
@@ -128,13 +128,15 @@ def test_agent_writes_the_compiled_copy_once_and_supervisors_run_from_it(tmp_pat
 
 
 def run_bootstrap(tmp_path: Path, feed: bytes | None) -> subprocess.CompletedProcess[bytes]:
-    """The real bootstrap command, through sh as sshd would run it; feed: what to answer
-    to NEED (None: nothing beyond the requests)."""
-    p = subprocess.Popen(["sh", "-c", bootstrap_command(PY)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    """The real bootstrap command, through sh as sshd would run it, its script on stdin;
+    feed: what to answer to NEED (None: nothing beyond the requests)."""
+    p = subprocess.Popen(["sh", "-c", REMOTE_COMMAND], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env_for(tmp_path))
     assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(bootstrap_script(PY))
+    p.stdin.flush()
     first = p.stdout.readline()
-    if first == b"NEED\n":
+    if first == NEED:
         assert feed is not None, "the bootstrap asked for the zip although it is installed"
         p.stdin.write(b"%d\n" % len(bundle().data) + feed)
         p.stdin.flush()
@@ -148,12 +150,12 @@ def run_bootstrap(tmp_path: Path, feed: bytes | None) -> subprocess.CompletedPro
 
 def test_bootstrap_installs_once(tmp_path):
     first = run_bootstrap(tmp_path, bundle().data)
-    assert first.returncode == 0 and first.stdout.startswith(b"OK 3."), first.stderr
+    assert first.returncode == 0 and first.stdout.startswith(OK + b"3."), first.stderr
     folder = tmp_path / "cache" / "remote-dev" / "agent" / bundle().digest
     assert (folder / AGENT_ZIP).read_bytes() == bundle().data
     mtime = (folder / AGENT_ZIP).stat().st_mtime_ns
     again = run_bootstrap(tmp_path, None)   # asserts no NEED
-    assert again.returncode == 0 and again.stdout.startswith(b"OK 3.")
+    assert again.returncode == 0 and again.stdout.startswith(OK + b"3.")
     assert (folder / AGENT_ZIP).stat().st_mtime_ns == mtime
 
 
@@ -161,9 +163,12 @@ def test_bootstrap_installs_once(tmp_path):
 def test_bootstrap_refuses_a_damaged_upload(tmp_path, damage):
     data = bundle().data
     feed = data[:-100] if damage == "truncated" else data[:-1] + bytes([data[-1] ^ 1])
-    p = subprocess.Popen(["sh", "-c", bootstrap_command(PY)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    p = subprocess.Popen(["sh", "-c", REMOTE_COMMAND], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env_for(tmp_path))
+    p.stdin.write(bootstrap_script(PY))   # type: ignore[union-attr]
+    p.stdin.flush()   # type: ignore[union-attr]
+    assert p.stdout.readline() == NEED   # type: ignore[union-attr]
     out, err = p.communicate(b"%d\n" % len(data) + feed, timeout=60)
-    assert out == b"NEED\n" and p.returncode == 4 and b"damaged" in err
+    assert out == b"" and p.returncode == 4 and b"damaged" in err
     folder = tmp_path / "cache" / "remote-dev" / "agent" / bundle().digest
     assert not folder.exists() or list(folder.iterdir()) == []

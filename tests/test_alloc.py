@@ -172,12 +172,70 @@ def test_a_queued_allocation_shows_its_state_refuses_to_start_things_and_stop_ca
     assert pending["job_id"] == res["job_id"] and pending["live"] is True and pending["nodes"] == []
     assert any("PENDING (JobHeldUser)" in p["text"] for k, p in engine.reports if k == "message")
     proj.write("main.py", "print('never')\n")
-    with pytest.raises(RemoteDevError, match=r"the allocation is not running yet \(job \d+ PENDING \(JobHeldUser\)\)"):
+    with pytest.raises(RemoteDevError, match=r"not started: the allocation is not running yet \(job \d+ PENDING "
+                                             r"\(JobHeldUser\)\); start it again once it runs") as refused:
         engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+    assert "once it does" not in refused.value.message   # it is not started later: it says so
     with pytest.raises(RemoteDevError, match="an allocation is held already"):
         engine.call_sync("alloc", ctx, {"args": ["--time=5"]}, timeout=60)
     engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
     assert cluster.squeue() == []
+
+
+def test_a_run_the_moment_squeue_shows_the_allocation_running_runs_in_it(engine, make_project, cluster,
+                                                                         monkeypatch):
+    """What this Neovim knows of the allocation is a poll old (here the watcher looks only
+    every 600 s): squeue says R, the run is started at once, and runs in it."""
+    import remote_dev.alloc as alloc_mod
+    monkeypatch.setattr(alloc_mod, "POLL_PENDING", 600.0)
+    proj = slurm_project(make_project, cluster)
+    ctx = {"cwd": str(proj.root)}
+    proj.write("main.py", "import os\nprint('in job', os.environ.get('SLURM_JOB_ID'), flush=True)\n")
+    res = engine.call_sync("alloc", ctx, {"args": ["--hold"]}, timeout=60)
+    job = res["job_id"]
+    wait_for(lambda: [e for e in alloc_events(engine) if e["state"] == "PENDING"], 30, 0.05, what="the queue state")
+    cluster.run("scontrol", "release", str(job))
+    wait_for(lambda: cluster.run("squeue", "-h", "-j", str(job), "-o", "%t").stdout.strip() == "R", 30, 0.05,
+             what="squeue to show the allocation running")
+    assert not [e for e in alloc_events(engine) if e["state"] == "RUNNING"], "known here only as pending"
+    run = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+    assert exit_of(engine, run["id"])["code"] == 0
+    assert lines_of(engine, run["id"]) == [f"in job {job}"]
+    assert engine.projects[proj.root].runs[run["id"]].meta["job"] == job
+    engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
+
+
+def test_an_allocation_s_time_limit_is_warned_of_once_per_threshold_naming_what_ends(engine, make_project,
+                                                                                     cluster):
+    """--time=2: two minutes.  With warn_before = [600, 112] the first warning comes as soon
+    as it runs (less than 10 minutes left), the second about 8 s later, each once; both name
+    the live run that ends with it; status and the event carry ends_at / time_left."""
+    proj = slurm_project(make_project, cluster, args=["--time=2"], extra="warn_before = [600, 112]\n")
+    proj.write("slow.py", "import time\nprint('started', flush=True)\ntime.sleep(300)\n")
+    ctx = {"cwd": str(proj.root)}
+    job = hold(engine, ctx)["job_id"]
+    ev = [e for e in alloc_events(engine) if e["state"] == "RUNNING"][-1]
+    assert 100 < ev["ends_at"] - time.time() <= 120 and 100 < ev["time_left"] <= 120
+    status = engine.call_sync("status", ctx, {"refresh": False}, timeout=30)
+    assert status["alloc"]["ends_at"] == ev["ends_at"]
+    run = engine.call_sync("run", ctx, {"cmd": "python3 slow.py"}, timeout=60)
+    wait_for(lambda: "started" in lines_of(engine, run["id"]), 30, what="the run in the allocation")
+
+    def warnings():
+        return [p["text"] for k, p in engine.reports if k == "message" and p["level"] == "warn"
+                and f"job {job} ends at" in p["text"]]
+    first = wait_for(warnings, 30, 0.1, what="the first warning")[0]
+    assert "its time limit" in first and "left" in first
+    both = wait_for(lambda: len(warnings()) >= 2 and warnings(), 30, 0.1, what="the second warning")
+    assert f"run {run['id']} (python3 slow.py)" in both[1], both
+    left = float(both[1].split("(")[1].split(" left")[0].split(":")[-1]) + 60 * float(
+        both[1].split("(")[1].split(" left")[0].split(":")[-2])
+    assert left <= 112, both[1]
+    for _ in range(3):   # more looks at it (:RemoteAlloc finds it held): nothing told twice
+        engine.call_sync("alloc", ctx, {"args": []}, timeout=60)
+    assert len(warnings()) == 2, warnings()
+    engine.call_sync("stop", ctx, {"id": run["id"]}, timeout=60)
+    engine.call_sync("alloc", ctx, {"stop": True}, timeout=60)
 
 
 def test_allocation_ending_on_its_own_ends_its_shell_and_notebook_and_is_announced(
@@ -389,18 +447,40 @@ def test_containerized_job_traceback_maps_to_local_files(engine, make_project, c
 # --------------------------------------------------------------------------- units (no cluster)
 
 
-def test_config_container_table_on_a_slurm_target(tmp_path):
+def test_config_warn_before(tmp_path):
     from remote_dev.config import load_config
     from remote_dev.errors import ConfigError
+
+    def load(slurm):
+        f = tmp_path / ".remote-dev.toml"
+        f.write_text(f'[targets.hpc]\nhost = "login"\nremote_root = "~/p"\nrunner = "slurm"\n[targets.hpc.slurm]\n{slurm}\n')
+        return load_config(f).targets["hpc"].slurm
+
+    assert load("").warn_before == (600.0, 60.0)
+    assert load("warn_before = [1800, 300.5]").warn_before == (1800.0, 300.5)
+    assert load("warn_before = []").warn_before == ()
+    with pytest.raises(ConfigError, match=r"targets\.hpc\.slurm\.warn_before: must be an array of numbers"):
+        load('warn_before = "10m"')
+    with pytest.raises(ConfigError, match=r"targets\.hpc\.slurm\.warn_before: must hold numbers of 1 or more"):
+        load("warn_before = [60, 0]")
+
+
+def test_config_container_table_on_a_slurm_target(tmp_path):
+    from remote_dev.config import check_runner, load_config
+    from remote_dev.errors import ConfigError
+    from remote_dev.runners import RUNNERS
 
     def load(container):
         f = tmp_path / ".remote-dev.toml"
         f.write_text('[targets.hpc]\nhost = "login"\nremote_root = "~/p"\nrunner = "slurm"\n'
                      f"[targets.hpc.container]\n{container}\n")
-        return load_config(f).targets["hpc"]
+        cfg = load_config(f)
+        check_runner(cfg, RUNNERS)
+        return cfg.targets["hpc"]
 
     t = load('image = "pytorch:24.01"\nworkdir = "/w"')
-    assert t.in_container and t.container.workdir == "/w"
+    runner = RUNNERS[t.runner](t)
+    assert runner.in_container() and runner.container_root() == "/w"
     assert load('image = "x"\nengine = "pyxis"').container.engine == "pyxis"
     with pytest.raises(ConfigError, match=r"targets\.hpc\.container.*needs container\.dockerfile or container\.image"):
         load('workdir = "/w"')

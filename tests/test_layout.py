@@ -1,6 +1,6 @@
 """The house rules of ARCHITECTURE.md, checked on the code itself: layers only point down,
 no import circles, the remote agent imports nothing of the local package, and no source
-file or function grows past what a newcomer can read in one sitting."""
+file, class or function grows past what a newcomer can read in one sitting."""
 from __future__ import annotations
 
 import ast
@@ -24,6 +24,7 @@ FEATURES = 3   # sync, runs, debug, forwards, health, runners and every other mo
 
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
+MAX_CLASS_LINES = 200
 LONG_MARK = "Long because"   # a longer function says why in its docstring
 
 
@@ -154,4 +155,16 @@ def test_functions_stay_short_or_say_why():
                 n = node.end_lineno - node.lineno + 1
                 if n > MAX_FUNCTION_LINES and LONG_MARK not in (ast.get_docstring(node) or ""):
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {n} lines")
+    assert not long, "\n".join(long)
+
+
+def test_classes_stay_readable():
+    long = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_CLASS_LINES:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {n} lines (at most "
+                                f"{MAX_CLASS_LINES}: split it by what it does)")
     assert not long, "\n".join(long)

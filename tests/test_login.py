@@ -401,13 +401,14 @@ def test_a_host_that_takes_the_key_alone_is_reached_directly_despite_a_master(ma
         subprocess.run(["ssh", "-F", str(sshd.ssh_config), "-O", "exit", sshd.alias], capture_output=True, timeout=10)
 
 
-def test_cli_status_says_since_when_and_through_what():
-    from remote_dev.cli import format_status
+def test_status_says_since_when_and_through_what():
+    """The one renderer of :RemoteStatus and `remote-dev status` (status.status_lines)."""
+    from remote_dev.status import status_lines
     base = {"target": "t", "runner": "process", "host": "h", "remote_root": "~/p", "connected": True}
     t = time.time() - 3 * 3600 - 5 * 60 - 10
-    line = [ln for ln in format_status({**base, "connected_since": t}).splitlines() if ln.startswith("connected")][0]
+    line = [ln for ln in status_lines({**base, "connected_since": t}) if ln.startswith("connected")][0]
     assert line == f"connected   yes, since {time.strftime('%H:%M', time.localtime(t))} (3 h 5 min)"
-    via = format_status({**base, "connected_since": t, "connected_via": "your OpenSSH master connection (x)"})
+    via = "\n".join(status_lines({**base, "connected_since": t, "connected_via": "your OpenSSH master connection (x)"}))
     assert "(3 h 5 min), through your OpenSSH master connection (x)" in via
 
 

@@ -108,3 +108,32 @@ def test_neovim_answers_while_connect_hangs(nvim, tmp_path, sshd):
     assert worst < 0.5, f"Neovim took {worst * 1000:.0f} ms to answer: something blocks it"
     assert not nvim.events("RemoteDevError")  # still connecting, not failed
     srv.close()
+
+
+def test_remote_status_and_the_cli_show_the_same_lines(nvim, make_project, sshd, isolated_state):
+    """One renderer (status.py): :RemoteStatus and `remote-dev status` print the lines the
+    host rendered, services and all; only what is measured (round trip, when the login was
+    made) differs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proj = make_project()
+    proj.write("main.py", "print('hi')\n")
+    open_project(nvim, proj)
+    nvim.command("RemoteStatus")
+    st = wait_for(lambda: (s := nvim.exec_lua("return require('remote_dev').status()")) and s.get("connected") and s,
+                  30, 0.05, what="status")
+
+    def steady(lines):   # the measured round trip and the minute each login was made differ
+        return [ln.split(", since")[0] for ln in lines if not ln.startswith("round trip")]
+    msgs = wait_for(lambda: "runs        " in (m := nvim.exec_lua("return vim.fn.execute('messages')")) and m, 10)
+    assert all(ln in msgs.splitlines() for ln in st["lines"] if not ln.startswith("round trip")), (msgs, st["lines"])
+    exe = str(Path(sys.executable).parent / "remote-dev")
+    out = subprocess.run([exe, "-C", str(proj.root), "status"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "XDG_STATE_HOME": str(isolated_state)})
+    assert out.returncode == 0, out.stderr
+    assert steady(out.stdout.splitlines()) == steady(st["lines"])
+    assert [ln.split()[0] for ln in st["lines"]] == ["target", "host", "remote_root", "connected", "python", "agent",
+                                                      "round", "last", "runs", "shells", "kernel", "notebook"]

@@ -16,7 +16,6 @@ import pytest
 
 from conftest import events, require, run_processes, wait_for
 from remote_dev.errors import RemoteDevError
-from remote_dev.kernels import python_traceback
 
 
 @pytest.fixture(autouse=True)
@@ -55,37 +54,6 @@ def tmux_sessions(sshd) -> list[str]:
 def venv_project(make_project, **target):
     proj = make_project(target={"python": sys.executable, **target})
     return proj, {"file": str(proj.root / "main.py"), "cwd": str(proj.root)}
-
-
-# --------------------------------------------------------------------------- tracebacks (no sshd)
-
-CHUNKS = [
-    "\x1b[31m-----\x1b[39m", "\x1b[31mValueError\x1b[39m    Traceback (most recent call last)",
-    "\x1b[36mCell\x1b[39m\x1b[36m \x1b[39m\x1b[32mIn[2]\x1b[39m\x1b[32m, line 3\x1b[39m\n\x1b[32m      1\x1b[39m import pkg.model\n"
-    "\x1b[32m      2\x1b[39m \n\x1b[32m----> \x1b[39m\x1b[32m3\x1b[39m pkg.model.load('data')\n",
-    "\x1b[36mFile \x1b[39m\x1b[32m~/proj/pkg/model.py:2\x1b[39m, in \x1b[36mload\x1b[39m\x1b[34m(p)\x1b[39m\n"
-    "\x1b[32m      1\x1b[39m def load(p):\n\x1b[32m----> \x1b[39m\x1b[32m2\x1b[39m     return parse(p)\n",
-    "\x1b[31mValueError\x1b[39m: bad data",
-]
-
-
-def test_ipython_traceback_in_python_format_with_cells_at_their_file():
-    text = python_traceback(CHUNKS, "ValueError", "bad data", "/home/u", {2: ("/local/main.py", 10)})
-    assert text == ('Traceback (most recent call last):\n'
-                    '  File "/local/main.py", line 12, in <module>\n'
-                    "    pkg.model.load('data')\n"
-                    '  File "/home/u/proj/pkg/model.py", line 2, in load\n'
-                    '    return parse(p)\n'
-                    'ValueError: bad data\n')
-    unknown = python_traceback(CHUNKS, "ValueError", "bad data", "/home/u", {})
-    assert '  File "<cell 2>", line 3, in <module>' in unknown
-
-
-def test_ipython_syntax_error_keeps_the_caret():
-    chunk = ("  \x1b[36mCell\x1b[39m\x1b[36m \x1b[39m\x1b[32mIn[1]\x1b[39m\x1b[32m, line 1\x1b[39m\n"
-             "\x1b[31m    \x1b[39m\x1b[31mdef f(:\x1b[39m\n          ^\n\x1b[31mSyntaxError\x1b[39m\x1b[31m:\x1b[39m invalid syntax\n")
-    text = python_traceback([chunk], "SyntaxError", "invalid syntax", "/h", {1: ("/l/a.py", 5)})
-    assert text == '  File "/l/a.py", line 5\n    def f(:\n          ^\nSyntaxError: invalid syntax\n'
 
 
 # --------------------------------------------------------------------------- kernel

@@ -88,6 +88,25 @@ def test_shell_outlives_neovim_and_comes_back_with_its_output(nvim, make_project
         quit_nvim(api)
 
 
+def test_keys_typed_at_once_after_remote_shell_arrive(nvim, make_project, sshd):
+    """As a person types: `:RemoteShell second`, then at once a command, no pause: the keys
+    typed before the shell is attached are queued and delivered, as :terminal does."""
+    have_tmux()
+    proj = venv_project(make_project)
+    main = proj.write("main.py", "print('hi')\n")
+    nvim.open(proj.root, main)
+    nvim.command("RemoteShell second")
+    nvim.input("echo early-$((6*7))\r")
+    buf = term_buffer(nvim, "second")
+    wait_for(lambda: "early-42" in screen_text(buf), 30, 0.05, what=f"the typed command's output: {screen_text(buf)[-500:]}")
+    nvim.input("echo later-$((7*7))\r")
+    wait_for(lambda: "later-49" in screen_text(buf), 30, 0.05, what="the next command's output")
+    assert screen_text(buf).count("early-42") == 1, "typed once, not replayed"
+    nvim.command("stopinsert")
+    nvim.command("RemoteShell! kill second")
+    wait_for(lambda: not [s for s in tmux_sessions(sshd) if s.endswith("-sh-second")], 30)
+
+
 def kernel_buffer(api, target="test"):
     for b in api.buffers:
         if b.name.endswith(f"remote-dev://kernel/{target}"):
@@ -164,6 +183,10 @@ def test_notebook_url_answers_through_the_forward_and_stop_leaves_nothing(nvim, 
     port = int(base.split(":")[2].split("/")[0])
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"})
     assert "started" in json.loads(urllib.request.urlopen(req, timeout=30).read())
+    # a fresh project: the server lists its files (pushed before it started)
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents", headers={"Authorization": f"token {token}"})
+    listed = [c["name"] for c in json.loads(urllib.request.urlopen(req, timeout=30).read())["content"]]
+    assert "main.py" in listed, listed
     assert any(url in m for m in nvim.messages()), "the URL is shown"
     # :RemoteRuns lists it with the runs
     nvim.command("RemoteRuns")

@@ -1,8 +1,12 @@
 """Runs through the engine against the real sshd: detached, streamed, stopped as a tree."""
 from __future__ import annotations
 
+import json
 
+import pytest
 from conftest import events, run_processes, wait_for
+
+from remote_dev.errors import RemoteDevError
 
 
 def run_exit(engine, run_id, timeout=30):
@@ -56,6 +60,32 @@ def test_stop_leaves_no_process(engine, make_project):
     ex = run_exit(engine, res["id"])
     assert ex["code"] != 0
     assert run_processes(res["id"]) == []
+
+
+def messages(engine):
+    return [p["text"] for kind, p in engine.reports if kind == "message"]
+
+
+def test_stop_of_an_ended_run_says_so_and_the_live_run_goes_on(engine, make_project):
+    """:RemoteStop in the log buffer of a run that ended: it says that run had ended and
+    which run :RemoteStop would stop; the live run keeps running and can still be stopped."""
+    proj = make_project()
+    ctx = {"cwd": str(proj.root)}
+    proj.write("quick.py", "print('done')\n")
+    proj.write("slow.py", "import time\nprint('started', flush=True)\ntime.sleep(300)\n")
+    ended = engine.call_sync("run", ctx, {"cmd": "python3 quick.py"}, timeout=60)
+    assert run_exit(engine, ended["id"])["code"] == 0
+    live = engine.call_sync("run", ctx, {"cmd": "python3 slow.py"}, timeout=60)
+    wait_for(lambda: "started" in output_lines(engine, live["id"]), 20, what="the slow run to start")
+    engine.call_sync("stop", ctx, {"id": ended["id"]}, timeout=60)
+    said = messages(engine)[-1]
+    assert said.startswith(f"run {ended['id']} had already ended (exited, exit 0)"), said
+    assert f":RemoteStop {live['id']} stops the live run (python3 slow.py)" in said
+    assert not any(m == f"run {ended['id']} stopped" for m in messages(engine))
+    assert run_processes(live["id"]), "the live run still runs"
+    engine.call_sync("stop", ctx, {}, timeout=60)
+    assert run_exit(engine, live["id"])["code"] != 0
+    assert messages(engine)[-1] == f"run {live['id']} stopped"
 
 
 def test_run_survives_engine_restart_and_reattach_gets_everything(make_project, sshd):
@@ -162,3 +192,62 @@ def test_cli_log_prints_the_output(engine, make_project, isolated_state, tmp_pat
     assert lines[0].startswith(f"# remote_dev run {res['id']}: python3 main.py  (exited, exit 0)")
     assert lines[1:] == ["green", "last line"]
     assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if res["id"] in n]   # no file made
+
+
+def test_a_file_over_the_size_limit_is_told_once_per_change_and_in_status(engine, make_project):
+    proj = make_project(config_extra="[sync]\nmax_file_size = 1000\n")
+    ctx = {"cwd": str(proj.root)}
+    proj.write("main.py", "print('ok')\n")
+    proj.write("weights.bin", b"\0" * 5000)
+
+    def run_told() -> list[str]:
+        seen = len(messages(engine))
+        res = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+        assert run_exit(engine, res["id"])["code"] == 0
+        return [m for m in messages(engine)[seen:] if "weights.bin" in m]
+
+    first = run_told()
+    assert len(first) == 1 and "over sync.max_file_size" in first[0]
+    assert run_told() == [] and run_told() == []
+    status = engine.call_sync("status", ctx, {"refresh": False}, timeout=30)
+    assert status["last_push"]["too_large"] == [{"path": "weights.bin", "size": 5000}]
+    assert "not pushed  weights.bin (0.0 MB): over sync.max_file_size" in status["lines"]
+    proj.write("weights.bin", b"\0" * 6000)   # it changed: told again, once
+    assert len(run_told()) == 1 and run_told() == []
+    proj.write("weights.bin", b"\0" * 10)     # it fits now: pushed, no longer listed
+    assert run_told() == []
+    assert (proj.remote_root / "weights.bin").stat().st_size == 10
+    status = engine.call_sync("status", ctx, {"refresh": False}, timeout=30)
+    assert status["last_push"]["too_large"] == []
+
+
+def run_folders(sshd, remote_root):
+    """The run folders on the remote of the project at remote_root."""
+    runs = sshd.remote_cache / "remote-dev" / "runs"
+    return sorted(d.name for d in runs.iterdir()
+                  if json.loads((d / "spec.json").read_text())["root"] == str(remote_root))
+
+
+def test_keep_leaves_that_many_ended_runs_and_never_a_live_one(engine, make_project, sshd):
+    proj = make_project(config_extra="[run]\nkeep = 3\n")
+    ctx = {"cwd": str(proj.root)}
+    proj.write("main.py", "print('ok')\n")
+    proj.write("slow.py", "import time\nprint('started', flush=True)\ntime.sleep(300)\n")
+    live = engine.call_sync("run", ctx, {"cmd": "python3 slow.py"}, timeout=60)
+    wait_for(lambda: "started" in output_lines(engine, live["id"]), 20, what="the slow run to start")
+    ended = []
+    for _ in range(7):
+        res = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=60)
+        assert run_exit(engine, res["id"])["code"] == 0
+        ended.append(res["id"])
+    wait_for(lambda: run_folders(sshd, proj.remote_root) == sorted([live["id"], *ended[-3:]]), 20,
+             what=f"3 ended runs and the live one: {run_folders(sshd, proj.remote_root)}")
+    listed = engine.call_sync("runs", ctx, {}, timeout=30)
+    assert sorted(r["id"] for r in listed) == sorted([live["id"], *ended[-3:]])
+    # :RemoteRuns D: an ended run's folder goes; a live one is refused
+    engine.call_sync("run_delete", ctx, {"id": ended[-1]}, timeout=30)
+    assert ended[-1] not in run_folders(sshd, proj.remote_root)
+    with pytest.raises(RemoteDevError, match=f"run {live['id']} is running: stop it first"):
+        engine.call_sync("run_delete", ctx, {"id": live["id"]}, timeout=30)
+    assert live["id"] in run_folders(sshd, proj.remote_root)
+    engine.call_sync("stop", ctx, {"id": live["id"]}, timeout=60)

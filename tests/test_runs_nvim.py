@@ -102,6 +102,25 @@ def test_remote_runs_lists_and_remote_log_opens_output(nvim, make_project):
     assert log[1:] == ["red", "second"]
 
 
+def test_remote_runs_d_deletes_an_ended_run(nvim, make_project, sshd):
+    proj = make_project()
+    main = proj.write("main.py", "print('hi')\n")
+    nvim.open(proj.root, main)
+    nvim.command("RemoteRun")
+    ex = nvim.wait_event("RemoteDevRunExit", 60)
+    folder = sshd.remote_cache / "remote-dev" / "runs" / ex["id"]
+    assert folder.is_dir()
+    nvim.command("RemoteRuns")
+    buf = wait_for(lambda: [b for b in nvim.buffers if b.name == "remote-dev://runs"], 30)[0]
+    row = wait_for(lambda: [i for i, ln in enumerate(buf[:], 1) if ln.startswith(ex["id"])], 30)[0]
+    nvim.call("cursor", row, 1)
+    nvim.input("D")
+    wait_for(lambda: not folder.exists(), 30, what="the run's folder deleted on the remote")
+    wait_for(lambda: any(f"run {ex['id']} deleted" in m for m in nvim.messages()), 30)
+    fresh = wait_for(lambda: [b for b in nvim.buffers if b.name == "remote-dev://runs" and b.valid], 30)[0]
+    wait_for(lambda: not any(ln.startswith(ex["id"]) for ln in fresh[:]), 30, what="the list without it")
+
+
 def plugin_buffer_info(nvim, buf):
     return nvim.exec_lua("local b = ...; return { bt = vim.bo[b].buftype, swap = vim.bo[b].swapfile, "
                          "modified = vim.bo[b].modified, owner = vim.b[b].remote_dev, "
@@ -260,3 +279,57 @@ def test_loclist_mode_fills_the_window_the_run_started_from(nvim, make_project):
     loc = wait_for(lambda: (q := nvim.call("getloclist", origin, {"title": 1, "items": 1, "winid": 1}))
                    and clean in q["title"] and q, 10)
     assert loc["items"] == [] and loc["winid"] == 0
+
+
+WARNING_MAIN = '''\
+import warnings
+from pkg import model
+
+
+def main():
+    warnings.warn("torch.cuda.amp.GradScaler(args...) is deprecated", FutureWarning)
+    model.load("data.csv")
+
+
+main()
+'''
+
+
+def windows(nvim):
+    """(buffer name, height) of the windows of the current tab, top to bottom."""
+    return [(nvim.call("bufname", nvim.call("winbufnr", w)), nvim.call("winheight", w))
+            for w in nvim.call("range", 1, nvim.call("winnr", "$"))]
+
+
+def test_a_person_s_screen_the_run_window_keeps_its_lines_and_warnings_wait(nvim, make_project):
+    """180x45 as a person's terminal: source, run window, then quickfix after a failing run.
+    The run's output stays readable (>= 8 lines), the cursor stays in the source; the
+    warning printed before the error is a W entry after the error's frames, and once fixed
+    a run with only the warning closes the window (as :make with :cwindow)."""
+    nvim.ui_attach(180, 45, rgb=True)
+    proj, _ = traceback_project(make_project)
+    main = proj.write("main.py", WARNING_MAIN)
+    nvim.open(proj.root, main)
+    nvim.call("cursor", 7, 5)
+    source = nvim.call("win_getid")
+    failing, code = run_and_wait(nvim)
+    assert code == 1
+    listed = wait_for(lambda: (q := qf(nvim)) and failing in q["title"] and q["winid"] and q, 10)
+    shown = windows(nvim)
+    run_height = next(h for name, h in shown if name.startswith("remote-dev://run/"))
+    assert run_height >= 8, shown
+    assert nvim.call("win_getid") == source and nvim.call("getpos", ".")[1:3] == [7, 5]
+    types = [(i["type"], i["lnum"]) for i in listed["items"] if i["valid"]]
+    assert types[0][0] != "W" and types[-1] == ("W", 6), types
+    assert ("E", 6) in types   # the raise in pkg/model.py
+    nvim.command("cfirst")
+    assert nvim.call("expand", "%:t") == "main.py" and nvim.call("line", ".") == 10   # main() of the error
+    nvim.call("win_gotoid", source)
+    nvim.command("buffer " + str(main))
+    # the fix: the run ends well with its warning; the list keeps it, the window closes
+    proj.write("pkg/model.py", MODEL.replace('raise ValueError(f"cannot parse {path}")', "return path"))
+    clean, code = run_and_wait(nvim)
+    assert code == 0
+    now = wait_for(lambda: (q := qf(nvim)) and clean in q["title"] and q, 10)
+    assert [i["type"] for i in now["items"] if i["valid"]] == ["W"]
+    assert now["winid"] == 0, windows(nvim)

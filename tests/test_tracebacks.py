@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remote_dev.tracebacks import parse
+from remote_dev.tracebacks import ipython_traceback, parse
 
 REMOTE_ROOT = "/remote/root"
 
@@ -526,8 +526,34 @@ def test_python_warning_is_a_generic_location(tmp_path: Path) -> None:
 
     entries = parse(output, to_local_for(tmp_path))
 
-    assert shape(entries, tmp_path) == [("main.py", 2, "")]
+    assert shape(entries, tmp_path) == [("main.py", 2, "W")]
     assert entries[0]["text"] == "UserWarning: careful"
+
+
+def test_warnings_come_after_the_error(tmp_path: Path) -> None:
+    """A FutureWarning printed before the traceback (nanoGPT's train.py does): :cfirst
+    reaches the error's frames, the warning is a W entry at the end."""
+    write_project(
+        tmp_path,
+        {
+            "main.py": "import warnings\nfrom pkg import model\n"
+                       "warnings.warn('old API', FutureWarning)  # WARN\n"
+                       "model.train()  # CALL\n",
+            "pkg/__init__.py": "",
+            "pkg/model.py": "def train():\n    raise ValueError('bad shape')  # RAISE\n",
+        },
+    )
+    output = run(tmp_path, "main.py")
+    assert output.index("FutureWarning") < output.index("Traceback")
+
+    entries = parse(output, to_local_for(tmp_path))
+
+    assert shape(entries, tmp_path) == [
+        ("main.py", line_of(tmp_path, "main.py", "# CALL"), ""),
+        ("pkg/model.py", line_of(tmp_path, "pkg/model.py", "# RAISE"), "E"),
+        ("main.py", line_of(tmp_path, "main.py", "# WARN"), "W"),
+    ]
+    assert entries[-1]["text"] == "FutureWarning: old API"
 
 
 def test_generic_compiler_and_linter_lines(tmp_path: Path) -> None:
@@ -581,13 +607,6 @@ def test_generic_compiler_and_linter_lines(tmp_path: Path) -> None:
             "text": "error: expected ';' after expression",
             "type": "E",
         },
-        {
-            "filename": str(tmp_path / "src/app.py"),
-            "lnum": 12,
-            "col": 1,
-            "text": "warning: unused variable",
-            "type": "",
-        },
         {"text": "/usr/include/stdio.h:10: error: outside the project", "valid": 0},
         {
             "filename": str(tmp_path / "src/app.py"),
@@ -595,6 +614,13 @@ def test_generic_compiler_and_linter_lines(tmp_path: Path) -> None:
             "col": 5,
             "text": "E501 line too long (99 > 79 characters)",
             "type": "",
+        },
+        {   # a warning: type W, after the rest
+            "filename": str(tmp_path / "src/app.py"),
+            "lnum": 12,
+            "col": 1,
+            "text": "warning: unused variable",
+            "type": "W",
         },
     ]
     # Only consecutive duplicates collapse.
@@ -791,3 +817,34 @@ def test_single_huge_line_is_fast() -> None:
     start = time.perf_counter()
     parse(text, lambda path: path)
     assert time.perf_counter() - start < 10.0  # quadratic-blowup guard, as above
+
+
+# --------------------------------------------------------------------------- a Jupyter kernel's errors (IPython's format)
+
+CHUNKS = [
+    "\x1b[31m-----\x1b[39m", "\x1b[31mValueError\x1b[39m    Traceback (most recent call last)",
+    "\x1b[36mCell\x1b[39m\x1b[36m \x1b[39m\x1b[32mIn[2]\x1b[39m\x1b[32m, line 3\x1b[39m\n\x1b[32m      1\x1b[39m import pkg.model\n"
+    "\x1b[32m      2\x1b[39m \n\x1b[32m----> \x1b[39m\x1b[32m3\x1b[39m pkg.model.load('data')\n",
+    "\x1b[36mFile \x1b[39m\x1b[32m~/proj/pkg/model.py:2\x1b[39m, in \x1b[36mload\x1b[39m\x1b[34m(p)\x1b[39m\n"
+    "\x1b[32m      1\x1b[39m def load(p):\n\x1b[32m----> \x1b[39m\x1b[32m2\x1b[39m     return parse(p)\n",
+    "\x1b[31mValueError\x1b[39m: bad data",
+]
+
+
+def test_ipython_traceback_in_python_format_with_cells_at_their_file():
+    text = ipython_traceback(CHUNKS, "ValueError", "bad data", "/home/u", {2: ("/local/main.py", 10)})
+    assert text == ('Traceback (most recent call last):\n'
+                    '  File "/local/main.py", line 12, in <module>\n'
+                    "    pkg.model.load('data')\n"
+                    '  File "/home/u/proj/pkg/model.py", line 2, in load\n'
+                    '    return parse(p)\n'
+                    'ValueError: bad data\n')
+    unknown = ipython_traceback(CHUNKS, "ValueError", "bad data", "/home/u", {})
+    assert '  File "<cell 2>", line 3, in <module>' in unknown
+
+
+def test_ipython_syntax_error_keeps_the_caret():
+    chunk = ("  \x1b[36mCell\x1b[39m\x1b[36m \x1b[39m\x1b[32mIn[1]\x1b[39m\x1b[32m, line 1\x1b[39m\n"
+             "\x1b[31m    \x1b[39m\x1b[31mdef f(:\x1b[39m\n          ^\n\x1b[31mSyntaxError\x1b[39m\x1b[31m:\x1b[39m invalid syntax\n")
+    text = ipython_traceback([chunk], "SyntaxError", "invalid syntax", "/h", {1: ("/l/a.py", 5)})
+    assert text == '  File "/l/a.py", line 5\n    def f(:\n          ^\nSyntaxError: invalid syntax\n'

@@ -50,14 +50,4 @@ function M.describe(a)
     left and (clock(left) .. ' left') or 'no time limit')
 end
 
---- The :RemoteStatus line (Slurm targets only).
----@param s table  a status
----@return string[]
-function M.status_lines(s)
-  if s.runner ~= 'slurm' then
-    return {}
-  end
-  return { ('alloc       %s'):format(M.describe(s.alloc)) }
-end
-
 return M

@@ -38,50 +38,12 @@ end
 
 --- What :RemoteStatus shows, for statuslines and tests: target, host, remote_root,
 --- connected, python (remote version), agent (version), rtt_ms, last_push, runs, error,
---- services, alloc (a held Slurm allocation: job_id, state, nodes, time_left, ends_at).
+--- services, alloc (a held Slurm allocation: job_id, state, nodes, time_left, ends_at), lines
+--- (what :RemoteStatus prints, rendered by the host).
 --- Instant: the last known state, refreshed by every request.
 ---@return table
 function M.status()
   return vim.deepcopy(lazy.host.status_of(lazy.host.project_root()) or {})
-end
-
---- ', since 09:12 (3 h 5 min)' for a connection up since epoch seconds t ('' without),
---- and how when not a login of our own (', through your OpenSSH master connection (...)').
-local function since(t, via)
-  if type(t) ~= 'number' then
-    return ''
-  end
-  local mins = math.floor(math.max(0, os.time() - t) / 60)
-  local how = type(via) == 'string' and (', through ' .. via) or ''
-  return (', since %s (%d h %d min)%s'):format(os.date('%H:%M', math.floor(t)), math.floor(mins / 60), mins % 60, how)
-end
-
-local function status_lines(s)
-  local lines = {
-    ('target      %s (%s runner)  [%s]'):format(s.target, s.runner, table.concat(s.targets or {}, ', ')),
-    ('host        %s%s'):format(s.host, s.remote_host and (' (' .. s.remote_host .. ')') or ''),
-    ('remote_root %s'):format(s.remote_root),
-    ('connected   %s'):format(s.connected and ('yes' .. since(s.connected_since, s.connected_via)) or ('no' .. (s.error and (': ' .. s.error) or ''))),
-    ('python      %s'):format(s.python or '?'),
-    ('agent       %s'):format(s.agent or '?'),
-    ('round trip  %s'):format(s.rtt_ms and (s.rtt_ms .. ' ms') or '?'),
-  }
-  local lp = s.last_push
-  if lp and lp ~= vim.NIL then
-    table.insert(lines, ('last push   %d files, %d bytes, %d ms, %s'):format(lp.files, lp.bytes, lp.ms, os.date('%H:%M:%S', lp.time)))
-  else
-    table.insert(lines, 'last push   never (this session)')
-  end
-  local live = 0
-  for _, r in ipairs(s.runs or {}) do
-    if lazy.run.is_live(r.state) then
-      live = live + 1
-    end
-  end
-  table.insert(lines, ('runs        %d (%d live)'):format(#(s.runs or {}), live))
-  vim.list_extend(lines, lazy.services.status_lines(s))
-  vim.list_extend(lines, lazy.alloc.status_lines(s))
-  return lines
 end
 
 --- :RemoteStatus: connect if needed, measure, and show the status.
@@ -91,7 +53,7 @@ function M.show_status()
       lazy.ui.error(err)
       return
     end
-    lazy.ui.echo(table.concat(status_lines(s), '\n'), true)
+    lazy.ui.echo(table.concat(s.lines or {}, '\n'), true)  -- rendered by the host (status.py)
   end)
 end
 

@@ -46,15 +46,59 @@ end
 local own = {} ---@type table<string, { id: integer, win: integer? }> each run's list, by run id
 local opened = {} ---@type table<string, integer> windows remote_dev opened, by list_of().key
 
+local RUN_MIN_LINES = 8 -- a run's output window keeps this many lines beside quickfix
+
+--- Windows of this tab showing a run's output or log: their heights and views.
+local function run_windows()
+  local out = {}
+  for _, win in ipairs(vim.api.nvim_tabpage_list_wins(0)) do
+    local owner = vim.b[vim.api.nvim_win_get_buf(win)].remote_dev
+    if type(owner) == 'table' and owner.run then
+      out[win] = { height = vim.api.nvim_win_get_height(win), view = vim.api.nvim_win_call(win, vim.fn.winsaveview) }
+    end
+  end
+  return out
+end
+
+--- Give a run window that the list's window squeezed its height back (at least
+--- RUN_MIN_LINES, or what it had when smaller), from the window above it, which keeps
+--- RUN_MIN_LINES itself. Cursors stay where they were.
+local function keep_run_heights(before)
+  for win, was in pairs(before) do
+    local want = was.height
+    local now = vim.api.nvim_win_is_valid(win) and vim.api.nvim_win_get_height(win) or want
+    if now < want then
+      local above = vim.api.nvim_win_call(win, function() return vim.fn.win_getid(vim.fn.winnr('k')) end)
+      if above ~= 0 and above ~= win then
+        local spare = vim.api.nvim_win_get_height(above) - RUN_MIN_LINES
+        local give = math.min(want - now, math.max(spare, 0))
+        if now + give < math.min(want, RUN_MIN_LINES) then
+          give = math.min(want, RUN_MIN_LINES) - now -- readable output beats a tall source window
+        end
+        if give > 0 then
+          pcall(vim.api.nvim_win_set_height, above, math.max(vim.api.nvim_win_get_height(above) - give, 1))
+        end
+      end
+    end
+    if vim.api.nvim_win_is_valid(win) then
+      vim.api.nvim_win_call(win, function() vim.fn.winrestview(was.view) end)
+    end
+  end
+end
+
 local function open_window(list)
   if list.get({ winid = 0 }).winid ~= 0 then
     return -- already shown (perhaps opened by the user: theirs to close)
   end
   local cur = vim.api.nvim_get_current_win()
+  local cursor = vim.api.nvim_win_get_cursor(cur)
+  local heights = run_windows()
   list.open()
   opened[list.key] = list.get({ winid = 0 }).winid
+  keep_run_heights(heights)
   if vim.api.nvim_win_is_valid(cur) then
     vim.api.nvim_set_current_win(cur)
+    pcall(vim.api.nvim_win_set_cursor, cur, cursor)
   end
 end
 
@@ -67,7 +111,7 @@ local function close_window(list)
 end
 
 ---@class remote_dev.RunListOpts
----@field final boolean?  the run ended: open the window (failed, with locations) or close it (empty)
+---@field final boolean?  the run ended: open the window (failed or errors) or close it (nothing, or warnings of a run that ended well)
 ---@field failed boolean? the run ended with a non-zero code
 
 --- Set a run's locations in its own list, titled with its id and command: the run's list when
@@ -94,9 +138,15 @@ function M.run_list(run, items, opts)
     own[run.id] = { id = list.get({ id = 0 }).id, win = win }
   end
   if opts.final then
-    if #items == 0 then
+    -- as :make with :cwindow: shown when the run failed or printed errors; a run that
+    -- ended well with warnings only closes the window remote_dev opened
+    local errors = false
+    for _, item in ipairs(items) do
+      errors = errors or item.type == 'E'
+    end
+    if #items == 0 or not (opts.failed or errors) then
       close_window(list)
-    elseif opts.failed and o.open then
+    elseif o.open then
       open_window(list)
     end
   end

@@ -5,15 +5,6 @@ local config = require('remote_dev.config')
 local host = require('remote_dev.host')
 local ui = require('remote_dev.ui')
 
---- States of a run that has not ended, as the agent names them ("pending": a queued Slurm job).
-M.LIVE_STATES = { starting = true, running = true, pending = true }
-
----@param state string
----@return boolean
-function M.is_live(state)
-  return M.LIVE_STATES[state] == true
-end
-
 local runs = {} ---@type table<string, {buf: integer, summary: table, has_partial: boolean}>
 local run_win = nil ---@type integer?
 local started_from = {} ---@type table<string, integer> the window each run was started from, by run id
@@ -22,10 +13,10 @@ local function state_line(s)
   local icon = ({ running = '●', starting = '…', pending = '…', exited = (s.code == 0 and '✓' or '✗'), stopped = '■', lost = '?' })[s.state]
     or '•'
   local what = s.state
-  if s.state == 'stopped' and type(s.stopped_by) == 'string' and s.stopped_by ~= '' then
+  if type(s.stopped_by) == 'string' and s.stopped_by ~= '' then
     what = 'stopped by ' .. s.stopped_by
   end
-  if s.code ~= nil and s.code ~= vim.NIL and s.state ~= 'running' then
+  if s.code ~= nil and s.code ~= vim.NIL and not s.live then
     what = ('%s (exit %d)'):format(what, s.code)
   end
   local job = (s.job and s.job ~= vim.NIL) and (' job ' .. s.job) or ''
@@ -242,7 +233,7 @@ function M.runs()
       ui.error(err)
       return
     end
-    local lines = { 'remote_dev runs — <CR>/a attach  s stop  l log  r refresh  q close', '' }
+    local lines = { 'remote_dev runs — <CR>/a attach  s stop  l log  D delete  r refresh  q close', '' }
     local by_line = {}
     for _, s in ipairs(list) do
       table.insert(lines, ('%-20s %-9s %-6s %s  %8.1f s  %s%s'):format(s.id, s.state,
@@ -274,6 +265,17 @@ function M.runs()
     map('a', attach, 'attach')
     map('s', M.stop, 'stop')
     map('l', M.log, 'open log')
+    map('D', function(id)
+      host.request('run_delete', { id = id }, function(e)
+        if e then
+          return ui.error(e)
+        end
+        if vim.api.nvim_buf_is_valid(buf) and vim.fn.bufwinid(buf) ~= -1 then
+          vim.api.nvim_win_close(vim.fn.bufwinid(buf), false)
+          M.runs()
+        end
+      end, host.context_of(owner.root, owner.target))
+    end, 'delete (an ended run: its folder and output on the remote)')
     vim.keymap.set('n', 'r', function() vim.cmd('close'); M.runs() end, { buffer = buf, desc = 'refresh' })
     vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = buf, desc = 'close' })
     require('remote_dev.services').append_to_runs(buf)

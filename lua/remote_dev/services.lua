@@ -1,28 +1,7 @@
--- Shells, the kernel and the notebook server in :RemoteStatus and :RemoteRuns.
+-- Shells, the kernel and the notebook server in :RemoteRuns.
 local M = {}
 
 local host = require('remote_dev.host')
-
---- Lines for :RemoteStatus from status().services.
----@param s table  a status
----@return string[]
-function M.status_lines(s)
-  local shells, lines = {}, {}
-  local kernel, notebook = 'none', 'none'
-  for _, item in ipairs(s.services or {}) do
-    if item.kind == 'shell' then
-      table.insert(shells, item.name)
-    elseif item.kind == 'kernel' then
-      kernel = item.state .. ((item.detail or '') ~= '' and (' (' .. item.detail .. ')') or '')
-    elseif item.kind == 'notebook' then
-      notebook = item.state .. ((item.detail or '') ~= '' and (' — ' .. item.detail) or '')
-    end
-  end
-  table.insert(lines, ('shells      %s'):format(#shells > 0 and table.concat(shells, ', ') or 'none'))
-  table.insert(lines, ('kernel      %s'):format(kernel))
-  table.insert(lines, ('notebook    %s'):format(notebook))
-  return lines
-end
 
 local actions = {
   shell = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import alloc as alloc_mod, debug, forwards, health as health_mod, kernels, notebook as notebook_mod, \
-    runs as runs_mod, services, shells, sync
+    runs as runs_mod, services, shells, sync, wiring  # noqa: F401 - wiring: registrations between features
 from .engine import Action, Engine
 from .errors import RemoteDevError
 from .status import publish_status
@@ -107,6 +107,11 @@ async def stop(engine: Engine, ctx: dict[str, Any], id: str | None = None) -> di
 @action("stop_all")
 async def stop_all(engine: Engine, ctx: dict[str, Any]) -> int:
     return await runs_mod.stop_all(engine)
+
+
+@action("run_delete")
+async def run_delete(engine: Engine, ctx: dict[str, Any], id: str) -> dict[str, Any]:  # noqa: A002
+    return await runs_mod.delete_run(engine, engine.project(ctx), id)
 
 
 @action("runs")
@@ -210,15 +215,19 @@ async def shell_kill(engine: Engine, ctx: dict[str, Any], name: str) -> dict[str
 
 @action("kernel")
 async def kernel(engine: Engine, ctx: dict[str, Any], what: str = "start") -> dict[str, Any]:
-    """:RemoteKernel start|stop|restart|interrupt."""
-    return await kernels.kernel_command(engine, engine.project(ctx), what)
+    """:RemoteKernel start|stop|restart|interrupt; a new kernel starts after a push (it
+    imports the tree as it is)."""
+    proj = engine.project(ctx)
+    return await kernels.kernel_command(engine, proj, what, lambda: sync.do_push(engine, proj, None, quiet=True))
 
 
 @action("send")
 async def send(engine: Engine, ctx: dict[str, Any], code: str, file: str | None = None,
                line: int = 1) -> dict[str, Any]:
     """Run code (from `file` at `line`) in the target's kernel; answers when it finished."""
-    return await kernels.send(engine, engine.project(ctx), code, file or ctx.get("file") or None, int(line))
+    proj = engine.project(ctx)
+    return await kernels.send(engine, proj, code, file or ctx.get("file") or None, int(line),
+                              lambda: sync.do_push(engine, proj, None, quiet=True))
 
 
 @action("notebook")
@@ -226,6 +235,8 @@ async def notebook(engine: Engine, ctx: dict[str, Any], stop: bool = False) -> d
     proj = engine.project(ctx)
     if stop:
         return await notebook_mod.stop_notebook(engine, proj)
+    # pushed first, as runs and a new kernel are: the server lists the project as it is
+    await sync.do_push(engine, proj, None, quiet=True)
     return await notebook_mod.open_notebook(engine, proj)
 
 

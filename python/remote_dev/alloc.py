@@ -8,7 +8,7 @@ Neovim and a new Neovim finds it.  Here: what this Neovim knows of it (``AllocSt
 target connection), a watcher that asks the agent every POLL_PENDING seconds while it is
 queued and every POLL_RUNNING seconds while it runs and fires ``User RemoteDevAlloc`` on
 every change of state, the step a run becomes (``run_spec``) and the launcher of shells,
-kernels and notebook servers (``AllocLauncher``, through services.LAUNCHERS).
+kernels and notebook servers (``AllocLauncher``, registered in wiring.py).
 
 How a run becomes a step: a command that starts with ``srun`` runs as typed on the login
 node, as it would in an salloc shell (SLURM_JOB_ID, SLURM_NTASKS, SLURM_NNODES and
@@ -27,15 +27,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kernels, services
+from typing import Callable
+
+from . import services
+from .agent.protocol import ALLOC_ENV, PENDING, STEP_FILE, is_live, run_dir
 from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
 from .slurm_errors import explain
-from .status import STATUS_PARTS, publish_status
+from .status import publish_status
 
 POLL_PENDING = 1.0       # seconds between looks at a queued allocation
 POLL_RUNNING = 10.0      # ... at a running one (its end by time limit or scancel shows then)
-MARKER = "REMOTE_DEV_ALLOC"   # NAME:JOB, in the environment of every process started for a step
+MARKER = ALLOC_ENV   # NAME:JOB, in the environment of every process started for a step
 # a command that launches its own steps: `srun ...`, `VAR=x srun ...`, `/usr/bin/srun ...`
 SRUN = re.compile(r"^\s*(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:exec\s+)?(?:\S*/)?srun(?:\s|$)")
 
@@ -75,13 +78,13 @@ class Allocation:
     def from_info(cls, info: dict[str, Any]) -> "Allocation":
         state = info.get("job_state") or ""
         # COMPLETING: it is ending (scancel, its time limit): no step starts in it any more
-        live = info.get("state") in ("pending", "running", "starting") and state != "COMPLETING"
+        live = is_live(info.get("state")) and state != "COMPLETING"
         if not live and not state:
             detail = str(info.get("detail") or "")
             state = detail if detail.isupper() and detail.replace("_", "").isalpha() else "ENDED"
         left = parse_left(info.get("time_left") or "")
         return cls(name=info.get("name", ""), job=str(info.get("job") or "?"),
-                   state=state or ("PENDING" if info.get("state") == "pending" else "RUNNING"), live=live,
+                   state=state or ("PENDING" if info.get("state") == PENDING else "RUNNING"), live=live,
                    reason=info.get("reason") or "", nodes=list(info.get("nodes") or []),
                    ntasks=int(info.get("ntasks") or 1), nnodes=int(info.get("nnodes") or 1),
                    addr=info.get("addr"), ends_at=time.time() + left if left is not None else None,
@@ -89,7 +92,7 @@ class Allocation:
 
     @property
     def marker(self) -> str:
-        """REMOTE_DEV_ALLOC's value: the allocation's name and job (job ids of two clusters
+        """The value of ALLOC_ENV: the allocation's name and job (job ids of two clusters
         served by one login node may be the same)."""
         return f"{self.name}:{self.job}"
 
@@ -133,6 +136,7 @@ class AllocState:
         self.seen: tuple[str, str] | None = None   # (job, state) last announced
         self.engine: Engine | None = None
         self.watcher: asyncio.Task[None] | None = None
+        self.warned: set[tuple[str, float]] = set()   # (job, seconds before its end) told
 
 
 def state_of(sess: TargetSession) -> AllocState:
@@ -153,6 +157,8 @@ async def refresh(sess: TargetSession, engine: Engine | None = None, found: bool
     info = await sess.call("alloc_info", alloc_name(sess), fresh)
     st.checked, st.at = sess.conn, time.monotonic()
     update(sess, Allocation.from_info(info) if info else None, found)
+    if st.current is not None:
+        warn_of_end(sess, st.current)
     return st.current
 
 
@@ -184,7 +190,7 @@ async def watch(sess: TargetSession) -> None:
     """Follow a live allocation until it ends (its state in status, events on changes)."""
     st = state_of(sess)
     while st.current is not None and st.current.watched:
-        await asyncio.sleep(POLL_RUNNING if st.current.running else POLL_PENDING)
+        await asyncio.sleep(next_look(sess, st.current))
         if sess.project.sessions.get(sess.target.name) is not sess:
             return   # the target's config changed: its new session follows it
         try:
@@ -193,6 +199,40 @@ async def watch(sess: TargetSession) -> None:
             continue   # asked again once the host answers
         except RemoteDevError as e:
             log.info("allocation %s: %s", alloc_name(sess), e.message)
+
+
+def next_look(sess: TargetSession, a: Allocation) -> float:
+    """Seconds to the watcher's next look: POLL_PENDING / POLL_RUNNING, sooner when a
+    warning of slurm.warn_before falls due before then."""
+    if not a.running:
+        return POLL_PENDING
+    left = a.time_left()
+    due = [left - w for w in sess.target.slurm.warn_before if left is not None and left > w]
+    return max(0.05, min([POLL_RUNNING, *due]))
+
+
+def warn_of_end(sess: TargetSession, a: Allocation) -> None:
+    """Once per job and threshold of slurm.warn_before (the nearest one crossed): say when
+    the allocation ends and what ends with it."""
+    st = state_of(sess)
+    left = a.time_left()
+    engine = st.engine
+    if engine is None or left is None or not a.running:
+        return
+    crossed = [w for w in sess.target.slurm.warn_before if left <= w]
+    if not crossed or (a.job, min(crossed)) in st.warned:
+        return
+    st.warned.update((a.job, w) for w in crossed)
+    t = sess.target.name
+    proj = sess.project
+    going = [f"run {r.id} ({r.cmd})" for r in proj.runs.values()   # type: ignore[attr-defined]
+             if r.target == t and is_live(r.state) and r.meta.get("job") == a.job]
+    going += [f"{i['kind']} {i['name']}" for i in services.known(sess).items
+              if is_live(i.get("state")) and i.get("target", t) == t]
+    ending = time.strftime("%H:%M", time.localtime(a.ends_at or time.time()))
+    what = ("; ending with it: " + ", ".join(going)) if going else ""
+    text = f"allocation on {t}: job {a.job} ends at {ending} ({clock(left)}, its time limit){what}"
+    engine.message(text, "warn")
 
 
 async def current(sess: TargetSession) -> Allocation | None:
@@ -210,13 +250,19 @@ async def current(sess: TargetSession) -> Allocation | None:
 
 async def held(sess: TargetSession) -> Allocation | None:
     """The running allocation things of the target start in; None when none is held; an
-    error while it is still queued."""
+    error (nothing was started) while it is still queued, asked of Slurm before refusing."""
     a = await current(sess)
     if a is None or a.running:
         return a
-    raise RemoteDevError(f"{sess.target.name}: the allocation is not running yet ({a.describe()}): what you start "
-                         f"runs in it once it does (User RemoteDevAlloc fires then); :RemoteAlloc stop gives it up",
-                         kind="alloc-pending")
+    # what is known here may be a poll old (squeue may show it running already): ask Slurm now
+    a = await refresh(sess, fresh=True)
+    if a is None or not a.live:
+        return None
+    if a.running:
+        return a
+    raise RemoteDevError(f"{sess.target.name}: not started: the allocation is not running yet ({a.describe()}); "
+                         f"start it again once it runs (User RemoteDevAlloc fires then), or give the allocation "
+                         f"up with :RemoteAlloc stop", kind="alloc-pending")
 
 
 def forget(sess: TargetSession) -> None:
@@ -252,7 +298,7 @@ def run_spec(sess: TargetSession, a: Allocation, run_id: str, command: str, env:
         if a.ntasks > 1:
             env.setdefault("SLURM_LABELIO", "1")   # each line says its rank: `0: ...`
         return {"cmd": command, "env": env, "meta": meta}
-    record = posixpath.join(sess.hello["cache_dir"], "runs", run_id, "step.json")
+    record = posixpath.join(run_dir(sess.hello["cache_dir"], run_id), STEP_FILE)
     argv = srun_argv(a, f"rd-{run_id}") + ["/bin/sh", "-c", step_record(record) + 'exec /bin/sh -c "$1"', "sh",
                                            command]
     return {"argv": argv, "env": env, "meta": meta}
@@ -268,8 +314,8 @@ class AllocLauncher(services.HostLauncher):
         self.env = {MARKER: a.marker}
         self.meta = {"alloc": a.job, "node": a.nodes[0] if a.nodes else ""}
 
-    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> services.Launch:
-        return services.Launch(srun_argv(self.alloc, name or "rd-step") + list(argv), dest_host=self.listen,
+    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> services.ServiceLaunch:
+        return services.ServiceLaunch(srun_argv(self.alloc, name or "rd-step") + list(argv), dest_host=self.listen,
                                env=dict(self.env), meta=dict(self.meta))
 
     def shell(self, sess: TargetSession, argv: list[str] | None, name: str = "") -> list[str] | None:
@@ -285,10 +331,13 @@ async def launcher(sess: TargetSession) -> services.HostLauncher | None:
     return AllocLauncher(a) if a is not None else None
 
 
-services.LAUNCHERS.append(launcher)
-
 
 # --------------------------------------------------------------------------- :RemoteAlloc
+
+# What ends with an allocation besides its steps, by name: hook(engine, project, job id)
+# (wiring.py registers them; the kernel's: its client lets go of a kernel that was a step).
+ON_END: dict[str, Callable[[Engine, Project, str], None]] = {}
+
 
 
 def need_slurm(sess: TargetSession) -> None:
@@ -334,11 +383,8 @@ async def stop_alloc(engine: Engine, proj: Project, sess: TargetSession) -> dict
     a = await refresh(sess, engine, fresh=True)
     if a is None or not a.live:
         raise RemoteDevError(f"no allocation is held for {t.name} (:RemoteAlloc holds one)")
-    kernel = kernels.kernel_of(engine, proj)
-    if kernel.connected and kernel.alloc_job == a.job:
-        kernel.disconnect()
-        kernel.say(f"the kernel ends with allocation job {a.job}")
-        services.note(engine, sess, services.KERNEL, "kernel", None)
+    for hook in ON_END.values():
+        hook(engine, proj, a.job)
     info = await sess.call("alloc_stop", alloc_name(sess), proj.config.run.stop_grace)
     update(sess, Allocation.from_info(info) if info else None)
     try:
@@ -359,7 +405,13 @@ def status_part(proj: Project) -> dict[str, Any] | None:
     return a.summary(sess.target.name) if a is not None and a.live else None
 
 
-STATUS_PARTS["alloc"] = status_part
+def status_lines(s: dict[str, Any]) -> list[str]:
+    """The :RemoteStatus line of a Slurm target's allocation."""
+    if s["runner"] != "slurm":
+        return []
+    a = s.get("alloc")
+    return [f"alloc       {a['detail'] if a else 'none'}"]
+
 
 
 async def health_item(sess: TargetSession) -> dict[str, str]:

@@ -8,41 +8,12 @@ import json
 import os
 import sys
 import threading
-import time
 from typing import Any
 
 from .actions import ACTIONS
 from .engine import Engine
 from .errors import RemoteDevError
-from .agent.protocol import is_live
-
-
-def format_status(s: dict[str, Any]) -> str:
-    lp = s.get("last_push")
-    live = sum(1 for r in s.get("runs") or [] if is_live(r["state"]))
-    lines = [
-        f"target      {s['target']} ({s['runner']} runner)  [{', '.join(s.get('targets') or [])}]",
-        f"host        {s['host']}" + (f" ({s['remote_host']})" if s.get("remote_host") else ""),
-        f"remote_root {s['remote_root']}",
-        f"connected   {'yes' + since(s) if s['connected'] else 'no' + (': ' + s['error'] if s.get('error') else '')}",
-        f"python      {s.get('python') or '?'}",
-        f"agent       {s.get('agent') or '?'}",
-        f"round trip  {str(s['rtt_ms']) + ' ms' if s.get('rtt_ms') is not None else '?'}",
-        f"last push   {lp['files']} files, {lp['bytes']} bytes, {lp['ms']:.0f} ms" if lp else
-        "last push   never (this session)",
-        f"runs        {len(s.get('runs') or [])} ({live} live)",
-    ]
-    return "\n".join(lines)
-
-
-def since(s: dict[str, Any]) -> str:
-    """', since 09:12 (3 h 5 min)': when the login now serving was made."""
-    t = s.get("connected_since")
-    if not t:
-        return ""
-    mins = int(max(0, time.time() - t) // 60)
-    via = f", through {s['connected_via']}" if s.get("connected_via") else ""
-    return f", since {time.strftime('%H:%M', time.localtime(t))} ({mins // 60} h {mins % 60} min){via}"
+from .runners import RUNNERS
 
 
 _ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("'"): "\\'"}
@@ -164,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     printer = Printer(quiet=args.json)
     # On a terminal a server's prompts (a one-time code) are asked there; elsewhere (a pipe,
     # a cron job) no one can answer them and the login fails with one line saying so.
-    engine = Engine(report=printer, actions=ACTIONS, prompter=terminal_prompter if sys.stdin.isatty() else None)
+    engine = Engine(report=printer, actions=ACTIONS, prompter=terminal_prompter if sys.stdin.isatty() else None,
+                    runners=RUNNERS)
     ctx = {"cwd": os.path.abspath(args.directory)}
     try:
         result = dispatch(engine, printer, ctx, args)
@@ -182,7 +154,7 @@ def dispatch(engine: Engine, printer: Printer, ctx: dict[str, Any], args: argpar
     call = engine.call_sync
     if args.command == "status":
         s = call("status", ctx)
-        print(json.dumps(s, indent=2) if args.json else format_status(s))
+        print(json.dumps(s, indent=2) if args.json else "\n".join(s["lines"]))
     elif args.command == "target":
         s = call("target", ctx, {"name": args.name})
         print(json.dumps(s, indent=2) if args.json else f"{s['target']}: {s['host']}:{s['remote_root']} ({s['runner']})")

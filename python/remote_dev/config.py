@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,7 +24,6 @@ else:  # pragma: no cover
 from .errors import ConfigError
 
 CONFIG_NAME = ".remote-dev.toml"
-RUNNERS = ("process", "container", "slurm")
 ENGINES = ("docker", "podman")
 TARGET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -39,11 +38,13 @@ class ContainerConfig:
     workdir: str = "/workspace"
     gpus: str = ""
     args: tuple[str, ...] = ()
+    table: bool = False                # the file has a [targets.NAME.container] table
 
 
 @dataclass(frozen=True)
 class SlurmConfig:
     args: tuple[str, ...] = ()
+    warn_before: tuple[float, ...] = (600.0, 60.0)   # seconds before a held allocation's end
 
 
 @dataclass(frozen=True)
@@ -62,17 +63,11 @@ class Target:
     container: ContainerConfig = ContainerConfig()
     slurm: SlurmConfig = SlurmConfig()
 
-    @property
-    def in_container(self) -> bool:
-        """Runs are in a container: runner "container", or "slurm" with a container table
-        naming an image or a Dockerfile (the container runs inside the job)."""
-        c = self.container
-        return self.runner == "container" or (self.runner == "slurm" and bool(c.image or c.dockerfile))
-
 
 @dataclass(frozen=True)
 class SyncConfig:
     exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()     # pushed although .gitignore leaves them out
     pull: tuple[str, ...] = ()
     push_on_save: bool = False
     max_file_size: int = 100 * 1000 * 1000
@@ -83,6 +78,7 @@ class RunConfig:
     command: str = "{python} {file}"
     stop_grace: float = 3.0
     debug_wait: float = 600.0
+    keep: int = 50            # ended runs kept on the remote per project and target
 
 
 @dataclass(frozen=True)
@@ -109,7 +105,7 @@ class ProjectConfig:
 @dataclass(frozen=True)
 class Key:
     """One key of a table.  kind: "string", "integer", "number", "boolean", "strings" (an
-    array of strings), "env" (a table of strings), "table" (a sub-table, see SCHEMA).
+    array of strings), "numbers" (an array of numbers), "env" (a table of strings), "table" (a sub-table, see SCHEMA).
     path: "inside" (relative, inside the project) or "absolute" (a container path)."""
     name: str
     kind: str
@@ -131,7 +127,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("user", "string", nonempty=True), Key("port", "integer", low=1, high=65535),
         Key("identity_file", "string", nonempty=True), Key("ssh_config", "string", nonempty=True),
         Key("known_hosts", "string", nonempty=True),
-        Key("runner", "string", choices=RUNNERS), Key("python", "string", nonempty=True),
+        Key("runner", "string", nonempty=True), Key("python", "string", nonempty=True),
         Key("env", "env"), Key("container", "table"), Key("slurm", "table"),
     ),
     "targets.*.container": (
@@ -139,13 +135,13 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("image", "string", nonempty=True), Key("workdir", "string", path="absolute"),
         Key("gpus", "string"), Key("args", "strings"),
     ),
-    "targets.*.slurm": (Key("args", "strings"),),
+    "targets.*.slurm": (Key("args", "strings"), Key("warn_before", "numbers", low=1)),
     "sync": (
-        Key("exclude", "strings"), Key("pull", "strings", path="inside"), Key("push_on_save", "boolean"),
+        Key("exclude", "strings"), Key("include", "strings"), Key("pull", "strings", path="inside"), Key("push_on_save", "boolean"),
         Key("max_file_size", "integer", low=0),
     ),
     "run": (Key("command", "string", nonempty=True), Key("stop_grace", "number", low=0, high=3600),
-            Key("debug_wait", "number", low=1, high=86400)),
+            Key("debug_wait", "number", low=1, high=86400), Key("keep", "integer", low=1, high=100000)),
 }
 
 
@@ -229,6 +225,14 @@ class _Checker:
                     if problem:
                         raise self.fail(full, f"{item!r} {problem}")
             return tuple(v)
+        if kind == "numbers":
+            if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise self.fail(full, f"must be an array of numbers, e.g. [600, 60], not {toml_type(v)}")
+            if any(x != x or x in (float("inf"), float("-inf")) for x in v):
+                raise self.fail(full, "must hold finite numbers")
+            if spec.low is not None and any(x < spec.low for x in v):
+                raise self.fail(full, f"must hold numbers of {spec.low:g} or more, not {min(v)}")
+            return tuple(float(x) for x in v)
         if kind == "boolean":
             if not isinstance(v, bool):
                 raise self.fail(full, f"must be true or false, not {toml_type(v)}")
@@ -273,17 +277,10 @@ def _target(c: _Checker, name: str, raw: Any) -> Target:
     if "container" in t:
         cp = f"{p}.container"
         ct = c.table(t["container"], cp, SCHEMA["targets.*.container"])
-        container = ContainerConfig(**{k: v for k, v in ct.items()})
+        container = ContainerConfig(**{k: v for k, v in ct.items()}, table=True)
         if container.dockerfile and container.image:
             raise c.fail(cp, "set either dockerfile or image, not both")
-    runner = t.get("runner", "process")
-    if runner in ("container", "slurm") and "container" in t and not (container.dockerfile or container.image):
-        raise c.fail(f"{p}.container", f"runner = \"{runner}\" with a container table needs container.dockerfile "
-                                       f"or container.image")
-    if runner == "container" and not (container.dockerfile or container.image):
-        raise c.fail(f"{p}.container", "runner = \"container\" needs container.dockerfile or container.image")
-    if container.engine == "pyxis" and runner != "slurm":
-        raise c.fail(f"{p}.container.engine", "\"pyxis\" runs containers in Slurm jobs only (runner = \"slurm\")")
+    # what a runner kind needs of these tables is its own check (runners/, check_runner)
     if container.engine == "pyxis" and container.dockerfile:
         raise c.fail(f"{p}.container.dockerfile", "pyxis runs an image, not a Dockerfile: set container.image")
     slurm = SlurmConfig()
@@ -291,6 +288,25 @@ def _target(c: _Checker, name: str, raw: Any) -> Target:
         slurm = SlurmConfig(**c.table(t["slurm"], f"{p}.slurm", SCHEMA["targets.*.slurm"]))
     plain = {k: v for k, v in t.items() if k not in ("container", "slurm")}
     return Target(name=name, **plain, container=container, slurm=slurm)
+
+
+class RunnerCheck(Protocol):
+    def check(self, target: Target) -> tuple[str, str] | None: ...
+
+
+def check_runner(config: ProjectConfig, runners: Mapping[str, RunnerCheck]) -> None:
+    """Every target's runner is a known kind (runners.RUNNERS, handed down by the engine's
+    front-end) and has what that kind needs (its ``check``: the key below the target and
+    the problem), else one line naming the file, the key and the problem (for an unknown
+    kind: the known kinds)."""
+    for t in config.targets.values():
+        kind = runners.get(t.runner)
+        if kind is None:
+            raise ConfigError(str(config.file), f"targets.{t.name}.runner",
+                              f"unknown runner {t.runner!r} (known: {', '.join(map(repr, runners))})")
+        problem = kind.check(t)
+        if problem is not None:
+            raise ConfigError(str(config.file), f"targets.{t.name}.{problem[0]}", problem[1])
 
 
 def load_config(file: str | os.PathLike[str]) -> ProjectConfig:

@@ -31,6 +31,7 @@ from .debug_launch import DebugPlan, launch_for, prepare
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
 from .forwards import forwards_of
+from .runners import path_mapping, runner_of
 from .runs import RunRecord, new_run_id
 
 log = logging.getLogger("remote_dev")
@@ -135,9 +136,8 @@ class DebugRun:
 
     def answer(self, ep: Endpoint) -> dict[str, Any]:
         assert self.run is not None and ep.proxy is not None
-        mapping = self.sess.mapping()
         config = dap_config(self.run, ep.proxy.local_port,
-                            mapping.dap_path_mappings(in_container=self.sess.target.runner == "container"),
+                            path_mapping(self.sess).dap_path_mappings(in_container=runner_of(self.sess).in_container()),
                             ep.name(self.run.id), ep.key)
         return {"id": self.run.id, "port": ep.proxy.local_port, "remote_port": ep.port, "node": ep.node,
                 "rank": ep.rank, "name": config["name"], "config": config}
@@ -324,7 +324,7 @@ async def attach_port(engine: Engine, proj: Project, port: int) -> dict[str, Any
     :RemoteRun of `python -m debugpy --listen 127.0.0.1:5678 train.py`)."""
     sess = proj.session()
     fwd = await forwards_of(sess).add("127.0.0.1", int(port), name=f"debugpy {port}")
-    config = dap_config(None, fwd.local_port, sess.mapping().dap_path_mappings())
+    config = dap_config(None, fwd.local_port, path_mapping(sess).dap_path_mappings())
     engine.report("debug_ready", {"id": None, "port": fwd.local_port, "config": config})
     engine.emit("RemoteDevDebugReady", {"id": None, "port": fwd.local_port})
     return {"port": fwd.local_port, "config": config}

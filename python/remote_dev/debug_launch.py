@@ -40,20 +40,20 @@ from typing import Any
 
 import debugpy
 
-from .agent.protocol import OK, write_op
+from .agent.protocol import (DEBUG_ENV, DEBUG_GUARD_ENV, DEBUG_HOST_ENV, DEBUG_STOP_ENV, DEBUG_TOKEN_ENV,
+                             DEBUG_WAIT_MAX_ENV, DEBUGPY_ENV, ENDPOINTS_DIR, OK, python_words, run_dir, shell_word, write_op)
 from .engine import TargetSession
 from .errors import RemoteDevError
-from .runners import Launch
+from .runners import BOOTSTRAP, Launch, runner_of
 
 CONTAINER_DEBUGPY = "/opt/remote-dev/debugpy"
 CONTAINER_BOOT = "/opt/remote-dev/boot"
 SKIP_SUFFIXES = (".pyc", ".pyo", ".dll", ".exe", ".pdb", ".dylib")
 PYTHON_WORD = re.compile(r"^(?:.*/)?python[0-9.]*$")
 BOOT_SOURCE = Path(__file__).resolve().parent / "agent" / "remote" / "debug_boot.py"
-ENDPOINTS = "debug"     # the folder of a run's folder the bootstrap writes endpoints into
 # Programs that start others: run as typed (not as `python -m prog`), each Python process
 # below them debugged.
-LAUNCHERS = frozenset(("srun", "mpirun", "mpiexec", "orterun", "torchrun", "deepspeed", "accelerate",
+LAUNCHER_PROGRAMS = frozenset(("srun", "mpirun", "mpiexec", "orterun", "torchrun", "deepspeed", "accelerate",
                        "horovodrun", "env", "time", "nice", "nohup", "numactl", "taskset", "sh", "bash",
                        "dash", "zsh", "apptainer", "singularity"))
 SHELL_SYNTAX = re.compile(r"[;&|<>()`$]")
@@ -187,6 +187,26 @@ def exports(env: list[str]) -> str:
     return "".join(f"export {shlex.quote(w)}; " for w in env)
 
 
+def python_prefix(words: list[str], python: str) -> int:
+    """How many of the command's first words are the target's python (0: none): its words as
+    configured (`~/venv/bin/python`, `conda run -n X python`) or as ``{python}`` wrote them."""
+    for form in (python_words(python), shlex.split(shell_word(python))):
+        if form and words[:len(form)] == form:
+            return len(form)
+    return 0
+
+
+def interpreter(words: list[str], python: str) -> tuple[str, list[str]]:
+    """(the interpreter as a shell word, the rest) when the command starts with a Python
+    interpreter (`python3`, a path to one, the target's python), else ("", words)."""
+    n = python_prefix(words, python)
+    if n:
+        return shell_word(python), words[n:]
+    if PYTHON_WORD.match(words[0]):
+        return shlex.quote(words[0]), words[1:]
+    return "", words
+
+
 def debug_command(cmd: str, python: str, listen: str, port: int, supplied: list[tuple[tuple[int, int], str]],
                   boot: str | None = None) -> str:
     """Direct: cmd rewritten to start under debugpy, waiting for the client:
@@ -195,55 +215,58 @@ def debug_command(cmd: str, python: str, listen: str, port: int, supplied: list[
     supplied: (oldest Python, folder) of the debugpys mounted into the container, newest
     first: when its Python lacks debugpy, the first that runs on it goes on PYTHONPATH."""
     env, words = split_command(cmd)
-    if PYTHON_WORD.match(words[0]) or words[0] == python:
-        interp, rest = words[0], words[1:]
+    interp, rest = interpreter(words, python)
+    if interp:
         opts = []
         while rest and rest[0].startswith("-") and rest[0] not in ("-m", "-c"):
             opts.append(rest.pop(0))
         if rest and rest[0] == "-c":
             raise RemoteDevError("debugging `python -c` in a container is not supported: put the code in a file")
     else:
-        if posixpath.basename(words[0]) in LAUNCHERS:
+        if posixpath.basename(words[0]) in LAUNCHER_PROGRAMS:
             raise RemoteDevError(f"debugging `{words[0]}` (a launcher) in a container with its own network is not "
                                  f"supported: debug the Python command itself, or use the process or slurm runner")
-        interp, opts, rest = python, [], ["-m", words[0].rsplit("/", 1)[-1]] + words[1:]
-    dbg = [interp, "-Xfrozen_modules=off", *opts, "-m", "debugpy", "--listen", f"{listen}:{port}",
-           "--wait-for-client", *rest]
-    line = " ".join(shlex.quote(w) for w in dbg)
-    check = f"{shlex.quote(interp)} -c 'import debugpy' 2>/dev/null"
+        interp, opts, rest = shell_word(python), [], ["-m", words[0].rsplit("/", 1)[-1]] + words[1:]
+    dbg = ["-Xfrozen_modules=off", *opts, "-m", "debugpy", "--listen", f"{listen}:{port}", "--wait-for-client", *rest]
+    line = interp + " " + " ".join(shlex.quote(w) for w in dbg)
+    check = f"{interp} -c 'import debugpy' 2>/dev/null"
     supply = ""
     if supplied:
         pick = f"_rd_debugpy={shlex.quote(supplied[0][1])}; "
         for (newer, _), (_, folder) in zip(supplied, supplied[1:]):
             # older than what the newer one needs: the next one
-            pick += (f"{shlex.quote(interp)} -c 'import sys; sys.exit(sys.version_info < {newer})' "
+            pick += (f"{interp} -c 'import sys; sys.exit(sys.version_info < {newer})' "
                      f"2>/dev/null || _rd_debugpy={shlex.quote(folder)}; ")
         supply = f'{check} || {{ {pick}export PYTHONPATH="$_rd_debugpy${{PYTHONPATH:+:$PYTHONPATH}}"; }}; '
     guard = ""
     if boot:   # the bootstrap guards debugpy's listeners (debug_boot.guard_cli)
-        guard = f"export REMOTE_DEV_DEBUG_GUARD=1 PYTHONPATH={shlex.quote(boot)}${{PYTHONPATH:+:$PYTHONPATH}}; "
+        guard = f"export {DEBUG_GUARD_ENV}=1 PYTHONPATH={shlex.quote(boot)}${{PYTHONPATH:+:$PYTHONPATH}}; "
     return f"export PYDEVD_DISABLE_FILE_VALIDATION=1; {exports(env)}{supply}{guard}exec {line}"
 
 
 def boot_command(cmd: str, python: str, env: dict[str, str]) -> str:
     """Bootstrap: cmd as typed after env (PYTHONPATH put in front of the one in force).
-    A simple command execs: `python ...` gets -Xfrozen_modules=off, a launcher (srun,
-    torchrun, mpirun, a shell) or a path runs as is, another program (pytest, a console
-    script) as `python -m prog`.  A line with shell syntax (&&, |, $VAR) runs as typed."""
+    A simple command execs: `python ...` (or the target's python) gets -Xfrozen_modules=off,
+    a launcher (srun, torchrun, mpirun, a shell) or a path runs as is, another program
+    (pytest, a console script) as `python -m prog`.  A line with shell syntax (&&, |, $VAR)
+    runs as typed."""
     env = dict(env)
     path = env.pop("PYTHONPATH")
     ours = "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + "; "
-    if SHELL_SYNTAX.search(cmd):
-        return f"{ours}export PYTHONPATH={shlex.quote(path)}${{PYTHONPATH:+:$PYTHONPATH}}; {cmd}"
+    boot_path = f"export PYTHONPATH={shlex.quote(path)}${{PYTHONPATH:+:$PYTHONPATH}}; "
+    if SHELL_SYNTAX.search(cmd.replace(shell_word(python), "")):
+        return f"{ours}{boot_path}{cmd}"
     user_env, words = split_command(cmd)
-    if PYTHON_WORD.match(words[0]) or words[0] == python:
-        words = [words[0], "-Xfrozen_modules=off", *words[1:]]
-    elif "/" not in words[0] and words[0] not in LAUNCHERS:
-        words = [python, "-Xfrozen_modules=off", "-m", *words]
-    line = " ".join(shlex.quote(w) for w in words)
+    interp, rest = interpreter(words, python)
+    if interp:
+        line = f"{interp} -Xfrozen_modules=off"
+    elif "/" not in words[0] and words[0] not in LAUNCHER_PROGRAMS:
+        line, rest = f"{shell_word(python)} -Xfrozen_modules=off -m", words
+    else:
+        line, rest = shlex.quote(words[0]), words[1:]
+    line = " ".join([line, *(shlex.quote(w) for w in rest)])
     # the command's own variables first: a PYTHONPATH among them keeps the bootstrap in front
-    return (f"{ours}{exports(user_env)}export PYTHONPATH={shlex.quote(path)}${{PYTHONPATH:+:$PYTHONPATH}}; "
-            f"exec {line}")
+    return f"{ours}{exports(user_env)}{boot_path}exec {line}"
 
 
 def host_network(args: tuple[str, ...]) -> bool:
@@ -268,7 +291,7 @@ class DebugPlan:
 async def prepare(sess: TargetSession) -> DebugPlan:
     """debugpy (and the bootstrap) on the target, and the way its runner starts a debug run."""
     t = sess.target
-    if t.runner != "container":
+    if runner_of(sess).debug_mode() == BOOTSTRAP:
         pythonpath, boot = await asyncio.gather(ensure_debugpy(sess), ensure_boot(sess))
         return DebugPlan(pythonpath, boot=boot)
     # the image's Python is known only inside it: every debugpy the plugin has goes in, and
@@ -291,7 +314,7 @@ async def prepare(sess: TargetSession) -> DebugPlan:
 
 
 def endpoints_folder(sess: TargetSession, run_id: str) -> str:
-    return posixpath.join(sess.hello["cache_dir"], "runs", run_id, ENDPOINTS)
+    return posixpath.join(run_dir(sess.hello["cache_dir"], run_id), ENDPOINTS_DIR)
 
 
 def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, stop_on_entry: str = "",
@@ -300,11 +323,10 @@ def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, 
     at the program's first line (bootstrap only).  wait: seconds a debugged process waits
     for its debugger before it ends (run.debug_wait; bootstrap only)."""
     if plan.boot:
-        env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "REMOTE_DEV_DEBUG": endpoints_folder(sess, run_id),
-               "REMOTE_DEV_DEBUG_HOST": sess.hello["host"], "REMOTE_DEV_DEBUGPY": plan.pythonpath or "",
-               "REMOTE_DEV_DEBUG_STOP": stop_on_entry, "REMOTE_DEV_DEBUG_WAIT_MAX": f"{wait:g}",
-               "PYTHONPATH": plan.boot}
-        return Launch(boot_command(command, sess.target.python, env), env={"REMOTE_DEV_DEBUG_TOKEN": plan.token})
+        env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", DEBUG_ENV: endpoints_folder(sess, run_id),
+               DEBUG_HOST_ENV: sess.hello["host"], DEBUGPY_ENV: plan.pythonpath or "",
+               DEBUG_STOP_ENV: stop_on_entry, DEBUG_WAIT_MAX_ENV: f"{wait:g}", "PYTHONPATH": plan.boot}
+        return Launch(boot_command(command, sess.target.python, env), env={DEBUG_TOKEN_ENV: plan.token})
     wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.supplied, plan.guard)
     return Launch(wrapped, mounts=list(plan.mounts), publish=[plan.port] if plan.publish else [],
-                  env={"REMOTE_DEV_DEBUG_TOKEN": plan.token})
+                  env={DEBUG_TOKEN_ENV: plan.token})

@@ -17,15 +17,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Coroutine, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Mapping, Protocol, TypeVar
 
 import asyncssh
 
 from . import __version__, library_warnings, ssh
-from .config import ProjectConfig, Target, find_config, load_config
+from .config import ProjectConfig, RunnerCheck, Target, check_runner, find_config, load_config
 from .errors import ConnectError, RemoteDevError
 from .login import Challenge
-from .mapping import PathMapping
 from .rpc import AgentChannel
 
 log = logging.getLogger("remote_dev")
@@ -126,7 +125,6 @@ class TargetSession(FeatureState):
         self.lock = asyncio.Lock()
         self.on_reconnect: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.connected_once = False
-        self.container_engine: str | None = None   # docker or podman, once found to answer
         self.connected_since: float | None = None  # time.time() of the login now serving
         self.via: str | None = None   # how, when not a login of our own (an OpenSSH master)
         # The person cancelled a login prompt: reconnects in the background (output
@@ -227,12 +225,6 @@ class TargetSession(FeatureState):
         self.rtt_ms = (time.perf_counter() - t0) * 1000
         return self.rtt_ms
 
-    def mapping(self) -> PathMapping:
-        cfg = self.project.config
-        root = self.remote_root or self.target.remote_root
-        container = self.target.container.workdir if self.target.in_container else None
-        return PathMapping(cfg.root, root, container)
-
 
 @dataclass
 class Project(FeatureState):
@@ -271,14 +263,17 @@ class Project(FeatureState):
 
 class Engine:
     """The loop thread and the projects.  ``actions`` (name -> ``async def (engine, ctx,
-    **args)``) come from the front-end: the engine knows no action itself."""
+    **args)``) and ``runners`` (the runner kinds, runners.RUNNERS: every target's runner is
+    checked against them when a project's config is loaded) come from the front-end: the
+    engine knows no action and no runner itself."""
 
     def __init__(self, report: Report | None = None, actions: dict[str, Action] | None = None,
-                 prompter: Prompter | None = None) -> None:
+                 prompter: Prompter | None = None, runners: Mapping[str, RunnerCheck] | None = None) -> None:
         self.report: Report = report or (lambda kind, payload: None)
         # The front-end's way to ask the person (Neovim's prompt, a terminal); None: nobody.
         self.prompter = prompter
         self.actions: dict[str, Action] = dict(actions or {})
+        self.runners = dict(runners or {})
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(loop_error)
         self.projects: dict[Path, Project] = {}
@@ -364,6 +359,8 @@ class Engine:
         proj = self.projects.get(root)
         if proj is None or proj.mtime != mtime:
             config = load_config(file)
+            if self.runners:
+                check_runner(config, self.runners)
             target_name = proj.target_name if proj and proj.target_name in config.targets else None
             if target_name is None:
                 saved = Project(config, mtime, config.default_target).state_dir() / "target"

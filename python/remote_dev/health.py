@@ -13,7 +13,7 @@ from typing import Any
 from .debug_launch import debugpys
 from .engine import Engine
 from .errors import RemoteDevError
-from .runners import runner_for
+from .runners import runner_of
 from .services import health_items as services_health
 
 
@@ -119,7 +119,8 @@ async def health_report(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any]:
         items.append({"level": "ok" if found[tool] else "info",
                       "text": f"{tool}: {found[tool]}" if found[tool] else f"{tool}: not found"})
     slurm = [n for n in ("sbatch", "squeue", "scancel") if found[n]]
-    items.append({"level": "ok" if len(slurm) == 3 else ("warn" if t.runner == "slurm" else "info"),
+    runner = runner_of(sess)
+    items.append({"level": "ok" if len(slurm) == 3 else ("warn" if "sbatch" in runner.probes else "info"),
                   "text": f"slurm: {', '.join(found[n] for n in slurm)}" if slurm else "slurm: sbatch not found"})
     if found["nvidia-smi"]:
         res = await sess.call("exec", ["nvidia-smi", "-L"], 20, t.env)
@@ -127,6 +128,6 @@ async def health_report(engine: Engine, ctx: dict[str, Any]) -> dict[str, Any]:
         items.append({"level": "ok" if res["code"] == 0 else "warn", "text": f"GPUs: {text}"})
     else:
         items.append({"level": "info", "text": "GPUs: nvidia-smi not found"})
-    items.extend(await runner_for(t).health(proj, sess, found))
+    items.extend(await runner.health(proj, sess, found))
     items.extend(await services_health(sess))
     return report

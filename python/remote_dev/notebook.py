@@ -1,7 +1,7 @@
 """:RemoteNotebook: a Jupyter server (JupyterLab, Notebook or bare jupyter_server, whichever
 the target's python has) on the remote, reached through an SSH forward.
 
-The server is a service (services.py): started detached in remote_root, found again by
+The tree is pushed first.  The server is a service (services.py): started detached in remote_root, found again by
 name, bound to the remote's 127.0.0.1 on a port chosen there, with a token chosen here and
 handed over in its environment (JUPYTER_TOKEN: never on a command line others can read
 with ps).  Port and token stay in the service's record (a folder only its user reads), so
@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from . import services
+from .agent.protocol import RUNNING, is_live
 from .engine import Engine, Project
 from .errors import RemoteDevError
 from .forwards import forwards_of
@@ -26,13 +27,14 @@ LISTEN_TIMEOUT = 90.0
 
 
 async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
-    """The project's notebook server on the target, started when none runs, forwarded."""
+    """The project's notebook server on the target, started when none runs, forwarded
+    (actions.notebook pushes the tree first, so the server lists the project as it is)."""
     sess = proj.session()
     await sess.ensure()
     t = sess.target
     name = remote_name(sess, NOTEBOOK)
     info = await sess.call("service_info", name)
-    found = info is not None and info.get("state") in ("starting", "running")
+    found = info is not None and is_live(info.get("state"))
     t0 = time.perf_counter()
     if not found:
         mods = await services.python_modules(sess, [m for m, _ in SERVERS])
@@ -57,7 +59,7 @@ async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
                          **launch.meta}}
         info = await sess.call("service_start", spec)
         found = bool(info.get("found"))
-        if info.get("state") not in ("starting", "running"):
+        if not is_live(info.get("state")):
             raise RemoteDevError(f"{t.host}: the Jupyter server ({module}) did not start:\n"
                                  + await services.service_log_tail(sess, name))
     meta = info.get("meta") or {}
@@ -73,7 +75,7 @@ async def open_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
     fwd = await forwards_of(sess).add(meta.get("host") or "127.0.0.1", port, name="notebook")
     path = meta.get("path") or ""
     url = f"http://127.0.0.1:{fwd.local_port}/{path}?token={token}"
-    services.note(engine, sess, NOTEBOOK, "notebook", "running", f"{meta.get('server')} at http://127.0.0.1:{fwd.local_port}/")
+    services.note(engine, sess, NOTEBOOK, "notebook", RUNNING, f"{meta.get('server')} at http://127.0.0.1:{fwd.local_port}/")
     engine.emit("RemoteDevNotebook", {"url": url, "target": t.name, "found": found})
     return {"url": url, "local_port": fwd.local_port, "remote_port": port, "server": meta.get("server"),
             "found": found, "ms": round((time.perf_counter() - t0) * 1000)}
@@ -84,7 +86,7 @@ async def stop_notebook(engine: Engine, proj: Project) -> dict[str, Any]:
     sess = proj.session()
     name = remote_name(sess, NOTEBOOK)
     info = await sess.call("service_info", name)
-    live = info is not None and info.get("state") in ("starting", "running")
+    live = info is not None and is_live(info.get("state"))
     if live:
         await sess.call("service_stop", name, proj.config.run.stop_grace)
     port = int((info or {}).get("meta", {}).get("port") or 0)

@@ -10,7 +10,7 @@ from typing import Any
 import asyncssh
 import msgpack
 
-from .agent import bundle, bootstrap_command
+from .agent import GREETING, NEED, OK, REMOTE_COMMAND, bootstrap_script, bundle
 from .errors import AgentCallError, ConnectError
 
 
@@ -24,6 +24,8 @@ class LostWrites(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(LostWrites())
+log = logging.getLogger("remote_dev")
+NOISE_LIMIT = 1 << 16   # bytes a login shell may print before the agent's greeting
 
 
 class AgentChannel:
@@ -37,24 +39,44 @@ class AgentChannel:
         self.closed: Exception | None = None
         self.packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
         self.reader: asyncio.Task[None] | None = None
+        self.noise_reader: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, conn: asyncssh.SSHClientConnection, host: str, python: str,
                     env: dict[str, str] | None = None) -> "AgentChannel":
-        process = await conn.create_process(bootstrap_command(python, env), encoding=None)
+        process = await conn.create_process(REMOTE_COMMAND, encoding=None)
+        process.stdin.write(bootstrap_script(python, env))
         chan = cls(process, host)
         await chan._handshake(python)
         chan.reader = asyncio.get_running_loop().create_task(chan._read_loop())
+        chan.noise_reader = asyncio.get_running_loop().create_task(chan._log_stderr())
         return chan
 
+    async def _greeting(self) -> bytes:
+        """The bootstrap's next line from its greeting on, past what the login shell printed
+        first (that goes to the log); b"" when the greeting never came."""
+        seen = 0
+        while seen <= NOISE_LIMIT:
+            line = await self.process.stdout.readline()
+            at = line.find(GREETING)
+            noise = line[:at] if at >= 0 else line
+            seen += len(noise)
+            if noise.strip():
+                log.info("%s: the login shell printed before the agent: %r", self.host, noise[:2000])
+            if at >= 0:
+                return line[at:]
+            if not line:
+                break
+        return b""
+
     async def _handshake(self, python: str) -> None:
-        line = await self.process.stdout.readline()
-        if line == b"NEED\n":
+        line = await self._greeting()
+        if line == NEED:
             data = bundle().data
             self.process.stdin.write(b"%d\n" % len(data) + data)
             await self.process.stdin.drain()
-            line = await self.process.stdout.readline()
-        if not line.startswith(b"OK "):
+            line = await self._greeting()
+        if not line.startswith(OK):
             err = b""
             try:
                 err = await asyncio.wait_for(self.process.stderr.read(4000), 5)
@@ -64,11 +86,24 @@ class AgentChannel:
             if "not found" in text or "No such file" in text:
                 raise ConnectError(f"{self.host}: remote interpreter {python!r} not found; set "
                                    f"`python` of this target to a Python >= 3.8 ({text})", kind="python")
-            raise ConnectError(f"{self.host}: the remote agent did not start: {text or line!r}", kind="agent")
-        version = tuple(int(x) for x in line[3:].strip().split(b"."))
+            raise ConnectError(f"{self.host}: the remote agent did not start: {text or 'it said nothing'}",
+                               kind="agent")
+        version = tuple(int(x) for x in line[len(OK):].strip().split(b"."))
         if version < (3, 8):
             raise ConnectError(f"{self.host}: remote {python} is Python {version[0]}.{version[1]}; "
                                f"remote_dev needs Python >= 3.8 (set `python` of this target)", kind="python")
+
+    async def _log_stderr(self) -> None:
+        """What the remote writes on stderr (a login banner, the agent's own last words) goes
+        to the log, read as it comes so it never fills the channel's window."""
+        try:
+            while True:
+                line = await self.process.stderr.readline()
+                if not line:
+                    return
+                log.info("%s: agent stderr: %s", self.host, line.decode(errors="replace").rstrip())
+        except (asyncssh.Error, OSError):
+            return
 
     async def _read_loop(self) -> None:
         unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", max_buffer_size=512 << 20)
@@ -130,5 +165,6 @@ class AgentChannel:
         except (asyncssh.Error, OSError):
             pass
         self.process.close()
-        if self.reader:
-            self.reader.cancel()
+        for task in (self.reader, self.noise_reader):
+            if task:
+                task.cancel()

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import tracebacks
-from .agent.protocol import ENDED_STATES, EXITED, LIVE_STATES as LIVE, LOST, STARTING, STOPPED
-from .engine import Engine, Project, TargetSession
+from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED, is_live, shell_word
+from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
-from .runners import Launch, runner_for
+from .runners import Launch, path_mapping, runner_of
 from .status import publish_status
 from .termtext import TerminalText
 
@@ -73,10 +73,11 @@ class RunRecord:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "id": self.id, "target": self.target, "cmd": self.cmd, "state": self.state, "code": self.code,
+            "id": self.id, "target": self.target, "cmd": self.cmd, "state": self.state, "live": is_live(self.state),
+            "code": self.code,
             "created": self.created, "ended": self.ended, "runner": self.runner, "detail": self.detail,
             "duration": round((self.ended or time.time()) - self.created, 2), "job": self.meta.get("job"),
-            "root": self.root, "stopped_by": self.stopped_by if self.state == "stopped" else "",
+            "root": self.root, "stopped_by": self.stopped_by if self.state == STOPPED else "",
             "step": self.meta.get("step"),
         }
 
@@ -99,14 +100,14 @@ def expand_command(proj: Project, sess: TargetSession, cmd: str | None, file: st
     rel = ""
     if file:
         try:
-            rel = sess.mapping().rel(file)
+            rel = path_mapping(sess).rel(file)
         except ValueError:
             rel = ""
     if "{file}" in template and not rel:
         raise RemoteDevError(f"{proj.config.file}: run.command uses {{file}} but the current buffer is not a "
                              f"file of the project; open one or give a command: :RemoteRun python script.py")
     return template.replace("{file}", shlex.quote(rel) if rel else "").replace(
-        "{python}", sess.target.python).replace("{root}", sess.remote_root or sess.target.remote_root)
+        "{python}", shell_word(sess.target.python)).replace("{root}", sess.remote_root or sess.target.remote_root)
 
 
 async def start_run(engine: Engine, proj: Project, sess: TargetSession, command: str,
@@ -118,7 +119,11 @@ async def start_run(engine: Engine, proj: Project, sess: TargetSession, command:
     run = RunRecord(id=run_id or new_run_id(), target=sess.target.name, cmd=command, root=str(proj.root),
                     runner=sess.target.runner, created=time.time(), exec_cmd=launch.command,
                     on_finish=list(on_finish or []))
-    spec = await runner_for(sess.target).spec(proj, sess, run.id, launch)
+    runner = runner_of(sess)
+    if (launch.mounts or launch.publish) and not runner.honours_launch:
+        raise RemoteDevError(f"targets.{sess.target.name}: runner = \"{runner.name}\" cannot mount folders or "
+                             f"publish ports for this run")
+    spec = await runner.spec(proj, sess, run.id, launch)
     spec.update(id=run.id, root=sess.target.remote_root)
     spec.setdefault("meta", {}).update(target=sess.target.name, display=command, runner=sess.target.runner,
                                        local_root=str(proj.root))
@@ -284,6 +289,36 @@ class OutputFollower:
 async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
     await OutputFollower(engine, sess, run).follow()
     finish(engine, proj, sess, run)
+    await prune(engine, proj, sess)
+
+
+async def prune(engine: Engine, proj: Project, sess: TargetSession) -> None:
+    """Keep run.keep ended runs of the project and target on the remote (the newest); the
+    older folders go, live runs never."""
+    try:
+        gone = await sess.call("run_prune", sess.target.remote_root, sess.target.name, proj.config.run.keep)
+    except RemoteDevError as e:
+        log.info("run folders of %s not pruned: %s", sess.target.name, e.message)
+        return
+    for run_id in gone:
+        rec = proj.runs.get(run_id)
+        if rec is not None and rec.state not in LIVE:   # type: ignore[attr-defined]
+            proj.runs.pop(run_id, None)
+    if gone:
+        log.info("run folders deleted on %s (run.keep = %d): %s", sess.target.host, proj.config.run.keep,
+                 ", ".join(gone))
+        publish_status(engine, proj)
+
+
+async def delete_run(engine: Engine, proj: Project, run_id: str) -> dict[str, Any]:
+    """Delete an ended run's folder on the remote (:RemoteRuns D); a live run is refused."""
+    rec = pick_run(proj, run_id)
+    sess = proj.session(rec.target if rec else None)
+    await sess.call("run_delete", run_id)
+    proj.runs.pop(run_id, None)
+    engine.message(f"run {run_id} deleted on {sess.target.host}")
+    publish_status(engine, proj)
+    return {"id": run_id, "deleted": True}
 
 
 def cancel_all(futures: collections.deque[asyncio.Future[Any]]) -> None:
@@ -294,7 +329,7 @@ def cancel_all(futures: collections.deque[asyncio.Future[Any]]) -> None:
 def run_quickfix(proj: Project, sess: TargetSession, run: RunRecord) -> list[dict[str, Any]]:
     """Quickfix entries from what the run printed (its tail), at local files."""
     text = "\n".join(run.program_lines())
-    return runner_for(sess.target).extra_quickfix(proj, sess, text) + tracebacks.parse(text, sess.mapping().to_local)
+    return runner_of(sess).extra_quickfix(proj, sess, text) + tracebacks.parse(text, path_mapping(sess).to_local)
 
 
 def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
@@ -303,7 +338,7 @@ def finish(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -
     run.on_finish.clear()
     run.quickfix = run_quickfix(proj, sess, run)
     if run.code:
-        problem = runner_for(sess.target).diagnose(proj, sess, "\n".join(run.tail))
+        problem = runner_of(sess).diagnose(proj, sess, "\n".join(run.tail))
         if problem:
             engine.message(problem, "error")
             engine.emit("RemoteDevError", {"message": problem})
@@ -332,14 +367,28 @@ async def stop(engine: Engine, proj: Project, sess: TargetSession, run_id: str, 
             pass
         rec.stopped_by = by
     info = await sess.call("run_stop", run_id, proj.config.run.stop_grace)
+    if info.get("already_ended"):
+        if rec is not None:
+            update_from_info(rec, info)
+        engine.message(already_ended(proj, run_id, info), "warn")
+        return rec.summary() if rec is not None else info
     if rec is None:
         return info
     update_from_info(rec, info)
-    if info.get("state") == EXITED:   # it had ended by itself (no stop recorded): never called "stopped"
-        engine.message(f"run {run_id} had already ended ({info.get('state')}, exit {info.get('code')})", "info")
-    else:
-        engine.message(f"run {run_id} stopped" + (f" ({by})" if by != ":RemoteStop" else ""), "info")
+    engine.message(f"run {run_id} stopped" + (f" ({by})" if by != ":RemoteStop" else ""), "info")
     return rec.summary()
+
+
+def already_ended(proj: Project, run_id: str, info: dict[str, Any]) -> str:
+    """What :RemoteStop of a run that had ended says: how it ended, and what it would stop."""
+    code = info.get("code")
+    how = info.get("state", "ended") + (f", exit {code}" if code is not None else "")
+    live = [r for r in proj.runs.values() if r.state in LIVE and r.id != run_id]  # type: ignore[attr-defined]
+    if not live:
+        return f"run {run_id} had already ended ({how}); no run is live here"
+    latest = max(live, key=lambda r: r.created)
+    return (f"run {run_id} had already ended ({how}); nothing stopped. :RemoteStop {latest.id} stops "
+            f"the live run ({latest.cmd})" + (f", one of {len(live)}" if len(live) > 1 else ""))
 
 
 async def stop_run(engine: Engine, proj: Project, run_id: str | None, target: str | None = None,

@@ -7,8 +7,8 @@ target>-...``), so two projects on one host never share a shell or a kernel, whi
 Neovims on the same project find the same ones.
 
 How a long-lived process is started is one seam, ``launcher_for``: the process runs on the
-target's host as is, or, while a Slurm allocation is held (alloc.py adds its launcher to
-LAUNCHERS), as a job step (``srun --jobid=ID --overlap ...``) on its node, listening on
+target's host as is, or, while a Slurm allocation is held (alloc.py's launcher, registered
+in LAUNCHERS by wiring.py), as a job step (``srun --jobid=ID --overlap ...``) on its node, listening on
 the node's address, where its forwards go.
 """
 
@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from .agent.protocol import is_live, shell_word
 from .engine import Engine, Project, TargetSession
 from .errors import RemoteDevError
-from .status import STATUS_PARTS, publish_status
+from .status import publish_status
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 SHELL, KERNEL, NOTEBOOK = "shell", "kernel", "notebook"
@@ -57,7 +58,7 @@ def check_name(name: str, what: str = "shell") -> str:
 
 
 @dataclass
-class Launch:
+class ServiceLaunch:
     """How a long-lived process starts on the target: its argv (wrapped by the launcher),
     the host its ports are reached at from the target's host, and what its spec gets
     besides (environment, meta)."""
@@ -78,9 +79,9 @@ class HostLauncher:
     env: dict[str, str] = {}     # added to the environment of what it starts
     meta: dict[str, Any] = {}    # added to the service's meta
 
-    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> Launch:
+    def launch(self, sess: TargetSession, argv: list[str], name: str = "") -> ServiceLaunch:
         """name: the remote name of the shell or service (a job step's name)."""
-        return Launch(list(argv))
+        return ServiceLaunch(list(argv))
 
     def shell(self, sess: TargetSession, argv: list[str] | None, name: str = "") -> list[str] | None:
         """The program of a tmux session (None: the user's login shell, chosen remotely)."""
@@ -90,13 +91,13 @@ class HostLauncher:
         return ""
 
 
-# Launchers other than the host's, asked in turn: one answering (not None) starts things
-# (alloc.py: the held allocation's).
-LAUNCHERS: list[Callable[[TargetSession], Awaitable[HostLauncher | None]]] = []
+# Launchers other than the host's, by name, asked in turn: one answering (not None) starts
+# things (wiring.py registers them: the held allocation's).
+LAUNCHERS: dict[str, Callable[[TargetSession], Awaitable[HostLauncher | None]]] = {}
 
 
 async def launcher_for(sess: TargetSession) -> HostLauncher:
-    for find in LAUNCHERS:
+    for find in LAUNCHERS.values():
         found = await find(sess)
         if found is not None:
             return found
@@ -123,7 +124,7 @@ def summarize(sess: TargetSession, info: dict[str, Any]) -> dict[str, Any]:
     if kind == SHELL and short.startswith("sh-"):
         short = short[3:]
     meta = info.get("meta") or {}
-    out = {"kind": kind, "name": short, "remote_name": full, "state": info.get("state"),
+    out = {"kind": kind, "name": short, "remote_name": full, "state": info.get("state"), "live": is_live(info.get("state")),
            "created": info.get("created") or 0, "target": sess.target.name}
     if kind == SHELL:
         out["detail"] = f"{info.get('command') or '?'} in {info.get('cwd') or '?'}" + (
@@ -140,7 +141,7 @@ def summarize(sess: TargetSession, info: dict[str, Any]) -> dict[str, Any]:
 async def list_all(sess: TargetSession, engine: Engine | None = None, live_only: bool = True) -> list[dict[str, Any]]:
     """The target's shells, kernel and notebook server, as the remote has them now."""
     found = await sess.call("service_list", namespace(sess))
-    items = [summarize(sess, i) for i in found if not live_only or i.get("state") in ("starting", "running")]
+    items = [summarize(sess, i) for i in found if not live_only or is_live(i.get("state"))]
     items.sort(key=lambda i: (i["kind"], i["name"]))
     k = known(sess)
     k.items, k.at = items, time.time()
@@ -163,7 +164,19 @@ def status_part(proj: Project) -> list[dict[str, Any]]:
     return list(known(proj.session()).items)
 
 
-STATUS_PARTS["services"] = status_part
+def status_lines(s: dict[str, Any]) -> list[str]:
+    """:RemoteStatus lines of status()["services"]."""
+    items = s.get("services") or []
+    shells = [i["name"] for i in items if i["kind"] == SHELL]
+    kernel = notebook = "none"
+    for i in items:
+        detail = i.get("detail") or ""
+        if i["kind"] == KERNEL:
+            kernel = f"{i['state']}" + (f" ({detail})" if detail else "")
+        elif i["kind"] == NOTEBOOK:
+            notebook = f"{i['state']}" + (f" — {detail}" if detail else "")
+    return [f"shells      {', '.join(shells) or 'none'}", f"kernel      {kernel}", f"notebook    {notebook}"]
+
 
 
 async def service_log_tail(sess: TargetSession, name: str, lines: int = 15) -> str:
@@ -172,17 +185,9 @@ async def service_log_tail(sess: TargetSession, name: str, lines: int = 15) -> s
     return "\n".join(text)
 
 
-def shell_python(py: str) -> str:
-    """The target's python as a word of a shell command line (a command with arguments,
-    e.g. `conda run -n x python`, as it is; ~/ from $HOME)."""
-    if py.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(py[2:])
-    return py if " " in py else shlex.quote(py)
-
-
 def python_argv(py: str, args: list[str]) -> list[str]:
     """argv running the target's python with args (through sh: ~ and commands work)."""
-    return ["/bin/sh", "-c", "exec " + shell_python(py) + " " + " ".join(shlex.quote(a) for a in args)]
+    return ["/bin/sh", "-c", "exec " + shell_word(py) + " " + " ".join(shlex.quote(a) for a in args)]
 
 
 async def python_modules(sess: TargetSession, modules: list[str]) -> dict[str, Any]:

@@ -24,14 +24,15 @@ from typing import Any
 import asyncssh
 
 from . import services
+from .agent.protocol import RUNNING
 from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
+from .runners import runner_of
 from .services import SHELL, remote_name
 
 TERM_TYPE = "xterm-256color"
 HISTORY_LINES = 5000     # scrollback a new terminal gets from tmux's history
 READ_BYTES = 1 << 16
-CONTAINER_SHELL = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"
 
 
 @dataclass
@@ -143,33 +144,29 @@ class Shell:
 
 
 SHELLS: dict[int, Shell] = {}   # attached terminals of this Neovim, by terminal key
-
-
-async def container_spec(proj: Project, sess: TargetSession, session: str) -> tuple[list[str], list[list[str]]]:
-    """argv of a shell in a container of the target's image (tree mounted at workdir), and
-    the command that removes the container."""
-    from .runners.container import ContainerRunner, build_argv, run_argv, script
-
-    runner = ContainerRunner()
-    eng = await runner.engine_name(sess)
-    t = sess.target
-    image = runner.image(proj, t)
-    cname = f"rd-{session}"
-    run = run_argv(eng, cname, image, sess.remote_root or t.remote_root, t, CONTAINER_SHELL, run_id=session)
-    run.insert(2, "-it")
-    build = build_argv(eng, image, t.container.dockerfile) if t.container.dockerfile else None
-    remove = [eng, "rm", "-f", "-t", "0", cname] if eng == "podman" else [eng, "rm", "-f", cname]
-    return ["/bin/sh", "-c", script(build, run)], [remove]
+# keys typed into a terminal whose shell is still being opened (ensured, made on the remote):
+# handed to its Shell, which sends them once tmux has attached, as :terminal keeps typeahead
+TYPED_AHEAD: dict[int, bytearray] = {}
+TYPEAHEAD_MAX = 65536
 
 
 async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: int, rows: int) -> dict[str, Any]:
-    """Attach terminal `term` to shell `name` of the project's target, made when missing."""
+    """Attach terminal `term` to shell `name` of the project's target, made when missing;
+    keys typed meanwhile go to the shell once attached."""
+    TYPED_AHEAD.setdefault(term, bytearray())
+    try:
+        return await _open_shell(engine, proj, term, name, cols, rows)
+    finally:
+        TYPED_AHEAD.pop(term, None)
+
+
+async def _open_shell(engine: Engine, proj: Project, term: int, name: str, cols: int, rows: int) -> dict[str, Any]:
     services.check_name(name)
     sess = proj.session()
     await sess.ensure()
     session = remote_name(sess, SHELL, name)
     t = sess.target
-    argv, stop = (await container_spec(proj, sess, session)) if t.runner == "container" else (None, [])
+    argv, stop = await runner_of(sess).shell(proj, sess, session)
     launcher = await services.launcher_for(sess)
     argv = launcher.shell(sess, argv, session)
     spec = {"name": session, "root": sess.remote_root or t.remote_root, "argv": argv, "env": {**t.env, **launcher.env},
@@ -181,20 +178,25 @@ async def open_shell(engine: Engine, proj: Project, term: int, name: str, cols: 
     old = SHELLS.pop(term, None)
     if old is not None:
         old.detach()
-    shell = Shell(term, name, session, sess, engine, made["tmux"], max(cols, 2), max(rows, 1))
+    shell = Shell(term, name, session, sess, engine, made["tmux"], max(cols, 2), max(rows, 1),
+                  typed=TYPED_AHEAD.pop(term, bytearray()))
     SHELLS[term] = shell
     shell.task = asyncio.get_running_loop().create_task(shell.relay(history))
-    services.note(engine, sess, SHELL, name, "running", "attached")
-    where = f"{t.host}:{spec['root']}" + (" (in a container)" if t.runner == "container" else "") + (
+    services.note(engine, sess, SHELL, name, RUNNING, "attached")
+    where = f"{t.host}:{spec['root']}" + (" (in a container)" if argv else "") + (
         f" ({launcher.where()})" if launcher.where() else "")
     return {"id": term, "name": name, "session": session, "created": made["created"], "target": t.name,
             "where": where}
 
 
 def shell_input(term: int, data: str | bytes) -> None:
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     shell = SHELLS.get(term)
     if shell is not None:
-        shell.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
+        shell.write(raw)
+    elif term in TYPED_AHEAD:   # its shell_open is still under way
+        ahead = TYPED_AHEAD[term]
+        ahead += raw[:TYPEAHEAD_MAX - len(ahead)]
 
 
 def shell_resize(term: int, cols: int, rows: int) -> None:

@@ -31,10 +31,15 @@ starts with runpy, debugpy and pydevd frames and, when the program was stopped
 at a breakpoint, ends in pydevd's wait; only the program's frames are kept, the
 exception moving to its innermost frame (see ``_debugger_free``).
 
-Entries keep the printed order (Python prints the innermost frame last), one
-entry per frame.  A frame whose path ``to_local`` maps gives::
+A Jupyter kernel's error (IPython's own format: ``Cell In[N], line L``, ``File path:L``,
+arrows at the failing line, IPython 7's ``<ipython-input-N-...> in func``) is first
+rewritten in Python's format by :func:`ipython_traceback`, sent cells pointing at the file
+and line they came from, then parsed like any other output.
 
-    {"filename": local, "lnum": n, "col": c, "text": t, "type": "E" or ""}
+Entries keep the printed order, warnings last (Python prints the innermost frame
+last), one entry per frame.  A frame whose path ``to_local`` maps gives::
+
+    {"filename": local, "lnum": n, "col": c, "text": t, "type": "E", "W" or ""}
 
 ``col`` is 0 except for SyntaxError frames, where it is the caret position
 (1-based) in the source line as Python printed it, i.e. after Python removed
@@ -42,7 +47,10 @@ its leading whitespace.  The innermost frame of each traceback gets type
 ``"E"`` and the exception as text (``ValueError: bad (in func)``); the other
 frames get ``in func: <source line>``.  Generic lines get type ``"E"`` when
 the message starts with ``error``, ``fatal error``, ``assert`` or an exception
-name such as ``AssertionError``.
+name such as ``AssertionError``; type ``"W"`` when it starts with ``warning`` or a
+warning's name such as ``FutureWarning`` (Python's warnings).  Warnings come after
+every other entry, so ``:cfirst`` lands on the error rather than on a deprecation
+printed before it.
 
 A frame outside the project (``to_local`` returns None, or the path is a
 pseudo file such as ``<string>``) gives a text-only entry
@@ -96,6 +104,8 @@ _DEBUGGER = re.compile(r"(?:^|/)(?:debugpy|_pydevd_bundle|_pydev_bundle|_pydevd_
 _RUNPY = re.compile(r"(?:^|/)runpy\.py$|^<frozen runpy>$")
 _STDLIB = re.compile(r"/lib/python[0-9][0-9.]*/(?!site-packages/|dist-packages/)|^<frozen ")
 _ERRORISH = re.compile(r"(?i:(?:fatal )?error)\b|assert\b|" + _EXCEPTION_NAME)
+# "FutureWarning: ...", "UserWarning: ...", "warning: unused variable"
+_WARNINGISH = re.compile(r"(?i:warning)\b|[\w.]*Warning\b")
 
 
 @dataclass
@@ -110,6 +120,7 @@ class _Frame:
     source: Optional[str] = None
     message: Optional[str] = None
     error: bool = False
+    warning: bool = False
     # The Python traceback the frame belongs to (one object per traceback), None for others.
     tb: Optional[object] = None
 
@@ -133,41 +144,25 @@ def _with_name(name: str, message: Optional[str]) -> str:
 
 
 class _Stream:
-    """Parser state for the lines that share one launcher prefix."""
+    """The lines that share one launcher prefix, each handed to its grammar: Python
+    tracebacks (``_PythonGrammar``), pytest reports (``_PytestGrammar``, which also reads
+    generic ``path:line: message`` lines, ``_generic``); the source and caret lines under a
+    frame of either are read here."""
 
     def __init__(self, prefix: str, out: List[_Frame], quoted: bool = False) -> None:
         self.prefix = prefix
         self.out = out
-        # A stream reading the text of pytest "E" lines has no "E" lines itself.
-        self.is_quoted = quoted
-        # Python traceback being read, and its innermost frame so far.
-        self.in_traceback = False
-        self.tb_frame: Optional[_Frame] = None
-        self.tb_indent = 0
-        self.tb: object = object()
         # Frame whose source line / caret line may follow (indented deeper).
         self.cur: Optional[_Frame] = None
         self.cur_indent = 0
         self.source_indent = 0
-        # pytest: the last ">" source line; the --tb=short frame that the
-        # following "E" lines belong to; for --tb=long, the "E" block waiting
-        # for its "path:N: Name" line (best message, where it began in
-        # ``out``) and the stream parsing the text quoted in "E" lines.
-        self.pt_source: Optional[str] = None
-        self.pt_frame: Optional[_Frame] = None
-        self.pt_error: Optional[str] = None
-        self.e_start: Optional[int] = None
-        self.quoted: Optional[_Stream] = None
+        self.python = _PythonGrammar(self)
+        self.pytest = _PytestGrammar(self, quoted)
 
     @property
     def busy(self) -> bool:
         """True while a line without ':' or 'File' could still matter."""
-        return (
-            self.in_traceback
-            or self.cur is not None
-            or self.pt_frame is not None
-            or self.e_start is not None
-        )
+        return self.python.active or self.cur is not None or self.pytest.busy
 
     def feed(self, line: str) -> None:
         """Consume one line (ANSI and launcher prefix already removed)."""
@@ -177,59 +172,28 @@ class _Stream:
             line = stripped[2:] if stripped[1:2] == " " else stripped[1:]
             stripped = line.lstrip()
         if not stripped:
-            self.cur = self.pt_frame = None
+            self.cur = self.pytest.frame = None
             return
         indent = len(line) - len(stripped)
-
         if stripped[:1] in "+TE" and _HEADER.match(stripped):
-            self.in_traceback, self.tb_frame, self.tb = True, None, object()
-            self.tb_indent = indent + 1
-            self.cur = self.pt_frame = None
+            self.python.header(indent)
+            self.cur = self.pytest.frame = None
             return
         if stripped.startswith('File "'):
             m = _FILE.match(line)
             if m:
-                self._python_frame(m, indent)
+                self.python.frame_line(m, indent)
                 return
         cur = self.cur
         if cur is not None and indent > self.cur_indent:
             self._source_or_caret(cur, stripped, indent)
             return
         self.cur = None
-        if self.in_traceback and indent < self.tb_indent:
-            self.in_traceback = False
-            if self.tb_frame is not None and _EXCEPTION.match(stripped):
-                self.tb_frame.message = stripped.rstrip()
-                self.tb_frame.error = True
-                return
-        if line[0] == "E" and line[1:2] in ("", " ", "\t") and not self.is_quoted:
-            self._pytest_error(line)
-            return
-        self.pt_frame = None
-        if ":" in line and indent == 0:
-            m = _LOCATION.match(line)
-            if m and ("/" in m.group(1) or _EXTENSION.search(m.group(1))):
-                self._location(m)
-                return
-        # "E" lines not followed by their location: pytest output ended early.
-        self.pt_error = self.e_start = None
-        if line[0] == ">" and line[1:2] in (" ", "\t"):
-            self.pt_source = stripped[1:].strip()
+        if not self.python.end(stripped, indent):
+            self.pytest.feed(line, stripped, indent)
 
-    def _python_frame(self, m: re.Match, indent: int) -> None:
-        if not self.in_traceback:
-            self.tb = object()
-        frame = _Frame(m.group(1), int(m.group(2)), self.prefix, func=m.group(3), tb=self.tb)
-        if frame.func is not None:
-            frame.func = frame.func.strip()
-        self.out.append(frame)
-        # Without a header: a SyntaxError of the main script, or output cut
-        # above the header.
-        self.in_traceback = True
-        self.tb_indent = indent
-        self.tb_frame = self.cur = frame
-        self.cur_indent = indent
-        self.pt_frame = None
+    def expect_source(self, frame: _Frame, indent: int) -> None:
+        self.cur, self.cur_indent = frame, indent
 
     def _source_or_caret(self, frame: _Frame, stripped: str, indent: int) -> None:
         if frame.source is None:
@@ -239,7 +203,87 @@ class _Stream:
             # SyntaxError: the caret marks the column in the printed source.
             frame.col = max(indent - self.source_indent + 1, 0)
 
-    def _pytest_error(self, line: str) -> None:
+
+class _PythonGrammar:
+    """Python tracebacks: the header, ``File "...", line N, in func`` frames (one object
+    ``tb`` per traceback), and the exception line that ends it."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+        self.active = False                    # a traceback is being read
+        self.frame: Optional[_Frame] = None    # its innermost frame so far
+        self.indent = 0
+        self.tb: object = object()
+
+    def header(self, indent: int) -> None:
+        self.active, self.frame, self.tb = True, None, object()
+        self.indent = indent + 1
+
+    def frame_line(self, m: re.Match, indent: int) -> None:
+        s = self.stream
+        if not self.active:
+            self.tb = object()
+        frame = _Frame(m.group(1), int(m.group(2)), s.prefix, func=m.group(3), tb=self.tb)
+        if frame.func is not None:
+            frame.func = frame.func.strip()
+        s.out.append(frame)
+        # Without a header: a SyntaxError of the main script, or output cut above the header.
+        self.active = True
+        self.indent = indent
+        self.frame = frame
+        s.expect_source(frame, indent)
+        s.pytest.frame = None
+
+    def end(self, stripped: str, indent: int) -> bool:
+        """A line indented less than the traceback ends it; True when it is the exception."""
+        if not self.active or indent >= self.indent:
+            return False
+        self.active = False
+        if self.frame is not None and _EXCEPTION.match(stripped):
+            self.frame.message = stripped.rstrip()
+            self.frame.error = True
+            return True
+        return False
+
+
+class _PytestGrammar:
+    """pytest reports (``E`` lines, ``>`` source lines, ``path:N: ...`` locations in every
+    --tb style) and, when no report is being read, generic ``path:line[:col]: message``
+    lines."""
+
+    def __init__(self, stream: _Stream, quoted: bool) -> None:
+        self.stream = stream
+        # A stream reading the text of pytest "E" lines has no "E" lines itself.
+        self.is_quoted = quoted
+        # The last ">" source line; the --tb=short frame that the following "E" lines
+        # belong to; for --tb=long, the "E" block waiting for its "path:N: Name" line (best
+        # message, where it began in ``out``) and the stream parsing the text quoted in "E" lines.
+        self.source: Optional[str] = None
+        self.frame: Optional[_Frame] = None
+        self.error: Optional[str] = None
+        self.e_start: Optional[int] = None
+        self.quoted: Optional[_Stream] = None
+
+    @property
+    def busy(self) -> bool:
+        return self.frame is not None or self.e_start is not None
+
+    def feed(self, line: str, stripped: str, indent: int) -> None:
+        if line[0] == "E" and line[1:2] in ("", " ", "\t") and not self.is_quoted:
+            self.error_line(line)
+            return
+        self.frame = None
+        if ":" in line and indent == 0:
+            m = _LOCATION.match(line)
+            if m and ("/" in m.group(1) or _EXTENSION.search(m.group(1))):
+                self.location(m)
+                return
+        # "E" lines not followed by their location: pytest output ended early.
+        self.error = self.e_start = None
+        if line[0] == ">" and line[1:2] in (" ", "\t"):
+            self.source = stripped[1:].strip()
+
+    def error_line(self, line: str) -> None:
         """An ``E`` line of a pytest report.
 
         With --tb=short the ``E`` lines follow the failing ``path:N: in func``
@@ -248,53 +292,61 @@ class _Stream:
         after a quoted traceback); the lines are also parsed as a traceback of
         their own to find quoted ``File`` frames.
         """
+        s = self.stream
         content = line[1:]
-        target = self.pt_frame
+        target = self.frame
         if target is None and self.e_start is None:
-            self.e_start = len(self.out)
+            self.e_start = len(s.out)
             self.quoted = None
         message = content.strip()
         if message:
-            current = target.message if target is not None else self.pt_error
-            if current is None or (
-                _NAMED_EXCEPTION.match(message) and not _NAMED_EXCEPTION.match(current)
-            ):
+            current = target.message if target is not None else self.error
+            if current is None or (_NAMED_EXCEPTION.match(message) and not _NAMED_EXCEPTION.match(current)):
                 if target is not None:
                     target.message = message
                 else:
-                    self.pt_error = message
+                    self.error = message
         if target is not None:
             target.error = True
         if self.quoted is None:
-            self.quoted = _Stream(self.prefix, self.out, quoted=True)
+            self.quoted = _Stream(s.prefix, s.out, quoted=True)
         self.quoted.feed(content)
 
-    def _location(self, m: re.Match) -> None:
+    def location(self, m: re.Match) -> None:
         """A ``path:line[:col]: message`` line (pytest, compilers, linters)."""
-        frame = _Frame(m.group(1), int(m.group(2)), self.prefix, col=int(m.group(3) or 0))
+        s = self.stream
+        frame = _Frame(m.group(1), int(m.group(2)), s.prefix, col=int(m.group(3) or 0))
         message = (m.group(4) or "").strip()
         in_func = _IN_FUNC.match(message)
         if in_func:
             # pytest --tb=short: the source line and "E" lines follow.
             frame.func = in_func.group(1)
-            self.cur, self.cur_indent, self.pt_frame = frame, 0, frame
+            s.expect_source(frame, 0)
+            self.frame = frame
             self.quoted = None
         elif not message:
             # pytest --tb=long, an outer frame: its ">" line came before.
-            frame.source = self.pt_source
-        elif _BARE_NAME.match(message) and (self.e_start is not None or self.pt_source is not None):
+            frame.source = self.source
+        elif _BARE_NAME.match(message) and (self.e_start is not None or self.source is not None):
             # pytest --tb=long, the failing frame: "path:N: AssertionError".
-            frame.message = _with_name(message, self.pt_error)
+            frame.message = _with_name(message, self.error)
             frame.error = True
         else:
-            frame.message = message
-            frame.error = _ERRORISH.match(message) is not None
+            _generic(frame, message)
         if self.e_start is not None and not in_func:
             # Frames quoted in the "E" lines are inner to this one.
-            self.out.insert(self.e_start, frame)
+            s.out.insert(self.e_start, frame)
         else:
-            self.out.append(frame)
-        self.pt_source = self.pt_error = self.e_start = None
+            s.out.append(frame)
+        self.source = self.error = self.e_start = None
+
+
+def _generic(frame: _Frame, message: str) -> None:
+    """A compiler's or linter's ``path:line[:col]: message``: an error when the message
+    says so (error, fatal error, assert, an exception's name)."""
+    frame.message = message
+    frame.error = _ERRORISH.match(message) is not None
+    frame.warning = not frame.error and _WARNINGISH.match(message) is not None
 
 
 def _clean(text: str) -> str:
@@ -445,7 +497,7 @@ def parse(text: str, to_local: ToLocal) -> list[dict]:
                 "lnum": frame.lnum,
                 "col": frame.col,
                 "text": shown,
-                "type": "E" if frame.error else "",
+                "type": "E" if frame.error else "W" if frame.warning else "",
             }
         else:
             shown = f"{frame.prefix}{frame.path}:{frame.lnum}: {body}".rstrip()
@@ -454,4 +506,87 @@ def parse(text: str, to_local: ToLocal) -> list[dict]:
         if key != previous:
             entries.append(entry)
         previous = key
-    return entries
+    # warnings after the rest (as printed otherwise): :cfirst reaches the error, not a
+    # deprecation printed before it
+    return [e for e in entries if e.get("type") != "W"] + [e for e in entries if e.get("type") == "W"]
+
+
+# --------------------------------------------------------------------------- IPython (kernels)
+
+_IPY_CELL = re.compile(r"^\s*Cell In\[(?P<count>\d+)\], line (?P<line>\d+)(?:, in (?P<func>.+))?$")
+_IPY_FILE = re.compile(r"^\s*File (?P<path>.+?):(?P<line>\d+)(?:, in (?P<func>.+))?$")
+_IPY_ARROW = re.compile(r"^-*>\s*(?P<line>\d+)\s?(?P<source>.*)$")
+# IPython 7: "<ipython-input-3-abc> in <module>" / "~/x.py in f(a)", the line in the arrow
+_IPY_OLD = re.compile(r"^(?P<path><ipython-input-(?P<count>\d+)-\w+>|\S.*?\.py) in (?P<func>\S.*)$")
+
+
+def _ipy_func(text: str | None) -> str:
+    if not text:
+        return "<module>"
+    return text.split("(", 1)[0].strip() or "<module>"
+
+
+def ipython_traceback(chunks: list[str], ename: str, evalue: str, home: str,
+                     cells: dict[int, tuple[str, int]]) -> str:
+    """IPython's formatted traceback (a kernel's error message's ``traceback`` chunks, with
+    ANSI colours) in Python's own format, for :func:`parse`.
+    Paths under ``~`` get the remote home; frames of sent code (``Cell In[N]``) get the
+    local file and line their code came from (cells: execution count -> (file, first
+    line)), else ``<cell N>``."""
+    lines = _clean("\n".join(chunks)).splitlines()
+    frames: list[list[str]] = []
+    syntax: list[str] | None = None
+
+    def where(count: int | None, path: str | None, line: int) -> tuple[str, int]:
+        if count is not None:
+            if count in cells:
+                file, first = cells[count]
+                return file, first + line - 1
+            return f"<cell {count}>", line
+        assert path is not None
+        if path.startswith("~/") or path == "~":
+            path = home.rstrip("/") + path[1:]
+        return path, line
+
+    i = 0
+    while i < len(lines):
+        ln = lines[i]
+        m = _IPY_CELL.match(ln) or _IPY_FILE.match(ln)
+        if m:
+            count = int(m.group("count")) if "count" in m.groupdict() else None
+            path, line = where(count, m.groupdict().get("path"), int(m.group("line")))
+            if m.group("func") is None and ename in ("SyntaxError", "IndentationError", "TabError"):
+                syntax = [f'  File "{path}", line {line}'] + [x for x in lines[i + 1:] if not x.startswith(ename)]
+                break
+            source = ""
+            j = i + 1
+            while j < len(lines) and not (_IPY_CELL.match(lines[j]) or _IPY_FILE.match(lines[j])):
+                a = _IPY_ARROW.match(lines[j])
+                if a:
+                    source = a.group("source").strip()
+                j += 1
+            frames.append([f'  File "{path}", line {line}, in {_ipy_func(m.group("func"))}'] +
+                          ([f"    {source}"] if source else []))
+            i = j
+            continue
+        m = _IPY_OLD.match(ln)
+        if m:
+            count = int(m.group("count")) if m.group("count") else None
+            j, arrow = i + 1, None
+            while j < len(lines) and not _IPY_OLD.match(lines[j]):
+                a = _IPY_ARROW.match(lines[j])
+                if a:
+                    arrow = a
+                j += 1
+            if arrow is not None:
+                path, line = where(count, None if count is not None else m.group("path"), int(arrow.group("line")))
+                frames.append([f'  File "{path}", line {line}, in {_ipy_func(m.group("func"))}',
+                               f"    {arrow.group('source').strip()}"])
+            i = j
+            continue
+        i += 1
+    message = f"{ename}: {evalue}" if evalue else ename
+    if syntax is not None:
+        return "\n".join(syntax + [message]) + "\n"
+    out = ["Traceback (most recent call last):"] + [x for f in frames for x in f] + [message]
+    return "\n".join(out) + "\n"

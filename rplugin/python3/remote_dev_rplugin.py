@@ -24,8 +24,9 @@ class RemoteDevPlugin:
         if self._engine is None:
             from remote_dev.actions import ACTIONS
             from remote_dev.engine import Engine
+            from remote_dev.runners import RUNNERS
 
-            self._engine = Engine(report=self._report, actions=ACTIONS, prompter=self._prompt)
+            self._engine = Engine(report=self._report, actions=ACTIONS, prompter=self._prompt, runners=RUNNERS)
         return self._engine
 
     def _to_lua(self, *args):

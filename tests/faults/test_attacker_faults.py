@@ -228,8 +228,9 @@ def test_shell_under_attack(user_remote, mallory, tmp_path, engine, figures):
     engine.call_sync("shell_open", ctx, {"id": 1, "name": "main", "cols": 100, "rows": 30}, timeout=60)
     engine.call_sync("shell_input", ctx, {"id": 1, "data": 'echo "SOCK=${TMUX%%,*}"\r'})
     shown = lambda: b"".join(p["data"] for k, p in engine.reports if k == "shell_output").decode(errors="replace")  # noqa: E731
-    tmux_dir = os.path.dirname(wait_for(lambda: re.search(r"SOCK=(/\S+)", shown()), 20, what="the tmux socket").group(1))
-    mallory.start(remote.uid, [str(remote.cache), tmux_dir])
+    sock = wait_for(lambda: re.search(r"SOCK=(/[^\s\x1b]+)", shown()), 20, what="the tmux socket").group(1)
+    assert os.path.exists(sock), sock
+    mallory.start(remote.uid, [str(remote.cache), os.path.dirname(sock), f"unix:{sock}"])
     try:
         engine.call_sync("shell_input", ctx, {"id": 1, "data": "echo private-$((6*7))\r"})
         wait_for(lambda: "private-42" in shown(), 20)

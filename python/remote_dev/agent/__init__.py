@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgpack
 
+from . import protocol
 from .protocol import AGENT_ZIP, COMPILED_ZIP
 
 HERE = Path(__file__).resolve().parent
@@ -63,6 +64,12 @@ def bundle() -> Bundle:
     return Bundle(hashlib.sha256(data).hexdigest()[:20], data)
 
 
+# What the bootstrap prints before its answer: the agent's greeting is found past whatever
+# the remote's login shell printed first (a banner of ~/.bashrc, conda init, a MOTD script).
+GREETING = b"remote-dev-agent "
+NEED = GREETING + b"NEED\n"
+OK = GREETING + b"OK "
+
 # Runs on the remote with nothing but python3: uploads the agent's zip when its folder
 # lacks it (checked against its hash, written atomically by rename), then runs the agent on
 # the same channel, from the copy with bytecode for this interpreter when the agent wrote
@@ -75,7 +82,7 @@ d = os.path.join(base, "remote-dev", "agent", h)
 src = os.path.join(d, "%(zip)s")
 out = sys.stdout.buffer
 if not os.path.isfile(src):
-    out.write(b"NEED\n"); out.flush()
+    out.write(b"%(need)s\n"); out.flush()
     n = int(sys.stdin.buffer.readline())
     data = sys.stdin.buffer.read(n)
     import hashlib
@@ -89,20 +96,26 @@ if not os.path.isfile(src):
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(data)
     os.rename(tmp, src)
-out.write(("OK %%d.%%d\n" %% sys.version_info[:2]).encode()); out.flush()
+out.write(("%(ok)s%%d.%%d\n" %% sys.version_info[:2]).encode()); out.flush()
 if sys.version_info < (3, 8):
     sys.exit(3)
 fast = os.path.join(d, "%(compiled)s" %% sys.implementation.cache_tag)
 sys.path.insert(0, fast if os.path.isfile(fast) else src)
 from %(package)s.remote.main import main
 main([])
-""" % {"zip": AGENT_ZIP, "compiled": COMPILED_ZIP, "package": PACKAGE}
+""" % {"zip": AGENT_ZIP, "compiled": COMPILED_ZIP, "package": PACKAGE,
+       "need": NEED.decode().strip(), "ok": OK.decode()}
+
+# The command the SSH channel runs: the remote user's login shell gets only these words,
+# which every shell (sh, bash, zsh, fish, tcsh) passes unchanged; the script that starts
+# the agent (bootstrap_script) follows on the channel's stdin, read by this POSIX sh.  A
+# multi-line program as one quoted argument does not survive tcsh ("Unmatched ...").
+REMOTE_COMMAND = "exec sh"
 
 
-def bootstrap_command(python: str, env: dict[str, str] | None = None) -> str:
-    """The shell command that starts (and if needed installs) the agent."""
+def bootstrap_script(python: str, env: dict[str, str] | None = None) -> bytes:
+    """The sh script that starts (and if needed installs) the agent: one command that
+    replaces sh with the interpreter, so what the channel carries next is the agent's."""
     prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
-    cmd = f"{shlex.quote(python) if ' ' not in python else python} -c {shlex.quote(_BOOTSTRAP)} {bundle().digest}"
-    if python.startswith("~/"):
-        cmd = f"\"$HOME\"/{shlex.quote(python[2:])} -c {shlex.quote(_BOOTSTRAP)} {bundle().digest}"
-    return f"env {prefix} {cmd}" if prefix else f"exec {cmd}"
+    cmd = f"{protocol.shell_word(python)} -c {shlex.quote(_BOOTSTRAP)} {bundle().digest}"
+    return ((f"exec env {prefix} {cmd}" if prefix else f"exec {cmd}") + "\n").encode()

@@ -4,17 +4,21 @@ Shipped inside the agent's zip (the remote imports it as ``remote_dev_agent.prot
 and imported locally as ``remote_dev.agent.protocol``: stdlib only, Python >= 3.8 (the
 tests check that with vermin), no state.
 
-- run states, and which of them are live;
+- run (and service) states, and which of them are live;
+- the markers processes carry in their environment, and the cache layout both sides name;
 - the content hash: sha256 truncated to 128 bits, of a file's bytes or of ``link:`` and a
   symlink's target;
 - the shapes on the wire: push ops, their answers, entry states, listing entries;
-- the conflict rule: when what is at a path may be replaced by new content.
+- the conflict rule: when what is at a path may be replaced by new content;
+- how the target's ``python`` setting becomes words of a shell command line.
 """
 
 import hashlib
 import importlib
 import json
 import os
+import posixpath
+import shlex
 import struct
 
 # --------------------------------------------------------------------------- runs
@@ -31,8 +35,69 @@ ENDED_STATES = (EXITED, STOPPED, LOST)
 
 
 def is_live(state):
-    """True while a run may still produce output or change state."""
+    """True while a run (or a shell, kernel, notebook server, allocation) may still produce
+    output or change state.  Payloads to the front-ends carry it as ``live``: Lua keeps no
+    copy of these states."""
     return state in LIVE_STATES
+
+
+# --------------------------------------------------------------------------- markers
+
+# In the environment of every process of a run, shell or service: its id or remote name
+# (the agent finds and kills a run's processes by it, also inside containers).
+RUN_ID_ENV = "REMOTE_DEV_RUN_ID"
+# In the environment of a held allocation's steps: "<allocation name>:<job id>".
+ALLOC_ENV = "REMOTE_DEV_ALLOC"
+# A debug run's processes (read by agent/remote/debug_boot.py, which is uploaded on its own
+# and keeps its copies of these names; tests/test_protocol_facts.py holds them equal).
+DEBUG_ENV = "REMOTE_DEV_DEBUG"                    # the run's endpoints folder: a process is debugged
+DEBUG_HOST_ENV = "REMOTE_DEV_DEBUG_HOST"          # the agent's host name
+DEBUGPY_ENV = "REMOTE_DEV_DEBUGPY"                # the folder of the uploaded debugpy ("" : the program's own)
+DEBUG_STOP_ENV = "REMOTE_DEV_DEBUG_STOP"          # "", "all" or ranks that stop on entry
+DEBUG_WAIT_MAX_ENV = "REMOTE_DEV_DEBUG_WAIT_MAX"  # seconds a process waits for its debugger
+DEBUG_TOKEN_ENV = "REMOTE_DEV_DEBUG_TOKEN"        # the run's secret (debugpy's listeners take it from another host)
+DEBUG_GUARD_ENV = "REMOTE_DEV_DEBUG_GUARD"        # a container's `python -m debugpy`: only the guard
+
+
+# --------------------------------------------------------------------------- the cache layout
+
+# Below the agent's cache folder (~/.cache/remote-dev, the hello's cache_dir):
+RUNS_DIR = "runs"              # runs/<id>/: a run's folder
+SERVICES_DIR = "services"      # services/<remote name>/: a kernel's or notebook server's folder
+ALLOCS_DIR = "allocs"          # allocs/<name>/: a held allocation's record
+STEP_FILE = "step.json"        # in a run's folder: the job step it became in a held allocation
+ENDPOINTS_DIR = "debug"        # in a run's folder: the endpoints its debugged processes write
+KERNEL_FILE = "kernel.json"    # in the kernel's service folder: its connection file
+
+
+def run_dir(cache, run_id):
+    return posixpath.join(cache, RUNS_DIR, run_id)
+
+
+def service_dir(cache, name):
+    return posixpath.join(cache, SERVICES_DIR, name)
+
+
+# --------------------------------------------------------------------------- the target's python
+
+def python_words(python):
+    """The target's python setting as words: a path (``/opt/env/bin/python``,
+    ``~/venv/bin/python``) or a command with arguments (``conda run -n X python``); a path
+    with spaces is quoted in the setting (``"'/opt/my env/bin/python'"``)."""
+    return shlex.split(python)
+
+
+def shell_word(python):
+    """The target's python as it starts in a shell command line (sh): each word quoted,
+    a leading ``~/`` from ``$HOME`` (quoted, a tilde would stay a tilde).  The one way every
+    feature (agent, runs, debug, shells, kernels, notebooks) writes it."""
+    out = []
+    for word in python_words(python) or [python]:
+        if not out and word.startswith("~/"):
+            out.append('"$HOME"/' + shlex.quote(word[2:]))
+        else:
+            out.append(shlex.quote(word))
+    return " ".join(out)
 
 
 # --------------------------------------------------------------------------- content hash

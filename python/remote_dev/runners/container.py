@@ -14,10 +14,14 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ..agent.protocol import RUN_ID_ENV
 from ..config import Target
 from ..engine import TargetSession
 from ..errors import RemoteDevError
-from . import Launch, ProcessRunner, ProjectView
+from .base import DIRECT, Launch, ProjectView, Runner
+
+
+CONTAINER_SHELL = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"
 
 
 def container_name(run_id: str) -> str:
@@ -48,7 +52,7 @@ def run_argv(engine: str, name: str, image: str, remote_root: str, target: Targe
     argv = [engine, "run", "--rm", "--name", name, "--label", "remote-dev=1",
             "-v", f"{remote_root}:{c.workdir}", "-w", c.workdir, "-e", "PYTHONUNBUFFERED=1"]
     if run_id:  # lets the agent find the container's processes (debug port, stop)
-        argv += ["-e", f"REMOTE_DEV_RUN_ID={run_id}"]
+        argv += ["-e", f"{RUN_ID_ENV}={run_id}"]
     for src, dst in mounts or []:
         argv += ["-v", f"{src}:{dst}:ro"]
     for key in [*target.env, *(env_names or [])]:   # values from the engine's environment: never on a command line
@@ -121,35 +125,67 @@ def dockerfile_quickfix(text: str, dockerfile: Path) -> list[dict[str, Any]]:
     return [{"filename": str(dockerfile), "lnum": 1, "col": 0, "text": error, "type": "E"}]
 
 
-class ContainerRunner(ProcessRunner):
+async def detect_engine(sess: TargetSession) -> str:
+    """docker or podman: as configured, else the one that answers `info`."""
+    c = sess.target.container
+    candidates = [c.engine] if c.engine else ["docker", "podman"]
+    found = await sess.call("which", candidates)
+    problems = []
+    for name in candidates:
+        if not found.get(name):
+            problems.append(f"{name} not installed")
+            continue
+        res = await sess.call("exec", [found[name], "info", "--format", "{{.Host.OCIRuntime.Name}}" if name == "podman"
+                                       else "{{.ServerVersion}}"], 60, sess.target.env)
+        if res["code"] == 0:
+            return name
+        text = (res["stderr"] or res["stdout"]).decode(errors="replace")
+        problems.append(diagnose(text, name, sess.target.host, "") or f"{name} info failed: {text.strip()[:300]}")
+    if c.engine:
+        raise RemoteDevError(f"container engine on {sess.target.host}: {'; '.join(problems)}")
+    raise RemoteDevError(f"no usable container engine on {sess.target.host}: {'; '.join(problems)} "
+                         f"(install docker or podman, or set container.engine)")
+
+
+class ContainerRunner(Runner):
     name = "container"
+    debug = DIRECT
+    honours_launch = True
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self.engine: str | None = None    # docker or podman, once found to answer
+
+    @classmethod
+    def check(cls, target: Target) -> tuple[str, str] | None:
+        c = target.container
+        if not (c.dockerfile or c.image):
+            return "container", "runner = \"container\" needs container.dockerfile or container.image"
+        return super().check(target)
+
+    def in_container(self) -> bool:
+        return True
 
     async def engine_name(self, sess: TargetSession) -> str:
-        """docker or podman: as configured, else the one that answers `info`."""
-        c = sess.target.container
-        if sess.container_engine:
-            return sess.container_engine
-        candidates = [c.engine] if c.engine else ["docker", "podman"]
-        found = await sess.call("which", candidates)
-        problems = []
-        for name in candidates:
-            if not found.get(name):
-                problems.append(f"{name} not installed")
-                continue
-            res = await sess.call("exec", [found[name], "info", "--format", "{{.Host.OCIRuntime.Name}}" if name == "podman"
-                                           else "{{.ServerVersion}}"], 60, sess.target.env)
-            if res["code"] == 0:
-                sess.container_engine = name
-                return name
-            text = (res["stderr"] or res["stdout"]).decode(errors="replace")
-            problems.append(diagnose(text, name, sess.target.host, "") or f"{name} info failed: {text.strip()[:300]}")
-        if c.engine:
-            raise RemoteDevError(f"container engine on {sess.target.host}: {'; '.join(problems)}")
-        raise RemoteDevError(f"no usable container engine on {sess.target.host}: {'; '.join(problems)} "
-                             f"(install docker or podman, or set container.engine)")
+        if self.engine is None:
+            self.engine = await detect_engine(sess)
+        return self.engine
 
     def image(self, proj: ProjectView, target: Target) -> str:
         return target.container.image or image_tag(proj.root, target)
+
+    async def shell(self, proj: ProjectView, sess: TargetSession, session: str) -> tuple[list[str] | None, list[list[str]]]:
+        """A container of the target's image (tree mounted at workdir, a login shell in it),
+        and the command that removes the container."""
+        eng = await self.engine_name(sess)
+        t = sess.target
+        image = self.image(proj, t)
+        cname = f"rd-{session}"
+        run = run_argv(eng, cname, image, sess.remote_root or t.remote_root, t, CONTAINER_SHELL, run_id=session)
+        run.insert(2, "-it")
+        build = build_argv(eng, image, t.container.dockerfile) if t.container.dockerfile else None
+        remove = [eng, "rm", "-f", "-t", "0", cname] if eng == "podman" else [eng, "rm", "-f", cname]
+        return ["/bin/sh", "-c", script(build, run)], [remove]
 
     async def spec(self, proj: ProjectView, sess: TargetSession, run_id: str, launch: Launch) -> dict[str, Any]:
         t = sess.target
@@ -172,7 +208,7 @@ class ContainerRunner(ProcessRunner):
         return dockerfile_quickfix(text, proj.root / df) if df else []
 
     def diagnose(self, proj: ProjectView, sess: TargetSession, text: str) -> str | None:
-        eng = sess.container_engine or sess.target.container.engine or "docker"
+        eng = self.engine or sess.target.container.engine or "docker"
         return diagnose(text, eng, sess.target.host, self.image(proj, sess.target))
 
     async def health(self, proj: ProjectView, sess: TargetSession, found: dict[str, Any]) -> list[dict[str, str]]:

@@ -17,22 +17,46 @@ from typing import Any
 from .. import alloc, slurm_errors
 from ..engine import TargetSession
 from ..errors import RemoteDevError
-from . import Launch, ProcessRunner, ProjectView
+from ..config import Target
+from .base import Launch, ProjectView, Runner
 from .container import dockerfile_quickfix
-from .slurm_container import container_command
+from .slurm_container import container_command, engine_for
 
 
-class SlurmRunner(ProcessRunner):
+class SlurmRunner(Runner):
     name = "slurm"
+    probes = ("sbatch", "squeue", "scancel")
+    container_engines = ("docker", "podman", "pyxis")   # pyxis: srun --container-image
+
+    @classmethod
+    def check(cls, target: Target) -> tuple[str, str] | None:
+        c = target.container
+        if c.table and not (c.dockerfile or c.image):
+            return "container", ("runner = \"slurm\" with a container table needs container.dockerfile or "
+                                 "container.image")
+        return super().check(target)
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self.engine: str | None = None    # pyxis, podman or docker for a container table, once found
+
+    def in_container(self) -> bool:
+        """With a container table naming an image or a Dockerfile, runs are in a container
+        inside the job."""
+        c = self.target.container
+        return bool(c.image or c.dockerfile)
+
+    def debug_mode(self) -> str:
+        if self.in_container():
+            raise RemoteDevError(f"targets.{self.target.name}: debugging in a container inside a Slurm job is not "
+                                 f"supported; :RemoteRun works, or debug with a target without the container table")
+        return self.debug
 
     async def spec(self, proj: ProjectView, sess: TargetSession, run_id: str, launch: Launch) -> dict[str, Any]:
         command = launch.command
-        if sess.target.in_container:
-            if "debug-launch" in command:
-                raise RemoteDevError(f"targets.{sess.target.name}: debugging in a container inside a Slurm job is "
-                                     f"not supported; :RemoteRun works, or debug with a target without the "
-                                     f"container table")
-            command = await container_command(proj, sess, run_id, command)
+        if self.in_container():
+            self.engine = self.engine or await engine_for(sess)
+            command = container_command(self.engine, proj, sess, run_id, command)
         held = await alloc.held(sess)
         if held is not None:
             return alloc.run_spec(sess, held, run_id, command, {**sess.target.env, **launch.env})
@@ -40,7 +64,7 @@ class SlurmRunner(ProcessRunner):
                 "meta": {}}
 
     def extra_quickfix(self, proj: ProjectView, sess: TargetSession, text: str) -> list[dict[str, Any]]:
-        df = sess.target.container.dockerfile if sess.target.in_container else None
+        df = sess.target.container.dockerfile if self.in_container() else None
         return dockerfile_quickfix(text, proj.root / df) if df else []
 
     def diagnose(self, proj: ProjectView, sess: TargetSession, text: str) -> str | None:

@@ -20,8 +20,8 @@ import shlex
 
 from ..engine import TargetSession
 from ..errors import RemoteDevError
-from . import ProjectView
-from .container import ContainerRunner, build_argv, container_name, run_argv, script
+from .base import ProjectView
+from .container import build_argv, container_name, detect_engine, image_tag, run_argv, script
 
 PASS_SLURM_ENV = ('set --; for v in $(env | sed -n "s/^\\(SLURM_[A-Za-z0-9_]*\\)=.*/\\1/p"); '
                   'do set -- "$@" -e "$v"; done')
@@ -31,17 +31,13 @@ async def engine_for(sess: TargetSession) -> str:
     """pyxis, podman or docker: as configured; else pyxis when srun has
     --container-image, else the engine that answers on the login node (the nodes are
     taken to have the same software)."""
-    if sess.container_engine:
-        return sess.container_engine
     c = sess.target.container
     if c.engine:
-        sess.container_engine = c.engine
         return c.engine
     res = await sess.call("exec", ["srun", "--help"], 30, sess.target.env)
     if b"--container-image" in res["stdout"] + res["stderr"]:
-        sess.container_engine = "pyxis"
         return "pyxis"
-    return await ContainerRunner().engine_name(sess)
+    return await detect_engine(sess)
 
 
 def pyxis_command(sess: TargetSession, command: str) -> str:
@@ -71,15 +67,13 @@ def engine_script(eng: str, name: str, build: list[str] | None, run: list[str]) 
     return "\n".join(lines)
 
 
-async def container_command(proj: ProjectView, sess: TargetSession, run_id: str, command: str) -> str:
+def container_command(eng: str, proj: ProjectView, sess: TargetSession, run_id: str, command: str) -> str:
     """The command line that runs ``command`` in a container of the target's image on the
-    job's node."""
-    eng = await engine_for(sess)
+    job's node, with eng (engine_for's answer)."""
     if eng == "pyxis":
         return pyxis_command(sess, command)
     t = sess.target
-    runner = ContainerRunner()
-    image = runner.image(proj, t)
+    image = t.container.image or image_tag(proj.root, t)
     name = container_name(run_id)
     build = build_argv(eng, image, t.container.dockerfile) if t.container.dockerfile else None
     run = run_argv(eng, name, image, sess.remote_root or t.remote_root, t, command, run_id=run_id)

@@ -53,6 +53,10 @@ def unreadable(rel: str, size: int | None, err: OSError) -> dict[str, Any]:
     return out
 
 
+def is_too_large(skipped: dict[str, Any]) -> bool:
+    return str(skipped.get("reason", "")).startswith(TOO_LARGE)
+
+
 def done_payload(root: Path, target: str, res: SyncResult, ms: float, host: str = "") -> dict[str, Any]:
     return {
         "target": target, "host": host, "files": res.files, "bytes": res.bytes, "wire_bytes": res.wire, "ms": round(ms, 1),

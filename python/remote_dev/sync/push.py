@@ -33,7 +33,8 @@ from .apply import PushCommit
 from .check import RemoteCheck
 from .content import entry_hash
 from .ignore import Excluder
-from .problem import SyncResult, done_payload, summarize
+from .include import ignored_by
+from .problem import SyncResult, done_payload, is_too_large, summarize
 from .reconcile import Policy, PushPlan, Send
 from .scan import LocalEntry, lstat_entry, rel_paths
 from .state import compact_later, records_for, scanner_for, sync_state
@@ -250,6 +251,8 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
         push = Push(engine, proj, sess, force)
         try:
             res = await push.run(paths, dry_run)
+            if paths and not quiet:   # a path someone named and nothing of it pushed: say why
+                res.skipped += await asyncio.to_thread(left_out, proj, paths, push.local, push.scanner)
         except ConnectError as e:
             if not push.result.files and not e.retry:
                 raise   # a login that failed (a refused code, an untrusted host key) interrupted nothing
@@ -262,13 +265,56 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
     if dry_run:
         data.update(dry_run=True, send=res.send, delete=res.delete)
         return data
-    proj.last_push[sess.target.name] = {k: data[k] for k in ("files", "bytes", "ms", "conflicts")} | {"time": time.time()}
+    told, fresh = told_too_large(proj, sess.target.name, res)
+    proj.last_push[sess.target.name] = {k: data[k] for k in ("files", "bytes", "ms", "conflicts")} | {
+        "time": time.time(), "too_large": [{"path": p, "size": n} for p, n in sorted(told.items())]}
     engine.emit("RemoteDevPushDone", data)
-    text, level = summarize("push", data)
+    # a run's or a save's push tells of a file over the size limit once (until it changes);
+    # :RemotePush always does, and :RemoteStatus lists them
+    shown = data if not quiet else {**data, "skipped": [s for s in data["skipped"]
+                                                        if not is_too_large(s) or s["path"] in fresh]}
+    text, level = summarize("push", shown)
     if not quiet or level != "info":
         engine.message(text, level)
     publish_status(engine, proj)
     return data
+
+
+def left_out(proj: Project, paths: list[str], listed: dict[str, LocalEntry], scanner: Any) -> list[dict[str, Any]]:
+    """Named paths that exist here but of which the scan listed nothing, with the rule that
+    leaves them out: sync.exclude / sync.pull, or .gitignore (file and line)."""
+    out = []
+    for rel in paths:
+        if rel in ("", ".") or rel in listed or any(p.startswith(rel + "/") for p in listed):
+            continue
+        if not os.path.lexists(proj.root / rel):
+            continue
+        if scanner.excluder.excluded(rel):
+            reason = "excluded by sync.exclude (or a sync.pull folder)"
+        else:
+            rule = ignored_by(proj.root, rel)
+            if rule is None:
+                continue
+            reason = f"ignored by {rule} (sync.include in .remote-dev.toml pushes it)"
+        out.append({"path": rel, "reason": reason})
+    return out
+
+
+def told_too_large(proj: Project, target: str, res: SyncResult) -> tuple[dict[str, int], set[str]]:
+    """The files over sync.max_file_size known for target after this push (path -> size),
+    and those of them not told of before at that size."""
+    told = sync_state(proj).told_large.setdefault(target, {})
+    limit = proj.config.sync.max_file_size
+    for rel in list(told):
+        entry = lstat_entry(proj.root / rel)
+        if entry is None or entry.size <= limit:
+            del told[rel]
+    fresh = set()
+    for s in res.skipped:
+        if is_too_large(s) and told.get(s["path"]) != s.get("size"):
+            told[s["path"]] = s.get("size") or 0
+            fresh.add(s["path"])
+    return told, fresh
 
 
 async def push_on_save(engine: Engine, proj: Project, file: str) -> dict[str, Any] | None:

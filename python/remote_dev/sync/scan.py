@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 from ..errors import RemoteDevError
 from .ignore import Excluder, Walker, global_excludes_file_cached, is_git_component, mtime
+from .include import Includer, included
 from .watch import Watcher
 
 MAX_CHANGES = 2000        # more changed paths than this: a full scan is cheaper
@@ -208,9 +209,10 @@ class Scanner:
     scan and remembered for path scans (push on save runs one git command, or none)."""
 
     def __init__(self, root: Path, exclude: Iterable[str] = (), pull: Iterable[str] = (),
-                 watch: bool = True) -> None:
+                 watch: bool = True, include: Iterable[str] = ()) -> None:
         self.root = Path(root)
         self.excluder = Excluder(exclude, pull)
+        self.includer = Includer(include)
         self.git: bool | None = None
         self.git_dir: str | None = None
         self.watch = watch and sys.platform.startswith("linux")
@@ -383,7 +385,9 @@ class Scanner:
             w = self._prepare_watcher()
         watched = set(w.dirs) if w is not None else set()   # before any stat: no news lost there
         out: dict[str, LocalEntry] = {}
-        self._scan(self.root, "", paths, bool(self.git), 0, out, hint)
+        scan_tree(self.excluder, self.root, "", paths, bool(self.git), 0, out, hint)
+        if self.includer:
+            add_included(self.root, self.includer, self.excluder, paths, bool(self.git), out)
         if w is not None and w.valid:
             self.stamps = stamps
             self.last_full = time.monotonic()
@@ -398,86 +402,102 @@ class Scanner:
         if t is not None and t.ident is None:
             t.start()
 
-    def _scan(self, root: Path, prefix: str, paths: list[str] | None, use_git: bool, depth: int,
-              out: dict[str, LocalEntry], hint: Iterable[str] | None = None) -> None:
-        base = str(root)
-        try:
-            root_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if _DIR_FD else None
-        except OSError:
-            return
-        try:
-            if root_fd is not None:
-                def lstat(rel: str, _fd: int = root_fd, _stat: Any = os.stat) -> os.stat_result:
-                    return _stat(rel, dir_fd=_fd, follow_symlinks=False)
-            else:
-                def lstat(rel: str) -> os.stat_result:
-                    return os.lstat(os.path.join(base, rel))
-            pre: dict[str, os.stat_result] = {}
-            if use_git:
-                # the untracked ones take git a walk of the tree: the tracked ones are
-                # stat'ed meanwhile (and the hint's paths, while git reads its index)
-                procs = [git_listing_start(root, paths, (which,)) for which in ("-o", "-c")]
-                if None not in procs:
-                    if hint is not None and not prefix:
-                        for rel in hint:
-                            try:
-                                pre[rel] = lstat(rel)
-                            except OSError:
-                                pass
-                    got: dict[str, LocalEntry] = {}
-                    listings = [GitListing(proc) for proc in reversed(procs)]   # type: ignore[arg-type]
-                    for listing in listings:
-                        for part in listing:
-                            self._collect(root, prefix, paths, depth, part, pre, lstat, got)
-                        if not listing.ok:
-                            break
-                    if all(listing.ok for listing in listings):
-                        out.update(got)
-                        return
-                for proc in procs:
-                    if proc is not None:
-                        if proc.poll() is None:
-                            proc.kill()
-                            proc.wait()
-                        if proc.stdout is not None:
-                            proc.stdout.close()
-            self._collect(root, prefix, paths, depth, Walker(root).listing(paths), pre, lstat, out)
-        finally:
-            if root_fd is not None:
-                os.close(root_fd)
 
-    def _collect(self, root: Path, prefix: str, paths: list[str] | None, depth: int, listing: list[str],
-                 pre: dict[str, os.stat_result], lstat: Any, out: dict[str, LocalEntry]) -> None:
-        excluded = self.excluder.excluded if self.excluder.spec is not None else None
-        for rel in listing:
-            nested = rel.endswith("/")
-            if nested:
-                rel = rel.rstrip("/")
-            full_rel = prefix + rel if prefix else rel
-            if ".git" in full_rel and is_git_component(full_rel):
+def add_included(root: Path, includer: Includer, excluder: Excluder, paths: list[str] | None, use_git: bool,
+                 out: dict[str, LocalEntry]) -> None:
+    """The files sync.include takes back from .gitignore (sync.exclude still wins)."""
+    for rel in included(root, includer, paths, use_git):
+        if rel not in out and not excluder.excluded(rel):
+            entry = lstat_entry(root / rel)
+            if entry is not None:
+                out[rel] = entry
+
+
+def scan_tree(excluder: Excluder, root: Path, prefix: str, paths: list[str] | None, use_git: bool, depth: int,
+              out: dict[str, LocalEntry], hint: Iterable[str] | None = None) -> None:
+    """Files and symlinks at or under paths of root (git's listing when use_git, else the
+    Walker's) into out, by path relative to the project (prefix: root's place in it, a
+    nested repository's); hint: paths stat'ed while git lists."""
+    base = str(root)
+    try:
+        root_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if _DIR_FD else None
+    except OSError:
+        return
+    try:
+        if root_fd is not None:
+            def lstat(rel: str, _fd: int = root_fd, _stat: Any = os.stat) -> os.stat_result:
+                return _stat(rel, dir_fd=_fd, follow_symlinks=False)
+        else:
+            def lstat(rel: str) -> os.stat_result:
+                return os.lstat(os.path.join(base, rel))
+        pre: dict[str, os.stat_result] = {}
+        if use_git:
+            # the untracked ones take git a walk of the tree: the tracked ones are
+            # stat'ed meanwhile (and the hint's paths, while git reads its index)
+            procs = [git_listing_start(root, paths, (which,)) for which in ("-o", "-c")]
+            if None not in procs:
+                if hint is not None and not prefix:
+                    for rel in hint:
+                        try:
+                            pre[rel] = lstat(rel)
+                        except OSError:
+                            pass
+                got: dict[str, LocalEntry] = {}
+                listings = [GitListing(proc) for proc in reversed(procs)]   # type: ignore[arg-type]
+                for listing in listings:
+                    for part in listing:
+                        collect(excluder, root, prefix, paths, depth, part, pre, lstat, got)
+                    if not listing.ok:
+                        break
+                if all(listing.ok for listing in listings):
+                    out.update(got)
+                    return
+            for proc in procs:
+                if proc is not None:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                    if proc.stdout is not None:
+                        proc.stdout.close()
+        collect(excluder, root, prefix, paths, depth, Walker(root).listing(paths), pre, lstat, out)
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)
+
+def collect(excluder: Excluder, root: Path, prefix: str, paths: list[str] | None, depth: int, listing: list[str],
+            pre: dict[str, os.stat_result], lstat: Any, out: dict[str, LocalEntry]) -> None:
+    """The entries of listed paths (stat'ed, or taken from pre) into out; a nested
+    repository is scanned with its own rules."""
+    excluded = excluder.excluded if excluder.spec is not None else None
+    for rel in listing:
+        nested = rel.endswith("/")
+        if nested:
+            rel = rel.rstrip("/")
+        full_rel = prefix + rel if prefix else rel
+        if ".git" in full_rel and is_git_component(full_rel):
+            continue
+        if excluded is not None and excluded(full_rel):
+            continue
+        st = pre.get(rel)
+        if st is None:
+            try:
+                st = lstat(rel)
+            except OSError:
                 continue
-            if excluded is not None and excluded(full_rel):
-                continue
-            st = pre.get(rel)
-            if st is None:
-                try:
-                    st = lstat(rel)
-                except OSError:
-                    continue
-            fmt = st.st_mode & 0o170000
-            if fmt == 0o100000:
-                out[full_rel] = LocalEntry("f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
-            elif fmt == 0o120000:
-                try:
-                    out[full_rel] = LocalEntry("l", st.st_size, st.st_mtime_ns, 0o777, os.readlink(root / rel))
-                except OSError:
-                    pass
-            elif nested or fmt == 0o040000:
-                # a nested repository (an untracked clone or a submodule): its own rules
-                full = os.path.join(str(root), rel)
-                if depth < 8 and fmt == 0o040000 and os.path.lexists(os.path.join(full, ".git")):
-                    inner = None
-                    if paths is not None:
-                        inner = [p[len(rel) + 1:] for p in paths if p.startswith(rel + "/")] or None
-                    sub = Path(full)
-                    self._scan(sub, full_rel + "/", inner, git_dir(sub) is not None, depth + 1, out)
+        fmt = st.st_mode & 0o170000
+        if fmt == 0o100000:
+            out[full_rel] = LocalEntry("f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
+        elif fmt == 0o120000:
+            try:
+                out[full_rel] = LocalEntry("l", st.st_size, st.st_mtime_ns, 0o777, os.readlink(root / rel))
+            except OSError:
+                pass
+        elif nested or fmt == 0o040000:
+            # a nested repository (an untracked clone or a submodule): its own rules
+            full = os.path.join(str(root), rel)
+            if depth < 8 and fmt == 0o040000 and os.path.lexists(os.path.join(full, ".git")):
+                inner = None
+                if paths is not None:
+                    inner = [p[len(rel) + 1:] for p in paths if p.startswith(rel + "/")] or None
+                sub = Path(full)
+                scan_tree(excluder, sub, full_rel + "/", inner, git_dir(sub) is not None, depth + 1, out)

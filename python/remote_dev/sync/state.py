@@ -29,6 +29,9 @@ class SyncState:
     save_running: bool = False
     save_error: str | None = None
     later: set[asyncio.Task[None]] = field(default_factory=set)   # work left for after a sync
+    # files over sync.max_file_size told of by a run's or a save's push, per target: path ->
+    # size; told again once the file changes (another size), dropped once it fits or is gone
+    told_large: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def sync_state(proj: Project) -> SyncState:
@@ -54,11 +57,11 @@ def scanner_for(proj: Project) -> Scanner:
     """The project's scanner, made anew when the root or the sync rules changed."""
     st = sync_state(proj)
     cfg = proj.config.sync
-    key = (str(proj.root), cfg.exclude, cfg.pull)
+    key = (str(proj.root), cfg.exclude, cfg.pull, cfg.include)
     if st.scanner is None or st.scanner_key != key:
         if st.scanner is not None:
             st.scanner.close()
-        st.scanner = Scanner(proj.root, cfg.exclude, cfg.pull)
+        st.scanner = Scanner(proj.root, cfg.exclude, cfg.pull, include=cfg.include)
         st.scanner_key = key
     return st.scanner
 

@@ -385,7 +385,7 @@ class Sender:
         while self.failure is None and self.large_claimed < len(self.large):
             item = self.large[self.large_claimed]
             self.large_claimed += 1
-            await self.push_large(lane, item)
+            await LargeSend(self, lane, item).run()
         await lane.empty()
         self.check()
 
@@ -393,18 +393,29 @@ class Sender:
         for r, answer in zip(prep.ops, answers):
             self.commit.sent(r.item, r.hash, r.entry, answer)
 
-    def pack_chunk(self, block: bytes) -> tuple[str, bytes, int]:
-        fmt, level = self.comp.choose(block)
-        return (*self.comp.compress(fmt, level, block), len(block))
 
-    async def push_large(self, lane: Lane, item: Send) -> None:
-        """One large file: staged on the remote in CHUNK appends (each compressed when that
-        pays), hashed as read, then put in place by a push op carrying the stage token (the
-        agent checks the hash).  Chunks are read and compressed CHUNKS_AHEAD ahead."""
+def pack_chunk(comp: Compressor, block: bytes) -> tuple[str, bytes, int]:
+    fmt, level = comp.choose(block)
+    return (*comp.compress(fmt, level, block), len(block))
+
+
+class LargeSend:
+    """One large file of a push, on one lane of a Sender: staged on the remote in CHUNK
+    appends (each compressed when that pays), hashed as read, then put in place by a push op
+    carrying the stage token (the agent checks the hash).  Chunks are read and compressed
+    CHUNKS_AHEAD ahead."""
+
+    def __init__(self, sender: Sender, lane: Lane, item: Send) -> None:
+        self.s = sender
+        self.lane = lane
+        self.item = item
+
+    async def run(self) -> None:
+        item, lane = self.item, self.lane
         try:
-            fd = os.open(self.local_root / item.rel, os.O_RDONLY | O_NOFOLLOW)
+            fd = os.open(self.s.local_root / item.rel, os.O_RDONLY | O_NOFOLLOW)
         except OSError as e:
-            self.commit.unreadable(item, e)
+            self.s.commit.unreadable(item, e)
             return
         f = os.fdopen(fd, "rb")
         chan = lane.chan
@@ -413,33 +424,33 @@ class Sender:
         h = new_hasher()
         try:
             st = os.fstat(f.fileno())
-            token = await chan.call("stage", self.root, item.rel)
-            sent = await self.send_chunks(lane, token, f, h, ahead)
+            token = await chan.call("stage", self.s.root, item.rel)
+            sent = await self.send_chunks(token, f, h, ahead)
         except ReadFailed as e:   # reading here failed: the stage goes
-            self.commit.unreadable(item, e.err)
+            self.s.commit.unreadable(item, e.err)
             if chan.alive and token is not None:
                 consume([chan.send("unstage", token)])
             return
         except AgentCallError as e:   # the agent refused the path
-            self.commit.result.error(item.rel, e.message)
+            self.s.commit.result.error(item.rel, e.message)
             return
         finally:
             f.close()
             consume(ahead)
         entry = LocalEntry(FILE, sent, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
         hd = finish(h)
-        self.commit.in_flight([(item, hd, entry)])
-        fut = chan.send("push", self.root, [staged_op(item.rel, item.expect, item.force, hd, entry.mode, token)])
+        self.s.commit.in_flight([(item, hd, entry)])
+        fut = chan.send("push", self.s.root, [staged_op(item.rel, item.expect, item.force, hd, entry.mode, token)])
 
         def placed(answers: list[Any]) -> None:
-            self.progress.in_flight -= sent
-            self.commit.sent(item, hd, entry, answers[0], large=True)
-        self.on_wire(lane, fut, 200, placed)
+            self.s.progress.in_flight -= sent
+            self.s.commit.sent(item, hd, entry, answers[0], large=True)
+        self.s.on_wire(lane, fut, 200, placed)
         await chan.drain()
 
-    async def send_chunks(self, lane: Lane, token: int, f: Any, h: Any,
-                          ahead: list[asyncio.Future[tuple[str, bytes, int]]]) -> int:
+    async def send_chunks(self, token: int, f: Any, h: Any, ahead: list[asyncio.Future[tuple[str, bytes, int]]]) -> int:
         loop = asyncio.get_running_loop()
+        lane = self.lane
         chan = lane.chan
         sent = 0
         eof = False
@@ -458,13 +469,13 @@ class Sender:
                     eof = True
                     break
                 sent += len(block)
-                ahead.append(loop.run_in_executor(self.comp.pool, self.pack_chunk, block))
+                ahead.append(loop.run_in_executor(self.s.comp.pool, pack_chunk, self.s.comp, block))
             if not ahead:
                 return sent
             fmt, payload, n = await ahead.pop(0)
             await lane.room(len(payload))
-            self.check()
+            self.s.check()
             fut = chan.send("append", token, payload, fmt) if fmt else chan.send("append", token, payload)
-            self.on_wire(lane, fut, len(payload), lambda _answer: None)
-            self.progress.in_flight += n
+            self.s.on_wire(lane, fut, len(payload), lambda _answer: None)
+            self.s.progress.in_flight += n
             await chan.drain()

@@ -3,21 +3,27 @@ msgpack, packed into one zip (see remote_dev.agent.bundle) that the bootstrap up
 content-addressed into the remote user's cache folder and runs as ``python3 agent.pyz``
 over one long-lived SSH channel.
 
-    main.py          entry point: serve, supervise, supervise-spare, debug-launch
+    main.py          entry point: serve, supervise, supervise-spare
     server.py        msgpack-RPC transport, dispatch, the file-op worker thread
     host.py          hello, ping, stat_root, which, exec, free_port
-    files.py         path checks, atomic writes, push/stage/append/unstage/state/list/read
+    files.py         atomic writes, push/stage/append/unstage (FileOps), state/list/read
+    paths.py         path checks under a root, what is at a path, its content hash
+    verify.py        the remote check of a push against what the local side expects
+    inotify.py       what changed in folders since the last look (verify's watch)
     temps.py         temporary files of atomic writes
-    runs.py          run folders: start, info, list, read, stop, listening, file
+    runs.py          run folders: start, info, list, read, stop, listening, endpoints
+    services.py      services (kernel, notebook server) and shells (tmux) found by name
     slurm.py         sbatch, squeue, scontrol, scancel
     alloc.py         allocations held for a target (a holder job), its steps' ends
     supervisor.py    the detached supervisor of a run, the spare supervisor
     procs.py         /proc: processes of a run, stopping them, listening sockets
-    debug_launch.py  debugpy on a Slurm compute node
     compiled.py      a copy of the zip with bytecode for the remote's interpreter
     common.py        AgentError, cache folder, JSON records
+    debug_boot.py    not the agent's: the debug bootstrap a debug run puts on PYTHONPATH
+                     as sitecustomize.py (uploaded on its own, stdlib only)
 
-What the local side shares with it (run states, content hash, op shapes, the conflict
-rule) is in ../protocol.py.  Modules import each other relatively, so the same files work
-as remote_dev.agent.remote (locally, in tests) and as remote_dev_agent.remote (in the zip).
+What the local side shares with it (run states, markers, the cache layout, content hash,
+op shapes, the conflict rule, the python's shell word) is in ../protocol.py.  Modules
+import each other relatively, so the same files work as remote_dev.agent.remote (locally,
+in tests) and as remote_dev_agent.remote (in the zip).
 """

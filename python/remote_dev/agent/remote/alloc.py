@@ -28,14 +28,14 @@ from .common import AgentError, cache_dir, expand_root, private_file, read_json,
 # The holder's batch step: one process, gone with the job (a shell loop around sleep could
 # outlive the job's end by a sleep whose parent died first).  ~68 years: its time limit ends it.
 HOLD = "exec sleep 2147483647"
-MARKER = "REMOTE_DEV_ALLOC"
+MARKER = P.ALLOC_ENV
 NODE_EVERY = 60.0     # seconds a node record is trusted (a changed time limit shows after)
 STEPS_GO = 15.0       # seconds the srun clients get to exit after the scancel
 QUEUE_GO = 30.0       # seconds to wait for the job to leave the queue
 
 
 def allocs_dir():
-    return os.path.join(cache_dir(), "allocs")
+    return os.path.join(cache_dir(), P.ALLOCS_DIR)
 
 
 def alloc_dir(name):

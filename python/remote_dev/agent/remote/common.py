@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import threading
 
 
@@ -15,6 +16,34 @@ class AgentError(Exception):
         Exception.__init__(self, message)
         self.kind = kind
         self.message = message
+
+
+def activate_interpreter(environ=None, executable=None, prefix=None, base_prefix=None):
+    """The agent runs as the target's python; what it starts (runs, debug runs, kernels,
+    notebook servers, shells) sees that interpreter's environment as an activated one
+    would: a venv's or conda environment's bin first on PATH, VIRTUAL_ENV (a venv) or
+    CONDA_PREFIX (conda) set, so `python`, `pip`, `torchrun` in a command are its.  A
+    plain system python changes nothing.  Returns the variables it set."""
+    environ = os.environ if environ is None else environ
+    executable = executable or sys.executable
+    prefix = prefix or sys.prefix
+    base_prefix = base_prefix or getattr(sys, "base_prefix", prefix)
+    venv = prefix != base_prefix
+    conda = os.path.isdir(os.path.join(prefix, "conda-meta"))
+    bindir = os.path.dirname(executable) if executable else ""
+    if not (venv or conda) or not bindir:
+        return {}
+    changes = {}
+    path = environ.get("PATH", os.defpath)
+    if path.split(os.pathsep)[0] != bindir:
+        changes["PATH"] = bindir + os.pathsep + path
+    if venv:
+        changes["VIRTUAL_ENV"] = prefix
+        environ.pop("PYTHONHOME", None)
+    else:
+        changes["CONDA_PREFIX"] = prefix
+    environ.update(changes)
+    return changes
 
 
 def cache_dir():

@@ -141,9 +141,6 @@ class FileOps(object):
         entry.size += len(data)
         return None
 
-    def unstage(self, token):
-        self.drop_staged(token)
-
     def drop_staged(self, token):
         with self.staged_lock:
             entry = self.staged.pop(token, None)
@@ -258,60 +255,6 @@ class FileOps(object):
         prune_dirs(root, os.path.dirname(path))
         return [P.OK, 0, 0]
 
-    # -- reading
-    def state(self, root, rels, hashes=True):
-        """[kind, size, mtime_ns, hash] (hash None unless hashes) or None for each path:
-        only files and symlinks count."""
-        root = expand_root(root)
-        out = []
-        known_dirs = {}
-        for rel in rels:
-            try:
-                path = resolve(root, rel, known_dirs=known_dirs)
-                state = entry_state(path)
-                if state is None or state[0] not in (P.FILE, P.LINK):
-                    out.append(None)
-                else:
-                    out.append(state + [content_hash(path, state) if hashes else None])
-            except (AgentError, OSError):
-                out.append(None)
-        return out
-
-    def list(self, root, folders, known):
-        """Files and symlinks under the given folders (relative to root), never following
-        symlinks: {rel: [kind, size, mtime_ns, hash_or_None, mode, link_target]}.  The hash is
-        left out (None) where ``known`` already has the same kind/size/mtime."""
-        root = expand_root(root)
-        result = {}
-        for folder in folders:
-            folder = folder.strip("/")
-            try:
-                base = resolve(root, folder) if folder else root
-            except AgentError:
-                continue
-            st = entry_state(base)
-            if st is None:
-                continue
-            if st[0] != P.DIR:
-                list_one(root, folder, base, known, result)
-                continue
-            for dirpath, dirnames, filenames in os.walk(base):
-                for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-                    if P.TMP_MARK in name:
-                        continue
-                    full = os.path.join(dirpath, name)
-                    rel = os.path.relpath(full, root).replace(os.sep, "/")
-                    list_one(root, rel, full, known, result)
-        return result
-
-    def read(self, root, rel, offset, size):
-        """Bytes of a regular file under root (a final symlink is refused, not followed)."""
-        fd = open_regular(expand_root(root), rel)
-        try:
-            return pread_all(fd, offset, size)
-        finally:
-            os.close(fd)
-
     def read_block(self, root, rel, offset, size, link=None, prefix=None):
         """[format, data]: size bytes at offset of a regular file, compressed for a link of
         link wire bytes per second (protocol.choose_codec; raw when they do not compress or
@@ -332,6 +275,62 @@ class FileOps(object):
                 if len(blob) < len(data):
                     return [fmt, blob]
         return [P.RAW, data]
+
+
+# --------------------------------------------------------------------------- reading (no state)
+
+def state(root, rels, hashes=True):
+    """[kind, size, mtime_ns, hash] (hash None unless hashes) or None for each path:
+    only files and symlinks count."""
+    root = expand_root(root)
+    out = []
+    known_dirs = {}
+    for rel in rels:
+        try:
+            path = resolve(root, rel, known_dirs=known_dirs)
+            state = entry_state(path)
+            if state is None or state[0] not in (P.FILE, P.LINK):
+                out.append(None)
+            else:
+                out.append(state + [content_hash(path, state) if hashes else None])
+        except (AgentError, OSError):
+            out.append(None)
+    return out
+
+def list_under(root, folders, known):
+    """Files and symlinks under the given folders (relative to root), never following
+    symlinks: {rel: [kind, size, mtime_ns, hash_or_None, mode, link_target]}.  The hash is
+    left out (None) where ``known`` already has the same kind/size/mtime."""
+    root = expand_root(root)
+    result = {}
+    for folder in folders:
+        folder = folder.strip("/")
+        try:
+            base = resolve(root, folder) if folder else root
+        except AgentError:
+            continue
+        st = entry_state(base)
+        if st is None:
+            continue
+        if st[0] != P.DIR:
+            list_one(root, folder, base, known, result)
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                if P.TMP_MARK in name:
+                    continue
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                list_one(root, rel, full, known, result)
+    return result
+
+def read(root, rel, offset, size):
+    """Bytes of a regular file under root (a final symlink is refused, not followed)."""
+    fd = open_regular(expand_root(root), rel)
+    try:
+        return pread_all(fd, offset, size)
+    finally:
+        os.close(fd)
 
 
 def open_regular(root, rel):

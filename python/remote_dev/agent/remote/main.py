@@ -22,7 +22,9 @@ def main(argv=None):
         supervise_spare()
     elif command is None:
         from . import compiled, server
+        from .common import activate_interpreter
 
+        activate_interpreter()   # what the agent starts inherits it
         compiled.ensure()
         server.serve()
     else:

@@ -5,6 +5,8 @@ import os
 import signal
 import time
 
+from .. import protocol as P
+
 # fields of /proc/PID/stat after the command name, counted from the state (field 3)
 STATE, PPID, STARTTIME = 0, 1, 19
 
@@ -67,7 +69,7 @@ def run_processes(run_id, supervisor):
             found.add(pid)
             todo.extend(children.get(pid, []))
     skip = found | {supervisor}
-    return found | marked_processes("REMOTE_DEV_RUN_ID=%s" % run_id, table, skip)
+    return found | marked_processes("%s=%s" % (P.RUN_ID_ENV, run_id), table, skip)
 
 
 def marked_processes(marker, table=None, skip=()):

@@ -12,6 +12,7 @@ from it; nothing about a run lives only in an agent's memory.
 """
 
 import os
+import shutil
 import subprocess
 import time
 
@@ -29,7 +30,7 @@ START_TIMEOUT = 10.0   # a run whose supervisor has not reported by then is lost
 
 
 def runs_dir():
-    return os.path.join(cache_dir(), "runs")
+    return os.path.join(cache_dir(), P.RUNS_DIR)
 
 
 def run_dir(run_id, must_exist=True):
@@ -68,7 +69,7 @@ def run_info(d):
         info["pid"] = started.get("pid")
         info["started"] = started["time"]
         info["job"] = started.get("job")
-    step = _read_json_or_none(os.path.join(d, "step.json"))
+    step = _read_json_or_none(os.path.join(d, P.STEP_FILE))
     if step:  # a job step in a held allocation (srun --jobid): its ids and node
         info["step"] = step
     if ex is None and started and started.get("job"):
@@ -145,6 +146,29 @@ def run_list(root):
     return out
 
 
+def run_delete(run_id):
+    """Delete an ended run's folder (its output with it); a live run is refused."""
+    d = run_dir(run_id)
+    info = run_info(d)
+    if P.is_live(info["state"]):
+        raise AgentError("run", "run %s is %s: stop it first (:RemoteStop %s)" % (run_id, info["state"], run_id))
+    shutil.rmtree(d, ignore_errors=True)
+    return run_id
+
+
+def run_prune(root, target, keep):
+    """Delete the folders of the ended runs of the project at root on target but the
+    newest keep; live runs are never touched.  The ids deleted."""
+    ended = [info for info in run_list(root)
+             if (info.get("meta") or {}).get("target") == target and not P.is_live(info["state"])]
+    ended.sort(key=lambda info: (info.get("created") or 0, info["id"]))
+    gone = []
+    for info in ended[:max(len(ended) - int(keep), 0)]:
+        shutil.rmtree(run_dir(info["id"], must_exist=False), ignore_errors=True)
+        gone.append(info["id"])
+    return gone
+
+
 def run_read(run_id, offset, max_bytes, wait, min_bytes=1):
     """Output of a run from a byte offset.  With wait > 0 this is a long poll: it
     returns as soon as there is output (at least min_bytes of it, or max_bytes if
@@ -184,10 +208,11 @@ def run_stop(run_id, grace):
 
 
 def stop_in(d, grace):
-    """Stop the run (or service) whose folder is d; its info once it ended."""
+    """Stop the run (or service) whose folder is d; its info once it ended (with
+    already_ended when it had ended before)."""
     info = run_info(d)
     if not P.is_live(info["state"]):
-        return info
+        return dict(info, already_ended=True)
     write_json(os.path.join(d, "stop.json"), {"time": time.time()})
     spec = read_json(os.path.join(d, "spec.json"))
     for argv in spec.get("stop_commands") or []:
@@ -235,7 +260,7 @@ def run_endpoints(run_id, known, timeout):
     that are not in known (their names): a long poll answering as soon as there is one, the
     run ends, or timeout passes.  {"found": [[name, endpoint], ...], "live"}"""
     d = run_dir(run_id, must_exist=False)
-    folder = os.path.join(d, "debug")
+    folder = os.path.join(d, P.ENDPOINTS_DIR)
     known = set(known or ())
     deadline = time.time() + timeout
     while True:

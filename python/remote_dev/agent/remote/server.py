@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import alloc, host, runs, services, temps
+from . import alloc, files as files_mod, host, runs, services, temps
 from .common import AgentError, os_message
 from .files import FileOps
 
@@ -39,19 +39,21 @@ def method_table(files):
         "free_port": (host.free_port, False),
         "stage": (files.stage, False),
         "append": (files.append, False),
-        "unstage": (files.unstage, False),
+        "unstage": (files.drop_staged, False),
         "push": (files.push, False),
         "push_packed": (files.push_packed, False),
         "verify": (files.verify, False),
         "read_block": (files.read_block, True),
-        "state": (files.state, False),
-        "list": (files.list, False),
-        "read": (files.read, False),
+        "state": (files_mod.state, False),
+        "list": (files_mod.list_under, False),
+        "read": (files_mod.read, False),
         "run_start": (runs.run_start, True),
         "run_info": (runs.run_info_of, False),
         "run_list": (runs.run_list, False),
         "run_read": (runs.run_read, True),
         "run_stop": (runs.run_stop, True),
+        "run_delete": (runs.run_delete, True),
+        "run_prune": (runs.run_prune, True),
         "run_listening": (runs.run_listening, True),
         "run_endpoints": (runs.run_endpoints, True),
         "service_start": (services.service_start, True),

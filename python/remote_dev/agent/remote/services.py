@@ -35,7 +35,7 @@ START_TIMEOUT = 10.0
 
 
 def services_dir():
-    return os.path.join(cache_dir(), "services")
+    return os.path.join(cache_dir(), P.SERVICES_DIR)
 
 
 def _check_name(name):
@@ -258,7 +258,10 @@ def shell_ensure(spec):
         return {"name": name, "tmux": tmux, "created": False}
     root = expand_root(spec["root"])
     os.makedirs(root, exist_ok=True)
-    env["REMOTE_DEV_RUN_ID"] = name
+    env[P.RUN_ID_ENV] = name
+    for key in ("PATH", "VIRTUAL_ENV", "CONDA_PREFIX"):   # the target python's (common.activate_interpreter)
+        if key in os.environ and key not in env:
+            env[key] = os.environ[key]
     argv = spec.get("argv") or [login_shell(), "-l"]
     command = ["env"] + ["%s=%s" % kv for kv in sorted(env.items())] + list(argv)
     size = ["-x", str(int(spec.get("cols") or 80)), "-y", str(int(spec.get("rows") or 24))]
@@ -279,7 +282,24 @@ def shell_ensure(spec):
     # This server's clients draw on the normal screen (lines scrolled off go to the
     # terminal's scrollback, which the alternate screen has none of).
     _tmux(tmux, ["set-option", "-s", "-a", "terminal-overrides", ",xterm-256color:smcup@:rmcup@"])
+    if not spec.get("argv"):
+        activate_in_shell(tmux, name, argv[0])
     return {"name": name, "tmux": tmux, "created": True}
+
+
+def activate_in_shell(tmux, name, shell):
+    """A login shell's profile may set PATH anew (Debian's /etc/profile does): in a venv,
+    the new shell is sent the venv's own activate line for its kind of shell, as VS Code
+    does in its terminals (with a leading space: kept out of bash's history)."""
+    venv = os.environ.get("VIRTUAL_ENV")
+    if not venv or "'" in venv:
+        return
+    kind = os.path.basename(shell)
+    script, source = ("activate.fish", "source") if kind == "fish" else \
+        ("activate.csh", "source") if kind in ("csh", "tcsh") else ("activate", ".")
+    path = os.path.join(venv, "bin", script)
+    if os.path.isfile(path):
+        _tmux(tmux, ["send-keys", "-t", "=" + name + ":", " %s '%s'" % (source, path), "Enter"])
 
 
 def shell_list(prefix):

@@ -34,7 +34,7 @@ def job_script(d, spec):
     for key, value in sorted((spec.get("env") or {}).items()):
         lines.append("export %s=%s" % (key, shquote(value)))
     lines += [
-        "export REMOTE_DEV_RUN_ID=%s PYTHONUNBUFFERED=${PYTHONUNBUFFERED:-1}" % shquote(spec["id"]),
+        "export %s=%s PYTHONUNBUFFERED=${PYTHONUNBUFFERED:-1}" % (P.RUN_ID_ENV, shquote(spec["id"])),
         # a job of several tasks: each srun in it prefixes its lines with the task's rank
         '[ "${SLURM_NTASKS:-1}" -gt 1 ] && export SLURM_LABELIO=${SLURM_LABELIO:-1}',
         "/bin/sh -c %s" % shquote(spec["cmd"]),

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from .. import protocol as P
 from . import procs
 from .common import read_json, write_json
 
@@ -160,7 +161,7 @@ def spawn(d, spec):
     None (exit recorded) when it cannot start."""
     env = dict(os.environ)
     env.update(spec.get("env") or {})
-    env["REMOTE_DEV_RUN_ID"] = spec["id"]
+    env[P.RUN_ID_ENV] = spec["id"]
     env.setdefault("PYTHONUNBUFFERED", "1")
     argv = spec.get("argv") or ["/bin/sh", "-c", spec["cmd"]]
     log = os.open(os.path.join(d, "output.log"), os.O_WRONLY | os.O_APPEND)
