@@ -36,7 +36,8 @@ def container_project(make_project, dockerfile=True, **container):
     cont.update(container)
     body = "\n[targets.test.container]\n" + "\n".join(
         f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v!r}".replace("'", '"') for k, v in cont.items()) + "\n"
-    return make_project(target={"runner": "container", "env": podman_env()}, config_extra=body)
+    return make_project(target={"runner": "container", "env": {**podman_env(), "API_KEY": "k-7f3a"}},
+                        config_extra=body)
 
 
 def podman_ps(name_filter="rd-"):
@@ -59,16 +60,18 @@ def test_build_run_traceback_maps_container_paths(engine, make_project, image):
     proj.write("Dockerfile", f"FROM {TEST_IMAGE}\nRUN echo built > /built.txt\n")
     proj.write("pkg/__init__.py", "")
     proj.write("pkg/mod.py", "def f():\n    raise RuntimeError('inside the container')\n")
-    proj.write("main.py", "import os\nprint(open('/built.txt').read().strip(), os.getcwd())\nfrom pkg import mod\nmod.f()\n")
+    proj.write("main.py", "import os\nprint(open('/built.txt').read().strip(), os.getcwd())\n"
+                          "print('key', os.environ.get('API_KEY'))\nfrom pkg import mod\nmod.f()\n")
     ctx = {"cwd": str(proj.root)}
     r1 = engine.call_sync("run", ctx, {"cmd": "python3 main.py"}, timeout=120)
     ex = exit_of(engine, r1["id"])
     out = lines_of(engine, r1["id"])
     assert ex["code"] == 1, out
     assert "built /workspace" in out
+    assert "key k-7f3a" in out      # the target's env reaches the program (by name on podman's command line)
     runs = dict(engine.projects)[proj.root].runs
     qf = [(e.get("filename"), e.get("lnum")) for e in runs[r1["id"]].quickfix if e.get("filename")]
-    assert qf == [(str(proj.root / "main.py"), 4), (str(proj.root / "pkg/mod.py"), 2)]
+    assert qf == [(str(proj.root / "main.py"), 5), (str(proj.root / "pkg/mod.py"), 2)]
     # a second run reuses the engine's build cache
     r2 = engine.call_sync("run", ctx, {"cmd": "python3 -c 'print(42)'"}, timeout=120)
     assert exit_of(engine, r2["id"])["code"] == 0
@@ -173,7 +176,8 @@ def test_docker_run_argv():
     argv = run_argv("docker", "rd-x", "img:1", "/home/u/p", t, "python t.py", publish=[5678])
     assert argv[:4] == ["docker", "run", "--rm", "--name"] and "rd-x" in argv
     assert argv[argv.index("-v") + 1] == "/home/u/p:/ws" and argv[argv.index("-w") + 1] == "/ws"
-    assert "A=1" in argv and "127.0.0.1:5678:5678" in argv
+    assert argv[argv.index("A") - 1] == "-e" and "127.0.0.1:5678:5678" in argv
+    assert "A=1" not in argv    # the target's env by name: its values never on a command line
     assert argv[-4:] == ["img:1", "sh", "-c", "python t.py"]
     assert "--gpus" in argv and "--shm-size=8g" in argv
 

@@ -16,7 +16,7 @@ BOOT = PKG / "agent" / "remote" / "debug_boot.py"   # uploaded on its own: it ca
 
 STATES = set(P.LIVE_STATES) | set(P.ENDED_STATES)
 MARKERS = {P.RUN_ID_ENV, P.ALLOC_ENV, P.DEBUG_ENV, P.DEBUG_HOST_ENV, P.DEBUGPY_ENV, P.DEBUG_STOP_ENV,
-           P.DEBUG_WAIT_MAX_ENV}
+           P.DEBUG_WAIT_MAX_ENV, P.DEBUG_TOKEN_ENV, P.DEBUG_GUARD_ENV}
 FILES = {P.STEP_FILE, P.KERNEL_FILE}
 # a shared folder below the cache folder spelled out instead of run_dir / service_dir / *_DIR
 LAYOUT = re.compile(r"cache_dir(\"\]|\(\))\s*,\s*\"(%s)\"" % "|".join(map(re.escape, (P.RUNS_DIR, P.SERVICES_DIR,
@@ -101,7 +101,8 @@ def shared_literals_at(path: Path) -> list[str]:
 
 def test_the_debug_bootstrap_reads_the_names_protocol_gives():
     text = BOOT.read_text()
-    for name in (P.DEBUG_ENV, P.DEBUG_HOST_ENV, P.DEBUGPY_ENV, P.DEBUG_STOP_ENV, P.DEBUG_WAIT_MAX_ENV):
+    for name in (P.DEBUG_ENV, P.DEBUG_HOST_ENV, P.DEBUGPY_ENV, P.DEBUG_STOP_ENV, P.DEBUG_WAIT_MAX_ENV,
+                 P.DEBUG_TOKEN_ENV, P.DEBUG_GUARD_ENV):
         assert f'"{name}"' in text, name
 
 

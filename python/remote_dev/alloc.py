@@ -283,8 +283,8 @@ def step_record(path: str) -> str:
     builtins only, so the program starts without a process on the way; a reader that
     finds it half-written takes it as not there yet)."""
     fmt = shlex.quote('{"job": "%s", "step": "%s", "node": "%s"}')
-    return (f'[ "${{SLURM_PROCID:-0}}" != 0 ] || printf {fmt} "$SLURM_JOB_ID" "$SLURM_STEP_ID" '
-            f'"${{SLURMD_NODENAME:-?}}" > {shlex.quote(path)} 2>/dev/null; ')
+    return (f'[ "${{SLURM_PROCID:-0}}" != 0 ] || (umask 077; printf {fmt} "$SLURM_JOB_ID" "$SLURM_STEP_ID" '
+            f'"${{SLURMD_NODENAME:-?}}" > {shlex.quote(path)}) 2>/dev/null; ')
 
 
 def run_spec(sess: TargetSession, a: Allocation, run_id: str, command: str, env: dict[str, str]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import asyncssh
 
 from .engine import TargetSession
 from .errors import RemoteDevError
+from .ssh import own_peer
 
 log = logging.getLogger("remote_dev")
 
@@ -188,8 +189,9 @@ class DapProxy:
     docstring).  With intercept False, every request goes to debugpy unchanged."""
 
     def __init__(self, sess: TargetSession, dest_host: str, dest_port: int, on_end: Callable[[str], None],
-                 intercept: bool = True) -> None:
+                 intercept: bool = True, secret: str | None = None) -> None:
         self.sess = sess
+        self.secret = secret    # sent first on each connection: the run's debuggee is on another host
         self.dest_host = dest_host
         self.dest_port = dest_port
         self.on_end = on_end
@@ -208,6 +210,12 @@ class DapProxy:
         return self.server is not None
 
     async def serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        peer, local = client_w.get_extra_info("peername"), client_w.get_extra_info("sockname")
+        if not own_peer(peer, local):
+            log.warning("debug listener of %s:%s: a connection of another local user refused", self.dest_host,
+                        self.dest_port)
+            client_w.close()
+            return
         leaving = [c.upstream_closed.wait() for c in self.connections if c.client_gone and not c.ended_by_client]
         if leaving:   # a client that just detached: debugpy takes the next one once that is done
             with contextlib.suppress(asyncio.TimeoutError):
@@ -219,6 +227,8 @@ class DapProxy:
                 await self.sess.ensure()
                 assert self.sess.conn is not None
                 up_r, conn.up_w = await self.sess.conn.open_connection(self.dest_host, self.dest_port)
+                if self.secret:
+                    conn.up_w.write(self.secret.encode() + b"\n")
             except (RemoteDevError, asyncssh.Error, OSError) as e:
                 log.warning("debug connection to %s:%s on %s failed: %s", self.dest_host, self.dest_port,
                             self.sess.target.host, e)

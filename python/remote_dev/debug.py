@@ -61,6 +61,18 @@ def dap_config(run: RunRecord | None, local_port: int, path_mappings: list[dict[
     return config
 
 
+class DebugFailed(RemoteDevError):
+    """The run's process could not start its debugger; the run goes on without it."""
+
+
+def undebugged_message(run: RunRecord, info: dict[str, Any]) -> str:
+    rank = info.get("rank")
+    who = (f"rank {rank} (pid {info.get('pid')} on {info.get('host')})" if rank is not None
+           else f"pid {info.get('pid')} on {info.get('host')}")
+    return (f"run {run.id}: {who} runs WITHOUT the debugger: {info.get('error')} "
+            f"(it goes on; :RemoteStop {run.id} ends it)")
+
+
 @dataclass
 class Endpoint:
     """One debugged process of a run: where its debugpy listens (as the remote sees it)
@@ -112,6 +124,7 @@ class DebugRun:
         self.ended_by: str | None = None      # the client request that ended the program
         self.closed = False
         self.watcher: asyncio.Task[None] | None = None
+        self.failed: dict[str, dict[str, Any]] = {}   # processes that run without the debugger, by file name
 
     def attachable(self, key: str | None) -> Endpoint | None:
         """The endpoint a client may (re)attach to: the run goes on and no client has ended it."""
@@ -166,19 +179,31 @@ class DebugRun:
 
     async def listen(self, ep: Endpoint) -> Endpoint:
         """The local listener in front of an endpoint."""
-        ep.proxy = DapProxy(self.sess, ep.dest_host, ep.port, self.client_ended, intercept=self.terminate_stops_run)
+        # a debuggee on another node than the agent's takes connections that open with the run's secret
+        # a debuggee on another node than the agent's, or in a container's own network, takes
+        # connections that open with the run's secret (debug_boot's guard)
+        remote_node = ep.node is not None and ep.node != self.sess.hello["host"]
+        elsewhere = (remote_node and bool(self.plan.boot)) or self.plan.publish
+        ep.proxy = DapProxy(self.sess, ep.dest_host, ep.port, self.client_ended, intercept=self.terminate_stops_run,
+                            secret=self.plan.token if elsewhere else None)
         await ep.proxy.start()
         self.endpoints[ep.key] = ep
         if self.closed:   # the run ended meanwhile
             ep.proxy.close()
         return ep
 
-    async def new_endpoints(self, run: RunRecord, timeout: float) -> tuple[list[Endpoint], bool]:
-        """Endpoints written since the last look (a long poll), and whether the run goes on."""
-        known = sorted(f"{key}.json" for key in self.endpoints)
+    async def new_endpoints(self, run: RunRecord, timeout: float, say: bool = True) -> tuple[list[Endpoint], bool]:
+        """Endpoints written since the last look (a long poll), and whether the run goes on.
+        A process that could not start its debugger is said at once (say), by pid and rank."""
+        known = sorted([f"{key}.json" for key in self.endpoints] + list(self.failed))
         res = await self.sess.call("run_endpoints", run.id, known, timeout)
         out = []
         for name, info in res["found"]:
+            if name.endswith(".failed"):
+                self.failed[name] = info
+                if say:
+                    self.engine.message(undebugged_message(run, info), "error")
+                continue
             ep = Endpoint.from_file(name, info, first=not self.endpoints and not out)
             if ep.key not in self.endpoints:
                 out.append(await self.listen(ep))
@@ -200,9 +225,15 @@ class DebugRun:
         # a queued job or a slow launcher may take long: wait while the run goes on
         waited = 0.0
         while True:
-            found, live = await self.new_endpoints(run, POLL)
+            failed_before = len(self.failed)
+            found, live = await self.new_endpoints(run, POLL, say=False)
             if found:
+                for info in list(self.failed.values())[failed_before:]:
+                    self.engine.message(undebugged_message(run, info), "error")
                 return found
+            if self.failed:
+                # its process runs on without the debugger: the user decides (:RemoteStop)
+                raise DebugFailed(undebugged_message(run, next(iter(self.failed.values()))))
             info = await sess.call("run_info", run.id)
             if not live or not is_live(info.get("state", "")):
                 raise RemoteDevError(f"run {run.id} ended (exit {info.get('code')}) before debugpy listened "
@@ -247,12 +278,18 @@ async def start_debug(engine: Engine, proj: Project, sess: TargetSession, comman
     dbg.run = run
     try:
         first = await dbg.first_endpoints(run)
+    except DebugFailed:
+        if not is_live(run.state):
+            dbg.ended(run)
+        raise
     except Exception:
-        # no debuggee is left waiting for a client that will never come
-        try:
-            await runs_mod.stop(engine, proj, sess, run.id, run, "debug setup failed")
-        except RemoteDevError:
-            pass
+        # no debuggee is left waiting for a client that will never come (a run that
+        # ended by itself meanwhile is not "stopped")
+        if is_live(run.state):
+            try:
+                await runs_mod.stop(engine, proj, sess, run.id, run, "debug setup failed")
+            except RemoteDevError:
+                pass
         raise
     if not is_live(run.state) or dbg.closed:
         dbg.ended(run)

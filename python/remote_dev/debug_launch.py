@@ -32,6 +32,7 @@ import os
 import posixpath
 import re
 import shlex
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +40,14 @@ from typing import Any
 
 import debugpy
 
-from .agent.protocol import (DEBUG_ENV, DEBUG_HOST_ENV, DEBUG_STOP_ENV, DEBUG_WAIT_MAX_ENV, DEBUGPY_ENV, ENDPOINTS_DIR,
-                             OK, python_words, run_dir, shell_word, write_op)
+from .agent.protocol import (DEBUG_ENV, DEBUG_GUARD_ENV, DEBUG_HOST_ENV, DEBUG_STOP_ENV, DEBUG_TOKEN_ENV,
+                             DEBUG_WAIT_MAX_ENV, DEBUGPY_ENV, ENDPOINTS_DIR, OK, python_words, run_dir, shell_word, write_op)
 from .engine import TargetSession
 from .errors import RemoteDevError
 from .runners import BOOTSTRAP, Launch, runner_of
 
 CONTAINER_DEBUGPY = "/opt/remote-dev/debugpy"
+CONTAINER_BOOT = "/opt/remote-dev/boot"
 SKIP_SUFFIXES = (".pyc", ".pyo", ".dll", ".exe", ".pdb", ".dylib")
 PYTHON_WORD = re.compile(r"^(?:.*/)?python[0-9.]*$")
 BOOT_SOURCE = Path(__file__).resolve().parent / "agent" / "remote" / "debug_boot.py"
@@ -135,13 +137,13 @@ async def upload_once(sess: TargetSession, base: str, files: list[tuple[str, Pat
     futures = []
     for rel, src in files:
         data = src if isinstance(src, bytes) else await asyncio.to_thread(src.read_bytes)
-        batch.append(write_op(rel, None, True, None, 0o644, data))
+        batch.append(write_op(rel, None, True, None, 0o600, data))
         size += len(data)
         if size > (4 << 20):
             futures.append(agent.send("push", base, batch))
             await agent.drain()
             batch, size = [], 0
-    batch.append(write_op(".complete", None, True, None, 0o644, what.encode()))
+    batch.append(write_op(".complete", None, True, None, 0o600, what.encode()))
     futures.append(agent.send("push", base, batch))
     await agent.drain()
     for fut in futures:
@@ -205,7 +207,8 @@ def interpreter(words: list[str], python: str) -> tuple[str, list[str]]:
     return "", words
 
 
-def debug_command(cmd: str, python: str, listen: str, port: int, supplied: list[tuple[tuple[int, int], str]]) -> str:
+def debug_command(cmd: str, python: str, listen: str, port: int, supplied: list[tuple[tuple[int, int], str]],
+                  boot: str | None = None) -> str:
     """Direct: cmd rewritten to start under debugpy, waiting for the client:
     `python [opts] script args` / `python -m mod args` -> `python -m debugpy ... script args`;
     any other program (pytest, a console script) runs as `python -m debugpy ... -m prog`.
@@ -235,7 +238,10 @@ def debug_command(cmd: str, python: str, listen: str, port: int, supplied: list[
             pick += (f"{interp} -c 'import sys; sys.exit(sys.version_info < {newer})' "
                      f"2>/dev/null || _rd_debugpy={shlex.quote(folder)}; ")
         supply = f'{check} || {{ {pick}export PYTHONPATH="$_rd_debugpy${{PYTHONPATH:+:$PYTHONPATH}}"; }}; '
-    return f"export PYDEVD_DISABLE_FILE_VALIDATION=1; {exports(env)}{supply}exec {line}"
+    guard = ""
+    if boot:   # the bootstrap guards debugpy's listeners (debug_boot.guard_cli)
+        guard = f"export {DEBUG_GUARD_ENV}=1 PYTHONPATH={shlex.quote(boot)}${{PYTHONPATH:+:$PYTHONPATH}}; "
+    return f"export PYDEVD_DISABLE_FILE_VALIDATION=1; {exports(env)}{supply}{guard}exec {line}"
 
 
 def boot_command(cmd: str, python: str, env: dict[str, str]) -> str:
@@ -277,7 +283,9 @@ class DebugPlan:
     listen: str = "127.0.0.1"              # direct: the address debugpy binds
     supplied: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # direct: debugpys in the container
     mounts: list[tuple[str, str]] = field(default_factory=list)   # (remote debugpy folder, container path)
+    guard: str | None = None               # direct: the bootstrap's folder in the container (its guard)
     publish: bool = False                  # publish the port on the remote's 127.0.0.1 (own container network)
+    token: str = field(default_factory=lambda: secrets.token_hex(32))   # the run's secret (debug_boot's guard)
 
 
 async def prepare(sess: TargetSession) -> DebugPlan:
@@ -290,11 +298,13 @@ async def prepare(sess: TargetSession) -> DebugPlan:
     # the command line picks the newest that runs there
     plan = DebugPlan(None, port=await sess.call("free_port"))
     have = debugpys()
-    folders = await asyncio.gather(*(ensure_debugpy(sess, d) for d in have))
+    folders, boot = await asyncio.gather(asyncio.gather(*(ensure_debugpy(sess, d) for d in have)), ensure_boot(sess))
     for i, (d, folder) in enumerate(zip(have, folders)):
         inside = CONTAINER_DEBUGPY if i == 0 else f"{CONTAINER_DEBUGPY}-{d.version}"
         plan.supplied.append((d.min_python, inside))
         plan.mounts.append((folder, inside))
+    plan.mounts.append((boot, CONTAINER_BOOT))   # the guard on debugpy's listeners (debug_boot.guard_cli)
+    plan.guard = CONTAINER_BOOT
     if not host_network(t.container.args):
         # the container has its own network: listen on its interfaces, published only
         # on the remote's 127.0.0.1
@@ -316,6 +326,7 @@ def launch_for(sess: TargetSession, plan: DebugPlan, command: str, run_id: str, 
         env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", DEBUG_ENV: endpoints_folder(sess, run_id),
                DEBUG_HOST_ENV: sess.hello["host"], DEBUGPY_ENV: plan.pythonpath or "",
                DEBUG_STOP_ENV: stop_on_entry, DEBUG_WAIT_MAX_ENV: f"{wait:g}", "PYTHONPATH": plan.boot}
-        return Launch(boot_command(command, sess.target.python, env))
-    wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.supplied)
-    return Launch(wrapped, mounts=list(plan.mounts), publish=[plan.port] if plan.publish else [])
+        return Launch(boot_command(command, sess.target.python, env), env={DEBUG_TOKEN_ENV: plan.token})
+    wrapped = debug_command(command, sess.target.python, plan.listen, plan.port, plan.supplied, plan.guard)
+    return Launch(wrapped, mounts=list(plan.mounts), publish=[plan.port] if plan.publish else [],
+                  env={DEBUG_TOKEN_ENV: plan.token})

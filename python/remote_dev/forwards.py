@@ -15,6 +15,7 @@ import asyncssh
 
 from .engine import TargetSession, log
 from .errors import RemoteDevError
+from .ssh import own_peer
 
 
 @dataclass
@@ -41,8 +42,13 @@ class Forwards:
         await self.sess.ensure()
         assert self.sess.conn is not None
         try:
+            def mine(orig_host: str, orig_port: int) -> bool:   # no other local user gets through
+                ok = own_peer((orig_host, orig_port), ("127.0.0.1", fwd.local_port))
+                if not ok:
+                    log.warning("forward localhost:%s: a connection of another local user refused", fwd.local_port)
+                return ok
             fwd.listener = await self.sess.conn.forward_local_port("127.0.0.1", fwd.local_port,
-                                                                   fwd.dest_host, fwd.dest_port)
+                                                                   fwd.dest_host, fwd.dest_port, accept_handler=mine)
         except OSError as e:
             raise RemoteDevError(f"cannot listen on localhost:{fwd.local_port} for the forward to "
                                  f"{self.sess.target.host}:{fwd.dest_port}: {e.strerror or e}") from None

@@ -253,3 +253,42 @@ def _host_key_error(target: Target, options: asyncssh.SSHClientConnectionOptions
         f"Check the fingerprint and trust it by connecting once with `ssh{pflag} {target.host}` "
         f"(answer yes), or add it with `ssh-keyscan{pflag} {real} >> {where.split(', ')[0]}`.",
         kind="hostkey")
+
+
+def tcp_owner(peer: tuple[Any, ...], local: tuple[Any, ...]) -> int | None:
+    """The uid owning the socket at peer connected to local when it is a socket of this
+    machine (Linux: /proc/net/tcp names every socket's owner), else None.  The debug
+    bootstrap on the remote does the same for debugpy's listeners (debug_boot.socket_owner)."""
+    import socket
+    import struct
+
+    def spelled(host: str, port: int) -> str:
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        if ":" in host:
+            words = struct.unpack("=4I", socket.inet_pton(socket.AF_INET6, host))
+            return "%08X%08X%08X%08X:%04X" % (*words, port)
+        return "%08X:%04X" % (struct.unpack("=I", socket.inet_aton(host))[0], port)
+    try:
+        want = (spelled(peer[0], peer[1]), spelled(local[0], local[1]))
+    except (OSError, ValueError, IndexError):
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    if len(fields) > 7 and (fields[1], fields[2]) == want:
+                        return int(fields[7])
+        except OSError:
+            continue
+    return None
+
+
+def own_peer(peer: tuple[Any, ...] | None, local: tuple[Any, ...] | None) -> bool:
+    """A connection to one of our local listeners (a debug run's, a forward's) from a
+    socket of this user -- where the machine says whose a socket is (Linux: a cluster's
+    login node, shared by hundreds, where many run Neovim); elsewhere any local one."""
+    if not os.path.exists("/proc/net/tcp"):
+        return True
+    return peer is not None and local is not None and tcp_owner(peer, local) == os.getuid()

@@ -89,9 +89,11 @@ if not os.path.isfile(src):
     if hashlib.sha256(data).hexdigest()[:len(h)] != h:
         sys.stderr.write("the agent arrived damaged (%%d of %%d bytes)\n" %% (len(data), n))
         sys.exit(4)
-    os.makedirs(d, exist_ok=True)
+    for p in (os.path.dirname(os.path.dirname(d)), os.path.dirname(d), d):
+        if not os.path.isdir(p):
+            os.makedirs(p, 0o700, exist_ok=True)   # ours alone (remote/common.py)
     tmp = "%%s.tmp%%d" %% (src, os.getpid())
-    with open(tmp, "wb") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(data)
     os.rename(tmp, src)
 out.write(("%(ok)s%%d.%%d\n" %% sys.version_info[:2]).encode()); out.flush()

@@ -55,6 +55,8 @@ DEBUG_HOST_ENV = "REMOTE_DEV_DEBUG_HOST"          # the agent's host name
 DEBUGPY_ENV = "REMOTE_DEV_DEBUGPY"                # the folder of the uploaded debugpy ("" : the program's own)
 DEBUG_STOP_ENV = "REMOTE_DEV_DEBUG_STOP"          # "", "all" or ranks that stop on entry
 DEBUG_WAIT_MAX_ENV = "REMOTE_DEV_DEBUG_WAIT_MAX"  # seconds a process waits for its debugger
+DEBUG_TOKEN_ENV = "REMOTE_DEV_DEBUG_TOKEN"        # the run's secret (debugpy's listeners take it from another host)
+DEBUG_GUARD_ENV = "REMOTE_DEV_DEBUG_GUARD"        # a container's `python -m debugpy`: only the guard
 
 
 # --------------------------------------------------------------------------- the cache layout

@@ -23,6 +23,7 @@ class Launch:
     command: str                                                   # the shell command line on the remote
     mounts: list[tuple[str, str]] = field(default_factory=list)     # (remote path, container path), read-only
     publish: list[int] = field(default_factory=list)               # ports published on the remote's 127.0.0.1
+    env: dict[str, str] = field(default_factory=dict)              # secrets: in the environment, never argv
 
 
 class ProjectView(Protocol):

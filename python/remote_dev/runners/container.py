@@ -47,7 +47,7 @@ def gpu_args(engine: str, gpus: str) -> list[str]:
 
 def run_argv(engine: str, name: str, image: str, remote_root: str, target: Target, command: str,
              publish: list[int] | None = None, mounts: list[tuple[str, str]] | None = None,
-             run_id: str = "") -> list[str]:
+             run_id: str = "", env_names: list[str] | None = None) -> list[str]:
     c = target.container
     argv = [engine, "run", "--rm", "--name", name, "--label", "remote-dev=1",
             "-v", f"{remote_root}:{c.workdir}", "-w", c.workdir, "-e", "PYTHONUNBUFFERED=1"]
@@ -55,8 +55,8 @@ def run_argv(engine: str, name: str, image: str, remote_root: str, target: Targe
         argv += ["-e", f"{RUN_ID_ENV}={run_id}"]
     for src, dst in mounts or []:
         argv += ["-v", f"{src}:{dst}:ro"]
-    for key, value in target.env.items():
-        argv += ["-e", f"{key}={value}"]
+    for key in [*target.env, *(env_names or [])]:   # values from the engine's environment: never on a command line
+        argv += ["-e", key]
     for port in publish or []:
         argv += ["-p", f"127.0.0.1:{port}:{port}"]
     argv += gpu_args(engine, c.gpus)
@@ -194,10 +194,10 @@ class ContainerRunner(Runner):
         image = self.image(proj, t)
         build = build_argv(eng, image, t.container.dockerfile) if t.container.dockerfile else None
         argv = run_argv(eng, name, image, sess.remote_root or t.remote_root, t, launch.command, launch.publish,
-                        launch.mounts, run_id)
+                        launch.mounts, run_id, list(launch.env))
         return {
             "argv": ["/bin/sh", "-c", script(build, argv)],
-            "env": dict(t.env),
+            "env": {**t.env, **launch.env},
             "stop_commands": [[eng, "stop", "-t", str(max(1, int(proj.config.run.stop_grace))), name],
                               [eng, "rm", "-f", "-t", "0", name] if eng == "podman" else [eng, "rm", "-f", name]],
             "meta": {"container": name, "engine": eng, "image": image},

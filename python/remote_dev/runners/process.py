@@ -12,4 +12,4 @@ class ProcessRunner(Runner):
     name = "process"
 
     async def spec(self, proj: ProjectView, sess: TargetSession, run_id: str, launch: Launch) -> dict[str, Any]:
-        return {"cmd": launch.command, "env": dict(sess.target.env), "meta": {}}
+        return {"cmd": launch.command, "env": {**sess.target.env, **launch.env}, "meta": {}}

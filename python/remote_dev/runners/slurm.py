@@ -59,8 +59,8 @@ class SlurmRunner(Runner):
             command = container_command(self.engine, proj, sess, run_id, command)
         held = await alloc.held(sess)
         if held is not None:
-            return alloc.run_spec(sess, held, run_id, command, dict(sess.target.env))
-        return {"cmd": command, "env": dict(sess.target.env), "slurm": {"args": list(sess.target.slurm.args)},
+            return alloc.run_spec(sess, held, run_id, command, {**sess.target.env, **launch.env})
+        return {"cmd": command, "env": {**sess.target.env, **launch.env}, "slurm": {"args": list(sess.target.slurm.args)},
                 "meta": {}}
 
     def extra_quickfix(self, proj: ProjectView, sess: TargetSession, text: str) -> list[dict[str, Any]]:

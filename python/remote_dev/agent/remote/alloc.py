@@ -23,7 +23,7 @@ import time
 
 from .. import protocol as P
 from . import procs, runs, services, slurm
-from .common import AgentError, cache_dir, expand_root, read_json, renew_dir, write_json
+from .common import AgentError, cache_dir, expand_root, private_file, read_json, renew_dir, write_json
 
 # The holder's batch step: one process, gone with the job (a shell loop around sleep could
 # outlive the job's end by a sleep whose parent died first).  ~68 years: its time limit ends it.
@@ -79,7 +79,7 @@ def alloc_start(spec):
               "meta": spec.get("meta") or {}, "created": time.time(),
               "slurm": {"args": list(spec.get("args") or []), "job_name": name}}
     write_json(os.path.join(d, "spec.json"), record)
-    open(os.path.join(d, "output.log"), "wb").close()
+    private_file(os.path.join(d, "output.log"))
     slurm.submit(d, record, runs.run_info)
     info = alloc_info(name)
     info["found"] = False

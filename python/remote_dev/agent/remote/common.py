@@ -52,6 +52,67 @@ def cache_dir():
     return os.path.join(base, "remote-dev")
 
 
+# What we keep on the remote (runs, services, shells, allocations, debug endpoints, locks,
+# the agent, debugpy) is its user's alone: folders 0700, files 0600 (0700 when executable).
+# Other users of a shared machine can often traverse the home folder (0755 homes).
+PRIVATE_MARK = ".private-v1"   # the cache was tightened once (what earlier versions left)
+
+
+def private_dir(d):
+    """Folder d and any missing folder above it up to the cache, each made 0700; d
+    itself made 0700 when it existed already."""
+    missing = []
+    cur = d
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+    os.chmod(d, 0o700)   # the umask cannot widen a mkdir's mode; an older folder is tightened
+    return d
+
+
+def private_file(path):
+    """An empty file at path, mode 0600."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+
+
+def tighten(path):
+    """Folders 0700 and files 0600 (0700 when executable) under path, the way an older
+    version left them too; symbolic links are not followed."""
+    for dirpath, dirnames, filenames in os.walk(path):
+        try:
+            os.chmod(dirpath, 0o700)
+        except OSError:
+            pass
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+                if not os.path.islink(full):
+                    os.chmod(full, 0o700 if st.st_mode & 0o100 else 0o600)
+            except OSError:
+                pass
+
+
+def secure_cache():
+    """The cache folder 0700; on the first contact of this version everything in it is
+    tightened once (a marker remembers it)."""
+    base = cache_dir()
+    private_dir(base)
+    mark = os.path.join(base, PRIVATE_MARK)
+    if not os.path.exists(mark):
+        tighten(base)
+        private_file(mark)
+    return base
+
+
 def expand_root(root):
     """A project root as the client names it (~, relative to home) made absolute."""
     root = os.path.expanduser(root)
@@ -65,7 +126,7 @@ def write_json(path, obj):
     agent recording the same file at once (a stop and the watcher of a Slurm job) must not
     rename each other's temporary."""
     tmp = path + ".tmp%d.%d" % (os.getpid(), threading.get_ident())
-    with open(tmp, "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump(obj, f)
     os.rename(tmp, path)
 
@@ -93,7 +154,7 @@ def renew_dir(d):
     """Make folder d anew (mode 0700), removing an old one; False when another client
     made it this instant (then it is theirs)."""
     shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(os.path.dirname(d), exist_ok=True)
+    private_dir(os.path.dirname(d))
     try:
         os.mkdir(d, 0o700)
     except FileExistsError:

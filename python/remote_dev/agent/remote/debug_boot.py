@@ -13,6 +13,12 @@ subprocesses of a debugged process: pool workers, DataLoader workers) and the la
 whose children are the ranks (torchrun, ...).  Then the next ``sitecustomize`` on the path
 (the interpreter's own) runs as if this one were not there.
 
+Every listener debugpy opens in a debugged process and in its adapter takes only the run
+owner's connections (see "Only the run's owner gets in" below); a process that cannot start
+its debugger writes ``<host>-<pid>.failed`` beside the endpoints, which the engine reports
+at once.  With REMOTE_DEV_DEBUG_GUARD alone (a container's ``python -m debugpy --listen``)
+only the guard is installed.
+
 Stdlib only, Python >= 3.8; nothing of the agent is imported."""
 
 import os
@@ -103,15 +109,260 @@ def listen_address():
         return "127.0.0.1"
 
 
-def write_endpoint(folder, info):
+def write_endpoint(folder, info, suffix=".json"):
+    """info as <host>-<pid><suffix> in folder (mode 0700, the file 0600), atomically."""
     import json
 
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "%s-%d.json" % (info["host"], info["pid"]))
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    path = os.path.join(folder, "%s-%d%s" % (info["host"], info["pid"], suffix))
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
         json.dump(info, f)
     os.rename(tmp, path)
+
+
+# -- Only the run's owner gets in ------------------------------------------------------
+# debugpy listens on TCP without asking who connects (its adapter's client port, the port
+# its debuggees connect to, the port listen() waits on for the adapter's endpoints), and
+# on a shared machine any local user can connect to 127.0.0.1.  Every listener debugpy
+# opens in a debugged process or in its adapter (both import this file) goes through
+# create_server, which is wrapped here: a connection is handed to debugpy only when it comes
+# from a socket of this host owned by this user (/proc/net/tcp names every socket's
+# owner), or, from another host, when it opens with the run's secret
+# (REMOTE_DEV_DEBUG_TOKEN, in the environment of the run's processes only).  Any other
+# connection is closed before debugpy reads a byte of it.
+
+TOKEN_WAIT = 10.0   # seconds a connection from another host has to send the secret
+
+
+def _hex_address(host, port):
+    """An address as /proc/net/tcp{,6} spell it (each 32-bit word in host byte order)."""
+    import socket
+    import struct
+
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    if ":" in host:
+        words = struct.unpack("=4I", socket.inet_pton(socket.AF_INET6, host))
+        return "%08X%08X%08X%08X:%04X" % (words + (port,))
+    return "%08X:%04X" % (struct.unpack("=I", socket.inet_aton(host))[0], port)
+
+
+def socket_owner(peer, local):
+    """The uid of the socket at peer connected to local when it is a socket of this host
+    (this network namespace), else None."""
+    try:
+        want = (_hex_address(peer[0], peer[1]), _hex_address(local[0], local[1]))
+    except (OSError, ValueError, IndexError):
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            f = open(table)
+        except OSError:
+            continue
+        with f:
+            next(f, None)
+            for line in f:
+                fields = line.split()
+                if len(fields) > 7 and fields[1] == want[0] and fields[2] == want[1]:
+                    return int(fields[7])
+    return None
+
+
+def _quiet_thread(target, args=()):
+    import threading
+
+    t = threading.Thread(target=target, args=args, name="remote_dev guard")
+    t.daemon = True
+    t.pydev_do_not_trace = True          # never shown nor traced by debugpy
+    t.is_pydev_daemon_thread = True
+    t.start()
+    return t
+
+
+class GuardedListener(object):
+    """A listening socket whose accept() returns only connections of the run's owner (see
+    above); everything else is the socket's own."""
+
+    def __init__(self, sock, token):
+        import queue
+
+        self._sock = sock
+        self._token = token.encode() if token else b""
+        self._timeout = sock.gettimeout()
+        self._ready = queue.Queue()
+        self.refused = 0
+        sock.settimeout(None)
+        _quiet_thread(self._accepting)
+
+    def _accepting(self):
+        while True:
+            try:
+                conn, addr = self._sock.accept()
+            except OSError:
+                self._ready.put(None)
+                return
+            try:
+                owner = socket_owner(conn.getpeername(), conn.getsockname())
+            except OSError:
+                owner = -1
+            if owner == os.getuid():
+                self._ready.put((conn, addr))
+            elif owner is None and self._token:
+                _quiet_thread(self._check_secret, (conn, addr))
+            else:
+                self._refuse(conn)
+
+    def _refuse(self, conn):
+        self.refused += 1
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def _check_secret(self, conn, addr):
+        import hmac
+
+        want = self._token + b"\n"
+        got = b""
+        try:
+            conn.settimeout(TOKEN_WAIT)
+            while len(got) < len(want):
+                chunk = conn.recv(len(want) - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            conn.settimeout(None)
+        except OSError:
+            got = b""
+        if hmac.compare_digest(got, want):
+            self._ready.put((conn, addr))
+        else:
+            self._refuse(conn)
+
+    def accept(self):
+        import queue
+        import socket
+
+        try:
+            item = self._ready.get(timeout=self._timeout)
+        except queue.Empty:
+            raise socket.timeout("timed out")
+        if item is None:
+            self._ready.put(None)
+            raise OSError("the listener is closed")
+        return item
+
+    def settimeout(self, timeout):
+        self._timeout = timeout
+
+    def gettimeout(self):
+        return self._timeout
+
+    def close(self):
+        import socket
+
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)   # wakes the thread in accept()
+        except OSError:
+            pass
+        self._sock.close()
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def guard_listeners(token):
+    """Every listener debugpy opens from now on in this process only accepts the run's owner."""
+    from debugpy.common import sockets
+
+    create = sockets.create_server
+    if getattr(create, "remote_dev_guard", False):
+        return
+
+    def create_server(*args, **kwargs):
+        return GuardedListener(create(*args, **kwargs), token)
+    create_server.remote_dev_guard = True
+    sockets.create_server = create_server
+
+
+def adapter_package(argv):
+    """The debugpy folder when this process is debugpy's adapter (as debugpy.listen starts
+    it: `python .../debugpy/adapter ...`, or `-m debugpy.adapter`), else None."""
+    kind, what = main_of(argv)
+    if kind == "file":
+        parts = what.replace("\\", "/").rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-1] in ("adapter", "__main__.py") and "debugpy" in parts:
+            i = len(parts) - 1 - parts[::-1].index("debugpy")
+            return "/".join(parts[:i + 1]) or "/"
+    if kind == "-m" and what == "debugpy.adapter":
+        return ""
+    return None
+
+
+def guard_adapter(argv):
+    """In debugpy's adapter of a debugged process: its listeners guarded like the debuggee's."""
+    package = adapter_package(argv)
+    if package is None:
+        return
+    if package:
+        sys.path.insert(0, os.path.dirname(package))   # the adapter's own debugpy, as it imports it
+    try:
+        guard_listeners(os.environ.get("REMOTE_DEV_DEBUG_TOKEN", ""))
+    finally:
+        if package:
+            del sys.path[0]
+
+
+def guard_cli(argv):
+    """`python -m debugpy --listen ...` (a container's debug run): its listeners guarded, its
+    adapter started without a secret on its command line."""
+    if main_of(argv) != ("-m", "debugpy"):
+        return
+    import debugpy
+
+    guard_listeners(os.environ.get("REMOTE_DEV_DEBUG_TOKEN", ""))
+    listen = debugpy.listen
+
+    def quiet_listen(address, **kwargs):
+        return listen_quietly(lambda a: listen(a, **kwargs), address)
+    debugpy.listen = quiet_listen
+
+
+def listen_quietly(listen, address):
+    """debugpy.listen(address) without the secret it shares with its adapter (and, through
+    pydevd, with every subprocess it debugs): debugpy puts it on their command lines, which
+    `ps` shows to everyone.  Who may connect is decided by the guard above (the owner's
+    sockets, or the run's secret from another host), so the adapter and pydevd go without."""
+    import subprocess
+
+    try:
+        from debugpy.server import api
+        settrace = api._settrace
+    except (ImportError, AttributeError):   # another debugpy: its own way, guarded all the same
+        return listen(address)
+    real = subprocess.Popen
+
+    class Popen(real):
+        def __init__(self, args, *rest, **kwargs):
+            args = list(args)
+            if "--server-access-token" in args:
+                i = args.index("--server-access-token")
+                del args[i:i + 2]
+            real.__init__(self, args, *rest, **kwargs)
+
+    def quiet_settrace(*args, **kwargs):
+        kwargs.pop("access_token", None)
+        return settrace(*args, **kwargs)
+    subprocess.Popen, api._settrace = Popen, quiet_settrace
+    try:
+        return listen(address)
+    finally:
+        subprocess.Popen, api._settrace = real, settrace
 
 
 def import_debugpy():
@@ -221,7 +472,12 @@ def debug_this_process(folder):
     debugpy = import_debugpy()
     rank = first_of(RANK_VARS)
     hide_this_file()
-    host, port = debugpy.listen((listen_address(), 0))
+    try:
+        guard_listeners(os.environ.get("REMOTE_DEV_DEBUG_TOKEN", ""))
+    except Exception as e:   # a debugpy without the listeners we know: not debugged, never exposed
+        raise RuntimeError("cannot restrict this debugpy's listeners to their owner (%s: %s)"
+                           % (type(e).__name__, e))
+    host, port = listen_quietly(debugpy.listen, (listen_address(), 0))
     keep_listening(debugpy, (host, port))
     write_endpoint(folder, {
         "host": socket.gethostname(), "addr": host, "port": port, "pid": os.getpid(), "ppid": os.getppid(),
@@ -261,13 +517,40 @@ def boot():
         sys.stderr.write("Error in sitecustomize; set PYTHONVERBOSE for traceback:\n")
         traceback.print_exc()
     folder = os.environ.get("REMOTE_DEV_DEBUG")
-    if not folder or left_alone(command_line()):
+    guard_only = os.environ.get("REMOTE_DEV_DEBUG_GUARD")   # a container's `python -m debugpy --listen`
+    if not folder and not guard_only:
+        return
+    argv = command_line()
+    if left_alone(argv):
+        try:
+            guard_adapter(argv)
+            if guard_only:
+                guard_cli(argv)
+        except Exception as e:   # a debugpy nobody may reach but its owner, or none
+            sys.stderr.write("remote_dev: debugpy (pid %d) cannot be restricted to its owner: %s: %s\n"
+                             % (os.getpid(), type(e).__name__, e))
+            os._exit(1)
+        return
+    if not folder:
         return
     try:
         debug_this_process(folder)
-    except Exception as e:  # the program runs on, without a debugger
+    except Exception as e:  # the program runs on, without a debugger: said at once
         sys.stderr.write("remote_dev: debugging this process (pid %d) failed: %s: %s\n"
                          % (os.getpid(), type(e).__name__, e))
+        report_failure(folder, "%s: %s" % (type(e).__name__, e))
+
+
+def report_failure(folder, error):
+    """Tell the engine at once that this process runs without its debugger (a file beside
+    the endpoints, <host>-<pid>.failed)."""
+    import socket
+
+    try:
+        write_endpoint(folder, {"host": socket.gethostname(), "pid": os.getpid(), "rank": first_of(RANK_VARS),
+                                "error": error, "argv": command_line()[1:6]}, ".failed")
+    except Exception:
+        pass
 
 
 boot()

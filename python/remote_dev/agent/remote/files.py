@@ -15,7 +15,7 @@ import stat
 import threading
 
 from .. import protocol as P
-from .common import AgentError, cache_dir, expand_root, os_message, unlink_quiet, write_all
+from .common import AgentError, cache_dir, expand_root, os_message, private_dir, unlink_quiet, write_all
 from . import temps
 from .paths import content_hash, entry_state, resolve
 from .temps import link_temp, make_temp
@@ -386,8 +386,7 @@ class root_lock(object):
             import fcntl
             import hashlib
 
-            folder = os.path.join(cache_dir(), "locks")
-            os.makedirs(folder, exist_ok=True)
+            folder = private_dir(os.path.join(cache_dir(), "locks"))
             name = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:24]
             self.fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self.fd, fcntl.LOCK_EX)

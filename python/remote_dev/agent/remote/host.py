@@ -8,7 +8,7 @@ import sys
 import time
 
 from .. import protocol as P
-from .common import cache_dir, expand_root
+from .common import expand_root, secure_cache
 
 AGENT_VERSION = "1"
 
@@ -19,7 +19,7 @@ def hello(client_version):
         "python": "%d.%d.%d" % sys.version_info[:3],
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "cache_dir": cache_dir(),
+        "cache_dir": secure_cache(),
         "home": os.path.expanduser("~"),
         "codecs": P.codec_formats(),   # compression formats it decodes (bz2 can be missing)
         "cpus": os.cpu_count() or 1,

@@ -18,7 +18,7 @@ import time
 
 from .. import protocol as P
 from . import procs, slurm, supervisor
-from .common import AgentError, cache_dir, expand_root, read_json, write_json
+from .common import AgentError, cache_dir, expand_root, private_dir, private_file, read_json, write_json
 
 # Polling of a run's folder (run_start, run_read): from POLL_FIRST growing to
 # POLL_MAX_YOUNG while the run is younger than POLL_YOUNG_FOR seconds, to POLL_MAX after.
@@ -99,12 +99,14 @@ def run_start(spec):
     if "/" in run_id or run_id.startswith("."):
         raise AgentError("run", "bad run id %r" % run_id)
     d = run_dir(run_id, must_exist=False)
-    os.makedirs(d)
+    if os.path.exists(d):
+        raise AgentError("run", "run %s exists already" % run_id)
+    private_dir(d)
     spec = dict(spec)
     spec["root"] = expand_root(spec["root"])
     spec["created"] = time.time()
     write_json(os.path.join(d, "spec.json"), spec)
-    open(os.path.join(d, "output.log"), "wb").close()
+    private_file(os.path.join(d, "output.log"))
     if spec.get("slurm") is not None:
         return slurm.submit(d, spec, run_info)
     supervisor.start_supervisor(d)
@@ -137,7 +139,7 @@ def run_list(root):
     for name in sorted(names):
         try:
             info = run_info(os.path.join(runs_dir(), name))
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError):   # not a run folder (a damaged or foreign one)
             continue
         if root is None or info.get("root") == root:
             out.append(info)
@@ -254,15 +256,16 @@ def run_listening(run_id, port, timeout, own_netns_only=False):
 
 def run_endpoints(run_id, known, timeout):
     """The debug endpoints the run's processes wrote into its folder (debug/<host>-<pid>.json,
-    see debug_boot.py) that are not in known (their names): a long poll answering as soon as
-    there is one, the run ends, or timeout passes.  {"found": [[name, endpoint], ...], "live"}"""
+    see debug_boot.py; <host>-<pid>.failed for a process that could not start its debugger)
+    that are not in known (their names): a long poll answering as soon as there is one, the
+    run ends, or timeout passes.  {"found": [[name, endpoint], ...], "live"}"""
     d = run_dir(run_id, must_exist=False)
     folder = os.path.join(d, P.ENDPOINTS_DIR)
     known = set(known or ())
     deadline = time.time() + timeout
     while True:
         try:
-            names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and n not in known)
+            names = sorted(n for n in os.listdir(folder) if n.endswith((".json", ".failed")) and n not in known)
         except OSError:
             names = []
         found = []

@@ -22,7 +22,8 @@ import time
 
 from .. import protocol as P
 from . import procs, runs, supervisor
-from .common import AgentError, cache_dir, expand_root, read_json, renew_dir, unlink_quiet, write_json
+from .common import (AgentError, cache_dir, expand_root, private_dir, private_file, read_json, renew_dir,
+                     unlink_quiet, write_json)
 
 TMUX_SOCKET = "remote-dev"
 TMUX_MIN = (3, 0)
@@ -80,7 +81,7 @@ def service_start(spec):
               "meta": spec.get("meta") or {}, "stop_commands": spec.get("stop_commands") or [],
               "created": time.time()}
     write_json(os.path.join(d, "spec.json"), record)
-    open(os.path.join(d, "output.log"), "wb").close()
+    private_file(os.path.join(d, "output.log"))
     supervisor.start_supervisor(d)
     try:
         deadline = time.time() + START_TIMEOUT
@@ -269,7 +270,7 @@ def shell_ensure(spec):
         if _exists(tmux, name):  # another client made it this instant
             return {"name": name, "tmux": tmux, "created": False}
         raise AgentError("tmux", "tmux could not make session %s: %s" % (name, err))
-    os.makedirs(shells_dir(), exist_ok=True)
+    private_dir(shells_dir())
     write_json(os.path.join(shells_dir(), name + ".json"),
                {"stop_commands": spec.get("stop_commands") or [], "meta": spec.get("meta") or {},
                 "env": spec.get("env") or {}, "created": time.time()})

@@ -39,14 +39,14 @@ def job_script(d, spec):
         '[ "${SLURM_NTASKS:-1}" -gt 1 ] && export SLURM_LABELIO=${SLURM_LABELIO:-1}',
         "/bin/sh -c %s" % shquote(spec["cmd"]),
         "code=$?",
-        'printf \'{"code": %%d, "time": %%s}\' "$code" "$(date +%%s)" > %s.tmp && mv %s.tmp %s' % (
+        '(umask 077; printf \'{"code": %%d, "time": %%s}\' "$code" "$(date +%%s)" > %s.tmp) && mv %s.tmp %s' % (
             exit_json, exit_json, exit_json),
         "exit $code",
     ]
     path = os.path.join(d, "job.sh")
-    with open(path, "w") as f:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700), "w") as f:
         f.write("\n".join(lines) + "\n")
-    os.chmod(path, 0o755)
+    os.chmod(path, 0o700)
     return path
 
 

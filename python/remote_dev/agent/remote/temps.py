@@ -20,7 +20,7 @@ import socket
 import threading
 
 from .. import protocol as P
-from .common import cache_dir, unlink_quiet
+from .common import cache_dir, private_dir, unlink_quiet
 
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _lock = threading.Lock()
@@ -99,7 +99,7 @@ def note_folder(folder):
             return
         try:
             if _journal["fd"] is None:
-                os.makedirs(journal_dir(), exist_ok=True)
+                private_dir(journal_dir())
                 _journal["fd"] = os.open(journal_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.write(_journal["fd"], os.fsencode(folder) + b"\0")
         except OSError:

@@ -1,0 +1,139 @@
+"""The guard the debug bootstrap puts on every listener debugpy opens (agent/remote/debug_boot.py):
+the owner's own sockets get in at once, another local user's are closed before a byte is read
+(tests/faults/test_attacker_faults.py tries that as a real second user), and a connection
+from another host must open with the run's secret. This machine has no second host: for
+that path the owner lookup is told the peer is not local (said in the test)."""
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import events, wait_for
+
+from remote_dev.agent.remote import debug_boot
+from remote_dev.errors import RemoteDevError
+
+
+def listener(token: str) -> debug_boot.GuardedListener:
+    sock = socket.create_server(("127.0.0.1", 0))
+    return debug_boot.GuardedListener(sock, token)
+
+
+def accepted(guard: debug_boot.GuardedListener, timeout: float = 3.0) -> socket.socket | None:
+    guard.settimeout(timeout)
+    try:
+        return guard.accept()[0]
+    except socket.timeout:
+        return None
+
+
+def test_the_owners_connection_gets_in_at_once():
+    guard = listener("s3cret")
+    try:
+        client = socket.create_connection(guard.getsockname()[:2])
+        conn = accepted(guard)
+        assert conn is not None
+        client.sendall(b"Content-Length: 2\r\n\r\n{}")
+        assert conn.recv(100).startswith(b"Content-Length")
+        assert debug_boot.socket_owner(client.getsockname(), conn.getsockname()) == debug_boot.os.getuid()
+    finally:
+        guard.close()
+
+
+@pytest.mark.parametrize("sent, ok", [(b"s3cret\n", True), (b"wrong!\n", False), (b"", False),
+                                       (b"Content-Length: 2\r\n\r\n{}", False)])
+def test_from_another_host_only_with_the_runs_secret(monkeypatch, sent, ok):
+    # MOCK: a peer on another host cannot exist on this one machine; the owner lookup says
+    # "not a socket of this host" as it does for such a peer.
+    monkeypatch.setattr(debug_boot, "socket_owner", lambda peer, local: None)
+    monkeypatch.setattr(debug_boot, "TOKEN_WAIT", 1.0)
+    guard = listener("s3cret")
+    try:
+        client = socket.create_connection(guard.getsockname()[:2])
+        client.sendall(sent)
+        conn = accepted(guard, 3.0)
+        if ok:
+            assert conn is not None
+            client.sendall(b"after")
+            assert conn.recv(100) == b"after"      # the secret itself never reaches debugpy
+        else:
+            assert conn is None and guard.refused == 1
+            client.settimeout(3)
+            try:
+                got = client.recv(100)
+            except ConnectionResetError:           # closed with its bytes unread
+                got = b""
+            assert got == b""                      # closed without a byte
+    finally:
+        guard.close()
+
+
+def test_no_secret_no_way_in_from_another_host(monkeypatch):
+    """A run without a secret (none handed down) takes no connection from another host."""
+    monkeypatch.setattr(debug_boot, "socket_owner", lambda peer, local: None)
+    guard = listener("")
+    try:
+        client = socket.create_connection(guard.getsockname()[:2])
+        client.sendall(b"\n")
+        assert accepted(guard, 1.0) is None and guard.refused == 1
+    finally:
+        guard.close()
+
+
+def test_close_wakes_a_waiting_accept():
+    guard = listener("s3cret")
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            guard.settimeout(None)
+            guard.accept()
+        except OSError as e:
+            errors.append(e)
+    t = threading.Thread(target=wait)
+    t.start()
+    guard.close()
+    t.join(5)
+    assert not t.is_alive() and errors
+
+
+def test_the_adapter_is_found_by_its_command_line():
+    assert debug_boot.adapter_package(["python3", "/c/debugpy/1.8.22-x/debugpy/adapter", "--for-server", "1"]) \
+        == "/c/debugpy/1.8.22-x/debugpy"
+    assert debug_boot.adapter_package(["python3", "-m", "debugpy.adapter"]) == ""
+    assert debug_boot.adapter_package(["python3", "main.py"]) is None
+
+
+def messages(engine) -> list[str]:
+    return [p["text"] for k, p in engine.reports if k == "message"]
+
+
+def test_a_process_that_cannot_start_its_debugger_says_so_at_once(engine, make_project):
+    """debugpy cannot listen (an address of no interface here, REMOTE_DEV_DEBUG_ADDR): the
+    debug request fails at once naming the process and host, the run goes on undebugged (the
+    user decides), and nothing calls it stopped."""
+    proj = make_project(target={"env": {"REMOTE_DEV_DEBUG_ADDR": "203.0.113.7"}})
+    proj.write("main.py", "import time\nprint('working', flush=True)\ntime.sleep(30)\n")
+    started = time.monotonic()
+    with pytest.raises(RemoteDevError) as e:
+        engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=120)
+    assert time.monotonic() - started < 30                  # not at the end of the run
+    assert re.search(rf"run \S+: pid \d+ on {socket.gethostname()} runs WITHOUT the debugger: RuntimeError: .*:RemoteStop",
+                     e.value.message), e.value.message
+    run_id = e.value.message.split()[1].rstrip(":")
+    assert not any(ex["id"] == run_id for ex in events(engine, "RemoteDevRunExit"))   # it goes on
+    assert not any("stopped" in m for m in messages(engine)), messages(engine)
+    engine.call_sync("stop", {"cwd": str(proj.root)}, {"id": run_id}, timeout=60)
+    wait_for(lambda: any(ex["id"] == run_id for ex in events(engine, "RemoteDevRunExit")), 30)
+
+
+def test_a_debug_run_that_ends_by_itself_is_not_called_stopped(engine, make_project):
+    proj = make_project()
+    with pytest.raises(RemoteDevError) as e:
+        engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "sh -c 'exit 3'"}, timeout=120)
+    assert "ended (exit 3)" in e.value.message, e.value.message
+    assert not any("stopped" in m for m in messages(engine)), messages(engine)
