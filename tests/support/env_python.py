@@ -10,36 +10,19 @@ site-packages a test may change as pip would.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from support.podman import _locked, cache_dir
+from support.pythons import cached_venv
 
 MORE_ITERTOOLS = "more-itertools==10.7.0"
 
 
 def more_itertools_python() -> tuple[Path | None, str]:
     """(python of a venv with MORE_ITERTOOLS, "") or (None, why)."""
-    base = cache_dir() / f"env-more-itertools-{hashlib.sha256(MORE_ITERTOOLS.encode()).hexdigest()[:12]}"
-    python, done = base / "bin" / "python", base / ".complete"
-    if done.exists():
-        return python, ""
-    with _locked(cache_dir() / "env-more-itertools.lock"):
-        if done.exists():
-            return python, ""
-        shutil.rmtree(base, ignore_errors=True)
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(base)], check=True, capture_output=True, timeout=120)
-            res = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                                  "--no-deps", MORE_ITERTOOLS], capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.SubprocessError) as e:
-            return None, f"making a venv with {MORE_ITERTOOLS} failed: {e}"
-        if res.returncode != 0:
-            return None, f"installing {MORE_ITERTOOLS} failed: {(res.stderr or res.stdout)[-800:]}"
-        done.write_text("ok")
-    return python, ""
+    key = f"env-more-itertools-{hashlib.sha256(MORE_ITERTOOLS.encode()).hexdigest()[:12]}"
+    return cached_venv(key, Path(sys.executable), ["--no-deps", MORE_ITERTOOLS], timeout=300)
 
 
 def site_packages(python: Path) -> Path:

@@ -28,28 +28,34 @@ def pyenv_python(minor: int) -> Path | None:
     return found[-1] if found else None
 
 
+def cached_venv(key: str, base_python: Path, pip_args: list[str], timeout: float = 600) -> tuple[Path | None, str]:
+    """(python of a venv of base_python with `pip install *pip_args` in it, "") or (None,
+    why): made once per machine in the test bed's cache, in the folder key (name the
+    contents in it: a new key makes a new venv)."""
+    base = cache_dir() / key
+    python, done = base / "bin" / "python", base / ".complete"
+    if done.exists():
+        return python, ""
+    with _locked(cache_dir() / f"{key}.lock"):
+        if done.exists():
+            return python, ""
+        shutil.rmtree(base, ignore_errors=True)   # an interrupted earlier attempt
+        try:
+            subprocess.run([str(base_python), "-m", "venv", str(base)], check=True, capture_output=True, timeout=120)
+            res = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pip_args],
+                                 capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"making the venv {key} failed: {e}"
+        if res.returncode != 0:
+            return None, f"pip install {' '.join(pip_args)} into {key} failed: {(res.stderr or res.stdout)[-800:]}"
+        done.write_text("ok")
+    return python, ""
+
+
 def python_env(minor: int) -> tuple[Path | None, str]:
     """(python of a venv of Python 3.minor with ipykernel, "") or (None, why)."""
     base_python = pyenv_python(minor)
     if base_python is None:
         return None, f"no Python 3.{minor} under ~/.pyenv/versions"
     digest = hashlib.sha256(KERNEL_LOCK.read_bytes()).hexdigest()[:12]
-    base = cache_dir() / f"python-3.{minor}-{digest}"
-    python, done = base / "bin" / "python", base / ".complete"
-    if done.exists():
-        return python, ""
-    with _locked(cache_dir() / f"python-3.{minor}.lock"):
-        if done.exists():
-            return python, ""
-        shutil.rmtree(base, ignore_errors=True)
-        try:
-            subprocess.run([str(base_python), "-m", "venv", str(base)], check=True, capture_output=True, timeout=120)
-            res = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                                  "--require-hashes", "-r", str(KERNEL_LOCK)],
-                                 capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.SubprocessError) as e:
-            return None, f"making a venv of Python 3.{minor} failed: {e}"
-        if res.returncode != 0:
-            return None, f"installing locks/remote-kernel.txt into Python 3.{minor} failed: {(res.stderr or res.stdout)[-800:]}"
-        done.write_text("ok")
-    return python, ""
+    return cached_venv(f"python-3.{minor}-{digest}", base_python, ["--require-hashes", "-r", str(KERNEL_LOCK)])
