@@ -11,6 +11,7 @@ import hashlib
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 from support.podman import _locked, cache_dir
 
@@ -28,10 +29,12 @@ def pyenv_python(minor: int) -> Path | None:
     return found[-1] if found else None
 
 
-def cached_venv(key: str, base_python: Path, pip_args: list[str], timeout: float = 600) -> tuple[Path | None, str]:
+def cached_venv(key: str, base_python: Path, pip_args: list[str], timeout: float = 600,
+                check: Callable[[Path], str] | None = None) -> tuple[Path | None, str]:
     """(python of a venv of base_python with `pip install *pip_args` in it, "") or (None,
     why): made once per machine in the test bed's cache, in the folder key (name the
-    contents in it: a new key makes a new venv)."""
+    contents in it: a new key makes a new venv).  check(python): "" when the new venv is
+    usable, else why not (then it is made again next time)."""
     base = cache_dir() / key
     python, done = base / "bin" / "python", base / ".complete"
     if done.exists():
@@ -48,6 +51,9 @@ def cached_venv(key: str, base_python: Path, pip_args: list[str], timeout: float
             return None, f"making the venv {key} failed: {e}"
         if res.returncode != 0:
             return None, f"pip install {' '.join(pip_args)} into {key} failed: {(res.stderr or res.stdout)[-800:]}"
+        why = check(python) if check else ""
+        if why:
+            return None, why
         done.write_text("ok")
     return python, ""
 

@@ -2,19 +2,19 @@
 per machine in the test bed's cache (beside the podman image), never in the checkout.
 
 `pip install torch==TORCH` takes the wheel this machine kind keeps on disk (its other
-requirements come from PyPI at the versions of locks/torch-cpu.txt): about 30 s and 0.9 GB the first time, nothing after.  It is
-made only when a test asks for it, so the rest of the suite never waits for it.
+requirements come from PyPI at the versions of locks/torch-cpu.txt): about 30 s and 0.9 GB
+the first time, nothing after.  It is made only when a test asks for it, so the rest of the
+suite never waits for it.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from support.podman import _locked, cache_dir
+from support.pythons import cached_venv
 
 TORCH = "2.13.0"
 LOCK = Path(__file__).resolve().parent.parent.parent / "locks" / "torch-cpu.txt"   # what comes beside it
@@ -23,27 +23,11 @@ INSTALL_TIMEOUT = 600
 
 def torch_python(version: str = TORCH) -> tuple[Path | None, str]:
     """(python of an environment with torch==version, "") once it exists, else (None, why)."""
-    base = cache_dir() / f"torch-{version}-{hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]}"
-    python = base / "bin" / "python"
-    done = base / ".complete"
-    if done.exists():
-        return python, ""
-    with _locked(cache_dir() / f"torch-{version}.lock"):
-        if done.exists():
-            return python, ""
-        shutil.rmtree(base, ignore_errors=True)   # an interrupted earlier attempt
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(base)], check=True, capture_output=True, timeout=120)
-            res = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                                  f"torch=={version}", "-c", str(LOCK)],
-                                 capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
-        except (OSError, subprocess.SubprocessError) as e:
-            return None, f"making a venv with torch=={version} failed: {e}"
-        if res.returncode != 0:
-            return None, f"pip install torch=={version} failed: {(res.stderr or res.stdout)[-800:]}"
+    def gloo(python: Path) -> str:
         check = subprocess.run([str(python), "-c", "import torch.distributed as d; print(d.is_gloo_available())"],
                                capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
         if check.stdout.strip() != "True":
-            return None, f"torch=={version} installed but torch.distributed with gloo is not usable: {check.stderr[-800:]}"
-        done.write_text(version)
-    return python, ""
+            return f"torch=={version} installed but torch.distributed with gloo is not usable: {check.stderr[-800:]}"
+        return ""
+    key = f"torch-{version}-{hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]}"
+    return cached_venv(key, Path(sys.executable), [f"torch=={version}", "-c", str(LOCK)], INSTALL_TIMEOUT, gloo)
