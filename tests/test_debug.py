@@ -14,6 +14,7 @@ from conftest import events, require, run_processes, wait_for
 from support.dap import DapClient
 from support.podman import TEST_IMAGE, ensure_test_image, podman_available, podman_env
 from support.pythons import pyenv_python
+from support.remote import hello_server
 
 from remote_dev.dap_proxy import ends_debuggee
 from remote_dev.errors import RemoteDevError
@@ -301,22 +302,9 @@ def test_remote_forward_survives_reconnect(engine, make_project, tmp_path):
     """:RemoteForward to a TCP server on the remote's 127.0.0.1; the local port stays the
     same after the connection drops."""
     import socket
-    import threading
 
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
+    srv = hello_server()
     remote_port = srv.getsockname()[1]
-
-    def serve():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            c.sendall(b"hello from the remote\n")
-            c.close()
-    threading.Thread(target=serve, daemon=True).start()
     proj = make_project()
     ctx = {"cwd": str(proj.root)}
     fwd = engine.call_sync("forward", ctx, {"port": remote_port}, timeout=60)

@@ -4,21 +4,11 @@ executable); what an earlier version left there (0755 folders, 0644 files) is ti
 the first contact. (A second user trying to read them: tests/faults/test_attacker_faults.py.)"""
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 
 from conftest import events, wait_for
-
-
-def loose(folder) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for p in [dirpath, *(os.path.join(dirpath, n) for n in filenames)]:
-            mode = os.lstat(p).st_mode
-            if not stat.S_ISLNK(mode) and mode & 0o077:
-                out.append(f"{p} {stat.filemode(mode)}")
-    return out
+from support.remote import loose_modes
 
 
 def test_runs_are_private_and_older_folders_are_tightened_on_first_contact(engine, make_project, sshd):
@@ -39,7 +29,7 @@ def test_runs_are_private_and_older_folders_are_tightened_on_first_contact(engin
         wait_for(lambda: any(e["id"] == res["id"] for e in events(engine, "RemoteDevRunExit")), 60)
         assert stat.S_IMODE(cache.stat().st_mode) == 0o700
         assert stat.S_IMODE((old / "job.sh").stat().st_mode) == 0o700       # still executable, by its owner only
-        assert loose(cache / "runs") == []
+        assert loose_modes(cache / "runs") == []
         assert (cache / ".private-v1").exists()
         assert all(r["id"] != old.name for r in engine.call_sync("runs", {"cwd": str(proj.root)}, timeout=60))
     finally:

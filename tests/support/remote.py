@@ -14,7 +14,10 @@ import os
 import pwd
 import shutil
 import signal
+import socket
+import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,3 +282,31 @@ def stop_remote(remote: Remote) -> None:
 
 def toml_of(value: object) -> str:
     return toml_value(value)
+
+
+def loose_modes(folder: Path | str) -> list[str]:
+    """Files and folders under folder (itself included) that others than the owner may use."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for p in [dirpath, *(os.path.join(dirpath, n) for n in filenames)]:
+            mode = os.lstat(p).st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                out.append(f"{p} {stat.filemode(mode)}")
+    return out
+
+
+def hello_server() -> socket.socket:
+    """A service on the remote's 127.0.0.1 (a thread here) that greets each connection with
+    one line and closes it, for forward tests; close the socket to end it."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.sendall(b"hello from the remote\n")
+            c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
