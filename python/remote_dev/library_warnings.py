@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, TextIO
+from typing import TextIO
 
 _OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _MAX_PENDING = 100
@@ -59,11 +59,3 @@ def attach(log: logging.Logger) -> None:
     while _pending:
         log.warning("%s", _pending.pop(0))
 
-
-def routed() -> bool:
-    return warnings.showwarning is _show
-
-
-def summary() -> dict[str, Any]:
-    """For tests and :checkhealth: how many library warnings were routed in this process."""
-    return {"routed": routed(), "distinct": len(_shown), "pending": len(_pending)}
