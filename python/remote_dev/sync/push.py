@@ -26,6 +26,7 @@ import asyncssh
 
 from ..engine import Engine, Project, TargetSession, log
 from ..errors import ConnectError, RemoteDevError
+from ..packer import PackWorkers, WorkerDied
 from ..rpc import AgentChannel
 from ..status import publish_status
 from . import reconcile
@@ -38,10 +39,30 @@ from .problem import SyncResult, done_payload, is_too_large, summarize
 from .reconcile import Policy, PushPlan, Send
 from .scan import LocalEntry, lstat_entry, rel_paths
 from .state import compact_later, records_for, scanner_for, sync_state
-from .transfer import Progress, Sender, channels_for
+from .transfer import LARGE, Progress, Sender, channels_for
 from .wire import AckClock, Compressor, LinkMeter
 
 PING_BEFORE = 1 << 20      # a push of more bytes measures the round trip first (codec choice)
+PROCESS_BYTES = 1 << 20    # a push of more bytes in small files reads and packs them in worker processes
+
+
+def pack_workers(engine: Engine, sends: list[Send] | None = None) -> PackWorkers | None:
+    """The engine's worker processes (packer.py) for a push of sends: None for a push of
+    less than PROCESS_BYTES in small files (threads do), or when REMOTE_DEV_PACK=threads
+    (for measurements: the worker threads of before)."""
+    if os.environ.get("REMOTE_DEV_PACK") == "threads":
+        return None
+    if sends is not None and sum(i.entry.size for i in sends if i.entry.size <= LARGE) < PROCESS_BYTES:
+        return None
+    return engine.state(PackWorkers)
+
+
+def warm_workers(engine: Engine) -> None:
+    """Start the worker processes in the background at a whole-tree push, so that a big
+    one finds them up (their start costs ~60 ms of another core, not its first byte)."""
+    workers = pack_workers(engine)
+    if workers is not None and not workers.started:
+        asyncio.get_running_loop().run_in_executor(None, workers.start)
 
 
 class Push:
@@ -112,6 +133,8 @@ class Push:
                 await self.settle(agent)
             check.start(agent)
             await agent.drain()
+            if paths is None and not dry_run:
+                warm_workers(self.engine)
             self.pause_gc()
             plan = await asyncio.to_thread(self.scan_and_plan, paths, self.force, dry_run)
             if plan is None:
@@ -194,9 +217,10 @@ class Push:
             meter.rtt_ms = (time.perf_counter() - t0) * 1000
         comp = Compressor(meter, self.sess.hello.get("codecs"))
         channels = channels_for(meter, self.sess.hello.get("cpus") or 1)
+        workers = pack_workers(self.engine, sends)
         try:
             await Sender(self.sess, self.proj.root, self.commit, self.progress, comp, AckClock(meter),
-                         channels, self.resume_gc).send_all(agent, sends, deletes, self.force)
+                         channels, self.resume_gc, workers).send_all(agent, sends, deletes, self.force)
         finally:
             comp.close()
             if comp.used:
@@ -253,6 +277,9 @@ async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force:
             res = await push.run(paths, dry_run)
             if paths and not quiet:   # a path someone named and nothing of it pushed: say why
                 res.skipped += await asyncio.to_thread(left_out, proj, paths, push.local, push.scanner)
+        except WorkerDied as e:
+            raise RemoteDevError(f"push to {sess.target.host} stopped after {push.result.files} files: {e.message}. "
+                                 f"Nothing half-written is left; :RemotePush again completes it.") from None
         except ConnectError as e:
             if not push.result.files and not e.retry:
                 raise   # a login that failed (a refused code, an untrusted host key) interrupted nothing

@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..agent.protocol import (FILE, LINK, OP_PAYLOAD, delete_op, digest, link_hash, link_op, pack_ops, staged_op,
-                              unpack_answers, write_op)
+from ..agent.protocol import FILE, LINK, OP_PAYLOAD, delete_op, link_op, pack_ops, staged_op, unpack_answers, write_op
 from ..engine import TargetSession
 from ..errors import AgentCallError
+from ..packer import PackWorkers, WorkerDied, read_one
 from ..rpc import AgentChannel
 from .apply import PushCommit
 from .channels import ExtraChannels
@@ -103,14 +103,6 @@ class Progress:
         })
 
 
-def read_fd(fd: int, size: int) -> bytes:
-    """All of a file: one read when its size is as stat said (it can change meanwhile)."""
-    chunks = [os.read(fd, size + 1)]
-    while chunks[-1]:
-        chunks.append(os.read(fd, 1 << 20))
-    return chunks[0] if len(chunks) == 2 else b"".join(chunks)
-
-
 def is_large(item: Send) -> bool:
     return item.entry.kind == FILE and item.entry.size > LARGE
 
@@ -152,25 +144,18 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords
     base = os.path.join(root, "")   # a str once, not a Path per file
     for item in items:
         entry = item.entry
-        if entry.kind == LINK:
-            h = link_hash(entry.target or "")
+        got = read_one(base, item.rel, entry.kind, entry.target)
+        if isinstance(got, OSError):
+            bad.append((item, got))
+            continue
+        if got is None:
+            continue
+        h, size, mtime, mode, data = got
+        if data is None:
             op = link_op(item.rel, item.expect, item.force, h, entry.target)
         else:
-            try:
-                fd = os.open(base + item.rel, os.O_RDONLY | O_NOFOLLOW)
-                try:
-                    st = os.fstat(fd)
-                    data = read_fd(fd, st.st_size)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                bad.append((item, e))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            entry = LocalEntry(FILE, len(data), st.st_mtime_ns, stat.S_IMODE(st.st_mode))
-            h = digest(data)
-            op = write_op(item.rel, item.expect, item.force, h, entry.mode, data)
+            entry = LocalEntry(FILE, size, mtime, mode)
+            op = write_op(item.rel, item.expect, item.force, h, mode, data)
         if content_unchanged(records.get(item.rel), entry.kind, h, entry.mode, item.must, item.force):
             same.append((item, h, entry))
         else:
@@ -215,6 +200,32 @@ def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecord
     return out
 
 
+def batch_spec(items: list[Send], records: SyncRecords) -> list[tuple[Any, ...]]:
+    """A batch for a worker process (packer.pack_batch): per item its path, kind, symlink
+    target, expectation, force, and -- when an equal content is not sent again
+    (reconcile.content_unchanged) -- the record's (hash, kind, mode)."""
+    out = []
+    for item in items:
+        rec = records.get(item.rel)
+        keep = rec is not None and not item.must and not item.force
+        out.append((item.rel, item.entry.kind, item.entry.target, item.expect, item.force,
+                    (rec.hash, rec.kind, rec.mode) if keep and rec is not None else None))
+    return out
+
+
+def prepared_from(items: list[Send], meta: dict[str, Any], blob: bytes, remote_root: str, comp: Compressor) -> Prepared:
+    """A worker's answer (packer.pack_batch) as the batch ready for the wire."""
+    def entry(e: list[Any]) -> LocalEntry:
+        return LocalEntry(*e) if e[0] == LINK else LocalEntry(*e[:4])
+    ops = [ReadOp([], items[i], h, entry(e)) for i, h, e in meta["ops"]]
+    out = Prepared(ops, [(items[i], h, entry(e)) for i, h, e in meta["same"]],
+                   [(items[i], OSError(code, text)) for i, code, text in meta["bad"]])
+    if ops:
+        comp.measured(meta["fmt"], meta["level"], meta["raw"], meta["dt"])
+        out.method, out.params, out.wire = "push_packed", (remote_root, meta["fmt"], blob), len(blob)
+    return out
+
+
 @dataclass
 class Lane:
     """One channel's requests on the wire."""
@@ -255,7 +266,7 @@ class Sender:
 
     def __init__(self, sess: TargetSession, local_root: Path, commit: PushCommit, progress: Progress,
                  comp: Compressor, clock: AckClock, channels: int = PUSH_CHANNELS,
-                 first_sent: Callable[[], None] | None = None) -> None:
+                 first_sent: Callable[[], None] | None = None, workers: PackWorkers | None = None) -> None:
         self.sess = sess
         self.root = sess.target.remote_root
         self.local_root = local_root
@@ -272,6 +283,7 @@ class Sender:
         self.failure: BaseException | None = None
         self.channels = channels
         self.first_sent = first_sent   # called once, when the first request is on the wire
+        self.workers = workers         # worker processes for the batches (None: threads)
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
         self.large = [i for i in sends if is_large(i)]
@@ -322,7 +334,10 @@ class Sender:
             for t in self.feeders:
                 t.cancel()
             await asyncio.gather(*self.feeders, return_exceptions=True)
-            raise failed[0].exception()  # type: ignore[misc]
+            exc = failed[0].exception()
+            if isinstance(exc, WorkerDied):   # the channels live: what is on the wire is answered first
+                await asyncio.gather(*(lane.empty() for lane in self.lanes))
+            raise exc  # type: ignore[misc]
 
     def check(self) -> None:
         if self.failure is not None:
@@ -355,9 +370,20 @@ class Sender:
         loop = asyncio.get_running_loop()
         while self.started < min(upto, len(self.batches)):
             n = self.started
-            self.prepared[n] = loop.run_in_executor(self.comp.pool, prepare, self.local_root, self.root,
-                                                    self.batches[n], self.commit.records, self.comp)
+            if self.workers is not None:
+                self.prepared[n] = loop.create_task(self.packed(self.batches[n]))
+            else:
+                self.prepared[n] = loop.run_in_executor(self.comp.pool, prepare, self.local_root, self.root,
+                                                        self.batches[n], self.commit.records, self.comp)
             self.started += 1
+
+    async def packed(self, items: list[Send]) -> Prepared:
+        """One batch read, hashed, packed and compressed in a worker process."""
+        assert self.workers is not None
+        fut = self.workers.submit("pack", str(self.local_root), batch_spec(items, self.commit.records),
+                                  self.comp.plan())
+        meta, blob = await asyncio.wrap_future(fut)
+        return prepared_from(items, meta, blob, self.root, self.comp)
 
     async def feed(self, lane: Lane) -> None:
         """One channel's share: claim the next batch, send it while there is room on the

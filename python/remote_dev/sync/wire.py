@@ -158,15 +158,23 @@ class Compressor:
             return RAW, data
         t0 = time.perf_counter()
         blob = compress(fmt, level, data)
-        dt = time.perf_counter() - t0
-        table = table_speed(fmt, level)
-        if table and dt > 0.002:
-            with self.lock:
-                self.speed = 0.7 * self.speed + 0.3 * min(2.0, len(data) / dt / table)
-        self.count(fmt, level)
+        self.measured(fmt, level, len(data), time.perf_counter() - t0)
         if len(blob) >= len(data):
             return RAW, data
         return fmt, blob
+
+    def plan(self) -> tuple[object, ...]:
+        """What choose() decides by, for a worker process (packer.choose)."""
+        return (os.environ.get("REMOTE_DEV_CODEC"), self.meter.link(), self.cores, self.formats, self.speed,
+                LOCAL_CODECS)
+
+    def measured(self, fmt: str, level: int, raw: int, dt: float) -> None:
+        """raw bytes were compressed as fmt-level in dt seconds (here or in a worker)."""
+        table = table_speed(fmt, level) if fmt else 0.0
+        if table and dt > 0.002:
+            with self.lock:
+                self.speed = 0.7 * self.speed + 0.3 * min(2.0, raw / dt / table)
+        self.count(fmt, level)
 
     def count(self, fmt: str, level: int) -> None:
         name = f"{fmt}-{level}" if fmt else "raw"
