@@ -5,17 +5,19 @@ killed in the middle of a push fails it with one line, leaves nothing half-writt
 next push completes it; the content arrives byte for byte through every codec."""
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
-from conftest import wait_for
+from conftest import require, wait_for
 from remote_dev import rpc
 from remote_dev.errors import RemoteDevError
 from remote_dev.packer import PackWorkers
-from test_sync import push, temps
+from test_sync import on_engine, push, temps
 from test_sync_wire import slow_link, source_text
 
 
@@ -156,7 +158,7 @@ def test_a_worker_killed_mid_push_fails_it_in_one_line_and_the_next_push_complet
     assert pids and not set(pids) & set(seen["killed"]) and all(alive(p) for p in pids)
 
 
-@pytest.mark.parametrize("codec", ["raw", "zlib-2", "zlib-6", "bz2-9", None])
+@pytest.mark.parametrize("codec", ["raw", "zlib-2", "zlib-6", "bz2-9", "zstd-3", "zstd-6", None])
 def test_content_is_byte_exact_through_every_codec(engine, make_project, monkeypatch, codec):
     """Forced codecs (REMOTE_DEV_CODEC, as the bench does), and the choice a WAN link makes."""
     proj = make_project()
@@ -174,3 +176,36 @@ def test_content_is_byte_exact_through_every_codec(engine, make_project, monkeyp
     same_remote(proj, files)
     if codec != "raw":
         assert res["wire_bytes"] < 0.6 * res["bytes"]
+
+
+@pytest.mark.parametrize("remote_has_zstd", [True, False], ids=["zstd-on-the-remote", "no-zstd-there"])
+def test_zstd_only_when_the_remote_can_decode_it(engine, make_project, monkeypatch, caplog, remote_has_zstd):
+    """zstd is written here and decoded by the remote's own `zstd` program: taken when the
+    agent lists the format (a `zstd` on its PATH), zlib otherwise."""
+    caplog.set_level(logging.INFO, logger="remote_dev")
+    proj = make_project()
+    files = tree(proj, n=60, seed=3)
+    slow_link(engine, proj, monkeypatch, 5e7)
+
+    async def hello(sess):
+        await sess.ensure()
+        assert ("zstd" in sess.hello["codecs"]) == bool(shutil.which("zstd"))
+        if not remote_has_zstd:
+            sess.hello["codecs"] = [c for c in sess.hello["codecs"] if c != "zstd"]
+        return sess.hello["codecs"]
+    codecs = on_engine(engine, proj, hello)
+    if remote_has_zstd:
+        require(bool(shutil.which("zstd")), "zstd missing here (the remote of the tests); scripts/setup installs it")
+    res = push(engine, proj)
+    assert res["errors"] == [] and res["files"] == len(files) + 2
+    same_remote(proj, files)
+    used = [r.getMessage() for r in caplog.records if r.getMessage().startswith("push ")]
+    assert used and ("zstd-" in used[-1]) == remote_has_zstd and ("zlib-" in used[-1]) != remote_has_zstd, (used, codecs)
+
+
+def test_the_agent_lists_zstd_only_with_a_zstd_program(monkeypatch, tmp_path):
+    from remote_dev.agent import protocol
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert "zstd" not in protocol.codec_formats()
+    with pytest.raises(ValueError, match="no zstd program"):
+        protocol.decompress("zstd", b"whatever")

@@ -36,14 +36,18 @@ import threading
 import time
 from typing import Any, BinaryIO
 
-from remote_dev.agent.protocol import (FILE, LINK, O_NOFOLLOW, RAW, ZLIB, choose_codec, compress, digest, link_hash,
-                                       link_op, pack_ops, sample_ratio, write_op)
+from remote_dev.agent.protocol import (FILE, LINK, O_NOFOLLOW, RAW, ZLIB, ZSTD, choose_codec, compress, digest,
+                                       link_hash, link_op, pack_ops, sample_ratio, write_op)
 from remote_dev.errors import RemoteDevError
 
 try:
     from zlib_ng import zlib_ng as deflate
 except ImportError:  # pragma: no cover - a dependency; the stdlib's zlib does the same, slower
     deflate = None
+try:
+    import zstandard
+except ImportError:  # pragma: no cover - a dependency; without it zlib is used (wire.LOCAL_CODECS)
+    zstandard = None
 
 _LEN = struct.Struct("<Q")
 WORKERS_MAX = 4
@@ -88,6 +92,8 @@ def deflate_with(fmt: str, level: int, data: bytes) -> bytes:
     """data in format fmt at level: the zlib format with zlib-ng when it is here."""
     if fmt == ZLIB and deflate is not None:
         return deflate.compress(data, level)
+    if fmt == ZSTD and zstandard is not None:
+        return zstandard.ZstdCompressor(level=level).compress(data)
     return compress(fmt, level, data)
 
 

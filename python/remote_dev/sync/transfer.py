@@ -60,6 +60,7 @@ EXTRA_CHANNEL_CPUS = 4         # the link is fast and the remote has at least th
 CHUNK = 1 << 20                # large files travel in chunks of this size
 LARGE = 8 << 20                # files above this are staged in chunks
 CHUNKS_AHEAD = 3               # chunks of a large file read and compressed ahead of the wire
+STARVED_AFTER = 6              # batches before the wire running dry says the link is faster than assumed
 PROGRESS_AFTER = 1.0           # seconds before progress reports start
 PROGRESS_EVERY = 0.25
 
@@ -284,6 +285,8 @@ class Sender:
         self.channels = channels
         self.first_sent = first_sent   # called once, when the first request is on the wire
         self.workers = workers         # worker processes for the batches (None: threads)
+        self.wire_sent = 0             # wire bytes sent, since the first at t_first
+        self.t_first = 0.0
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
         self.large = [i for i in sends if is_large(i)]
@@ -348,6 +351,8 @@ class Sender:
         lane.count += 1
         lane.bytes += wire
         self.clock.sent(wire)
+        self.t_first = self.t_first or time.perf_counter()
+        self.wire_sent += wire
 
         def done(f: asyncio.Future[Any]) -> None:
             lane.count -= 1
@@ -393,7 +398,10 @@ class Sender:
             n = self.claimed
             self.claimed += 1
             self.read_ahead(n + self.comp.cores + len(self.lanes) + 1)
-            prep = await self.prepared.pop(n)
+            ready = self.prepared.pop(n)
+            if not ready.done() and n >= STARVED_AFTER and lane.count <= 1:   # the wire waits for us
+                self.comp.meter.starved(self.wire_sent / max(time.perf_counter() - self.t_first, 1e-3))
+            prep = await ready
             for item, h, entry in prep.same:
                 self.commit.same(item, h, entry)
             for item, err in prep.bad:
