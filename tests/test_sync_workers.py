@@ -1,6 +1,7 @@
 """The worker processes that read, hash, pack and compress a push's batches (packer.py),
-against the real sshd and the real process table: started at the first whole-tree push,
-reused by the next, gone when the engine stops (and when their parent dies); a worker
+against the real sshd, a real Neovim and the real process table: started at the first
+whole-tree push, reused by the next, gone when the engine stops (and when their parent --
+a script or Neovim's Python host -- is killed); a worker
 killed in the middle of a push fails it with one line, leaves nothing half-written, and the
 next push completes it; the content arrives byte for byte through every codec."""
 from __future__ import annotations
@@ -58,8 +59,11 @@ def alive(pid):
 
 
 def parent_of(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rpartition(")")[2].split()[1])
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except OSError:   # gone meanwhile
+        return -1
 
 
 def count_packs(monkeypatch):
@@ -209,3 +213,31 @@ def test_the_agent_lists_zstd_only_with_a_zstd_program(monkeypatch, tmp_path):
     assert "zstd" not in protocol.codec_formats()
     with pytest.raises(ValueError, match="no zstd program"):
         protocol.decompress("zstd", b"whatever")
+
+
+def children(pid):
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and alive(int(name)) and parent_of(int(name)) == pid:
+            out.append(int(name))
+    return out
+
+
+def test_in_neovim_the_workers_belong_to_its_python_host_and_end_with_it(nvim, make_project):
+    """:RemotePush of a big tree from a real Neovim: the workers are the Python host's
+    children; the host killed (SIGKILL: no cleanup runs), they end by themselves."""
+    proj = make_project()
+    files = tree(proj, n=80, seed=11)
+    nvim.open(proj.root, proj.root / "src/m0.py")
+    nvim.start_host()
+    nvim.command("RemotePush")
+    done = nvim.wait_event("RemoteDevPushDone", 60)
+    assert done["files"] == len(files) + 2 and done["conflicts"] == []
+    same_remote(proj, files)
+    nvim_pid = nvim.eval("getpid()")
+    hosts = [p for p in os.listdir("/proc") if p.isdigit() and parent_of(int(p)) == nvim_pid]
+    workers = {int(h): children(int(h)) for h in hosts}
+    host, pids = next(((h, w) for h, w in workers.items() if w), (None, []))
+    assert host is not None and pids, f"no worker processes under Neovim's Python host ({workers})"
+    os.kill(host, signal.SIGKILL)
+    wait_for(lambda: not any(alive(p) for p in pids), 10, what="the workers of a killed host to end")
