@@ -287,6 +287,7 @@ class Sender:
         self.workers = workers         # worker processes for the batches (None: threads)
         self.wire_sent = 0             # wire bytes sent, since the first at t_first
         self.t_first = 0.0
+        self.waits = [0.0, 0.0]        # seconds the lanes waited for batches, for room on the wire
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
         self.large = [i for i in sends if is_large(i)]
@@ -398,16 +399,19 @@ class Sender:
             n = self.claimed
             self.claimed += 1
             self.read_ahead(n + self.comp.cores + len(self.lanes) + 1)
-            ready = self.prepared.pop(n)
-            if not ready.done() and n >= STARVED_AFTER and lane.count <= 1:   # the wire waits for us
-                self.comp.meter.starved(self.wire_sent / max(time.perf_counter() - self.t_first, 1e-3))
-            prep = await ready
+            t0 = time.perf_counter()
+            prep = await self.prepared.pop(n)
+            t1 = time.perf_counter()
+            self.waits[0] += t1 - t0
+            if n >= STARVED_AFTER and self.waits[0] > 2 * self.waits[1] + 0.02:   # the wire waits for us
+                self.comp.meter.starved(self.wire_sent / max(t1 - self.t_first, 1e-3))
             for item, h, entry in prep.same:
                 self.commit.same(item, h, entry)
             for item, err in prep.bad:
                 self.commit.unreadable(item, err)
             if prep.method:
                 await lane.room(prep.wire)
+                self.waits[1] += time.perf_counter() - t1
                 self.check()
                 self.commit.in_flight([(r.item, r.hash, r.entry) for r in prep.ops])
                 fut = chan.send(prep.method, *prep.params)

@@ -77,9 +77,10 @@ class LinkMeter:
         self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
 
     def starved(self, sent_rate: float) -> None:
-        """The wire ran dry waiting for batches while sent_rate wire bytes/s went out: the
-        link is faster than that (a 1 Gbit/s link taken for WAN_GUESS picks a codec too
-        slow for it); twice that is assumed until the answers measure it."""
+        """The lanes waited for batches (more than for room on the wire) while sent_rate
+        wire bytes/s went out: the link is faster than that (a 1 Gbit/s link taken for
+        WAN_GUESS picks a codec too slow for it); twice that is assumed until the answers
+        measure it."""
         if 2 * sent_rate > (self.rate or WAN_GUESS):
             self.rate = 2 * sent_rate
 
