@@ -5,7 +5,16 @@ local config = require('remote_dev.config')
 local host = require('remote_dev.host')
 local ui = require('remote_dev.ui')
 
-local runs = {} ---@type table<string, {buf: integer, summary: table, has_partial: boolean}>
+---@class remote_dev.RunBuffer
+---@field buf integer
+---@field summary table
+---@field has_partial boolean  the buffer's last line is the unfinished one
+---@field pending string[]  output lines not in the buffer yet (flush() writes them)
+---@field partial string  the unfinished line to show after them
+---@field dirty boolean  pending or partial to write
+---@field replace boolean  pending alone fills the buffer: its output is replaced
+---@field flushed integer?  hrtime of the last flush
+local runs = {} ---@type table<string, remote_dev.RunBuffer>
 local run_win = nil ---@type integer?
 local started_from = {} ---@type table<string, integer> the window each run was started from, by run id
 
@@ -60,9 +69,90 @@ local function reload_run(buf, id)
     vim.list_extend(lines, vim.list_slice(res.lines, math.max(1, #res.lines - keep + 1)))
     ui.set_lines(buf, 0, -1, lines)
     if r then
-      r.has_partial = false
+      r.has_partial, r.pending, r.partial, r.dirty, r.replace = false, {}, '', false, false
     end
   end)
+end
+
+-- Output is coalesced by time: reports only queue lines on their run (at most the last
+-- run_buffer_lines of them); a timer writes the queued lines of the buffers a window shows
+-- every FLUSH_MS, spending at most FLUSH_BUDGET_MS per tick (the buffers waiting longest
+-- first). A buffer no window shows is written when a window shows it (BufWinEnter) and
+-- when its run ends, so it is complete by RemoteDevRunExit.
+local FLUSH_MS = 30
+local FLUSH_BUDGET_MS = 15
+local flush_timer = nil ---@type uv.uv_timer_t?
+
+--- Write a run's queued output into its buffer (the last run_buffer_lines lines).
+local function flush(r)
+  if not r.dirty then
+    return
+  end
+  r.dirty = false
+  local buf = r.buf
+  if not vim.api.nvim_buf_is_valid(buf) then
+    r.pending, r.replace = {}, false
+    return
+  end
+  local keep = config.options.run_buffer_lines
+  local pending, partial = r.pending, r.partial or ''
+  r.pending = {}
+  local follow = ui.followers(buf)
+  if partial ~= '' then
+    table.insert(pending, partial)
+  end
+  if r.replace or #pending >= keep then
+    -- the queue alone fills the buffer: replace its output, the state line stays
+    ui.set_lines(buf, 1, -1, #pending > keep and vim.list_slice(pending, #pending - keep + 1) or pending)
+  else
+    local count = vim.api.nvim_buf_line_count(buf)
+    ui.set_lines(buf, r.has_partial and count - 1 or count, -1, pending)
+    count = vim.api.nvim_buf_line_count(buf)
+    if count > keep + 1 then
+      ui.set_lines(buf, 1, count - keep, {})
+    end
+  end
+  r.replace = false
+  r.has_partial = partial ~= ''
+  r.flushed = vim.uv.hrtime()
+  ui.follow(follow, buf)
+end
+
+local function shown(r)
+  return vim.api.nvim_buf_is_valid(r.buf) and #vim.fn.win_findbuf(r.buf) > 0
+end
+
+--- A timer tick: flush the shown buffers with queued output, waiting longest first, within
+--- the budget; the timer stops once none is left (the next report starts it again).
+local function tick()
+  local due = {}
+  for _, r in pairs(runs) do
+    if r.dirty and shown(r) then
+      table.insert(due, r)
+    end
+  end
+  table.sort(due, function(a, b) return (a.flushed or 0) < (b.flushed or 0) end)
+  local t0 = vim.uv.hrtime()
+  local left = #due
+  for _, r in ipairs(due) do
+    if (vim.uv.hrtime() - t0) / 1e6 > FLUSH_BUDGET_MS then
+      break
+    end
+    flush(r)
+    left = left - 1
+  end
+  if left == 0 and flush_timer then
+    flush_timer:stop()
+  end
+end
+
+local function schedule_flush()
+  if not flush_timer then
+    flush_timer = assert(vim.uv.new_timer())
+  end
+  if not flush_timer:is_active() then
+    flush_timer:start(FLUSH_MS, FLUSH_MS, vim.schedule_wrap(tick))
+  end
 end
 
 local function buffer_for(s)
@@ -82,38 +172,39 @@ local function buffer_for(s)
   vim.b[buf].remote_dev_run = s.id
   vim.keymap.set('n', '<C-c>', function() M.stop(s.id) end, { buffer = buf, desc = 'remote_dev: stop this run' })
   vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = buf, desc = 'close' })
-  r = { buf = buf, summary = s, has_partial = false }
+  vim.api.nvim_create_autocmd('BufWinEnter', {
+    group = vim.api.nvim_create_augroup('remote_dev_run_' .. buf, { clear = true }),
+    buffer = buf,
+    callback = function()
+      if runs[s.id] then
+        flush(runs[s.id])
+      end
+    end,
+  })
+  r = { buf = buf, summary = s, has_partial = false, pending = {}, partial = '', dirty = false, replace = false }
   runs[s.id] = r
   return r
 end
 
---- Host report: new output lines (and the current unfinished line) of a run.
+--- Host report: new output lines (and the current unfinished line) of a run: queued.
 function M.on_output(p)
   local r = runs[p.id]
-  if not r then
+  if not r or not vim.api.nvim_buf_is_valid(r.buf) then
     return
   end
-  local buf = r.buf
-  if not vim.api.nvim_buf_is_valid(buf) then
-    return
-  end
-  local follow = ui.followers(buf)
-  local lines = p.lines or {}
+  local pending = r.pending
   if p.dropped and p.dropped > 0 then
-    table.insert(lines, 1, ('[remote_dev: %d lines skipped here; :RemoteLog %s has them all]'):format(p.dropped, p.id))
+    table.insert(pending, ('[remote_dev: %d lines skipped here; :RemoteLog %s has them all]'):format(p.dropped, p.id))
   end
-  local partial = p.partial or ''
-  local count = vim.api.nvim_buf_line_count(buf)
-  local from = r.has_partial and count - 1 or count
-  local new = vim.list_extend(vim.list_slice(lines), partial ~= '' and { partial } or {})
-  ui.set_lines(buf, from, -1, new)
-  r.has_partial = partial ~= ''
-  local max = config.options.run_buffer_lines + 1
-  count = vim.api.nvim_buf_line_count(buf)
-  if count > max then
-    ui.set_lines(buf, 1, count - max + 1, {})
+  vim.list_extend(pending, p.lines or {})
+  local keep = config.options.run_buffer_lines
+  if #pending > 2 * keep then
+    r.pending = vim.list_slice(pending, #pending - keep + 1)
+    r.replace = true
   end
-  ui.follow(follow, buf)
+  r.partial = p.partial or ''
+  r.dirty = true
+  schedule_flush()
 end
 
 --- Host report: a run's state changed (new, queue state, exit with quickfix entries).
@@ -128,6 +219,7 @@ function M.on_state(s)
   end
   ui.set_lines(r.buf, 0, 1, { state_line(s) })
   if s.final then
+    flush(r)
     require('remote_dev.quickfix').run_list({ id = s.id, cmd = s.cmd, win = started_from[s.id] }, s.quickfix or {},
       { final = true, failed = s.code ~= 0 })
   end
