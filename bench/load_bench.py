@@ -76,6 +76,23 @@ def cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
+def host_pid(nvim_pid: int) -> int | None:
+    """The Python host Neovim started (its child running python)."""
+    for pid in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == nvim_pid and b"python" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def waited_ms(pid: int) -> float:
+    """Time the process spent runnable but waiting for a CPU so far (schedstat), in ms."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e6
+
+
 def pct(v: list[float], q: float) -> float:
     s = sorted(v)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -134,12 +151,14 @@ def load(args: Any, tmp: Path, sshd: Any, plugin: Path, label: str) -> dict[str,
         api.exec_lua("_G.rd_load.calls, _G.rd_load.ms, _G.rd_load.worst = 0, 0, 0")
         time.sleep(max(0.0, go - time.time()))
         redraws0 = nv.redraws
-        cpu0 = cpu_ms(nv.proc.pid)
+        host = host_pid(nv.proc.pid)
+        cpu0, wait0, hcpu0 = cpu_ms(nv.proc.pid), waited_ms(nv.proc.pid), cpu_ms(host) if host else 0.0
 
         def all_exited() -> bool:
             return len(api.exec_lua("return vim.tbl_keys(_G.rd_load.exits)")) >= args.runs + 1
         answers = answer_times(api, all_exited, timeout=600)
-        cpu = cpu_ms(nv.proc.pid) - cpu0
+        cpu, wait = cpu_ms(nv.proc.pid) - cpu0, waited_ms(nv.proc.pid) - wait0
+        hcpu = cpu_ms(host) - hcpu0 if host else float("nan")
         exits = api.exec_lua("return _G.rd_load.exits")
         keep = api.exec_lua("return require('remote_dev.config').options.run_buffer_lines")
         want = [f"line {i}" for i in range(max(0, args.lines - keep), args.lines)]
@@ -151,7 +170,7 @@ def load(args: Any, tmp: Path, sshd: Any, plugin: Path, label: str) -> dict[str,
         prof = api.exec_lua("return _G.rd_load")
         return {"label": label, "answers": answers, "wall": max(exits[i] for i in ids) - go, "complete": complete,
                 "shown": shown, "ids": ids, "calls": prof["calls"], "lua_ms": prof["ms"], "lua_worst": prof["worst"],
-                "redraws": nv.redraws - redraws0, "cpu": cpu, "size": nv.ui_size()}
+                "redraws": nv.redraws - redraws0, "cpu": cpu, "wait": wait, "host_cpu": hcpu, "size": nv.ui_size()}
     finally:
         nv.close()
 
@@ -165,7 +184,8 @@ def report(r: dict[str, Any]) -> None:
           f"worst {worst:.1f} ms  (mean {statistics.fmean(a):.1f})  target < {TARGET_MS:.0f} ms: "
           f"{'met' if worst < TARGET_MS else 'MISS'}")
     print(f"  wall time from the start until the last RemoteDevRunExit: {r['wall']:.2f} s; Neovim's CPU "
-          f"time in it: {r['cpu']:.0f} ms")
+          f"time in it: {r['cpu']:.0f} ms, waiting for a CPU {r['wait']:.0f} ms; its Python host's CPU time "
+          f"{r['host_cpu']:.0f} ms")
     print(f"  Lua entry point (_from_host): {r['calls']} calls, {r['lua_ms']:.0f} ms in all, worst {r['lua_worst']:.1f} ms")
     for rid in r["ids"]:
         print(f"    run {rid} ({'shown' if rid in r['shown'] else 'hidden'}): "
@@ -178,15 +198,25 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=16, help="runs at once (default 16)")
     ap.add_argument("--shown", type=int, default=4, help="run buffers in windows (default 4)")
     ap.add_argument("--baseline", metavar="REV", help="first the same load with the plugin at this git revision")
+    ap.add_argument("--shared", action="store_true",
+                    help="the remote's processes (sshd, agent, the runs) on the same cores as Neovim; by default "
+                         "they are pinned to the last core and Neovim, its host and this script to the others, "
+                         "as a remote is another machine")
     args = ap.parse_args()
     from conftest import start_sshd, stop_sshd
 
     tmp = Path(tempfile.mkdtemp(prefix="rd-load-bench-"))
     os.environ["XDG_STATE_HOME"] = str(tmp / "state")
     sshd = start_sshd(tmp / "sshd")
+    cores = sorted(os.sched_getaffinity(0))
+    where = "remote and Neovim share every core"
+    if not args.shared and len(cores) > 1:
+        os.sched_setaffinity(sshd.proc.pid, {cores[-1]})      # its sessions, the agent, the runs inherit it
+        os.sched_setaffinity(0, set(cores[:-1]))               # Neovim and its host inherit ours
+        where = f"remote on core {cores[-1]}, Neovim on {','.join(map(str, cores[:-1]))}"
     try:
-        print(f"loopback sshd 127.0.0.1:{sshd.port}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
-              f"{args.runs} runs x {args.lines} lines")
+        print(f"loopback sshd 127.0.0.1:{sshd.port}, {os.cpu_count()} cores ({where}), load "
+              f"{os.getloadavg()[0]:.2f}; {args.runs} runs x {args.lines} lines")
         results = []
         if args.baseline:
             results.append(load(args, tmp, sshd, plugin_copy(args.baseline, tmp / "baseline"), args.baseline))

@@ -18,7 +18,7 @@ _G.rd_got = {}
 local run = require('remote_dev.run')
 local orig = run.on_output
 run.on_output = function(p)
-  _G.rd_got[p.id] = (_G.rd_got[p.id] or 0) + #(p.lines or {})
+  _G.rd_got[p.id] = (_G.rd_got[p.id] or 0) + (p.n or 0)
   orig(p)
 end
 """

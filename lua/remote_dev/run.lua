@@ -9,7 +9,8 @@ local ui = require('remote_dev.ui')
 ---@field buf integer
 ---@field summary table
 ---@field has_partial boolean  the buffer's last line is the unfinished one
----@field pending string[]  output lines not in the buffer yet (flush() writes them)
+---@field chunks {text: string, n: integer}[]  output not in the buffer yet (flush() writes it)
+---@field queued integer  lines in chunks
 ---@field partial string  the unfinished line to show after them
 ---@field dirty boolean  pending or partial to write
 ---@field replace boolean  pending alone fills the buffer: its output is replaced
@@ -69,7 +70,7 @@ local function reload_run(buf, id)
     vim.list_extend(lines, vim.list_slice(res.lines, math.max(1, #res.lines - keep + 1)))
     ui.set_lines(buf, 0, -1, lines)
     if r then
-      r.has_partial, r.pending, r.partial, r.dirty, r.replace = false, {}, '', false, false
+      r.has_partial, r.chunks, r.queued, r.partial, r.dirty, r.replace = false, {}, 0, '', false, false
     end
   end)
 end
@@ -83,6 +84,32 @@ local FLUSH_MS = 30
 local FLUSH_BUDGET_MS = 15
 local flush_timer = nil ---@type uv.uv_timer_t?
 
+--- The lines of queued chunks (texts of n lines each), the last `keep` of them at most.
+local function chunk_lines(chunks, keep)
+  local texts, n, first = {}, 0, #chunks + 1
+  while first > 1 and n < keep do
+    first = first - 1
+    n = n + chunks[first].n
+  end
+  for i = first, #chunks do
+    table.insert(texts, chunks[i].text)
+  end
+  local s, out, pos = table.concat(texts, '\n'), {}, 1
+  if n == 0 then
+    return out
+  end
+  while true do
+    local e = s:find('\n', pos, true)
+    if not e then
+      table.insert(out, s:sub(pos))
+      break
+    end
+    table.insert(out, s:sub(pos, e - 1))
+    pos = e + 1
+  end
+  return #out > keep and vim.list_slice(out, #out - keep + 1) or out
+end
+
 --- Write a run's queued output into its buffer (the last run_buffer_lines lines).
 local function flush(r)
   if not r.dirty then
@@ -90,18 +117,19 @@ local function flush(r)
   end
   r.dirty = false
   local buf = r.buf
+  local chunks, queued, partial = r.chunks, r.queued, r.partial or ''
+  r.chunks, r.queued = {}, 0
   if not vim.api.nvim_buf_is_valid(buf) then
-    r.pending, r.replace = {}, false
+    r.replace = false
     return
   end
   local keep = config.options.run_buffer_lines
-  local pending, partial = r.pending, r.partial or ''
-  r.pending = {}
+  local pending = chunk_lines(chunks, keep)
   local follow = ui.followers(buf)
   if partial ~= '' then
     table.insert(pending, partial)
   end
-  if r.replace or #pending >= keep then
+  if r.replace or queued + (partial ~= '' and 1 or 0) >= keep then
     -- the queue alone fills the buffer: replace its output, the state line stays
     ui.set_lines(buf, 1, -1, #pending > keep and vim.list_slice(pending, #pending - keep + 1) or pending)
   else
@@ -181,25 +209,31 @@ local function buffer_for(s)
       end
     end,
   })
-  r = { buf = buf, summary = s, has_partial = false, pending = {}, partial = '', dirty = false, replace = false }
+  r = { buf = buf, summary = s, has_partial = false, chunks = {}, queued = 0, partial = '', dirty = false,
+    replace = false }
   runs[s.id] = r
   return r
 end
 
---- Host report: new output lines (and the current unfinished line) of a run: queued.
+--- Host report: new output lines (one text, n lines) and the current unfinished line of a
+--- run: queued, the oldest chunks dropped once the newer ones fill the buffer.
 function M.on_output(p)
   local r = runs[p.id]
   if not r or not vim.api.nvim_buf_is_valid(r.buf) then
     return
   end
-  local pending = r.pending
+  local text, n = p.text or '', p.n or 0
   if p.dropped and p.dropped > 0 then
-    table.insert(pending, ('[remote_dev: %d lines skipped here; :RemoteLog %s has them all]'):format(p.dropped, p.id))
+    local note = ('[remote_dev: %d lines skipped here; :RemoteLog %s has them all]'):format(p.dropped, p.id)
+    text, n = n > 0 and (note .. '\n' .. text) or note, n + 1
   end
-  vim.list_extend(pending, p.lines or {})
+  if n > 0 then
+    table.insert(r.chunks, { text = text, n = n })
+    r.queued = r.queued + n
+  end
   local keep = config.options.run_buffer_lines
-  if #pending > 2 * keep then
-    r.pending = vim.list_slice(pending, #pending - keep + 1)
+  while #r.chunks > 1 and r.queued - r.chunks[1].n >= keep do
+    r.queued = r.queued - table.remove(r.chunks, 1).n
     r.replace = true
   end
   r.partial = p.partial or ''
