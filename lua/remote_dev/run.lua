@@ -75,11 +75,12 @@ local function reload_run(buf, id)
   end)
 end
 
--- Output is coalesced by time: reports only queue lines on their run (at most the last
--- run_buffer_lines of them); a timer writes the queued lines of the buffers a window shows
--- every FLUSH_MS, spending at most FLUSH_BUDGET_MS per tick (the buffers waiting longest
--- first). A buffer no window shows is written when a window shows it (BufWinEnter) and
--- when its run ends, so it is complete by RemoteDevRunExit.
+-- Output is coalesced by time: reports queue lines on their run (at most the last
+-- run_buffer_lines of them), written at once only into a shown buffer not written for
+-- FLUSH_MS; a timer writes the queued lines of the buffers a window shows every FLUSH_MS,
+-- spending at most FLUSH_BUDGET_MS per tick (the buffers waiting longest first). A buffer
+-- no window shows is written when a window shows it (BufWinEnter) and when its run ends,
+-- so it is complete by RemoteDevRunExit.
 local FLUSH_MS = 30
 local FLUSH_BUDGET_MS = 15
 local flush_timer = nil ---@type uv.uv_timer_t?
@@ -238,7 +239,13 @@ function M.on_output(p)
   end
   r.partial = p.partial or ''
   r.dirty = true
-  schedule_flush()
+  if not shown(r) then
+    return       -- BufWinEnter or the run's end writes it
+  elseif vim.uv.hrtime() - (r.flushed or 0) >= FLUSH_MS * 1e6 then
+    flush(r)     -- the first output after a quiet spell shows at once; a burst waits for the timer
+  else
+    schedule_flush()
+  end
 end
 
 --- Host report: a run's state changed (new, queue state, exit with quickfix entries).
