@@ -47,11 +47,20 @@ end })
 local rd = require('remote_dev')
 local orig = rd._from_host
 rd._from_host = function(...)
-  local t0 = vim.uv.hrtime()
+  local t0, c0 = vim.uv.hrtime(), os.clock()
   orig(...)
-  local ms = (vim.uv.hrtime() - t0) / 1e6
+  local ms, cpu = (vim.uv.hrtime() - t0) / 1e6, (os.clock() - c0) * 1000
   local st = _G.rd_load
   st.calls, st.ms, st.worst = st.calls + 1, st.ms + ms, math.max(st.worst, ms)
+  local what = select(1, ...) == 'report' and select(2, ...) or 'resolve'
+  if what == 'event' then
+    what = select(3, ...).name
+  end
+  st.kinds = st.kinds or {}
+  local k = st.kinds[what] or { n = 0, ms = 0, worst = 0, cpu = 0, cpu_worst = 0 }
+  k.n, k.ms, k.worst = k.n + 1, k.ms + ms, math.max(k.worst, ms)
+  k.cpu, k.cpu_worst = k.cpu + cpu, math.max(k.cpu_worst, cpu)
+  st.kinds[what] = k
 end
 """
 
@@ -148,7 +157,7 @@ def load(args: Any, tmp: Path, sshd: Any, plugin: Path, label: str) -> dict[str,
             if vim.fn.bufwinid(vim.fn.bufnr('remote-dev://run/' .. id)) ~= -1 then table.insert(out, id) end
           end
           return out""", ids, args.shown)
-        api.exec_lua("_G.rd_load.calls, _G.rd_load.ms, _G.rd_load.worst = 0, 0, 0")
+        api.exec_lua("_G.rd_load.calls, _G.rd_load.ms, _G.rd_load.worst, _G.rd_load.kinds = 0, 0, 0, {}")
         time.sleep(max(0.0, go - time.time()))
         redraws0 = nv.redraws
         host = host_pid(nv.proc.pid)
@@ -169,7 +178,7 @@ def load(args: Any, tmp: Path, sshd: Any, plugin: Path, label: str) -> dict[str,
             complete[rid] = got == want
         prof = api.exec_lua("return _G.rd_load")
         return {"label": label, "answers": answers, "wall": max(exits[i] for i in ids) - go, "complete": complete,
-                "shown": shown, "ids": ids, "calls": prof["calls"], "lua_ms": prof["ms"], "lua_worst": prof["worst"],
+                "shown": shown, "ids": ids, "calls": prof["calls"], "lua_ms": prof["ms"], "lua_worst": prof["worst"], "kinds": prof.get("kinds") or {},
                 "redraws": nv.redraws - redraws0, "cpu": cpu, "wait": wait, "host_cpu": hcpu, "size": nv.ui_size()}
     finally:
         nv.close()
@@ -187,6 +196,9 @@ def report(r: dict[str, Any]) -> None:
           f"time in it: {r['cpu']:.0f} ms, waiting for a CPU {r['wait']:.0f} ms; its Python host's CPU time "
           f"{r['host_cpu']:.0f} ms")
     print(f"  Lua entry point (_from_host): {r['calls']} calls, {r['lua_ms']:.0f} ms in all, worst {r['lua_worst']:.1f} ms")
+    print("    by kind (wall; CPU): " + ", ".join(f"{k} {v['n']}x {v['ms']:.0f} ms, worst {v['worst']:.1f}; CPU "
+                                                f"{v['cpu']:.0f}, worst {v['cpu_worst']:.1f}"
+                                     for k, v in sorted(r["kinds"].items(), key=lambda kv: -kv[1]["ms"])))
     for rid in r["ids"]:
         print(f"    run {rid} ({'shown' if rid in r['shown'] else 'hidden'}): "
               f"{'complete' if r['complete'][rid] else 'INCOMPLETE'}")

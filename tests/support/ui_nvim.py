@@ -30,7 +30,14 @@ class UiNvim:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"Neovim did not listen on {sock}")
             time.sleep(0.02)
-        self.api = pynvim.attach("socket", path=str(sock))
+        while True:      # the socket file exists from bind(); connections are taken from listen()
+            try:
+                self.api = pynvim.attach("socket", path=str(sock))
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         self.redraws = 0             # redraw batches the UI received
         self._ui_ready = threading.Event()
         self._ui_error: list[BaseException] = []
