@@ -76,13 +76,16 @@ local function reload_run(buf, id)
 end
 
 -- Output is coalesced by time: reports queue lines on their run (at most the last
--- run_buffer_lines of them), written at once only into a shown buffer not written for
--- FLUSH_MS; a timer writes the queued lines of the buffers a window shows every FLUSH_MS,
--- spending at most FLUSH_BUDGET_MS per tick (the buffers waiting longest first). A buffer
--- no window shows is written when a window shows it (BufWinEnter) and when its run ends,
--- so it is complete by RemoteDevRunExit.
+-- run_buffer_lines of them). While no flush is pending, output for a shown buffer not
+-- written for FLUSH_MS is written at once (a run's first line shows without delay);
+-- otherwise a one-shot timer writes the queued lines of the shown buffers (waiting longest
+-- first, at most FLUSH_BUDGET_MS per tick) and waits at least DUTY times what that took
+-- before the next tick, so writing output takes at most about 1/(DUTY+1) of Neovim's time.
+-- A buffer no window shows is written when a window shows it (BufWinEnter) and when its
+-- run ends, so it is complete by RemoteDevRunExit.
 local FLUSH_MS = 30
 local FLUSH_BUDGET_MS = 15
+local DUTY = 9
 local flush_timer = nil ---@type uv.uv_timer_t?
 
 --- The lines of queued chunks (texts of n lines each), the last `keep` of them at most.
@@ -151,36 +154,36 @@ local function shown(r)
   return vim.api.nvim_buf_is_valid(r.buf) and #vim.fn.win_findbuf(r.buf) > 0
 end
 
---- A timer tick: flush the shown buffers with queued output, waiting longest first, within
---- the budget; the timer stops once none is left (the next report starts it again).
-local function tick()
-  local due = {}
-  for _, r in pairs(runs) do
-    if r.dirty and shown(r) then
-      table.insert(due, r)
-    end
-  end
-  table.sort(due, function(a, b) return (a.flushed or 0) < (b.flushed or 0) end)
+local function flush_timed(r)
   local t0 = vim.uv.hrtime()
-  local left = #due
-  for _, r in ipairs(due) do
-    if (vim.uv.hrtime() - t0) / 1e6 > FLUSH_BUDGET_MS then
-      break
-    end
-    flush(r)
-    left = left - 1
-  end
-  if left == 0 and flush_timer then
-    flush_timer:stop()
-  end
+  flush(r)
+  return (vim.uv.hrtime() - t0) / 1e6
 end
 
-local function schedule_flush()
+local function schedule_flush(after_ms)
   if not flush_timer then
     flush_timer = assert(vim.uv.new_timer())
   end
   if not flush_timer:is_active() then
-    flush_timer:start(FLUSH_MS, FLUSH_MS, vim.schedule_wrap(tick))
+    flush_timer:start(math.max(FLUSH_MS, math.floor(DUTY * (after_ms or 0))), 0, vim.schedule_wrap(function()
+      local due = {}
+      for _, r in pairs(runs) do
+        if r.dirty and shown(r) then
+          table.insert(due, r)
+        end
+      end
+      table.sort(due, function(a, b) return (a.flushed or 0) < (b.flushed or 0) end)
+      local spent = 0
+      for _, r in ipairs(due) do
+        if spent > FLUSH_BUDGET_MS then
+          break
+        end
+        spent = spent + flush_timed(r)
+      end
+      if #due > 0 then
+        schedule_flush(spent)   -- more may come: the next tick after a pause; none due then: idle
+      end
+    end))
   end
 end
 
@@ -241,8 +244,10 @@ function M.on_output(p)
   r.dirty = true
   if not shown(r) then
     return       -- BufWinEnter or the run's end writes it
+  elseif flush_timer and flush_timer:is_active() then
+    return       -- the pending tick writes it
   elseif vim.uv.hrtime() - (r.flushed or 0) >= FLUSH_MS * 1e6 then
-    flush(r)     -- the first output after a quiet spell shows at once; a burst waits for the timer
+    schedule_flush(flush_timed(r))   -- a quiet spell: at once, then a pause
   else
     schedule_flush()
   end
