@@ -219,14 +219,18 @@ local function buffer_for(s)
   return r
 end
 
---- Host report: new output lines (one text, n lines) and the current unfinished line of a
---- run: queued, the oldest chunks dropped once the newer ones fill the buffer.
+--- Host report: new output lines (one text of n lines, or lines) and the current
+--- unfinished line of a run: queued, the oldest chunks dropped once newer ones fill the
+--- buffer.
 function M.on_output(p)
   local r = runs[p.id]
   if not r or not vim.api.nvim_buf_is_valid(r.buf) then
     return
   end
   local text, n = p.text or '', p.n or 0
+  if p.lines then   -- a list of lines (the rplugin host sends one text)
+    text, n = table.concat(p.lines, '\n'), #p.lines
+  end
   if p.dropped and p.dropped > 0 then
     local note = ('[remote_dev: %d lines skipped here; :RemoteLog %s has them all]'):format(p.dropped, p.id)
     text, n = n > 0 and (note .. '\n' .. text) or note, n + 1
