@@ -6,8 +6,10 @@ written to the agent's channel (AgentChannel.sent), at the moment the first outp
 is reported."""
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
+import secrets
 
 import pytest
 from conftest import events, wait_for
@@ -154,3 +156,35 @@ def test_fast_output_is_complete_after_the_unasked_first_chunk(counted):
     assert len(shown) + dropped == n
     numbers = [int(ln.split()[1]) for ln in shown]
     assert numbers == sorted(set(numbers))
+
+
+def test_agent_answers_every_if_unchanged_and_every_promised_notification(counted):
+    """On the real agent: a followup of an unknown method is an error, one behind a check
+    that finds a difference is not made, and a first read that fails still notifies (None:
+    the client reads it itself) -- nobody waits for an answer that never comes."""
+    from remote_dev.agent import protocol as P
+    from remote_dev.errors import AgentCallError
+    from remote_dev.sync.check import entries_for
+    from remote_dev.sync.state import records_for
+
+    eng, rec, proj, ctx = counted
+    p = eng.project(ctx)
+    sess = p.session()
+    records = records_for(p, sess)
+    check = [sess.target.remote_root, None, 0, 0, P.pack_states(entries_for(records, ["main.py"]))]
+
+    async def calls():
+        agent = sess.agent
+        with pytest.raises(AgentCallError, match="unknown method"):
+            await agent.call(P.IF_UNCHANGED, check, "no_such_method", [])
+        answer, made = await agent.call(P.IF_UNCHANGED, check, "ping", [])
+        assert answer == [0, []] and made[0] is None and isinstance(made[1], float)   # ping: the agent's clock
+        proj.remote("main.py").write_text("print('other')\n")
+        answer, made = await agent.call(P.IF_UNCHANGED, check, "ping", [])
+        assert made is None and [d[0] for d in answer[1]] == ["main.py"]
+        rid = "first-fails-" + secrets.token_hex(4)
+        spec = {"id": rid, "root": sess.target.remote_root, "cmd": "true", "env": {}, "meta": {}}
+        note = agent.expect(P.RUN_OUTPUT, rid)
+        await agent.call("run_start", spec, ["not a size", 0])
+        return await asyncio.wait_for(note, 10)
+    assert eng.submit(calls()).result(30) is None
