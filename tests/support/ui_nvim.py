@@ -19,12 +19,20 @@ from typing import Any, Callable
 class UiNvim:
     def __init__(self, nvim: str, init: str, sock: Path, env: dict[str, str], width: int = 180,
                  height: int = 45) -> None:
-        import pynvim
-
         self.sock = sock
         self.proc = subprocess.Popen([nvim, "--headless", "--listen", str(sock), "-u", init, "-i", "NONE", "-n"],
                                      env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._connect(sock, width, height)
+        except BaseException:
+            self.proc.kill()         # nothing left behind when it did not come up
+            self.proc.wait(10)
+            raise
+
+    def _connect(self, sock: Path, width: int, height: int) -> None:
+        import pynvim
+
         deadline = time.monotonic() + 30
         while not sock.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
