@@ -27,7 +27,7 @@ import asyncssh
 from ..engine import Engine, Project, TargetSession, log
 from ..errors import ConnectError, RemoteDevError
 from ..packer import PackWorkers, WorkerDied
-from ..rpc import AgentChannel
+from ..rpc import AgentChannel, Followup
 from ..status import publish_status
 from . import reconcile
 from .apply import PushCommit
@@ -57,10 +57,10 @@ def pack_workers(engine: Engine, sends: list[Send] | None = None) -> PackWorkers
     return engine.state(PackWorkers)
 
 
-def warm_workers(engine: Engine) -> None:
+def warm_workers(engine: Engine, whole_tree: bool) -> None:
     """Start the worker processes in the background at a whole-tree push, so that a big
     one finds them up (their start costs ~60 ms of another core, not its first byte)."""
-    workers = pack_workers(engine)
+    workers = pack_workers(engine) if whole_tree else None
     if workers is not None and not workers.started:
         asyncio.get_running_loop().run_in_executor(None, workers.start)
 
@@ -123,20 +123,23 @@ class Push:
         return {rel: self.local.get(rel) or lstat_entry(root / rel) for rel in rels}
 
     # -- the whole push
-    async def run(self, paths: list[str] | None, dry_run: bool) -> SyncResult:
+    async def run(self, paths: list[str] | None, dry_run: bool, then: Followup | None = None) -> SyncResult:
+        """then: see do_push; with it, the check goes out after the local scan, not before."""
         state = sync_state(self.proj)
         target = self.sess.target
         agent = await self.sess.ensure()
         check = RemoteCheck(self.records, state.check, target.name, target.remote_root, paths)
+        then = then if paths is None and not dry_run else None
         try:
             if self.records.pending:
                 await self.settle(agent)
-            check.start(agent)
-            await agent.drain()
-            if paths is None and not dry_run:
-                warm_workers(self.engine)
+            if then is None:
+                await check.send(agent)
+            warm_workers(self.engine, paths is None and not dry_run)
             self.pause_gc()
             plan = await asyncio.to_thread(self.scan_and_plan, paths, self.force, dry_run)
+            if then is not None:   # the followup goes with the check only when nothing is to be sent
+                await check.send(agent, None if plan is not None and (plan.send or plan.delete) else then)
             if plan is None:
                 self.result.unchanged += len(self.records.data)
             else:
@@ -217,10 +220,9 @@ class Push:
             meter.rtt_ms = (time.perf_counter() - t0) * 1000
         comp = Compressor(meter, self.sess.hello.get("codecs"))
         channels = channels_for(meter, self.sess.hello.get("cpus") or 1)
-        workers = pack_workers(self.engine, sends)
-        try:
-            await Sender(self.sess, self.proj.root, self.commit, self.progress, comp, AckClock(meter),
-                         channels, self.resume_gc, workers).send_all(agent, sends, deletes, self.force)
+        try:   # the batches in worker processes, or threads (pack_workers None)
+            await Sender(self.sess, self.proj.root, self.commit, self.progress, comp, AckClock(meter), channels,
+                         self.resume_gc, pack_workers(self.engine, sends)).send_all(agent, sends, deletes, self.force)
         finally:
             comp.close()
             if comp.used:
@@ -266,15 +268,17 @@ class Push:
 
 
 async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force: bool = False,
-                  dry_run: bool = False, quiet: bool = False) -> dict[str, Any]:
+                  dry_run: bool = False, quiet: bool = False, then: Followup | None = None) -> dict[str, Any]:
     """Push the tree (paths None) or the given relative paths.  quiet: no message unless
-    something needs attention (runs and push on save)."""
+    something needs attention (runs and push on save).  then: a request (a run's start)
+    the agent makes in one message with the remote check when the push has nothing to
+    send and the remote is as recorded (then.outcome set); else it is left to the caller."""
     sess = proj.session()
     async with sync_state(proj).lock:
         t0 = time.perf_counter()
         push = Push(engine, proj, sess, force)
         try:
-            res = await push.run(paths, dry_run)
+            res = await push.run(paths, dry_run, then)
             if paths and not quiet:   # a path someone named and nothing of it pushed: say why
                 res.skipped += await asyncio.to_thread(left_out, proj, paths, push.local, push.scanner)
         except WorkerDied as e:
