@@ -35,8 +35,8 @@ sent, sshd AcceptEnv SHLVL: the remote bash skips ~/.bashrc, which runs `pyenv i
 ~0.1 s per session): the competitors at their cheapest.  --bashrc lets them pay it.
 Prints a table with the ratios, the targets of issue 12 and the goals of issue 27 (1gbit/2:
 the campus link, tbf at 1 Gbit/s and 1 ms each way).  Machines are noisy: compare ratios
-measured in one run, never absolute times across runs.  REMOTE_DEV_PACK=threads measures
-the worker threads of before instead of the worker processes (packer.py).
+measured in one run, never absolute times across runs.  REMOTE_DEV_PACK=processes /
+threads forces the worker processes (packer.py; by default on 4+ cores) or threads.
 """
 
 from __future__ import annotations

@@ -22,6 +22,12 @@ from test_sync import on_engine, push, temps
 from test_sync_wire import slow_link, source_text
 
 
+@pytest.fixture(autouse=True)
+def processes(monkeypatch):
+    """The worker processes whatever the cores (by default only on 4 or more: push.PROCESS_CPUS)."""
+    monkeypatch.setenv("REMOTE_DEV_PACK", "processes")
+
+
 def tree(proj, n=60, size=40_000, seed=0):
     """n source files of about size bytes (more than push.PROCESS_BYTES in all), a random
     one, an empty one and a symlink."""

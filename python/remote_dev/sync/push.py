@@ -43,14 +43,17 @@ from .transfer import LARGE, Progress, Sender, channels_for
 from .wire import AckClock, Compressor, LinkMeter
 
 PING_BEFORE = 1 << 20      # a push of more bytes measures the round trip first (codec choice)
-PROCESS_BYTES = 1 << 20    # a push of more bytes in small files reads and packs them in worker processes
+PROCESS_BYTES = 1 << 20    # a push of more bytes in small files reads and packs them in worker processes,
+PROCESS_CPUS = 4           # on a machine with at least this many cores (bench/README: on 2 they lost)
 
 
 def pack_workers(engine: Engine, sends: list[Send] | None = None) -> PackWorkers | None:
-    """The engine's worker processes (packer.py) for a push of sends: None for a push of
-    less than PROCESS_BYTES in small files (threads do), or when REMOTE_DEV_PACK=threads
-    (for measurements: the worker threads of before)."""
-    if os.environ.get("REMOTE_DEV_PACK") == "threads":
+    """The engine's worker processes (packer.py) for a push of sends: None (threads do)
+    for a push of less than PROCESS_BYTES in small files, on fewer than PROCESS_CPUS cores,
+    or with REMOTE_DEV_PACK=threads; REMOTE_DEV_PACK=processes takes them on any machine
+    (for measurements and tests)."""
+    mode = os.environ.get("REMOTE_DEV_PACK")
+    if mode == "threads" or (mode != "processes" and (os.cpu_count() or 1) < PROCESS_CPUS):
         return None
     if sends is not None and sum(i.entry.size for i in sends if i.entry.size <= LARGE) < PROCESS_BYTES:
         return None
