@@ -18,6 +18,7 @@ from remote_dev.errors import AgentCallError, RemoteDevError
 from remote_dev.sync.ignore import Walker
 from remote_dev.sync.scan import git_listing
 from remote_dev.sync.records import Record, SyncRecords
+from remote_dev.sync.state import sync_state
 
 # --------------------------------------------------------------------------- helpers
 
@@ -465,10 +466,15 @@ def test_dry_run_and_push_say_why_files_are_skipped(make_project, isolated_state
 # --------------------------------------------------------------------------- the watcher
 
 
-def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
-    """After the first push, tree pushes look only at what inotify saw change; whatever the
-    change, the remote ends up as a whole-tree push would leave it."""
+@pytest.mark.parametrize("backend", ["inotify", "watchdog"])
+def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch, backend):
+    """After the first push, tree pushes look only at what the watcher saw change (inotify_simple,
+    or watchdog's observer -- Linux's inotify one here, what FSEvents is on macOS); whatever
+    the change, the remote ends up as a whole-tree push would leave it."""
     import remote_dev.sync.scan as scan_mod
+    import remote_dev.sync.watch as watch_mod
+
+    monkeypatch.setenv(watch_mod.WATCHER_ENV, backend)
 
     calls = {"git": 0}
     orig = scan_mod.git_listing_start
@@ -485,6 +491,8 @@ def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
     proj.write("x.tmp", "ignored for now\n")
     proj.write("docs/only.tmp", "a folder with nothing listed in it\n")
     push(engine, proj)
+    scanner = sync_state(engine.projects[proj.root.resolve()]).scanner
+    assert type(scanner.watcher).__name__ == {"inotify": "Watcher", "watchdog": "WatchdogWatcher"}[backend]
 
     def check():
         res = push(engine, proj)

@@ -28,7 +28,6 @@ import os
 import select
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -38,7 +37,7 @@ from typing import Any, NamedTuple
 from ..errors import RemoteDevError
 from .ignore import Excluder, Walker, global_excludes_file_cached, is_git_component, mtime
 from .include import Includer, included
-from .watch import Watcher
+from .watch import Watcher, WatchdogWatcher, open_watcher
 
 MAX_CHANGES = 2000        # more changed paths than this: a full scan is cheaper
 MTIME_SLACK_NS = 50_000_000   # folder mtimes come from a coarse clock: "since" starts this much earlier
@@ -215,8 +214,8 @@ class Scanner:
         self.includer = Includer(include)
         self.git: bool | None = None
         self.git_dir: str | None = None
-        self.watch = watch and sys.platform.startswith("linux")
-        self.watcher: Watcher | None = None
+        self.watch = watch
+        self.watcher: Watcher | WatchdogWatcher | None = None
         self.stamps: tuple[int, ...] | None = None
         self.last_full = 0.0
         self.pending: set[str] = set()
@@ -350,18 +349,20 @@ class Scanner:
             self.watcher.close()
             self.watcher = None
 
-    def _prepare_watcher(self) -> Watcher | None:
+    def _prepare_watcher(self) -> Watcher | WatchdogWatcher | None:
         w = self.watcher
         if w is None or not w.valid:
             if w is not None:
                 w.close()
             try:
-                w = self.watcher = Watcher(self.root)
+                w = self.watcher = open_watcher(self.root)
+                w.watch("")
             except OSError:
+                if self.watcher is not None:
+                    self.watcher.close()
                 self.watch = False
                 self.watcher = None
                 return None
-        w.watch("")
         w.reset()
         self.pending.clear()
         return w
@@ -391,6 +392,8 @@ class Scanner:
         if w is not None and w.valid:
             self.stamps = stamps
             self.last_full = time.monotonic()
+            if w.recursive:   # watching the whole tree since before the scan
+                return out
             self.background = threading.Thread(target=self._watch_rest, args=(w, since, list(out), watched),
                                                daemon=True, name="rd-watch")
         return out
