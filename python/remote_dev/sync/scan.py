@@ -356,13 +356,11 @@ class Scanner:
                 w.close()
             try:
                 w = self.watcher = open_watcher(self.root)
-                w.watch("")
             except OSError:
-                if self.watcher is not None:
-                    self.watcher.close()
                 self.watch = False
                 self.watcher = None
                 return None
+        w.watch("")
         w.reset()
         self.pending.clear()
         return w

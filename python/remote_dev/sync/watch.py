@@ -218,22 +218,18 @@ class WatchdogWatcher(FileSystemEventHandler):  # type: ignore[misc,valid-type]
         self.valid = True
         self.changed: set[str] = set()
         self.new_dirs: set[str] = set()   # never filled: the recursive watch covers them
-        self.dirs: set[str] = set()
-        self.observer: Any = None
+        self.dirs: set[str] = {""}
         self.last_event = 0.0
-
-    def watch(self, rel_dir: str) -> None:
-        if rel_dir or self.observer is not None or not self.valid:
-            return
         obs = Observer()
         try:
             obs.schedule(self, self.root, recursive=True)   # watches in place on return
             obs.start()
         except Exception as e:  # noqa: BLE001 - OSError, or the backend's own errors
-            self.valid = False
             raise OSError(f"watchdog cannot watch {self.root}: {e}") from None
-        self.observer = obs
-        self.dirs.add("")
+        self.observer: Any = obs
+
+    def watch(self, rel_dir: str) -> None:
+        pass
 
     def watch_parents(self, rel: str) -> None:
         pass
