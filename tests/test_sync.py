@@ -558,13 +558,14 @@ def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch, back
     check()
 
 
-def test_what_changes_while_folders_are_not_yet_watched_is_looked_at_again(tmp_path):
+def test_what_changes_while_folders_are_not_yet_watched_is_looked_at_again(tmp_path, monkeypatch):
     """A whole-tree scan watches the tree's folders after the scan, in a thread; what
     appeared, changed or went away before its folder's watch was in place (after the scan
     stat'ed it) is named by the next changes(): a listed file through its ctime (even when
     its folder's entries did not change), a folder's entries through its mtime and their
     ctimes.  Folders watched before the scan began are not looked at again: their news
     are inotify events."""
+    monkeypatch.setenv("REMOTE_DEV_WATCHER", "inotify")   # its own watches, placed after the scan
     import time
 
     from remote_dev.sync.scan import MTIME_SLACK_NS, Scanner
