@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .ignore import Walker, is_git_component, mtime
+from .ignore import Walker, is_git_component
 from .include import Includer, included
 
 Sig = tuple[int, int, int]   # size, mtime_ns, mode (with the file type): what a push compares
@@ -97,21 +97,30 @@ def status_paths(proc: subprocess.Popen[bytes] | None, prefix: str) -> set[str] 
     return paths
 
 
-def index_listing(root: Path) -> tuple[str, set[str]] | None:
+LS_FILES = ["git", "-c", "core.quotepath=off", "ls-files", "-z", "-s", "-v", "--", "."]
+
+
+def index_listing(root: Path, proc: subprocess.Popen[bytes] | None = None) -> tuple[str, set[str]] | None:
     """A digest of what the index holds under root (mode, blob, stage, path) and the paths
-    git does not vouch for through it (assume-unchanged, skip-worktree), or None."""
+    git does not vouch for through it (assume-unchanged, skip-worktree), or None (proc:
+    such a listing started before)."""
     try:
-        out = subprocess.run(["git", "-c", "core.quotepath=off", "ls-files", "-z", "-s", "-v", "--", "."], cwd=root,
-                             capture_output=True, timeout=GIT_TIMEOUT, stdin=subprocess.DEVNULL, check=False)
+        if proc is None:
+            proc = subprocess.Popen(LS_FILES, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    stdin=subprocess.DEVNULL)
+        out, _ = proc.communicate(timeout=GIT_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired):
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
         return None
-    if out.returncode != 0:
+    if proc.returncode != 0:
         return None
     unsure = set()
-    for rec in out.stdout.split(b"\0"):
+    for rec in out.split(b"\0"):
         if rec and rec[:2] != b"H ":
             unsure.add(rec.partition(b"\t")[2].decode("utf-8", "surrogateescape"))
-    return hashlib.blake2b(out.stdout, digest_size=20).hexdigest(), unsure
+    return hashlib.blake2b(out, digest_size=20).hexdigest(), unsure
 
 
 class Baseline:
@@ -123,14 +132,20 @@ class Baseline:
         self.prefix = ""
         self.includer = includer
         self.valid = False
-        self.dirs: dict[str, tuple[int, frozenset[str] | None]] = {}   # folder -> (mtime, names)
+        self.dirs: dict[str, tuple[int, frozenset[str]]] = {}   # folder -> (mtime or 0: look, names)
         self.own: dict[str, Sig | None] = {}      # files git does not vouch for -> last stat
         self.carry: dict[str, Sig | None] = {}    # tracked files git named, or young -> last stat
         self.digest = ""
-        self.index_stamp = -1
+        self.index_stamp: tuple[int, ...] = (-1,)
+        self.ls_proc = None
 
-    def _index_stamp(self) -> int:
-        return mtime(os.path.join(self.git_dir, "index")) if self.git_dir else -1
+    def _index_stamp(self) -> tuple[int, ...]:
+        """git writes a new index file (index.lock renamed): its inode tells too."""
+        try:
+            st = os.stat(os.path.join(self.git_dir, "index")) if self.git_dir else None
+        except OSError:
+            return (-1,)
+        return (st.st_mtime_ns, st.st_size, st.st_ino) if st else (-1,)
 
     def start(self) -> subprocess.Popen[bytes] | None:
         """Before the whole-tree scan stats anything: git's answer for the tracked files."""
@@ -146,6 +161,11 @@ class Baseline:
         if out.returncode != 0:
             return None
         self.prefix = out.stdout.strip()
+        try:
+            self.ls_proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                LS_FILES, cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        except OSError:
+            return None
         return status_start(self.root)
 
     def build(self, status: subprocess.Popen[bytes] | None, since_ns: int, listed: dict[str, Any],
@@ -157,26 +177,39 @@ class Baseline:
             if status is None:
                 return
             got = status_paths(status, self.prefix)
-            index = index_listing(self.root)
-            if got is None or index is None or self._index_stamp() != self.index_stamp:
+            index = index_listing(self.root, self.ls_proc)
+            if got is None or index is None:
                 return
+            stamp = self._index_stamp()
+            if stamp != self.index_stamp:   # written meanwhile: the same content?
+                again = index_listing(self.root)
+                if again is None or again[0] != index[0]:
+                    return
+                self.index_stamp = stamp
             named = got
             self.digest, unsure = index
             tracked_or_not = self._untracked(listed) | unsure
         else:
             tracked_or_not = set(listed)
-        dirs: dict[str, tuple[int, frozenset[str] | None]] = {}
-        base = str(self.root)
+        dirs: dict[str, tuple[int, frozenset[str]]] = {}
+        base = os.path.join(str(self.root), "")
         for rel, what in Walker(self.root)._walk_paths(None, files=False):
             if what == "repo":
                 return   # a nested repository: its own rules, whole-tree scans
-            full = os.path.join(base, rel) if rel else base
+            full = base + rel if rel else str(self.root)
             try:
                 m = os.lstat(full).st_mtime_ns
                 names = frozenset(os.listdir(full))
             except OSError:
                 return
-            dirs[rel] = (0, None) if m >= since_ns else (m, names)
+            if m >= since_ns:
+                # entries changed since the scan began: the names are those of now, and
+                # the files among them the scan did not list are looked at next time
+                m = 0
+                prefix = rel + "/" if rel else ""
+                tracked_or_not |= {prefix + n for n in names if n != ".git" and prefix + n not in listed
+                                   and not os.path.isdir(base + prefix + n)}
+            dirs[rel] = (m, names)
         if self.includer:
             tracked_or_not |= {rel for rel in included(self.root, self.includer, None, bool(self.git_dir))
                                if rel in listed}
@@ -248,7 +281,7 @@ class Baseline:
                 now = os.lstat(base + rel).st_mtime_ns if rel else os.lstat(str(self.root)).st_mtime_ns
             except OSError:
                 return None
-            if now == m and names is not None:
+            if now == m:
                 continue
             full = base + rel if rel else str(self.root)
             try:
@@ -256,9 +289,7 @@ class Baseline:
             except OSError:
                 return None
             prefix = rel + "/" if rel else ""
-            before = names if names is not None else frozenset(
-                n for n in seen if prefix + n in self.own or prefix + n in dirs)
-            for name in seen ^ before:
+            for name in seen ^ names:
                 sub = prefix + name
                 if name == ".git" or is_git_component(sub):
                     continue
@@ -267,7 +298,7 @@ class Baseline:
                 out.add(sub)
                 if name in seen:
                     self.own.setdefault(sub, None)   # untracked (an add changes the index)
-            dirs[rel] = (0, None) if now >= since else (now, seen)
+            dirs[rel] = (0 if now >= since else now, seen)
         return out
 
     def _stat(self, table: dict[str, Sig | None], since: int, out: set[str], keep: bool,
