@@ -10,7 +10,10 @@ inside the tree) are listed with their own rules.  Symlinks are entries of their
 
 The Scanner remembers whether git answers, and where inotify exists (watch.Watcher) a
 whole-tree scan also starts watching the tree's folders: ``changes()`` then names what
-may have changed since, so a push with nothing to do stats nothing.  The folders are
+may have changed since, so a push with nothing to do stats nothing.  watchdog's recursive
+watch (watch.WatchdogWatcher, where inotify_simple cannot work) is in place before the
+scan begins.  Without either, a whole-tree scan leaves a quick.Baseline and ``changes()``
+asks git status and the folders' mtimes instead.  The folders are
 watched after the scan, in a thread the push starts once it is done (on the bench tree the
 watches are ~30 ms and the walk of the folders holding nothing listed ~40 ms: in the scan
 they were most of its ~100 ms, and during the push they slowed its sending).  What changed
