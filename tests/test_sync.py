@@ -558,6 +558,36 @@ def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch, back
     check()
 
 
+def test_watchdog_hands_over_every_change_made_before_take(tmp_path):
+    """watchdog's events pass its threads: take() waits for a barrier event (the root's
+    times set to what they are) that comes after every earlier one, so a change made just
+    before a push is never left for the next.  The root's mtime stays as it was."""
+    from remote_dev.sync.watch import WatchdogWatcher
+
+    (tmp_path / "pkg").mkdir()
+    mtime = os.stat(tmp_path).st_mtime_ns
+    w = WatchdogWatcher(tmp_path)
+    try:
+        assert w.take() == []
+        for i in range(30):
+            (tmp_path / "pkg" / f"f{i % 3}.py").write_text(f"{i}\n")
+            os.chmod(tmp_path / "pkg" / f"f{i % 3}.py", 0o600 + (i % 2) * 0o100)
+            assert w.take() == [f"pkg/f{i % 3}.py"]
+        (tmp_path / "pkg" / "f0.py").unlink()
+        os.rename(tmp_path / "pkg" / "f1.py", tmp_path / "pkg" / "g.py")
+        assert w.take() == ["pkg/f0.py", "pkg/f1.py", "pkg/g.py"]
+        (tmp_path / ".git").mkdir()
+        (tmp_path / ".git" / "index").write_text("x")
+        assert w.take() == [] and w.valid
+        assert os.stat(tmp_path).st_mtime_ns != mtime   # (entries came: the kernel's doing)
+        st = os.stat(tmp_path)
+        w.take()
+        assert os.stat(tmp_path).st_mtime_ns == st.st_mtime_ns
+    finally:
+        w.close()
+    assert not w.valid
+
+
 def test_what_changes_while_folders_are_not_yet_watched_is_looked_at_again(tmp_path, monkeypatch):
     """A whole-tree scan watches the tree's folders after the scan, in a thread; what
     appeared, changed or went away before its folder's watch was in place (after the scan

@@ -60,8 +60,8 @@ except ImportError:  # not installed: inotify_simple or whole-tree scans
     Observer = None
 
 WATCHER_ENV = "REMOTE_DEV_WATCHER"
-SETTLE_S = 0.01        # watchdog: a change this young may still be on its way to us
-SETTLE_MAX_S = 0.2     # ... and at most this long is waited for a quiet moment
+BARRIER_WAIT_S = 0.5   # watchdog: how long take() waits for its barrier event to come through
+SETTLE_S = 0.01        # ... and, without one, for a quiet moment
 
 
 def open_watcher(root: str | os.PathLike[str]) -> Watcher | WatchdogWatcher:
@@ -204,8 +204,11 @@ class WatchdogWatcher(FileSystemEventHandler):  # type: ignore[misc,valid-type]
     """watchdog's recursive watch of the whole tree, by path relative to the root; the
     same face as Watcher (watch/watch_parents/watch_tree are no-ops: the one watch covers
     the tree from the moment it is made, folders made later included).  Events come in
-    watchdog's threads; ``take`` waits for those in flight (SETTLE_S) first.  Lost events
-    (EventsLostEvent), the root gone or moved, or the observer dead make it invalid."""
+    watchdog's threads; ``take`` first waits for those in flight: it sets the root's times
+    to what they are (only its ctime changes) and waits for that event, which comes after
+    every earlier one (BARRIER_WAIT_S at most; where that fails, for a quiet moment).  Lost
+    events (EventsLostEvent), the root gone or moved, or the observer dead make it
+    invalid."""
 
     recursive = True
 
@@ -220,6 +223,7 @@ class WatchdogWatcher(FileSystemEventHandler):  # type: ignore[misc,valid-type]
         self.new_dirs: set[str] = set()   # never filled: the recursive watch covers them
         self.dirs: set[str] = {""}
         self.last_event = 0.0
+        self.barriers = [0, 0]   # asked for, seen
         obs = Observer()
         try:
             obs.schedule(self, self.root, recursive=True)   # watches in place on return
@@ -250,7 +254,9 @@ class WatchdogWatcher(FileSystemEventHandler):  # type: ignore[misc,valid-type]
             p = os.fsdecode(p)
             rel = os.path.relpath(p, self.root)
             if rel == ".":
-                if kind != "modified":   # the root itself gone, moved, or events lost
+                if kind == "attrib":
+                    self.barriers[1] += 1
+                elif kind != "modified":   # the root itself gone, moved, or events lost
                     self.valid = False
                 continue
             if rel.startswith("../"):
@@ -263,20 +269,29 @@ class WatchdogWatcher(FileSystemEventHandler):  # type: ignore[misc,valid-type]
             self.changed.update(r for r in rels if not (".git" in r and is_git_component(r)))
 
     def drain(self) -> None:
-        """Let the events in flight arrive: watchdog's threads hand them over, and there is
-        no flush to ask for (a change made within a few ms of a push may be seen by the
-        next one only when the machine is busy); wait SETTLE_S, and then until the
-        observer's queue is empty and no event came for SETTLE_S (at most SETTLE_MAX_S)."""
+        """Let the events in flight arrive (watchdog's threads hand them over; there is no
+        flush to ask for): a barrier event, else a quiet moment."""
         obs = self.observer
         if obs is None:
             return
         if not obs.is_alive():
             self.valid = False
             return
-        time.sleep(SETTLE_S)
-        q = obs.event_queue
-        deadline = time.monotonic() + SETTLE_MAX_S
-        while (q.unfinished_tasks or time.monotonic() - self.last_event < SETTLE_S) and time.monotonic() < deadline:
+        deadline = time.monotonic() + BARRIER_WAIT_S
+        try:
+            st = os.stat(self.root)
+            with self.lock:
+                self.barriers[0] = max(self.barriers) + 1
+            os.utime(self.root, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError:
+            self.barriers[0] = -1
+        while self.barriers[0] > self.barriers[1] and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        if self.barriers[0] <= self.barriers[1]:
+            return
+        time.sleep(SETTLE_S)   # no barrier (not ours to touch, or lost): a quiet moment
+        while (obs.event_queue.unfinished_tasks or time.monotonic() - self.last_event < SETTLE_S) \
+                and time.monotonic() < deadline + SETTLE_S:
             time.sleep(0.002)
 
     def reset(self) -> None:
