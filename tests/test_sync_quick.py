@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -203,3 +204,32 @@ def test_without_a_watcher_or_git(engine, make_project, counted):
     (proj.root / "pkg/c.py").unlink()   # ignored now and gone here: gone there too
     quick_push(engine, proj, counted, 0, deleted=1)
     same_as_local(proj, {".remote-dev.toml", ".gitignore", "a.py"})
+
+
+def test_with_neither_inotify_nor_watchdog_importable(tmp_path):
+    """What a machine without either gets (the packages cannot be imported, as on a
+    platform neither supports): no watcher, and the quick check in its place."""
+    root = tmp_path / "tree"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_text("a\n")
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "commit", "-qm", "one")
+    prog = f"""
+import sys, time
+for name in ("inotify_simple", "watchdog", "watchdog.events", "watchdog.observers"):
+    sys.modules[name] = None
+from remote_dev.sync.scan import Scanner
+s = Scanner({str(root)!r})
+assert set(s.scan()) == {{"pkg/a.py"}}
+s.start_watch(); s.settle()
+assert s.watcher is None and s.quick is not None and s.quick.valid
+time.sleep(0.1)
+assert s.changes() == []
+open({str(root / "pkg" / "a.py")!r}, "w").write("b\\n")
+assert s.changes() == ["pkg/a.py"], s.changes()
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != WATCHER_ENV}
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
