@@ -206,7 +206,8 @@ class WatchdogWatcher(FileSystemEventHandler):  # type: ignore[misc,valid-type]
     the tree from the moment it is made, folders made later included).  Events come in
     watchdog's threads; ``take`` first waits for those in flight: it sets the root's times
     to what they are (only its ctime changes) and waits for that event, which comes after
-    every earlier one (BARRIER_WAIT_S at most; where that fails, for a quiet moment).  Lost
+    every earlier one (BARRIER_WAIT_S at most; where none ever comes -- an observer that
+    reports no attribute changes of the root -- for a quiet moment, from then on).  Lost
     events (EventsLostEvent), the root gone or moved, or the observer dead make it
     invalid."""
 
@@ -224,6 +225,7 @@ class WatchdogWatcher(FileSystemEventHandler):  # type: ignore[misc,valid-type]
         self.dirs: set[str] = {""}
         self.last_event = 0.0
         self.barriers = [0, 0]   # asked for, seen
+        self.barrier_works = True   # till one never came (an observer that does not tell)
         obs = Observer()
         try:
             obs.schedule(self, self.root, recursive=True)   # watches in place on return
@@ -278,20 +280,23 @@ class WatchdogWatcher(FileSystemEventHandler):  # type: ignore[misc,valid-type]
             self.valid = False
             return
         deadline = time.monotonic() + BARRIER_WAIT_S
-        try:
-            st = os.stat(self.root)
-            with self.lock:
-                self.barriers[0] = max(self.barriers) + 1
-            os.utime(self.root, ns=(st.st_atime_ns, st.st_mtime_ns))
-        except OSError:
-            self.barriers[0] = -1
-        while self.barriers[0] > self.barriers[1] and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        if self.barriers[0] <= self.barriers[1]:
-            return
-        time.sleep(SETTLE_S)   # no barrier (not ours to touch, or lost): a quiet moment
+        if self.barrier_works:
+            try:
+                st = os.stat(self.root)
+                with self.lock:
+                    self.barriers[0] = max(self.barriers) + 1
+                os.utime(self.root, ns=(st.st_atime_ns, st.st_mtime_ns))
+            except OSError:
+                self.barrier_works = False
+            while self.barrier_works and self.barriers[0] > self.barriers[1] and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            if self.barrier_works and self.barriers[0] <= self.barriers[1]:
+                return
+            self.barrier_works = self.barrier_works and self.barriers[1] > 0   # came before: late now
+        time.sleep(SETTLE_S)   # no barrier (not ours to touch, or late): a quiet moment
+        deadline = time.monotonic() + BARRIER_WAIT_S
         while (obs.event_queue.unfinished_tasks or time.monotonic() - self.last_event < SETTLE_S) \
-                and time.monotonic() < deadline + SETTLE_S:
+                and time.monotonic() < deadline:
             time.sleep(0.002)
 
     def reset(self) -> None:
