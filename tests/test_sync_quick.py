@@ -233,3 +233,51 @@ print("ok")
     env = {k: v for k, v in os.environ.items() if k != WATCHER_ENV}
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_without_a_watcher_pull_folders_are_not_looked_into(engine, make_project, counted):
+    """sync.pull folders fill up with what runs write (and pulls bring): new folders there
+    do not cost a whole-tree scan, and nothing there is pushed."""
+    proj = make_project(git=True, config_extra='[sync]\npull = ["results"]\n')
+    proj.write("run.py", "r\n")
+    proj.write("results/old.txt", "o\n")
+    git(proj.root, "add", "run.py")
+    git(proj.root, "commit", "-qm", "one")
+    push(engine, proj)
+    time.sleep(0.1)
+    proj.write("results/run1/out.txt", "x\n")
+    proj.write("results/new.txt", "n\n")
+    quick_push(engine, proj, counted, 0)
+    proj.write("run.py", "r2\n")
+    quick_push(engine, proj, counted, 1)
+    assert not proj.remote("results").exists()
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+def test_without_a_watcher_a_folder_where_a_file_was_means_a_whole_tree_scan(tmp_path, monkeypatch, tracked):
+    """(The folder must be walked from then on: new files in it are seen.)"""
+    monkeypatch.setenv(WATCHER_ENV, "none")
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.py").write_text("a\n")
+    (root / "b.txt").write_text("b\n")
+    git(root, "init", "-q")
+    git(root, "add", "a.py")
+    git(root, "commit", "-qm", "one")
+    time.sleep(0.1)   # (files changed within 50 ms of a scan are looked at again by the next push)
+    s = scan_mod.Scanner(root)
+    s.scan()
+    s.start_watch()
+    time.sleep(0.1)
+    assert s.changes() == []
+    name = "a.py" if tracked else "b.txt"
+    (root / name).unlink()
+    (root / name).mkdir()
+    (root / name / "inside.py").write_text("i\n")
+    assert s.changes() is None
+    assert f"{name}/inside.py" in s.scan()
+    s.start_watch()
+    time.sleep(0.1)
+    (root / name / "later.py").write_text("l\n")
+    assert f"{name}/later.py" in s.changes()   # (and a.py itself while git's index says it is a file)
+    s.close()

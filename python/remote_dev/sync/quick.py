@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from .ignore import Walker, is_git_component
+from .ignore import Excluder, Walker, is_git_component
 from .include import Includer, included
 
 Sig = tuple[int, int, int]   # size, mtime_ns, mode (with the file type): what a push compares
@@ -126,11 +127,12 @@ def index_listing(root: Path, proc: subprocess.Popen[bytes] | None = None) -> tu
 class Baseline:
     """What a check compares with (see the module's docstring)."""
 
-    def __init__(self, root: Path, git_dir: str | None, includer: Includer) -> None:
+    def __init__(self, root: Path, git_dir: str | None, includer: Includer, excluder: Excluder) -> None:
         self.root = root
         self.git_dir = git_dir
         self.prefix = ""
         self.includer = includer
+        self.excluder = excluder   # sync.exclude, the sync.pull folders: never looked into
         self.valid = False
         self.dirs: dict[str, tuple[int, frozenset[str]]] = {}   # folder -> (mtime or 0: look, names)
         self.own: dict[str, Sig | None] = {}      # files git does not vouch for -> last stat
@@ -196,6 +198,8 @@ class Baseline:
         for rel, what in Walker(self.root)._walk_paths(None, files=False):
             if what == "repo":
                 return   # a nested repository: its own rules, whole-tree scans
+            if rel and self._excluded_dir(rel):
+                continue
             full = base + rel if rel else str(self.root)
             try:
                 m = os.lstat(full).st_mtime_ns
@@ -217,6 +221,9 @@ class Baseline:
         self.own = {rel: _sig(listed.get(rel)) for rel in tracked_or_not}
         self.carry = {rel: None for rel in named | young if rel not in self.own}
         self.valid = True
+
+    def _excluded_dir(self, rel: str) -> bool:
+        return self.excluder.spec is not None and self.excluder._dir_excluded(rel)
 
     def _untracked(self, listed: dict[str, Any]) -> set[str]:
         try:
@@ -251,7 +258,7 @@ class Baseline:
             out = self._folders(since)
             if out is None:
                 return None
-            self._stat(self.own, since, out, keep=True)
+            appeared = stat_table(self.root, self.own, since, out, True, None, self.dirs)
             if self.includer:
                 for rel in included(self.root, self.includer, None, bool(self.git_dir)):
                     if rel not in self.own:
@@ -265,7 +272,9 @@ class Baseline:
                 for rel in named:
                     if rel not in self.own:
                         self.carry.setdefault(rel, None)
-                self._stat(self.carry, since, out, keep=False, named=named)
+                appeared |= stat_table(self.root, self.carry, since, out, False, named, self.dirs)
+            if appeared:
+                return None
         finally:
             if proc is not None:
                 proc.kill()
@@ -294,36 +303,14 @@ class Baseline:
                 if name == ".git" or is_git_component(sub):
                     continue
                 if sub in dirs or (name in seen and os.path.isdir(base + sub) and not os.path.islink(base + sub)):
-                    return None   # a folder came or went: a whole-tree scan
+                    if sub in dirs or not self._excluded_dir(sub):
+                        return None   # a folder came or went: a whole-tree scan
+                    continue
                 out.add(sub)
                 if name in seen:
                     self.own.setdefault(sub, None)   # untracked (an add changes the index)
             dirs[rel] = (0 if now >= since else now, seen)
         return out
-
-    def _stat(self, table: dict[str, Sig | None], since: int, out: set[str], keep: bool,
-              named: set[str] | None = None) -> None:
-        """Stat each path of table: changed since the last look, or young (ctime since the
-        check began), or new to the table -> out.  keep: the table keeps every path there
-        is (else only those git named, changed or young)."""
-        base = os.path.join(str(self.root), "")
-        for rel, before in list(table.items()):
-            try:
-                st = os.lstat(base + rel)
-                now: Sig | None = sig_of(st)
-                young = st.st_ctime_ns >= since
-            except OSError:
-                now, young = GONE, False
-            moved = before is None or now != before or young
-            if moved:
-                out.add(rel)
-            if keep and now is GONE:
-                del table[rel]
-            elif keep or moved or (named is not None and rel in named):
-                table[rel] = None if young else now
-            else:
-                del table[rel]
-
 
 def _sig(entry: Any) -> Sig | None:
     """The Sig of a scan's LocalEntry (None: look at it at the next check)."""
@@ -331,3 +318,32 @@ def _sig(entry: Any) -> Sig | None:
         return None
     fmt = 0o100000 if entry.kind == "f" else 0o120000
     return None if entry.kind not in ("f", "l") else (entry.size, entry.mtime_ns, fmt | entry.mode)
+
+
+def stat_table(root: Path, table: dict[str, Sig | None], since: int, out: set[str], keep: bool,
+               named: set[str] | None, walked: dict[str, Any]) -> bool:
+    """Stat each path of table: changed since the last look, or young (ctime since the
+    check began), or new to the table -> out.  keep: the table keeps every path there is
+    (else only those git named, changed or young).  True: a folder (not one of walked) is
+    where a file was: only a whole-tree scan can tell what is in it."""
+    base = os.path.join(str(root), "")
+    dir_appeared = False
+    for rel, before in list(table.items()):
+        try:
+            st = os.lstat(base + rel)
+            now: Sig | None = sig_of(st)
+            young = st.st_ctime_ns >= since
+        except OSError:
+            now, young = GONE, False
+        moved = before is None or now != before or young
+        if moved and now is not GONE and now is not None and stat.S_ISDIR(now[2]) and rel not in walked:
+            dir_appeared = True
+        if moved:
+            out.add(rel)
+        if keep and now is GONE:
+            del table[rel]
+        elif keep or moved or (named is not None and rel in named):
+            table[rel] = None if young else now
+        else:
+            del table[rel]
+    return dir_appeared

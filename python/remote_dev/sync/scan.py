@@ -378,7 +378,7 @@ class Scanner:
             stamps = self._stamps()
             w = self._prepare_watcher() if self.watch else None
             if w is None:   # git's answer for the tracked files before any stat (quick.py)
-                quick, young = Baseline(self.root, self.git_dir, self.includer), set()
+                quick, young = Baseline(self.root, self.git_dir, self.includer, self.excluder), set()
                 status = quick.start()
         watched = set(w.dirs) if w is not None else set()   # before any stat: no news lost there
         out: dict[str, LocalEntry] = {}
