@@ -16,7 +16,7 @@ import threading
 
 from .. import protocol as P
 from .common import AgentError, cache_dir, expand_root, os_message, private_dir, unlink_quiet, write_all
-from . import temps
+from . import reuse, temps
 from .paths import content_hash, entry_state, resolve
 from .temps import link_temp, make_temp
 from .verify import Checks
@@ -93,6 +93,10 @@ class FileOps(object):
     def cleanup(self):
         """Remove the temporary files of large files still arriving (channel closed)."""
         self.checks.close()
+        try:
+            reuse.INDEX.flush()   # what is not hashed yet is hashed when a lookup needs it
+        except (OSError, ValueError, AgentError):
+            pass
         with self.staged_lock:
             staged = list(self.staged.values())
             self.staged.clear()
@@ -166,7 +170,9 @@ class FileOps(object):
         for op in ops:
             if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
                     or (op[0] != P.OP_DELETE and len(op) < 7) \
-                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], (bytes, memoryview))):
+                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], (bytes, memoryview))) \
+                    or (op[0] == P.OP_COPY and not (isinstance(op[P.OP_PAYLOAD], list) and len(op[P.OP_PAYLOAD]) == 2
+                                                   and isinstance(op[P.OP_PAYLOAD][0], int))):
                 results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
                 continue
             try:
@@ -194,8 +200,16 @@ class FileOps(object):
         return self.checks.verify(root, uid, base, gen, blob)
 
     def apply(self, root, op, known_dirs=None):
-        if op[0] == P.OP_DELETE:
-            return self.apply_delete(root, op, known_dirs)
+        """One op; what it wrote goes into the content index (reuse.py)."""
+        answer = self.apply_delete(root, op, known_dirs) if op[0] == P.OP_DELETE else self.apply_one(root, op, known_dirs)
+        if answer[0] == P.OK:
+            if op[0] in (P.OP_DELETE, P.OP_LINK):
+                reuse.INDEX.forget(root, op[P.OP_PATH])
+            else:
+                reuse.INDEX.note(root, op[P.OP_PATH], answer[1], answer[2], op[P.OP_HASH])
+        return answer
+
+    def apply_one(self, root, op, known_dirs):
         kind, rel, expect, force, new_hash, mode, payload = op[:7]
         staged = None
         if kind == P.OP_STAGED:
@@ -223,6 +237,8 @@ class FileOps(object):
                     return [P.CONFLICT, reason]
             if kind == P.OP_LINK:
                 return replace_with_link(path, payload)
+            if kind == P.OP_COPY:
+                return copy_to(root, path, new_hash, mode, payload)
             if staged is not None:
                 if staged.error is not None:
                     return [P.ERROR, staged.error]
@@ -424,6 +440,43 @@ def replace_with_file(path, tmp, fd, data, mode):
         unlink_quiet(tmp)
         raise
     return [P.OK, st.st_size, st.st_mtime_ns]
+
+
+def copy_to(root, path, digest, mode, payload):
+    """A copy op: content digest (size bytes) copied to path from the source the op
+    names (its content checked) or from a file of the content index; [NEED] when none."""
+    size, source = payload
+    tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
+    try:
+        if source is not None:
+            ok = copy_checked(root, source, digest, size, fd)
+        else:
+            ok = reuse.copy_from_index(digest, size, path, fd)
+    except BaseException:
+        os.close(fd)
+        unlink_quiet(tmp)
+        raise
+    if not ok:
+        os.close(fd)
+        unlink_quiet(tmp)
+        return [P.NEED]
+    return replace_with_file(path, tmp, fd, None, mode)
+
+
+def copy_checked(root, source, digest, size, fd):
+    """Write into fd the content of root/source when it is digest (size bytes)."""
+    try:
+        src = open_regular(root, source)
+    except (OSError, AgentError):
+        return False
+    try:
+        data = pread_all(src, 0, size + 1)
+    finally:
+        os.close(src)
+    if len(data) != size or P.digest(data) != digest:
+        return False
+    write_all(fd, data)
+    return True
 
 
 def replace_with_link(path, target):
