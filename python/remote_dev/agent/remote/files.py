@@ -93,10 +93,6 @@ class FileOps(object):
     def cleanup(self):
         """Remove the temporary files of large files still arriving (channel closed)."""
         self.checks.close()
-        try:
-            reuse.INDEX.flush()   # what is not hashed yet is hashed when a lookup needs it
-        except (OSError, ValueError, AgentError):
-            pass
         with self.staged_lock:
             staged = list(self.staged.values())
             self.staged.clear()
@@ -170,13 +166,11 @@ class FileOps(object):
         for op in ops:
             if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
                     or (op[0] != P.OP_DELETE and len(op) < 7) \
-                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], (bytes, memoryview))) \
-                    or (op[0] == P.OP_COPY and not (isinstance(op[P.OP_PAYLOAD], list) and len(op[P.OP_PAYLOAD]) == 2
-                                                   and isinstance(op[P.OP_PAYLOAD][0], int))):
+                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], (bytes, memoryview))):
                 results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
                 continue
             try:
-                results.append(self.apply(root, op, known_dirs))
+                results.append(reuse.noted(root, op, self.apply(root, op, known_dirs)))
             except AgentError as e:
                 results.append([P.ERROR, e.message])
                 if op[0] == P.OP_STAGED:
@@ -200,16 +194,8 @@ class FileOps(object):
         return self.checks.verify(root, uid, base, gen, blob)
 
     def apply(self, root, op, known_dirs=None):
-        """One op; what it wrote goes into the content index (reuse.py)."""
-        answer = self.apply_delete(root, op, known_dirs) if op[0] == P.OP_DELETE else self.apply_one(root, op, known_dirs)
-        if answer[0] == P.OK:
-            if op[0] in (P.OP_DELETE, P.OP_LINK):
-                reuse.INDEX.forget(root, op[P.OP_PATH])
-            else:
-                reuse.INDEX.note(root, op[P.OP_PATH], answer[1], answer[2], op[P.OP_HASH])
-        return answer
-
-    def apply_one(self, root, op, known_dirs):
+        if op[0] == P.OP_DELETE:
+            return self.apply_delete(root, op, known_dirs)
         kind, rel, expect, force, new_hash, mode, payload = op[:7]
         staged = None
         if kind == P.OP_STAGED:
@@ -445,6 +431,8 @@ def replace_with_file(path, tmp, fd, data, mode):
 def copy_to(root, path, digest, mode, payload):
     """A copy op: content digest (size bytes) copied to path from the source the op
     names (its content checked) or from a file of the content index; [NEED] when none."""
+    if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[0], int)):
+        raise AgentError("op", "bad copy op: its payload is [size, source]")
     size, source = payload
     tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
     try:

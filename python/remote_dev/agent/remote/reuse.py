@@ -115,17 +115,59 @@ def clone_into(src_fd, dst_fd, size):
     return "copy"
 
 
+class IndexFiles(object):
+    """The index files on disk, loaded once and again when another agent wrote them."""
+
+    def __init__(self):
+        self.loaded = {}     # index file name -> (stat key, root, {rel: entry})
+        self.by_size = {}    # size -> [(root, rel, entry)] of the loaded files
+
+    def by_sizes(self):
+        """{size: [(root, rel, entry)]} of the index files."""
+        folder = index_dir()
+        try:
+            names = [n for n in os.listdir(folder) if n.endswith(".json")]
+        except OSError:
+            names = []
+        changed = False
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if name in self.loaded and self.loaded[name][0] == key:
+                continue
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+                self.loaded[name] = (key, data["root"], data["files"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            changed = True
+        for name in set(self.loaded) - set(names):
+            del self.loaded[name]
+            changed = True
+        if changed:
+            by_size = {}
+            for _key, root, files in self.loaded.values():
+                for rel, e in files.items():
+                    by_size.setdefault(e[SIZE], []).append((root, rel, e))
+            self.by_size = by_size
+        return self.by_size
+
+
 class ContentIndex(object):
     """One agent's view of the index: what is on disk (reloaded when another agent wrote
     it) and its own changes not yet written (merged under a lock per root when written)."""
 
     def __init__(self):
         self.lock = threading.RLock()
-        self.loaded = {}     # index file name -> (stat key, root, {rel: entry})
+        self.files = IndexFiles()
         self.pending = {}    # root -> {rel: entry or None}
         self.timer = None
         self.last_note = 0.0
-        self.by_size = {}    # size -> [(root, rel, entry)] of the loaded files
 
     # -- changes
     def note(self, root, rel, size, mtime_ns, digest=None):
@@ -251,43 +293,8 @@ class ContentIndex(object):
             own = [(root, rel, e) for root, files in self.pending.items() for rel, e in files.items()
                    if e is not None and e[SIZE] == size]
             shadowed = {(root, rel) for root, files in self.pending.items() for rel in files}
-        by_size = self.on_disk()
+        by_size = self.files.by_sizes()
         return own + [c for c in by_size.get(size, ()) if (c[0], c[1]) not in shadowed]
-
-    def on_disk(self):
-        """{size: [(root, rel, entry)]} of the index files, reloaded when they changed."""
-        folder = index_dir()
-        try:
-            names = [n for n in os.listdir(folder) if n.endswith(".json")]
-        except OSError:
-            names = []
-        changed = False
-        for name in names:
-            path = os.path.join(folder, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            key = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if name in self.loaded and self.loaded[name][0] == key:
-                continue
-            try:
-                with open(path) as f:
-                    data = json.load(f)
-                self.loaded[name] = (key, data["root"], data["files"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            changed = True
-        for name in set(self.loaded) - set(names):
-            del self.loaded[name]
-            changed = True
-        if changed:
-            by_size = {}
-            for _key, root, files in self.loaded.values():
-                for rel, e in files.items():
-                    by_size.setdefault(e[SIZE], []).append((root, rel, e))
-            self.by_size = by_size
-        return self.by_size
 
     def open_source(self, digest, size, dest):
         """An open fd of a file holding content digest (size bytes) whose stat is still
@@ -345,3 +352,20 @@ def copy_from_index(digest, size, dest, tmp_fd):
         return False
     finally:
         os.close(fd)
+
+
+def noted(root, op, answer):
+    """What a push op wrote (answer OK) goes into the index; answer as it is."""
+    if answer[0] == P.OK:
+        if op[0] in (P.OP_DELETE, P.OP_LINK):
+            INDEX.forget(root, op[P.OP_PATH])
+        else:
+            INDEX.note(root, op[P.OP_PATH], answer[1], answer[2], op[P.OP_HASH])
+    return answer
+
+
+def flush_quietly():
+    try:
+        INDEX.flush()
+    except Exception:  # noqa: BLE001 - the index is a cache: a failure loses only reuse
+        pass
