@@ -7,7 +7,9 @@ A push offers only when it would send at least OFFER_BYTES in files of OFFER_MIN
 more, and only to a remote that holds an index (its hello says so, or this session wrote
 there): the push of a first tree, of a saved file or of a few edits costs no extra round
 trip.  The files are hashed in worker threads, OFFER_OPS at a time, each request going
-out as soon as its files are hashed.
+out as soon as its files are hashed.  A sample of PROBE files spread over the push goes
+first: when the remote copies too few of them (an index of other content), the rest goes
+without offers -- one round trip is all a push into a new root costs when nothing matches.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ OFFER_MIN = 1024        # smaller files are sent: their copy op costs about what
 OFFER_BYTES = 1 << 20   # a push offers when the files it would send hold at least this much
 OFFER_OPS = 1024        # copy ops per request
 HASHED_AHEAD = 2        # requests' files hashed ahead of the wire
+PROBE = 64              # files offered first, spread over the push
+PROBE_HITS = 0.25       # the rest is offered when the remote copied at least this share of them
 
 
 @dataclass
@@ -89,48 +93,77 @@ def hash_files(root: Path, items: list[Send]) -> tuple[list[Hashed], list[Send]]
 
 async def offer(sess: TargetSession, agent: AgentChannel, local_root: Path, commit: PushCommit,
                 sends: list[Send]) -> list[Send]:
-    """Offer what sends hold to the remote's index; what is left to send."""
+    """Offer what sends hold to the remote's index; what is left to send.  A sample goes
+    first: when the remote holds little of it, the rest is sent without offers."""
     items = worth_offering(sess, sends)
     if not items:
         return sends
+    step = max(1, len(items) // PROBE)
+    probe = items[::step][:PROBE]
+    probed = {id(i) for i in probe}
+    rest = [i for i in items if id(i) not in probed]
     offered = {id(i) for i in items}
     left = [i for i in sends if id(i) not in offered]
-    zipped = ZLIB in (sess.hello.get("codecs") or ())
-    loop = asyncio.get_running_loop()
-    chunks = [items[k:k + OFFER_OPS] for k in range(0, len(items), OFFER_OPS)]
-    hashing = [loop.run_in_executor(None, hash_files, local_root, c) for c in chunks[:HASHED_AHEAD]]
-    answers: list[tuple[list[Hashed], asyncio.Future[bytes]]] = []
-    copied = 0
-    try:
-        for k in range(len(chunks)):
-            hashed, rest = await hashing[k]
-            if k + HASHED_AHEAD < len(chunks):
-                hashing.append(loop.run_in_executor(None, hash_files, local_root, chunks[k + HASHED_AHEAD]))
-            left += rest
-            if not hashed:
-                continue
-            blob = pack_ops([copy_op(i.rel, i.expect, i.force, h, e.mode, e.size) for i, h, e in hashed])
-            commit.in_flight(hashed)
-            fmt, blob = (ZLIB, zlib.compress(blob, 1)) if zipped else ("", blob)
-            answers.append((hashed, agent.send("push_packed", sess.target.remote_root, fmt, blob)))
-            commit.result.wire += len(blob)
-            await agent.drain()
-        for hashed, fut in answers:
-            for (item, h, entry), answer in zip(hashed, unpack_answers(await fut)):
-                if answer[0] == NEED:
-                    commit.records.landed(item.rel)
-                    left.append(item)
-                    continue
-                copied += answer[0] == OK
-                commit.sent(item, h, entry, answer)
-    finally:
-        for f in hashing:
-            f.cancel()
-        for _, f in answers:
-            if f.done() and not f.cancelled():
-                f.exception()
-            else:
-                f.cancel()
-    commit.result.copied += copied
-    log.info("push %s: %d of %d files offered copied on the remote", sess.target.name, copied, len(items))
+    offers = Offers(sess, agent, local_root, commit)
+    left += await offers.run([probe])
+    if offers.copied >= PROBE_HITS * len(probe):
+        left += await offers.run([rest[k:k + OFFER_OPS] for k in range(0, len(rest), OFFER_OPS)])
+    else:
+        left += rest
+    commit.result.copied += offers.copied
+    log.info("push %s: %d of %d files offered copied on the remote (%d not offered)", sess.target.name,
+             offers.copied, offers.offered, len(items) - offers.offered)
     return left
+
+
+class Offers:
+    """Copy ops of a push, in requests of hashed files: hashing runs ahead of the wire."""
+
+    def __init__(self, sess: TargetSession, agent: AgentChannel, local_root: Path, commit: PushCommit) -> None:
+        self.sess = sess
+        self.agent = agent
+        self.local_root = local_root
+        self.commit = commit
+        self.zipped = ZLIB in (sess.hello.get("codecs") or ())
+        self.copied = self.offered = 0
+
+    async def run(self, chunks: list[list[Send]]) -> list[Send]:
+        """Offer chunks (one request each); what the remote did not copy."""
+        loop = asyncio.get_running_loop()
+        hashing = [loop.run_in_executor(None, hash_files, self.local_root, c) for c in chunks[:HASHED_AHEAD]]
+        answers: list[tuple[list[Hashed], asyncio.Future[bytes]]] = []
+        left: list[Send] = []
+        try:
+            for k in range(len(chunks)):
+                hashed, rest = await hashing[k]
+                if k + HASHED_AHEAD < len(chunks):
+                    hashing.append(loop.run_in_executor(None, hash_files, self.local_root, chunks[k + HASHED_AHEAD]))
+                left += rest
+                if hashed:
+                    answers.append((hashed, self.send(hashed)))
+                    await self.agent.drain()
+            for hashed, fut in answers:
+                for (item, h, entry), answer in zip(hashed, unpack_answers(await fut)):
+                    if answer[0] == NEED:
+                        self.commit.records.landed(item.rel)
+                        left.append(item)
+                        continue
+                    self.copied += answer[0] == OK
+                    self.commit.sent(item, h, entry, answer)
+        finally:
+            for f in hashing:
+                f.cancel()
+            for _, f in answers:
+                if f.done() and not f.cancelled():
+                    f.exception()
+                else:
+                    f.cancel()
+        return left
+
+    def send(self, hashed: list[Hashed]) -> asyncio.Future[bytes]:
+        blob = pack_ops([copy_op(i.rel, i.expect, i.force, h, e.mode, e.size) for i, h, e in hashed])
+        self.commit.in_flight(hashed)
+        fmt, blob = (ZLIB, zlib.compress(blob, 1)) if self.zipped else ("", blob)
+        self.commit.result.wire += len(blob)
+        self.offered += len(hashed)
+        return self.agent.send("push_packed", self.sess.target.remote_root, fmt, blob)

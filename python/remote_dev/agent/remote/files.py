@@ -159,7 +159,7 @@ class FileOps(object):
         known_dirs = {}
         results = []
         with root_lock(root):
-            self.push_ops(root, ops, known_dirs, results)
+            (copy_in_threads if offered_copies(ops) else FileOps.push_ops)(self, root, ops, known_dirs, results)
         return results
 
     def push_ops(self, root, ops, known_dirs, results):
@@ -428,18 +428,50 @@ def replace_with_file(path, tmp, fd, data, mode):
     return [P.OK, st.st_size, st.st_mtime_ns]
 
 
+COPY_THREADS = 4   # threads applying a request of offered copies (its system calls wait, not the CPU)
+
+
+def offered_copies(ops):
+    """A request of copy ops from the content index only (sync/reuse.py's offers)."""
+    return len(ops) >= 4 * COPY_THREADS and all(
+        isinstance(op, list) and len(op) > P.OP_PAYLOAD and op[0] == P.OP_COPY and isinstance(op[P.OP_PAYLOAD], list)
+        and len(op[P.OP_PAYLOAD]) == 2 and op[P.OP_PAYLOAD][1] is None for op in ops)
+
+
+def copy_in_threads(self_ops, root, ops, known_dirs, results):
+    """push_ops for offered copies, in COPY_THREADS threads of contiguous slices (no op
+    depends on another; folders made meanwhile are shared in known_dirs)."""
+    n = -(-len(ops) // COPY_THREADS)
+    parts = [[] for _ in range(COPY_THREADS)]
+    threads = [threading.Thread(target=self_ops.push_ops, args=(root, ops[k * n:(k + 1) * n], known_dirs, parts[k]))
+               for k in range(COPY_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for part in parts:
+        results.extend(part)
+    if len(results) != len(ops):
+        raise AgentError("internal", "%d answers to %d copies" % (len(results), len(ops)))
+
+
 def copy_to(root, path, digest, mode, payload):
     """A copy op: content digest (size bytes) copied to path from the source the op
     names (its content checked) or from a file of the content index; [NEED] when none."""
     if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[0], int)):
         raise AgentError("op", "bad copy op: its payload is [size, source]")
     size, source = payload
-    tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
+    found = reuse.INDEX.open_source(digest, size, path) if source is None else None
+    if source is None and found is None:
+        return [P.NEED]   # nothing made: the miss of a push offering what the remote lacks is cheap
     try:
-        if source is not None:
-            ok = copy_checked(root, source, digest, size, fd)
-        else:
-            ok = reuse.copy_from_index(digest, size, path, fd)
+        tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
+    except BaseException:
+        if found is not None:
+            os.close(found[0])
+        raise
+    try:
+        ok = copy_checked(root, source, digest, size, fd) if found is None else reuse.copy_found(found, size, fd)
     except BaseException:
         os.close(fd)
         unlink_quiet(tmp)

@@ -29,6 +29,7 @@ INDEX_DIR = "index"
 MAX_ROOTS = 64              # index files kept (the least recently written go)
 MAX_ENTRIES = 400000        # entries per root
 IDLE_FLUSH = 0.1            # seconds after the last write before the index is written
+RECHECK = 0.5               # seconds a lookup trusts its copy of the index files
 FICLONE = 0x40049409        # linux/fs.h: _IOW(0x94, 9, int)
 SIZE, MTIME, HASH = range(3)
 
@@ -76,15 +77,20 @@ def hash_fd(fd):
         offset += len(block)
 
 
+NO_REFLINK = set()          # devices where FICLONE failed
+
+
 def clone_into(src_fd, dst_fd, size):
     """The content of src_fd into the empty dst_fd: a reflink where the file system can,
     else copied in the kernel, else read and written.  Returns how: "reflink" or "copy"."""
-    try:
-        import fcntl
-        fcntl.ioctl(dst_fd, FICLONE, src_fd)
-        return "reflink"
-    except (ImportError, OSError):
-        pass
+    dev = os.fstat(dst_fd).st_dev
+    if dev not in NO_REFLINK:
+        try:
+            import fcntl
+            fcntl.ioctl(dst_fd, FICLONE, src_fd)
+            return "reflink"
+        except (ImportError, OSError):
+            NO_REFLINK.add(dev)
     done = 0
     copy_range = getattr(os, "copy_file_range", None)
     try:
@@ -121,9 +127,22 @@ class IndexFiles(object):
     def __init__(self):
         self.loaded = {}     # index file name -> (stat key, root, {rel: entry})
         self.by_size = {}    # size -> [(root, rel, entry)] of the loaded files
+        self.checked = -1.0  # when the files were last looked at
+        self.folders = {}    # folders of sources checked since (resolve's known_dirs: no symlink)
+        self.lock = threading.Lock()   # lookups come from several threads (files.copy_in_threads)
 
     def by_sizes(self):
-        """{size: [(root, rel, entry)]} of the index files."""
+        with self.lock:
+            return self.load()
+
+    def load(self):
+        """{size: [(root, rel, entry)]} of the index files (looked at again at most every
+        RECHECK seconds: a lookup per op of a push)."""
+        now = time.monotonic()
+        if now - self.checked < RECHECK:
+            return self.by_size
+        self.checked = now
+        self.folders = {}
         folder = index_dir()
         try:
             names = [n for n in os.listdir(folder) if n.endswith(".json")]
@@ -166,6 +185,7 @@ class ContentIndex(object):
         self.lock = threading.RLock()
         self.files = IndexFiles()
         self.pending = {}    # root -> {rel: entry or None}
+        self.sizes = {}      # size -> {(root, rel): entry} of pending's entries
         self.timer = None
         self.last_note = 0.0
 
@@ -173,13 +193,22 @@ class ContentIndex(object):
     def note(self, root, rel, size, mtime_ns, digest=None):
         """root/rel was written by this agent (size, mtime, its hash when known)."""
         with self.lock:
-            self.pending.setdefault(root, {})[rel] = [size, mtime_ns, digest]
+            self.put(root, rel, [size, mtime_ns, digest])
             self.later()
 
     def forget(self, root, rel):
         with self.lock:
-            self.pending.setdefault(root, {})[rel] = None
+            self.put(root, rel, None)
             self.later()
+
+    def put(self, root, rel, entry):
+        mine = self.pending.setdefault(root, {})
+        old = mine.get(rel)
+        if old is not None:
+            self.sizes.get(old[SIZE], {}).pop((root, rel), None)
+        mine[rel] = entry
+        if entry is not None:
+            self.sizes.setdefault(entry[SIZE], {})[(root, rel)] = entry
 
     def later(self, bump=True):
         if bump:
@@ -237,7 +266,7 @@ class ContentIndex(object):
         """This agent's changes into the index files: per root, under its lock, read,
         merged, bounded, written to a temporary name and renamed."""
         with self.lock:
-            pending, self.pending = self.pending, {}
+            pending, self.pending, self.sizes = self.pending, {}, {}
         if not pending:
             return pending
         folder = private_dir(index_dir())
@@ -289,12 +318,11 @@ class ContentIndex(object):
     # -- lookups
     def candidates(self, size):
         """(root, rel, entry) of every file known of this size, own changes first."""
-        with self.lock:
-            own = [(root, rel, e) for root, files in self.pending.items() for rel, e in files.items()
-                   if e is not None and e[SIZE] == size]
-            shadowed = {(root, rel) for root, files in self.pending.items() for rel in files}
         by_size = self.files.by_sizes()
-        return own + [c for c in by_size.get(size, ()) if (c[0], c[1]) not in shadowed]
+        with self.lock:
+            own = [(root, rel, e) for (root, rel), e in self.sizes.get(size, {}).items()]
+            pending = self.pending
+            return own + [c for c in by_size.get(size, ()) if c[1] not in pending.get(c[0], ())]
 
     def open_source(self, digest, size, dest):
         """An open fd of a file holding content digest (size bytes) whose stat is still
@@ -303,7 +331,7 @@ class ContentIndex(object):
             if entry[HASH] is not None and entry[HASH] != digest:
                 continue
             try:
-                path = resolve(root, rel)
+                path = resolve(root, rel, known_dirs=self.files.folders)
                 if path == dest:
                     continue
                 fd = os.open(path, os.O_RDONLY | P.O_NOFOLLOW)
@@ -328,7 +356,7 @@ class ContentIndex(object):
         with self.lock:
             mine = self.pending.setdefault(root, {})
             if rel not in mine:
-                mine[rel] = [entry[SIZE], entry[MTIME], digest]
+                self.put(root, rel, [entry[SIZE], entry[MTIME], digest])
             elif mine[rel] is not None and mine[rel][SIZE] == entry[SIZE] and mine[rel][MTIME] == entry[MTIME]:
                 mine[rel][HASH] = digest
             entry[HASH] = digest
@@ -338,12 +366,9 @@ class ContentIndex(object):
 INDEX = ContentIndex()
 
 
-def copy_from_index(digest, size, dest, tmp_fd):
-    """Fill tmp_fd (a new temporary beside dest) with content digest from a file the
-    index knows; False when none holds it (still)."""
-    found = INDEX.open_source(digest, size, dest)
-    if found is None:
-        return False
+def copy_found(found, size, tmp_fd):
+    """Fill tmp_fd (a new temporary) from found (open_source's: its fd, closed here, and
+    entry); False when the source changed meanwhile."""
     fd, entry = found
     try:
         clone_into(fd, tmp_fd, size)
