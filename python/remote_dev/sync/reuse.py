@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..engine import TargetSession, log
 from ..rpc import AgentChannel
 from .apply import PushCommit
 from .content import O_NOFOLLOW, finish, new_hasher
-from .reconcile import Send
+from .reconcile import Send, content_unchanged
 from .scan import LocalEntry
 
 OFFER_MIN = 1024        # smaller files are sent: their copy op costs about what they do compressed
@@ -98,6 +99,7 @@ async def offer(sess: TargetSession, agent: AgentChannel, local_root: Path, comm
     items = worth_offering(sess, sends)
     if not items:
         return sends
+    t0 = time.perf_counter()
     step = max(1, len(items) // PROBE)
     probe = items[::step][:PROBE]
     probed = {id(i) for i in probe}
@@ -111,8 +113,8 @@ async def offer(sess: TargetSession, agent: AgentChannel, local_root: Path, comm
     else:
         left += rest
     commit.result.copied += offers.copied
-    log.info("push %s: %d of %d files offered copied on the remote (%d not offered)", sess.target.name,
-             offers.copied, offers.offered, len(items) - offers.offered)
+    log.info("push %s: %d of %d files offered copied on the remote (%d not offered) in %.0f ms", sess.target.name,
+             offers.copied, offers.offered, len(items) - offers.offered, (time.perf_counter() - t0) * 1000)
     return left
 
 
@@ -139,6 +141,7 @@ class Offers:
                 if k + HASHED_AHEAD < len(chunks):
                     hashing.append(loop.run_in_executor(None, hash_files, self.local_root, chunks[k + HASHED_AHEAD]))
                 left += rest
+                hashed = self.not_same(hashed)
                 if hashed:
                     answers.append((hashed, self.send(hashed)))
                     await self.agent.drain()
@@ -159,6 +162,16 @@ class Offers:
                 else:
                     f.cancel()
         return left
+
+    def not_same(self, hashed: list[Hashed]) -> list[Hashed]:
+        """Files whose content is what the last sync left are only re-recorded (touched)."""
+        out = []
+        for item, h, entry in hashed:
+            if content_unchanged(self.commit.records.get(item.rel), FILE, h, entry.mode, item.must, item.force):
+                self.commit.same(item, h, entry)
+            else:
+                out.append((item, h, entry))
+        return out
 
     def send(self, hashed: list[Hashed]) -> asyncio.Future[bytes]:
         blob = pack_ops([copy_op(i.rel, i.expect, i.force, h, e.mode, e.size) for i, h, e in hashed])
