@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -133,6 +134,20 @@ def test_the_index_is_its_users_alone(engine, make_project, sshd):
         mallory.remove()
     assert out.returncode != 0 and "Permission denied" in out.stderr and str(proj.remote_root) not in out.stdout
     assert listing.returncode != 0 and name.name not in listing.stdout
+
+
+def test_the_index_of_a_root_that_went_goes(engine, make_project, sshd):
+    """A removed worktree's index is dropped when an agent starts (its hello then tells
+    whether anything is left to offer)."""
+    files = random_files(2)
+    gone = project_with(make_project, "gone", files)
+    assert push(engine, gone)["errors"] == []
+    wait_indexed(sshd, gone.remote_root, files)
+    shutil.rmtree(gone.remote_root)
+    other = project_with(make_project, "other", {"a.txt": b"a"})
+    assert push(engine, other)["errors"] == []          # a new connection: its agent's hello
+    assert indexed(sshd, gone.remote_root) == {}
+    assert loose_modes(index_dir(sshd)) == []
 
 
 def test_the_same_content_at_several_paths_crosses_the_wire_once(engine, make_project, sshd):

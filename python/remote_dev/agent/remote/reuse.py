@@ -43,11 +43,40 @@ def index_name(root):
 
 
 def has_index():
-    """Whether any index file exists (the hello says so: a push then offers hashes)."""
+    """Whether the index knows of a root that still exists (the hello says so: a push
+    then offers hashes); the index files of roots gone (a removed worktree) go."""
+    folder = index_dir()
     try:
-        return any(n.endswith(".json") for n in os.listdir(index_dir()))
+        names = [n[:-5] for n in os.listdir(folder) if n.endswith(".json")]
     except OSError:
         return False
+    alive = False
+    for name in names:
+        base = os.path.join(folder, name)
+        try:
+            with open(base + ".root", "rb") as f:
+                root = os.fsdecode(f.read())
+        except OSError:
+            root = None
+        if root is None or os.path.isdir(root):
+            alive = True
+            continue
+        for ext in (".json", ".root", ".lock"):
+            unlink_quiet(base + ext)
+    return alive
+
+
+def write_private(path, data):
+    """data at path (0600), atomically."""
+    tmp = path + ".tmp%d" % os.getpid()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | P.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.rename(tmp, path)
+    except BaseException:
+        unlink_quiet(tmp)
+        raise
 
 
 def read_index(path, root):
@@ -294,15 +323,9 @@ class ContentIndex(object):
             if len(files) > MAX_ENTRIES:
                 for rel in list(files)[:len(files) - MAX_ENTRIES]:
                     del files[rel]
-            tmp = path + ".tmp%d" % os.getpid()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | P.O_NOFOLLOW, 0o600)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"root": root, "files": files}, f, separators=(",", ":"))
-                os.rename(tmp, path)
-            except BaseException:
-                unlink_quiet(tmp)
-                raise
+            write_private(path, json.dumps({"root": root, "files": files}, separators=(",", ":")).encode())
+            if not os.path.exists(os.path.join(folder, name + ".root")):
+                write_private(os.path.join(folder, name + ".root"), os.fsencode(root))
         finally:
             os.close(lock_fd)
 
@@ -313,7 +336,8 @@ class ContentIndex(object):
             return
         aged = sorted(names, key=lambda n: os.lstat(os.path.join(folder, n)).st_mtime)
         for n in aged[:len(names) - MAX_ROOTS]:
-            unlink_quiet(os.path.join(folder, n))
+            for ext in (".json", ".root", ".lock"):
+                unlink_quiet(os.path.join(folder, n[:-5] + ext))
 
     # -- lookups
     def candidates(self, size):
