@@ -44,7 +44,8 @@ def index_name(root):
 
 def has_index():
     """Whether the index knows of a root that still exists (the hello says so: a push
-    then offers hashes); the index files of roots gone (a removed worktree) go."""
+    then offers hashes; the index is then read in the background, ready for its offers);
+    the index files of roots gone (a removed worktree) go."""
     folder = index_dir()
     try:
         names = [n[:-5] for n in os.listdir(folder) if n.endswith(".json")]
@@ -57,12 +58,16 @@ def has_index():
             with open(base + ".root", "rb") as f:
                 root = os.fsdecode(f.read())
         except OSError:
-            root = None
-        if root is None or os.path.isdir(root):
+            root = None   # (merge writes it first: an index without it is damaged)
+        if root is not None and os.path.isdir(root):
             alive = True
             continue
         for ext in (".json", ".root", ".lock"):
             unlink_quiet(base + ext)
+    if alive:
+        t = threading.Thread(target=INDEX.files.by_sizes)
+        t.daemon = True
+        t.start()
     return alive
 
 
@@ -323,9 +328,9 @@ class ContentIndex(object):
             if len(files) > MAX_ENTRIES:
                 for rel in list(files)[:len(files) - MAX_ENTRIES]:
                     del files[rel]
-            write_private(path, json.dumps({"root": root, "files": files}, separators=(",", ":")).encode())
             if not os.path.exists(os.path.join(folder, name + ".root")):
                 write_private(os.path.join(folder, name + ".root"), os.fsencode(root))
+            write_private(path, json.dumps({"root": root, "files": files}, separators=(",", ":")).encode())
         finally:
             os.close(lock_fd)
 
