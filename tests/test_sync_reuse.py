@@ -67,12 +67,15 @@ def test_a_second_root_gets_its_files_by_copy_and_the_copies_stay_apart(engine, 
     wait_indexed(sshd, first.remote_root, files)
     second_files = dict(files, **{"src/m0.bin": os.urandom(SIZE)})   # the second checkout differs in one
     second = project_with(make_project, "second", second_files)
+    os.chmod(second.root / "src/m7.bin", 0o750)                   # a copy takes the mode pushed
     res = push(engine, second)
     assert res["errors"] == [] and res["conflicts"] == []
     assert res["copied"] == 39                     # the agent answered "copied" for all but the changed one
     assert res["wire_bytes"] < 3 * SIZE            # one file's content, the config and the copy ops
     for rel, data in second_files.items():
         assert second.remote(rel).read_bytes() == data, rel
+    assert stat.S_IMODE(os.stat(second.remote("src/m7.bin")).st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(first.remote("src/m7.bin")).st_mode) == 0o644
     # never a hard link: an edit of either copy leaves the other as it was
     a, b = first.remote("src/m5.bin"), second.remote("src/m5.bin")
     assert os.stat(a).st_ino != os.stat(b).st_ino and os.stat(b).st_nlink == 1

@@ -480,7 +480,7 @@ def copy_to(root, path, digest, mode, payload):
         os.close(fd)
         unlink_quiet(tmp)
         return [P.NEED]
-    return replace_with_file(path, tmp, fd, None, mode)
+    return replace_with_file(path, tmp, fd, b"", mode)   # (b"": its mode set when made)
 
 
 def copy_checked(root, source, digest, size, fd):

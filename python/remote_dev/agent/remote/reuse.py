@@ -114,10 +114,10 @@ def hash_fd(fd):
 NO_REFLINK = set()          # devices where FICLONE failed
 
 
-def clone_into(src_fd, dst_fd, size):
+def clone_into(src_fd, dst_fd, size, dev=None):
     """The content of src_fd into the empty dst_fd: a reflink where the file system can,
-    else copied in the kernel, else read and written.  Returns how: "reflink" or "copy"."""
-    dev = os.fstat(dst_fd).st_dev
+    else copied in the kernel, else read and written.  Returns how: "reflink" or "copy".
+    dev: the source's device (no reflink is tried again where one failed)."""
     if dev not in NO_REFLINK:
         try:
             import fcntl
@@ -160,7 +160,7 @@ class IndexFiles(object):
 
     def __init__(self):
         self.loaded = {}     # index file name -> (stat key, root, {rel: entry})
-        self.by_size = {}    # size -> [(root, rel, entry)] of the loaded files
+        self.by_size = {}    # hash (size: no hash yet) -> [(root, rel, entry)] of the loaded files
         self.checked = -1.0  # when the files were last looked at
         self.folders = {}    # folders of sources checked since (resolve's known_dirs: no symlink)
         self.lock = threading.Lock()   # lookups come from several threads (files.copy_in_threads)
@@ -205,8 +205,8 @@ class IndexFiles(object):
         if changed:
             by_size = {}
             for _key, root, files in self.loaded.values():
-                for rel, e in files.items():
-                    by_size.setdefault(e[SIZE], []).append((root, rel, e))
+                for rel, e in files.items():   # by hash; those without one by size
+                    by_size.setdefault(e[HASH] or e[SIZE], []).append((root, rel, e))
             self.by_size = by_size
         return self.by_size
 
@@ -345,18 +345,19 @@ class ContentIndex(object):
                 unlink_quiet(os.path.join(folder, n[:-5] + ext))
 
     # -- lookups
-    def candidates(self, size):
-        """(root, rel, entry) of every file known of this size, own changes first."""
-        by_size = self.files.by_sizes()
+    def candidates(self, digest, size):
+        """(root, rel, entry) of the files known that may hold digest (size bytes), own
+        changes first."""
+        known = self.files.by_sizes()
         with self.lock:
-            own = [(root, rel, e) for (root, rel), e in self.sizes.get(size, {}).items()]
+            own = [(root, rel, e) for (root, rel), e in self.sizes.get(size, {}).items() if e[HASH] in (digest, None)]
             pending = self.pending
-            return own + [c for c in by_size.get(size, ()) if c[1] not in pending.get(c[0], ())]
+            return own + [c for key in (digest, size) for c in known.get(key, ()) if c[1] not in pending.get(c[0], ())]
 
     def open_source(self, digest, size, dest):
         """An open fd of a file holding content digest (size bytes) whose stat is still
         its entry's, or None; entries without a hash are hashed now (and kept)."""
-        for root, rel, entry in self.candidates(size):
+        for root, rel, entry in self.candidates(digest, size):
             if entry[HASH] is not None and entry[HASH] != digest:
                 continue
             try:
@@ -367,7 +368,8 @@ class ContentIndex(object):
             except (OSError, AgentError):
                 continue
             try:
-                if stat_matches(os.fstat(fd), entry):
+                st = os.fstat(fd)
+                if stat_matches(st, entry):
                     if entry[HASH] is None:
                         h = hash_fd(fd)
                         if stat_matches(os.fstat(fd), entry):
@@ -375,7 +377,7 @@ class ContentIndex(object):
                         if h != digest:
                             os.close(fd)
                             continue
-                    return fd, entry
+                    return fd, entry, st.st_dev
             except OSError:
                 pass
             os.close(fd)
@@ -398,9 +400,9 @@ INDEX = ContentIndex()
 def copy_found(found, size, tmp_fd):
     """Fill tmp_fd (a new temporary) from found (open_source's: its fd, closed here, and
     entry); False when the source changed meanwhile."""
-    fd, entry = found
+    fd, entry, dev = found
     try:
-        clone_into(fd, tmp_fd, size)
+        clone_into(fd, tmp_fd, size, dev)
         return stat_matches(os.fstat(fd), entry)   # changed while copied: not used
     except OSError:
         return False
