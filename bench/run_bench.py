@@ -195,9 +195,9 @@ def make_project(base: Path, name: str, sshd: Any, files: int = 40) -> Path:
 LUA_HOOK = r"""
 _G.rd_bench = { first = {}, t0 = 0 }
 local run = require('remote_dev.run')
-local orig = run.output
-run.output = function(p)
-  local n = #(p.lines or {})
+local orig = run.on_output
+run.on_output = function(p)
+  local n = p.n or #(p.lines or {})   -- the rplugin host sends one text of n lines
   orig(p)
   local buf = vim.fn.bufnr('remote-dev://run/' .. p.id)
   if n > 0 and not _G.rd_bench.first[p.id] and buf > 0 and vim.api.nvim_buf_line_count(buf) >= 2 then

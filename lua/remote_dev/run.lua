@@ -5,7 +5,17 @@ local config = require('remote_dev.config')
 local host = require('remote_dev.host')
 local ui = require('remote_dev.ui')
 
-local runs = {} ---@type table<string, {buf: integer, summary: table, has_partial: boolean}>
+---@class remote_dev.RunBuffer
+---@field buf integer
+---@field summary table
+---@field has_partial boolean  the buffer's last line is the unfinished one
+---@field chunks {text: string, n: integer}[]  output not in the buffer yet (flush() writes it)
+---@field queued integer  lines in chunks
+---@field partial string  the unfinished line to show after them
+---@field dirty boolean  pending or partial to write
+---@field replace boolean  pending alone fills the buffer: its output is replaced
+---@field flushed integer?  hrtime of the last flush
+local runs = {} ---@type table<string, remote_dev.RunBuffer>
 local run_win = nil ---@type integer?
 local started_from = {} ---@type table<string, integer> the window each run was started from, by run id
 
@@ -60,9 +70,121 @@ local function reload_run(buf, id)
     vim.list_extend(lines, vim.list_slice(res.lines, math.max(1, #res.lines - keep + 1)))
     ui.set_lines(buf, 0, -1, lines)
     if r then
-      r.has_partial = false
+      r.has_partial, r.chunks, r.queued, r.partial, r.dirty, r.replace = false, {}, 0, '', false, false
     end
   end)
+end
+
+-- Output is coalesced by time: reports queue lines on their run (at most the last
+-- run_buffer_lines of them). While no flush is pending, output for a shown buffer not
+-- written for FLUSH_MS is written at once (a run's first line shows without delay);
+-- otherwise a one-shot timer writes the queued lines of the shown buffers (waiting longest
+-- first, at most FLUSH_BUDGET_MS per tick) and waits at least DUTY times what that took
+-- before the next tick, so writing output takes at most about 1/(DUTY+1) of Neovim's time.
+-- A buffer no window shows is written when a window shows it (BufWinEnter) and when its
+-- run ends, so it is complete by RemoteDevRunExit.
+local FLUSH_MS = 30
+local FLUSH_BUDGET_MS = 15
+local DUTY = 9
+local flush_timer = nil ---@type uv.uv_timer_t?
+
+--- The lines of queued chunks (texts of n lines each), the last `keep` of them at most.
+local function chunk_lines(chunks, keep)
+  local texts, n, first = {}, 0, #chunks + 1
+  while first > 1 and n < keep do
+    first = first - 1
+    n = n + chunks[first].n
+  end
+  for i = first, #chunks do
+    table.insert(texts, chunks[i].text)
+  end
+  local s, out, pos = table.concat(texts, '\n'), {}, 1
+  if n == 0 then
+    return out
+  end
+  while true do
+    local e = s:find('\n', pos, true)
+    if not e then
+      table.insert(out, s:sub(pos))
+      break
+    end
+    table.insert(out, s:sub(pos, e - 1))
+    pos = e + 1
+  end
+  return #out > keep and vim.list_slice(out, #out - keep + 1) or out
+end
+
+--- Write a run's queued output into its buffer (the last run_buffer_lines lines).
+local function flush(r)
+  if not r.dirty then
+    return
+  end
+  r.dirty = false
+  local buf = r.buf
+  local chunks, queued, partial = r.chunks, r.queued, r.partial or ''
+  r.chunks, r.queued = {}, 0
+  if not vim.api.nvim_buf_is_valid(buf) then
+    r.replace = false
+    return
+  end
+  local keep = config.options.run_buffer_lines
+  local pending = chunk_lines(chunks, keep)
+  local follow = ui.followers(buf)
+  if partial ~= '' then
+    table.insert(pending, partial)
+  end
+  if r.replace or queued + (partial ~= '' and 1 or 0) >= keep then
+    -- the queue alone fills the buffer: replace its output, the state line stays
+    ui.set_lines(buf, 1, -1, #pending > keep and vim.list_slice(pending, #pending - keep + 1) or pending)
+  else
+    local count = vim.api.nvim_buf_line_count(buf)
+    ui.set_lines(buf, r.has_partial and count - 1 or count, -1, pending)
+    count = vim.api.nvim_buf_line_count(buf)
+    if count > keep + 1 then
+      ui.set_lines(buf, 1, count - keep, {})
+    end
+  end
+  r.replace = false
+  r.has_partial = partial ~= ''
+  r.flushed = vim.uv.hrtime()
+  ui.follow(follow, buf)
+end
+
+local function shown(r)
+  return vim.api.nvim_buf_is_valid(r.buf) and #vim.fn.win_findbuf(r.buf) > 0
+end
+
+local function flush_timed(r)
+  local t0 = vim.uv.hrtime()
+  flush(r)
+  return (vim.uv.hrtime() - t0) / 1e6
+end
+
+local function schedule_flush(after_ms)
+  if not flush_timer then
+    flush_timer = assert(vim.uv.new_timer())
+  end
+  if not flush_timer:is_active() then
+    flush_timer:start(math.max(FLUSH_MS, math.floor(DUTY * (after_ms or 0))), 0, vim.schedule_wrap(function()
+      local due = {}
+      for _, r in pairs(runs) do
+        if r.dirty and shown(r) then
+          table.insert(due, r)
+        end
+      end
+      table.sort(due, function(a, b) return (a.flushed or 0) < (b.flushed or 0) end)
+      local spent = 0
+      for _, r in ipairs(due) do
+        if spent > FLUSH_BUDGET_MS then
+          break
+        end
+        spent = spent + flush_timed(r)
+      end
+      if #due > 0 then
+        schedule_flush(spent)   -- more may come: the next tick after a pause; none due then: idle
+      end
+    end))
+  end
 end
 
 local function buffer_for(s)
@@ -82,38 +204,57 @@ local function buffer_for(s)
   vim.b[buf].remote_dev_run = s.id
   vim.keymap.set('n', '<C-c>', function() M.stop(s.id) end, { buffer = buf, desc = 'remote_dev: stop this run' })
   vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = buf, desc = 'close' })
-  r = { buf = buf, summary = s, has_partial = false }
+  vim.api.nvim_create_autocmd('BufWinEnter', {
+    group = vim.api.nvim_create_augroup('remote_dev_run_' .. buf, { clear = true }),
+    buffer = buf,
+    callback = function()
+      if runs[s.id] then
+        flush(runs[s.id])
+      end
+    end,
+  })
+  r = { buf = buf, summary = s, has_partial = false, chunks = {}, queued = 0, partial = '', dirty = false,
+    replace = false }
   runs[s.id] = r
   return r
 end
 
---- Host report: new output lines (and the current unfinished line) of a run.
+--- Host report: new output lines (one text of n lines, or lines) and the current
+--- unfinished line of a run: queued, the oldest chunks dropped once newer ones fill the
+--- buffer.
 function M.on_output(p)
   local r = runs[p.id]
-  if not r then
+  if not r or not vim.api.nvim_buf_is_valid(r.buf) then
     return
   end
-  local buf = r.buf
-  if not vim.api.nvim_buf_is_valid(buf) then
-    return
+  local text, n = p.text or '', p.n or 0
+  if p.lines then   -- a list of lines (the rplugin host sends one text)
+    text, n = table.concat(p.lines, '\n'), #p.lines
   end
-  local follow = ui.followers(buf)
-  local lines = p.lines or {}
   if p.dropped and p.dropped > 0 then
-    table.insert(lines, 1, ('[remote_dev: %d lines skipped here; :RemoteLog %s has them all]'):format(p.dropped, p.id))
+    local note = ('[remote_dev: %d lines skipped here; :RemoteLog %s has them all]'):format(p.dropped, p.id)
+    text, n = n > 0 and (note .. '\n' .. text) or note, n + 1
   end
-  local partial = p.partial or ''
-  local count = vim.api.nvim_buf_line_count(buf)
-  local from = r.has_partial and count - 1 or count
-  local new = vim.list_extend(vim.list_slice(lines), partial ~= '' and { partial } or {})
-  ui.set_lines(buf, from, -1, new)
-  r.has_partial = partial ~= ''
-  local max = config.options.run_buffer_lines + 1
-  count = vim.api.nvim_buf_line_count(buf)
-  if count > max then
-    ui.set_lines(buf, 1, count - max + 1, {})
+  if n > 0 then
+    table.insert(r.chunks, { text = text, n = n })
+    r.queued = r.queued + n
   end
-  ui.follow(follow, buf)
+  local keep = config.options.run_buffer_lines
+  while #r.chunks > 1 and r.queued - r.chunks[1].n >= keep do
+    r.queued = r.queued - table.remove(r.chunks, 1).n
+    r.replace = true
+  end
+  r.partial = p.partial or ''
+  r.dirty = true
+  if not shown(r) then
+    return       -- BufWinEnter or the run's end writes it
+  elseif flush_timer and flush_timer:is_active() then
+    return       -- the pending tick writes it
+  elseif vim.uv.hrtime() - (r.flushed or 0) >= FLUSH_MS * 1e6 then
+    schedule_flush(flush_timed(r))   -- a quiet spell: at once, then a pause
+  else
+    schedule_flush()
+  end
 end
 
 --- Host report: a run's state changed (new, queue state, exit with quickfix entries).
@@ -128,6 +269,7 @@ function M.on_state(s)
   end
   ui.set_lines(r.buf, 0, 1, { state_line(s) })
   if s.final then
+    flush(r)
     require('remote_dev.quickfix').run_list({ id = s.id, cmd = s.cmd, win = started_from[s.id] }, s.quickfix or {},
       { final = true, failed = s.code ~= 0 })
   end

@@ -90,12 +90,14 @@ async def pull(engine: Engine, ctx: dict[str, Any], paths: list[str] | None = No
 
 @action("run")
 async def run(engine: Engine, ctx: dict[str, Any], cmd: str | None = None) -> dict[str, Any]:
-    """Push, then start the command (default: run.command) on the target's runner."""
+    """Push, then start the command (default: run.command) on the target's runner; when
+    the push has nothing to send, its remote check and the start go in one request."""
     proj = engine.project(ctx)
     sess = proj.session()
     command = runs_mod.expand_command(proj, sess, cmd or None, ctx.get("file"))
-    await sync.do_push(engine, proj, None, quiet=True)
-    rec = await runs_mod.start_run(engine, proj, sess, command)
+    prepared = await runs_mod.prepare_run(proj, sess, command)
+    await sync.do_push(engine, proj, None, quiet=True, then=prepared.request)
+    rec = await runs_mod.start_run(engine, proj, sess, command, prepared=prepared)
     return rec.summary()
 
 

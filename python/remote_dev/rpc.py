@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
@@ -28,6 +30,28 @@ log = logging.getLogger("remote_dev")
 NOISE_LIMIT = 1 << 16   # bytes a login shell may print before the agent's greeting
 
 
+@dataclass
+class Followup:
+    """A request to make in one message with a push's remote check when the push has
+    nothing to send (protocol.IF_UNCHANGED): the agent makes it only when the check finds
+    the remote as recorded.  note: the notification the request brings ((method, key),
+    expected before the request goes out, into `notified`); outcome: [error, result] once
+    the agent made it, None while not."""
+    method: str
+    params: list[Any]
+    note: tuple[str, Any] | None = None
+    outcome: list[Any] | None = None
+    notified: asyncio.Future[Any] | None = None
+    host: str = ""
+
+    def result(self) -> Any:
+        assert self.outcome is not None
+        error, result = self.outcome
+        if error is not None:
+            raise AgentCallError(self.method, error.get("kind", "?"), f"{self.host}: {error.get('message', '')}")
+        return result
+
+
 class AgentChannel:
     """One agent process on the remote, started through the bootstrap command."""
 
@@ -36,6 +60,8 @@ class AgentChannel:
         self.host = host
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.expected: dict[tuple[str, Any], asyncio.Future[Any]] = {}   # notifications awaited
+        self.sent: collections.Counter[str] = collections.Counter()      # requests sent, per method
         self.closed: Exception | None = None
         self.packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
         self.reader: asyncio.Task[None] | None = None
@@ -122,19 +148,44 @@ class AgentChannel:
                                                                  f"{self.host}: {msg[2].get('message', '')}"))
                             else:
                                 fut.set_result(msg[3])
+                    elif msg[0] == 2:
+                        self._notified(msg[1], msg[2])
         except (asyncssh.Error, OSError) as e:
             self._fail(e)
             return
         self._fail(None)
 
+    def _notified(self, method: str, params: list[Any]) -> None:
+        fut = self.expected.pop((method, params[0]), None)
+        if fut is None:
+            log.info("%s: agent notification %s %s not expected", self.host, method, params[0])
+        elif not fut.done():
+            fut.set_result(params[1])
+
     def _fail(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
         self.closed = ConnectError(f"{self.host}: connection to the agent lost{reason}", kind="lost", retry=True)
-        for fut in self.pending.values():
+        for fut in [*self.pending.values(), *self.expected.values()]:
             if not fut.done():
                 fut.set_exception(self.closed)
                 fut.exception()  # marked retrieved: who awaits it still gets it, none is logged unawaited
         self.pending.clear()
+        self.expected.clear()
+
+    def expect(self, method: str, key: Any) -> asyncio.Future[Any]:
+        """The future of the notification [2, method, [key, value]] (its value), to ask for
+        before the request that brings it goes out."""
+        if self.closed is not None:
+            raise self.closed
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.expected[(method, key)] = fut
+        return fut
+
+    def unexpect(self, method: str, key: Any) -> None:
+        """The request that would have brought it was not made."""
+        fut = self.expected.pop((method, key), None)
+        if fut is not None and not fut.done():
+            fut.cancel()
 
     @property
     def alive(self) -> bool:
@@ -148,6 +199,7 @@ class AgentChannel:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.method = method  # type: ignore[attr-defined]
         self.pending[msgid] = fut
+        self.sent[method] += 1
         self.process.stdin.write(self.packer.pack([0, msgid, method, list(params)]))
         return fut
 

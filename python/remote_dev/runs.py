@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import tracebacks
-from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, STARTING, STOPPED, is_live, shell_word
+from .agent.protocol import ENDED_STATES, LIVE_STATES as LIVE, LOST, RUN_OUTPUT, STARTING, STOPPED, is_live, \
+    shell_word
 from .engine import Engine, Project, TargetSession, log
 from .errors import ConnectError, RemoteDevError
+from .rpc import Followup
 from .runners import Launch, path_mapping, runner_of
 from .status import publish_status
 from .termtext import TerminalText
@@ -34,6 +36,7 @@ TAIL_LINES = 5000            # lines kept host-side for the quickfix list
 UPDATE_EVERY = 0.05          # seconds between output updates sent to Neovim
 MAX_LINES_PER_UPDATE = 10000
 LOG_FETCH_LIMIT = 64 << 20   # :RemoteLog fetches at most this much (the tail)
+FIRST_OUTPUT = [READ_BYTES, LONG_POLL]   # a run's first read, made by the agent unasked after the start
 
 
 @dataclass
@@ -110,11 +113,21 @@ def expand_command(proj: Project, sess: TargetSession, cmd: str | None, file: st
         "{python}", shell_word(sess.target.python)).replace("{root}", sess.remote_root or sess.target.remote_root)
 
 
-async def start_run(engine: Engine, proj: Project, sess: TargetSession, command: str,
-                    launch: Launch | None = None, run_id: str | None = None,
-                    on_finish: list[Callable[[RunRecord], None]] | None = None) -> RunRecord:
-    """Start command (shown as such) on the target's runner; launch: what really runs, when
-    a feature wraps the command.  The tree is expected pushed already."""
+@dataclass
+class PreparedRun:
+    """A run ready to start: its record and the agent's request.  A push with nothing to
+    send makes the request with its remote check (sync.do_push's then); start_run makes
+    it otherwise."""
+    run: RunRecord
+    request: Followup
+
+
+async def prepare_run(proj: Project, sess: TargetSession, command: str, launch: Launch | None = None,
+                      run_id: str | None = None,
+                      on_finish: list[Callable[[RunRecord], None]] | None = None) -> PreparedRun:
+    """The record and the run_start request of command (shown as such) on the target's
+    runner; launch: what really runs, when a feature wraps the command.  The request asks
+    for the first output unasked (FIRST_OUTPUT)."""
     launch = launch or Launch(command)
     run = RunRecord(id=run_id or new_run_id(), target=sess.target.name, cmd=command, root=str(proj.root),
                     runner=sess.target.runner, created=time.time(), exec_cmd=launch.command,
@@ -127,13 +140,34 @@ async def start_run(engine: Engine, proj: Project, sess: TargetSession, command:
     spec.update(id=run.id, root=sess.target.remote_root)
     spec.setdefault("meta", {}).update(target=sess.target.name, display=command, runner=sess.target.runner,
                                        local_root=str(proj.root))
-    info = await sess.call("run_start", spec, retry=False)
+    return PreparedRun(run, Followup("run_start", [spec, FIRST_OUTPUT], note=(RUN_OUTPUT, run.id)))
+
+
+async def start_run(engine: Engine, proj: Project, sess: TargetSession, command: str,
+                    launch: Launch | None = None, run_id: str | None = None,
+                    on_finish: list[Callable[[RunRecord], None]] | None = None,
+                    prepared: PreparedRun | None = None) -> RunRecord:
+    """Start command (see prepare_run; prepared: made already, its request perhaps made by
+    the push before).  The tree is expected pushed already."""
+    prepared = prepared or await prepare_run(proj, sess, command, launch, run_id, on_finish)
+    run, req = prepared.run, prepared.request
+    if req.outcome is not None:
+        info = req.result()
+    else:
+        agent = await sess.ensure()
+        req.notified = agent.expect(*req.note) if req.note else None
+        try:
+            info = await agent.call(req.method, *req.params)
+        except BaseException:
+            if req.note:
+                agent.unexpect(*req.note)
+            raise
     run.meta.update({k: v for k, v in (info.get("meta") or {}).items() if k not in run.meta})
     proj.runs[run.id] = run
     update_from_info(run, info)
     engine.emit("RemoteDevRunStart", {"id": run.id, "target": run.target, "cmd": command})
     engine.report("run_state", {**run.summary(), "new": True})
-    run.follower = asyncio.get_running_loop().create_task(follow(engine, proj, sess, run))
+    run.follower = asyncio.get_running_loop().create_task(follow(engine, proj, sess, run, req.notified))
     publish_status(engine, proj)
     return run
 
@@ -166,10 +200,12 @@ class OutputFollower:
     remote has more output than one read returns, reads are sent ahead so the remote reads
     the next chunks while this side handles one."""
 
-    def __init__(self, engine: Engine, sess: TargetSession, run: RunRecord) -> None:
+    def __init__(self, engine: Engine, sess: TargetSession, run: RunRecord,
+                 first: asyncio.Future[Any] | None = None) -> None:
         self.engine = engine
         self.sess = sess
         self.run = run
+        self.first = first           # the first read, made by the agent unasked (FIRST_OUTPUT)
         self.keep = max(MAX_LINES_PER_UPDATE, TAIL_LINES)
         self.held: collections.deque[tuple[bytes, int]] = collections.deque()  # (chunk, newlines)
         self.held_nl = 0
@@ -205,6 +241,11 @@ class OutputFollower:
 
     async def read(self) -> dict[str, Any]:
         run = self.run
+        if self.first is not None:
+            first, self.first = self.first, None
+            res = await first
+            if res is not None and run.offset == 0:   # None: the agent could not read it
+                return res  # type: ignore[no-any-return]
         if self.ahead:
             return await self.ahead.popleft()
         if self.held:
@@ -286,8 +327,9 @@ class OutputFollower:
                                               "dropped": self.dropped})
 
 
-async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord) -> None:
-    await OutputFollower(engine, sess, run).follow()
+async def follow(engine: Engine, proj: Project, sess: TargetSession, run: RunRecord,
+                 first: asyncio.Future[Any] | None = None) -> None:
+    await OutputFollower(engine, sess, run, first).follow()
     finish(engine, proj, sess, run)
     await prune(engine, proj, sess)
 

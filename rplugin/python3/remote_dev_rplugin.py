@@ -35,6 +35,12 @@ class RemoteDevPlugin:
         self.nvim.async_call(send)
 
     def _report(self, kind, payload):
+        if kind == "run_output" and isinstance(payload.get("lines"), list):
+            # one string, not a list: Neovim decodes one object instead of one per line
+            # and splits only what it shows (lua/remote_dev/run.lua)
+            lines = payload["lines"]
+            payload = {k: v for k, v in payload.items() if k != "lines"}
+            payload.update(text="\n".join(lines), n=len(lines))
         self._to_lua("report", kind, payload)
 
     def _prompt(self, challenge, reply):

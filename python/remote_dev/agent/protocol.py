@@ -460,6 +460,17 @@ def choose_codec(link, cores, ratio1, formats=None, speed=1.0, codecs=CODECS):
 FORGET = "-"
 NEED_ALL = "need-all"     # verify's answer when it lost the expectations a delta builds on
 
+# ``if_unchanged`` is verify and one more request in one message: the agent makes the
+# request only when verify finds every path as expected (a run's start behind the push
+# that had nothing to send).  Its answer: [verify's answer, [error, result] or None (not
+# made)].
+IF_UNCHANGED = "if_unchanged"
+
+# Notifications the agent sends unasked: [2, method, [key, value]].  RUN_OUTPUT: a run
+# started with ``first`` gets its first output (a run_read from offset 0) this way, the
+# read made without waiting for a request.
+RUN_OUTPUT = "run_output"
+
 
 def pack_states(entries):
     """entries: [(path, kind, size, mtime_ns)] -> one zlib-compressed blob."""

@@ -26,7 +26,7 @@ import asyncssh
 
 from ..engine import Engine, Project, TargetSession, log
 from ..errors import ConnectError, RemoteDevError
-from ..rpc import AgentChannel
+from ..rpc import AgentChannel, Followup
 from ..status import publish_status
 from . import reconcile
 from .apply import PushCommit
@@ -103,18 +103,22 @@ class Push:
         return {rel: self.local.get(rel) or lstat_entry(root / rel) for rel in rels}
 
     # -- the whole push
-    async def run(self, paths: list[str] | None, dry_run: bool) -> SyncResult:
+    async def run(self, paths: list[str] | None, dry_run: bool, then: Followup | None = None) -> SyncResult:
+        """then: see do_push; with it, the check goes out after the local scan, not before."""
         state = sync_state(self.proj)
         target = self.sess.target
         agent = await self.sess.ensure()
         check = RemoteCheck(self.records, state.check, target.name, target.remote_root, paths)
+        then = then if paths is None and not dry_run else None
         try:
             if self.records.pending:
                 await self.settle(agent)
-            check.start(agent)
-            await agent.drain()
+            if then is None:
+                await check.send(agent)
             self.pause_gc()
             plan = await asyncio.to_thread(self.scan_and_plan, paths, self.force, dry_run)
+            if then is not None:   # the followup goes with the check only when nothing is to be sent
+                await check.send(agent, None if plan is not None and (plan.send or plan.delete) else then)
             if plan is None:
                 self.result.unchanged += len(self.records.data)
             else:
@@ -246,15 +250,17 @@ class Push:
 
 
 async def do_push(engine: Engine, proj: Project, paths: list[str] | None, force: bool = False,
-                  dry_run: bool = False, quiet: bool = False) -> dict[str, Any]:
+                  dry_run: bool = False, quiet: bool = False, then: Followup | None = None) -> dict[str, Any]:
     """Push the tree (paths None) or the given relative paths.  quiet: no message unless
-    something needs attention (runs and push on save)."""
+    something needs attention (runs and push on save).  then: a request (a run's start)
+    the agent makes in one message with the remote check when the push has nothing to
+    send and the remote is as recorded (then.outcome set); else it is left to the caller."""
     sess = proj.session()
     async with sync_state(proj).lock:
         t0 = time.perf_counter()
         push = Push(engine, proj, sess, force)
         try:
-            res = await push.run(paths, dry_run)
+            res = await push.run(paths, dry_run, then)
             if paths and not quiet:   # a path someone named and nothing of it pushed: say why
                 res.skipped += await asyncio.to_thread(left_out, proj, paths, push.local, push.scanner)
         except ConnectError as e:

@@ -18,6 +18,17 @@ class AgentError(Exception):
         self.message = message
 
 
+class Later(object):
+    """A method's answer, and what to send after it: once the answer is out, the
+    notification [2, method, [key, make()]] (server.py; [key, None] when make fails)."""
+
+    def __init__(self, value, method, key, make):
+        self.value = value
+        self.method = method
+        self.key = key
+        self.make = make
+
+
 def activate_interpreter(environ=None, executable=None, prefix=None, base_prefix=None):
     """The agent runs as the target's python; what it starts (runs, debug runs, kernels,
     notebook servers, shells) sees that interpreter's environment as an activated one

@@ -18,7 +18,7 @@ import time
 
 from .. import protocol as P
 from . import procs, slurm, supervisor
-from .common import AgentError, cache_dir, expand_root, private_dir, private_file, read_json, write_json
+from .common import AgentError, Later, cache_dir, expand_root, private_dir, private_file, read_json, write_json
 
 # Polling of a run's folder (run_start, run_read): from POLL_FIRST growing to
 # POLL_MAX_YOUNG while the run is younger than POLL_YOUNG_FOR seconds, to POLL_MAX after.
@@ -92,9 +92,19 @@ def run_info(d):
     return info
 
 
-def run_start(spec):
+def run_start(spec, first=None):
     """Start a detached run.  spec: {id, root, argv | cmd, env, meta, slurm,
-    stop_commands}.  Returns its info once the program started (or failed to)."""
+    stop_commands}.  Returns its info once the program started (or failed to).  first:
+    [max_bytes, wait]: after the answer, the run's first output (run_read from offset 0,
+    a long poll of wait seconds) goes to the client unasked, as a RUN_OUTPUT notification."""
+    info = start(spec)
+    if not first:
+        return info
+    run_id = spec["id"]
+    return Later(info, P.RUN_OUTPUT, run_id, lambda: run_read(run_id, 0, first[0], first[1]))
+
+
+def start(spec):
     run_id = spec["id"]
     if "/" in run_id or run_id.startswith("."):
         raise AgentError("run", "bad run id %r" % run_id)

@@ -2,12 +2,15 @@
 
     request       [0, msgid, method, params]
     response      [1, msgid, error, result]      error = None or {"kind", "message"}
+    notification  [2, method, params]            sent unasked, after a response (common.Later)
 
 Requests are handled in arrival order on the reader thread, except file operations,
 which run in order on a worker thread of their own (parsing the next request, in
 pure-Python msgpack, overlaps with the file system work of this one), and the ones marked
 slow (long polls, stopping runs, commands), which get a thread each, so a long poll never
-holds up a push.
+holds up a push.  ``if_unchanged`` (protocol.py) is verify and one more request in one
+message: made on the file worker, in order with pushes, the second request only when
+verify finds nothing differing, on a thread of its own when it is slow.
 """
 
 import os
@@ -16,8 +19,9 @@ import signal
 import sys
 import threading
 
+from .. import protocol as P
 from . import alloc, envscan, files as files_mod, host, reuse, runs, services, temps
-from .common import AgentError, os_message
+from .common import AgentError, Later, os_message
 from .files import FileOps
 
 try:
@@ -25,7 +29,8 @@ try:
 except ImportError:  # pragma: no cover - the agent's zip always carries it
     msgpack = None
 
-FILE_METHODS = frozenset(("push", "push_packed", "stage", "append", "unstage", "state", "list", "read", "verify"))
+FILE_METHODS = frozenset(("push", "push_packed", "stage", "append", "unstage", "state", "list", "read", "verify",
+                          P.IF_UNCHANGED))
 
 
 def method_table(files):
@@ -77,6 +82,18 @@ def method_table(files):
     }
 
 
+def outcome(func, params):
+    """(error, result) of func(*params); error: {kind, message} or None."""
+    try:
+        return None, func(*params)
+    except AgentError as e:
+        return {"kind": e.kind, "message": e.message}, None
+    except OSError as e:
+        return {"kind": "os", "message": os_message(e)}, None
+    except Exception as e:  # noqa: BLE001 - report, keep serving
+        return {"kind": "internal", "message": "%s: %s" % (type(e).__name__, e)}, None
+
+
 class Agent(object):
     """Answers the requests of one client, writing responses to ``out``."""
 
@@ -98,10 +115,22 @@ class Agent(object):
         except (BrokenPipeError, OSError):
             pass
 
+    def notify(self, method, params):
+        try:
+            self.send([2, method, params])
+        except (BrokenPipeError, OSError):
+            pass
+
     def handle(self, msg):
         if not isinstance(msg, list) or len(msg) != 4 or msg[0] != 0:
             return
         _, msgid, method, params = msg
+        if method == P.IF_UNCHANGED:
+            if isinstance(params, list) and len(params) == 3:
+                self.if_unchanged(msgid, *params)
+            else:
+                self.respond(msgid, {"kind": "method", "message": "%s takes 3 parameters" % method}, None)
+            return
         entry = self.methods.get(method)
         if entry is None:
             self.respond(msgid, {"kind": "method", "message": "unknown method %r" % (method,)}, None)
@@ -114,17 +143,38 @@ class Agent(object):
         else:
             self.call(msgid, func, params)
 
-    def call(self, msgid, func, params):
-        try:
-            result = func(*params)
-        except AgentError as e:
-            self.respond(msgid, {"kind": e.kind, "message": e.message}, None)
-        except OSError as e:
-            self.respond(msgid, {"kind": "os", "message": os_message(e)}, None)
-        except Exception as e:  # noqa: BLE001 - report, keep serving
-            self.respond(msgid, {"kind": "internal", "message": "%s: %s" % (type(e).__name__, e)}, None)
+    def call(self, msgid, func, params, wrap=None):
+        """Answer msgid with func(*params) (wrap: the answer made of its outcome); what
+        a Later has to send after the answer follows it."""
+        error, result = outcome(func, params)
+        later = result if isinstance(result, Later) else None
+        if later is not None:
+            result = later.value
+        if wrap is not None:
+            error, result = None, wrap([error, result])
+        self.respond(msgid, error, result)
+        if later is not None:
+            error, value = outcome(later.make, ())
+            self.notify(later.method, [later.key, value if error is None else None])
+
+    def if_unchanged(self, msgid, check, method, params):
+        """verify(*check), then method(*params) if verify found every path as expected:
+        [verify's answer, [error, result] or None]."""
+        error, answer = outcome(self.files.verify, check)
+        entry = self.methods.get(method)
+        if error is None and entry is None:
+            error = {"kind": "method", "message": "unknown method %r" % (method,)}
+        if error is not None or answer[0] == P.NEED_ALL or answer[1]:
+            self.respond(msgid, error, None if error is not None else [answer, None])
+            return
+        func, slow = entry
+        args = (msgid, func, params, lambda done: [answer, done])
+        if slow:
+            t = threading.Thread(target=self.call, args=args)
+            t.daemon = True
+            t.start()
         else:
-            self.respond(msgid, None, result)
+            self.call(*args)
 
     def cleanup(self):
         self.files.cleanup()
