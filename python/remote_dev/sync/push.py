@@ -36,7 +36,7 @@ from .ignore import Excluder
 from .include import ignored_by
 from .problem import SyncResult, done_payload, is_too_large, summarize
 from .reconcile import Policy, PushPlan, Send
-from .reuse import note_written, offer
+from .reuse import offer
 from .scan import LocalEntry, lstat_entry, rel_paths
 from .state import compact_later, records_for, scanner_for, sync_state
 from .transfer import Progress, Sender, channels_for
@@ -200,8 +200,6 @@ class Push:
         sends = await offer(self.sess, agent, self.proj.root, self.commit, sends)
         comp = Compressor(meter, self.sess.hello.get("codecs"))
         channels = channels_for(meter, self.sess.hello.get("cpus") or 1)
-        if sends or deletes:
-            note_written(self.sess)
         try:
             await Sender(self.sess, self.proj.root, self.commit, self.progress, comp, AckClock(meter),
                          channels, self.resume_gc).send_all(agent, sends, deletes, self.force)

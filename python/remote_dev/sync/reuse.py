@@ -97,6 +97,8 @@ async def offer(sess: TargetSession, agent: AgentChannel, local_root: Path, comm
     """Offer what sends hold to the remote's index; what is left to send.  A sample goes
     first: when the remote holds little of it, the rest is sent without offers."""
     items = worth_offering(sess, sends)
+    if sends:
+        note_written(sess)   # the next push of this connection may offer
     if not items:
         return sends
     t0 = time.perf_counter()
