@@ -36,6 +36,7 @@ from .ignore import Excluder
 from .include import ignored_by
 from .problem import SyncResult, done_payload, is_too_large, summarize
 from .reconcile import Policy, PushPlan, Send
+from .reuse import offer
 from .scan import LocalEntry, lstat_entry, rel_paths
 from .state import compact_later, records_for, scanner_for, sync_state
 from .transfer import Progress, Sender, channels_for
@@ -196,6 +197,7 @@ class Push:
             t0 = time.perf_counter()
             await agent.call("ping")
             meter.rtt_ms = (time.perf_counter() - t0) * 1000
+        sends = await offer(self.sess, agent, self.proj.root, self.commit, sends)
         comp = Compressor(meter, self.sess.hello.get("codecs"))
         channels = channels_for(meter, self.sess.hello.get("cpus") or 1)
         try:

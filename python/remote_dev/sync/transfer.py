@@ -30,14 +30,15 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..agent.protocol import (FILE, LINK, OP_PAYLOAD, delete_op, digest, link_hash, link_op, pack_ops, staged_op,
-                              unpack_answers, write_op)
+from ..agent.protocol import (FILE, LINK, NEED, OK, OP_PAYLOAD, copy_op, delete_op, digest, link_hash, link_op, pack_ops,
+                              staged_op, unpack_answers, write_op)
 from ..engine import TargetSession
 from ..errors import AgentCallError
 from ..rpc import AgentChannel
@@ -62,6 +63,25 @@ LARGE = 8 << 20                # files above this are staged in chunks
 CHUNKS_AHEAD = 3               # chunks of a large file read and compressed ahead of the wire
 PROGRESS_AFTER = 1.0           # seconds before progress reports start
 PROGRESS_EVERY = 0.25
+DUP_MIN = 256                  # a file of at least this size whose content an earlier one of the push has: copied
+
+
+class Dedup:
+    """Content seen in a push: hash -> (batch, path) of its first file, so that another
+    file of the same content goes as a copy op (the agent copies it, checking its content)
+    when its batch is not sent before that first one's.  Batches are read in threads."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[int, str]] = {}
+        self.lock = threading.Lock()
+
+    def source(self, h: str, batch: int, rel: str) -> str | None:
+        with self.lock:
+            cur = self.first.get(h)
+            if cur is None or cur[0] > batch:
+                self.first[h] = (batch, rel)
+                return None
+            return cur[1] if cur[1] != rel else None
 
 
 class ReadFailed(Exception):
@@ -142,10 +162,11 @@ def batches_of(items: list[Send]) -> list[list[Send]]:
     return out
 
 
-def read_batch(root: Path, items: list[Send], records: SyncRecords
+def read_batch(root: Path, items: list[Send], records: SyncRecords, dedup: Dedup | None = None, batch: int = 0
                ) -> tuple[list[ReadOp], list[tuple[Send, str, LocalEntry]], list[tuple[Send, OSError]]]:
     """Push ops for small files and symlinks, read and hashed here (in a worker thread):
-    (ops, read but unchanged in content, unreadable)."""
+    (ops, read but unchanged in content, unreadable).  A file whose content an earlier
+    one of the push has goes as a copy op (dedup)."""
     ops: list[ReadOp] = []
     same: list[tuple[Send, str, LocalEntry]] = []
     bad: list[tuple[Send, OSError]] = []
@@ -170,7 +191,11 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords
                 continue
             entry = LocalEntry(FILE, len(data), st.st_mtime_ns, stat.S_IMODE(st.st_mode))
             h = digest(data)
-            op = write_op(item.rel, item.expect, item.force, h, entry.mode, data)
+            source = dedup.source(h, batch, item.rel) if dedup is not None and len(data) >= DUP_MIN else None
+            if source is not None:
+                op = copy_op(item.rel, item.expect, item.force, h, entry.mode, len(data), source)
+            else:
+                op = write_op(item.rel, item.expect, item.force, h, entry.mode, data)
         if content_unchanged(records.get(item.rel), entry.kind, h, entry.mode, item.must, item.force):
             same.append((item, h, entry))
         else:
@@ -203,9 +228,10 @@ class Prepared:
     wire: int = 0
 
 
-def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecords, comp: Compressor) -> Prepared:
+def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecords, comp: Compressor,
+            dedup: Dedup | None = None, batch: int = 0) -> Prepared:
     """Read, hash and (when it pays) pack and compress one batch: in a worker thread."""
-    ops, same, bad = read_batch(root, items, records)
+    ops, same, bad = read_batch(root, items, records, dedup, batch)
     out = Prepared(ops, same, bad)
     if not ops:
         return out
@@ -272,6 +298,8 @@ class Sender:
         self.failure: BaseException | None = None
         self.channels = channels
         self.first_sent = first_sent   # called once, when the first request is on the wire
+        self.dedup: Dedup | None = Dedup()
+        self.need: list[Send] = []     # copies the agent could not make: sent again, whole
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
         self.large = [i for i in sends if is_large(i)]
@@ -285,6 +313,10 @@ class Sender:
                 for chan in extras.take(self.sess, self.channels - 1, self.join):
                     self.join(chan)
             await self.wait_feeders()
+            if self.need:   # a copy's source came on another channel, not yet there: whole
+                self.batches, self.need, self.dedup = batches_of(self.need), [], None
+                self.started = self.claimed = 0
+                await self.feed(self.lanes[0])
             if deletes:
                 self.commit.deleting(deletes)
                 ops = [delete_op(rel, self.commit.records.expect(rel), force) for rel in deletes]
@@ -356,7 +388,7 @@ class Sender:
         while self.started < min(upto, len(self.batches)):
             n = self.started
             self.prepared[n] = loop.run_in_executor(self.comp.pool, prepare, self.local_root, self.root,
-                                                    self.batches[n], self.commit.records, self.comp)
+                                                    self.batches[n], self.commit.records, self.comp, self.dedup, n)
             self.started += 1
 
     async def feed(self, lane: Lane) -> None:
@@ -391,6 +423,12 @@ class Sender:
 
     def batch_done(self, prep: Prepared, answers: list[Any]) -> None:
         for r, answer in zip(prep.ops, answers):
+            if answer[0] == NEED:
+                self.commit.records.landed(r.item.rel)
+                self.need.append(r.item)
+                continue
+            if isinstance(r.op[OP_PAYLOAD], list) and answer[0] == OK:
+                self.commit.result.copied += 1
             self.commit.sent(r.item, r.hash, r.entry, answer)
 
 
