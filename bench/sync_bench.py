@@ -2,6 +2,7 @@
 """remote_dev push against rsync -a and tar|ssh on the same tree, in one run.
 
     .venv/bin/python bench/sync_bench.py [--copies 3] [--repeat 5] [--delay-ms 20] [--remote-base DIR]
+                                         [--part all|watchers]
 
 Builds (once) bench/.work/tree: copies of the venv's site-packages, >= 17,000 real files and
 >= 200 MB, committed to a git repository of its own (a project as users have them).  Starts
@@ -16,6 +17,13 @@ way (a second Host alias points at it):
     `rsync -a` of the whole tree (and, for reference, rsync of that one path);
   * Neovim's worst answer time: a real headless Neovim runs :RemotePush of the whole tree
     into an empty remote folder while this script evals `1+1` in it every 5 ms.
+
+--part watchers (loopback only): the no-op and one-file steps with each watcher backend in
+the pushing process (REMOTE_DEV_WATCHER=inotify, =watchdog, and =none: what a laptop
+without inotify gets when watchdog cannot watch either), each beside `rsync -a` of the tree
+in the same run; one file is pushed both by path (push on save) and by a tree push (what
+`:RemoteRun` does after an edit).  The first push after a backend switch (a whole-tree
+scan) is not counted.
 
 Prints the figures, their ratios and the targets.  Machines are noisy: compare ratios
 measured in one run, never absolute times across runs.
@@ -78,6 +86,10 @@ def build_tree(tree: Path, copies: int) -> tuple[int, int]:
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "bench tree"], check=True)
+    # the index as a user's is after any git command: its stat data written after the files'
+    # mtimes (right after the commit every entry is "racy" and git compares content)
+    time.sleep(1.1)
+    subprocess.run([*git, "update-index", "-q", "--refresh"], check=True)
     marker.write_text(f"{copies}\n")
     (tree / ".git" / "info" / "exclude").write_text(".bench-complete\n.remote-dev.toml\n")
     return count_tree(tree)
@@ -237,6 +249,71 @@ class Bench:
         warm(self.tree)
         r["nvim_worst_ms"], r["nvim_p99_ms"], r["nvim_push"], r["nvim_evals"] = self.nvim_push(f"{where}_nvim")
 
+    def measure_watchers(self) -> None:
+        """The no-op and one-file steps per watcher backend, on loopback, with rsync -a."""
+        from remote_dev.sync.watch import WATCHER_ENV
+
+        reps = self.args.repeat
+        settle_disk()
+        warm(self.tree)
+        t, res = self.engine_push("lo_rd")
+        assert res["files"] >= MIN_FILES and not res["errors"], res
+        rsync_root = self.fresh_remote("lo-rsync")
+        self.rsync("rdbench", rsync_root)
+        settle_disk()
+        victim = "copy0/pip/__init__.py"
+        path = self.tree / victim
+        original = path.read_bytes()
+        self.watchers: dict[str, dict[str, float]] = {}
+        try:
+            for backend in ("inotify", "watchdog", "none"):
+                os.environ[WATCHER_ENV] = backend
+                r = self.watchers[backend] = {}
+                print(f"[watchers] {backend}: first push (a whole-tree scan) ...", flush=True)
+                self.engine_push("lo_rd")
+                rd, rs = [], []
+                for _ in range(reps):
+                    t, res = self.engine_push("lo_rd")
+                    assert res["files"] == 0, res
+                    rd.append(t)
+                    rs.append(self.rsync("rdbench", rsync_root))
+                r["noop_rd"], r["noop_rsync"] = median(rd), median(rs)
+                rd, rt, rs = [], [], []
+                for i in range(reps):
+                    path.write_bytes(original + f"# {backend} {i} path\n".encode())
+                    t, res = self.engine_push("lo_rd", [str(path)])
+                    assert res["files"] == 1, res
+                    rd.append(t)
+                    path.write_bytes(original + f"# {backend} {i} tree\n".encode())
+                    t, res = self.engine_push("lo_rd")
+                    assert res["files"] == 1, res
+                    rt.append(t)
+                    path.write_bytes(original + f"# {backend} {i} rsync\n".encode())
+                    rs.append(self.rsync("rdbench", rsync_root))
+                r["one_rd"], r["one_tree"], r["one_rsync"] = median(rd), median(rt), median(rs)
+        finally:
+            path.write_bytes(original)
+            os.environ.pop(WATCHER_ENV, None)
+
+    def report_watchers(self, files: int) -> None:
+        print()
+        print(f"tree: {files} files, loopback, median of {self.args.repeat}; ratio = rsync -a / remote_dev "
+              f"(same run); load average {os.getloadavg()[0]:.1f}")
+        print(f"{'':12}{'no-op':>9}{'rsync':>9}{'ratio':>8}   {'1 file by path':>14}{'tree push':>10}"
+              f"{'rsync':>9}{'ratios':>14}")
+        for backend, r in self.watchers.items():
+            print(f"{backend:12}{r['noop_rd'] * 1000:>7.0f}ms{r['noop_rsync'] * 1000:>7.0f}ms"
+                  f"{r['noop_rsync'] / r['noop_rd']:>7.1f}x   {r['one_rd'] * 1000:>12.0f}ms"
+                  f"{r['one_tree'] * 1000:>8.0f}ms{r['one_rsync'] * 1000:>7.0f}ms"
+                  f"{r['one_rsync'] / r['one_rd']:>7.1f}x/{r['one_rsync'] / r['one_tree']:.1f}x")
+        print("targets (issue 27: no-op >= 4x without inotify, >= 20x with it; one file >= 20x):")
+        for backend, r in self.watchers.items():
+            for what, ratio, goal in (("no-op", r["noop_rsync"] / r["noop_rd"], 20 if backend == "inotify" else 4),
+                                      ("one file by path", r["one_rsync"] / r["one_rd"], 20),
+                                      ("one file, tree push", r["one_rsync"] / r["one_tree"], 4)):
+                print(f"  [{'ok ' if ratio >= goal else 'MISS'}] {backend}: {what} >= {goal}x faster than "
+                      f"rsync -a ({ratio:.1f}x)")
+
     # -- Neovim
     def nvim_push(self, target: str) -> tuple[float, float, float, int]:
         import pynvim
@@ -345,6 +422,10 @@ class Bench:
             rtt = {"lo": self.engine_connect("lo_rd"), "wan": self.engine_connect("wan_rd")}
             ssh_true = {w: median([run(["ssh", "-F", str(self.sshd.ssh_config), a, "true"]) for _ in range(5)])
                         for w, a in (("lo", "rdbench"), ("wan", wan))}
+            if self.args.part == "watchers":
+                self.measure_watchers()
+                self.report_watchers(files)
+                return
             self.nvim = self.start_nvim()
             self.measure("lo", "rdbench")
             self.measure("wan", wan)
@@ -416,6 +497,8 @@ def main() -> None:
     p.add_argument("--remote-base", help="where the remote folders go (default bench/.work/remote; "
                                          "/dev/shm takes the disk out of the figures)")
     p.add_argument("--keep", action="store_true", help="keep the remote folders afterwards")
+    p.add_argument("--part", choices=("all", "watchers"), default="all",
+                   help="watchers: only the no-op and one-file steps per watcher backend, loopback")
     args = p.parse_args()
     Bench(args).main()
 

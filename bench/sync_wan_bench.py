@@ -3,7 +3,7 @@
 links and on loopback, in one run (as root: the links are bench/wan.py beds).
 
     .venv/bin/python bench/sync_wan_bench.py [--links lo,1gbit/2,100mbit/40,20mbit/80]
-        [--parts init,noop,one,pull] [--repeat 3] [--remote-base DIR] [--remote-fs tmpfs|disk] [--bashrc] [--keep]
+        [--parts init,noop,one,pull,second] [--repeat 3] [--remote-base DIR] [--remote-fs tmpfs|disk] [--bashrc] [--keep]
 
 The tree (built once, kept in bench/.work/wantree, a git repository of its own): real text
 files of this machine -- the interpreter's stdlib, the venv's site-packages, then the
@@ -19,6 +19,9 @@ system's dist-packages -- each 1 KB..4 MB, valid UTF-8, taken in sorted order un
     full-tree `rsync -a` / `rsync -az` (and, for reference, rsync -az of that one path);
   * pull of 32 MB of results (a 24 MB text log + 8 MB of random bytes) written on the remote:
     remote_dev `pull` (sync.pull = ["results"]) vs `rsync -az` back;
+  * second (not by default): a second checkout of the tree, 2% of its files changed, pushed
+    into a NEW remote_root vs `rsync -az` (and `rsync -az --copy-dest`) into a fresh folder
+    (bench/second_checkout.py; issue 27);
   * on loopback, with the initial push: asyncssh alone carrying the tree's bytes (remote_dev's
     connection into `cat > /dev/null`), the floor of a push over asyncssh on that link.
 
@@ -36,7 +39,7 @@ sent, sshd AcceptEnv SHLVL: the remote bash skips ~/.bashrc, which runs `pyenv i
 Prints a table with the ratios, the targets of issue 12 and the goals of issue 27 (1gbit/2:
 the campus link, tbf at 1 Gbit/s and 1 ms each way).  Machines are noisy: compare ratios
 measured in one run, never absolute times across runs.  REMOTE_DEV_PACK=processes /
-threads forces the worker processes (packer.py; by default on 4+ cores) or threads.
+threads: the worker processes (packer.py; not the default) or threads.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / ".work"
 sys.path[:0] = [str(REPO / "python"), str(REPO / "tests"), str(REPO / "bench")]
 
+from second_checkout import measure_second, report_second  # noqa: E402
 from sync_bench import run, settle_disk, warm  # noqa: E402
 from wan import WanBed, catch_signals, kill_pids  # noqa: E402
 
@@ -358,6 +362,8 @@ class Bench:
                     t, res = self.rd(link, "push")
                     assert not res["errors"] and not res["conflicts"], res
                     root = self.rd_root(link)
+                    print(f"    (remote_dev: {res.get('copied', 0)} files of the same content as another one "
+                          f"of the push copied there, {res['wire_bytes'] / 1e6:.1f} MB on the wire)", flush=True)
                 else:
                     root = roots[tool] = self.fresh_remote(f"{link.target}-{tool}")
                     t = {"rsync_a": lambda: self.rsync(link, root, False),
@@ -403,6 +409,8 @@ class Bench:
             assert (self.rd_root(link) / self.victim).read_bytes().startswith(original)
             r["one_rd"], r["one_rsync_a"], r["one_rsync_az"], r["one_rsync_path"] = \
                 median(rd), median(ra), median(rz), median(r1)
+        if "second" in self.parts:
+            measure_second(self, link, EXCLUDES, roots)
         if "pull" in self.parts:
             print(f"[{link.label}] pull 32 MB of results ...", flush=True)
             remote = self.rd_root(link) / "results"
@@ -592,6 +600,7 @@ class Bench:
                 else:   # issue 12 sets these on loopback; here a round trip bounds them
                     info.append(f"{link.label}: {what} {speedup:.1f}x faster than full-tree rsync (one round "
                                 f"trip would be {best / (link.rtt_ms / 1000):.1f}x)")
+            report_second(link, rows, targets, info, len(cols), s)
             if link.wan and "one_rd" in r:
                 rtts = r["one_rd"] / (link.rtt_ms / 1000)
                 targets.append((rtts <= 1.5, f"{link.label}: one changed file (a save) reaches the remote in "
@@ -625,7 +634,7 @@ def main() -> None:
     p.add_argument("--links", default="lo,1gbit/2,100mbit/40,20mbit/80",
                    help="comma-separated: lo and/or RATE/RTT_MS (default lo,1gbit/2,100mbit/40,20mbit/80)")
     p.add_argument("--parts", default="init,noop,one,pull",
-                   help="comma-separated steps: init, noop, one, pull (default all)")
+                   help="comma-separated steps: init, noop, one, pull, second (default all but second)")
     p.add_argument("--tools", default=",".join(TOOLS[1:]),
                    help=f"competitors of the initial push (default {','.join(TOOLS[1:])}; rsync_a also "
                         f"runs when noop or one is asked: they need its remote copy)")
@@ -640,7 +649,7 @@ def main() -> None:
     p.add_argument("--bashrc", action="store_true", help="competitors' ssh sessions run ~/.bashrc")
     p.add_argument("--keep", action="store_true", help="keep the remote folders afterwards")
     args = p.parse_args()
-    unknown = set(args.parts.split(",")) - {"init", "noop", "one", "pull"}
+    unknown = set(args.parts.split(",")) - {"init", "noop", "one", "pull", "second"}
     if unknown:
         raise SystemExit(f"--parts: unknown {', '.join(sorted(unknown))}")
     unknown = set(args.tools.split(",")) - set(TOOLS[1:])

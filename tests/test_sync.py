@@ -18,6 +18,7 @@ from remote_dev.errors import AgentCallError, RemoteDevError
 from remote_dev.sync.ignore import Walker
 from remote_dev.sync.scan import git_listing
 from remote_dev.sync.records import Record, SyncRecords
+from remote_dev.sync.state import sync_state
 
 # --------------------------------------------------------------------------- helpers
 
@@ -465,10 +466,15 @@ def test_dry_run_and_push_say_why_files_are_skipped(make_project, isolated_state
 # --------------------------------------------------------------------------- the watcher
 
 
-def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
-    """After the first push, tree pushes look only at what inotify saw change; whatever the
-    change, the remote ends up as a whole-tree push would leave it."""
+@pytest.mark.parametrize("backend", ["inotify", "watchdog"])
+def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch, backend):
+    """After the first push, tree pushes look only at what the watcher saw change (inotify_simple,
+    or watchdog's observer -- Linux's inotify one here, what FSEvents is on macOS); whatever
+    the change, the remote ends up as a whole-tree push would leave it."""
     import remote_dev.sync.scan as scan_mod
+    import remote_dev.sync.watch as watch_mod
+
+    monkeypatch.setenv(watch_mod.WATCHER_ENV, backend)
 
     calls = {"git": 0}
     orig = scan_mod.git_listing_start
@@ -485,6 +491,8 @@ def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
     proj.write("x.tmp", "ignored for now\n")
     proj.write("docs/only.tmp", "a folder with nothing listed in it\n")
     push(engine, proj)
+    scanner = sync_state(engine.projects[proj.root.resolve()]).scanner
+    assert type(scanner.watcher).__name__ == {"inotify": "Watcher", "watchdog": "WatchdogWatcher"}[backend]
 
     def check():
         res = push(engine, proj)
@@ -550,13 +558,44 @@ def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch):
     check()
 
 
-def test_what_changes_while_folders_are_not_yet_watched_is_looked_at_again(tmp_path):
+def test_watchdog_hands_over_every_change_made_before_take(tmp_path):
+    """watchdog's events pass its threads: take() waits for a barrier event (the root's
+    times set to what they are) that comes after every earlier one, so a change made just
+    before a push is never left for the next.  The root's mtime stays as it was."""
+    from remote_dev.sync.watch import WatchdogWatcher
+
+    (tmp_path / "pkg").mkdir()
+    mtime = os.stat(tmp_path).st_mtime_ns
+    w = WatchdogWatcher(tmp_path)
+    try:
+        assert w.take() == []
+        for i in range(30):
+            (tmp_path / "pkg" / f"f{i % 3}.py").write_text(f"{i}\n")
+            os.chmod(tmp_path / "pkg" / f"f{i % 3}.py", 0o600 + (i % 2) * 0o100)
+            assert w.take() == [f"pkg/f{i % 3}.py"]
+        (tmp_path / "pkg" / "f0.py").unlink()
+        os.rename(tmp_path / "pkg" / "f1.py", tmp_path / "pkg" / "g.py")
+        assert w.take() == ["pkg/f0.py", "pkg/f1.py", "pkg/g.py"]
+        (tmp_path / ".git").mkdir()
+        (tmp_path / ".git" / "index").write_text("x")
+        assert w.take() == [] and w.valid
+        assert os.stat(tmp_path).st_mtime_ns != mtime   # (entries came: the kernel's doing)
+        st = os.stat(tmp_path)
+        w.take()
+        assert os.stat(tmp_path).st_mtime_ns == st.st_mtime_ns
+    finally:
+        w.close()
+    assert not w.valid
+
+
+def test_what_changes_while_folders_are_not_yet_watched_is_looked_at_again(tmp_path, monkeypatch):
     """A whole-tree scan watches the tree's folders after the scan, in a thread; what
     appeared, changed or went away before its folder's watch was in place (after the scan
     stat'ed it) is named by the next changes(): a listed file through its ctime (even when
     its folder's entries did not change), a folder's entries through its mtime and their
     ctimes.  Folders watched before the scan began are not looked at again: their news
     are inotify events."""
+    monkeypatch.setenv("REMOTE_DEV_WATCHER", "inotify")   # its own watches, placed after the scan
     import time
 
     from remote_dev.sync.scan import MTIME_SLACK_NS, Scanner

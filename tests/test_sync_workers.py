@@ -1,6 +1,6 @@
 """The worker processes that read, hash, pack and compress a push's batches (packer.py),
 against the real sshd, a real Neovim and the real process table: started at the first
-whole-tree push, reused by the next, gone when the engine stops (and when their parent --
+push that uses them, reused by the next, gone when the engine stops (and when their parent --
 a script or Neovim's Python host -- is killed); a worker
 killed in the middle of a push fails it with one line, leaves nothing half-written, and the
 next push completes it; the content arrives byte for byte through every codec."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -18,14 +19,18 @@ from conftest import require, wait_for
 from remote_dev import rpc
 from remote_dev.errors import RemoteDevError
 from remote_dev.packer import PackWorkers
+from remote_dev.sync import reuse
 from test_sync import on_engine, push, temps
 from test_sync_wire import slow_link, source_text
 
 
 @pytest.fixture(autouse=True)
 def processes(monkeypatch):
-    """The worker processes whatever the cores (by default only on 4 or more: push.PROCESS_CPUS)."""
+    """The worker processes (not the default: push.pack_workers); no offers to the remote's
+    content index (sync/reuse.py), which would copy these trees' contents, the same in every
+    test, instead of sending them."""
     monkeypatch.setenv("REMOTE_DEV_PACK", "processes")
+    monkeypatch.setattr(reuse, "OFFER_BYTES", 1 << 62)
 
 
 def tree(proj, n=60, size=40_000, seed=0):
@@ -160,7 +165,7 @@ def test_a_worker_killed_mid_push_fails_it_in_one_line_and_the_next_push_complet
         for name in names:   # whatever arrived arrived whole
             rel = os.path.relpath(os.path.join(dirpath, name), proj.remote_root)
             assert (proj.root / rel).read_bytes() == proj.remote(rel).read_bytes(), rel
-    monkeypatch.undo()
+    monkeypatch.setattr(rpc.AgentChannel, "send", real)
     res = push(engine, proj)
     assert res["errors"] == [] and res["conflicts"] == []
     same_remote(proj, files)
@@ -233,7 +238,9 @@ def test_in_neovim_the_workers_belong_to_its_python_host_and_end_with_it(nvim, m
     """:RemotePush of a big tree from a real Neovim: the workers are the Python host's
     children; the host killed (SIGKILL: no cleanup runs), they end by themselves."""
     proj = make_project()
-    files = tree(proj, n=80, seed=11)
+    # 1.5 MB in files under reuse.OFFER_MIN: the push offers nothing to the remote's content
+    # index (sync/reuse.py: the host's, not patched here) and sends it all through the workers
+    files = tree(proj, n=1500, size=1000, seed=random.randrange(1 << 30))
     nvim.open(proj.root, proj.root / "src/m0.py")
     nvim.start_host()
     nvim.command("RemotePush")

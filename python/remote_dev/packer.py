@@ -2,8 +2,8 @@
 so that the engine's event loop -- asyncssh's work per packet -- never waits for the GIL
 behind that work, and the work itself uses the other cores.
 
-The engine keeps one PackWorkers (engine.state): started, in the background, at the first
-push of a whole tree (their start costs ~60 ms of another core, never the first byte),
+The engine keeps one PackWorkers (engine.state): started at the first push that uses them
+(REMOTE_DEV_PACK=processes; their interpreters come up while the first batches wait),
 reused by every push after, closed with the engine (Engine.close) or at the interpreter's
 exit.  A worker is a fresh interpreter (``python -c``: fork+exec, never a fork of this
 threaded process) that imports only this module and the agent's protocol, reads jobs from

@@ -160,12 +160,18 @@ S_KIND, S_SIZE, S_MTIME, S_HASH, S_MODE, S_TARGET = range(6)
 #   [OP_STAGED, path, expect, force, hash, mode, token]    a file sent in chunks (stage/append)
 #   [OP_LINK,   path, expect, force, hash, None, target]   a symlink (never followed)
 #   [OP_DELETE, path, expect, force]                       delete a file or symlink
+#   [OP_COPY,   path, expect, force, hash, mode, [size, source]]
+#       a file whose content (hash, size) the remote may hold: copied from source (a path
+#       of the same root written before in the same request; its content is checked) or,
+#       source None, from a file the agent's content index knows; answered [NEED] when
+#       none holds it: the content must be sent.
 # expect: None (nothing synced there yet) or the state the last sync left.
 OP_WRITE = "w"
 OP_STAGED = "s"
 OP_LINK = "l"
 OP_DELETE = "d"
-OP_KINDS = (OP_WRITE, OP_STAGED, OP_LINK, OP_DELETE)
+OP_COPY = "c"
+OP_KINDS = (OP_WRITE, OP_STAGED, OP_LINK, OP_DELETE, OP_COPY)
 OP_KIND, OP_PATH, OP_EXPECT, OP_FORCE, OP_HASH, OP_MODE, OP_PAYLOAD = range(7)
 
 
@@ -183,6 +189,10 @@ def link_op(path, expect, force, hash_, target):
 
 def delete_op(path, expect, force):
     return [OP_DELETE, path, expect, force]
+
+
+def copy_op(path, expect, force, hash_, mode, size, source=None):
+    return [OP_COPY, path, expect, force, hash_, mode, [size, source]]
 
 
 # A packed push: a batch of push ops as ONE blob (compressed as one stream when that pays,
@@ -275,10 +285,12 @@ def unpack_files(blob):
 
 # Answers to push ops, one per op:
 #   [OK, size, mtime_ns] | [CONFLICT, reason] | [ERROR, message] | [GONE] (delete: nothing there)
+#   | [NEED] (a copy: the remote holds no such content, send it)
 OK = "ok"
 CONFLICT = "conflict"
 ERROR = "error"
 GONE = "gone"
+NEED = "need"
 
 # Temporary files of atomic writes carry this in their name; listings skip them.
 TMP_MARK = ".rdtmp-"

@@ -3,7 +3,8 @@ one module each, like mutagen's pkg/synchronization/core:
 
   scan       the local tree: which files count (git, or ignore.Walker), with their stat
   ignore     git's ignore rules without git, the global excludes, sync.exclude / sync.pull
-  watch      inotify: what may have changed since the last whole-tree scan
+  watch      inotify or watchdog: what may have changed since the last whole-tree scan
+  quick      without a watcher: the same from git status and the folders' mtimes
   records    what the last sync left per path (a Record), stored as snapshot + journal
   content    the content hash and the conflict rule (the agent applies the same on the remote)
   reconcile  the one place that decides: pure functions of scan, records, remote state

@@ -22,6 +22,7 @@ class SyncResult:
     files: int = 0
     bytes: int = 0
     wire: int = 0            # bytes that crossed the wire for content (compressed, only tails...)
+    copied: int = 0          # files the remote copied from content it held (of files)
     deleted: int = 0
     unchanged: int = 0
     conflicts: list[dict[str, str]] = field(default_factory=list)
@@ -60,6 +61,7 @@ def is_too_large(skipped: dict[str, Any]) -> bool:
 def done_payload(root: Path, target: str, res: SyncResult, ms: float, host: str = "") -> dict[str, Any]:
     return {
         "target": target, "host": host, "files": res.files, "bytes": res.bytes, "wire_bytes": res.wire, "ms": round(ms, 1),
+        "copied": res.copied,
         "deleted": res.deleted, "unchanged": res.unchanged,
         "conflicts": [c["path"] for c in res.conflicts],
         "conflict_details": [dict(c, local=str(root / c["path"])) for c in res.conflicts],
@@ -75,7 +77,9 @@ def summarize(kind: str, data: dict[str, Any]) -> tuple[str, str]:
     """(message, level) for a push or pull payload: "info" when all went well, "warn"
     for conflicts and skipped files, "error" for errors."""
     wire = data.get("wire_bytes") or 0
-    on_wire = f" ({human(wire)} on the wire)" if data["bytes"] and wire and wire < 0.9 * data["bytes"] else ""
+    on_wire = f" ({human(wire)} on the wire)" if data["bytes"] and wire < 0.9 * data["bytes"] else ""
+    if data.get("copied"):
+        on_wire = f" ({human(wire)} on the wire, {data['copied']} files copied there)"
     parts = [f"{kind} {data['target']}: {data['files']} files, {human(data['bytes'])}{on_wire} in "
              f"{data['ms'] / 1000:.2f} s"]
     if data.get("deleted"):

@@ -37,35 +37,26 @@ from .ignore import Excluder
 from .include import ignored_by
 from .problem import SyncResult, done_payload, is_too_large, summarize
 from .reconcile import Policy, PushPlan, Send
+from .reuse import offer
 from .scan import LocalEntry, lstat_entry, rel_paths
 from .state import compact_later, records_for, scanner_for, sync_state
 from .transfer import LARGE, Progress, Sender, channels_for
 from .wire import AckClock, Compressor, LinkMeter
 
 PING_BEFORE = 1 << 20      # a push of more bytes measures the round trip first (codec choice)
-PROCESS_BYTES = 1 << 20    # a push of more bytes in small files reads and packs them in worker processes,
-PROCESS_CPUS = 4           # on a machine with at least this many cores (bench/README: on 2 they lost)
+PROCESS_BYTES = 1 << 20    # with REMOTE_DEV_PACK=processes, a push of more bytes in small files uses the workers
 
 
 def pack_workers(engine: Engine, sends: list[Send] | None = None) -> PackWorkers | None:
-    """The engine's worker processes (packer.py) for a push of sends: None (threads do)
-    for a push of less than PROCESS_BYTES in small files, on fewer than PROCESS_CPUS cores,
-    or with REMOTE_DEV_PACK=threads; REMOTE_DEV_PACK=processes takes them on any machine
-    (for measurements and tests)."""
-    mode = os.environ.get("REMOTE_DEV_PACK")
-    if mode == "threads" or (mode != "processes" and (os.cpu_count() or 1) < PROCESS_CPUS):
+    """The engine's worker processes (packer.py) for a push of sends, only with
+    REMOTE_DEV_PACK=processes (bench/README, issue 27: on the 2-core bed they lost, and
+    they leave out the dedup within a push, whose one Dedup lives in this process) and for
+    a push of at least PROCESS_BYTES in small files; None: threads."""
+    if os.environ.get("REMOTE_DEV_PACK") != "processes":
         return None
     if sends is not None and sum(i.entry.size for i in sends if i.entry.size <= LARGE) < PROCESS_BYTES:
         return None
     return engine.state(PackWorkers)
-
-
-def warm_workers(engine: Engine, whole_tree: bool) -> None:
-    """Start the worker processes in the background at a whole-tree push, so that a big
-    one finds them up (their start costs ~60 ms of another core, not its first byte)."""
-    workers = pack_workers(engine) if whole_tree else None
-    if workers is not None and not workers.started:
-        asyncio.get_running_loop().run_in_executor(None, workers.start)
 
 
 class Push:
@@ -138,7 +129,6 @@ class Push:
                 await self.settle(agent)
             if then is None:
                 await check.send(agent)
-            warm_workers(self.engine, paths is None and not dry_run)
             self.pause_gc()
             plan = await asyncio.to_thread(self.scan_and_plan, paths, self.force, dry_run)
             if then is not None:   # the followup goes with the check only when nothing is to be sent
@@ -221,6 +211,7 @@ class Push:
             t0 = time.perf_counter()
             await agent.call("ping")
             meter.rtt_ms = (time.perf_counter() - t0) * 1000
+        sends = await offer(self.sess, agent, self.proj.root, self.commit, sends)
         comp = Compressor(meter, self.sess.hello.get("codecs"))
         channels = channels_for(meter, self.sess.hello.get("cpus") or 1)
         try:   # the batches in worker processes, or threads (pack_workers None)

@@ -10,7 +10,10 @@ inside the tree) are listed with their own rules.  Symlinks are entries of their
 
 The Scanner remembers whether git answers, and where inotify exists (watch.Watcher) a
 whole-tree scan also starts watching the tree's folders: ``changes()`` then names what
-may have changed since, so a push with nothing to do stats nothing.  The folders are
+may have changed since, so a push with nothing to do stats nothing.  watchdog's recursive
+watch (watch.WatchdogWatcher, where inotify_simple cannot work) is in place before the
+scan begins.  Without either, a whole-tree scan leaves a quick.Baseline and ``changes()``
+asks git status and the folders' mtimes instead.  The folders are
 watched after the scan, in a thread the push starts once it is done (on the bench tree the
 watches are ~30 ms and the walk of the folders holding nothing listed ~40 ms: in the scan
 they were most of its ~100 ms, and during the push they slowed its sending).  What changed
@@ -28,7 +31,6 @@ import os
 import select
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -38,7 +40,8 @@ from typing import Any, NamedTuple
 from ..errors import RemoteDevError
 from .ignore import Excluder, Walker, global_excludes_file_cached, is_git_component, mtime
 from .include import Includer, included
-from .watch import Watcher
+from .quick import Baseline
+from .watch import Watcher, WatchdogWatcher, open_watcher
 
 MAX_CHANGES = 2000        # more changed paths than this: a full scan is cheaper
 MTIME_SLACK_NS = 50_000_000   # folder mtimes come from a coarse clock: "since" starts this much earlier
@@ -215,12 +218,13 @@ class Scanner:
         self.includer = Includer(include)
         self.git: bool | None = None
         self.git_dir: str | None = None
-        self.watch = watch and sys.platform.startswith("linux")
-        self.watcher: Watcher | None = None
+        self.watch = watch
+        self.watcher: Watcher | WatchdogWatcher | None = None
         self.stamps: tuple[int, ...] | None = None
         self.last_full = 0.0
         self.pending: set[str] = set()
         self.background: threading.Thread | None = None
+        self.quick: Baseline | None = None   # without a watcher: what a check compares with
 
     def _stamps(self) -> tuple[int, ...]:
         """What changes git's answer without an event in the tree: the index (git add,
@@ -255,7 +259,7 @@ class Scanner:
                 w.watch(d)
                 if n % YIELD_EVERY == 0:
                     time.sleep(0)
-            self._changed_before_watch(listed, watched, since_ns)
+            changed_before_watch(self.root, listed, watched, since_ns, self.pending)
             by_dir: dict[str, set[str]] | None = None
             for d in list(w.dirs):
                 if d in watched:
@@ -279,31 +283,20 @@ class Scanner:
         except Exception:  # noqa: BLE001 - never half-watched: the next push scans the tree
             w.valid = False
 
-    def _changed_before_watch(self, listed: list[str], watched: set[str], since_ns: int) -> None:
-        """Listed files in folders watched only after the scan stat'ed them, changed
-        since the scan began (ctime: content, mode, or replaced): looked at again."""
-        root = os.path.join(self.root, "")
-        for n, rel in enumerate(listed):
-            if rel.rpartition("/")[0] in watched:
-                continue
-            try:
-                if os.lstat(root + rel).st_ctime_ns >= since_ns:
-                    self.pending.add(rel)
-            except OSError:
-                self.pending.add(rel)   # gone meanwhile
-            if n % (YIELD_EVERY * 16) == 0:
-                time.sleep(0)
-
     def changes(self) -> list[str] | None:
         """Paths that may differ from what the last whole-tree scan saw (plus paths to look
         at again: conflicts, errors), or None when only a whole-tree scan can tell."""
         self.settle()
-        w = self.watcher
-        if w is None or not w.valid or time.monotonic() - self.last_full > RESCAN_AFTER:
+        w, q = self.watcher, self.quick
+        if time.monotonic() - self.last_full > RESCAN_AFTER or self.stamps is None:
             return None
-        if self._stamps() != self.stamps:
+        stamps = self._stamps()
+        if w is not None and w.valid and stamps == self.stamps:
+            changed = w.take()
+        elif w is None and q is not None and stamps[:1] + stamps[2:] == self.stamps[:1] + self.stamps[2:]:
+            changed = q.changes()   # no watcher: git's status and the folders' mtimes
+        else:
             return None
-        changed = w.take()
         if changed is None or len(changed) + len(self.pending) > MAX_CHANGES:
             return None
         if any(c == ".gitignore" or c.endswith("/.gitignore") for c in changed):
@@ -343,6 +336,7 @@ class Scanner:
         (No wait for the background watch: an invalid watcher takes no more watches.)"""
         if self.watcher is not None:
             self.watcher.valid = False
+        self.quick = None
 
     def close(self) -> None:
         self.settle()
@@ -350,13 +344,13 @@ class Scanner:
             self.watcher.close()
             self.watcher = None
 
-    def _prepare_watcher(self) -> Watcher | None:
+    def _prepare_watcher(self) -> Watcher | WatchdogWatcher | None:
         w = self.watcher
         if w is None or not w.valid:
             if w is not None:
                 w.close()
             try:
-                w = self.watcher = Watcher(self.root)
+                w = self.watcher = open_watcher(self.root)
             except OSError:
                 self.watch = False
                 self.watcher = None
@@ -377,20 +371,29 @@ class Scanner:
         if paths is None or self.git is None:
             self.git_dir = git_dir(self.root)
             self.git = self.git_dir is not None
-        w = None
-        stamps = None
+        w = quick = status = young = stamps = None
         since = time.time_ns() - MTIME_SLACK_NS
-        if paths is None and self.watch and track:
+        if paths is None and track:
+            self.quick = None
             stamps = self._stamps()
-            w = self._prepare_watcher()
+            w = self._prepare_watcher() if self.watch else None
+            if w is None:   # git's answer for the tracked files before any stat (quick.py)
+                quick, young = Baseline(self.root, self.git_dir, self.includer, self.excluder), set()
+                status = quick.start()
         watched = set(w.dirs) if w is not None else set()   # before any stat: no news lost there
         out: dict[str, LocalEntry] = {}
-        scan_tree(self.excluder, self.root, "", paths, bool(self.git), 0, out, hint)
+        scan_tree(self.excluder, self.root, "", paths, bool(self.git), 0, out, hint, young, since)
         if self.includer:
             add_included(self.root, self.includer, self.excluder, paths, bool(self.git), out)
-        if w is not None and w.valid:
+        if quick is not None:
+            self.stamps, self.last_full, self.quick = stamps, time.monotonic(), quick
+            self.background = threading.Thread(target=quick.build, args=(status, since, out, young), daemon=True,
+                                               name="rd-baseline")
+        elif w is not None and w.valid:
             self.stamps = stamps
             self.last_full = time.monotonic()
+            if w.recursive:   # watching the whole tree since before the scan
+                return out
             self.background = threading.Thread(target=self._watch_rest, args=(w, since, list(out), watched),
                                                daemon=True, name="rd-watch")
         return out
@@ -401,6 +404,23 @@ class Scanner:
         t = self.background
         if t is not None and t.ident is None:
             t.start()
+
+
+def changed_before_watch(root_path: Path, listed: list[str], watched: set[str], since_ns: int,
+                         pending: set[str]) -> None:
+    """Listed files in folders watched only after the scan stat'ed them, changed since
+    the scan began (ctime: content, mode, or replaced): into pending (looked at again)."""
+    root = os.path.join(root_path, "")
+    for n, rel in enumerate(listed):
+        if rel.rpartition("/")[0] in watched:
+            continue
+        try:
+            if os.lstat(root + rel).st_ctime_ns >= since_ns:
+                pending.add(rel)
+        except OSError:
+            pending.add(rel)   # gone meanwhile
+        if n % (YIELD_EVERY * 16) == 0:
+            time.sleep(0)
 
 
 def add_included(root: Path, includer: Includer, excluder: Excluder, paths: list[str] | None, use_git: bool,
@@ -414,10 +434,12 @@ def add_included(root: Path, includer: Includer, excluder: Excluder, paths: list
 
 
 def scan_tree(excluder: Excluder, root: Path, prefix: str, paths: list[str] | None, use_git: bool, depth: int,
-              out: dict[str, LocalEntry], hint: Iterable[str] | None = None) -> None:
+              out: dict[str, LocalEntry], hint: Iterable[str] | None = None, young: set[str] | None = None,
+              since: int = 0) -> None:
     """Files and symlinks at or under paths of root (git's listing when use_git, else the
     Walker's) into out, by path relative to the project (prefix: root's place in it, a
-    nested repository's); hint: paths stat'ed while git lists."""
+    nested repository's); hint: paths stat'ed while git lists; young: gets the listed
+    paths whose ctime is not older than since."""
     base = str(root)
     try:
         root_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if _DIR_FD else None
@@ -446,7 +468,7 @@ def scan_tree(excluder: Excluder, root: Path, prefix: str, paths: list[str] | No
                 listings = [GitListing(proc) for proc in reversed(procs)]   # type: ignore[arg-type]
                 for listing in listings:
                     for part in listing:
-                        collect(excluder, root, prefix, paths, depth, part, pre, lstat, got)
+                        collect(excluder, root, prefix, paths, depth, part, pre, lstat, got, young, since)
                     if not listing.ok:
                         break
                 if all(listing.ok for listing in listings):
@@ -459,13 +481,14 @@ def scan_tree(excluder: Excluder, root: Path, prefix: str, paths: list[str] | No
                         proc.wait()
                     if proc.stdout is not None:
                         proc.stdout.close()
-        collect(excluder, root, prefix, paths, depth, Walker(root).listing(paths), pre, lstat, out)
+        collect(excluder, root, prefix, paths, depth, Walker(root).listing(paths), pre, lstat, out, young, since)
     finally:
         if root_fd is not None:
             os.close(root_fd)
 
 def collect(excluder: Excluder, root: Path, prefix: str, paths: list[str] | None, depth: int, listing: list[str],
-            pre: dict[str, os.stat_result], lstat: Any, out: dict[str, LocalEntry]) -> None:
+            pre: dict[str, os.stat_result], lstat: Any, out: dict[str, LocalEntry], young: set[str] | None = None,
+            since: int = 0) -> None:
     """The entries of listed paths (stat'ed, or taken from pre) into out; a nested
     repository is scanned with its own rules."""
     excluded = excluder.excluded if excluder.spec is not None else None
@@ -485,6 +508,8 @@ def collect(excluder: Excluder, root: Path, prefix: str, paths: list[str] | None
             except OSError:
                 continue
         fmt = st.st_mode & 0o170000
+        if young is not None and st.st_ctime_ns >= since:
+            young.add(full_rel)
         if fmt == 0o100000:
             out[full_rel] = LocalEntry("f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
         elif fmt == 0o120000:

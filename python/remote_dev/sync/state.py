@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from ..engine import Project, TargetSession
 from .check import CheckMemory
 from .records import SyncRecords
 from .scan import Scanner
+from .watch import WATCHER_ENV
 
 
 @dataclass
@@ -54,10 +56,11 @@ def compact_later(proj: Project, records: SyncRecords) -> None:
 
 
 def scanner_for(proj: Project) -> Scanner:
-    """The project's scanner, made anew when the root or the sync rules changed."""
+    """The project's scanner, made anew when the root, the sync rules or the watcher asked
+    for (REMOTE_DEV_WATCHER) changed."""
     st = sync_state(proj)
     cfg = proj.config.sync
-    key = (str(proj.root), cfg.exclude, cfg.pull, cfg.include)
+    key = (str(proj.root), cfg.exclude, cfg.pull, cfg.include, os.environ.get(WATCHER_ENV, ""))
     if st.scanner is None or st.scanner_key != key:
         if st.scanner is not None:
             st.scanner.close()

@@ -30,13 +30,15 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..agent.protocol import FILE, LINK, OP_PAYLOAD, delete_op, link_op, pack_ops, staged_op, unpack_answers, write_op
+from ..agent.protocol import (FILE, LINK, NEED, OK, OP_PAYLOAD, copy_op, delete_op, link_op, pack_ops, staged_op,
+                              unpack_answers, write_op)
 from ..engine import TargetSession
 from ..errors import AgentCallError
 from ..packer import PackWorkers, WorkerDied, read_one
@@ -63,6 +65,25 @@ CHUNKS_AHEAD = 3               # chunks of a large file read and compressed ahea
 STARVED_AFTER = 6              # batches before the wire running dry says the link is faster than assumed
 PROGRESS_AFTER = 1.0           # seconds before progress reports start
 PROGRESS_EVERY = 0.25
+DUP_MIN = 256                  # a file of at least this size whose content an earlier one of the push has: copied
+
+
+class Dedup:
+    """Content seen in a push: hash -> (batch, path) of its first file, so that another
+    file of the same content goes as a copy op (the agent copies it, checking its content)
+    when its batch is not sent before that first one's.  Batches are read in threads."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[int, str]] = {}
+        self.lock = threading.Lock()
+
+    def source(self, h: str, batch: int, rel: str) -> str | None:
+        with self.lock:
+            cur = self.first.get(h)
+            if cur is None or cur[0] > batch:
+                self.first[h] = (batch, rel)
+                return None
+            return cur[1] if cur[1] != rel else None
 
 
 class ReadFailed(Exception):
@@ -135,10 +156,11 @@ def batches_of(items: list[Send]) -> list[list[Send]]:
     return out
 
 
-def read_batch(root: Path, items: list[Send], records: SyncRecords
+def read_batch(root: Path, items: list[Send], records: SyncRecords, dedup: Dedup | None = None, batch: int = 0
                ) -> tuple[list[ReadOp], list[tuple[Send, str, LocalEntry]], list[tuple[Send, OSError]]]:
     """Push ops for small files and symlinks, read and hashed here (in a worker thread):
-    (ops, read but unchanged in content, unreadable)."""
+    (ops, read but unchanged in content, unreadable).  A file whose content an earlier
+    one of the push has goes as a copy op (dedup)."""
     ops: list[ReadOp] = []
     same: list[tuple[Send, str, LocalEntry]] = []
     bad: list[tuple[Send, OSError]] = []
@@ -156,7 +178,11 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords
             op = link_op(item.rel, item.expect, item.force, h, entry.target)
         else:
             entry = LocalEntry(FILE, size, mtime, mode)
-            op = write_op(item.rel, item.expect, item.force, h, mode, data)
+            source = dedup.source(h, batch, item.rel) if dedup is not None and size >= DUP_MIN else None
+            if source is not None:
+                op = copy_op(item.rel, item.expect, item.force, h, mode, size, source)
+            else:
+                op = write_op(item.rel, item.expect, item.force, h, mode, data)
         if content_unchanged(records.get(item.rel), entry.kind, h, entry.mode, item.must, item.force):
             same.append((item, h, entry))
         else:
@@ -189,9 +215,10 @@ class Prepared:
     wire: int = 0
 
 
-def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecords, comp: Compressor) -> Prepared:
+def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecords, comp: Compressor,
+            dedup: Dedup | None = None, batch: int = 0) -> Prepared:
     """Read, hash and (when it pays) pack and compress one batch: in a worker thread."""
-    ops, same, bad = read_batch(root, items, records)
+    ops, same, bad = read_batch(root, items, records, dedup, batch)
     out = Prepared(ops, same, bad)
     if not ops:
         return out
@@ -218,7 +245,7 @@ def prepared_from(items: list[Send], meta: dict[str, Any], blob: bytes, remote_r
     """A worker's answer (packer.pack_batch) as the batch ready for the wire."""
     def entry(e: list[Any]) -> LocalEntry:
         return LocalEntry(*e) if e[0] == LINK else LocalEntry(*e[:4])
-    ops = [ReadOp([], items[i], h, entry(e)) for i, h, e in meta["ops"]]
+    ops = [ReadOp([None] * (OP_PAYLOAD + 1), items[i], h, entry(e)) for i, h, e in meta["ops"]]   # written, no copies
     out = Prepared(ops, [(items[i], h, entry(e)) for i, h, e in meta["same"]],
                    [(items[i], OSError(code, text)) for i, code, text in meta["bad"]])
     if ops:
@@ -288,6 +315,8 @@ class Sender:
         self.wire_sent = 0             # wire bytes sent, since the first at t_first
         self.t_first = 0.0
         self.waits = [0.0, 0.0]        # seconds the lanes waited for batches, for room on the wire
+        self.dedup: Dedup | None = Dedup() if workers is None else None   # one Dedup: threads only
+        self.need: list[Send] = []     # copies the agent could not make: sent again, whole
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
         self.large = [i for i in sends if is_large(i)]
@@ -301,6 +330,10 @@ class Sender:
                 for chan in extras.take(self.sess, self.channels - 1, self.join):
                     self.join(chan)
             await self.wait_feeders()
+            if self.need:   # a copy's source came on another channel, not yet there: whole
+                self.batches, self.need, self.dedup = batches_of(self.need), [], None
+                self.started = self.claimed = 0
+                await self.feed(self.lanes[0])
             if deletes:
                 self.commit.deleting(deletes)
                 ops = [delete_op(rel, self.commit.records.expect(rel), force) for rel in deletes]
@@ -380,7 +413,7 @@ class Sender:
                 self.prepared[n] = loop.create_task(self.packed(self.batches[n]))
             else:
                 self.prepared[n] = loop.run_in_executor(self.comp.pool, prepare, self.local_root, self.root,
-                                                        self.batches[n], self.commit.records, self.comp)
+                                                        self.batches[n], self.commit.records, self.comp, self.dedup, n)
             self.started += 1
 
     async def packed(self, items: list[Send]) -> Prepared:
@@ -429,6 +462,12 @@ class Sender:
 
     def batch_done(self, prep: Prepared, answers: list[Any]) -> None:
         for r, answer in zip(prep.ops, answers):
+            if answer[0] == NEED:
+                self.commit.records.landed(r.item.rel)
+                self.need.append(r.item)
+                continue
+            if isinstance(r.op[OP_PAYLOAD], list) and answer[0] == OK:
+                self.commit.result.copied += 1
             self.commit.sent(r.item, r.hash, r.entry, answer)
 
 

@@ -1,5 +1,8 @@
 """Which paths may have changed since the last whole-tree scan: inotify on the tree's
-folders (Linux), so that a push with nothing to do stats nothing.
+folders (Linux), or watchdog (PyPI: FSEvents on macOS, kqueue on BSD, ReadDirectoryChangesW
+on Windows) where inotify_simple cannot work, so that a push with nothing to do stats
+nothing.  ``open_watcher`` picks the backend: REMOTE_DEV_WATCHER=inotify|watchdog|none
+forces one (tests, the bench; "none" is what a machine with neither gets).
 
 Built on inotify_simple (PyPI; a thin ctypes binding, pure Python) instead of our own
 ctypes code, measured on the sync benchmark's tree (17,766 files, 1,546 folders): watching
@@ -11,6 +14,12 @@ So: as fast where it counts, and no struct layouts or libc loading of our own to
 Where it cannot work (not Linux, no inotify, the package missing) ``Watcher`` raises
 OSError and the scanner falls back to whole-tree scans.
 
+On Linux both backends sit on inotify; inotify_simple stays the one used there (its watches
+are ours: placed after the scan, in the background; watchdog's recursive watch walks the
+tree before the scan can start, and its events pass two threads; bench/README.md has the
+figures).  Only the inotify backends were verified (Linux); FSEvents and kqueue come from
+watchdog as it is.
+
 Anything the watcher cannot follow exactly -- a queue overflow, a folder moved, the root
 gone, no more watches -- makes it invalid: the next push scans the whole tree and starts a
 new watcher.
@@ -21,7 +30,11 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import threading
+import time
 from typing import Any
+
+from .ignore import is_git_component
 
 try:
     from inotify_simple import INotify, flags
@@ -39,8 +52,38 @@ if flags is not None:
     IN_MOVE_SELF, IN_MOVED, IN_CREATE = int(flags.MOVE_SELF), int(flags.MOVED_FROM | flags.MOVED_TO), int(flags.CREATE)
 
 
+try:
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+except ImportError:  # not installed: inotify_simple or whole-tree scans
+    FileSystemEventHandler = object  # type: ignore[assignment,misc]
+    Observer = None
+
+WATCHER_ENV = "REMOTE_DEV_WATCHER"
+BARRIER_WAIT_S = 0.5   # watchdog: how long take() waits for its barrier event to come through
+SETTLE_S = 0.01        # ... and, without one, for a quiet moment
+
+
+def open_watcher(root: str | os.PathLike[str]) -> Watcher | WatchdogWatcher:
+    """The watcher for this machine (REMOTE_DEV_WATCHER forces one), or OSError: none."""
+    which = os.environ.get(WATCHER_ENV, "") or "auto"
+    if which == "none":
+        raise OSError(f"no watcher ({WATCHER_ENV}=none)")
+    if which in ("auto", "inotify"):
+        try:
+            return Watcher(root)
+        except OSError:
+            if which == "inotify":
+                raise
+    if which in ("auto", "watchdog"):
+        return WatchdogWatcher(root)
+    raise OSError(f"{WATCHER_ENV}={which}: not inotify, watchdog or none")
+
+
 class Watcher:
     """inotify watches on folders of the tree, by path relative to the root."""
+
+    recursive = False   # one watch per folder, placed by the scanner
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         if INotify is None or not sys.platform.startswith("linux"):
@@ -155,3 +198,124 @@ class Watcher:
         if not self.ino.closed:
             self.ino.close()
         self.valid = False
+
+
+class WatchdogWatcher(FileSystemEventHandler):  # type: ignore[misc,valid-type]
+    """watchdog's recursive watch of the whole tree, by path relative to the root; the
+    same face as Watcher (watch/watch_parents/watch_tree are no-ops: the one watch covers
+    the tree from the moment it is made, folders made later included).  Events come in
+    watchdog's threads; ``take`` first waits for those in flight: it sets the root's times
+    to what they are (only its ctime changes) and waits for that event, which comes after
+    every earlier one (BARRIER_WAIT_S at most; where none ever comes -- an observer that
+    reports no attribute changes of the root -- for a quiet moment, from then on).  Lost
+    events (EventsLostEvent), the root gone or moved, or the observer dead make it
+    invalid."""
+
+    recursive = True
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        if Observer is None:
+            raise OSError("watchdog is not available")
+        super().__init__()
+        self.root = os.fspath(root)
+        self.lock = threading.Lock()
+        self.valid = True
+        self.changed: set[str] = set()
+        self.new_dirs: set[str] = set()   # never filled: the recursive watch covers them
+        self.dirs: set[str] = {""}
+        self.last_event = 0.0
+        self.barriers = [0, 0]   # asked for, seen
+        self.barrier_works = True   # till one never came (an observer that does not tell)
+        obs = Observer()
+        try:
+            obs.schedule(self, self.root, recursive=True)   # watches in place on return
+            obs.start()
+        except Exception as e:  # noqa: BLE001 - OSError, or the backend's own errors
+            raise OSError(f"watchdog cannot watch {self.root}: {e}") from None
+        self.observer: Any = obs
+
+    def watch(self, rel_dir: str) -> None:
+        pass
+
+    def watch_parents(self, rel: str) -> None:
+        pass
+
+    def watch_tree(self, rel_dir: str) -> None:
+        pass
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = event.event_type
+        if kind in ("opened", "closed_no_write"):
+            return
+        if kind == "modified" and event.is_directory:
+            return   # its entries' own events say what changed
+        rels = []
+        for p in (event.src_path, getattr(event, "dest_path", "")):
+            if not p:
+                continue
+            p = os.fsdecode(p)
+            rel = os.path.relpath(p, self.root)
+            if rel == ".":
+                if kind == "attrib":
+                    self.barriers[1] += 1
+                elif kind != "modified":   # the root itself gone, moved, or events lost
+                    self.valid = False
+                continue
+            if rel.startswith("../"):
+                continue
+            rels.append(rel.replace(os.sep, "/"))
+        with self.lock:
+            self.last_event = time.monotonic()
+            if kind == "events_lost":
+                self.valid = False
+            self.changed.update(r for r in rels if not (".git" in r and is_git_component(r)))
+
+    def drain(self) -> None:
+        """Let the events in flight arrive (watchdog's threads hand them over; there is no
+        flush to ask for): a barrier event, else a quiet moment."""
+        obs = self.observer
+        if obs is None:
+            return
+        if not obs.is_alive():
+            self.valid = False
+            return
+        deadline = time.monotonic() + BARRIER_WAIT_S
+        if self.barrier_works:
+            try:
+                st = os.stat(self.root)
+                with self.lock:
+                    self.barriers[0] = max(self.barriers) + 1
+                os.utime(self.root, ns=(st.st_atime_ns, st.st_mtime_ns))
+            except OSError:
+                self.barrier_works = False
+            while self.barrier_works and self.barriers[0] > self.barriers[1] and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            if self.barrier_works and self.barriers[0] <= self.barriers[1]:
+                return
+            self.barrier_works = self.barrier_works and self.barriers[1] > 0   # came before: late now
+        time.sleep(SETTLE_S)   # no barrier (not ours to touch, or late): a quiet moment
+        deadline = time.monotonic() + BARRIER_WAIT_S
+        while (obs.event_queue.unfinished_tasks or time.monotonic() - self.last_event < SETTLE_S) \
+                and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def reset(self) -> None:
+        self.drain()
+        with self.lock:
+            self.changed.clear()
+
+    def take(self) -> list[str] | None:
+        self.drain()
+        with self.lock:
+            changed, self.changed = self.changed, set()
+        if not self.valid:
+            return None
+        return sorted(changed)
+
+    def close(self) -> None:
+        obs = self.observer
+        self.observer = None
+        self.valid = False
+        if obs is not None:
+            obs.stop()
+            obs.join(5)

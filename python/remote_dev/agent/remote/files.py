@@ -16,7 +16,7 @@ import threading
 
 from .. import protocol as P
 from .common import AgentError, cache_dir, expand_root, os_message, private_dir, unlink_quiet, write_all
-from . import temps
+from . import reuse, temps
 from .paths import content_hash, entry_state, resolve
 from .temps import link_temp, make_temp
 from .verify import Checks
@@ -159,7 +159,7 @@ class FileOps(object):
         known_dirs = {}
         results = []
         with root_lock(root):
-            self.push_ops(root, ops, known_dirs, results)
+            (copy_in_threads if offered_copies(ops) else FileOps.push_ops)(self, root, ops, known_dirs, results)
         return results
 
     def push_ops(self, root, ops, known_dirs, results):
@@ -170,7 +170,7 @@ class FileOps(object):
                 results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
                 continue
             try:
-                results.append(self.apply(root, op, known_dirs))
+                results.append(reuse.noted(root, op, self.apply(root, op, known_dirs)))
             except AgentError as e:
                 results.append([P.ERROR, e.message])
                 if op[0] == P.OP_STAGED:
@@ -223,6 +223,8 @@ class FileOps(object):
                     return [P.CONFLICT, reason]
             if kind == P.OP_LINK:
                 return replace_with_link(path, payload)
+            if kind == P.OP_COPY:
+                return copy_to(root, path, new_hash, mode, payload)
             if staged is not None:
                 if staged.error is not None:
                     return [P.ERROR, staged.error]
@@ -424,6 +426,77 @@ def replace_with_file(path, tmp, fd, data, mode):
         unlink_quiet(tmp)
         raise
     return [P.OK, st.st_size, st.st_mtime_ns]
+
+
+COPY_THREADS = 4   # threads applying a request of offered copies (its system calls wait, not the CPU)
+
+
+def offered_copies(ops):
+    """A request of copy ops from the content index only (sync/reuse.py's offers)."""
+    return len(ops) >= 4 * COPY_THREADS and all(
+        isinstance(op, list) and len(op) > P.OP_PAYLOAD and op[0] == P.OP_COPY and isinstance(op[P.OP_PAYLOAD], list)
+        and len(op[P.OP_PAYLOAD]) == 2 and op[P.OP_PAYLOAD][1] is None for op in ops)
+
+
+def copy_in_threads(self_ops, root, ops, known_dirs, results):
+    """push_ops for offered copies, in COPY_THREADS threads of contiguous slices (no op
+    depends on another; folders made meanwhile are shared in known_dirs)."""
+    n = -(-len(ops) // COPY_THREADS)
+    parts = [[] for _ in range(COPY_THREADS)]
+    threads = [threading.Thread(target=self_ops.push_ops, args=(root, ops[k * n:(k + 1) * n], known_dirs, parts[k]))
+               for k in range(COPY_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for part in parts:
+        results.extend(part)
+    if len(results) != len(ops):
+        raise AgentError("internal", "%d answers to %d copies" % (len(results), len(ops)))
+
+
+def copy_to(root, path, digest, mode, payload):
+    """A copy op: content digest (size bytes) copied to path from the source the op
+    names (its content checked) or from a file of the content index; [NEED] when none."""
+    if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[0], int)):
+        raise AgentError("op", "bad copy op: its payload is [size, source]")
+    size, source = payload
+    found = reuse.INDEX.open_source(digest, size, path) if source is None else None
+    if source is None and found is None:
+        return [P.NEED]   # nothing made: the miss of a push offering what the remote lacks is cheap
+    try:
+        tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
+    except BaseException:
+        if found is not None:
+            os.close(found[0])
+        raise
+    try:
+        ok = copy_checked(root, source, digest, size, fd) if found is None else reuse.copy_found(found, size, fd)
+    except BaseException:
+        os.close(fd)
+        unlink_quiet(tmp)
+        raise
+    if not ok:
+        os.close(fd)
+        unlink_quiet(tmp)
+        return [P.NEED]
+    return replace_with_file(path, tmp, fd, b"", mode)   # (b"": its mode set when made)
+
+
+def copy_checked(root, source, digest, size, fd):
+    """Write into fd the content of root/source when it is digest (size bytes)."""
+    try:
+        src = open_regular(root, source)
+    except (OSError, AgentError):
+        return False
+    try:
+        data = pread_all(src, 0, size + 1)
+    finally:
+        os.close(src)
+    if len(data) != size or P.digest(data) != digest:
+        return False
+    write_all(fd, data)
+    return True
 
 
 def replace_with_link(path, target):

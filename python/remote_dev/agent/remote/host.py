@@ -9,6 +9,7 @@ import time
 
 from .. import protocol as P
 from .common import expand_root, secure_cache
+from .reuse import has_index
 
 AGENT_VERSION = "1"
 
@@ -23,6 +24,7 @@ def hello(client_version):
         "home": os.path.expanduser("~"),
         "codecs": P.codec_formats(),   # compression formats it decodes (bz2 can be missing)
         "cpus": os.cpu_count() or 1,
+        "reuse": has_index(),          # it holds a content index: a push into a new root offers hashes
     }
 
 

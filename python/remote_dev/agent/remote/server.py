@@ -20,7 +20,7 @@ import sys
 import threading
 
 from .. import protocol as P
-from . import alloc, envscan, files as files_mod, host, runs, services, temps
+from . import alloc, envscan, files as files_mod, host, reuse, runs, services, temps
 from .common import AgentError, Later, os_message
 from .files import FileOps
 
@@ -179,6 +179,7 @@ class Agent(object):
     def cleanup(self):
         self.files.cleanup()
         temps.forget_journal()
+        reuse.flush_quietly()   # what is not hashed yet is hashed when a lookup needs it
 
 
 PIPE_SIZE = 1 << 20    # stdin's pipe from sshd (Linux: 64 KB unless asked; 1 MB is what any user may ask)

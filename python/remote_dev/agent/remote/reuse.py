@@ -1,0 +1,427 @@
+"""Content the remote already has: an index of the files this user's agents wrote (per
+project root, in the cache's ``index`` folder, 0700/0600, written atomically, bounded),
+and copies from it, so a push into a new root (a git worktree, an experiment's copy)
+copies what another root holds instead of receiving it: rsync's ``--copy-dest``, found
+by content.
+
+An entry is [size, mtime_ns, hash or None] per path; the hash is filled in when the agent
+is idle after a push (or when a lookup needs it), read from the file and kept only if its
+stat did not change meanwhile.  An entry is used only when the file's stat is still the
+entry's (size and mtime): a file changed or gone since is never copied.  A copy is a
+reflink where the file system has them (FICLONE), else a real copy (copy_file_range,
+sendfile, read/write) to a temporary name renamed into place: never a hard link, so an
+edit of one copy never changes another.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import threading
+import time
+
+from .. import protocol as P
+from .common import AgentError, cache_dir, private_dir, unlink_quiet
+from .paths import resolve
+
+INDEX_DIR = "index"
+MAX_ROOTS = 64              # index files kept (the least recently written go)
+MAX_ENTRIES = 400000        # entries per root
+IDLE_FLUSH = 0.1            # seconds after the last write before the index is written
+RECHECK = 0.5               # seconds a lookup trusts its copy of the index files
+FICLONE = 0x40049409        # linux/fs.h: _IOW(0x94, 9, int)
+SIZE, MTIME, HASH = range(3)
+
+
+def index_dir():
+    return os.path.join(cache_dir(), INDEX_DIR)
+
+
+def index_name(root):
+    return hashlib.sha256(os.fsencode(root)).hexdigest()[:24]
+
+
+def has_index():
+    """Whether the index knows of a root that still exists (the hello says so: a push
+    then offers hashes; the index is then read in the background, ready for its offers);
+    the index files of roots gone (a removed worktree) go."""
+    folder = index_dir()
+    try:
+        names = [n[:-5] for n in os.listdir(folder) if n.endswith(".json")]
+    except OSError:
+        return False
+    alive = False
+    for name in names:
+        base = os.path.join(folder, name)
+        try:
+            with open(base + ".root", "rb") as f:
+                root = os.fsdecode(f.read())
+        except OSError:
+            root = None   # (merge writes it first: an index without it is damaged)
+        if root is not None and os.path.isdir(root):
+            alive = True
+            continue
+        for ext in (".json", ".root", ".lock"):
+            unlink_quiet(base + ext)
+    if alive:
+        t = threading.Thread(target=INDEX.files.by_sizes)
+        t.daemon = True
+        t.start()
+    return alive
+
+
+def write_private(path, data):
+    """data at path (0600), atomically."""
+    tmp = path + ".tmp%d" % os.getpid()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | P.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.rename(tmp, path)
+    except BaseException:
+        unlink_quiet(tmp)
+        raise
+
+
+def read_index(path, root):
+    """{rel: entry} of an index file (empty when it is missing, damaged or another root's)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("root") == root and isinstance(data.get("files"), dict):
+            return data["files"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {}
+
+
+def stat_matches(st, entry):
+    return stat.S_ISREG(st.st_mode) and st.st_size == entry[SIZE] and st.st_mtime_ns == entry[MTIME]
+
+
+def hash_fd(fd):
+    h = P.new_hasher()
+    offset = 0
+    while True:
+        block = os.pread(fd, P.HASH_BLOCK, offset)
+        if not block:
+            return P.hasher_digest(h)
+        h.update(block)
+        offset += len(block)
+
+
+NO_REFLINK = set()          # devices where FICLONE failed
+
+
+def clone_into(src_fd, dst_fd, size, dev=None):
+    """The content of src_fd into the empty dst_fd: a reflink where the file system can,
+    else copied in the kernel, else read and written.  Returns how: "reflink" or "copy".
+    dev: the source's device (no reflink is tried again where one failed)."""
+    if dev not in NO_REFLINK:
+        try:
+            import fcntl
+            fcntl.ioctl(dst_fd, FICLONE, src_fd)
+            return "reflink"
+        except (ImportError, OSError):
+            NO_REFLINK.add(dev)
+    done = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    try:
+        while done < size:
+            if copy_range is not None:
+                n = copy_range(src_fd, dst_fd, size - done, done, done)
+            else:
+                n = os.sendfile(dst_fd, src_fd, done, size - done)
+            if n <= 0:
+                break
+            done += n
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+        os.ftruncate(dst_fd, 0)
+        os.lseek(dst_fd, 0, os.SEEK_SET)
+        done = 0
+        while True:
+            block = os.pread(src_fd, 1 << 20, done)
+            if not block:
+                break
+            view = memoryview(block)
+            while view:
+                view = view[os.write(dst_fd, view):]
+            done += len(block)
+    if done != size:
+        raise OSError(errno.EIO, "short copy (%d of %d bytes)" % (done, size))
+    return "copy"
+
+
+class IndexFiles(object):
+    """The index files on disk, loaded once and again when another agent wrote them."""
+
+    def __init__(self):
+        self.loaded = {}     # index file name -> (stat key, root, {rel: entry})
+        self.by_size = {}    # hash (size: no hash yet) -> [(root, rel, entry)] of the loaded files
+        self.checked = -1.0  # when the files were last looked at
+        self.folders = {}    # folders of sources checked since (resolve's known_dirs: no symlink)
+        self.lock = threading.Lock()   # lookups come from several threads (files.copy_in_threads)
+
+    def by_sizes(self):
+        with self.lock:
+            return self.load()
+
+    def load(self):
+        """{size: [(root, rel, entry)]} of the index files (looked at again at most every
+        RECHECK seconds: a lookup per op of a push)."""
+        now = time.monotonic()
+        if now - self.checked < RECHECK:
+            return self.by_size
+        self.checked = now
+        self.folders = {}
+        folder = index_dir()
+        try:
+            names = [n for n in os.listdir(folder) if n.endswith(".json")]
+        except OSError:
+            names = []
+        changed = False
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if name in self.loaded and self.loaded[name][0] == key:
+                continue
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+                self.loaded[name] = (key, data["root"], data["files"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            changed = True
+        for name in set(self.loaded) - set(names):
+            del self.loaded[name]
+            changed = True
+        if changed:
+            by_size = {}
+            for _key, root, files in self.loaded.values():
+                for rel, e in files.items():   # by hash; those without one by size
+                    by_size.setdefault(e[HASH] or e[SIZE], []).append((root, rel, e))
+            self.by_size = by_size
+        return self.by_size
+
+
+class ContentIndex(object):
+    """One agent's view of the index: what is on disk (reloaded when another agent wrote
+    it) and its own changes not yet written (merged under a lock per root when written)."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.files = IndexFiles()
+        self.pending = {}    # root -> {rel: entry or None}
+        self.sizes = {}      # size -> {(root, rel): entry} of pending's entries
+        self.timer = None
+        self.last_note = 0.0
+
+    # -- changes
+    def note(self, root, rel, size, mtime_ns, digest=None):
+        """root/rel was written by this agent (size, mtime, its hash when known)."""
+        with self.lock:
+            self.put(root, rel, [size, mtime_ns, digest])
+            self.later()
+
+    def forget(self, root, rel):
+        with self.lock:
+            self.put(root, rel, None)
+            self.later()
+
+    def put(self, root, rel, entry):
+        mine = self.pending.setdefault(root, {})
+        old = mine.get(rel)
+        if old is not None:
+            self.sizes.get(old[SIZE], {}).pop((root, rel), None)
+        mine[rel] = entry
+        if entry is not None:
+            self.sizes.setdefault(entry[SIZE], {})[(root, rel)] = entry
+
+    def later(self, bump=True):
+        if bump:
+            self.last_note = time.monotonic()
+        if self.timer is None:
+            self.timer = threading.Thread(target=self.idle_flush)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def idle_flush(self):
+        """The writer thread: when no write came for IDLE_FLUSH, the changes are written,
+        then what has no hash yet is hashed and written again."""
+        while True:
+            wait = self.last_note + IDLE_FLUSH - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+                continue
+            try:
+                self.fill_hashes(self.flush())
+                self.flush()
+            except Exception:  # noqa: BLE001 - the index is a cache: a failure loses only reuse
+                pass
+            with self.lock:
+                if self.last_note + IDLE_FLUSH <= time.monotonic() and not self.pending:
+                    self.timer = None
+                    return
+
+    def fill_hashes(self, written):
+        """Hash what this agent wrote without a hash (read back, kept when its stat held
+        meanwhile), unless more writes came: then the next idle moment does."""
+        for root, files in written.items():
+            for rel, entry in files.items():
+                if self.last_note + IDLE_FLUSH > time.monotonic():
+                    return
+                if entry is not None and entry[HASH] is None:
+                    digest = self.hash_of(root, rel, entry)
+                    if digest is not None:
+                        self.note_hash(root, rel, entry, digest)
+
+    @staticmethod
+    def hash_of(root, rel, entry):
+        try:
+            fd = os.open(resolve(root, rel), os.O_RDONLY | P.O_NOFOLLOW)
+        except (OSError, AgentError):
+            return None
+        try:
+            if not stat_matches(os.fstat(fd), entry):
+                return None
+            digest = hash_fd(fd)
+            return digest if stat_matches(os.fstat(fd), entry) else None
+        finally:
+            os.close(fd)
+
+    def flush(self):
+        """This agent's changes into the index files: per root, under its lock, read,
+        merged, bounded, written to a temporary name and renamed."""
+        with self.lock:
+            pending, self.pending, self.sizes = self.pending, {}, {}
+        if not pending:
+            return pending
+        folder = private_dir(index_dir())
+        for root, changes in pending.items():
+            self.merge(folder, root, changes)
+        self.bound(folder)
+        return pending
+
+    def merge(self, folder, root, changes):
+        name = index_name(root)
+        path = os.path.join(folder, name + ".json")
+        lock_fd = os.open(os.path.join(folder, name + ".lock"), os.O_RDWR | os.O_CREAT | P.O_NOFOLLOW, 0o600)
+        try:
+            try:
+                import fcntl
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            except ImportError:
+                pass
+            files = read_index(path, root)
+            for rel, entry in changes.items():
+                if entry is None:
+                    files.pop(rel, None)
+                else:
+                    files[rel] = entry
+            if len(files) > MAX_ENTRIES:
+                for rel in list(files)[:len(files) - MAX_ENTRIES]:
+                    del files[rel]
+            if not os.path.exists(os.path.join(folder, name + ".root")):
+                write_private(os.path.join(folder, name + ".root"), os.fsencode(root))
+            write_private(path, json.dumps({"root": root, "files": files}, separators=(",", ":")).encode())
+        finally:
+            os.close(lock_fd)
+
+    @staticmethod
+    def bound(folder):
+        names = [n for n in os.listdir(folder) if n.endswith(".json")]
+        if len(names) <= MAX_ROOTS:
+            return
+        aged = sorted(names, key=lambda n: os.lstat(os.path.join(folder, n)).st_mtime)
+        for n in aged[:len(names) - MAX_ROOTS]:
+            for ext in (".json", ".root", ".lock"):
+                unlink_quiet(os.path.join(folder, n[:-5] + ext))
+
+    # -- lookups
+    def candidates(self, digest, size):
+        """(root, rel, entry) of the files known that may hold digest (size bytes), own
+        changes first."""
+        known = self.files.by_sizes()
+        with self.lock:
+            own = [(root, rel, e) for (root, rel), e in self.sizes.get(size, {}).items() if e[HASH] in (digest, None)]
+            pending = self.pending
+            return own + [c for key in (digest, size) for c in known.get(key, ()) if c[1] not in pending.get(c[0], ())]
+
+    def open_source(self, digest, size, dest):
+        """An open fd of a file holding content digest (size bytes) whose stat is still
+        its entry's, or None; entries without a hash are hashed now (and kept)."""
+        for root, rel, entry in self.candidates(digest, size):
+            if entry[HASH] is not None and entry[HASH] != digest:
+                continue
+            try:
+                path = resolve(root, rel, known_dirs=self.files.folders)
+                if path == dest:
+                    continue
+                fd = os.open(path, os.O_RDONLY | P.O_NOFOLLOW)
+            except (OSError, AgentError):
+                continue
+            try:
+                st = os.fstat(fd)
+                if stat_matches(st, entry):
+                    if entry[HASH] is None:
+                        h = hash_fd(fd)
+                        if stat_matches(os.fstat(fd), entry):
+                            self.note_hash(root, rel, entry, h)
+                        if h != digest:
+                            os.close(fd)
+                            continue
+                    return fd, entry, st.st_dev
+            except OSError:
+                pass
+            os.close(fd)
+        return None
+
+    def note_hash(self, root, rel, entry, digest):
+        with self.lock:
+            mine = self.pending.setdefault(root, {})
+            if rel not in mine:
+                self.put(root, rel, [entry[SIZE], entry[MTIME], digest])
+            elif mine[rel] is not None and mine[rel][SIZE] == entry[SIZE] and mine[rel][MTIME] == entry[MTIME]:
+                mine[rel][HASH] = digest
+            entry[HASH] = digest
+            self.later(bump=False)
+
+
+INDEX = ContentIndex()
+
+
+def copy_found(found, size, tmp_fd):
+    """Fill tmp_fd (a new temporary) from found (open_source's: its fd, closed here, and
+    entry); False when the source changed meanwhile."""
+    fd, entry, dev = found
+    try:
+        clone_into(fd, tmp_fd, size, dev)
+        return stat_matches(os.fstat(fd), entry)   # changed while copied: not used
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def noted(root, op, answer):
+    """What a push op wrote (answer OK) goes into the index; answer as it is."""
+    if answer[0] == P.OK:
+        if op[0] in (P.OP_DELETE, P.OP_LINK):
+            INDEX.forget(root, op[P.OP_PATH])
+        else:
+            INDEX.note(root, op[P.OP_PATH], answer[1], answer[2], op[P.OP_HASH])
+    return answer
+
+
+def flush_quietly():
+    try:
+        INDEX.flush()
+    except Exception:  # noqa: BLE001 - the index is a cache: a failure loses only reuse
+        pass

@@ -1,0 +1,184 @@
+"""Content the remote already holds: before a push sends files, it offers their hashes as
+copy ops and the agent copies what its content index knows (agent/remote/reuse.py: a
+reflink or a real copy, never a hard link, from a file whose stat is still what the index
+says); only what it answers NEED for is sent.  rsync's ``--copy-dest``, found by content.
+
+A push offers only when it would send at least OFFER_BYTES in files of OFFER_MIN bytes or
+more, and only to a remote that holds an index (its hello says so, or this session wrote
+there): the push of a first tree, of a saved file or of a few edits costs no extra round
+trip.  The files are hashed in worker threads, OFFER_OPS at a time, each request going
+out as soon as its files are hashed.  A sample of PROBE files spread over the push goes
+first: when the remote copies too few of them (an index of other content), the rest goes
+without offers -- one round trip is all a push into a new root costs when nothing matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..agent.protocol import FILE, NEED, OK, ZLIB, copy_op, pack_ops, unpack_answers
+from ..engine import TargetSession, log
+from ..rpc import AgentChannel
+from .apply import PushCommit
+from .content import O_NOFOLLOW, finish, new_hasher
+from .reconcile import Send, content_unchanged
+from .scan import LocalEntry
+
+OFFER_MIN = 1024        # smaller files are sent: their copy op costs about what they do compressed
+OFFER_BYTES = 1 << 20   # a push offers when the files it would send hold at least this much
+OFFER_OPS = 1024        # copy ops per request
+HASHED_AHEAD = 2        # requests' files hashed ahead of the wire
+PROBE = 64              # files offered first, spread over the push
+PROBE_HITS = 0.25       # the rest is offered when the remote copied at least this share of them
+
+
+@dataclass
+class RemoteIndex:
+    """Per connection: the remote holds a content index (hello, or a push wrote there)."""
+    known: bool = False
+
+
+def note_written(sess: TargetSession) -> None:
+    sess.state(RemoteIndex).known = True
+
+
+def worth_offering(sess: TargetSession, sends: list[Send]) -> list[Send]:
+    """The files of a push to offer (none when the remote holds no index or too little
+    would be saved)."""
+    if not (sess.state(RemoteIndex).known or sess.hello.get("reuse")):
+        return []
+    items = [i for i in sends if i.entry.kind == FILE and i.entry.size >= OFFER_MIN]
+    return items if sum(i.entry.size for i in items) >= OFFER_BYTES else []
+
+
+Hashed = tuple[Send, str, LocalEntry]
+
+
+def hash_files(root: Path, items: list[Send]) -> tuple[list[Hashed], list[Send]]:
+    """(hashed files, files to send as they are: unreadable or no longer regular)."""
+    out: list[Hashed] = []
+    rest: list[Send] = []
+    base = os.path.join(root, "")
+    for item in items:
+        try:
+            fd = os.open(base + item.rel, os.O_RDONLY | O_NOFOLLOW)
+        except OSError:
+            rest.append(item)
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                rest.append(item)
+                continue
+            h = new_hasher()
+            size = 0
+            while True:
+                block = os.read(fd, 1 << 20)
+                if not block:
+                    break
+                h.update(block)
+                size += len(block)
+            out.append((item, finish(h), LocalEntry(FILE, size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))))
+        except OSError:
+            rest.append(item)
+        finally:
+            os.close(fd)
+    return out, rest
+
+
+async def offer(sess: TargetSession, agent: AgentChannel, local_root: Path, commit: PushCommit,
+                sends: list[Send]) -> list[Send]:
+    """Offer what sends hold to the remote's index; what is left to send.  A sample goes
+    first: when the remote holds little of it, the rest is sent without offers."""
+    items = worth_offering(sess, sends)
+    if sends:
+        note_written(sess)   # the next push of this connection may offer
+    if not items:
+        return sends
+    t0 = time.perf_counter()
+    step = max(1, len(items) // PROBE)
+    probe = items[::step][:PROBE]
+    probed = {id(i) for i in probe}
+    rest = [i for i in items if id(i) not in probed]
+    offered = {id(i) for i in items}
+    left = [i for i in sends if id(i) not in offered]
+    offers = Offers(sess, agent, local_root, commit)
+    left += await offers.run([probe])
+    if offers.copied >= PROBE_HITS * len(probe):
+        left += await offers.run([rest[k:k + OFFER_OPS] for k in range(0, len(rest), OFFER_OPS)])
+    else:
+        left += rest
+    commit.result.copied += offers.copied
+    log.info("push %s: %d of %d files offered copied on the remote (%d not offered) in %.0f ms", sess.target.name,
+             offers.copied, offers.offered, len(items) - offers.offered, (time.perf_counter() - t0) * 1000)
+    return left
+
+
+class Offers:
+    """Copy ops of a push, in requests of hashed files: hashing runs ahead of the wire."""
+
+    def __init__(self, sess: TargetSession, agent: AgentChannel, local_root: Path, commit: PushCommit) -> None:
+        self.sess = sess
+        self.agent = agent
+        self.local_root = local_root
+        self.commit = commit
+        self.zipped = ZLIB in (sess.hello.get("codecs") or ())
+        self.copied = self.offered = 0
+
+    async def run(self, chunks: list[list[Send]]) -> list[Send]:
+        """Offer chunks (one request each); what the remote did not copy."""
+        loop = asyncio.get_running_loop()
+        hashing = [loop.run_in_executor(None, hash_files, self.local_root, c) for c in chunks[:HASHED_AHEAD]]
+        answers: list[tuple[list[Hashed], asyncio.Future[bytes]]] = []
+        left: list[Send] = []
+        try:
+            for k in range(len(chunks)):
+                hashed, rest = await hashing[k]
+                if k + HASHED_AHEAD < len(chunks):
+                    hashing.append(loop.run_in_executor(None, hash_files, self.local_root, chunks[k + HASHED_AHEAD]))
+                left += rest
+                hashed = self.not_same(hashed)
+                if hashed:
+                    answers.append((hashed, self.send(hashed)))
+                    await self.agent.drain()
+            for hashed, fut in answers:
+                for (item, h, entry), answer in zip(hashed, unpack_answers(await fut)):
+                    if answer[0] == NEED:
+                        self.commit.records.landed(item.rel)
+                        left.append(item)
+                        continue
+                    self.copied += answer[0] == OK
+                    self.commit.sent(item, h, entry, answer)
+        finally:
+            for f in hashing:
+                f.cancel()
+            for _, f in answers:
+                if f.done() and not f.cancelled():
+                    f.exception()
+                else:
+                    f.cancel()
+        return left
+
+    def not_same(self, hashed: list[Hashed]) -> list[Hashed]:
+        """Files whose content is what the last sync left are only re-recorded (touched)."""
+        out = []
+        for item, h, entry in hashed:
+            if content_unchanged(self.commit.records.get(item.rel), FILE, h, entry.mode, item.must, item.force):
+                self.commit.same(item, h, entry)
+            else:
+                out.append((item, h, entry))
+        return out
+
+    def send(self, hashed: list[Hashed]) -> asyncio.Future[bytes]:
+        blob = pack_ops([copy_op(i.rel, i.expect, i.force, h, e.mode, e.size) for i, h, e in hashed])
+        self.commit.in_flight(hashed)
+        fmt, blob = (ZLIB, zlib.compress(blob, 1)) if self.zipped else ("", blob)
+        self.commit.result.wire += len(blob)
+        self.offered += len(hashed)
+        return self.agent.send("push_packed", self.sess.target.remote_root, fmt, blob)

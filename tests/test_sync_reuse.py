@@ -1,0 +1,189 @@
+"""Content the remote already has (sync/reuse.py, agent/remote/reuse.py), against the real
+sshd: a push into a second remote_root copies what the first holds instead of receiving it
+(fewer bytes on the wire, the agent's answers say copied), the copies are independent files
+(an edit of one never changes the other), an index entry whose file changed or went since
+is not used, the index is its user's alone, and the same content at several paths of one
+push crosses the wire once.  How fast: bench/sync_wan_bench.py --parts second."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import require, wait_for
+from support.attacker import Mallory
+from support.remote import loose_modes
+from test_sync import push
+
+from remote_dev.sync import reuse
+
+SIZE = 40_000
+
+
+def index_dir(sshd) -> Path:
+    return sshd.remote_cache / "remote-dev" / "index"
+
+
+def indexed(sshd, remote_root: Path) -> dict[str, list]:
+    """The index's entries for remote_root (what the agents wrote down so far)."""
+    for p in index_dir(sshd).glob("*.json") if index_dir(sshd).is_dir() else ():
+        try:
+            data = json.loads(p.read_text())
+        except ValueError:
+            continue
+        if data["root"] == str(remote_root):
+            return data["files"]
+    return {}
+
+
+def wait_indexed(sshd, remote_root: Path, rels) -> None:
+    wait_for(lambda: set(rels) <= set(indexed(sshd, remote_root)), 20, what="the index to list the pushed files")
+
+
+def random_files(n: int, size: int = SIZE, prefix: str = "src/m") -> dict[str, bytes]:
+    return {f"{prefix}{i}.bin": os.urandom(size) for i in range(n)}
+
+
+def project_with(make_project, name: str, files: dict[str, bytes]):
+    proj = make_project(name)
+    for rel, data in files.items():
+        proj.write(rel, data)
+    return proj
+
+
+def edit_in_place(path: Path, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+def test_a_second_root_gets_its_files_by_copy_and_the_copies_stay_apart(engine, make_project, sshd):
+    files = random_files(40)
+    first = project_with(make_project, "first", files)
+    assert push(engine, first)["errors"] == []
+    wait_indexed(sshd, first.remote_root, files)
+    second_files = dict(files, **{"src/m0.bin": os.urandom(SIZE)})   # the second checkout differs in one
+    second = project_with(make_project, "second", second_files)
+    os.chmod(second.root / "src/m7.bin", 0o750)                   # a copy takes the mode pushed
+    res = push(engine, second)
+    assert res["errors"] == [] and res["conflicts"] == []
+    assert res["copied"] == 39                     # the agent answered "copied" for all but the changed one
+    assert res["wire_bytes"] < 3 * SIZE            # one file's content, the config and the copy ops
+    for rel, data in second_files.items():
+        assert second.remote(rel).read_bytes() == data, rel
+    assert stat.S_IMODE(os.stat(second.remote("src/m7.bin")).st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(first.remote("src/m7.bin")).st_mode) == 0o644
+    # never a hard link: an edit of either copy leaves the other as it was
+    a, b = first.remote("src/m5.bin"), second.remote("src/m5.bin")
+    assert os.stat(a).st_ino != os.stat(b).st_ino and os.stat(b).st_nlink == 1
+    edit_in_place(b, b"edited in the second root")
+    assert a.read_bytes() == files["src/m5.bin"]
+    a6, b6 = first.remote("src/m6.bin"), second.remote("src/m6.bin")
+    edit_in_place(a6, b"edited in the first root")
+    assert b6.read_bytes() == files["src/m6.bin"]
+    # and the second root's records are right: an unchanged tree pushes nothing, the
+    # edited copy is a conflict (changed on the remote), not overwritten
+    second.write("src/m5.bin", os.urandom(SIZE))
+    again = push(engine, second)
+    assert again["conflicts"] == ["src/m5.bin"] and again["files"] == 0
+
+
+def test_an_index_entry_whose_file_changed_or_went_is_not_used(engine, make_project, sshd):
+    files = random_files(3, 400_000, prefix="data/f")
+    first = project_with(make_project, "first", files)
+    assert push(engine, first)["errors"] == []
+    wait_indexed(sshd, first.remote_root, files)
+    changed, gone = first.remote("data/f0.bin"), first.remote("data/f1.bin")
+    before = os.stat(changed)
+    edit_in_place(changed, b"changed in place, same size")       # same size, another mtime
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns + 5_000_000_000))
+    assert os.stat(changed).st_size == before.st_size
+    gone.unlink()
+    second = project_with(make_project, "second", files)
+    res = push(engine, second)
+    assert res["errors"] == [] and res["copied"] == 1          # only the intact one
+    assert res["wire_bytes"] > 2 * 400_000                     # the other two were sent
+    for rel, data in files.items():
+        assert second.remote(rel).read_bytes() == data, rel
+
+
+def test_the_index_is_its_users_alone(engine, make_project, sshd):
+    require(os.geteuid() == 0, "the second user is made with useradd: run the tests as root")
+    files = random_files(2)
+    proj = project_with(make_project, "proj", files)
+    assert push(engine, proj)["errors"] == []
+    wait_indexed(sshd, proj.remote_root, files)
+    folder = index_dir(sshd)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert loose_modes(folder) == []
+    name = next(p for p in folder.glob("*.json"))
+    # let her walk up to the file (every folder above it traversable): its own mode must stop her
+    opened = [p for p in [folder, *folder.parents] if not os.stat(p).st_mode & 0o001]
+    modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in opened}
+    mallory = Mallory()
+    try:
+        for p in opened:
+            os.chmod(p, modes[p] | 0o001)
+        out = subprocess.run(["runuser", "-u", mallory.name, "--", "cat", str(name)], capture_output=True,
+                             text=True, timeout=30, cwd="/")
+        listing = subprocess.run(["runuser", "-u", mallory.name, "--", "ls", str(folder)], capture_output=True,
+                                 text=True, timeout=30, cwd="/")
+    finally:
+        for p in opened:
+            os.chmod(p, modes[p])
+        mallory.remove()
+    assert out.returncode != 0 and "Permission denied" in out.stderr and str(proj.remote_root) not in out.stdout
+    assert listing.returncode != 0 and name.name not in listing.stdout
+
+
+def test_the_index_of_a_root_that_went_goes(engine, make_project, sshd):
+    """A removed worktree's index is dropped when an agent starts (its hello then tells
+    whether anything is left to offer)."""
+    files = random_files(2)
+    gone = project_with(make_project, "gone", files)
+    assert push(engine, gone)["errors"] == []
+    wait_indexed(sshd, gone.remote_root, files)
+    shutil.rmtree(gone.remote_root)
+    other = project_with(make_project, "other", {"a.txt": b"a"})
+    assert push(engine, other)["errors"] == []          # a new connection: its agent's hello
+    assert indexed(sshd, gone.remote_root) == {}
+    assert loose_modes(index_dir(sshd)) == []
+
+
+def test_the_same_content_at_several_paths_crosses_the_wire_once(engine, make_project, sshd):
+    same = os.urandom(50_000)
+    files = {f"copies/c{i:02d}.bin": same for i in range(30)}
+    files["other.bin"] = os.urandom(50_000)
+    proj = project_with(make_project, "dups", files)
+    res = push(engine, proj)
+    assert res["errors"] == [] and res["files"] == 32            # + .remote-dev.toml
+    assert res["copied"] >= 29
+    assert res["wire_bytes"] < 4 * 50_000
+    for rel, data in files.items():
+        assert proj.remote(rel).read_bytes() == data, rel
+    a, b = proj.remote("copies/c00.bin"), proj.remote("copies/c17.bin")
+    assert os.stat(a).st_ino != os.stat(b).st_ino
+    edit_in_place(b, b"only this one")
+    assert a.read_bytes() == same
+
+
+@pytest.mark.parametrize("hello_says", [False, True])
+def test_a_push_offers_only_where_the_remote_can_hold_something(engine, make_project, hello_says):
+    """A first push (the remote has no index) costs no round trip of offers."""
+    from test_sync import on_engine
+
+    proj = project_with(make_project, "offer", random_files(40))
+
+    async def decide(sess):
+        await sess.ensure()
+        sess.hello["reuse"] = hello_says
+        sess.state(reuse.RemoteIndex).known = False
+        from remote_dev.sync.reconcile import Send
+        from remote_dev.sync.scan import LocalEntry
+        sends = [Send(f"f{i}", LocalEntry("f", SIZE, 0, 0o644), None) for i in range(40)]
+        small = [Send("s", LocalEntry("f", SIZE, 0, 0o644), None)]
+        return len(reuse.worth_offering(sess, sends)), len(reuse.worth_offering(sess, small))
+    assert on_engine(engine, proj, decide) == ((40, 0) if hello_says else (0, 0))
