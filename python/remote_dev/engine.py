@@ -263,14 +263,16 @@ class Project(FeatureState):
         return sess
 
 
-class Engine:
-    """The loop thread and the projects.  ``actions`` (name -> ``async def (engine, ctx,
+class Engine(FeatureState):
+    """The loop thread and the projects (and, as FeatureState, what features keep per
+    engine: closed with it when they have a close()).  ``actions`` (name -> ``async def (engine, ctx,
     **args)``) and ``runners`` (the runner kinds, runners.RUNNERS: every target's runner is
     checked against them when a project's config is loaded) come from the front-end: the
     engine knows no action and no runner itself."""
 
     def __init__(self, report: Report | None = None, actions: dict[str, Action] | None = None,
                  prompter: Prompter | None = None, runners: Mapping[str, RunnerCheck] | None = None) -> None:
+        super().__init__()
         self.report: Report = report or (lambda kind, payload: None)
         # The front-end's way to ask the person (Neovim's prompt, a terminal); None: nobody.
         self.prompter = prompter
@@ -348,6 +350,10 @@ class Engine:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        for obj in list(self._states.values()):
+            close = getattr(obj, "close", None)
+            if callable(close):
+                close()
 
     # -- projects (engine thread only)
     def project(self, ctx: dict[str, Any]) -> Project:

@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..agent.protocol import (FILE, LINK, NEED, OK, OP_PAYLOAD, copy_op, delete_op, digest, link_hash, link_op, pack_ops,
-                              staged_op, unpack_answers, write_op)
+from ..agent.protocol import (FILE, LINK, NEED, OK, OP_PAYLOAD, copy_op, delete_op, link_op, pack_ops, staged_op,
+                              unpack_answers, write_op)
 from ..engine import TargetSession
 from ..errors import AgentCallError
+from ..packer import PackWorkers, WorkerDied, read_one
 from ..rpc import AgentChannel
 from .apply import PushCommit
 from .channels import ExtraChannels
@@ -61,6 +62,7 @@ EXTRA_CHANNEL_CPUS = 4         # the link is fast and the remote has at least th
 CHUNK = 1 << 20                # large files travel in chunks of this size
 LARGE = 8 << 20                # files above this are staged in chunks
 CHUNKS_AHEAD = 3               # chunks of a large file read and compressed ahead of the wire
+STARVED_AFTER = 6              # batches before the wire running dry says the link is faster than assumed
 PROGRESS_AFTER = 1.0           # seconds before progress reports start
 PROGRESS_EVERY = 0.25
 DUP_MIN = 256                  # a file of at least this size whose content an earlier one of the push has: copied
@@ -123,14 +125,6 @@ class Progress:
         })
 
 
-def read_fd(fd: int, size: int) -> bytes:
-    """All of a file: one read when its size is as stat said (it can change meanwhile)."""
-    chunks = [os.read(fd, size + 1)]
-    while chunks[-1]:
-        chunks.append(os.read(fd, 1 << 20))
-    return chunks[0] if len(chunks) == 2 else b"".join(chunks)
-
-
 def is_large(item: Send) -> bool:
     return item.entry.kind == FILE and item.entry.size > LARGE
 
@@ -173,29 +167,22 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords, dedup: Dedup
     base = os.path.join(root, "")   # a str once, not a Path per file
     for item in items:
         entry = item.entry
-        if entry.kind == LINK:
-            h = link_hash(entry.target or "")
+        got = read_one(base, item.rel, entry.kind, entry.target)
+        if isinstance(got, OSError):
+            bad.append((item, got))
+            continue
+        if got is None:
+            continue
+        h, size, mtime, mode, data = got
+        if data is None:
             op = link_op(item.rel, item.expect, item.force, h, entry.target)
         else:
-            try:
-                fd = os.open(base + item.rel, os.O_RDONLY | O_NOFOLLOW)
-                try:
-                    st = os.fstat(fd)
-                    data = read_fd(fd, st.st_size)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                bad.append((item, e))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            entry = LocalEntry(FILE, len(data), st.st_mtime_ns, stat.S_IMODE(st.st_mode))
-            h = digest(data)
-            source = dedup.source(h, batch, item.rel) if dedup is not None and len(data) >= DUP_MIN else None
+            entry = LocalEntry(FILE, size, mtime, mode)
+            source = dedup.source(h, batch, item.rel) if dedup is not None and size >= DUP_MIN else None
             if source is not None:
-                op = copy_op(item.rel, item.expect, item.force, h, entry.mode, len(data), source)
+                op = copy_op(item.rel, item.expect, item.force, h, mode, size, source)
             else:
-                op = write_op(item.rel, item.expect, item.force, h, entry.mode, data)
+                op = write_op(item.rel, item.expect, item.force, h, mode, data)
         if content_unchanged(records.get(item.rel), entry.kind, h, entry.mode, item.must, item.force):
             same.append((item, h, entry))
         else:
@@ -241,6 +228,32 @@ def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecord
     return out
 
 
+def batch_spec(items: list[Send], records: SyncRecords) -> list[tuple[Any, ...]]:
+    """A batch for a worker process (packer.pack_batch): per item its path, kind, symlink
+    target, expectation, force, and -- when an equal content is not sent again
+    (reconcile.content_unchanged) -- the record's (hash, kind, mode)."""
+    out = []
+    for item in items:
+        rec = records.get(item.rel)
+        keep = rec is not None and not item.must and not item.force
+        out.append((item.rel, item.entry.kind, item.entry.target, item.expect, item.force,
+                    (rec.hash, rec.kind, rec.mode) if keep and rec is not None else None))
+    return out
+
+
+def prepared_from(items: list[Send], meta: dict[str, Any], blob: bytes, remote_root: str, comp: Compressor) -> Prepared:
+    """A worker's answer (packer.pack_batch) as the batch ready for the wire."""
+    def entry(e: list[Any]) -> LocalEntry:
+        return LocalEntry(*e) if e[0] == LINK else LocalEntry(*e[:4])
+    ops = [ReadOp([None] * (OP_PAYLOAD + 1), items[i], h, entry(e)) for i, h, e in meta["ops"]]   # written, no copies
+    out = Prepared(ops, [(items[i], h, entry(e)) for i, h, e in meta["same"]],
+                   [(items[i], OSError(code, text)) for i, code, text in meta["bad"]])
+    if ops:
+        comp.measured(meta["fmt"], meta["level"], meta["raw"], meta["dt"])
+        out.method, out.params, out.wire = "push_packed", (remote_root, meta["fmt"], blob), len(blob)
+    return out
+
+
 @dataclass
 class Lane:
     """One channel's requests on the wire."""
@@ -281,7 +294,7 @@ class Sender:
 
     def __init__(self, sess: TargetSession, local_root: Path, commit: PushCommit, progress: Progress,
                  comp: Compressor, clock: AckClock, channels: int = PUSH_CHANNELS,
-                 first_sent: Callable[[], None] | None = None) -> None:
+                 first_sent: Callable[[], None] | None = None, workers: PackWorkers | None = None) -> None:
         self.sess = sess
         self.root = sess.target.remote_root
         self.local_root = local_root
@@ -298,7 +311,11 @@ class Sender:
         self.failure: BaseException | None = None
         self.channels = channels
         self.first_sent = first_sent   # called once, when the first request is on the wire
-        self.dedup: Dedup | None = Dedup()
+        self.workers = workers         # worker processes for the batches (None: threads)
+        self.wire_sent = 0             # wire bytes sent, since the first at t_first
+        self.t_first = 0.0
+        self.waits = [0.0, 0.0]        # seconds the lanes waited for batches, for room on the wire
+        self.dedup: Dedup | None = Dedup() if workers is None else None   # one Dedup: threads only
         self.need: list[Send] = []     # copies the agent could not make: sent again, whole
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
@@ -354,7 +371,10 @@ class Sender:
             for t in self.feeders:
                 t.cancel()
             await asyncio.gather(*self.feeders, return_exceptions=True)
-            raise failed[0].exception()  # type: ignore[misc]
+            exc = failed[0].exception()
+            if isinstance(exc, WorkerDied):   # the channels live: what is on the wire is answered first
+                await asyncio.gather(*(lane.empty() for lane in self.lanes))
+            raise exc  # type: ignore[misc]
 
     def check(self) -> None:
         if self.failure is not None:
@@ -365,6 +385,8 @@ class Sender:
         lane.count += 1
         lane.bytes += wire
         self.clock.sent(wire)
+        self.t_first = self.t_first or time.perf_counter()
+        self.wire_sent += wire
 
         def done(f: asyncio.Future[Any]) -> None:
             lane.count -= 1
@@ -387,9 +409,20 @@ class Sender:
         loop = asyncio.get_running_loop()
         while self.started < min(upto, len(self.batches)):
             n = self.started
-            self.prepared[n] = loop.run_in_executor(self.comp.pool, prepare, self.local_root, self.root,
-                                                    self.batches[n], self.commit.records, self.comp, self.dedup, n)
+            if self.workers is not None:
+                self.prepared[n] = loop.create_task(self.packed(self.batches[n]))
+            else:
+                self.prepared[n] = loop.run_in_executor(self.comp.pool, prepare, self.local_root, self.root,
+                                                        self.batches[n], self.commit.records, self.comp, self.dedup, n)
             self.started += 1
+
+    async def packed(self, items: list[Send]) -> Prepared:
+        """One batch read, hashed, packed and compressed in a worker process."""
+        assert self.workers is not None
+        fut = self.workers.submit("pack", str(self.local_root), batch_spec(items, self.commit.records),
+                                  self.comp.plan())
+        meta, blob = await asyncio.wrap_future(fut)
+        return prepared_from(items, meta, blob, self.root, self.comp)
 
     async def feed(self, lane: Lane) -> None:
         """One channel's share: claim the next batch, send it while there is room on the
@@ -399,13 +432,19 @@ class Sender:
             n = self.claimed
             self.claimed += 1
             self.read_ahead(n + self.comp.cores + len(self.lanes) + 1)
+            t0 = time.perf_counter()
             prep = await self.prepared.pop(n)
+            t1 = time.perf_counter()
+            self.waits[0] += t1 - t0
+            if n >= STARVED_AFTER and self.waits[0] > 2 * self.waits[1] + 0.02:   # the wire waits for us
+                self.comp.meter.starved(self.wire_sent / max(t1 - self.t_first, 1e-3))
             for item, h, entry in prep.same:
                 self.commit.same(item, h, entry)
             for item, err in prep.bad:
                 self.commit.unreadable(item, err)
             if prep.method:
                 await lane.room(prep.wire)
+                self.waits[1] += time.perf_counter() - t1
                 self.check()
                 self.commit.in_flight([(r.item, r.hash, r.entry) for r in prep.ops])
                 fut = chan.send(prep.method, *prep.params)
