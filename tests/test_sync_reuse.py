@@ -33,7 +33,7 @@ def indexed(sshd, remote_root: Path) -> dict[str, list]:
     for p in index_dir(sshd).glob("*.json") if index_dir(sshd).is_dir() else ():
         try:
             data = json.loads(p.read_text())
-        except ValueError:
+        except (OSError, ValueError):   # dropped or being replaced by an agent meanwhile
             continue
         if data["root"] == str(remote_root):
             return data["files"]
