@@ -6,17 +6,27 @@ from __future__ import annotations
 import os
 import shutil
 
-from test_sync import push, temps
+import pytest
+from test_sync import git, push, temps
 
 from remote_dev.sync.reconcile import Send, in_the_way
 from remote_dev.sync.scan import LocalEntry
 
 
-def test_a_folder_that_replaced_a_file_of_its_name_is_pushed(engine, make_project):
+def committed(proj):
+    git(proj.root, "init", "-q")
+    git(proj.root, "add", "-A")
+    git(proj.root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "t")
+
+
+@pytest.mark.parametrize("in_git", [False, True])
+def test_a_folder_that_replaced_a_file_of_its_name_is_pushed(engine, make_project, in_git):
     proj = make_project()
     proj.write("x", "was a file\n")
     proj.write("keep.txt", "keep\n")
     proj.write("deep/a", "a file too\n")
+    if in_git:   # the listing then comes from git (and, without a watcher, so do the changes: quick.py)
+        committed(proj)
     assert push(engine, proj)["errors"] == []
     os.unlink(proj.root / "x")
     proj.write("x/y", "now in a folder\n")
@@ -33,11 +43,14 @@ def test_a_folder_that_replaced_a_file_of_its_name_is_pushed(engine, make_projec
     assert again["errors"] == [] and again["files"] == 0 and again["deleted"] == 0
 
 
-def test_a_file_that_replaced_a_folder_of_its_name_is_pushed(engine, make_project):
+@pytest.mark.parametrize("in_git", [False, True])
+def test_a_file_that_replaced_a_folder_of_its_name_is_pushed(engine, make_project, in_git):
     proj = make_project()
     proj.write("x/y", "in a folder\n")
     proj.write("x/z/w", "deeper\n")
     proj.write("keep.txt", "keep\n")
+    if in_git:
+        committed(proj)
     assert push(engine, proj)["errors"] == []
     shutil.rmtree(proj.root / "x")
     proj.write("x", "now a file\n")
