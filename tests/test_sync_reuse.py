@@ -17,7 +17,7 @@ import pytest
 from conftest import require, wait_for
 from support.attacker import Mallory
 from support.remote import loose_modes
-from test_sync import push
+from test_sync import push, temps
 
 from remote_dev.sync import reuse
 
@@ -187,3 +187,59 @@ def test_a_push_offers_only_where_the_remote_can_hold_something(engine, make_pro
         small = [Send("s", LocalEntry("f", SIZE, 0, 0o644), None)]
         return len(reuse.worth_offering(sess, sends)), len(reuse.worth_offering(sess, small))
     assert on_engine(engine, proj, decide) == ((40, 0) if hello_says else (0, 0))
+
+
+def strip_hashes(sshd, remote_root: Path) -> int:
+    """Drop the hashes of remote_root's index entries: the index an agent leaves when it
+    ends (a cut session) before it hashed what it wrote.  How many entries there are."""
+    for p in index_dir(sshd).glob("*.json"):
+        data = json.loads(p.read_text())
+        if data["root"] == str(remote_root):
+            for entry in data["files"].values():
+                entry[2] = None
+            tmp = p.with_suffix(".test-tmp")
+            tmp.write_text(json.dumps(data))
+            os.chmod(tmp, 0o600)
+            tmp.rename(p)   # a new inode: the agents read it again
+            return len(data["files"])
+    return 0
+
+
+def test_copies_from_entries_without_hashes_in_threads_take_the_right_source(engine, make_project, sshd):
+    """Many files of one size whose entries have no hash yet: the agent's copy threads hash
+    the candidates at once, each filling in hashes the others read; every copy must be of
+    the content offered (seen: another file's content, 1 run in 2)."""
+    files = random_files(240, 6000, prefix="pkg/f")
+    first = project_with(make_project, "first", files)
+    assert push(engine, first)["errors"] == []
+    wait_for(lambda: len(indexed(sshd, first.remote_root)) >= 240
+             and all(e[2] for e in indexed(sshd, first.remote_root).values()), 20, what="the hashes")
+    assert strip_hashes(sshd, first.remote_root) >= 240
+    second = project_with(make_project, "second", files)
+    res = push(engine, second)
+    assert res["errors"] == [] and res["conflicts"] == [] and res["copied"] > 0
+    wrong = [rel for rel, data in files.items() if second.remote(rel).read_bytes() != data]
+    assert wrong == []
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_not_copied_from_the_index(engine, make_project, sshd):
+    """The index trusts size and mtime (rsync's quick check), but the copy it makes is read
+    back and hashed: content edited in place with its size and mtime put back never lands
+    in another root; that file is sent."""
+    files = random_files(3, 400_000, prefix="data/f")
+    first = project_with(make_project, "first", files)
+    assert push(engine, first)["errors"] == []
+    wait_for(lambda: len(indexed(sshd, first.remote_root)) >= 3
+             and all(e[2] for e in indexed(sshd, first.remote_root).values()), 20, what="the hashes")
+    edited = first.remote("data/f0.bin")
+    before = os.stat(edited)
+    edit_in_place(edited, b"changed in place, same size, same mtime")
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (os.stat(edited).st_size, os.stat(edited).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    second = project_with(make_project, "second", files)
+    res = push(engine, second)
+    assert res["errors"] == [] and res["conflicts"] == []
+    assert res["copied"] == 2 and res["wire_bytes"] > 400_000    # the edited one was sent
+    for rel, data in files.items():
+        assert second.remote(rel).read_bytes() == data, rel
+    assert temps(second.remote_root) == []

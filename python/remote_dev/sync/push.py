@@ -40,7 +40,7 @@ from .reconcile import Policy, PushPlan, Send
 from .reuse import offer
 from .scan import LocalEntry, lstat_entry, rel_paths
 from .state import compact_later, records_for, scanner_for, sync_state
-from .transfer import LARGE, Progress, Sender, channels_for
+from .transfer import LARGE, Progress, Sender, channels_for, deletes_first
 from .wire import AckClock, Compressor, LinkMeter
 
 PING_BEFORE = 1 << 20      # a push of more bytes measures the round trip first (codec choice)
@@ -205,12 +205,12 @@ class Push:
 
     async def transfer(self, agent: AgentChannel, sends: list[Send], deletes: list[str]) -> None:
         meter = self.sess.state(LinkMeter)
-        if meter.rtt_ms is None:
-            meter.rtt_ms = self.sess.rtt_ms
+        meter.rtt_ms = self.sess.rtt_ms if meter.rtt_ms is None else meter.rtt_ms
         if meter.rtt_ms is None and sum(i.entry.size for i in sends) >= PING_BEFORE:
             t0 = time.perf_counter()
             await agent.call("ping")
             meter.rtt_ms = (time.perf_counter() - t0) * 1000
+        deletes = await deletes_first(agent, self.sess.target.remote_root, self.commit, sends, deletes, self.force)
         sends = await offer(self.sess, agent, self.proj.root, self.commit, sends)
         comp = Compressor(meter, self.sess.hello.get("codecs"))
         channels = channels_for(meter, self.sess.hello.get("cpus") or 1)

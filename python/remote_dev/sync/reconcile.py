@@ -267,3 +267,28 @@ def plan_pull(items: Iterable[PullItem], records: Mapping[str, Record], local: M
         else:
             plan.fetch.append(item)
     return plan
+
+
+def prefixes(rel: str) -> list[str]:
+    """The folders above rel: "a/b/c" -> ["a", "a/b"]."""
+    out = []
+    i = rel.find("/")
+    while i != -1:
+        out.append(rel[:i])
+        i = rel.find("/", i + 1)
+    return out
+
+
+def in_the_way(sends: list[Send], deletes: list[str]) -> tuple[list[str], list[str]]:
+    """(the deletes that go before the writes, the rest): a path a write needs as a folder
+    (a folder replaced a file of its name) or one inside a folder a write replaces with a
+    file (a file replaced a folder)."""
+    if not deletes:
+        return [], []
+    sent = {item.rel for item in sends}
+    folders = {p for rel in sent for p in prefixes(rel)}
+    first = [rel for rel in deletes if rel in folders or any(p in sent for p in prefixes(rel))]
+    if not first:
+        return [], deletes
+    ahead = set(first)
+    return first, [rel for rel in deletes if rel not in ahead]

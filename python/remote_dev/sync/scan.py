@@ -325,6 +325,8 @@ class Scanner:
             entry = lstat_entry(self.root / rel)
             if entry is not None:
                 out[rel] = entry
+            elif os.path.isdir(self.root / rel):   # a folder replaced the file: what it holds (its
+                out.update(self.scan([rel], track=False))   # files may predate the watch on it)
         return out
 
     def requeue(self, paths: Iterable[str]) -> None:

@@ -46,7 +46,7 @@ from ..rpc import AgentChannel
 from .apply import PushCommit
 from .channels import ExtraChannels
 from .content import O_NOFOLLOW, finish, new_hasher
-from .reconcile import Send, content_unchanged
+from .reconcile import Send, content_unchanged, in_the_way
 from .records import SyncRecords
 from .scan import LocalEntry
 from .wire import AckClock, Compressor
@@ -188,6 +188,24 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords, dedup: Dedup
         else:
             ops.append(ReadOp(op, item, h, entry))
     return ops, same, bad
+
+
+async def send_deletes(agent: AgentChannel, root: str, commit: PushCommit, deletes: list[str], force: bool) -> None:
+    """Deletes, in one request (journaled first: records.py)."""
+    commit.deleting(deletes)
+    ops = [delete_op(rel, commit.records.expect(rel), force) for rel in deletes]
+    for rel, answer in zip(deletes, await agent.call("push", root, ops)):
+        commit.deleted(rel, answer)
+
+
+async def deletes_first(agent: AgentChannel, root: str, commit: PushCommit, sends: list[Send], deletes: list[str],
+                        force: bool) -> list[str]:
+    """The deletes in the way of sends (a file where a folder comes, or the reverse:
+    reconcile.in_the_way) sent now, before the writes and copies; the other deletes."""
+    first, rest = in_the_way(sends, deletes)
+    if first:
+        await send_deletes(agent, root, commit, first, force)
+    return rest
 
 
 def sample_of(ops: list[ReadOp]) -> bytes:
@@ -335,10 +353,7 @@ class Sender:
                 self.started = self.claimed = 0
                 await self.feed(self.lanes[0])
             if deletes:
-                self.commit.deleting(deletes)
-                ops = [delete_op(rel, self.commit.records.expect(rel), force) for rel in deletes]
-                for rel, answer in zip(deletes, await agent.call("push", self.root, ops)):
-                    self.commit.deleted(rel, answer)
+                await send_deletes(agent, self.root, self.commit, deletes, force)
         finally:
             extras.give_back([lane.chan for lane in self.lanes[1:]])
             for t in self.feeders:

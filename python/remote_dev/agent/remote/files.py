@@ -465,13 +465,14 @@ def copy_to(root, path, digest, mode, payload):
     if source is None and found is None:
         return [P.NEED]   # nothing made: the miss of a push offering what the remote lacks is cheap
     try:
-        tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
+        tmp, fd = make_temp(path, os.O_RDWR, want_mode(mode) & 0o777)   # (read back: copy_found)
     except BaseException:
         if found is not None:
             os.close(found[0])
         raise
     try:
-        ok = copy_checked(root, source, digest, size, fd) if found is None else reuse.copy_found(found, size, fd)
+        ok = (copy_checked(root, source, digest, size, fd) if found is None
+              else reuse.copy_found(found, size, digest, fd))
     except BaseException:
         os.close(fd)
         unlink_quiet(tmp)

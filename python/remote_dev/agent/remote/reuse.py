@@ -10,7 +10,9 @@ stat did not change meanwhile.  An entry is used only when the file's stat is st
 entry's (size and mtime): a file changed or gone since is never copied.  A copy is a
 reflink where the file system has them (FICLONE), else a real copy (copy_file_range,
 sendfile, read/write) to a temporary name renamed into place: never a hard link, so an
-edit of one copy never changes another.
+edit of one copy never changes another.  The copy is read back and hashed before it is
+renamed into place (copy_found): an entry whose file was edited keeping its size and
+mtime never puts wrong content anywhere.
 """
 
 import errno
@@ -358,7 +360,8 @@ class ContentIndex(object):
         """An open fd of a file holding content digest (size bytes) whose stat is still
         its entry's, or None; entries without a hash are hashed now (and kept)."""
         for root, rel, entry in self.candidates(digest, size):
-            if entry[HASH] is not None and entry[HASH] != digest:
+            known = entry[HASH]   # read once: other threads fill hashes in meanwhile
+            if known is not None and known != digest:
                 continue
             try:
                 path = resolve(root, rel, known_dirs=self.files.folders)
@@ -370,7 +373,7 @@ class ContentIndex(object):
             try:
                 st = os.fstat(fd)
                 if stat_matches(st, entry):
-                    if entry[HASH] is None:
+                    if known is None:
                         h = hash_fd(fd)
                         if stat_matches(os.fstat(fd), entry):
                             self.note_hash(root, rel, entry, h)
@@ -397,13 +400,15 @@ class ContentIndex(object):
 INDEX = ContentIndex()
 
 
-def copy_found(found, size, tmp_fd):
-    """Fill tmp_fd (a new temporary) from found (open_source's: its fd, closed here, and
-    entry); False when the source changed meanwhile."""
+def copy_found(found, size, digest, tmp_fd):
+    """Fill tmp_fd (a new temporary, open for reading too) from found (open_source's: its
+    fd, closed here, and entry); False when the source changed meanwhile or what was
+    copied is not content digest: the copy is read back and hashed (after a reflink too),
+    so an index entry that is wrong (an edit that kept size and mtime) never lands."""
     fd, entry, dev = found
     try:
         clone_into(fd, tmp_fd, size, dev)
-        return stat_matches(os.fstat(fd), entry)   # changed while copied: not used
+        return stat_matches(os.fstat(fd), entry) and hash_fd(tmp_fd) == digest
     except OSError:
         return False
     finally:
