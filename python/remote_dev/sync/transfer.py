@@ -41,6 +41,7 @@ from ..agent.protocol import (FILE, LINK, NEED, OK, OP_PAYLOAD, copy_op, delete_
                               unpack_answers, write_op)
 from ..engine import TargetSession
 from ..errors import AgentCallError
+from .. import packer
 from ..packer import PackWorkers, WorkerDied, read_one
 from ..rpc import AgentChannel
 from .apply import PushCommit
@@ -210,16 +211,7 @@ async def deletes_first(agent: AgentChannel, root: str, commit: PushCommit, send
 
 def sample_of(ops: list[ReadOp]) -> bytes:
     """Up to 48 KB of a batch's file contents, from its start, middle and end."""
-    datas = [r.op[OP_PAYLOAD] for r in ops if isinstance(r.op[OP_PAYLOAD], bytes)]
-    pieces = []
-    for start in sorted({0, len(datas) // 2, max(len(datas) - 1, 0)}):
-        got = 0
-        for data in datas[start:]:
-            pieces.append(data[:16384 - got])
-            got += len(pieces[-1])
-            if got >= 16384:
-                break
-    return b"".join(pieces)
+    return packer.sample_of([r.op[OP_PAYLOAD] for r in ops if isinstance(r.op[OP_PAYLOAD], bytes)])
 
 
 @dataclass

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..agent.protocol import BZ2, CODECS, RAW, ZLIB, ZSTD, choose_codec, sample_ratio
-from ..agent.protocol import compress as stdlib_compress
+from ..packer import deflate_with
 
 try:
     from zlib_ng import zlib_ng as deflate
@@ -133,12 +133,9 @@ class AckClock:
 
 
 def compress(fmt: str, level: int, data: bytes) -> bytes:
-    """data in format fmt at level: the zlib format with zlib-ng when it is here."""
-    if fmt == ZLIB and deflate is not None:
-        return deflate.compress(data, level)
-    if fmt == ZSTD and zstandard is not None:
-        return zstandard.ZstdCompressor(level=level).compress(data)
-    return stdlib_compress(fmt, level, data)
+    """data in format fmt at level: the zlib format with zlib-ng when it is here (the
+    worker processes' own function: one way of compressing, wherever it runs)."""
+    return deflate_with(fmt, level, data)
 
 
 def table_speed(fmt: str, level: int) -> float:
