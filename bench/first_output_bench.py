@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / ".work" / "first-output"
 sys.path[:0] = [str(REPO / "python"), str(REPO / "tests"), str(REPO / "bench")]
 
-from run_bench import PY, NvimBench, Recorder, med, ssh_first_byte  # noqa: E402
+from run_bench import LUA_HOOK, PY, NvimBench, Recorder, med, ssh_first_byte  # noqa: E402
 from wan import WanBed  # noqa: E402
 
 CMD = f'{PY} -c "print(1)"'
@@ -57,21 +57,6 @@ def count_requests() -> None:
     AgentChannel.send = send  # type: ignore[method-assign]
 
 
-# the run buffer's first output line, timed inside Neovim (run.lua's on_output, which
-# host.lua calls for every run_output report)
-LUA_HOOK = r"""
-_G.rd_bench = { first = {}, t0 = 0 }
-local run = require('remote_dev.run')
-local orig = run.on_output
-run.on_output = function(p)
-  local n = p.n or #(p.lines or {})   -- the rplugin host sends one text of n lines
-  orig(p)
-  local buf = vim.fn.bufnr('remote-dev://run/' .. p.id)
-  if n > 0 and not _G.rd_bench.first[p.id] and buf > 0 and vim.api.nvim_buf_line_count(buf) >= 2 then
-    _G.rd_bench.first[p.id] = vim.uv.hrtime()
-  end
-end
-"""
 
 
 def make_project(base: Path, name: str, bed: WanBed) -> Path:
