@@ -281,3 +281,35 @@ def test_without_a_watcher_a_folder_where_a_file_was_means_a_whole_tree_scan(tmp
     (root / name / "later.py").write_text("l\n")
     assert f"{name}/later.py" in s.changes()   # (and a.py itself while git's index says it is a file)
     s.close()
+
+
+def test_a_stale_index_makes_whole_tree_scans_until_git_writes_it_anew(engine, make_project, counted):
+    """A tree whose index no longer holds its files' stat data (copied, or every file
+    touched) makes git's status compare each file by content, every time: git refreshes
+    the index only where it may write it, which a check never does.  When git's check
+    costs more than the whole-tree scan, pushes scan the tree instead until another git
+    writes the index; every change is pushed all along."""
+    from remote_dev.sync import quick
+    proj = make_project(git=True)
+    blob = os.urandom(256 * 1024)
+    for i in range(400):   # ~100 MB for git to hash, 400 files to stat
+        proj.write(f"d{i % 8}/f{i:03d}.bin", blob[i:] + blob[:i])
+    git(proj.root, "add", ".")
+    git(proj.root, "commit", "-qm", "one")
+    quick_push(engine, proj, counted, files=401, full=True)
+    quick_push(engine, proj, counted, files=0)          # a fresh index: git's quick check
+    git_dir = str(proj.root / ".git")
+    assert not quick.stale_index(git_dir)
+    later = time.time() + 5
+    for path in proj.root.rglob("*.bin"):
+        os.utime(path, (later, later))                   # same content, other stat data
+    quick_push(engine, proj, counted, files=0)           # git: the same content (it hashed it all)
+    assert quick.stale_index(git_dir)
+    proj.write("d1/f001.bin", b"edited")
+    quick_push(engine, proj, counted, files=1, full=True)     # the edit (the others: the same content)
+    quick_push(engine, proj, counted, files=0, full=True)
+    git(proj.root, "update-index", "-q", "--refresh")   # the user's git writes the index anew
+    assert not quick.stale_index(git_dir)
+    quick_push(engine, proj, counted, files=0, full=True)   # a new baseline
+    quick_push(engine, proj, counted, files=0)
+    same_as_local(proj, set(git_listing(proj.root)))

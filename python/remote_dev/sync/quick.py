@@ -45,6 +45,26 @@ STATUS = ["git", "--no-optional-locks", "-c", "core.quotepath=off", "-c", "core.
           "-uno", "--ignore-submodules=none", "--", "."]
 GIT_TIMEOUT = 300.0
 GONE: Sig = (-1, -1, -1)
+# git folders whose index was found stale -> that index file's stamp.  A stale index (its
+# stat data no longer the files': a copied tree, a mass touch) makes git's status compare
+# every file by content, and git refreshes it only where it may write the index, which a
+# check never does (--no-optional-locks: the user's own git must never meet our lock).
+# When git's check costs more than the whole-tree scan it stands in for, pushes scan the
+# whole tree until another git writes the index anew.
+STALE: dict[str, tuple[int, ...]] = {}
+
+
+def index_stamp(git_dir: str | None) -> tuple[int, ...]:
+    """git writes a new index file (index.lock renamed): its inode tells too."""
+    try:
+        st = os.stat(os.path.join(git_dir, "index")) if git_dir else None
+    except OSError:
+        return (-1,)
+    return (st.st_mtime_ns, st.st_size, st.st_ino) if st else (-1,)
+
+
+def stale_index(git_dir: str | None) -> bool:
+    return bool(git_dir) and STALE.get(git_dir or "") == index_stamp(git_dir)
 
 
 def sig_of(st: os.stat_result) -> Sig:
@@ -140,20 +160,17 @@ class Baseline:
         self.digest = ""
         self.index_stamp: tuple[int, ...] = (-1,)
         self.ls_proc = None
+        self.scan_ns = 0     # what the whole-tree scan took (Scanner.scan): git's check must cost less
 
     def _index_stamp(self) -> tuple[int, ...]:
-        """git writes a new index file (index.lock renamed): its inode tells too."""
-        try:
-            st = os.stat(os.path.join(self.git_dir, "index")) if self.git_dir else None
-        except OSError:
-            return (-1,)
-        return (st.st_mtime_ns, st.st_size, st.st_ino) if st else (-1,)
+        return index_stamp(self.git_dir)
 
     def start(self) -> subprocess.Popen[bytes] | None:
-        """Before the whole-tree scan stats anything: git's answer for the tracked files."""
+        """Before the whole-tree scan stats anything: git's answer for the tracked files
+        (none while the index is stale: no baseline, whole-tree scans)."""
         self.valid = False
         self.index_stamp = self._index_stamp()
-        if not self.git_dir:
+        if not self.git_dir or stale_index(self.git_dir):
             return None
         try:
             out = subprocess.run(["git", "rev-parse", "--show-prefix"], cwd=self.root, capture_output=True, text=True,
@@ -250,9 +267,10 @@ class Baseline:
     def changes(self) -> list[str] | None:
         """Paths that may differ from what was pushed, or None: only a whole-tree scan can
         tell (a folder appeared or went away, the index's content changed, git failed)."""
-        if not self.valid or not self.same_index():
+        if not self.valid or stale_index(self.git_dir) or not self.same_index():
             return None
         since = time.time_ns() - 50_000_000
+        t0 = time.monotonic_ns()
         proc = status_start(self.root) if self.git_dir else None
         try:
             out = self._folders(since)
@@ -269,6 +287,8 @@ class Baseline:
                 proc = None
                 if named is None:
                     return None
+                if self.scan_ns and time.monotonic_ns() - t0 > max(self.scan_ns, 20_000_000):
+                    STALE[self.git_dir or ""] = self._index_stamp()   # this answer holds; the next is a scan
                 for rel in named:
                     if rel not in self.own:
                         self.carry.setdefault(rel, None)

@@ -389,6 +389,7 @@ class Scanner:
             add_included(self.root, self.includer, self.excluder, paths, bool(self.git), out)
         if quick is not None:
             self.stamps, self.last_full, self.quick = stamps, time.monotonic(), quick
+            quick.scan_ns = time.time_ns() - since - MTIME_SLACK_NS
             self.background = threading.Thread(target=quick.build, args=(status, since, out, young), daemon=True,
                                                name="rd-baseline")
         elif w is not None and w.valid:
