@@ -24,6 +24,13 @@ from remote_dev.sync import reuse
 SIZE = 40_000
 
 
+@pytest.fixture(autouse=True)
+def offers_on_loopback(monkeypatch):
+    """The tests' remote is on loopback, where a push sends rather than offers (sending
+    costs less there): REMOTE_DEV_REUSE=always makes these pushes offer as over a WAN."""
+    monkeypatch.setenv("REMOTE_DEV_REUSE", "always")
+
+
 def index_dir(sshd) -> Path:
     return sshd.remote_cache / "remote-dev" / "index"
 
@@ -245,3 +252,16 @@ def test_an_edit_that_keeps_size_and_mtime_is_not_copied_from_the_index(engine, 
     for rel, data in files.items():
         assert second.remote(rel).read_bytes() == data, rel
     assert temps(second.remote_root) == []
+
+
+def test_on_a_loopback_class_link_a_push_sends_instead_of_offering(engine, make_project, sshd, monkeypatch):
+    monkeypatch.setenv("REMOTE_DEV_REUSE", "auto")
+    files = random_files(40)
+    first = project_with(make_project, "first", files)
+    assert push(engine, first)["errors"] == []
+    wait_indexed(sshd, first.remote_root, files)
+    second = project_with(make_project, "second", files)
+    res = push(engine, second)
+    assert res["errors"] == [] and res["copied"] == 0 and res["wire_bytes"] > 40 * SIZE
+    for rel, data in files.items():
+        assert second.remote(rel).read_bytes() == data, rel
