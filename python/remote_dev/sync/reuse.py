@@ -49,14 +49,19 @@ def note_written(sess: TargetSession) -> None:
     sess.state(RemoteIndex).known = True
 
 
-def worth_offering(sess: TargetSession, sends: list[Send]) -> list[Send]:
-    """The files of a push to offer (none when the remote holds no index, too little would
-    be saved, or the link is as fast as the remote's disk: on loopback-class links sending
-    costs less than the remote's copy and its read-back -- bench: a second checkout took
-    0.93 s offered against ~0.69 s for sending it all.  REMOTE_DEV_REUSE=always offers
-    there too (measurements, tests), =never nowhere)."""
+def copies_pay(sess: TargetSession) -> bool:
+    """Whether the remote's copies (offers, and dedup within a push) beat sending: not on a
+    link as fast as the remote's disk -- on loopback-class links sending costs less than a
+    copy and its read-back (bench: a second checkout 0.93 s offered against ~0.69 s sent
+    whole).  REMOTE_DEV_REUSE=always copies there too (measurements, tests), =never nowhere."""
     mode = os.environ.get("REMOTE_DEV_REUSE", "auto")
-    if mode == "never" or (mode != "always" and sess.state(LinkMeter).fast):
+    return mode == "always" or (mode != "never" and not sess.state(LinkMeter).fast)
+
+
+def worth_offering(sess: TargetSession, sends: list[Send]) -> list[Send]:
+    """The files of a push to offer (none when copies do not pay, the remote holds no
+    index, or too little would be saved)."""
+    if not copies_pay(sess):
         return []
     if not (sess.state(RemoteIndex).known or sess.hello.get("reuse")):
         return []

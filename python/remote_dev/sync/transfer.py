@@ -49,6 +49,7 @@ from .channels import ExtraChannels
 from .content import O_NOFOLLOW, finish, new_hasher
 from .reconcile import Send, content_unchanged, in_the_way
 from .records import SyncRecords
+from .reuse import copies_pay
 from .scan import LocalEntry
 from .wire import AckClock, Compressor
 
@@ -325,7 +326,7 @@ class Sender:
         self.wire_sent = 0             # wire bytes sent, since the first at t_first
         self.t_first = 0.0
         self.waits = [0.0, 0.0]        # seconds the lanes waited for batches, for room on the wire
-        self.dedup: Dedup | None = Dedup() if workers is None else None   # one Dedup: threads only
+        self.dedup: Dedup | None = Dedup() if workers is None and copies_pay(sess) else None   # threads only
         self.need: list[Send] = []     # copies the agent could not make: sent again, whole
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
