@@ -255,7 +255,11 @@ def test_an_edit_that_keeps_size_and_mtime_is_not_copied_from_the_index(engine, 
 
 
 def test_on_a_loopback_class_link_a_push_sends_instead_of_offering(engine, make_project, sshd, monkeypatch):
+    from remote_dev.sync import wire
     monkeypatch.setenv("REMOTE_DEV_REUSE", "auto")
+    # the push's one ping classifies the link; on a loaded machine a loopback ping can take
+    # more than FAST_RTT_MS: the bound raised so that this loopback counts as what it is
+    monkeypatch.setattr(wire, "FAST_RTT_MS", 1000.0)
     files = random_files(40)
     first = project_with(make_project, "first", files)
     assert push(engine, first)["errors"] == []
