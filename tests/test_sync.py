@@ -466,6 +466,19 @@ def test_dry_run_and_push_say_why_files_are_skipped(make_project, isolated_state
 # --------------------------------------------------------------------------- the watcher
 
 
+def same_as_local(proj, expected):
+    """The remote holds exactly the expected paths, each as the local one: content (or a
+    symlink's target) and mode."""
+    assert remote_files(proj) == expected
+    for rel in expected:
+        local, remote = proj.root / rel, proj.remote(rel)
+        if os.path.islink(local):
+            assert os.readlink(remote) == os.readlink(local), rel
+        else:
+            assert remote.read_bytes() == local.read_bytes(), rel
+            assert os.stat(remote).st_mode & 0o777 == os.stat(local).st_mode & 0o777, rel
+
+
 @pytest.mark.parametrize("backend", ["inotify", "watchdog"])
 def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch, backend):
     """After the first push, tree pushes look only at what the watcher saw change (inotify_simple,
@@ -498,15 +511,7 @@ def test_tree_pushes_follow_what_changed(engine, make_project, monkeypatch, back
         res = push(engine, proj)
         res["git_runs"] = calls["git"]
         assert res["errors"] == []
-        expected = set(git_listing(proj.root))
-        assert remote_files(proj) == expected
-        for rel in expected:
-            local, remote = proj.root / rel, proj.remote(rel)
-            if os.path.islink(local):
-                assert os.readlink(remote) == os.readlink(local), rel
-            else:
-                assert remote.read_bytes() == local.read_bytes(), rel
-                assert os.stat(remote).st_mode & 0o777 == os.stat(local).st_mode & 0o777, rel
+        same_as_local(proj, set(git_listing(proj.root)))
         return res
 
     n = calls["git"]

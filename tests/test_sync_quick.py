@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from test_sync import push, remote_files
+from test_sync import push, same_as_local
 
 import remote_dev.sync.scan as scan_mod
 from remote_dev.sync.scan import git_listing
@@ -42,17 +42,6 @@ def counted(monkeypatch):
     monkeypatch.setattr(scan_mod.Scanner, "scan", counting_scan)
     monkeypatch.setattr(scan_mod, "git_listing_start", counting_listing)
     return calls
-
-
-def same_as_local(proj, expected):
-    assert remote_files(proj) == expected
-    for rel in expected:
-        local, remote = proj.root / rel, proj.remote(rel)
-        if os.path.islink(local):
-            assert os.readlink(remote) == os.readlink(local), rel
-        else:
-            assert remote.read_bytes() == local.read_bytes(), rel
-            assert os.stat(remote).st_mode & 0o777 == os.stat(local).st_mode & 0o777, rel
 
 
 def quick_push(engine, proj, calls, files, deleted=0, full=False):
