@@ -154,7 +154,8 @@ def test_packed_ops_round_trip():
     assert [[bytes(v) if isinstance(v, memoryview) else v for v in op] for op in got] == sent   # writes: hashed there
     assert os.fsencode(got[1][P.OP_PATH]) == b"bad\xff name\n-x"
     answers = [[P.OK, 9, 1_700_000_000_123_456_789], [P.CONFLICT, "changed on the remote"], [P.ERROR, odd], [P.GONE]]
-    assert P.unpack_answers(P.pack_answers(answers)) == answers
+    assert P.unpack_answers(P.pack_answers(answers)) == (answers, None)
+    assert P.unpack_answers(P.pack_answers(answers, 0.25)) == (answers, 0.25)   # the agent's seconds on it
     blob = P.pack_ops(ops)
     for bad in (blob[:-1], blob + b"x", blob[:3], b"\0\0\0\x05[1,2"):
         with pytest.raises(ValueError):
@@ -195,3 +196,17 @@ def test_the_codec_choice_follows_the_link():
     assert P.choose_codec(400e6, 2, text) == (P.RAW, 0)             # faster than any codec here
     assert P.choose_codec(2.5e6, 2, text, formats=[P.ZLIB])[0] == P.ZLIB   # no bz2 on the other side
     assert P.sample_ratio(os.urandom(100_000)) < P.INCOMPRESSIBLE < P.sample_ratio(b"abc" * 50_000)
+
+
+def test_the_receivers_pace_bounds_every_codec_alike():
+    """A link taken for 26 MB/s (answers that came at a busy agent's pace) picks a heavy
+    zstd; with the agent's own pace (100 MB/s raw) bounding every choice, the fastest codec
+    that keeps up with it wins, and raw where the link carries that pace as it is."""
+    from remote_dev.sync import wire
+    text, both = 3.9, [P.ZLIB, P.ZSTD]
+    heavy = P.choose_codec(26e6, 2, text, both, codecs=wire.LOCAL_CODECS)
+    assert heavy[0] == P.ZSTD and heavy[1] >= 5
+    assert P.choose_codec(26e6, 2, text, both, codecs=wire.LOCAL_CODECS, ceiling=100e6) == (P.ZSTD, 1)
+    assert P.choose_codec(26e6, 2, text, [P.ZLIB], codecs=wire.LOCAL_CODECS, ceiling=100e6) == (P.ZLIB, 2)
+    assert P.choose_codec(150e6, 2, text, both, codecs=wire.LOCAL_CODECS, ceiling=100e6) == (P.RAW, 0)
+    assert P.choose_codec(12.5e6, 2, text, both, codecs=wire.LOCAL_CODECS, ceiling=500e6) == heavy  # the link bounds

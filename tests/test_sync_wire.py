@@ -23,6 +23,7 @@ def slow_link(engine, proj, monkeypatch, rate):
     """The session's link taken as a WAN link of rate bytes/s with a 40 ms round trip
     (loopback would be sent raw); measuring it is turned off so it stays so."""
     monkeypatch.setattr(LinkMeter, "update", lambda self, rate: None)
+    monkeypatch.setattr(LinkMeter, "raise_to", lambda self, floor: None)
 
     async def set_link(sess):
         await sess.ensure()
@@ -324,3 +325,48 @@ def test_batches_start_small_and_end_small():
     assert max(sizes) < transfer.BATCH_BYTES + 40200
     assert sizes[-1] < 2 * transfer.FIRST_BATCH and sizes[-2] < 3 * transfer.FIRST_BATCH
     assert sizes[-3] <= sizes[-4] + 40200 <= transfer.BATCH_BYTES + 80400
+
+
+def test_the_meter_assumes_more_only_where_the_answers_measured_this_side(monkeypatch):
+    """Until measured, a link counts by its round trip; answers that measured a busy agent
+    (or a wire waiting for batches) raise what is assumed, doubling, between twice and four
+    times what they saw; answers that measured the link below it end the assumption; and
+    what is only assumed never opens extra channels."""
+    monkeypatch.setattr(wire, "RAISE_EVERY", 0.0)
+    m = LinkMeter(rtt_ms=40.0)
+    assert m.link() == wire.WAN_GUESS and not m.window_limited()
+    m.rtt_ms = 2.9
+    assert m.link() == wire.LAN_GUESS
+    m.rate = 20e6
+    m.agent_bound(20e6)
+    assert m.link() == 40e6
+    m.agent_bound(20e6)
+    assert m.link() == 80e6
+    m.starved(20e6)
+    assert m.link() == 80e6          # at most four times what the answers saw
+    assert not m.window_limited()    # 80 MB/s x 2.9 ms is only assumed
+    m.update(30e6)                   # the link held the answers back: it is what it measures
+    assert m.link() == m.rate == 25e6
+    m.rtt_ms = 0.5
+    assert m.link() is None          # loopback-class: raw
+    m2 = LinkMeter(rtt_ms=40.0)
+    monkeypatch.setattr(wire, "RAISE_EVERY", 60.0)
+    m2.starved(10e6)
+    m2.starved(10e6)                 # once per RAISE_EVERY
+    assert m2.link() == 25e6
+
+
+def test_the_agent_says_how_long_it_took(engine, make_project, monkeypatch):
+    """A packed push's answers carry the agent's seconds on it: after a push of a few MB,
+    the session's meter knows the agent's pace (raw bytes per second it spends)."""
+    proj = make_project()
+    for i in range(6):
+        proj.write(f"src/m{i}.py", source_text(600_000, 10 + i))
+    slow_link(engine, proj, monkeypatch, 5e7)
+    res = push(engine, proj)
+    assert res["errors"] == [] and res["files"] == 7
+
+    async def pace(sess):
+        return sess.state(LinkMeter).agent_pace()
+    got = on_engine(engine, proj, pace)
+    assert got is not None and 1e6 < got < 1e11

@@ -99,13 +99,13 @@ def deflate_with(fmt: str, level: int, data: bytes) -> bytes:
 
 def choose(plan: tuple[Any, ...], sample: bytes) -> tuple[str, int]:
     """The codec of a payload by a Compressor's plan (wire.Compressor.plan)."""
-    forced, link, cores, formats, speed, table = plan
+    forced, link, cores, formats, speed, table, ceiling = plan
     if forced:
         fmt, _, level = forced.partition("-")
         return ("" if fmt == "raw" else fmt), int(level or 0)
     if link is None:
         return RAW, 0
-    return choose_codec(link, cores, sample_ratio(sample), formats, speed, table)
+    return choose_codec(link, cores, sample_ratio(sample), formats, speed, table, ceiling)
 
 
 def sample_of(datas: list[bytes]) -> bytes:

@@ -243,17 +243,25 @@ def unpack_ops(blob):
     return ops
 
 
-def pack_answers(answers):
+def pack_answers(answers, busy=None):
     """A packed push's answers (lists, see below) as JSON bytes: the agent's pure-Python
-    msgpack packed ~3 values an op (~8% of its CPU in a big push)."""
+    msgpack packed ~3 values an op (~8% of its CPU in a big push).  busy: the seconds the
+    agent spent on the request (decoding and applying it), which tells the sender the
+    agent's own pace (wire.LinkMeter.agent_pace)."""
+    if busy is not None:
+        answers = {"answers": answers, "busy": round(busy, 6)}
     return json.dumps(answers, separators=(",", ":")).encode("ascii")
 
 
 def unpack_answers(blob):
-    answers = json.loads(bytes(blob).decode("ascii"))
-    if not isinstance(answers, list):
+    """(answers, busy seconds or None) of pack_answers' blob."""
+    got = json.loads(bytes(blob).decode("ascii"))
+    busy = None
+    if isinstance(got, dict):
+        got, busy = got.get("answers"), got.get("busy")
+    if not isinstance(got, list):
         raise ValueError("not a list of answers")
-    return answers
+    return got, busy if isinstance(busy, (int, float)) else None
 
 
 
@@ -461,22 +469,25 @@ def sample_ratio(data):
     return len(piece) / float(len(zlib.compress(piece, 1)))
 
 
-def choose_codec(link, cores, ratio1, formats=None, speed=1.0, codecs=CODECS):
+def choose_codec(link, cores, ratio1, formats=None, speed=1.0, codecs=CODECS, ceiling=None):
     """(format, level) moving the most raw bytes per second: RAW moves the link rate, a
     codec min(cores x its speed, link x its ratio).  link: wire bytes per second (None:
     a fast link: nothing is compressed); ratio1: zlib-1 ratio of the data (a
-    sample's, or measured); speed: this machine's speed relative to CODECS' figures.  A
-    slower codec is taken only for 2% more.  codecs: the sender's table (its compressors)."""
+    sample's, or measured); speed: this machine's speed relative to CODECS' figures;
+    ceiling: raw bytes per second the receiver takes at most (its pace, as measured), which
+    bounds every choice alike.  Of the choices within 2% of the best, the fastest codec
+    (RAW before any) is taken: a slower one only for 2% more.  codecs: the sender's table
+    (its compressors)."""
     if link is None or ratio1 < INCOMPRESSIBLE:
         return RAW, 0
-    best, best_rate = (RAW, 0), float(link)
+    cap = float("inf") if ceiling is None else float(ceiling)
+    options = [(min(float(link), cap), float("inf"), (RAW, 0))]
     for fmt, level, mbs, rel in codecs:
         if formats is not None and fmt not in formats:
             continue
-        rate = min(cores * mbs * MB * speed, link * ratio1 * rel)
-        if rate > best_rate * 1.02:
-            best, best_rate = (fmt, level), rate
-    return best
+        options.append((min(cores * mbs * MB * speed, link * ratio1 * rel, cap), mbs, (fmt, level)))
+    best_rate = max(rate for rate, _, _ in options)
+    return max((o for o in options if o[0] * 1.02 >= best_rate), key=lambda o: o[1])[2]
 
 
 # --------------------------------------------------------------------------- the remote check

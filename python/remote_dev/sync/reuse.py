@@ -160,7 +160,7 @@ class Offers:
                     answers.append((hashed, self.send(hashed)))
                     await self.agent.drain()
             for hashed, fut in answers:
-                for (item, h, entry), answer in zip(hashed, unpack_answers(await fut)):
+                for (item, h, entry), answer in zip(hashed, unpack_answers(await fut)[0]):
                     if answer[0] == NEED:
                         self.commit.records.landed(item.rel)
                         left.append(item)

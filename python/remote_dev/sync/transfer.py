@@ -224,6 +224,7 @@ class Prepared:
     method: str = ""
     params: tuple[Any, ...] = ()
     wire: int = 0
+    raw: int = 0      # bytes before compression
 
 
 def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecords, comp: Compressor,
@@ -234,8 +235,9 @@ def prepare(root: Path, remote_root: str, items: list[Send], records: SyncRecord
     if not ops:
         return out
     fmt, level = comp.choose(sample_of(ops))
-    fmt, blob = comp.compress(fmt, level, pack_ops([r.op for r in ops]))
-    out.method, out.params, out.wire = "push_packed", (remote_root, fmt, blob), len(blob)
+    packed = pack_ops([r.op for r in ops])
+    fmt, blob = comp.compress(fmt, level, packed)
+    out.method, out.params, out.wire, out.raw = "push_packed", (remote_root, fmt, blob), len(blob), len(packed)
     return out
 
 
@@ -261,7 +263,7 @@ def prepared_from(items: list[Send], meta: dict[str, Any], blob: bytes, remote_r
                    [(items[i], OSError(code, text)) for i, code, text in meta["bad"]])
     if ops:
         comp.measured(meta["fmt"], meta["level"], meta["raw"], meta["dt"])
-        out.method, out.params, out.wire = "push_packed", (remote_root, meta["fmt"], blob), len(blob)
+        out.method, out.params, out.wire, out.raw = "push_packed", (remote_root, meta["fmt"], blob), len(blob), meta["raw"]
     return out
 
 
@@ -356,6 +358,7 @@ class Sender:
     def add_lane(self, chan: AgentChannel) -> None:
         lane = Lane(chan)
         self.lanes.append(lane)
+        self.comp.agents = len(self.lanes)
         self.feeders.append(asyncio.get_running_loop().create_task(self.feed(lane)))
 
     def join(self, chan: AgentChannel) -> bool:
@@ -456,7 +459,7 @@ class Sender:
                 self.check()
                 self.commit.in_flight([(r.item, r.hash, r.entry) for r in prep.ops])
                 fut = chan.send(prep.method, *prep.params)
-                self.on_wire(lane, fut, prep.wire, lambda blob, prep=prep: self.batch_done(prep, unpack_answers(blob)))
+                self.on_wire(lane, fut, prep.wire, lambda blob, prep=prep: self.batch_done(prep, blob))
                 await chan.drain()
                 if self.first_sent is not None:
                     self.first_sent()
@@ -468,7 +471,11 @@ class Sender:
         await lane.empty()
         self.check()
 
-    def batch_done(self, prep: Prepared, answers: list[Any]) -> None:
+    def batch_done(self, prep: Prepared, blob: bytes) -> None:
+        answers, busy = unpack_answers(blob)
+        if busy is not None:
+            self.comp.meter.agent_busy(prep.raw, busy)
+            self.clock.agent_busy(busy)
         for r, answer in zip(prep.ops, answers):
             if answer[0] == NEED:
                 self.commit.records.landed(r.item.rel)

@@ -4,7 +4,10 @@ compression per batch (protocol.choose_codec), and the worker threads that compr
 The rate is measured from the answers of pipelined requests: wire bytes answered per
 second while more was in flight behind them (the link, not this side, was what held them
 back).  It is kept per connection (LinkMeter, in the session's state), so a pull knows
-what the last push saw; until the first measurement a link counts as WAN_GUESS.  A link
+what the last push saw; until the first measurement a link counts as WAN_GUESS (LAN_GUESS
+under LAN_RTT_MS).  Answers that measured this side or the agent rather than the link
+(the wire waiting for batches; the agent busy all along, as its answers say) only raise
+what is assumed of the link, and the agent's own pace bounds every codec alike.  A link
 with a round trip under FAST_RTT_MS (loopback, a LAN) is never compressed: there the
 rate is bounded by the CPU of both ends (ssh, the agent), which compressing would only
 take from them.
@@ -55,6 +58,7 @@ NG_CODECS = (
 # way: level 3 compresses like zlib-ng 6 at ~3.5x its speed; 5 and 6 send 7% and 10% fewer
 # bytes than zlib-ng 6.  Taken only when the remote lists the format.
 ZSTD_CODECS = (
+    (ZSTD, 1, 451.0, 1.11),
     (ZSTD, 3, 285.0, 1.22),
     (ZSTD, 5, 139.0, 1.31),
     (ZSTD, 6, 79.0, 1.37),
@@ -63,52 +67,107 @@ LOCAL_CODECS = (NG_CODECS if deflate is not None else CODECS) + (ZSTD_CODECS if 
 
 FAST_RTT_MS = 1.5          # below this round trip a link counts as fast until measured
 WAN_GUESS = 12.5e6         # wire bytes/s assumed of other links until measured (100 Mbit/s)
+LAN_RTT_MS = 10.0          # ... but below this round trip (a campus, a lab: 1 Gbit/s)
+LAN_GUESS = 125e6
 RATE_WINDOW = 0.4          # seconds of answers a rate is measured over (at least)
 WINDOW = 1 << 20           # bandwidth-delay product above which one SSH channel's window limits
+RAISE_EVERY = 0.15         # seconds between two raises of the rate assumed (starved, agent_bound)
+AGENT_BOUND = 0.8          # share of a rate's window the agent was busy: the rate measured the agent
+PACE_DECAY = 0.8           # weight of the earlier answers in the agent's pace, per answer
+PACE_MIN = 1 << 20         # raw bytes answered before the agent's pace counts
 
 
 @dataclass
 class LinkMeter:
-    """Per connection: the link's rate in wire bytes per second, when measured."""
+    """Per connection: the link's rate in wire bytes per second, when measured; and the
+    agent's own pace, raw bytes applied per second it spends (push_packed's answers say
+    how long each took), which no codec can beat: where the agent is the slower end (a
+    fast link; a busy remote), answers arrive at the agent's pace, not the link's, and a
+    heavier codec would only burn this side's cores for nothing."""
     rate: float | None = None
     rtt_ms: float | None = None
+    paced_raw: float = 0.0     # raw bytes of the answers measured, decaying
+    paced_busy: float = 0.0    # the agent's seconds on them, decaying
+    assumed: float | None = None   # more than measured, as starved/agent_bound say
+    raised_at: float = -1e9    # when they last raised it
+
+    def agent_busy(self, raw: int, busy: float) -> None:
+        """An agent took busy seconds to apply a request of raw bytes."""
+        self.paced_raw = PACE_DECAY * self.paced_raw + raw
+        self.paced_busy = PACE_DECAY * self.paced_busy + busy
+
+    def agent_pace(self) -> float | None:
+        """Raw bytes per second one agent applies, once PACE_MIN bytes are measured."""
+        if self.paced_raw < PACE_MIN or self.paced_busy <= 0:
+            return None
+        return self.paced_raw / self.paced_busy
 
     def update(self, rate: float) -> None:
+        """The answers measured the link at rate wire bytes/s (it held them back)."""
         self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
+        if self.assumed is not None and rate < self.assumed:
+            self.assumed = None   # what was assumed above the link's rate no longer counts
 
     def starved(self, sent_rate: float) -> None:
         """The lanes waited for batches (more than for room on the wire) while sent_rate
         wire bytes/s went out: the link is faster than that (a 1 Gbit/s link taken for
-        WAN_GUESS picks a codec too slow for it); twice that is assumed until the answers
-        measure it."""
-        if 2 * sent_rate > (self.rate or WAN_GUESS):
-            self.rate = 2 * sent_rate
+        WAN_GUESS picks a codec too slow for it, and a codec too slow starves the wire in
+        turn).  What is assumed doubles, once per RAISE_EVERY while the wire waits, between
+        twice and four times sent_rate, until a lighter codec feeds the wire: then the
+        answers measure it (update)."""
+        self.raise_to(2 * sent_rate)
+
+    def agent_bound(self, rate: float) -> None:
+        """The answers came at rate wire bytes/s while the agent was busy all along: they
+        measured the agent, and the link is faster than that: raised as by starved (the
+        agent's pace bounds every codec alike, so a lighter one then wins)."""
+        self.raise_to(2 * rate)
+
+    def raise_to(self, floor: float) -> None:
+        now = time.perf_counter()
+        if now - self.raised_at < RAISE_EVERY:
+            return
+        self.raised_at = now
+        self.assumed = max(floor, min(2 * (self.link() or floor), 2 * floor))
+
+    def guess(self) -> float:
+        """The rate as measured, else a guess by the round trip."""
+        if self.rate is not None:
+            return self.rate
+        return LAN_GUESS if self.rtt_ms is not None and self.rtt_ms < LAN_RTT_MS else WAN_GUESS
 
     def link(self) -> float | None:
-        """The rate to plan with: None on a fast link (nothing compressed), else as
-        measured, else WAN_GUESS."""
+        """The rate to plan a codec with: None on a fast link (nothing compressed), else
+        as measured or guessed, or what starved/agent_bound assume when that is more."""
         if self.rtt_ms is not None and self.rtt_ms < FAST_RTT_MS:
             return None
-        return WAN_GUESS if self.rate is None else self.rate
+        return max(self.guess(), self.assumed or 0.0)
 
     @property
     def fast(self) -> bool:
         return self.rtt_ms is not None and self.rtt_ms < FAST_RTT_MS
 
     def window_limited(self) -> bool:
-        """More than one channel's SSH window (~2 MB) is in flight per round trip."""
-        rate = self.link()
-        return rate is not None and self.rtt_ms is not None and rate * self.rtt_ms / 1000 > WINDOW
+        """More than one channel's SSH window (~2 MB) is in flight per round trip (by the
+        rate measured or guessed, never by what is only assumed)."""
+        return not self.fast and self.rtt_ms is not None and self.guess() * self.rtt_ms / 1000 > WINDOW
 
 
 class AckClock:
-    """Wire bytes answered per second, from requests pipelined on one connection."""
+    """Wire bytes answered per second, from requests pipelined on one connection; a rate
+    measured while the agent was busy nearly all along (AGENT_BOUND, by the seconds its
+    answers say it spent) measures the agent, not the link (LinkMeter.agent_bound)."""
 
     def __init__(self, meter: LinkMeter) -> None:
         self.meter = meter
         self.inflight = 0
         self.total = 0
-        self.points: deque[tuple[float, int]] = deque()
+        self.busy = 0.0     # the agent's seconds on the answers so far, as they said
+        self.points: deque[tuple[float, int, float]] = deque()
+
+    def agent_busy(self, seconds: float) -> None:
+        """The last answer says the agent spent this long on it."""
+        self.busy += seconds
 
     def sent(self, weight: int) -> None:
         """A request went out, weighing weight bytes (its wire size, or for a read what
@@ -124,12 +183,16 @@ class AckClock:
         if self.inflight < max(weight, 64 << 10):
             self.points.clear()   # the link ran dry: what follows measures this side
             return
-        self.points.append((now, self.total))
+        self.points.append((now, self.total, self.busy))
         while len(self.points) > 3 and now - self.points[1][0] >= RATE_WINDOW:
             self.points.popleft()
-        t0, b0 = self.points[0]
+        t0, b0, busy0 = self.points[0]
         if len(self.points) >= 3 and now - t0 >= RATE_WINDOW:
-            self.meter.update((self.total - b0) / (now - t0))
+            rate = (self.total - b0) / (now - t0)
+            if self.busy - busy0 >= AGENT_BOUND * (now - t0):
+                self.meter.agent_bound(rate)
+            else:
+                self.meter.update(rate)
 
 
 def compress(fmt: str, level: int, data: bytes) -> bytes:
@@ -160,6 +223,7 @@ class Compressor:
         self.speed = 1.0       # speed reached / the table's, as measured
         self.lock = threading.Lock()
         self.used: dict[str, int] = {}   # codec name -> payloads compressed with it
+        self.agents = 1        # agents applying the payloads at once (the push's channels)
 
     def choose(self, data: bytes | memoryview) -> tuple[str, int]:
         forced = os.environ.get("REMOTE_DEV_CODEC")   # for measurements: raw, zlib-1, bz2-9 ...
@@ -169,7 +233,13 @@ class Compressor:
         link = self.meter.link()
         if link is None:
             return RAW, 0
-        return choose_codec(link, self.cores, sample_ratio(data), self.formats, self.speed, LOCAL_CODECS)
+        return choose_codec(link, self.cores, sample_ratio(data), self.formats, self.speed, LOCAL_CODECS,
+                            self.ceiling())
+
+    def ceiling(self) -> float | None:
+        """Raw bytes per second the agents take at most, as measured (None: not yet)."""
+        pace = self.meter.agent_pace()
+        return None if pace is None else pace * self.agents
 
     def compress(self, fmt: str, level: int, data: bytes) -> tuple[str, bytes]:
         """(format, payload): data compressed as chosen (in a worker thread), or as it is
@@ -187,7 +257,7 @@ class Compressor:
     def plan(self) -> tuple[object, ...]:
         """What choose() decides by, for a worker process (packer.choose)."""
         return (os.environ.get("REMOTE_DEV_CODEC"), self.meter.link(), self.cores, self.formats, self.speed,
-                LOCAL_CODECS)
+                LOCAL_CODECS, self.ceiling())
 
     def measured(self, fmt: str, level: int, raw: int, dt: float) -> None:
         """raw bytes were compressed as fmt-level in dt seconds (here or in a worker)."""

@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 import threading
+import time
 
 from .. import protocol as P
 from .common import AgentError, cache_dir, expand_root, os_message, private_dir, unlink_quiet, write_all
@@ -182,12 +183,15 @@ class FileOps(object):
 
     def push_packed(self, root, fmt, blob):
         """push(root, ops) for ops packed as one blob (protocol.pack_ops), compressed in
-        format fmt or raw; the answers packed too (protocol.pack_answers)."""
+        format fmt or raw; the answers packed too (protocol.pack_answers), with the seconds
+        this took (the sender's measure of the agent's pace)."""
+        t0 = time.perf_counter()
         try:
             ops = P.unpack_ops(P.decompress(fmt, blob))
         except Exception as e:  # noqa: BLE001 - any damage is the same answer
             raise AgentError("packed", "damaged packed push (%s): %s" % (fmt, e))
-        return P.pack_answers(self.push(root, ops))
+        answers = self.push(root, ops)
+        return P.pack_answers(answers, time.perf_counter() - t0)
 
     def verify(self, root, uid, base, gen, blob):
         """The remote check of a push (verify.py)."""
