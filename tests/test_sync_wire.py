@@ -118,7 +118,9 @@ def test_a_pull_comes_in_zstd_where_the_remote_has_the_program(engine, make_proj
     if not remote_has_zstd:   # the agent started with a PATH of an empty folder
         empty = tmp_path / "bin-without-zstd"
         empty.mkdir()
-        target = {"python": f"env PATH={empty} {shutil.which('python3', path='/usr/bin:/bin')}"}
+        python3 = shutil.which("python3", path="/usr/bin:/bin")
+        require(python3 is not None, "no python3 in /usr/bin or /bin (the remote's, by its path)")
+        target = {"python": f"env PATH={empty} {python3}"}
     proj = make_project(config_extra='[sync]\npull = ["results/"]\n', target=target)
     proj.write("main.py", "x\n")
     slow_link(engine, proj, monkeypatch, 125e6)
