@@ -4,18 +4,21 @@ behind the real sshd)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import msgpack
-from conftest import wait_for
+import pytest
+from conftest import require, wait_for
 from test_sync import agent_call, agent_pid, on_engine, push, temps
 
 from remote_dev.agent import AGENT_ZIP, bundle
 from remote_dev.agent import protocol as P
 from remote_dev.agent.remote import files, temps as rtemps
+from remote_dev.sync import wire
 
 
 def dead_pid() -> int:
@@ -155,3 +158,66 @@ def test_temporaries_of_a_sigkilled_agent_are_swept(engine, make_project, sshd):
         other.close()
     assert temps(data) == [] and sorted(os.listdir(data)) == ["keep.txt", "new.txt", "other.bin"]
     assert Path(killed_temp).name.split(".")[-2] == str(pid)
+
+
+# --------------------------------------------------------------------------- pulls in zstd
+
+
+def fake_zstd(folder: Path, script: str) -> None:
+    """A `zstd` on folder (put first on PATH) that runs script (sh) before the real one."""
+    folder.mkdir()
+    prog = folder / "zstd"
+    prog.write_text(f"#!/bin/sh\n{script}\nexec {REAL_ZSTD} \"$@\"\n")
+    prog.chmod(0o755)
+
+
+REAL_ZSTD = shutil.which("zstd") or "zstd"
+ZSTD_READS = [P.ZLIB, P.BZ2, P.ZSTD]
+GBIT = 125e6   # a 1 Gbit/s link: zstd moves more than zlib there (ZSTD_PROGRAM_CODECS)
+
+
+def log_text(n: int) -> bytes:
+    lines = (f"step {i:7d} | loss {1 / (i + 1):.6f} | lr 3.0e-04 | tok/s {41000 + i % 997:9.1f}\n" for i in range(n))
+    return "".join(lines).encode()
+
+
+def read_blocks(tmp_path, accept):
+    """read_block's answers for a text log and random bytes, on a 1 Gbit/s link."""
+    (tmp_path / "root").mkdir(exist_ok=True)
+    (tmp_path / "root/train.log").write_bytes(log_text(50_000))
+    (tmp_path / "root/weights.bin").write_bytes(os.urandom(500_000))
+    ops = files.FileOps()
+    out = [ops.read_block(str(tmp_path / "root"), rel, 0, 4 << 20, GBIT, None, accept)
+           for rel in ("train.log", "weights.bin")]
+    for (fmt, blob), rel in zip(out, ("train.log", "weights.bin")):
+        raw = wire.decompress(fmt, blob, 4 << 20) if fmt else blob
+        assert raw == (tmp_path / "root" / rel).read_bytes(), rel
+    return ops, [fmt for fmt, _ in out]
+
+
+def test_the_agent_writes_zstd_for_a_caller_that_reads_it(tmp_path):
+    require(bool(shutil.which("zstd")), "zstd missing here; scripts/setup installs it")
+    ops, fmts = read_blocks(tmp_path, ZSTD_READS)
+    assert fmts == [P.ZSTD, P.RAW] and ops.zstd_flags == P.ZSTD_THREAD_FLAGS[0]
+    _, fmts = read_blocks(tmp_path, None)   # a local side that does not say (older): zlib
+    assert fmts == [P.ZLIB, P.RAW]
+    _, fmts = read_blocks(tmp_path, [P.ZLIB])
+    assert fmts == [P.ZLIB, P.RAW]
+
+
+def test_a_zstd_without_single_thread_is_run_with_t1(tmp_path, monkeypatch):
+    """An old `zstd` that refuses --single-thread: -T1 from then on."""
+    require(bool(shutil.which("zstd")), "zstd missing here; scripts/setup installs it")
+    fake_zstd(tmp_path / "bin", 'case "$*" in *--single-thread*) echo "Incorrect parameter" >&2; exit 1;; esac')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    ops, fmts = read_blocks(tmp_path, ZSTD_READS)
+    assert fmts == [P.ZSTD, P.RAW] and ops.zstd_flags == ("-T1",)
+
+
+def test_a_failing_zstd_falls_back_to_zlib(tmp_path, monkeypatch):
+    fake_zstd(tmp_path / "bin", 'echo "zstd: out of memory" >&2; exit 1')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    ops, fmts = read_blocks(tmp_path, ZSTD_READS)
+    assert fmts == [P.ZLIB, P.RAW] and ops.zstd_flags is None
+    with pytest.raises(ValueError, match="out of memory"):
+        P.compress(P.ZSTD, 1, b"x" * 1000)

@@ -178,12 +178,21 @@ def test_zlib_written_here_is_read_by_the_remotes_stdlib():
 
 @pytest.mark.parametrize("fmt", P.codec_formats())
 def test_codecs_round_trip(fmt):
-    """What the agent decodes, it reads back from what it (or, for zstd, only the local
-    side: wire.compress) writes."""
+    """What the agent decodes, it reads back from what it and the local side (wire.compress)
+    write; what the agent writes, the local side reads back (wire.decompress: zstd with
+    zstandard, the `zstd` program writing no content size)."""
     from remote_dev.sync import wire
-    compress = wire.compress if fmt == P.ZSTD else P.compress
     for data in (b"", b"x", os.urandom(70_000), b"hello world\n" * 10_000):
-        assert P.decompress(fmt, compress(fmt, 1 if fmt == P.ZLIB else 9, data)) == data
+        for level in (1, 3) if fmt == P.ZSTD else (1 if fmt == P.ZLIB else 9,):
+            for compress in (wire.compress, P.compress):
+                blob = compress(fmt, level, data)
+                assert P.decompress(fmt, blob) == data
+                assert wire.decompress(fmt, blob, len(data)) == data
+    if fmt == P.ZSTD:   # a damaged or too long block is an error, never other bytes
+        blob = P.compress(fmt, 1, b"hello world\n" * 10_000)
+        for bad, size in ((blob[:-8], 120_000), (blob, 119_999)):
+            with pytest.raises(ValueError):
+                wire.decompress(fmt, bad, size)
 
 
 def test_the_codec_choice_follows_the_link():
@@ -195,6 +204,11 @@ def test_the_codec_choice_follows_the_link():
     assert P.choose_codec(12.5e6, 2, text, speed=0.3)[1] < P.choose_codec(12.5e6, 2, text)[1]  # a busy machine
     assert P.choose_codec(400e6, 2, text) == (P.RAW, 0)             # faster than any codec here
     assert P.choose_codec(2.5e6, 2, text, formats=[P.ZLIB])[0] == P.ZLIB   # no bz2 on the other side
+    # the agent's zstd program (pulls): where the link outruns zlib, and not on slow links
+    agent = P.CODECS + P.ZSTD_PROGRAM_CODECS
+    assert P.choose_codec(125e6, 2, text, codecs=agent) == (P.ZSTD, 1)       # 1 Gbit/s
+    assert P.choose_codec(12.5e6, 2, text, codecs=agent)[0] == P.ZSTD       # 100 Mbit/s
+    assert P.choose_codec(2.5e6, 2, text, codecs=agent)[0] == P.BZ2         # 20 Mbit/s: the best ratio
     assert P.sample_ratio(os.urandom(100_000)) < P.INCOMPRESSIBLE < P.sample_ratio(b"abc" * 50_000)
 
 

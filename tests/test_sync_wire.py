@@ -8,10 +8,11 @@ import gc
 import logging
 import os
 import random
+import shutil
 import signal
 
 import pytest
-from conftest import wait_for
+from conftest import require, wait_for
 from remote_dev import rpc
 from remote_dev.errors import RemoteDevError
 from remote_dev.sync import transfer, wire
@@ -96,6 +97,52 @@ def test_compressed_push_and_pull_are_byte_exact(engine, make_project, monkeypat
     for rel, data in results.items():
         assert (proj.root / rel).read_bytes() == data, rel
     assert res["wire_bytes"] < 0.6 * res["bytes"]
+    assert temps(proj.root) == []
+
+
+def pulled_formats(caplog):
+    """The formats the agent answered a pull's blocks in, as the pull logged them."""
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pull ")]
+    assert said, "the pull logged no formats"
+    return said[-1]
+
+
+@pytest.mark.parametrize("remote_has_zstd", [True, False], ids=["zstd-on-the-remote", "no-zstd-there"])
+def test_a_pull_comes_in_zstd_where_the_remote_has_the_program(engine, make_project, monkeypatch, caplog, tmp_path,
+                                                               remote_has_zstd):
+    """On a 1 Gbit/s link the agent writes the text in zstd with the remote's `zstd`
+    program (the local side says it reads zstd: zstandard), and sends random bytes raw;
+    an agent whose PATH has no `zstd` writes zlib instead."""
+    require(bool(shutil.which("zstd")), "zstd missing here (the remote of the tests); scripts/setup installs it")
+    caplog.set_level(logging.INFO, logger="remote_dev")
+    target = None
+    if not remote_has_zstd:   # the agent started with a PATH of an empty folder
+        empty = tmp_path / "bin-without-zstd"
+        empty.mkdir()
+        python3 = shutil.which("python3", path="/usr/bin:/bin")
+        require(python3 is not None, "no python3 in /usr/bin or /bin (the remote's, by its path)")
+        target = {"python": f"env PATH={empty} {python3}"}
+    proj = make_project(config_extra='[sync]\npull = ["results/"]\n', target=target)
+    proj.write("main.py", "x\n")
+    slow_link(engine, proj, monkeypatch, 125e6)
+
+    async def codecs(sess):
+        await sess.ensure()
+        return sess.hello["codecs"]
+    assert ("zstd" in on_engine(engine, proj, codecs)) == remote_has_zstd
+    results = {"results/train.log": source_text(6_000_000, 5),       # two blocks of text
+               "results/weights.bin": os.urandom(1_000_000)}       # one block of random bytes
+    for rel, data in results.items():
+        proj.remote(rel).parent.mkdir(parents=True, exist_ok=True)
+        proj.remote(rel).write_bytes(data)
+    res = pull(engine, proj)
+    assert res["errors"] == [] and res["files"] == len(results)
+    for rel, data in results.items():
+        assert (proj.root / rel).read_bytes() == data, rel
+    used = pulled_formats(caplog)
+    text = "'zstd': 2" if remote_has_zstd else "'zlib': 2"
+    assert text in used and "'raw': 1" in used and ("zstd" in used) == remote_has_zstd, used
+    assert len(results["results/weights.bin"]) < res["wire_bytes"] < 0.6 * res["bytes"]
     assert temps(proj.root) == []
 
 

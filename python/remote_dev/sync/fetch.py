@@ -2,7 +2,14 @@
 compressed by the agent for the link as measured (``read_block``: raw on fast links and
 for data that does not compress), taken in order, decompressed, hashed and written to a
 temporary file beside the file's place in a worker thread; the file is renamed into place
-when whole (apply.PullFile).  A file's blocks are asked for as the window has room, so
+when whole (apply.PullFile).
+
+Each request names the formats this side decodes (wire.read_formats: zlib, bz2 and, with
+zstandard, zstd); the agent writes zstd with the remote's `zstd` program when it has one
+and the choice (protocol.ZSTD_PROGRAM_CODECS) moves more bytes per second that way, else
+its stdlib's zlib or bz2 (also when its `zstd` fails).  A caller that names no formats gets
+zlib or bz2 only.  The formats the answers came in are counted (Fetcher.used; the pull
+logs them).  A file's blocks are asked for as the window has room, so
 never more than the window is held in memory, whatever the file's size.
 
 A file that only grew since the last pull (a training log) transfers only its new bytes:
@@ -19,11 +26,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..agent.protocol import LINK, decompress, link_hash
+from ..agent.protocol import LINK, link_hash
 from ..errors import AgentCallError, RemoteDevError
 from .apply import PullCommit, PullFile
 from .reconcile import PullItem
-from .wire import AckClock, LinkMeter
+from .wire import AckClock, LinkMeter, decompress, read_formats
 
 READ_SIZE = 4 << 20            # bytes per read request
 PULL_WINDOW = 32 << 20         # raw bytes of read requests in flight
@@ -59,6 +66,8 @@ class Fetcher:
         self.window: deque[Block] = deque()
         self.in_window = 0
         self.sending: deque[Fetch] = deque()   # files opened with blocks still to ask for
+        self.accept = read_formats()
+        self.used: dict[str, int] = {}         # format the agent answered in -> blocks
 
     async def fetch_all(self, todo: list[PullItem]) -> None:
         try:
@@ -120,7 +129,8 @@ class Fetcher:
             n = min(READ_SIZE, item.size - offset)
             prefix = [fetch.start, self.commit.records.data[item.rel].hash] if offset == fetch.start and fetch.start \
                 else None
-            block = Block(fetch, n, self.agent.send("read_block", self.root, item.rel, offset, n, link, prefix))
+            block = Block(fetch, n, self.agent.send("read_block", self.root, item.rel, offset, n, link, prefix,
+                                                    self.accept))
             self.clock.sent(n)
             self.window.append(block)
             self.in_window += n
@@ -144,10 +154,11 @@ class Fetcher:
             return
         self.clock.answered(block.size, len(data))
         self.commit.result.wire += len(data)
+        self.used[fmt or "raw"] = self.used.get(fmt or "raw", 0) + 1
         if fetch.failed or fetch.file is None:
             return
         try:
-            await asyncio.to_thread(write_block, fetch.file, fmt, data)
+            await asyncio.to_thread(write_block, fetch.file, fmt, data, block.size)
         except (OSError, ValueError) as e:
             await self.fail(fetch, e)
             return
@@ -181,8 +192,8 @@ class Fetcher:
         self.commit.done(fetch.item, st, content_hash, pf.fetched)
 
 
-def write_block(pf: PullFile, fmt: str, data: bytes) -> None:
-    pf.write(decompress(fmt, data) if fmt else data)
+def write_block(pf: PullFile, fmt: str, data: bytes, size: int) -> None:
+    pf.write(decompress(fmt, data, size) if fmt else data)
 
 
 def consume(fut: asyncio.Future[Any] | None) -> None:
@@ -194,5 +205,9 @@ def consume(fut: asyncio.Future[Any] | None) -> None:
         fut.cancel()
 
 
-async def fetch_all(agent: Any, root: str, todo: list[PullItem], commit: PullCommit, meter: LinkMeter) -> None:
-    await Fetcher(agent, root, commit, meter).fetch_all(todo)
+async def fetch_all(agent: Any, root: str, todo: list[PullItem], commit: PullCommit, meter: LinkMeter
+                    ) -> dict[str, int]:
+    """Fetch todo; the formats the blocks came in, and how many of each."""
+    fetcher = Fetcher(agent, root, commit, meter)
+    await fetcher.fetch_all(todo)
+    return fetcher.used

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncssh
 
-from ..engine import Engine, Project
+from ..engine import Engine, Project, log
 from ..errors import ConnectError, RemoteDevError
 from . import reconcile
 from .apply import PullCommit, local_target
@@ -90,7 +90,10 @@ async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force:
                 commit.same(rel, rec)
             res.conflicts += plan.conflicts
             agent = await sess.ensure()
-            await fetch_all(agent, sess.target.remote_root, plan.fetch, commit, meter)
+            used = await fetch_all(agent, sess.target.remote_root, plan.fetch, commit, meter)
+            if used:
+                log.info("pull %s: %s, link %s", sess.target.name, used,
+                         f"{meter.rate / 1e6:.1f} MB/s" if meter.rate else "not measured")
         except ConnectError as e:
             if not res.files and not e.retry:
                 raise   # a login that failed interrupted nothing

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..agent.protocol import BZ2, CODECS, RAW, ZLIB, ZSTD, choose_codec, sample_ratio
+from ..agent.protocol import decompress as protocol_decompress
 from ..packer import deflate_with
 
 try:
@@ -193,6 +194,27 @@ class AckClock:
                 self.meter.agent_bound(rate)
             else:
                 self.meter.update(rate)
+
+
+def read_formats() -> list[str]:
+    """The formats this side decodes in a pull (read_block's accept): the stdlib's, and zstd
+    with zstandard (REMOTE_DEV_ZSTD=0, for measurements: not zstd)."""
+    out = [ZLIB, BZ2]
+    if zstandard is not None and os.environ.get("REMOTE_DEV_ZSTD") != "0":
+        out.append(ZSTD)
+    return out
+
+
+def decompress(fmt: str, data: bytes, size: int) -> bytes:
+    """A pulled block of at most size raw bytes, sent in format fmt: zstd with zstandard
+    (the remote's `zstd` program writes no content size: size bounds the output), the
+    rest as the agent's protocol does."""
+    if fmt == ZSTD and zstandard is not None:
+        try:
+            return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+        except zstandard.ZstdError as e:
+            raise ValueError(f"damaged zstd block: {e}") from None
+    return protocol_decompress(fmt, data)
 
 
 def compress(fmt: str, level: int, data: bytes) -> bytes:
