@@ -376,30 +376,39 @@ def test_batches_start_small_and_end_small():
 
 def test_the_meter_assumes_more_only_where_the_answers_measured_this_side(monkeypatch):
     """Until measured, a link counts by its round trip; answers that measured a busy agent
-    (or a wire waiting for batches) raise what is assumed, doubling, between twice and four
-    times what they saw; answers that measured the link below it end the assumption; and
-    what is only assumed never opens extra channels."""
+    raise what is assumed, doubling, between twice and four times what they saw; a wire
+    waiting for batches says twice what went out; answers that measured the link below it
+    end the assumption; and what is only assumed never opens extra channels."""
     monkeypatch.setattr(wire, "RAISE_EVERY", 0.0)
     m = LinkMeter(rtt_ms=40.0)
     assert m.link() == wire.WAN_GUESS and not m.window_limited()
     m.rtt_ms = 2.9
     assert m.link() == wire.LAN_GUESS
     m.rate = 20e6
+    for _ in range(3):
+        m.agent_busy(1 << 20, 0.01)     # ~100 MB/s of raw bytes per second the agent spends
+    assert m.agent_pace() == pytest.approx(104.9e6, rel=0.01) and m.ceiling() is None   # the link decides
     m.agent_bound(20e6)
-    assert m.link() == 40e6
+    assert m.link() == 40e6 and m.ceiling() == m.agent_pace()   # the agent's pace bounds every codec
     m.agent_bound(20e6)
     assert m.link() == 80e6
-    m.starved(20e6)
+    m.agent_bound(20e6)
     assert m.link() == 80e6          # at most four times what the answers saw
+    m.starved(30e6)
+    assert m.link() == 80e6          # the wire waiting for batches: twice what went out, when more
+    m.starved(50e6)
+    assert m.link() == 100e6
     assert not m.window_limited()    # 80 MB/s x 2.9 ms is only assumed
     m.update(30e6)                   # the link held the answers back: it is what it measures
-    assert m.link() == m.rate == 25e6
+    assert m.link() == m.rate == 25e6 and m.ceiling() is None
+    m.starved(5e6)
+    assert m.link() == 25e6
     m.rtt_ms = 0.5
     assert m.link() is None          # loopback-class: raw
     m2 = LinkMeter(rtt_ms=40.0)
     monkeypatch.setattr(wire, "RAISE_EVERY", 60.0)
-    m2.starved(10e6)
-    m2.starved(10e6)                 # once per RAISE_EVERY
+    m2.agent_bound(10e6)
+    m2.agent_bound(10e6)             # once per RAISE_EVERY
     assert m2.link() == 25e6
 
 

@@ -91,6 +91,7 @@ class LinkMeter:
     paced_busy: float = 0.0    # the agent's seconds on them, decaying
     assumed: float | None = None   # more than measured, as starved/agent_bound say
     raised_at: float = -1e9    # when they last raised it
+    agent_limits: bool = False     # the last answers measured the agent, not the link
 
     def agent_busy(self, raw: int, busy: float) -> None:
         """An agent took busy seconds to apply a request of raw bytes."""
@@ -103,25 +104,35 @@ class LinkMeter:
             return None
         return self.paced_raw / self.paced_busy
 
+    def ceiling(self) -> float | None:
+        """The agent's pace while the last answers measured the agent (agent_bound), not
+        the link: what bounds every codec alike then.  None otherwise: where the link
+        holds the answers back, its rate decides alone (a slow link's wire bytes count
+        even while the agent has short busy spells, such as a batch of tiny files)."""
+        return self.agent_pace() if self.agent_limits else None
+
     def update(self, rate: float) -> None:
         """The answers measured the link at rate wire bytes/s (it held them back)."""
         self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
+        self.agent_limits = False
         if self.assumed is not None and rate < self.assumed:
             self.assumed = None   # what was assumed above the link's rate no longer counts
 
     def starved(self, sent_rate: float) -> None:
         """The lanes waited for batches (more than for room on the wire) while sent_rate
         wire bytes/s went out: the link is faster than that (a 1 Gbit/s link taken for
-        WAN_GUESS picks a codec too slow for it, and a codec too slow starves the wire in
-        turn).  What is assumed doubles, once per RAISE_EVERY while the wire waits, between
-        twice and four times sent_rate, until a lighter codec feeds the wire: then the
-        answers measure it (update)."""
-        self.raise_to(2 * sent_rate)
+        WAN_GUESS picks a codec too slow for it); twice that is assumed until the answers
+        measure it.  (Not more: a push's first batches wait for their reads on any link.)"""
+        if 2 * sent_rate > (self.link() or float("inf")):
+            self.assumed = 2 * sent_rate
 
     def agent_bound(self, rate: float) -> None:
         """The answers came at rate wire bytes/s while the agent was busy all along: they
-        measured the agent, and the link is faster than that: raised as by starved (the
-        agent's pace bounds every codec alike, so a lighter one then wins)."""
+        measured the agent, and the link is faster than that.  What is assumed doubles,
+        once per RAISE_EVERY while it lasts, between twice and four times rate (the
+        agent's pace bounds every codec alike, so a lighter one then wins), until answers
+        measure the link itself (update)."""
+        self.agent_limits = True
         self.raise_to(2 * rate)
 
     def raise_to(self, floor: float) -> None:
@@ -259,8 +270,9 @@ class Compressor:
                             self.ceiling())
 
     def ceiling(self) -> float | None:
-        """Raw bytes per second the agents take at most, as measured (None: not yet)."""
-        pace = self.meter.agent_pace()
+        """Raw bytes per second the agents take at most, where that is what bounds the
+        push (LinkMeter.ceiling; None: the link does)."""
+        pace = self.meter.ceiling()
         return None if pace is None else pace * self.agents
 
     def compress(self, fmt: str, level: int, data: bytes) -> tuple[str, bytes]:
