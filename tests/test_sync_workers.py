@@ -16,7 +16,6 @@ import sys
 
 import pytest
 from conftest import require, wait_for
-from remote_dev import rpc
 from remote_dev.errors import RemoteDevError
 from remote_dev.packer import PackWorkers
 from remote_dev.sync import reuse
@@ -143,18 +142,17 @@ def test_a_worker_killed_mid_push_fails_it_in_one_line_and_the_next_push_complet
     proj = make_project()
     files = tree(proj, n=120)
     seen = {"n": 0, "killed": []}
-    real = rpc.AgentChannel.send
+    real = PackWorkers.submit
 
-    def send(self, m, *params):   # the second batch on the wire: kill every worker
-        fut = real(self, m, *params)
-        if m == "push_packed":
-            seen["n"] += 1
-            if seen["n"] == 2:
-                for pid in workers_of(engine).pids():
-                    os.kill(pid, signal.SIGKILL)
-                    seen["killed"].append(pid)
+    def submit(self, name, *args):   # the third batch handed to them (two were on the wire): kill every worker
+        fut = real(self, name, *args)   # (killed before it is done, so the push cannot complete without it)
+        seen["n"] += name == "pack"
+        if name == "pack" and seen["n"] == 3:
+            for pid in self.pids():
+                os.kill(pid, signal.SIGKILL)
+                seen["killed"].append(pid)
         return fut
-    monkeypatch.setattr(rpc.AgentChannel, "send", send)
+    monkeypatch.setattr(PackWorkers, "submit", submit)
     with pytest.raises(RemoteDevError) as err:
         push(engine, proj)
     text = str(err.value)
@@ -165,7 +163,7 @@ def test_a_worker_killed_mid_push_fails_it_in_one_line_and_the_next_push_complet
         for name in names:   # whatever arrived arrived whole
             rel = os.path.relpath(os.path.join(dirpath, name), proj.remote_root)
             assert (proj.root / rel).read_bytes() == proj.remote(rel).read_bytes(), rel
-    monkeypatch.setattr(rpc.AgentChannel, "send", real)
+    monkeypatch.setattr(PackWorkers, "submit", real)
     res = push(engine, proj)
     assert res["errors"] == [] and res["conflicts"] == []
     same_remote(proj, files)
