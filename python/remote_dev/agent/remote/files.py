@@ -167,22 +167,31 @@ class FileOps(object):
         return results
 
     def push_ops(self, root, ops, known_dirs, results):
-        for op in ops:
-            if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
-                    or (op[0] != P.OP_DELETE and len(op) < 7) \
-                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], (bytes, memoryview))):
-                results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
-                continue
-            try:
-                results.append(reuse.noted(root, op, self.apply(root, op, known_dirs)))
-            except AgentError as e:
-                results.append([P.ERROR, e.message])
-                if op[0] == P.OP_STAGED:
-                    self.drop_staged(op[P.OP_PAYLOAD])
-            except OSError as e:
-                results.append([P.ERROR, os_message(OSError(e.errno, e.strerror), op[1])])
-                if op[0] == P.OP_STAGED:
-                    self.drop_staged(op[P.OP_PAYLOAD])
+        done = []   # (op, answer) not yet in the content index (reuse.noted): in one go
+        try:
+            for op in ops:
+                if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
+                        or (op[0] != P.OP_DELETE and len(op) < 7) \
+                        or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], (bytes, memoryview))):
+                    results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
+                    continue
+                if op[0] == P.OP_COPY and done:
+                    reuse.noted(root, done)   # (a copy looks in the index)
+                    done = []
+                try:
+                    answer = self.apply(root, op, known_dirs)
+                except AgentError as e:
+                    answer = [P.ERROR, e.message]
+                    if op[0] == P.OP_STAGED:
+                        self.drop_staged(op[P.OP_PAYLOAD])
+                except OSError as e:
+                    answer = [P.ERROR, os_message(OSError(e.errno, e.strerror), op[1])]
+                    if op[0] == P.OP_STAGED:
+                        self.drop_staged(op[P.OP_PAYLOAD])
+                results.append(answer)
+                done.append((op, answer))
+        finally:
+            reuse.noted(root, done)
 
     def push_packed(self, root, fmt, blob):
         """push(root, ops) for ops packed as one blob (protocol.pack_ops), compressed in

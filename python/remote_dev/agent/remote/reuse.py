@@ -226,25 +226,26 @@ class ContentIndex(object):
         self.last_note = 0.0
 
     # -- changes
-    def note(self, root, rel, size, mtime_ns, digest=None):
-        """root/rel was written by this agent (size, mtime, its hash when known)."""
+    def note_all(self, root, notes):
+        """Several files of root written (entry [size, mtime_ns, hash or None]) or
+        replaced by what is not indexed (entry None): [(rel, entry)], under one lock."""
         with self.lock:
-            self.put(root, rel, [size, mtime_ns, digest])
-            self.later()
-
-    def forget(self, root, rel):
-        with self.lock:
-            self.put(root, rel, None)
+            self.put_all(root, notes)
             self.later()
 
     def put(self, root, rel, entry):
+        self.put_all(root, ((rel, entry),))
+
+    def put_all(self, root, notes):
         mine = self.pending.setdefault(root, {})
-        old = mine.get(rel)
-        if old is not None:
-            self.sizes.get(old[SIZE], {}).pop((root, rel), None)
-        mine[rel] = entry
-        if entry is not None:
-            self.sizes.setdefault(entry[SIZE], {})[(root, rel)] = entry
+        sizes = self.sizes
+        for rel, entry in notes:
+            old = mine.get(rel)
+            if old is not None:
+                sizes.get(old[SIZE], {}).pop((root, rel), None)
+            mine[rel] = entry
+            if entry is not None:
+                sizes.setdefault(entry[SIZE], {})[(root, rel)] = entry
 
     def later(self, bump=True):
         if bump:
@@ -415,14 +416,19 @@ def copy_found(found, size, digest, tmp_fd):
         os.close(fd)
 
 
-def noted(root, op, answer):
-    """What a push op wrote (answer OK) goes into the index; answer as it is."""
-    if answer[0] == P.OK:
-        if op[0] in (P.OP_DELETE, P.OP_LINK):
-            INDEX.forget(root, op[P.OP_PATH])
-        else:
-            INDEX.note(root, op[P.OP_PATH], answer[1], answer[2], op[P.OP_HASH])
-    return answer
+def noted(root, done):
+    """What push ops wrote goes into the index, in one go: done is [(op, answer)] (only
+    the answers OK count).  A push notes its ops' answers before any copy op and at its
+    end (files.FileOps.push_ops): a lookup never misses what an earlier op wrote."""
+    notes = []
+    for op, answer in done:
+        if answer[0] == P.OK:
+            if op[0] in (P.OP_DELETE, P.OP_LINK):
+                notes.append((op[P.OP_PATH], None))
+            else:
+                notes.append((op[P.OP_PATH], [answer[1], answer[2], op[P.OP_HASH]]))
+    if notes:
+        INDEX.note_all(root, notes)
 
 
 def flush_quietly():
