@@ -231,8 +231,8 @@ class FileOps(object):
                 state = entry_state(path)
             if state is not None and state[0] == P.DIR:
                 return [P.ERROR, "%s: %s" % (rel, P.FOLDER_IN_THE_WAY)]
-            if not force:
-                if new_hash is None and kind == P.OP_WRITE and state is not None:
+            if state is not None and not force:   # (nothing there: nothing to conflict with)
+                if new_hash is None and kind == P.OP_WRITE:
                     new_hash = P.digest(payload)   # packed writes leave it to the agent
                 reason = conflict_at(path, expect, new_hash, state)
                 if reason:
@@ -250,8 +250,9 @@ class FileOps(object):
                 staged.fd = None
                 staged = None
                 return replace_with_file(path, tmp, fd, None, mode)
-            tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
-            return replace_with_file(path, tmp, fd, payload, mode)
+            want = want_mode(mode)
+            tmp, fd = make_temp(path, mode=want & 0o777)
+            return replace_with_file(path, tmp, fd, payload, mode, want)
         finally:
             if staged is not None:
                 staged.discard()
@@ -454,10 +455,11 @@ def want_mode(mode):
     return (mode if mode is not None else 0o644) & 0o7777
 
 
-def replace_with_file(path, tmp, fd, data, mode):
+def replace_with_file(path, tmp, fd, data, mode, want=None):
     """Finish temporary file tmp (open as fd: data written unless None, mode set) and
-    rename it over path; on any failure tmp goes."""
-    want = want_mode(mode)
+    rename it over path; on any failure tmp goes.  want: want_mode(mode) if known."""
+    if want is None:
+        want = want_mode(mode)
     try:
         try:
             if data is not None:
