@@ -123,9 +123,7 @@ def run_push(base: str, blobs: list[bytes], agent) -> float:
             raise SystemExit("push failed: %r" % next(a for a in answers if a[0] != P.OK))
     dt = time.thread_time() - t0
     ops.cleanup()
-    with reuse.INDEX.lock:
-        reuse.INDEX.pending.clear()
-        reuse.INDEX.sizes.clear()
+    reuse.INDEX = reuse.ContentIndex()   # the next push starts as the first of an agent
     shutil.rmtree(root)
     return dt
 
