@@ -41,6 +41,25 @@ def test_temp_names_carry_host_and_pid(tmp_path):
         assert rtemps.temp_owner(foreign) is None, foreign
 
 
+def test_temp_names_of_a_forked_child_carry_its_own_pid(tmp_path):
+    """The pid part of temporary names is made once per process: a forked child makes
+    its own (a stale one would let the parent's sweep take the child's live temporaries)."""
+    os.close(rtemps.make_temp(str(tmp_path / "parent.py"))[1])   # the parent's made first
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:   # pragma: no cover - the child reports through the pipe
+        try:
+            tmp, fd = rtemps.make_temp(str(tmp_path / "child.py"))
+            os.write(write, os.path.basename(tmp).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        name = f.read().decode()
+    os.waitpid(child, 0)
+    assert rtemps.temp_owner(name) == (rtemps.HOST_TAG, child)
+
+
 def test_sweep_removes_only_temporaries_of_dead_agents_of_this_host(tmp_path):
     sleeper = subprocess.Popen(["sleep", "30"])
     try:

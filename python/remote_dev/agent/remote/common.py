@@ -148,10 +148,11 @@ def read_json(path):
 
 
 def write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    n = os.write(fd, data)   # (a file's whole content, mostly: no view made)
+    if n < len(data):
+        view = memoryview(data)[n:]
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def unlink_quiet(path):

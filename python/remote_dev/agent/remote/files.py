@@ -167,22 +167,31 @@ class FileOps(object):
         return results
 
     def push_ops(self, root, ops, known_dirs, results):
-        for op in ops:
-            if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
-                    or (op[0] != P.OP_DELETE and len(op) < 7) \
-                    or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], (bytes, memoryview))):
-                results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
-                continue
-            try:
-                results.append(reuse.noted(root, op, self.apply(root, op, known_dirs)))
-            except AgentError as e:
-                results.append([P.ERROR, e.message])
-                if op[0] == P.OP_STAGED:
-                    self.drop_staged(op[P.OP_PAYLOAD])
-            except OSError as e:
-                results.append([P.ERROR, os_message(OSError(e.errno, e.strerror), op[1])])
-                if op[0] == P.OP_STAGED:
-                    self.drop_staged(op[P.OP_PAYLOAD])
+        done = []   # (op, answer) not yet in the content index (reuse.noted): in one go
+        try:
+            for op in ops:
+                if not isinstance(op, list) or len(op) < 4 or op[0] not in P.OP_KINDS \
+                        or (op[0] != P.OP_DELETE and len(op) < 7) \
+                        or (op[0] == P.OP_WRITE and not isinstance(op[P.OP_PAYLOAD], (bytes, memoryview))):
+                    results.append([P.ERROR, "bad push op %.80r: ops are lists (see protocol.py)" % (op,)])
+                    continue
+                if op[0] == P.OP_COPY and done:
+                    reuse.noted(root, done)   # (a copy looks in the index)
+                    done = []
+                try:
+                    answer = self.apply(root, op, known_dirs)
+                except AgentError as e:
+                    answer = [P.ERROR, e.message]
+                    if op[0] == P.OP_STAGED:
+                        self.drop_staged(op[P.OP_PAYLOAD])
+                except OSError as e:
+                    answer = [P.ERROR, os_message(OSError(e.errno, e.strerror), op[1])]
+                    if op[0] == P.OP_STAGED:
+                        self.drop_staged(op[P.OP_PAYLOAD])
+                results.append(answer)
+                done.append((op, answer))
+        finally:
+            reuse.noted(root, done)
 
     def push_packed(self, root, fmt, blob):
         """push(root, ops) for ops packed as one blob (protocol.pack_ops), compressed in
@@ -222,8 +231,8 @@ class FileOps(object):
                 state = entry_state(path)
             if state is not None and state[0] == P.DIR:
                 return [P.ERROR, "%s: %s" % (rel, P.FOLDER_IN_THE_WAY)]
-            if not force:
-                if new_hash is None and kind == P.OP_WRITE and state is not None:
+            if state is not None and not force:   # (nothing there: nothing to conflict with)
+                if new_hash is None and kind == P.OP_WRITE:
                     new_hash = P.digest(payload)   # packed writes leave it to the agent
                 reason = conflict_at(path, expect, new_hash, state)
                 if reason:
@@ -241,8 +250,9 @@ class FileOps(object):
                 staged.fd = None
                 staged = None
                 return replace_with_file(path, tmp, fd, None, mode)
-            tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
-            return replace_with_file(path, tmp, fd, payload, mode)
+            want = want_mode(mode)
+            tmp, fd = make_temp(path, mode=want & 0o777)
+            return replace_with_file(path, tmp, fd, payload, mode, want)
         finally:
             if staged is not None:
                 staged.discard()
@@ -445,10 +455,11 @@ def want_mode(mode):
     return (mode if mode is not None else 0o644) & 0o7777
 
 
-def replace_with_file(path, tmp, fd, data, mode):
+def replace_with_file(path, tmp, fd, data, mode, want=None):
     """Finish temporary file tmp (open as fd: data written unless None, mode set) and
-    rename it over path; on any failure tmp goes."""
-    want = want_mode(mode)
+    rename it over path; on any failure tmp goes.  want: want_mode(mode) if known."""
+    if want is None:
+        want = want_mode(mode)
     try:
         try:
             if data is not None:

@@ -11,20 +11,25 @@ from .common import AgentError
 def check_relpath(rel):
     if not isinstance(rel, str) or rel == "" or "\0" in rel:
         raise AgentError("path", "bad path %r" % (rel,))
-    if rel.startswith("/") or os.path.isabs(rel):
+    if rel.startswith("/"):   # (the agent runs on POSIX: os.path.isabs says no more)
         raise AgentError("path", "refused absolute path %r" % rel)
     parts = rel.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise AgentError("path", "refused path %r: empty, '.' or '..' component" % rel)
+    if "" in parts or "." in parts or ".." in parts:
+        raise AgentError("path", "refused path %r: empty, '.' or '..' component" % rel)
     return parts
 
 
 def resolve(root, rel, create_parents=False, known_dirs=None):
     """Absolute path of root/rel after checking that no component on the way is a
     symlink (so nothing is ever read or written outside root).  known_dirs: {folder:
-    made by this request} for folders already checked during the same request."""
+    made by this request} for folders already checked during the same request; a folder
+    is put there only after every folder above it, so a path whose folder is there needs
+    no look at any of them."""
     parts = check_relpath(rel)
+    if len(parts) == 1:
+        return root + "/" + rel
+    if known_dirs is not None and root + "/" + rel[:-len(parts[-1]) - 1] in known_dirs:
+        return root + "/" + rel
     cur = root
     for part in parts[:-1]:
         cur = cur + "/" + part

@@ -221,30 +221,38 @@ class ContentIndex(object):
         self.lock = threading.RLock()
         self.files = IndexFiles()
         self.pending = {}    # root -> {rel: entry or None}
-        self.sizes = {}      # size -> {(root, rel): entry} of pending's entries
+        self.sizes = {}      # size -> {(root, rel): entry} of pending's entries (own_sizes)
+        self.unsized = []    # [(root, [rel])] put in pending since sizes was brought up to date
         self.timer = None
         self.last_note = 0.0
 
     # -- changes
-    def note(self, root, rel, size, mtime_ns, digest=None):
-        """root/rel was written by this agent (size, mtime, its hash when known)."""
+    def note_all(self, root, rels, entries):
+        """Files of root written (entry [size, mtime_ns, hash or None]) or replaced by
+        what is not indexed (entry None): rels[i] is entries[i]; under one lock."""
         with self.lock:
-            self.put(root, rel, [size, mtime_ns, digest])
-            self.later()
-
-    def forget(self, root, rel):
-        with self.lock:
-            self.put(root, rel, None)
+            self.put_all(root, rels, entries)
             self.later()
 
     def put(self, root, rel, entry):
-        mine = self.pending.setdefault(root, {})
-        old = mine.get(rel)
-        if old is not None:
-            self.sizes.get(old[SIZE], {}).pop((root, rel), None)
-        mine[rel] = entry
-        if entry is not None:
-            self.sizes.setdefault(entry[SIZE], {})[(root, rel)] = entry
+        self.put_all(root, [rel], [entry])
+
+    def put_all(self, root, rels, entries):
+        self.pending.setdefault(root, {}).update(zip(rels, entries))
+        self.unsized.append((root, rels))
+
+    def own_sizes(self):
+        """sizes with what was put since the last lookup (under the lock): the notes of a
+        push cost no work here until a lookup needs them, and most pushes have none.  An
+        entry replaced since stays in sizes: a lookup takes only those pending still holds."""
+        for root, rels in self.unsized:
+            mine = self.pending[root]
+            for rel in rels:
+                entry = mine[rel]
+                if entry is not None:
+                    self.sizes.setdefault(entry[SIZE], {})[(root, rel)] = entry
+        self.unsized = []
+        return self.sizes
 
     def later(self, bump=True):
         if bump:
@@ -302,7 +310,7 @@ class ContentIndex(object):
         """This agent's changes into the index files: per root, under its lock, read,
         merged, bounded, written to a temporary name and renamed."""
         with self.lock:
-            pending, self.pending, self.sizes = self.pending, {}, {}
+            pending, self.pending, self.sizes, self.unsized = self.pending, {}, {}, []
         if not pending:
             return pending
         folder = private_dir(index_dir())
@@ -352,8 +360,9 @@ class ContentIndex(object):
         changes first."""
         known = self.files.by_sizes()
         with self.lock:
-            own = [(root, rel, e) for (root, rel), e in self.sizes.get(size, {}).items() if e[HASH] in (digest, None)]
             pending = self.pending
+            own = [(root, rel, e) for (root, rel), e in self.own_sizes().get(size, {}).items()
+                   if e[HASH] in (digest, None) and pending[root].get(rel) is e]
             return own + [c for key in (digest, size) for c in known.get(key, ()) if c[1] not in pending.get(c[0], ())]
 
     def open_source(self, digest, size, dest):
@@ -415,14 +424,17 @@ def copy_found(found, size, digest, tmp_fd):
         os.close(fd)
 
 
-def noted(root, op, answer):
-    """What a push op wrote (answer OK) goes into the index; answer as it is."""
-    if answer[0] == P.OK:
-        if op[0] in (P.OP_DELETE, P.OP_LINK):
-            INDEX.forget(root, op[P.OP_PATH])
-        else:
-            INDEX.note(root, op[P.OP_PATH], answer[1], answer[2], op[P.OP_HASH])
-    return answer
+def noted(root, done):
+    """What push ops wrote goes into the index, in one go: done is [(op, answer)] (only
+    the answers OK count).  A push notes its ops' answers before any copy op and at its
+    end (files.FileOps.push_ops): a lookup never misses what an earlier op wrote."""
+    rels, entries = [], []
+    for op, answer in done:
+        if answer[0] == P.OK:
+            rels.append(op[P.OP_PATH])
+            entries.append(None if op[0] in (P.OP_DELETE, P.OP_LINK) else [answer[1], answer[2], op[P.OP_HASH]])
+    if rels:
+        INDEX.note_all(root, rels, entries)
 
 
 def flush_quietly():

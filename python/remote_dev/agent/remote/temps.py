@@ -27,10 +27,28 @@ _lock = threading.Lock()
 _numbers = itertools.count(1)   # next() is atomic: no lock per temporary
 
 
+_owner = {}   # "<host tag>.<pid>." of this process, made once (again in a forked child)
+
+
+def owner_tag():
+    tag = _owner.get("tag")
+    if tag is None:
+        tag = _owner["tag"] = "%s.%d." % (HOST_TAG, os.getpid())
+    return tag
+
+
+os.register_at_fork(after_in_child=_owner.clear)
+
+
+def temp_head(path):
+    """(path's folder, the start of its temporaries' names: a number follows)."""
+    d, _, base = path.rpartition("/")
+    return d or "/", "%s/%s%s.%s" % (d, P.TMP_MARK, base[:40], owner_tag())
+
+
 def temp_names(path):
     """Fresh temporary names in path's folder (the caller creates exclusively)."""
-    d, _, base = path.rpartition("/")
-    head = "%s/%s%s.%s.%d." % (d, P.TMP_MARK, base[:40], HOST_TAG, os.getpid())
+    head = temp_head(path)[1]
     while True:
         yield head + str(next(_numbers))
 
@@ -145,10 +163,13 @@ def sweep_dead_agents():
 def make_temp(path, flags=os.O_WRONLY, mode=0o600):
     """A new temporary file in path's folder: (name, fd).  Never follows or reuses
     whatever already has the name."""
-    note_folder(os.path.dirname(path))
-    for tmp in temp_names(path):
+    folder, head = temp_head(path)
+    note_folder(folder)
+    flags |= os.O_CREAT | os.O_EXCL | P.O_NOFOLLOW
+    while True:   # (temp_names without a generator: every write comes here)
+        tmp = head + str(next(_numbers))
         try:
-            fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL | P.O_NOFOLLOW, mode)
+            fd = os.open(tmp, flags, mode)
         except FileExistsError:
             continue
         except OSError as e:   # named after the file being written, not its temporary
