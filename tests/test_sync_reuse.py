@@ -17,7 +17,7 @@ import pytest
 from conftest import require, wait_for
 from support.attacker import Mallory
 from support.remote import loose_modes
-from test_sync import push, temps
+from test_sync import on_engine, push, temps
 
 from remote_dev.sync import reuse
 
@@ -254,18 +254,45 @@ def test_an_edit_that_keeps_size_and_mtime_is_not_copied_from_the_index(engine, 
     assert temps(second.remote_root) == []
 
 
-def test_on_a_loopback_class_link_a_push_sends_instead_of_offering(engine, make_project, sshd, monkeypatch):
+def test_on_a_loopback_class_link_a_push_sends_small_files_and_offers_large_ones(engine, make_project, sshd,
+                                                                                  monkeypatch):
+    """There sending costs less than a copy's fixed cost below reuse.copy_min (~50 KB):
+    the 40 KB files are sent, the 400 KB ones copied."""
     from remote_dev.sync import wire
     monkeypatch.setenv("REMOTE_DEV_REUSE", "auto")
     # the push's one ping classifies the link; on a loaded machine a loopback ping can take
     # more than FAST_RTT_MS: the bound raised so that this loopback counts as what it is
     monkeypatch.setattr(wire, "FAST_RTT_MS", 1000.0)
-    files = random_files(40)
+    files = {**random_files(40), **random_files(4, 400_000, "data/big")}
     first = project_with(make_project, "first", files)
     assert push(engine, first)["errors"] == []
     wait_indexed(sshd, first.remote_root, files)
     second = project_with(make_project, "second", files)
     res = push(engine, second)
-    assert res["errors"] == [] and res["copied"] == 0 and res["wire_bytes"] > 40 * SIZE
+    assert res["errors"] == [] and res["copied"] == 4
+    assert 40 * SIZE < res["wire_bytes"] < 40 * SIZE + 400_000
     for rel, data in files.items():
         assert second.remote(rel).read_bytes() == data, rel
+
+
+def test_the_smallest_file_worth_a_copy_follows_the_link(engine, make_project, monkeypatch):
+    """A copy's fixed cost against sending the file: nearly every file on a WAN link, only
+    larger ones on a campus link or loopback; REMOTE_DEV_REUSE overrides."""
+    from remote_dev.sync import reuse, wire
+    proj = make_project()
+    monkeypatch.setenv("REMOTE_DEV_REUSE", "auto")
+
+    async def least(sess, rtt_ms, rate=None):
+        await sess.ensure()
+        meter = sess.state(wire.LinkMeter)
+        meter.rtt_ms, meter.rate, meter.assumed = rtt_ms, rate, None
+        return reuse.copy_min(sess)
+    wan = on_engine(engine, proj, lambda sess: least(sess, 40.0))
+    slow = on_engine(engine, proj, lambda sess: least(sess, 80.0, 2.5e6))
+    lan = on_engine(engine, proj, lambda sess: least(sess, 3.0))
+    lo = on_engine(engine, proj, lambda sess: least(sess, 0.3))
+    assert slow < reuse.OFFER_MIN < wan < 10_000 < lan and 10_000 < lo < 100_000, (slow, wan, lan, lo)
+    monkeypatch.setenv("REMOTE_DEV_REUSE", "always")
+    assert on_engine(engine, proj, lambda sess: least(sess, 0.3)) == 0
+    monkeypatch.setenv("REMOTE_DEV_REUSE", "never")
+    assert on_engine(engine, proj, lambda sess: least(sess, 40.0)) == float("inf")

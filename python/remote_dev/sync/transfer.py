@@ -49,7 +49,7 @@ from .channels import ExtraChannels
 from .content import O_NOFOLLOW, finish, new_hasher
 from .reconcile import Send, content_unchanged, in_the_way
 from .records import SyncRecords
-from .reuse import copies_pay
+from .reuse import copy_min
 from .scan import LocalEntry
 from .wire import AckClock, Compressor
 
@@ -72,12 +72,14 @@ DUP_MIN = 256                  # a file of at least this size whose content an e
 
 class Dedup:
     """Content seen in a push: hash -> (batch, path) of its first file, so that another
-    file of the same content goes as a copy op (the agent copies it, checking its content)
-    when its batch is not sent before that first one's.  Batches are read in threads."""
+    file of the same content (of at least least bytes) goes as a copy op (the agent copies
+    it, checking its content) when its batch is not sent before that first one's.  Batches
+    are read in threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, least: float = DUP_MIN) -> None:
         self.first: dict[str, tuple[int, str]] = {}
         self.lock = threading.Lock()
+        self.least = max(DUP_MIN, least)
 
     def source(self, h: str, batch: int, rel: str) -> str | None:
         with self.lock:
@@ -180,7 +182,7 @@ def read_batch(root: Path, items: list[Send], records: SyncRecords, dedup: Dedup
             op = link_op(item.rel, item.expect, item.force, h, entry.target)
         else:
             entry = LocalEntry(FILE, size, mtime, mode)
-            source = dedup.source(h, batch, item.rel) if dedup is not None and size >= DUP_MIN else None
+            source = dedup.source(h, batch, item.rel) if dedup is not None and size >= dedup.least else None
             if source is not None:
                 op = copy_op(item.rel, item.expect, item.force, h, mode, size, source)
             else:
@@ -328,7 +330,8 @@ class Sender:
         self.wire_sent = 0             # wire bytes sent, since the first at t_first
         self.t_first = 0.0
         self.waits = [0.0, 0.0]        # seconds the lanes waited for batches, for room on the wire
-        self.dedup: Dedup | None = Dedup() if workers is None and copies_pay(sess) else None   # threads only
+        least = copy_min(sess)
+        self.dedup: Dedup | None = Dedup(least) if workers is None and least < float("inf") else None   # threads only
         self.need: list[Send] = []     # copies the agent could not make: sent again, whole
 
     async def send_all(self, agent: AgentChannel, sends: list[Send], deletes: list[str], force: bool) -> None:
