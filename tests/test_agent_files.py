@@ -240,3 +240,22 @@ def test_a_failing_zstd_falls_back_to_zlib(tmp_path, monkeypatch):
     assert fmts == [P.ZLIB, P.RAW] and ops.zstd_flags is None
     with pytest.raises(ValueError, match="out of memory"):
         P.compress(P.ZSTD, 1, b"x" * 1000)
+
+
+def test_a_listing_hashes_only_what_the_caller_has_to_compare_with(tmp_path):
+    """A pull's listing names what the local side holds at those paths: a remote file new
+    to it is only fetched (hashed as it arrives there), so the agent does not read it twice;
+    a file it holds gets its hash (the same content is not fetched, another one is a
+    conflict); without that list every new file is hashed, as before."""
+    (tmp_path / "results/sub").mkdir(parents=True)
+    for rel in ("results/log.txt", "results/sub/model.bin", "results/new.csv"):
+        (tmp_path / rel).write_bytes(os.urandom(5000))
+    os.symlink("log.txt", tmp_path / "results/last")
+    present = ["results/log.txt", "results/last"]
+    got = files.list_under(str(tmp_path), ["results"], {}, present)
+    assert sorted(got) == ["results/last", "results/log.txt", "results/new.csv", "results/sub/model.bin"]
+    assert got["results/log.txt"][3] == P.file_hash(str(tmp_path / "results/log.txt"))
+    assert got["results/last"][3] == P.link_hash("log.txt")
+    assert got["results/new.csv"][3] is None and got["results/sub/model.bin"][3] is None
+    every = files.list_under(str(tmp_path), ["results"], {})
+    assert all(v[3] is not None for v in every.values())

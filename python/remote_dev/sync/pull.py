@@ -49,6 +49,30 @@ def local_side(root: Path, items: list[PullItem], modified: set[str], result: Sy
     return local, unsaved
 
 
+PRESENT_MAX = 20_000   # local paths sent with a listing at most (more: the agent hashes every new file)
+
+
+def present_locally(root: Path, folders: list[str]) -> list[str] | None:
+    """What is at the pull folders' paths here (files and symlinks, relative, never
+    following symlinks): the listing hashes only the remote files that have a local
+    counterpart to compare with (a file only fetched is hashed as it arrives).  None: more
+    than PRESENT_MAX.  In a worker thread."""
+    out: list[str] = []
+    for folder in folders:
+        base = root / folder if folder else root
+        if os.path.islink(base) or os.path.isfile(base):
+            out.append(folder)
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            prefix = "" if rel == "." else rel + "/"
+            out += [prefix + n for n in filenames]
+            out += [prefix + d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            if len(out) > PRESENT_MAX:
+                return None
+    return out
+
+
 def local_hash(root: Path, rel: str, entry: LocalEntry) -> str | None:
     try:
         return entry_hash(root, rel, entry.kind, entry.target)
@@ -77,8 +101,9 @@ async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force:
             known = {rel: [rec.kind, rec.rsize, rec.rmtime] for rel, rec in records.data.items()
                      if in_scope(rel, folders)}
             meter = sess.state(LinkMeter)
+            present = await asyncio.to_thread(present_locally, root, folders)
             t1 = time.perf_counter()
-            listing = await sess.call("list", sess.target.remote_root, folders, known)
+            listing = await sess.call("list", sess.target.remote_root, folders, known, present)
             if meter.rtt_ms is None:   # a round trip (and a little listing): enough to tell loopback
                 meter.rtt_ms = sess.rtt_ms or (time.perf_counter() - t1) * 1000
             items = reconcile.remote_changed(listing, records.data)

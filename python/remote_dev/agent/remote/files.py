@@ -346,10 +346,13 @@ def state(root, rels, hashes=True):
             out.append(None)
     return out
 
-def list_under(root, folders, known):
+def list_under(root, folders, known, present=None):
     """Files and symlinks under the given folders (relative to root), never following
     symlinks: {rel: [kind, size, mtime_ns, hash_or_None, mode, link_target]}.  The hash is
-    left out (None) where ``known`` already has the same kind/size/mtime."""
+    left out (None) where ``known`` already has the same kind/size/mtime, and, when the
+    caller lists what it has at those paths (``present``), where it has nothing: a file
+    only fetched needs no hash here (the caller hashes what arrives)."""
+    present = None if present is None else set(present)
     root = expand_root(root)
     result = {}
     for folder in folders:
@@ -362,7 +365,7 @@ def list_under(root, folders, known):
         if st is None:
             continue
         if st[0] != P.DIR:
-            list_one(root, folder, base, known, result)
+            list_one(root, folder, base, known, result, present)
             continue
         for dirpath, dirnames, filenames in os.walk(base):
             for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
@@ -370,7 +373,7 @@ def list_under(root, folders, known):
                     continue
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
-                list_one(root, rel, full, known, result)
+                list_one(root, rel, full, known, result, present)
     return result
 
 def read(root, rel, offset, size):
@@ -559,7 +562,7 @@ def replace_with_link(path, target):
     return [P.OK, st.st_size, st.st_mtime_ns]
 
 
-def list_one(root, rel, full, known, result):
+def list_one(root, rel, full, known, result, present=None):
     try:
         st = os.lstat(full)
     except OSError:
@@ -572,7 +575,8 @@ def list_one(root, rel, full, known, result):
         return
     prev = known.get(rel)
     digest = None
-    if not (prev and prev[0] == kind and prev[1] == st.st_size and prev[2] == st.st_mtime_ns):
+    if not (prev and prev[0] == kind and prev[1] == st.st_size and prev[2] == st.st_mtime_ns) \
+            and (present is None or rel in present):
         try:
             digest = P.link_hash(target) if kind == P.LINK else P.file_hash(full)
         except OSError:
