@@ -33,6 +33,7 @@ from .reconcile import PullItem
 from .wire import AckClock, LinkMeter, decompress, read_formats
 
 READ_SIZE = 4 << 20            # bytes per read request
+FIRST_READ = 1 << 20           # the first ones smaller, doubling up to READ_SIZE: the wire starts sooner
 PULL_WINDOW = 32 << 20         # raw bytes of read requests in flight
 
 
@@ -68,6 +69,7 @@ class Fetcher:
         self.sending: deque[Fetch] = deque()   # files opened with blocks still to ask for
         self.accept = read_formats()
         self.used: dict[str, int] = {}         # format the agent answered in -> blocks
+        self.read_size = FIRST_READ
 
     async def fetch_all(self, todo: list[PullItem]) -> None:
         try:
@@ -126,7 +128,8 @@ class Fetcher:
                 self.sending.popleft()
                 continue
             offset = fetch.offset
-            n = min(READ_SIZE, item.size - offset)
+            n = min(self.read_size, item.size - offset)
+            self.read_size = min(2 * self.read_size, READ_SIZE)
             prefix = [fetch.start, self.commit.records.data[item.rel].hash] if offset == fetch.start and fetch.start \
                 else None
             block = Block(fetch, n, self.agent.send("read_block", self.root, item.rel, offset, n, link, prefix,
