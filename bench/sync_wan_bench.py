@@ -17,8 +17,9 @@ system's dist-packages -- each 1 KB..4 MB, valid UTF-8, taken in sorted order un
   * no-op push (median of --repeat): remote_dev vs full-tree `rsync -a` and `rsync -az`;
   * one file changed (median): remote_dev pushing that path (as push on save does) vs
     full-tree `rsync -a` / `rsync -az` (and, for reference, rsync -az of that one path);
-  * pull of 32 MB of results (a 24 MB text log + 8 MB of random bytes) written on the remote:
-    remote_dev `pull` (sync.pull = ["results"]) vs `rsync -az` back;
+  * pull of 32 MB of results (a 24 MB text log + 8 MB of random bytes) written on the remote
+    (median of --repeat, the results written anew each time): remote_dev `pull` (sync.pull =
+    ["results"]) vs `rsync -az` back;
   * second (not by default): a second checkout of the tree, 2% of its files changed, pushed
     into a NEW remote_root vs `rsync -az` (and `rsync -az --copy-dest`) into a fresh folder
     (bench/second_checkout.py; issue 27);
@@ -414,26 +415,31 @@ class Bench:
         if "pull" in self.parts:
             print(f"[{link.label}] pull 32 MB of results ...", flush=True)
             remote = self.rd_root(link) / "results"
-            shutil.rmtree(remote, ignore_errors=True)
-            remote.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(WORK / "results-src", remote)
             local = self.tree / "results"
-            shutil.rmtree(local, ignore_errors=True)
-            settle_disk()
-            try:
-                t, res = self.rd(link, "pull")
-                assert res["files"] == 2 and not res["errors"] and not res["conflicts"], res
-                r["pull_rd"] = t
-                self.same_files(remote, local, "remote_dev pull")
-            finally:
-                shutil.rmtree(local, ignore_errors=True)
-            settle_disk()
             back = WORK / "wanpulled"
-            shutil.rmtree(back, ignore_errors=True)
-            back.mkdir(parents=True)
-            r["pull_rsync_az"] = self.rsync(link, remote, True, pull=True, local=back)
-            self.same_files(remote, back, "rsync -az pull")
-            shutil.rmtree(back, ignore_errors=True)
+            rd, rz = [], []
+            for _ in range(reps):   # each time results the remote wrote anew, nothing of them here
+                shutil.rmtree(remote, ignore_errors=True)
+                remote.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(WORK / "results-src", remote)
+                for f in remote.iterdir():
+                    os.utime(f)   # written now: what the last pull recorded is not what is there
+                shutil.rmtree(local, ignore_errors=True)
+                settle_disk()
+                try:
+                    t, res = self.rd(link, "pull")
+                    assert res["files"] == 2 and not res["errors"] and not res["conflicts"], res
+                    rd.append(t)
+                    self.same_files(remote, local, "remote_dev pull")
+                finally:
+                    shutil.rmtree(local, ignore_errors=True)
+                settle_disk()
+                shutil.rmtree(back, ignore_errors=True)
+                back.mkdir(parents=True)
+                rz.append(self.rsync(link, remote, True, pull=True, local=back))
+                self.same_files(remote, back, "rsync -az pull")
+                shutil.rmtree(back, ignore_errors=True)
+            r["pull_rd"], r["pull_rsync_az"] = median(rd), median(rz)
 
     @staticmethod
     def same_files(a: Path, b: Path, what: str) -> None:
@@ -638,7 +644,7 @@ def main() -> None:
     p.add_argument("--tools", default=",".join(TOOLS[1:]),
                    help=f"competitors of the initial push (default {','.join(TOOLS[1:])}; rsync_a also "
                         f"runs when noop or one is asked: they need its remote copy)")
-    p.add_argument("--repeat", type=int, default=3, help="runs of the no-op and one-file steps (median; default 3)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of the no-op, one-file and pull steps (median; default 3)")
     p.add_argument("--remote-base", help="where the remote folders go (default bench/.work/wanremote)")
     p.add_argument("--remote-fs", choices=("tmpfs", "disk"), default="tmpfs" if os.geteuid() == 0 else "disk",
                    help="a tmpfs mounted at --remote-base (default as root) or the disk it is on")
