@@ -17,7 +17,7 @@ from test_sync import agent_call, agent_pid, on_engine, push, temps
 
 from remote_dev.agent import AGENT_ZIP, bundle
 from remote_dev.agent import protocol as P
-from remote_dev.agent.remote import files, temps as rtemps
+from remote_dev.agent.remote import blocks, files, temps as rtemps
 from remote_dev.sync import wire
 
 
@@ -205,7 +205,7 @@ def read_blocks(tmp_path, accept):
     (tmp_path / "root").mkdir(exist_ok=True)
     (tmp_path / "root/train.log").write_bytes(log_text(50_000))
     (tmp_path / "root/weights.bin").write_bytes(os.urandom(500_000))
-    ops = files.FileOps()
+    ops = blocks.Blocks()
     out = [ops.read_block(str(tmp_path / "root"), rel, 0, 4 << 20, GBIT, None, accept)
            for rel in ("train.log", "weights.bin")]
     for (fmt, blob), rel in zip(out, ("train.log", "weights.bin")):

@@ -117,8 +117,7 @@ async def do_pull(engine: Engine, proj: Project, paths: list[str] | None, force:
             agent = await sess.ensure()
             used = await fetch_all(agent, sess.target.remote_root, plan.fetch, commit, meter)
             if used:
-                log.info("pull %s: %s, link %s", sess.target.name, used,
-                         f"{meter.rate / 1e6:.1f} MB/s" if meter.rate else "not measured")
+                log.info("pull %s: %s, %s", sess.target.name, used, meter.describe())
         except ConnectError as e:
             if not res.files and not e.retry:
                 raise   # a login that failed interrupted nothing

@@ -220,11 +220,7 @@ class Push:
         finally:
             comp.close()
             if comp.used:
-                pace, link = meter.agent_pace(), meter.link()
-                log.info("push %s: %s, link %s (measured %s), agent %s", self.sess.target.name, comp.used,
-                         f"{link / 1e6:.1f} MB/s" if link else "fast",
-                         f"{meter.rate / 1e6:.1f} MB/s" if meter.rate else "not",
-                         f"{pace / 1e6:.0f} MB/s" if pace else "not measured")
+                log.info("push %s: %s, %s", self.sess.target.name, comp.used, meter.describe())
 
     async def after_check(self, agent: AgentChannel, diffs: dict[str, list[Any] | None]) -> None:
         """What the remote check found, for the paths this push did not write: restored,

@@ -155,6 +155,13 @@ class LinkMeter:
             return None
         return max(self.guess(), self.assumed or 0.0)
 
+    def describe(self) -> str:
+        """For the log: the link planned with, as measured, and the agent's pace."""
+        link, pace = self.link(), self.agent_pace()
+        return (f"link {f'{link / 1e6:.1f} MB/s' if link else 'fast'} "
+                f"(measured {f'{self.rate / 1e6:.1f} MB/s' if self.rate else 'not'}), "
+                f"agent {f'{pace / 1e6:.0f} MB/s' if pace else 'not measured'}")
+
     @property
     def fast(self) -> bool:
         return self.rtt_ms is not None and self.rtt_ms < FAST_RTT_MS

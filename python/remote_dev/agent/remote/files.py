@@ -9,13 +9,13 @@ still arriving when the channel closes are removed; those an agent killed mid-wr
 behind are swept by the next agent writing into the same folder (temps.py).
 """
 
-import errno
 import os
 import stat
 import threading
 import time
 
 from .. import protocol as P
+from .blocks import Blocks, open_regular, pread_all
 from .common import AgentError, cache_dir, expand_root, os_message, private_dir, unlink_quiet, write_all
 from . import reuse, temps
 from .paths import content_hash, entry_state, resolve
@@ -87,12 +87,7 @@ class FileOps(object):
         self.next_token = 0
         self.swept = set()  # folders swept of dead agents' temporaries
         self.checks = Checks()
-        self.formats = P.codec_formats()
-        self.cores = min(os.cpu_count() or 1, 4)
-        self.slots = threading.BoundedSemaphore(self.cores)  # compressions at once (reads run in threads)
-        # how the `zstd` program is kept to one thread (P.ZSTD_THREAD_FLAGS); None: it
-        # failed with each, so pulls take the stdlib's codecs
-        self.zstd_flags = P.ZSTD_THREAD_FLAGS[0] if P.ZSTD in self.formats else None
+        self.blocks = Blocks()
 
     def cleanup(self):
         """Remove the temporary files of large files still arriving (channel closed)."""
@@ -275,55 +270,8 @@ class FileOps(object):
         return [P.OK, 0, 0]
 
     def read_block(self, root, rel, offset, size, link=None, prefix=None, accept=None):
-        """[format, data]: size bytes at offset of a regular file, compressed for a link of
-        link wire bytes per second (protocol.choose_codec; raw when they do not compress or
-        link is None).  prefix [n, hash]: the file's first n bytes must hash to hash (it only
-        grew since the last pull), else AgentError "changed".  accept: the formats the
-        caller decodes; None (a caller that does not say) takes zlib and bz2 only, zstd
-        needs saying.  Runs in a thread of its own."""
-        fd = open_regular(expand_root(root), rel)
-        try:
-            if prefix is not None and prefix_hash(fd, prefix[0]) != prefix[1]:
-                raise AgentError("changed", "%s: its first %d bytes changed" % (rel, prefix[0]))
-            data = pread_all(fd, offset, size)
-        finally:
-            os.close(fd)
-        if link is not None and data:
-            ratio = P.sample_ratio(data)
-            formats = [f for f in self.formats if (f in accept if accept is not None else f != P.ZSTD)
-                       and (f != P.ZSTD or self.zstd_flags)]
-            fmt, level = P.choose_codec(link, self.cores, ratio, formats, codecs=self.codecs(formats))
-            if fmt:
-                with self.slots:
-                    blob = self.compress(fmt, level, data)
-                    if blob is None:   # the zstd program failed: the stdlib's best instead
-                        formats.remove(P.ZSTD)
-                        fmt, level = P.choose_codec(link, self.cores, ratio, formats)
-                        blob = P.compress(fmt, level, data) if fmt else data
-                if len(blob) < len(data):
-                    return [fmt, blob]
-        return [P.RAW, data]
-
-    @staticmethod
-    def codecs(formats):
-        """The codec table of read_block's choice: the stdlib's, and the zstd program's when
-        it may write zstd."""
-        return P.CODECS + P.ZSTD_PROGRAM_CODECS if P.ZSTD in formats else P.CODECS
-
-    def compress(self, fmt, level, data):
-        """data in fmt at level; None when the zstd program failed with every way of keeping
-        it to one thread (it is not asked again by this agent)."""
-        if fmt != P.ZSTD:
-            return P.compress(fmt, level, data)
-        while self.zstd_flags is not None:
-            flags = self.zstd_flags
-            try:
-                return P.zstd_compress(level, data, flags)
-            except ValueError:
-                later = P.ZSTD_THREAD_FLAGS[P.ZSTD_THREAD_FLAGS.index(flags) + 1:]
-                if self.zstd_flags == flags:   # (another thread may have moved on already)
-                    self.zstd_flags = later[0] if later else None
-        return None
+        """A pull's block (blocks.Blocks.read_block).  Runs in a thread of its own."""
+        return self.blocks.read_block(root, rel, offset, size, link, prefix, accept)
 
 
 # --------------------------------------------------------------------------- reading (no state)
@@ -383,44 +331,6 @@ def read(root, rel, offset, size):
         return pread_all(fd, offset, size)
     finally:
         os.close(fd)
-
-
-def open_regular(root, rel):
-    path = resolve(root, rel)
-    try:
-        fd = os.open(path, os.O_RDONLY | P.O_NOFOLLOW)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise AgentError("path", "refused %r: a symlink" % rel)
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise AgentError("path", "refused %r: not a regular file" % rel)
-    return fd
-
-
-def pread_all(fd, offset, size):
-    chunks = []
-    while size > 0:
-        block = os.pread(fd, min(size, 1 << 22), offset)
-        if not block:
-            break
-        chunks.append(block)
-        size -= len(block)
-        offset += len(block)
-    return b"".join(chunks)
-
-
-def prefix_hash(fd, size):
-    h = P.new_hasher()
-    offset = 0
-    while offset < size:
-        block = os.pread(fd, min(size - offset, P.HASH_BLOCK), offset)
-        if not block:
-            return None
-        h.update(block)
-        offset += len(block)
-    return P.hasher_digest(h)
 
 
 class root_lock(object):
