@@ -89,6 +89,13 @@ def test_compressed_push_and_pull_are_byte_exact(engine, make_project, monkeypat
     # pulls: the agent compresses for the link the local side names
     results = {"results/train.log": source_text(2_000_000, 4), "results/weights.bin": os.urandom(300_000),
                "results/empty.txt": b"", "results/sub/small.csv": b"step,loss\n1,0.5\n"}
+    res = pull_results(engine, proj, results)
+    assert res["wire_bytes"] < 0.6 * res["bytes"]
+    assert temps(proj.root) == []
+
+
+def pull_results(engine, proj, results):
+    """results ({rel: bytes}) written on the remote, pulled: each arrived byte for byte."""
     for rel, data in results.items():
         proj.remote(rel).parent.mkdir(parents=True, exist_ok=True)
         proj.remote(rel).write_bytes(data)
@@ -96,8 +103,7 @@ def test_compressed_push_and_pull_are_byte_exact(engine, make_project, monkeypat
     assert res["errors"] == [] and res["files"] == len(results)
     for rel, data in results.items():
         assert (proj.root / rel).read_bytes() == data, rel
-    assert res["wire_bytes"] < 0.6 * res["bytes"]
-    assert temps(proj.root) == []
+    return res
 
 
 def pulled_formats(caplog):
@@ -132,13 +138,7 @@ def test_a_pull_comes_in_zstd_where_the_remote_has_the_program(engine, make_proj
     assert ("zstd" in on_engine(engine, proj, codecs)) == remote_has_zstd
     results = {"results/train.log": source_text(6_000_000, 5),       # three blocks of text (1, 2, 3 MB)
                "results/weights.bin": os.urandom(1_000_000)}       # one block of random bytes
-    for rel, data in results.items():
-        proj.remote(rel).parent.mkdir(parents=True, exist_ok=True)
-        proj.remote(rel).write_bytes(data)
-    res = pull(engine, proj)
-    assert res["errors"] == [] and res["files"] == len(results)
-    for rel, data in results.items():
-        assert (proj.root / rel).read_bytes() == data, rel
+    res = pull_results(engine, proj, results)
     used = pulled_formats(caplog)
     text = "'zstd': 3" if remote_has_zstd else "'zlib': 3"
     assert text in used and "'raw': 1" in used and ("zstd" in used) == remote_has_zstd, used
