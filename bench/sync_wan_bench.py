@@ -644,7 +644,8 @@ def main() -> None:
     p.add_argument("--tools", default=",".join(TOOLS[1:]),
                    help=f"competitors of the initial push (default {','.join(TOOLS[1:])}; rsync_a also "
                         f"runs when noop or one is asked: they need its remote copy)")
-    p.add_argument("--repeat", type=int, default=3, help="runs of the no-op, one-file and pull steps (median; default 3)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs of the no-op, one-file and pull steps (median; default 3)")
     p.add_argument("--remote-base", help="where the remote folders go (default bench/.work/wanremote)")
     p.add_argument("--remote-fs", choices=("tmpfs", "disk"), default="tmpfs" if os.geteuid() == 0 else "disk",
                    help="a tmpfs mounted at --remote-base (default as root) or the disk it is on")

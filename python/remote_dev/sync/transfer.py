@@ -265,7 +265,8 @@ def prepared_from(items: list[Send], meta: dict[str, Any], blob: bytes, remote_r
                    [(items[i], OSError(code, text)) for i, code, text in meta["bad"]])
     if ops:
         comp.measured(meta["fmt"], meta["level"], meta["raw"], meta["dt"])
-        out.method, out.params, out.wire, out.raw = "push_packed", (remote_root, meta["fmt"], blob), len(blob), meta["raw"]
+        out.method, out.params = "push_packed", (remote_root, meta["fmt"], blob)
+        out.wire, out.raw = len(blob), meta["raw"]
     return out
 
 

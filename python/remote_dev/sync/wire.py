@@ -7,7 +7,8 @@ back).  It is kept per connection (LinkMeter, in the session's state), so a pull
 what the last push saw; until the first measurement a link counts as WAN_GUESS (LAN_GUESS
 under LAN_RTT_MS).  Answers that measured this side or the agent rather than the link
 (the wire waiting for batches; the agent busy all along, as its answers say) only raise
-what is assumed of the link, and the agent's own pace bounds every codec alike.  A link
+what is assumed of the link, and while the agent is what they measure its own pace bounds
+every codec alike.  A link
 with a round trip under FAST_RTT_MS (loopback, a LAN) is never compressed: there the
 rate is bounded by the CPU of both ends (ssh, the agent), which compressing would only
 take from them.
