@@ -53,7 +53,7 @@ def test_failing_job_traceback_in_quickfix(nvim, make_project, cluster):
     buf = [b for b in nvim.buffers if b.name.startswith("remote-dev://run/")][0]
     header = buf[0]
     assert "job " in header and "FAILED" in header, header
-    assert cluster.squeue() == []
+    wait_for(lambda: cluster.squeue() == [], 30, what="empty queue")   # (just ended: may be listed a moment)
 
 
 def test_pending_job_is_shown_pending_and_stop_cancels(engine, make_project, cluster):
