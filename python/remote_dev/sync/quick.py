@@ -64,7 +64,7 @@ def index_stamp(git_dir: str | None) -> tuple[int, ...]:
 
 
 def stale_index(git_dir: str | None) -> bool:
-    return bool(git_dir) and STALE.get(git_dir or "") == index_stamp(git_dir)
+    return git_dir is not None and STALE.get(git_dir) == index_stamp(git_dir)
 
 
 def sig_of(st: os.stat_result) -> Sig:
@@ -162,14 +162,11 @@ class Baseline:
         self.ls_proc = None
         self.scan_ns = 0     # what the whole-tree scan took (Scanner.scan): git's check must cost less
 
-    def _index_stamp(self) -> tuple[int, ...]:
-        return index_stamp(self.git_dir)
-
     def start(self) -> subprocess.Popen[bytes] | None:
         """Before the whole-tree scan stats anything: git's answer for the tracked files
         (none while the index is stale: no baseline, whole-tree scans)."""
         self.valid = False
-        self.index_stamp = self._index_stamp()
+        self.index_stamp = index_stamp(self.git_dir)
         if not self.git_dir or stale_index(self.git_dir):
             return None
         try:
@@ -199,7 +196,7 @@ class Baseline:
             index = index_listing(self.root, self.ls_proc)
             if got is None or index is None:
                 return
-            stamp = self._index_stamp()
+            stamp = index_stamp(self.git_dir)
             if stamp != self.index_stamp:   # written meanwhile: the same content?
                 again = index_listing(self.root)
                 if again is None or again[0] != index[0]:
@@ -255,7 +252,7 @@ class Baseline:
     def same_index(self) -> bool:
         if not self.git_dir:
             return True
-        stamp = self._index_stamp()
+        stamp = index_stamp(self.git_dir)
         if stamp == self.index_stamp:
             return True
         index = index_listing(self.root)
@@ -288,7 +285,7 @@ class Baseline:
                 if named is None:
                     return None
                 if self.scan_ns and time.monotonic_ns() - t0 > max(self.scan_ns, 20_000_000):
-                    STALE[self.git_dir or ""] = self._index_stamp()   # this answer holds; the next is a scan
+                    STALE[self.git_dir or ""] = index_stamp(self.git_dir)   # this answer holds; the next is a scan
                 for rel in named:
                     if rel not in self.own:
                         self.carry.setdefault(rel, None)

@@ -5,8 +5,8 @@ says); only what it answers NEED for is sent.  rsync's ``--copy-dest``, found by
 
 A push offers only when it would send at least OFFER_BYTES in files of copy_min bytes or
 more (OFFER_MIN on a slow link, more on a fast one), and only to a remote that holds an
-index (its hello says so, or this session wrote there): the push of a first tree, of a saved file or of a few edits costs no extra round
-trip.  The files are hashed in worker threads, OFFER_OPS at a time, each request going
+index (its hello says so, or this session wrote there): the push of a first tree, of a
+saved file or of a few edits costs no extra round trip.  The files are hashed in worker threads, OFFER_OPS at a time, each request going
 out as soon as its files are hashed.  A sample of PROBE files spread over the push goes
 first: when the remote copies too few of them (an index of other content), the rest goes
 without offers -- one round trip is all a push into a new root costs when nothing matches.

@@ -478,8 +478,7 @@ class Sender:
     def batch_done(self, prep: Prepared, blob: bytes) -> None:
         answers, busy = unpack_answers(blob)
         if busy is not None:
-            self.comp.meter.agent_busy(prep.raw, busy)
-            self.clock.agent_busy(busy)
+            self.clock.agent_busy(prep.raw, busy)
         for r, answer in zip(prep.ops, answers):
             if answer[0] == NEED:
                 self.commit.records.landed(r.item.rel)

@@ -185,9 +185,11 @@ class AckClock:
         self.busy = 0.0     # the agent's seconds on the answers so far, as they said
         self.points: deque[tuple[float, int, float]] = deque()
 
-    def agent_busy(self, seconds: float) -> None:
-        """The last answer says the agent spent this long on it."""
+    def agent_busy(self, raw: int, seconds: float) -> None:
+        """The last answer says the agent spent this long on its raw bytes (the meter
+        keeps the agent's pace from it)."""
         self.busy += seconds
+        self.meter.agent_busy(raw, seconds)
 
     def sent(self, weight: int) -> None:
         """A request went out, weighing weight bytes (its wire size, or for a read what

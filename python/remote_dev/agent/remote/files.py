@@ -245,9 +245,8 @@ class FileOps(object):
                 staged.fd = None
                 staged = None
                 return replace_with_file(path, tmp, fd, None, mode)
-            want = want_mode(mode)
-            tmp, fd = make_temp(path, mode=want & 0o777)
-            return replace_with_file(path, tmp, fd, payload, mode, want)
+            tmp, fd = make_temp(path, mode=want_mode(mode) & 0o777)
+            return replace_with_file(path, tmp, fd, payload, mode)
         finally:
             if staged is not None:
                 staged.discard()
@@ -268,10 +267,6 @@ class FileOps(object):
         os.unlink(path)
         prune_dirs(root, os.path.dirname(path))
         return [P.OK, 0, 0]
-
-    def read_block(self, root, rel, offset, size, link=None, prefix=None, accept=None):
-        """A pull's block (blocks.Blocks.read_block).  Runs in a thread of its own."""
-        return self.blocks.read_block(root, rel, offset, size, link, prefix, accept)
 
 
 # --------------------------------------------------------------------------- reading (no state)
@@ -368,11 +363,10 @@ def want_mode(mode):
     return (mode if mode is not None else 0o644) & 0o7777
 
 
-def replace_with_file(path, tmp, fd, data, mode, want=None):
+def replace_with_file(path, tmp, fd, data, mode):
     """Finish temporary file tmp (open as fd: data written unless None, mode set) and
-    rename it over path; on any failure tmp goes.  want: want_mode(mode) if known."""
-    if want is None:
-        want = want_mode(mode)
+    rename it over path; on any failure tmp goes."""
+    want = want_mode(mode)
     try:
         try:
             if data is not None:

@@ -48,7 +48,7 @@ def method_table(files):
         "push": (files.push, False),
         "push_packed": (files.push_packed, False),
         "verify": (files.verify, False),
-        "read_block": (files.read_block, True),
+        "read_block": (files.blocks.read_block, True),
         "state": (files_mod.state, False),
         "list": (files_mod.list_under, False),
         "read": (files_mod.read, False),
