@@ -134,11 +134,17 @@ async def offer(sess: TargetSession, agent: AgentChannel, local_root: Path, comm
     offered = {id(i) for i in items}
     left = [i for i in sends if id(i) not in offered]
     offers = Offers(sess, agent, local_root, commit)
-    left += await offers.run([probe])
-    if offers.copied >= PROBE_HITS * len(probe):
-        left += await offers.run([rest[k:k + OFFER_OPS] for k in range(0, len(rest), OFFER_OPS)])
-    else:
-        left += rest
+    chunks = [rest[k:k + OFFER_OPS] for k in range(0, len(rest), OFFER_OPS)]
+    ahead = offers.hash_ahead(chunks)   # hashed while the probe is out (a round trip)
+    try:
+        left += await offers.run([probe])
+        if offers.copied >= PROBE_HITS * len(probe):
+            left += await offers.run(chunks, ahead)
+        else:
+            left += rest
+    finally:
+        for f in ahead:
+            f.cancel()   # (those done are left as they are)
     commit.result.copied += offers.copied
     log.info("push %s: %d of %d files offered copied on the remote (%d not offered) in %.0f ms", sess.target.name,
              offers.copied, offers.offered, len(items) - offers.offered, (time.perf_counter() - t0) * 1000)
@@ -156,10 +162,17 @@ class Offers:
         self.zipped = ZLIB in (sess.hello.get("codecs") or ())
         self.copied = self.offered = 0
 
-    async def run(self, chunks: list[list[Send]]) -> list[Send]:
-        """Offer chunks (one request each); what the remote did not copy."""
+    def hash_ahead(self, chunks: list[list[Send]]) -> list[asyncio.Future[tuple[list[Hashed], list[Send]]]]:
+        """The first HASHED_AHEAD chunks hashed (in worker threads), for run."""
         loop = asyncio.get_running_loop()
-        hashing = [loop.run_in_executor(None, hash_files, self.local_root, c) for c in chunks[:HASHED_AHEAD]]
+        return [loop.run_in_executor(None, hash_files, self.local_root, c) for c in chunks[:HASHED_AHEAD]]
+
+    async def run(self, chunks: list[list[Send]],
+                  ahead: list[asyncio.Future[tuple[list[Hashed], list[Send]]]] | None = None) -> list[Send]:
+        """Offer chunks (one request each; ahead: hash_ahead's of them); what the remote
+        did not copy."""
+        loop = asyncio.get_running_loop()
+        hashing = self.hash_ahead(chunks) if ahead is None else ahead
         answers: list[tuple[list[Hashed], asyncio.Future[bytes]]] = []
         left: list[Send] = []
         try:
