@@ -8,9 +8,13 @@ Each request names the formats this side decodes (wire.read_formats: zlib, bz2 a
 zstandard, zstd); the agent writes zstd with the remote's `zstd` program when it has one
 and the choice (protocol.ZSTD_PROGRAM_CODECS) moves more bytes per second that way, else
 its stdlib's zlib or bz2 (also when its `zstd` fails).  A caller that names no formats gets
-zlib or bz2 only.  The formats the answers came in are counted (Fetcher.used; the pull
-logs them).  A file's blocks are asked for as the window has room, so
-never more than the window is held in memory, whatever the file's size.
+zlib or bz2 only.  The formats the answers came in are counted (Fetcher.used; the pull logs
+them).  The link's rate is measured from the answers as they arrive (the agent answers as
+its threads finish: a raw block overtakes compressed ones asked for before it), not as they
+are written in order; each answer says how long the agent took, so blocks that come at the
+pace of its compression do not pass for the link's (wire.AckClock).  A file's blocks are
+asked for as the window has room, so never more than the window is held in memory, whatever
+the file's size.
 
 A file that only grew since the last pull (a training log) transfers only its new bytes:
 when the local copy is still what the last pull left and the remote one is longer, the
@@ -22,6 +26,7 @@ pulled (else the whole file is read after all).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +140,7 @@ class Fetcher:
             block = Block(fetch, n, self.agent.send("read_block", self.root, item.rel, offset, n, link, prefix,
                                                     self.accept))
             self.clock.sent(n)
+            block.future.add_done_callback(functools.partial(self.arrived, n))
             self.window.append(block)
             self.in_window += n
             fetch.left += 1
@@ -143,6 +149,22 @@ class Fetcher:
         if sent:
             await self.agent.drain()
 
+    def arrived(self, n: int, fut: asyncio.Future[Any]) -> None:
+        """A block's answer came (n bytes asked for): the clock counts it now, not when it
+        is taken -- the agent answers as its threads finish (a raw block before the
+        compressed ones asked for earlier), and the link carried it now.  The seconds the
+        agent says it took tell a link that held the answers back from compression that
+        did (AckClock)."""
+        if fut.cancelled():
+            return
+        answer = None if fut.exception() is not None else fut.result()
+        if not (isinstance(answer, list) and len(answer) >= 2):
+            self.clock.answered(n, 0)
+            return
+        if len(answer) > 2 and isinstance(answer[2], (int, float)):
+            self.clock.agent_busy(n, answer[2], pace=False)
+        self.clock.answered(n, len(answer[1]))
+
     async def take(self) -> None:
         """The oldest block: written to its file (its file finished when whole)."""
         block = self.window.popleft()
@@ -150,12 +172,10 @@ class Fetcher:
         fetch = block.fetch
         fetch.left -= 1
         try:
-            fmt, data = await block.future
+            fmt, data, *_ = await block.future
         except AgentCallError as e:
-            self.clock.answered(block.size, 0)
             await self.fail(fetch, e)
             return
-        self.clock.answered(block.size, len(data))
         self.commit.result.wire += len(data)
         self.used[fmt or "raw"] = self.used.get(fmt or "raw", 0) + 1
         if fetch.failed or fetch.file is None:

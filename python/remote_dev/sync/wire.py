@@ -185,11 +185,14 @@ class AckClock:
         self.busy = 0.0     # the agent's seconds on the answers so far, as they said
         self.points: deque[tuple[float, int, float]] = deque()
 
-    def agent_busy(self, raw: int, seconds: float) -> None:
+    def agent_busy(self, raw: int, seconds: float, pace: bool = True) -> None:
         """The last answer says the agent spent this long on its raw bytes (the meter
-        keeps the agent's pace from it)."""
+        keeps the agent's pace of applying pushes from it; not from a pull's reads: pace
+        False).  Answers of several threads of the agent (a pull's blocks) can add up to
+        more seconds than passed: busy all along all the same."""
         self.busy += seconds
-        self.meter.agent_busy(raw, seconds)
+        if pace:
+            self.meter.agent_busy(raw, seconds)
 
     def sent(self, weight: int) -> None:
         """A request went out, weighing weight bytes (its wire size, or for a read what

@@ -7,6 +7,7 @@ import errno
 import os
 import stat
 import threading
+import time
 
 from .. import protocol as P
 from .common import AgentError, expand_root
@@ -25,12 +26,16 @@ class Blocks(object):
         self.zstd_flags = P.ZSTD_THREAD_FLAGS[0] if P.ZSTD in self.formats else None
 
     def read_block(self, root, rel, offset, size, link=None, prefix=None, accept=None):
-        """[format, data]: size bytes at offset of a regular file, compressed for a link of
-        link wire bytes per second (protocol.choose_codec; raw when they do not compress or
-        link is None).  prefix [n, hash]: the file's first n bytes must hash to hash (it only
-        grew since the last pull), else AgentError "changed".  accept: the formats the
-        caller decodes; None (a caller that does not say) takes zlib and bz2 only, zstd
-        needs saying.  Runs in a thread of its own."""
+        """[format, data, busy]: size bytes at offset of a regular file, compressed for a
+        link of link wire bytes per second (protocol.choose_codec; raw when they do not
+        compress or link is None); busy: the seconds this took, not counting the wait for a
+        compression slot (the caller's measure of the link: answers that come at the pace
+        of the agent's compression do not measure the link).  prefix [n, hash]: the file's
+        first n bytes must hash to hash (it only grew since the last pull), else AgentError
+        "changed".  accept: the formats the caller decodes; None (a caller that does not
+        say) takes zlib and bz2 only, zstd needs saying.  Runs in a thread of its own."""
+        t0 = time.perf_counter()
+        waited = 0.0
         fd = open_regular(expand_root(root), rel)
         try:
             if prefix is not None and prefix_hash(fd, prefix[0]) != prefix[1]:
@@ -44,15 +49,17 @@ class Blocks(object):
                        and (f != P.ZSTD or self.zstd_flags)]
             fmt, level = P.choose_codec(link, self.cores, ratio, formats, codecs=self.codecs(formats))
             if fmt:
+                t1 = time.perf_counter()
                 with self.slots:
+                    waited = time.perf_counter() - t1
                     blob = self.compress(fmt, level, data)
                     if blob is None:   # the zstd program failed: the stdlib's best instead
                         formats.remove(P.ZSTD)
                         fmt, level = P.choose_codec(link, self.cores, ratio, formats)
                         blob = P.compress(fmt, level, data) if fmt else data
                 if len(blob) < len(data):
-                    return [fmt, blob]
-        return [P.RAW, data]
+                    return [fmt, blob, time.perf_counter() - t0 - waited]
+        return [P.RAW, data, time.perf_counter() - t0 - waited]
 
     @staticmethod
     def codecs(formats):
