@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,34 @@ def test_a_push_offers_only_where_the_remote_can_hold_something(engine, make_pro
         small = [Send("s", LocalEntry("f", SIZE, 0, 0o644), None)]
         return len(reuse.worth_offering(sess, sends)), len(reuse.worth_offering(sess, small))
     assert on_engine(engine, proj, decide) == ((40, 0) if hello_says else (0, 0))
+
+
+def test_a_sample_that_misses_stops_the_hashing_ahead(engine, make_project):
+    """A push offers a sample first and hashes the files of its first requests meanwhile
+    (the round trip of the sample saved when the remote copies it).  When the remote holds
+    none of the sample (new content), that hashing stops: a push of new content pays for
+    the sample's hashing, not for two requests' worth.  Hashing is made slow here (10 ms
+    a file), so without the stop the threads would still be at it a while after."""
+    proj = project_with(make_project, "fresh", random_files(1, 4000, "seed/s"))
+    assert push(engine, proj)["errors"] == []   # this connection wrote there: the next push offers
+    for rel, data in random_files(1200, 2000, "data/n").items():
+        proj.write(rel, data)
+    hashed = []
+    real = reuse.new_hasher
+
+    def slow_hasher():
+        time.sleep(0.01)
+        hashed.append(1)
+        return real()
+    reuse.new_hasher = slow_hasher
+    try:
+        res = push(engine, proj)
+        time.sleep(3.0)   # (without the stop: ~100 more a second, up to all 1,136)
+    finally:
+        reuse.new_hasher = real
+    assert res["errors"] == [] and res["copied"] == 0 and res["files"] == 1200
+    # the sample (64) and what the two threads hashed ahead while it was hashed and out
+    assert len(hashed) < 64 * 5, len(hashed)
 
 
 def strip_hashes(sshd, remote_root: Path) -> int:

@@ -6,10 +6,12 @@ says); only what it answers NEED for is sent.  rsync's ``--copy-dest``, found by
 A push offers only when it would send at least OFFER_BYTES in files of copy_min bytes or
 more (OFFER_MIN on a slow link, more on a fast one), and only to a remote that holds an
 index (its hello says so, or this session wrote there): the push of a first tree, of a
-saved file or of a few edits costs no extra round trip.  The files are hashed in worker threads, OFFER_OPS at a time, each request going
-out as soon as its files are hashed.  A sample of PROBE files spread over the push goes
-first: when the remote copies too few of them (an index of other content), the rest goes
-without offers -- one round trip is all a push into a new root costs when nothing matches.
+saved file or of a few edits costs no extra round trip.  The files are hashed in worker
+threads, OFFER_OPS at a time, each request going out as soon as its files are hashed.  A
+sample of PROBE files spread over the push goes first, the first HASHED_AHEAD requests'
+files hashed meanwhile: when the remote copies too few of the sample (an index of other
+content), that hashing stops and the rest goes without offers -- one round trip and the
+sample's hashing are all a push into a new root costs when nothing matches.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..agent.protocol import FILE, NEED, OK, ZLIB, copy_op, pack_ops, unpack_answers
 from ..engine import TargetSession, log
@@ -85,12 +90,19 @@ def worth_offering(sess: TargetSession, sends: list[Send]) -> list[Send]:
 Hashed = tuple[Send, str, LocalEntry]
 
 
-def hash_files(root: Path, items: list[Send]) -> tuple[list[Hashed], list[Send]]:
-    """(hashed files, files to send as they are: unreadable or no longer regular)."""
+class Stopped(Exception):
+    """The hashing of a chunk was stopped: its offers will not be made."""
+
+
+def hash_files(root: Path, items: list[Send], stop: threading.Event | None = None) -> tuple[list[Hashed], list[Send]]:
+    """(hashed files, files to send as they are: unreadable or no longer regular); Stopped
+    when stop is set meanwhile."""
     out: list[Hashed] = []
     rest: list[Send] = []
     base = os.path.join(root, "")
     for item in items:
+        if stop is not None and stop.is_set():
+            raise Stopped
         try:
             fd = os.open(base + item.rel, os.O_RDONLY | O_NOFOLLOW)
         except OSError:
@@ -143,12 +155,22 @@ async def offer(sess: TargetSession, agent: AgentChannel, local_root: Path, comm
         else:
             left += rest
     finally:
-        for f in ahead:
-            f.cancel()   # (those done are left as they are)
+        offers.stop.set()   # a probe that missed: the threads stop hashing what will not be offered
+        settle(ahead)
     commit.result.copied += offers.copied
     log.info("push %s: %d of %d files offered copied on the remote (%d not offered) in %.0f ms", sess.target.name,
              offers.copied, offers.offered, len(items) - offers.offered, (time.perf_counter() - t0) * 1000)
     return left
+
+
+def settle(futs: Iterable[asyncio.Future[Any]]) -> None:
+    """Futures no longer waited for: cancelled, or their outcome retrieved (never a
+    warning of an exception never retrieved)."""
+    for f in futs:
+        if f.done() and not f.cancelled():
+            f.exception()
+        else:
+            f.cancel()
 
 
 class Offers:
@@ -161,11 +183,12 @@ class Offers:
         self.commit = commit
         self.zipped = ZLIB in (sess.hello.get("codecs") or ())
         self.copied = self.offered = 0
+        self.stop = threading.Event()   # set: the hashing threads stop (Stopped)
 
     def hash_ahead(self, chunks: list[list[Send]]) -> list[asyncio.Future[tuple[list[Hashed], list[Send]]]]:
         """The first HASHED_AHEAD chunks hashed (in worker threads), for run."""
         loop = asyncio.get_running_loop()
-        return [loop.run_in_executor(None, hash_files, self.local_root, c) for c in chunks[:HASHED_AHEAD]]
+        return [loop.run_in_executor(None, hash_files, self.local_root, c, self.stop) for c in chunks[:HASHED_AHEAD]]
 
     async def run(self, chunks: list[list[Send]],
                   ahead: list[asyncio.Future[tuple[list[Hashed], list[Send]]]] | None = None) -> list[Send]:
@@ -179,7 +202,8 @@ class Offers:
             for k in range(len(chunks)):
                 hashed, rest = await hashing[k]
                 if k + HASHED_AHEAD < len(chunks):
-                    hashing.append(loop.run_in_executor(None, hash_files, self.local_root, chunks[k + HASHED_AHEAD]))
+                    hashing.append(loop.run_in_executor(None, hash_files, self.local_root, chunks[k + HASHED_AHEAD],
+                                                        self.stop))
                 left += rest
                 hashed = self.not_same(hashed)
                 if hashed:
@@ -193,14 +217,12 @@ class Offers:
                         continue
                     self.copied += answer[0] == OK
                     self.commit.sent(item, h, entry, answer)
+        except BaseException:
+            self.stop.set()
+            raise
         finally:
-            for f in hashing:
-                f.cancel()
-            for _, f in answers:
-                if f.done() and not f.cancelled():
-                    f.exception()
-                else:
-                    f.cancel()
+            settle(hashing)
+            settle(f for _, f in answers)
         return left
 
     def not_same(self, hashed: list[Hashed]) -> list[Hashed]:
