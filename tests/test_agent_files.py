@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgpack
@@ -106,6 +107,41 @@ def test_push_takes_list_ops_only(tmp_path):
     assert [r[0] for r in res] == [P.ERROR, P.ERROR, P.ERROR, P.ERROR, P.OK]
     assert "ops are lists" in res[0][1]
     assert sorted(os.listdir(tmp_path)) == ["ok.txt"]
+
+
+def test_offered_copies_go_one_by_one_on_a_local_disk_and_in_threads_where_they_wait(tmp_path, monkeypatch):
+    """A request of copies from the content index: the first ones one by one, and the rest
+    in threads only when those waited (a network file system, each create and rename a
+    round trip: it cannot exist here, so each copy is made to wait 3 ms); on this disk
+    they do not, and threads would only hand the GIL back and forth.  Either way every
+    answer is in order and every copy right."""
+    from remote_dev.agent.remote import reuse as rreuse
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(rreuse, "INDEX", rreuse.ContentIndex())
+    contents = {f"src/f{i}.py": os.urandom(3000 + i) for i in range(100)}
+    first = files.FileOps().push(str(tmp_path / "a"), [P.write_op(rel, None, False, None, 0o644, data)
+                                                      for rel, data in contents.items()])
+    assert all(a[0] == P.OK for a in first)
+    threaded = []
+    real_threads, real_copy = files.copy_in_threads, files.copy_to
+    monkeypatch.setattr(files, "copy_in_threads", lambda *a: threaded.append(len(a[2])) or real_threads(*a))
+
+    def copies(root):
+        ops = [P.copy_op(rel, None, False, P.digest(data), 0o644, len(data)) for rel, data in contents.items()]
+        answers = files.FileOps().push(str(tmp_path / root), ops)
+        assert [a[0] for a in answers] == [P.OK] * len(ops)
+        for rel, data in contents.items():
+            assert (tmp_path / root / rel).read_bytes() == data, rel
+
+    copies("b")
+    assert threaded == []
+
+    def waiting_copy(*args):
+        time.sleep(0.003)
+        return real_copy(*args)
+    monkeypatch.setattr(files, "copy_to", waiting_copy)
+    copies("c")
+    assert threaded == [len(contents) - files.COPY_SAMPLE]
 
 
 # --------------------------------------------------------------------------- through sshd
