@@ -111,14 +111,15 @@ def test_push_takes_list_ops_only(tmp_path):
 
 def test_offered_copies_go_one_by_one_on_a_local_disk_and_in_threads_where_they_wait(tmp_path, monkeypatch):
     """A request of copies from the content index: the first ones one by one, and the rest
-    in threads only when those waited (a network file system, each create and rename a
-    round trip: it cannot exist here, so each copy is made to wait 3 ms); on this disk
-    they do not, and threads would only hand the GIL back and forth.  Either way every
-    answer is in order and every copy right."""
+    in threads only when those were blocked (a network file system, each create and rename
+    a round trip: it cannot exist here, so each copy is made to wait 3 ms); on this disk
+    they are not, and threads would only hand the GIL back and forth (waiting for a CPU on
+    a busy machine does not count).  Either way every answer is in order and every copy
+    right."""
     from remote_dev.agent.remote import reuse as rreuse
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(rreuse, "INDEX", rreuse.ContentIndex())
-    contents = {f"src/f{i}.py": os.urandom(3000 + i) for i in range(100)}
+    contents = {f"src/f{i}.py": os.urandom(3000 + i) for i in range(200)}
     first = files.FileOps().push(str(tmp_path / "a"), [P.write_op(rel, None, False, None, 0o644, data)
                                                       for rel, data in contents.items()])
     assert all(a[0] == P.OK for a in first)

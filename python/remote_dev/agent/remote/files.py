@@ -384,8 +384,8 @@ def replace_with_file(path, tmp, fd, data, mode):
 
 
 COPY_THREADS = 4     # threads applying a request of offered copies whose system calls wait
-COPY_SAMPLE = 32     # offered copies of a request made one by one first: how long they waited decides
-COPY_WAITING = 0.5   # share of the sample's time not on this thread's CPU above which the rest go in threads
+COPY_SAMPLE = 128    # offered copies of a request made one by one first: how long they waited decides
+COPY_WAITING = 0.5   # share of the sample's time blocked (not on a CPU, nor waiting for one) for threads
 
 
 def offered_copies(ops):
@@ -397,19 +397,30 @@ def offered_copies(ops):
 
 def copy_offered(self_ops, root, ops, known_dirs, results):
     """push_ops for offered copies: the first COPY_SAMPLE one by one; the rest in
-    COPY_THREADS threads when those waited more than COPY_WAITING of their time (a network
-    file system: each create, copy and rename a round trip to its server), else one by one
-    too (a local disk, a tmpfs: the system calls do not wait, and threads only hand the GIL
-    back and forth -- bench/README, a second checkout: 3,556 copies 0.47-0.55 s one by one,
-    0.62-0.86 s in four threads)."""
-    w0, c0 = time.perf_counter(), time.thread_time()
+    COPY_THREADS threads when those were blocked more than COPY_WAITING of their time (a
+    network file system: each create, copy and rename a round trip to its server), else one
+    by one too (a local disk, a tmpfs: the system calls do not wait, and threads only hand
+    the GIL back and forth -- bench/README, a second checkout: 3,556 copies 0.47-0.55 s one
+    by one, 0.62-0.86 s in four threads).  Time spent waiting for a CPU (a busy machine)
+    does not count as blocked where Linux tells it (runnable_seconds)."""
+    w0, c0, r0 = time.perf_counter(), time.thread_time(), runnable_seconds()
     self_ops.push_ops(root, ops[:COPY_SAMPLE], known_dirs, results)
-    wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
+    wall, cpu, runnable = time.perf_counter() - w0, time.thread_time() - c0, runnable_seconds() - r0
     rest = ops[COPY_SAMPLE:]
-    if rest and wall - cpu > COPY_WAITING * wall:
+    if rest and wall - cpu - runnable > COPY_WAITING * wall:
         copy_in_threads(self_ops, root, rest, known_dirs, results)
     elif rest:
         self_ops.push_ops(root, rest, known_dirs, results)
+
+
+def runnable_seconds():
+    """Seconds this thread has waited for a CPU (Linux: /proc/thread-self/schedstat's
+    second figure); 0.0 where that is not known."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def copy_in_threads(self_ops, root, ops, known_dirs, results):
