@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import time
+import types
 
 import pytest
 from conftest import require, wait_for
@@ -446,6 +447,41 @@ def test_the_meter_assumes_more_only_where_the_answers_measured_this_side(monkey
     m2.agent_bound(10e6)
     m2.agent_bound(10e6)             # once per RAISE_EVERY
     assert m2.link() == 25e6
+
+
+def test_answers_that_came_while_the_sender_waited_for_its_batches_never_lower_the_link(monkeypatch):
+    """The answers of a push whose sender kept waiting for its own batches (a second
+    checkout's small files, read and compressed slower than the link carries them) came at
+    this side's pace: they may raise the link's rate, never lower it (they lowered a 12.5
+    MB/s link to 4-5 MB/s, and the session's next pushes planned heavier codecs for it).
+    The same answers with the sender never waiting measure the link.  (Time is the
+    clock's own here: a unit of the meter, no link.)"""
+    now = [0.0]
+    monkeypatch.setattr(wire, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def answers(starved_share):
+        meter = LinkMeter(rtt_ms=40.0)
+        clock = wire.AckClock(meter)
+        for _ in range(4):
+            clock.sent(400_000)
+        for _ in range(12):   # 400 KB answered every 0.1 s, more behind it: 4 MB/s
+            now[0] += 0.1
+            clock.waited(0.1 * starved_share)
+            clock.answered(400_000)
+            clock.sent(400_000)
+        return meter
+    assert answers(0.6).rate is None and answers(0.6).link() == wire.WAN_GUESS
+    assert answers(0.0).rate == pytest.approx(4e6, rel=0.01)
+    faster = LinkMeter(rtt_ms=40.0)   # answers faster than the guess raise it, waiting or not
+    clock = wire.AckClock(faster)
+    for _ in range(4):
+        clock.sent(4_000_000)
+    for _ in range(12):
+        now[0] += 0.1
+        clock.waited(0.06)
+        clock.answered(4_000_000)
+        clock.sent(4_000_000)
+    assert faster.rate == pytest.approx(40e6, rel=0.01)
 
 
 def test_the_agent_says_how_long_it_took(engine, make_project, monkeypatch):

@@ -451,6 +451,7 @@ class Sender:
             prep = await self.prepared.pop(n)
             t1 = time.perf_counter()
             self.waits[0] += t1 - t0
+            self.clock.waited(t1 - t0, len(self.lanes))
             if n >= STARVED_AFTER and self.waits[0] > 2 * self.waits[1] + 0.02:   # the wire waits for us
                 self.comp.meter.starved(self.wire_sent / max(t1 - self.t_first, 1e-3))
             for item, h, entry in prep.same:
