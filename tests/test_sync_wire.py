@@ -459,29 +459,21 @@ def test_answers_that_came_while_the_sender_waited_for_its_batches_never_lower_t
     now = [0.0]
     monkeypatch.setattr(wire, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
 
-    def answers(starved_share):
+    def answers(starved_share, size=400_000):
         meter = LinkMeter(rtt_ms=40.0)
         clock = wire.AckClock(meter)
         for _ in range(4):
-            clock.sent(400_000)
-        for _ in range(12):   # 400 KB answered every 0.1 s, more behind it: 4 MB/s
+            clock.sent(size)
+        for _ in range(12):   # size answered every 0.1 s, more behind it: 4 MB/s by default
             now[0] += 0.1
             clock.waited(0.1 * starved_share)
-            clock.answered(400_000)
-            clock.sent(400_000)
+            clock.answered(size)
+            clock.sent(size)
         return meter
     assert answers(0.6).rate is None and answers(0.6).link() == wire.WAN_GUESS
     assert answers(0.0).rate == pytest.approx(4e6, rel=0.01)
-    faster = LinkMeter(rtt_ms=40.0)   # answers faster than the guess raise it, waiting or not
-    clock = wire.AckClock(faster)
-    for _ in range(4):
-        clock.sent(4_000_000)
-    for _ in range(12):
-        now[0] += 0.1
-        clock.waited(0.06)
-        clock.answered(4_000_000)
-        clock.sent(4_000_000)
-    assert faster.rate == pytest.approx(40e6, rel=0.01)
+    # answers faster than the guess raise it, waiting or not
+    assert answers(0.6, 4_000_000).rate == pytest.approx(40e6, rel=0.01)
 
 
 def test_the_agent_says_how_long_it_took(engine, make_project, monkeypatch):

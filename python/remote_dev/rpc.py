@@ -6,6 +6,7 @@ import asyncio
 import collections
 import itertools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,19 @@ import msgpack
 
 from .agent import GREETING, NEED, OK, REMOTE_COMMAND, bootstrap_script, bundle
 from .errors import AgentCallError, ConnectError
+
+
+def consume(futs: Iterable[asyncio.Future[Any] | None]) -> None:
+    """Futures of calls no longer waited for (a lost connection, a push that ended):
+    cancelled, or their outcome retrieved -- never a warning of an exception never
+    retrieved."""
+    for f in futs:
+        if f is None:
+            continue
+        if f.done() and not f.cancelled():
+            f.exception()
+        else:
+            f.cancel()
 
 
 class LostWrites(logging.Filter):

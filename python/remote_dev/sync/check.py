@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent.protocol import FORGET, IF_UNCHANGED, NEED_ALL, pack_states
-from ..rpc import AgentChannel, Followup
+from ..rpc import AgentChannel, Followup, consume
 from .records import SyncRecords
 from .scan import in_scope
 
@@ -143,9 +143,4 @@ class RemoteCheck:
     def forget(self) -> None:
         """The answer will not be awaited (the push failed): retrieve it quietly."""
         self.drop_note()
-        fut = self.future
-        if fut is not None:
-            if fut.done() and not fut.cancelled():
-                fut.exception()
-            else:
-                fut.cancel()
+        consume([self.future])

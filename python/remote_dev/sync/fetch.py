@@ -33,6 +33,7 @@ from typing import Any
 
 from ..agent.protocol import LINK, link_hash
 from ..errors import AgentCallError, RemoteDevError
+from ..rpc import consume
 from .apply import PullCommit, PullFile
 from .reconcile import PullItem
 from .wire import AckClock, LinkMeter, decompress, read_formats
@@ -92,7 +93,7 @@ class Fetcher:
                     await self.fill()
         finally:
             for block in self.window:
-                consume(block.future)
+                consume([block.future])
             for fetch in [b.fetch for b in self.window] + list(self.sending):
                 if fetch.file is not None:
                     fetch.file.discard()
@@ -217,15 +218,6 @@ class Fetcher:
 
 def write_block(pf: PullFile, fmt: str, data: bytes, size: int) -> None:
     pf.write(decompress(fmt, data, size) if fmt else data)
-
-
-def consume(fut: asyncio.Future[Any] | None) -> None:
-    if fut is None:
-        return
-    if fut.done() and not fut.cancelled():
-        fut.exception()
-    else:
-        fut.cancel()
 
 
 async def fetch_all(agent: Any, root: str, todo: list[PullItem], commit: PullCommit, meter: LinkMeter

@@ -22,14 +22,12 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..agent.protocol import FILE, NEED, OK, ZLIB, copy_op, pack_ops, unpack_answers
 from ..engine import TargetSession, log
-from ..rpc import AgentChannel
+from ..rpc import AgentChannel, consume
 from .apply import PushCommit
 from .content import O_NOFOLLOW, finish, new_hasher
 from .reconcile import Send, content_unchanged
@@ -156,21 +154,11 @@ async def offer(sess: TargetSession, agent: AgentChannel, local_root: Path, comm
             left += rest
     finally:
         offers.stop.set()   # a probe that missed: the threads stop hashing what will not be offered
-        settle(ahead)
+        consume(ahead)
     commit.result.copied += offers.copied
     log.info("push %s: %d of %d files offered copied on the remote (%d not offered) in %.0f ms", sess.target.name,
              offers.copied, offers.offered, len(items) - offers.offered, (time.perf_counter() - t0) * 1000)
     return left
-
-
-def settle(futs: Iterable[asyncio.Future[Any]]) -> None:
-    """Futures no longer waited for: cancelled, or their outcome retrieved (never a
-    warning of an exception never retrieved)."""
-    for f in futs:
-        if f.done() and not f.cancelled():
-            f.exception()
-        else:
-            f.cancel()
 
 
 class Offers:
@@ -221,8 +209,8 @@ class Offers:
             self.stop.set()
             raise
         finally:
-            settle(hashing)
-            settle(f for _, f in answers)
+            consume(hashing)
+            consume(f for _, f in answers)
         return left
 
     def not_same(self, hashed: list[Hashed]) -> list[Hashed]:

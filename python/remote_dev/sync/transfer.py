@@ -43,7 +43,7 @@ from ..engine import TargetSession
 from ..errors import AgentCallError
 from .. import packer
 from ..packer import PackWorkers, WorkerDied, read_one
-from ..rpc import AgentChannel
+from ..rpc import AgentChannel, consume
 from .apply import PushCommit
 from .channels import ExtraChannels
 from .content import O_NOFOLLOW, finish, new_hasher
@@ -294,15 +294,6 @@ def channels_for(meter: Any, remote_cpus: int) -> int:
     if meter.window_limited() or (meter.fast and remote_cpus >= EXTRA_CHANNEL_CPUS):
         return PUSH_CHANNELS
     return 1
-
-
-def consume(futs: Any) -> None:
-    """Futures left behind (a lost connection): retrieve or cancel, never leak."""
-    for f in futs:
-        if f.done() and not f.cancelled():
-            f.exception()
-        else:
-            f.cancel()
 
 
 class Sender:
