@@ -321,6 +321,92 @@ def test_the_remote_check_costs_no_round_trip_of_its_own(engine, make_project, m
     assert proj.remote("pkg/m5.py").read_text() == source_text(2_000, 5).decode()
 
 
+# --------------------------------------------------------------------------- the event loop's share of a push
+
+
+def test_a_push_writes_its_ssh_packets_in_few_system_calls(engine, make_project):
+    """asyncssh writes each SSH packet on its own (a channel's data in packets of the
+    server's 32 KB at most, each after an empty ignore packet): the connection joins the
+    writes of one turn of the loop (ssh.CoalescedWrites), so a push of 8 MB makes a
+    fraction of the socket writes its packets would, and arrives byte exact."""
+    import hashlib
+
+    from remote_dev.ssh import CoalescedWrites
+
+    proj = make_project()
+    for i in range(128):
+        proj.write(f"d{i % 8}/f{i}.bin", os.urandom(64 << 10))   # random: sent raw, 8 MB of packets
+    packets: list[int] = []
+    writes: list[int] = []
+
+    async def spy(sess):
+        await sess.ensure()
+        t = sess.conn._transport
+        assert isinstance(t, CoalescedWrites)
+        packet, write = t.write, t.inner.write
+        t.write = lambda data: (packets.append(len(data)), packet(data))
+        t.inner.write = lambda data: (writes.append(len(data)), write(data))
+        return t
+
+    async def unspy(sess):
+        t = sess.conn._transport
+        del t.write, t.inner.write
+    on_engine(engine, proj, spy)
+    try:
+        res = push(engine, proj)
+    finally:
+        on_engine(engine, proj, unspy)
+    assert res["errors"] == [] and res["files"] == 129   # and .remote-dev.toml
+    assert sum(writes) == sum(packets) >= 8 << 20
+    assert len(packets) >= 2 * (8 << 20) // (32 << 10)      # a data packet and an ignore packet per 32 KB
+    assert 0 < len(writes) * 4 < len(packets), (len(writes), len(packets))
+    for i in range(128):
+        rel = f"d{i % 8}/f{i}.bin"
+        assert hashlib.sha256(proj.remote(rel).read_bytes()).digest() == \
+            hashlib.sha256((proj.root / rel).read_bytes()).digest()
+
+
+def test_coalesced_writes_keep_their_order_and_go_before_a_close():
+    """On a real socket: the writes of one turn go out as one, in order; a close right
+    after them still sends them (as the transport's own close does); an abort drops what
+    was not yet written, as it drops the transport's own buffer."""
+    import asyncio
+    import socket
+
+    from remote_dev.ssh import CoalescedWrites
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        got = []
+        for end in ("close", "abort", "turn"):
+            a, b = socket.socketpair()
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+            sent = []
+            inner_write = transport.write
+            transport.write = lambda data: (sent.append(data), inner_write(data))
+            t = CoalescedWrites(transport, loop)
+            for part in (b"one ", b"two ", b"three"):
+                t.write(part)
+            assert sent == [] and t.get_write_buffer_size() == 13
+            if end == "close":
+                t.close()
+            elif end == "abort":
+                t.abort()
+            else:
+                await asyncio.sleep(0)   # the next turn of the loop
+                assert sent == [b"one two three"]
+                t.close()
+            await asyncio.sleep(0.05)
+            b.settimeout(5)
+            data = b""
+            while chunk := b.recv(100):
+                data += chunk
+            got.append(data)
+            b.close()
+        return got
+    assert asyncio.run(main()) == [b"one two three", b"", b"one two three"]
+
+
 # --------------------------------------------------------------------------- memory
 
 

@@ -103,11 +103,73 @@ def _host_label(target: Target, options: asyncssh.SSHClientConnectionOptions) ->
     return label, real, port
 
 
+class CoalescedWrites:
+    """An SSH connection's transport whose writes of one turn of the event loop go out as
+    one.  asyncssh writes every packet on its own (a channel's data in packets of at most
+    the server's 32 KB, each after an empty ignore packet): a big push made two send()
+    system calls per 32 KB, the sshd at the other end woke for each, and the wire took
+    one TCP push per packet (TCP_NODELAY).  The writes are joined and written once, at
+    the loop's next turn (a few microseconds later; no data waits for a timer)."""
+
+    def __init__(self, inner: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.inner = inner
+        self.loop = loop
+        self.pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+        self.pending = []
+        closing = getattr(self.inner, "is_closing", None)   # a ProxyCommand's pipe has none
+        if closing is None or not closing():
+            self.inner.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        size = getattr(self.inner, "get_write_buffer_size", None)
+        return sum(map(len, self.pending)) + (size() if size is not None else 0)
+
+    def close(self) -> None:
+        """What was written goes first (as the transport's own close does)."""
+        self.flush()
+        self.inner.close()
+
+    def abort(self) -> None:
+        self.pending = []
+        self.inner.abort()
+
+    def __getattr__(self, name: str) -> Any:   # get_extra_info, is_closing, pause_reading, ...
+        return getattr(self.inner, name)
+
+
+def coalesce_writes(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHClientConnection:
+    """conn with its writes joined per turn of the loop (CoalescedWrites).  This reaches
+    into asyncssh's connection (its _transport, which only its _send writes and its close
+    paths close or abort; the version is locked): where that is not as expected, conn is
+    left as it is."""
+    inner = getattr(conn, "_transport", None)
+    if inner is None or isinstance(inner, CoalescedWrites) or not callable(getattr(inner, "write", None)):
+        log.info("ssh: writes not coalesced (asyncssh's connection has no transport as expected)")
+        return conn
+    conn._transport = CoalescedWrites(inner, asyncio.get_running_loop())  # type: ignore[attr-defined]
+    return conn
+
+
 async def connect(target: Target, ask: Ask | None = None, why: str = "") -> asyncssh.SSHClientConnection:
     """The connection to the target, through its ProxyJump hops (each hop's prompts name
     their host).  ask answers the servers' prompts (a one-time code, a password); why says
     to the person why a login is asked for (again).  When a server would ask and the person
-    holds an OpenSSH master connection to the target, that is used instead of asking."""
+    holds an OpenSSH master connection to the target, that is used instead of asking.  Its
+    writes are coalesced (CoalescedWrites)."""
+    return coalesce_writes(await _connect(target, ask, why))
+
+
+async def _connect(target: Target, ask: Ask | None, why: str) -> asyncssh.SSHClientConnection:
     kwargs, options = await connection_options(target)
     kwargs.pop("connect_timeout", None)   # ours (_patient) does not count the person's typing
     label, real, port = _host_label(target, options)
