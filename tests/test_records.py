@@ -113,3 +113,33 @@ def test_saves_make_their_folder_when_it_is_gone(tmp_path):
         r.set(f"f{i}", REC)
     r.save()                                             # a snapshot
     assert len(SyncRecords(path).data) == 5002 and not r.journal.exists()
+
+
+def test_a_push_keeps_its_journal_open_between_its_batches(tmp_path, monkeypatch):
+    """The writes in flight of one push are appended to a journal held open (every open
+    and close on the engine's loop hands the GIL to the threads reading ahead), each entry
+    on disk at once; any other save closes it, and writes through a fresh open: a state
+    folder removed in the middle of a push is made again by the push's last save."""
+    import shutil
+
+    path = tmp_path / "state" / "sync-x.msgpack"
+    r = SyncRecords(path)
+    opens = []
+    real_open = r.open_writing
+    monkeypatch.setattr(r, "open_writing", lambda p, mode: (opens.append(p.name), real_open(p, mode))[1])
+    for i in range(20):
+        r.in_flight({f"b{i}.py": REC})
+        assert len(SyncRecords(path).pending) == i + 1       # on disk at once
+    assert opens == ["sync-x.msgpack.journal"] and r.journal_file is not None
+    r.landed("b0.py")
+    r.set("b0.py", REC)
+    r.save(snapshot=False)                                    # the push's end
+    assert r.journal_file is None and len(opens) == 2
+    back = SyncRecords(path)
+    assert back.data == {"b0.py": REC} and len(back.pending) == 19
+    r.in_flight({"c.py": REC})
+    shutil.rmtree(tmp_path / "state")
+    r.in_flight({"d.py": REC})                                # into the removed folder's journal
+    r.set("e.py", REC)
+    r.save(snapshot=False)
+    assert SyncRecords(path).data == {"e.py": REC} and r.journal_file is None

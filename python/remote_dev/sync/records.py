@@ -84,6 +84,7 @@ class SyncRecords:
         self.pending: dict[str, Record | None] = {}    # writes (deletes: None) in flight, see above
         self.dirty_pending: dict[str, Record | None | bool] = {}
         self.journal_entries = 0
+        self.journal_file: Any = None        # held open between the saves of a push's writes in flight
         self.uid = os.urandom(6).hex()       # names this table (as loaded) to the agent's check
         self.changes: list[str] = []         # paths set or dropped since it was loaded, in order
         self.load()
@@ -155,7 +156,7 @@ class SyncRecords:
             self.pending.update(writes)
             self.dirty_pending.update(writes)
             try:
-                self.save(snapshot=False)
+                self.save(snapshot=False, hold=True)
             except OSError as e:   # kept in memory, written with the next save
                 log.warning("sync journal %s: cannot note the writes in flight (%s)", self.journal, e)
 
@@ -165,10 +166,15 @@ class SyncRecords:
             del self.pending[rel]
             self.dirty_pending[rel] = False
 
-    def save(self, snapshot: bool = True) -> None:
+    def save(self, snapshot: bool = True, hold: bool = False) -> None:
         """What changed, as a journal entry; as a new snapshot instead once the journal
-        grew (unless not snapshot)."""
+        grew (unless not snapshot).  hold: the journal stays open for the next save (a
+        push journals each batch from its event loop, where every open and close is a
+        system call that hands the GIL to the threads reading ahead); any save without it
+        opens the journal afresh and closes it, as the end of a push does."""
         if not self.dirty and not self.dirty_pending:
+            if not hold:
+                self.close_journal()
             return
         dirty: dict[str, Any] = dict(self.dirty)
         if self.dirty_pending:
@@ -176,10 +182,29 @@ class SyncRecords:
         if snapshot and self.compaction_due(len(dirty)):
             self.snapshot()
         else:
-            with self.open_writing(self.journal, "ab") as f:
-                f.write(msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape"))
+            data = msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape")
+            if not hold:
+                self.close_journal()   # opened afresh: a state folder removed meanwhile is made again
+            try:
+                if self.journal_file is None:
+                    self.journal_file = self.open_writing(self.journal, "ab")
+                self.journal_file.write(data)
+                self.journal_file.flush()
+            except OSError:
+                self.close_journal()
+                raise
+            if not hold:
+                self.close_journal()
             self.journal_entries += len(dirty)
             self.dirty, self.dirty_pending = {}, {}   # only once written: a failed save is tried again
+
+    def close_journal(self) -> None:
+        f, self.journal_file = self.journal_file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as e:   # its entries were flushed: nothing is lost
+                log.warning("sync journal %s: closing it failed (%s)", self.journal, e)
 
     def open_writing(self, path: Path, mode: str) -> Any:
         """path opened for writing; its folder made when it is not there (the first save,
@@ -212,6 +237,7 @@ class SyncRecords:
             f.write(msgpack.packb({"v": RECORDS_VERSION, "records": self.data, "pending": self.pending},
                                   use_bin_type=True, unicode_errors="surrogateescape"))
         tmp.replace(self.path)
+        self.close_journal()
         self.journal.unlink(missing_ok=True)
         self.journal_entries = 0
         self.dirty, self.dirty_pending = {}, {}
