@@ -366,6 +366,29 @@ def test_a_push_writes_its_ssh_packets_in_few_system_calls(engine, make_project)
             hashlib.sha256((proj.root / rel).read_bytes()).digest()
 
 
+def test_a_push_collects_only_its_own_garbage(engine, make_project, monkeypatch):
+    """No collection while the scan runs; from the first request on, what the process
+    held before (the scan's listing with it) is frozen, so the push's collections look
+    at its own batches only; it is thawed when the push ends, collections on."""
+    from remote_dev.sync.apply import PushCommit
+
+    proj = make_project()
+    for i in range(300):
+        proj.write(f"pkg/m{i}.py", source_text(2_000, i))
+    seen = []
+    sent = PushCommit.sent
+
+    def spy(self, *a, **k):
+        seen.append((gc.isenabled(), gc.get_freeze_count()))
+        return sent(self, *a, **k)
+    monkeypatch.setattr(PushCommit, "sent", spy)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    res = push(engine, proj)
+    assert res["files"] == 301 and len(seen) == 301
+    assert all(on and frozen > 1000 for on, frozen in seen), seen[:3]
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
 def test_coalesced_writes_keep_their_order_and_go_before_a_close():
     """On a real socket: the writes of one turn go out as one, in order; a close right
     after them still sends them (as the transport's own close does); an abort drops what

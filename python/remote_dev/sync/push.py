@@ -59,6 +59,38 @@ def pack_workers(engine: Engine, sends: list[Send] | None = None) -> PackWorkers
     return engine.state(PackWorkers)
 
 
+class PushCollections:
+    """The process's garbage collection around one push: none from the scan until the first
+    request is on the wire (a tree's scan allocates enough to set off a full collection of
+    the process, ~15 ms in the bench's engine, which then comes while the wire is busy
+    instead); from then on collections look at what the push allocates, what the process
+    held before (the scan's listing with it) frozen (gc.freeze) until the push ends (a full
+    collection held the event loop 20-25 ms in the middle of the bench's loopback push)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.frozen = False
+
+    def pause(self) -> None:
+        if gc.isenabled():
+            gc.disable()
+            self.paused = True
+
+    def resume(self) -> None:
+        """The first request is on the wire (or none goes)."""
+        if self.paused:
+            self.paused = False
+            gc.freeze()
+            self.frozen = True
+            gc.enable()
+
+    def thaw(self) -> None:
+        """The push ended: what was frozen is looked at by collections again."""
+        if self.frozen:
+            self.frozen = False
+            gc.unfreeze()
+
+
 class Push:
     """One push of a project to its target."""
 
@@ -75,7 +107,7 @@ class Push:
         self.whole_scan = False
         self.progress = Progress(engine.report, sess.target.name, self.result)
         self.commit = PushCommit(self.records, self.result)
-        self.gc_paused = False
+        self.gc = PushCollections()
 
     # -- local side (in a worker thread: listing and stats)
     def scan_and_plan(self, paths: list[str] | None, whole: bool, dry_run: bool) -> PushPlan | None:
@@ -129,7 +161,7 @@ class Push:
                 await self.settle(agent)
             if then is None:
                 await check.send(agent)
-            self.pause_gc()
+            self.gc.pause()
             plan = await asyncio.to_thread(self.scan_and_plan, paths, self.force, dry_run)
             if then is not None:   # the followup goes with the check only when nothing is to be sent
                 await check.send(agent, None if plan is not None and (plan.send or plan.delete) else then)
@@ -157,7 +189,8 @@ class Push:
                 self.scanner.invalidate()
             raise
         finally:
-            self.resume_gc()
+            self.gc.resume()
+            self.gc.thaw()
             # the folders' watch is for the next push: it waits for this one, whose
             # sending it would slow down (the GIL, the cores); what changes meanwhile is
             # looked at again (scan.Scanner._watch_rest)
@@ -165,20 +198,6 @@ class Push:
         self.scanner.requeue(self.result.not_pushed())  # looked at again next time
         self.progress(force=True)
         return self.result
-
-    def pause_gc(self) -> None:
-        """No garbage collection from the scan until the first request is on the wire: a
-        tree's scan allocates enough to set off a full collection of the process (~15 ms
-        in the bench's engine), which then comes while the wire is busy instead."""
-        if gc.isenabled():
-            gc.disable()
-            self.gc_paused = True
-
-    def resume_gc(self) -> None:
-        """The first request is on the wire (or none goes): collections resume."""
-        if self.gc_paused:
-            self.gc_paused = False
-            gc.enable()
 
     async def settle(self, agent: AgentChannel) -> None:
         """Writes an earlier push left in flight (cut before their answers came): those
@@ -216,7 +235,7 @@ class Push:
         channels = channels_for(meter, self.sess.hello.get("cpus") or 1)
         try:   # the batches in worker processes, or threads (pack_workers None)
             await Sender(self.sess, self.proj.root, self.commit, self.progress, comp, AckClock(meter), channels,
-                         self.resume_gc, pack_workers(self.engine, sends)).send_all(agent, sends, deletes, self.force)
+                         self.gc.resume, pack_workers(self.engine, sends)).send_all(agent, sends, deletes, self.force)
         finally:
             comp.close()
             if comp.used:
