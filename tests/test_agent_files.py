@@ -18,7 +18,7 @@ from test_sync import agent_call, agent_pid, on_engine, push, temps
 
 from remote_dev.agent import AGENT_ZIP, bundle
 from remote_dev.agent import protocol as P
-from remote_dev.agent.remote import blocks, files, temps as rtemps
+from remote_dev.agent.remote import blocks, files, temps as rtemps, zstdlib
 from remote_dev.sync import wire
 
 
@@ -262,9 +262,32 @@ def test_the_agent_writes_zstd_for_a_caller_that_reads_it(tmp_path):
     assert fmts == [P.ZLIB, P.RAW]
 
 
+def test_with_libzstd_the_agent_writes_and_reads_zstd_in_its_own_process(tmp_path, monkeypatch):
+    """libzstd through ctypes: a pull's blocks and a push's payloads never start the `zstd`
+    program (here one that fails); a payload it cannot take in one call (two frames, no
+    content size in the header) goes to the program."""
+    import zstandard
+
+    require(zstdlib.lib() is not None, "no libzstd.so.1 here; scripts/setup installs zstd")
+    fake_zstd(tmp_path / "bin", f'touch {tmp_path}/ran; echo "zstd: not to be run" >&2; exit 1')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    ops, fmts = read_blocks(tmp_path, ZSTD_READS)
+    assert fmts == [P.ZSTD, P.RAW] and ops.codecs([P.ZSTD]) == P.CODECS + zstdlib.CODECS
+    text = log_text(20_000)
+    assert zstdlib.decode(P.ZSTD, zstandard.ZstdCompressor(level=3).compress(text)) == text
+    assert not (tmp_path / "ran").exists()
+    for odd in (zstandard.ZstdCompressor(level=3).compress(text) * 2,
+                zstandard.ZstdCompressor(write_content_size=False).compress(text)):
+        with pytest.raises(ValueError, match="not to be run"):
+            zstdlib.decode(P.ZSTD, odd)
+    assert (tmp_path / "ran").exists()
+
+
 def test_a_zstd_without_single_thread_is_run_with_t1(tmp_path, monkeypatch):
-    """An old `zstd` that refuses --single-thread: -T1 from then on."""
+    """An old `zstd` that refuses --single-thread: -T1 from then on (a remote without
+    libzstd, where the program writes the agent's zstd)."""
     require(bool(shutil.which("zstd")), "zstd missing here; scripts/setup installs it")
+    monkeypatch.setattr(zstdlib, "_found", [None])
     fake_zstd(tmp_path / "bin", 'case "$*" in *--single-thread*) echo "Incorrect parameter" >&2; exit 1;; esac')
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     ops, fmts = read_blocks(tmp_path, ZSTD_READS)
@@ -272,6 +295,7 @@ def test_a_zstd_without_single_thread_is_run_with_t1(tmp_path, monkeypatch):
 
 
 def test_a_failing_zstd_falls_back_to_zlib(tmp_path, monkeypatch):
+    monkeypatch.setattr(zstdlib, "_found", [None])   # no libzstd: the program writes zstd
     fake_zstd(tmp_path / "bin", 'echo "zstd: out of memory" >&2; exit 1')
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     ops, fmts = read_blocks(tmp_path, ZSTD_READS)

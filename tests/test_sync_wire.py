@@ -115,21 +115,22 @@ def pulled_formats(caplog):
     return said[-1]
 
 
-@pytest.mark.parametrize("remote_has_zstd", [True, False], ids=["zstd-on-the-remote", "no-zstd-there"])
-def test_a_pull_comes_in_zstd_where_the_remote_has_the_program(engine, make_project, monkeypatch, caplog, tmp_path,
-                                                               remote_has_zstd):
-    """On a 1 Gbit/s link the agent writes the text in zstd with the remote's `zstd`
-    program (the local side says it reads zstd: zstandard), and sends random bytes raw;
-    an agent whose PATH has no `zstd` writes zlib instead."""
+@pytest.mark.parametrize("remote", ["program-and-libzstd", "libzstd-only", "no-zstd-there"])
+def test_a_pull_comes_in_zstd_where_the_remote_has_it(engine, make_project, monkeypatch, caplog, tmp_path, remote):
+    """On a 1 Gbit/s link the agent writes the text in zstd (the local side says it reads
+    zstd: zstandard) with the remote's libzstd, or its `zstd` program, and sends random
+    bytes raw; an agent with neither writes zlib instead."""
     require(bool(shutil.which("zstd")), "zstd missing here (the remote of the tests); scripts/setup installs it")
     caplog.set_level(logging.INFO, logger="remote_dev")
+    remote_has_zstd = remote != "no-zstd-there"
     target = None
-    if not remote_has_zstd:   # the agent started with a PATH of an empty folder
+    if remote != "program-and-libzstd":   # the agent started with a PATH of an empty folder
         empty = tmp_path / "bin-without-zstd"
         empty.mkdir()
         python3 = shutil.which("python3", path="/usr/bin:/bin")
         require(python3 is not None, "no python3 in /usr/bin or /bin (the remote's, by its path)")
-        target = {"python": f"env PATH={empty} {python3}"}
+        no_lib = "" if remote_has_zstd else "REMOTE_DEV_ZSTD_LIB=0 "
+        target = {"python": f"env PATH={empty} {no_lib}{python3}"}
     proj = make_project(config_extra='[sync]\npull = ["results/"]\n', target=target)
     proj.write("main.py", "x\n")
     slow_link(engine, proj, monkeypatch, 125e6)

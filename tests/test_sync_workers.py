@@ -16,6 +16,7 @@ import sys
 
 import pytest
 from conftest import require, wait_for
+from remote_dev.agent.remote import zstdlib
 from remote_dev.errors import RemoteDevError
 from remote_dev.packer import PackWorkers
 from remote_dev.sync import reuse
@@ -193,8 +194,8 @@ def test_content_is_byte_exact_through_every_codec(engine, make_project, monkeyp
 
 @pytest.mark.parametrize("remote_has_zstd", [True, False], ids=["zstd-on-the-remote", "no-zstd-there"])
 def test_zstd_only_when_the_remote_can_decode_it(engine, make_project, monkeypatch, caplog, remote_has_zstd):
-    """zstd is written here and decoded by the remote's own `zstd` program: taken when the
-    agent lists the format (a `zstd` on its PATH), zlib otherwise."""
+    """zstd is written here and decoded by the agent (with the remote's libzstd, or its
+    `zstd` program): taken when the agent lists the format, zlib otherwise."""
     caplog.set_level(logging.INFO, logger="remote_dev")
     proj = make_project()
     files = tree(proj, n=60, seed=3)
@@ -202,7 +203,7 @@ def test_zstd_only_when_the_remote_can_decode_it(engine, make_project, monkeypat
 
     async def hello(sess):
         await sess.ensure()
-        assert ("zstd" in sess.hello["codecs"]) == bool(shutil.which("zstd"))
+        assert ("zstd" in sess.hello["codecs"]) == (bool(shutil.which("zstd")) or zstdlib.lib() is not None)
         if not remote_has_zstd:
             sess.hello["codecs"] = [c for c in sess.hello["codecs"] if c != "zstd"]
         return sess.hello["codecs"]
@@ -216,12 +217,21 @@ def test_zstd_only_when_the_remote_can_decode_it(engine, make_project, monkeypat
     assert used and ("zstd-" in used[-1]) == remote_has_zstd and ("zlib-" in used[-1]) != remote_has_zstd, (used, codecs)
 
 
-def test_the_agent_lists_zstd_only_with_a_zstd_program(monkeypatch, tmp_path):
+def test_the_agent_lists_zstd_with_libzstd_or_a_zstd_program(monkeypatch, tmp_path):
+    """Without a `zstd` on PATH, zstd is listed (and decoded) by libzstd alone; with
+    neither it is not listed, and a zstd payload is one clear error."""
+    import zstandard
     from remote_dev.agent import protocol
+
+    require(zstdlib.lib() is not None, "no libzstd.so.1 here (the remote of the tests): scripts/setup installs zstd")
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert "zstd" not in protocol.codec_formats()
+    assert "zstd" not in protocol.codec_formats() and "zstd" in zstdlib.formats()
+    blob = zstandard.ZstdCompressor(level=3).compress(b"step 1 loss 2.0\n" * 1000)
+    assert zstdlib.decode("zstd", blob) == b"step 1 loss 2.0\n" * 1000
+    monkeypatch.setattr(zstdlib, "_found", [None])   # no libzstd either
+    assert "zstd" not in zstdlib.formats()
     with pytest.raises(ValueError, match="no zstd program"):
-        protocol.decompress("zstd", b"whatever")
+        zstdlib.decode("zstd", blob)
 
 
 def children(pid):

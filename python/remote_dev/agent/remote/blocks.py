@@ -12,17 +12,18 @@ import time
 from .. import protocol as P
 from .common import AgentError, expand_root
 from .paths import resolve
+from . import zstdlib
 
 
 class Blocks(object):
     """The pull blocks of one agent: its codecs, and how many compress at once."""
 
     def __init__(self):
-        self.formats = P.codec_formats()
+        self.formats = zstdlib.formats()
         self.cores = min(os.cpu_count() or 1, 4)
         self.slots = threading.BoundedSemaphore(self.cores)  # compressions at once (reads run in threads)
         # how the `zstd` program is kept to one thread (P.ZSTD_THREAD_FLAGS); None: it
-        # failed with each, so pulls take the stdlib's codecs
+        # failed with each, so pulls take the stdlib's codecs (with libzstd: not used)
         self.zstd_flags = P.ZSTD_THREAD_FLAGS[0] if P.ZSTD in self.formats else None
 
     def read_block(self, root, rel, offset, size, link=None, prefix=None, accept=None):
@@ -63,15 +64,20 @@ class Blocks(object):
 
     @staticmethod
     def codecs(formats):
-        """The codec table of read_block's choice: the stdlib's, and the zstd program's when
-        it may write zstd."""
-        return P.CODECS + P.ZSTD_PROGRAM_CODECS if P.ZSTD in formats else P.CODECS
+        """The codec table of read_block's choice: the stdlib's, and zstd's (libzstd's here,
+        or the program's) when it may write zstd."""
+        if P.ZSTD not in formats:
+            return P.CODECS
+        return P.CODECS + (zstdlib.CODECS if zstdlib.lib() is not None else P.ZSTD_PROGRAM_CODECS)
 
     def compress(self, fmt, level, data):
         """data in fmt at level; None when the zstd program failed with every way of keeping
         it to one thread (it is not asked again by this agent)."""
         if fmt != P.ZSTD:
             return P.compress(fmt, level, data)
+        blob = zstdlib.compress(level, data)
+        if blob is not None:
+            return blob
         while self.zstd_flags is not None:
             flags = self.zstd_flags
             try:

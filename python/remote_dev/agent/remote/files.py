@@ -17,7 +17,7 @@ import time
 from .. import protocol as P
 from .blocks import Blocks, open_regular, pread_all
 from .common import AgentError, cache_dir, expand_root, os_message, private_dir, unlink_quiet, write_all
-from . import reuse, temps
+from . import reuse, temps, zstdlib
 from .paths import content_hash, entry_state, resolve
 from .temps import link_temp, make_temp
 from .verify import Checks
@@ -124,7 +124,7 @@ class FileOps(object):
     def append(self, token, data, fmt=P.RAW):
         """The next chunk of a staged file (compressed in format fmt)."""
         if fmt:
-            data = P.decompress(fmt, data)
+            data = zstdlib.decode(fmt, data)
         with self.staged_lock:
             entry = self.staged.get(token)
         if entry is None:
@@ -194,7 +194,7 @@ class FileOps(object):
         this took (the sender's measure of the agent's pace)."""
         t0 = time.perf_counter()
         try:
-            ops = P.unpack_ops(P.decompress(fmt, blob))
+            ops = P.unpack_ops(zstdlib.decode(fmt, blob))
         except Exception as e:  # noqa: BLE001 - any damage is the same answer
             raise AgentError("packed", "damaged packed push (%s): %s" % (fmt, e))
         answers = self.push(root, ops)

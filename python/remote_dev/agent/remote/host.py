@@ -10,6 +10,7 @@ import time
 from .. import protocol as P
 from .common import expand_root, secure_cache
 from .reuse import has_index
+from . import zstdlib
 
 AGENT_VERSION = "1"
 
@@ -22,7 +23,7 @@ def hello(client_version):
         "host": socket.gethostname(),
         "cache_dir": secure_cache(),
         "home": os.path.expanduser("~"),
-        "codecs": P.codec_formats(),   # compression formats it decodes (bz2 can be missing)
+        "codecs": zstdlib.formats(),   # compression formats it decodes (bz2 can be missing)
         "cpus": os.cpu_count() or 1,
         "reuse": has_index(),          # it holds a content index: a push into a new root offers hashes
     }
