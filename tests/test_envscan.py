@@ -88,3 +88,32 @@ def test_read_refuses_paths_outside_its_root(tmp_path):
     with pytest.raises(AgentError):
         envscan.env_read(str(root), ["../secret"], None)
 
+
+
+@pytest.mark.parametrize("formats", [[P.ZLIB], [P.BZ2]])
+def test_the_containers_program_made_of_this_module_runs_on_a_plain_python(tmp_path, formats):
+    """A container's env is read by one program built from this module's text and
+    protocol.py's, their imports rewritten (envsource.driver_script): run here by a
+    python3 that has neither package, a probe and a compressed read work -- an import the
+    rewrite does not know fails here, not only where podman is."""
+    import json
+    import subprocess
+
+    from remote_dev.envsource import driver_script
+
+    script = tmp_path / "driver.py"
+    script.write_text(driver_script())
+    root = tree(tmp_path / "r", {"a.py": "import os\n" * 2000})
+
+    def run(op, args):
+        return subprocess.run([sys.executable, "-I", str(script), op, json.dumps(args)], cwd=tmp_path,
+                              capture_output=True, timeout=60)
+    probe = run("probe", {"exclude": []})
+    assert probe.returncode == 0, probe.stderr.decode()
+    assert json.loads(probe.stdout)
+    read = run("read", {"root": str(root), "rels": ["a.py"], "link": 1e6, "formats": formats})
+    assert read.returncode == 0, read.stderr.decode()
+    fmt, _, blob = read.stdout.partition(b"\n")
+    assert fmt.decode() == formats[0]
+    (rel, size, _, data), = P.unpack_files(P.decompress(fmt.decode(), blob))
+    assert (rel, size, bytes(data)) == ("a.py", 20000, b"import os\n" * 2000)

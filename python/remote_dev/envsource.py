@@ -51,7 +51,6 @@ def driver_script() -> str:
     scan = Path(envscan.__file__).read_text()
     scan = scan.replace("from .. import protocol as P\n", "P = sys.modules[__name__]\n")
     scan = scan.replace("from .common import AgentError\n", "")
-    scan = scan.replace("from . import zstdlib\n", _ZSTD_BY_PROGRAM)
     return proto + _AGENT_ERROR + scan + _DRIVER
 
 
@@ -61,12 +60,6 @@ class AgentError(Exception):
     def __init__(self, kind, message):
         Exception.__init__(self, message)
         self.kind, self.message = kind, message
-'''
-_ZSTD_BY_PROGRAM = '''
-
-class zstdlib:   # the agent's libzstd (agent/remote/zstdlib.py) is not shipped: zstd by the program
-    formats = staticmethod(codec_formats)
-    encode = staticmethod(compress)
 '''
 _DRIVER = '''
 

@@ -16,7 +16,6 @@ import threading
 
 from .. import protocol as P
 from .common import AgentError
-from . import zstdlib
 
 # Run by the target's interpreter with the target's environment: its import path as a
 # program would see it (site, .pth files, PYTHONPATH), without the script's own folder, and
@@ -170,10 +169,10 @@ def env_read(root, rels, link, formats=None):
         parts.append(data)
     raw = P.pack_files(header, parts)
     if link is not None and raw:
-        fmt, level = P.choose_codec(link, _CORES, P.sample_ratio(raw), formats or zstdlib.formats())
+        fmt, level = P.choose_codec(link, _CORES, P.sample_ratio(raw), formats or P.codec_formats())
         if fmt:
             with _SLOTS:
-                blob = zstdlib.encode(fmt, level, raw)
+                blob = P.compress(fmt, level, raw)
             if len(blob) < len(raw):
                 return [fmt, blob]
     return [P.RAW, raw]
