@@ -185,16 +185,17 @@ class SyncRecords:
             data = msgpack.packb(dirty, use_bin_type=True, unicode_errors="surrogateescape")
             if not hold:
                 self.close_journal()   # opened afresh: a state folder removed meanwhile is made again
-            try:
-                if self.journal_file is None:
-                    self.journal_file = self.open_writing(self.journal, "ab")
-                self.journal_file.write(data)
-                self.journal_file.flush()
-            except OSError:
-                self.close_journal()
-                raise
-            if not hold:
-                self.close_journal()
+                with self.open_writing(self.journal, "ab") as f:
+                    f.write(data)
+            else:
+                try:
+                    if self.journal_file is None:
+                        self.journal_file = self.open_writing(self.journal, "ab")
+                    self.journal_file.write(data)
+                    self.journal_file.flush()
+                except OSError:
+                    self.close_journal()
+                    raise
             self.journal_entries += len(dirty)
             self.dirty, self.dirty_pending = {}, {}   # only once written: a failed save is tried again
 
