@@ -80,7 +80,8 @@ def _check(z, n, what):
 
 
 def decompress(data):
-    """One zstd frame decoded here, or None: no library, or a frame for the program."""
+    """One zstd frame decoded here (a bytearray), or None: no library, or a frame for the
+    program."""
     z = lib()
     if z is None:
         return None
@@ -91,11 +92,11 @@ def decompress(data):
         return None
     if _check(z, z.ZSTD_findFrameCompressedSize(data, len(data)), "frame") != len(data):
         return None   # more frames follow
-    out = ctypes.create_string_buffer(size or 1)
-    n = _check(z, z.ZSTD_decompress(out, size, data, len(data)), "-d")
+    out = bytearray(size or 1)   # decoded into its place: no buffer to copy out of
+    n = _check(z, z.ZSTD_decompress((ctypes.c_char * len(out)).from_buffer(out), size, data, len(data)), "-d")
     if n != size:
         raise ValueError("zstd -d: %d bytes, the frame says %d" % (n, size))
-    return ctypes.string_at(out, n)
+    return out if size else b""
 
 
 def compress(level, data):
