@@ -10,10 +10,13 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 from typing import Any, Coroutine, TypeVar
 
 import asyncssh
-from asyncssh.encryption import get_default_encryption_algs
+import asyncssh.connection
+from asyncssh.constants import MSG_IGNORE
+from asyncssh.encryption import ChachaEncryption, GCMEncryption, get_default_encryption_algs
 
 from .config import Target
 from . import master
@@ -147,6 +150,49 @@ class CoalescedWrites:
         return getattr(self.inner, name)
 
 
+class PaddingBytes:
+    """os as asyncssh's connection module sees it, but for urandom: a packet's padding
+    (4-19 bytes a packet) is served from a pool read from os.urandom POOL bytes at a time
+    -- the same random bytes, none served twice -- instead of one getrandom system call
+    per packet, on the event loop, which gives up the GIL there and waits behind the push's
+    worker threads to take it back."""
+
+    POOL = 1 << 16
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.pos = 0
+        self.lock = threading.Lock()
+
+    def urandom(self, n: int) -> bytes:
+        with self.lock:
+            if self.pos + n > len(self.buf):
+                self.buf, self.pos = os.urandom(max(self.POOL, n)), 0
+            self.pos += n
+            return self.buf[self.pos - n:self.pos]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+_EMPTY_STRING = b"\0\0\0\0"    # asyncssh's String(b"")
+
+
+def skip_empty_ignores(conn: asyncssh.SSHClientConnection) -> None:
+    """asyncssh puts an empty ignore packet before every packet it encrypts (two packets,
+    two encryptions per 32 KB of a channel's data): a defence of CBC modes, whose next IV
+    is the last block sent.  With an AEAD cipher (AES-GCM, ChaCha20-Poly1305: a nonce per
+    packet) it defends nothing, and OpenSSH never sends them: they are left out there."""
+    send = conn.send_packet
+
+    def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if pkttype == MSG_IGNORE and args == (_EMPTY_STRING,) and \
+                isinstance(getattr(conn, "_send_encryption", None), (GCMEncryption, ChachaEncryption)):
+            return
+        send(pkttype, *args, handler=handler)
+    conn.send_packet = send_packet  # type: ignore[method-assign]
+
+
 def coalesce_writes(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHClientConnection:
     """conn with its writes joined per turn of the loop (CoalescedWrites).  This reaches
     into asyncssh's connection (its _transport, which only its _send writes and its close
@@ -157,6 +203,9 @@ def coalesce_writes(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHClientCon
         log.info("ssh: writes not coalesced (asyncssh's connection has no transport as expected)")
         return conn
     conn._transport = CoalescedWrites(inner, asyncio.get_running_loop())  # type: ignore[attr-defined]
+    skip_empty_ignores(conn)
+    if not isinstance(asyncssh.connection.os, PaddingBytes):
+        asyncssh.connection.os = PaddingBytes()  # type: ignore[assignment]
     return conn
 
 
