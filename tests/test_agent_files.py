@@ -109,6 +109,27 @@ def test_push_takes_list_ops_only(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ok.txt"]
 
 
+def test_a_push_locks_its_root_in_a_private_folder_made_again_when_it_went(tmp_path, monkeypatch):
+    """The lock of a root is a 0600 file in a 0700 folder of the cache, made private once
+    per agent (not chmod'ed per batch: that dirtied the folder's inode each time); a folder
+    removed meanwhile is made again."""
+    import stat
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    locks = tmp_path / "cache" / "remote-dev" / "locks"
+    chmods = []
+    chmod = os.chmod
+    monkeypatch.setattr(os, "chmod", lambda path, mode, **kw: (chmods.append(str(path)), chmod(path, mode, **kw))[1])
+    ops = files.FileOps()
+    for n, name in enumerate(("a.txt", "b.txt", "c.txt", "d.txt")):
+        assert ops.push(str(tmp_path / "root"), [P.write_op(name, None, False, None, 0o644, b"x")])[0][0] == P.OK
+        assert stat.S_IMODE(locks.stat().st_mode) == 0o700
+        assert [stat.S_IMODE(f.stat().st_mode) for f in locks.iterdir()] == [0o600]
+        assert chmods.count(str(locks)) == (1 if n < 3 else 2), chmods
+        if n == 2:
+            shutil.rmtree(locks)
+
+
 def test_offered_copies_go_one_by_one_on_a_local_disk_and_in_threads_where_they_wait(tmp_path, monkeypatch):
     """A request of copies from the content index: the first ones one by one, and the rest
     in threads only when those were blocked (a network file system, each create and rename

@@ -334,6 +334,8 @@ class root_lock(object):
     see each other's writes as conflicts instead of both passing the check before either
     renames.  Best effort: where the cache cannot lock (no flock), pushes go unlocked."""
 
+    made = None   # the locks' folder, made private once (a chmod per batch dirtied its inode)
+
     def __init__(self, root):
         self.root = root
         self.fd = None
@@ -343,9 +345,15 @@ class root_lock(object):
             import fcntl
             import hashlib
 
-            folder = private_dir(os.path.join(cache_dir(), "locks"))
-            name = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:24]
-            self.fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o600)
+            folder = os.path.join(cache_dir(), "locks")
+            path = os.path.join(folder, hashlib.sha256(os.fsencode(self.root)).hexdigest()[:24])
+            if root_lock.made != folder:
+                root_lock.made = private_dir(folder)
+            try:
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except FileNotFoundError:   # the folder went meanwhile
+                private_dir(folder)
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         except (OSError, ImportError):
             if self.fd is not None:
