@@ -109,9 +109,9 @@ def _host_label(target: Target, options: asyncssh.SSHClientConnectionOptions) ->
 class CoalescedWrites:
     """An SSH connection's transport whose writes of one turn of the event loop go out as
     one.  asyncssh writes every packet on its own (a channel's data in packets of at most
-    the server's 32 KB, each after an empty ignore packet): a big push made two send()
-    system calls per 32 KB, the sshd at the other end woke for each, and the wire took
-    one TCP push per packet (TCP_NODELAY).  The writes are joined and written once, at
+    the server's 32 KB, each after an empty ignore packet unless skip_empty_ignores left it
+    out): a big push made a send() system call per packet, the sshd at the other end woke
+    for each, and the wire took one TCP push per packet (TCP_NODELAY).  The writes are joined and written once, at
     the loop's next turn (a few microseconds later; no data waits for a timer)."""
 
     def __init__(self, inner: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -193,16 +193,22 @@ def skip_empty_ignores(conn: asyncssh.SSHClientConnection) -> None:
     conn.send_packet = send_packet  # type: ignore[method-assign]
 
 
-def coalesce_writes(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHClientConnection:
-    """conn with its writes joined per turn of the loop (CoalescedWrites).  This reaches
-    into asyncssh's connection (its _transport, which only its _send writes and its close
+def coalesce_writes(conn: asyncssh.SSHClientConnection) -> None:
+    """conn's writes joined per turn of the loop (CoalescedWrites).  This reaches into
+    asyncssh's connection (its _transport, which only its _send writes and its close
     paths close or abort; the version is locked): where that is not as expected, conn is
     left as it is."""
     inner = getattr(conn, "_transport", None)
     if inner is None or isinstance(inner, CoalescedWrites) or not callable(getattr(inner, "write", None)):
         log.info("ssh: writes not coalesced (asyncssh's connection has no transport as expected)")
-        return conn
+        return
     conn._transport = CoalescedWrites(inner, asyncio.get_running_loop())  # type: ignore[attr-defined]
+
+
+def lighter_packets(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHClientConnection:
+    """conn with asyncssh's per-packet costs cut: its writes coalesced, no empty ignore
+    packets with an AEAD cipher, padding from a pool (PaddingBytes, for the whole process)."""
+    coalesce_writes(conn)
     skip_empty_ignores(conn)
     if not isinstance(asyncssh.connection.os, PaddingBytes):
         asyncssh.connection.os = PaddingBytes()  # type: ignore[assignment]
@@ -214,8 +220,8 @@ async def connect(target: Target, ask: Ask | None = None, why: str = "") -> asyn
     their host).  ask answers the servers' prompts (a one-time code, a password); why says
     to the person why a login is asked for (again).  When a server would ask and the person
     holds an OpenSSH master connection to the target, that is used instead of asking.  Its
-    writes are coalesced (CoalescedWrites)."""
-    return coalesce_writes(await _connect(target, ask, why))
+    per-packet costs are cut (lighter_packets)."""
+    return lighter_packets(await _connect(target, ask, why))
 
 
 async def _connect(target: Target, ask: Ask | None, why: str) -> asyncssh.SSHClientConnection:
