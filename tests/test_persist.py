@@ -67,6 +67,31 @@ def kernel_name(engine, ctx):
     return engine.submit(name()).result(10)
 
 
+def kernel_ports(engine, ctx) -> list[int]:
+    from remote_dev.kernels import kernel_of
+
+    async def ports():
+        proj = engine.project(ctx)
+        return [f.local_port for f in kernel_of(engine, proj).forwards]
+    return engine.submit(ports()).result(10)
+
+
+def assert_nothing_knocks(ports: list[int], quiet: float = 1.5) -> None:
+    """After its engine closed, nothing of a kernel's client is left: no ZMQ socket
+    reconnecting to its former local ports (it would reach whatever listens there next, a
+    debugger's port among them), and the forwards no longer listen."""
+    import select
+    import socket
+
+    listeners = [socket.create_server(("127.0.0.1", p)) for p in ports]   # fails if a forward listens still
+    try:
+        ready, _, _ = select.select(listeners, [], [], quiet)
+        assert not ready, f"something of the closed engine connects to {[s.getsockname()[1] for s in ready]}"
+    finally:
+        for s in listeners:
+            s.close()
+
+
 def test_kernel_keeps_state_across_engines_maps_errors_and_stops_clean(engine, make_project, sshd):
     have_jupyter()
     from remote_dev.actions import ACTIONS
@@ -88,8 +113,10 @@ def test_kernel_keeps_state_across_engines_maps_errors_and_stops_clean(engine, m
         try:
             again = other.call_sync("send", ctx, {"code": "answer + 1"}, timeout=60)
             assert again["status"] == "ok" and again["count"] == 2
+            ports = kernel_ports(other, ctx)
         finally:
             other.close()
+        assert_nothing_knocks(ports)
         # an error: its traceback in quickfix at the local files (the sent lines included)
         res = engine.call_sync("send", ctx, {"code": main.read_text(), "file": str(main), "line": 1}, timeout=60)
         assert res["status"] == "error" and res["error"] == "ValueError: bad data"

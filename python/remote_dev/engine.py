@@ -60,6 +60,18 @@ class FeatureState:
             obj = self._states[cls] = (factory or cls)()
         return obj
 
+    def release_states(self) -> None:
+        """When the engine closes: each state that has a release() lets go of what it holds
+        in this process (a kernel's client: its ZMQ sockets would reconnect to its ports for
+        as long as the process lives, reaching whatever listens on them next)."""
+        for obj in list(self._states.values()):
+            release = getattr(obj, "release", None)
+            if callable(release):
+                try:
+                    release()
+                except Exception:  # noqa: BLE001 - closing: one state's trouble never stops the rest
+                    log.exception("closing %s", type(obj).__name__)
+
 
 def state_home() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
@@ -339,7 +351,9 @@ class Engine(FeatureState):
         async def shutdown() -> None:
             for proj in self.projects.values():
                 for sess in proj.sessions.values():
+                    sess.release_states()
                     sess.drop()
+                proj.release_states()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:
                 t.cancel()
@@ -350,10 +364,7 @@ class Engine(FeatureState):
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-        for obj in list(self._states.values()):
-            close = getattr(obj, "close", None)
-            if callable(close):
-                close()
+        self.release_states()
 
     # -- projects (engine thread only)
     def project(self, ctx: dict[str, Any]) -> Project:

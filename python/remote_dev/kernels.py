@@ -146,12 +146,15 @@ class Kernel:
         self.client = client
 
     def disconnect(self) -> None:
+        """The client (its sockets) and the forwards closed; the kernel goes on."""
         if self.client is not None:
             self.client.close("the kernel went away")
             self.client = None
         for f in self.forwards:
             forwards_of(self.sess).close(f)
         self.forwards = []
+
+    release = disconnect   # the engine closes (FeatureState.release_states): the kernel outlives it
 
     async def stop(self, quiet: bool = False) -> bool:
         """Shut the kernel down; no process of it is left.  False when none was running."""

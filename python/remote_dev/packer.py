@@ -381,3 +381,5 @@ class PackWorkers:
         for w in workers:
             w.close()
         atexit.unregister(self.close)
+
+    release = close   # the engine closes (FeatureState.release_states)
