@@ -101,6 +101,105 @@ def test_close_wakes_a_waiting_accept():
     assert not t.is_alive() and errors
 
 
+ZMQ_GREETING = b"\xff" + b"\0" * 8 + b"\x7f"   # what a ZMQ client reconnecting to a port it once knew sends
+
+
+def test_the_endpoints_port_takes_the_adapters_json_only():
+    """A program of the owner that finds listen()'s endpoints port first (a ZMQ client of a
+    kernel that went, reconnecting; one that connects and says nothing) is closed; the
+    adapter's JSON after it reaches debugpy as the adapter sent it."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    guard = debug_boot.GuardedListener(sock, "s3cret", endpoints=True)
+    try:
+        address = guard.getsockname()[:2]
+        zmq = socket.create_connection(address)
+        zmq.sendall(ZMQ_GREETING)
+        silent = socket.create_connection(address)
+        assert accepted(guard, 1.0) is None
+        wait_for(lambda: guard.refused == 1, 3, what="the ZMQ greeting refused")
+        adapter = socket.create_connection(address)
+        sent = b'{"client": {"host": "127.0.0.1", "port": 1}, "server": {"host": "127.0.0.1", "port": 2}}'
+        adapter.sendall(sent)
+        adapter.close()
+        conn = accepted(guard)
+        assert conn is not None
+        with conn.makefile("rb", 0) as f:        # as debugpy reads it
+            assert f.read() == sent
+        zmq.settimeout(3)
+        assert zmq.recv(100) == b""              # closed without an answer
+        silent.close()
+    finally:
+        guard.close()
+
+
+def listening_ports() -> set[int]:
+    """The ports this user listens on at 127.0.0.1 (from /proc/net/tcp, as the guard reads it)."""
+    ports = set()
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, state, uid = fields[1], fields[3], int(fields[7])
+            if state == "0A" and local.startswith("0100007F:") and uid == debug_boot.os.getuid():
+                ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+class PortKnocker:
+    """A program of the same user that connects to every port that starts listening on
+    127.0.0.1 and sends a ZMQ greeting, as a ZMQ client of a kernel that went does when a
+    port it once knew is listened on again."""
+
+    def __init__(self) -> None:
+        self.seen = listening_ports()
+        self.knocked: list[int] = []
+        self.socks: list[socket.socket] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.knock, daemon=True)
+        self.thread.start()
+
+    def knock(self) -> None:
+        while not self.done.is_set():
+            for port in listening_ports() - self.seen:
+                self.seen.add(port)
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                    sock.sendall(ZMQ_GREETING)
+                except OSError:
+                    continue
+                self.knocked.append(port)
+                self.socks.append(sock)
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+        for sock in self.socks:
+            sock.close()
+
+
+def test_a_same_user_program_knocking_on_new_ports_does_not_stop_the_debugger(engine, make_project):
+    """Every port the debug run's processes open on 127.0.0.1 is knocked on by a program of
+    the same user at once (the endpoints port debugpy.listen waits on among them): the
+    debugger attaches, stops at the breakpoint and the run ends well all the same."""
+    from test_debug import MAIN, UTIL, drive_session
+
+    proj = make_project()
+    proj.write("pkg/__init__.py", "")
+    util = proj.write("pkg/util.py", UTIL)
+    proj.write("main.py", MAIN)
+    engine.call_sync("push", {"cwd": str(proj.root)}, {}, timeout=60)
+    knocker = PortKnocker()
+    try:
+        res = engine.call_sync("debug", {"cwd": str(proj.root)}, {"cmd": "python3 main.py"}, timeout=180)
+        drive_session(res["config"], util)
+    finally:
+        knocker.stop()
+    ex = wait_for(lambda: next((e for e in events(engine, "RemoteDevRunExit") if e["id"] == res["id"]), None), 60)
+    assert ex["code"] == 0
+    assert len(knocker.knocked) >= 2, knocker.knocked       # the endpoints port and the adapter's
+
+
 def test_the_adapter_is_found_by_its_command_line():
     assert debug_boot.adapter_package(["python3", "/c/debugpy/1.8.22-x/debugpy/adapter", "--for-server", "1"]) \
         == "/c/debugpy/1.8.22-x/debugpy"

@@ -134,9 +134,14 @@ def write_endpoint(folder, info, suffix=".json"):
 # from a socket of this host owned by this user (/proc/net/tcp names every socket's
 # owner), or, from another host, when it opens with the run's secret
 # (REMOTE_DEV_DEBUG_TOKEN, in the environment of the run's processes only).  Any other
-# connection is closed before debugpy reads a byte of it.
+# connection is closed before debugpy reads a byte of it.  The port on which listen() waits
+# for its adapter's endpoints takes one JSON object, read here first: a program of the same
+# user that finds the port (a ZMQ client reconnecting to a port it once knew, a scan) is
+# closed instead of failing the debugger ("error retrieving adapter endpoints").
 
 TOKEN_WAIT = 10.0   # seconds a connection from another host has to send the secret
+ENDPOINTS_WAIT = 30.0   # seconds the adapter has to send its endpoints (debugpy's own wait)
+LISTENING = []          # while listen_quietly runs: the listener it opens takes the endpoints
 
 
 def _hex_address(host, port):
@@ -188,11 +193,12 @@ class GuardedListener(object):
     """A listening socket whose accept() returns only connections of the run's owner (see
     above); everything else is the socket's own."""
 
-    def __init__(self, sock, token):
+    def __init__(self, sock, token, endpoints=False):
         import queue
 
         self._sock = sock
         self._token = token.encode() if token else b""
+        self._endpoints = endpoints
         self._timeout = sock.gettimeout()
         self._ready = queue.Queue()
         self.refused = 0
@@ -210,7 +216,9 @@ class GuardedListener(object):
                 owner = socket_owner(conn.getpeername(), conn.getsockname())
             except OSError:
                 owner = -1
-            if owner == os.getuid():
+            if owner == os.getuid() and self._endpoints:
+                _quiet_thread(self._check_endpoints, (conn, addr))
+            elif owner == os.getuid():
                 self._ready.put((conn, addr))
             elif owner is None and self._token:
                 _quiet_thread(self._check_secret, (conn, addr))
@@ -243,6 +251,33 @@ class GuardedListener(object):
             self._ready.put((conn, addr))
         else:
             self._refuse(conn)
+
+    def _check_endpoints(self, conn, addr):
+        """The adapter's endpoints: one JSON object, then the end; debugpy reads them from
+        one end of a socket pair.  Anything else is closed."""
+        import json
+        import socket
+
+        data = b""
+        try:
+            conn.settimeout(ENDPOINTS_WAIT)
+            while len(data) < 65536:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if data[:1] != b"{":
+                    raise ValueError("not the adapter's endpoints")
+            if not isinstance(json.loads(data.decode("utf-8")), dict):
+                raise ValueError("not the adapter's endpoints")
+        except (OSError, ValueError):
+            self._refuse(conn)
+            return
+        ours, debugpys = socket.socketpair()
+        with ours:
+            ours.sendall(data)
+        conn.close()
+        self._ready.put((debugpys, addr))
 
     def accept(self):
         import queue
@@ -285,7 +320,7 @@ def guard_listeners(token):
         return
 
     def create_server(*args, **kwargs):
-        return GuardedListener(create(*args, **kwargs), token)
+        return GuardedListener(create(*args, **kwargs), token, endpoints=bool(LISTENING))
     create_server.remote_dev_guard = True
     sockets.create_server = create_server
 
@@ -359,9 +394,11 @@ def listen_quietly(listen, address):
         kwargs.pop("access_token", None)
         return settrace(*args, **kwargs)
     subprocess.Popen, api._settrace = Popen, quiet_settrace
+    LISTENING.append(address)
     try:
         return listen(address)
     finally:
+        LISTENING.pop()
         subprocess.Popen, api._settrace = real, settrace
 
 
