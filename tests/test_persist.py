@@ -77,7 +77,7 @@ def kernel_ports(engine, ctx) -> list[int]:
 
 
 def assert_nothing_knocks(ports: list[int], quiet: float = 1.5) -> None:
-    """After its engine closed, nothing of a kernel's client is left: no ZMQ socket
+    """After its engine (or session) closed, nothing of a kernel's client is left: no ZMQ socket
     reconnecting to its former local ports (it would reach whatever listens there next, a
     debugger's port among them), and the forwards no longer listen."""
     import select
@@ -86,7 +86,7 @@ def assert_nothing_knocks(ports: list[int], quiet: float = 1.5) -> None:
     listeners = [socket.create_server(("127.0.0.1", p)) for p in ports]   # fails if a forward listens still
     try:
         ready, _, _ = select.select(listeners, [], [], quiet)
-        assert not ready, f"something of the closed engine connects to {[s.getsockname()[1] for s in ready]}"
+        assert not ready, f"something of the closed client connects to {[s.getsockname()[1] for s in ready]}"
     finally:
         for s in listeners:
             s.close()
@@ -128,6 +128,26 @@ def test_kernel_keeps_state_across_engines_maps_errors_and_stops_clean(engine, m
     finally:
         engine.call_sync("kernel", ctx, {"what": "stop"}, timeout=60)
     wait_for(lambda: not run_processes(name), 10, what="no kernel process left")
+
+
+def test_a_target_changed_in_the_config_lets_go_of_its_kernel_client(engine, make_project):
+    """The target's settings change (.remote-dev.toml edited): its old session's client of
+    the kernel is closed (nothing reconnects to its ports) and the new one reaches the same
+    kernel, its state kept."""
+    have_jupyter()
+    proj, ctx = venv_project(make_project, env={"MARK": "a"})
+    try:
+        assert engine.call_sync("send", ctx, {"code": "kept = 41"}, timeout=120)["status"] == "ok"
+        ports = kernel_ports(engine, ctx)
+        config = proj.root / ".remote-dev.toml"
+        config.write_text(config.read_text().replace('MARK = "a"', 'MARK = "b"'))
+        os.utime(config, ns=(0, config.stat().st_mtime_ns + 10**9))
+        assert kernel_ports(engine, ctx) == []               # the new session has none yet
+        assert_nothing_knocks(ports)
+        again = engine.call_sync("send", ctx, {"code": "kept + 1"}, timeout=60)
+        assert again["status"] == "ok" and again["count"] == 2
+    finally:
+        engine.call_sync("kernel", ctx, {"what": "stop"}, timeout=60)
 
 
 def test_kernel_rich_output_saved_and_interrupt(engine, make_project):

@@ -392,6 +392,7 @@ class Engine(FeatureState):
                         new.sessions[name] = sess
                         sess.project = new
                     else:
+                        sess.release_states()
                         sess.drop()
                 new.last_push = proj.last_push
                 new.runs = proj.runs
