@@ -155,8 +155,13 @@ def test_offered_copies_go_one_by_one_on_a_local_disk_and_in_threads_where_they_
         for rel, data in contents.items():
             assert (tmp_path / root / rel).read_bytes() == data, rel
 
-    copies("b")
-    assert threaded == []
+    for root in ("b1", "b2", "b3"):   # another process's writes can block a sample now and then
+        copies(root)
+        if not threaded:
+            break
+        threaded.clear()
+    else:
+        pytest.fail("copies on this disk went to threads 3 times in 3")
 
     def waiting_copy(*args):
         time.sleep(0.003)
