@@ -61,16 +61,17 @@ class FeatureState:
         return obj
 
     def release_states(self) -> None:
-        """When the engine closes: each state that has a release() lets go of what it holds
-        in this process (a kernel's client: its ZMQ sockets would reconnect to its ports for
-        as long as the process lives, reaching whatever listens on them next)."""
+        """When the engine closes, or drops a session whose target changed: each state
+        that has a release() lets go of what it holds in this process (a kernel's client:
+        its ZMQ sockets would reconnect to its ports for as long as the process lives,
+        reaching whatever listens on them next)."""
         for obj in list(self._states.values()):
             release = getattr(obj, "release", None)
             if callable(release):
                 try:
                     release()
-                except Exception:  # noqa: BLE001 - closing: one state's trouble never stops the rest
-                    log.exception("closing %s", type(obj).__name__)
+                except Exception:  # noqa: BLE001 - one state's trouble never stops the rest
+                    log.exception("releasing %s", type(obj).__name__)
 
 
 def state_home() -> Path:

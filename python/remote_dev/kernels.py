@@ -154,7 +154,7 @@ class Kernel:
             forwards_of(self.sess).close(f)
         self.forwards = []
 
-    release = disconnect   # the engine closes (FeatureState.release_states): the kernel outlives it
+    release = disconnect   # FeatureState.release_states: the kernel outlives this client
 
     async def stop(self, quiet: bool = False) -> bool:
         """Shut the kernel down; no process of it is left.  False when none was running."""
