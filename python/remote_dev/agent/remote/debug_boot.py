@@ -134,14 +134,16 @@ def write_endpoint(folder, info, suffix=".json"):
 # from a socket of this host owned by this user (/proc/net/tcp names every socket's
 # owner), or, from another host, when it opens with the run's secret
 # (REMOTE_DEV_DEBUG_TOKEN, in the environment of the run's processes only).  Any other
-# connection is closed before debugpy reads a byte of it.  The port on which listen() waits
-# for its adapter's endpoints takes one JSON object, read here first: a program of the same
-# user that finds the port (a ZMQ client reconnecting to a port it once knew, a scan) is
-# closed instead of failing the debugger ("error retrieving adapter endpoints").
+# connection is closed before debugpy reads a byte of it.  A program of the same user that
+# finds one of these ports (a ZMQ client reconnecting to a port it once knew, a scan) is
+# closed when its first bytes are not what debugpy expects there (_check_first) instead of
+# failing the debugger ("error retrieving adapter endpoints") or blocking the adapter.
 
 TOKEN_WAIT = 10.0   # seconds a connection from another host has to send the secret
-ENDPOINTS_WAIT = 30.0   # seconds the adapter has to send its endpoints (debugpy's own wait)
+ENDPOINTS_WAIT = 30.0   # seconds the adapter has to start sending its endpoints (debugpy's own wait)
 LISTENING = []          # while listen_quietly runs: the listener it opens takes the endpoints
+FIRST_WAIT = 0.05       # seconds an owner's connection to the adapter may say nothing first
+DAP_HEAD = b"Content-Length"
 
 
 def _hex_address(host, port):
@@ -193,12 +195,12 @@ class GuardedListener(object):
     """A listening socket whose accept() returns only connections of the run's owner (see
     above); everything else is the socket's own."""
 
-    def __init__(self, sock, token, endpoints=False):
+    def __init__(self, sock, token, kind=""):
         import queue
 
         self._sock = sock
         self._token = token.encode() if token else b""
-        self._endpoints = endpoints
+        self._kind = kind
         self._timeout = sock.gettimeout()
         self._ready = queue.Queue()
         self.refused = 0
@@ -216,8 +218,8 @@ class GuardedListener(object):
                 owner = socket_owner(conn.getpeername(), conn.getsockname())
             except OSError:
                 owner = -1
-            if owner == os.getuid() and self._endpoints:
-                _quiet_thread(self._check_endpoints, (conn, addr))
+            if owner == os.getuid() and self._kind:
+                _quiet_thread(self._check_first, (conn, addr))
             elif owner == os.getuid():
                 self._ready.put((conn, addr))
             elif owner is None and self._token:
@@ -252,32 +254,27 @@ class GuardedListener(object):
         else:
             self._refuse(conn)
 
-    def _check_endpoints(self, conn, addr):
-        """The adapter's endpoints: one JSON object, then the end; debugpy reads them from
-        one end of a socket pair.  Anything else is closed."""
-        import json
+    def _check_first(self, conn, addr):
+        """An owner's connection on listen()'s endpoints port, or to the adapter, must open
+        as the peer debugpy expects there does ({"client": ...}; DAP, or the run's secret,
+        which debugpy skips as a header line), else it is closed before debugpy waits on
+        it.  In the adapter a silent one (pydevd waits to be asked) gets in after FIRST_WAIT."""
+        import select
         import socket
 
-        data = b""
+        endpoints = self._kind == "endpoints"
+        openings = (b"{",) if endpoints else (DAP_HEAD, self._token + b"\n") if self._token else (DAP_HEAD,)
         try:
-            conn.settimeout(ENDPOINTS_WAIT)
-            while len(data) < 65536:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if data[:1] != b"{":
-                    raise ValueError("not the adapter's endpoints")
-            if not isinstance(json.loads(data.decode("utf-8")), dict):
-                raise ValueError("not the adapter's endpoints")
+            if select.select([conn], [], [], ENDPOINTS_WAIT if endpoints else FIRST_WAIT)[0]:
+                head = conn.recv(len(DAP_HEAD), socket.MSG_PEEK)
+                if not any(head and head[:len(p)] == p[:len(head)] for p in openings):
+                    raise ValueError("not what debugpy expects here")
+            elif endpoints:
+                raise ValueError("the adapter said nothing")
         except (OSError, ValueError):
             self._refuse(conn)
             return
-        ours, debugpys = socket.socketpair()
-        with ours:
-            ours.sendall(data)
-        conn.close()
-        self._ready.put((debugpys, addr))
+        self._ready.put((conn, addr))
 
     def accept(self):
         import queue
@@ -311,7 +308,7 @@ class GuardedListener(object):
         return getattr(self._sock, name)
 
 
-def guard_listeners(token):
+def guard_listeners(token, adapter=False):
     """Every listener debugpy opens from now on in this process only accepts the run's owner."""
     from debugpy.common import sockets
 
@@ -320,7 +317,8 @@ def guard_listeners(token):
         return
 
     def create_server(*args, **kwargs):
-        return GuardedListener(create(*args, **kwargs), token, endpoints=bool(LISTENING))
+        kind = "endpoints" if LISTENING else "adapter" if adapter else ""
+        return GuardedListener(create(*args, **kwargs), token, kind)
     create_server.remote_dev_guard = True
     sockets.create_server = create_server
 
@@ -347,7 +345,7 @@ def guard_adapter(argv):
     if package:
         sys.path.insert(0, os.path.dirname(package))   # the adapter's own debugpy, as it imports it
     try:
-        guard_listeners(os.environ.get("REMOTE_DEV_DEBUG_TOKEN", ""))
+        guard_listeners(os.environ.get("REMOTE_DEV_DEBUG_TOKEN", ""), adapter=True)
     finally:
         if package:
             del sys.path[0]
