@@ -18,9 +18,9 @@ from remote_dev.agent.remote import debug_boot
 from remote_dev.errors import RemoteDevError
 
 
-def listener(token: str) -> debug_boot.GuardedListener:
+def listener(token: str, kind: str = "") -> debug_boot.GuardedListener:
     sock = socket.create_server(("127.0.0.1", 0))
-    return debug_boot.GuardedListener(sock, token)
+    return debug_boot.GuardedListener(sock, token, kind)
 
 
 def accepted(guard: debug_boot.GuardedListener, timeout: float = 3.0) -> socket.socket | None:
@@ -29,6 +29,15 @@ def accepted(guard: debug_boot.GuardedListener, timeout: float = 3.0) -> socket.
         return guard.accept()[0]
     except socket.timeout:
         return None
+
+
+def closed_unanswered(client: socket.socket) -> bool:
+    """The guard closed the client's connection without a byte (reset: its bytes unread)."""
+    client.settimeout(3)
+    try:
+        return client.recv(100) == b""
+    except ConnectionResetError:
+        return True
 
 
 def test_the_owners_connection_gets_in_at_once():
@@ -62,12 +71,7 @@ def test_from_another_host_only_with_the_runs_secret(monkeypatch, sent, ok):
             assert conn.recv(100) == b"after"      # the secret itself never reaches debugpy
         else:
             assert conn is None and guard.refused == 1
-            client.settimeout(3)
-            try:
-                got = client.recv(100)
-            except ConnectionResetError:           # closed with its bytes unread
-                got = b""
-            assert got == b""                      # closed without a byte
+            assert closed_unanswered(client)
     finally:
         guard.close()
 
@@ -104,16 +108,20 @@ def test_close_wakes_a_waiting_accept():
 ZMQ_GREETING = b"\xff" + b"\0" * 8 + b"\x7f"   # what a ZMQ client reconnecting to a port it once knew sends
 
 
+def knock(address: tuple[str, int]) -> socket.socket:
+    sock = socket.create_connection(address, timeout=1)
+    sock.sendall(ZMQ_GREETING)
+    return sock
+
+
 def test_the_endpoints_port_takes_the_adapters_json_only():
     """A program of the owner that finds listen()'s endpoints port first (a ZMQ client of a
     kernel that went, reconnecting; one that connects and says nothing) is closed; the
     adapter's JSON after it reaches debugpy as the adapter sent it."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    guard = debug_boot.GuardedListener(sock, "s3cret", "endpoints")
+    guard = listener("s3cret", "endpoints")
     try:
         address = guard.getsockname()[:2]
-        zmq = socket.create_connection(address)
-        zmq.sendall(ZMQ_GREETING)
+        zmq = knock(address)
         silent = socket.create_connection(address)
         assert accepted(guard, 1.0) is None
         wait_for(lambda: guard.refused == 1, 3, what="the ZMQ greeting refused")
@@ -125,12 +133,7 @@ def test_the_endpoints_port_takes_the_adapters_json_only():
         assert conn is not None
         with conn.makefile("rb", 0) as f:        # as debugpy reads it
             assert f.read() == sent
-        zmq.settimeout(3)
-        try:
-            got = zmq.recv(100)
-        except ConnectionResetError:             # closed with its bytes unread
-            got = b""
-        assert got == b""                        # closed without an answer
+        assert closed_unanswered(zmq)
         silent.close()
     finally:
         guard.close()
@@ -140,12 +143,10 @@ def test_the_adapters_ports_take_what_debugpy_expects_there():
     """In debugpy's adapter (whose listener for debuggees waits on each connection in turn):
     an owner's connection that opens with something else than DAP or the run's secret is
     closed; DAP, the secret and a silent one (pydevd waits to be asked) get in."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    guard = debug_boot.GuardedListener(sock, "s3cret", "adapter")
+    guard = listener("s3cret", "adapter")
     try:
         address = guard.getsockname()[:2]
-        zmq = socket.create_connection(address)
-        zmq.sendall(ZMQ_GREETING)
+        knock(address)
         wait_for(lambda: guard.refused == 1, 3, what="the ZMQ greeting refused")
         for first in (b"Content-Length: 2\r\n\r\n{}", b"s3cret\n", b""):
             client = socket.create_connection(address)
@@ -217,8 +218,7 @@ class PortKnocker:
                 self.seen.add(port)
                 owner = owner_of(inode)
                 try:
-                    sock = socket.create_connection(("127.0.0.1", port), timeout=1)
-                    sock.sendall(ZMQ_GREETING)
+                    sock = knock(("127.0.0.1", port))
                 except OSError:
                     continue
                 self.knocked.append((port, "?" if owner is None else "engine" if owner[0] == debug_boot.os.getpid()
