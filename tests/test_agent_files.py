@@ -171,6 +171,38 @@ def test_offered_copies_go_one_by_one_on_a_local_disk_and_in_threads_where_they_
     assert threaded == [len(contents) - files.COPY_SAMPLE]
 
 
+BOUNDING = """
+import os, sys
+from remote_dev.agent.remote import reuse
+folder, k = sys.argv[1], sys.argv[2]
+errors = 0
+for i in range(300):
+    with open(os.path.join(folder, "a%s-%d.json" % (k, i)), "w") as f:
+        f.write("{}")
+    try:
+        reuse.ContentIndex.bound(folder)
+    except OSError:
+        errors += 1
+print(errors)
+"""
+
+
+def test_two_agents_bounding_the_index_at_once_both_go_on(tmp_path):
+    """Two agents write index files and keep the folder to MAX_ROOTS at once (two Neovims
+    pushing; an agent flushing as its connection ends while the next one pushes): a file
+    the other removed between listing and stat is one less to remove, never an error (seen
+    in CI: it ended the flush, and the push's hashes were never written)."""
+    from remote_dev.agent.remote import reuse as rreuse
+
+    for i in range(rreuse.MAX_ROOTS):
+        (tmp_path / f"old{i}.json").write_text("{}")
+    procs = [subprocess.Popen([sys.executable, "-c", BOUNDING, str(tmp_path), str(k)], stdout=subprocess.PIPE,
+                              text=True) for k in range(2)]
+    errors = [int(p.communicate(timeout=120)[0]) for p in procs]
+    assert errors == [0, 0]
+    assert len(list(tmp_path.glob("*.json"))) <= rreuse.MAX_ROOTS
+
+
 # --------------------------------------------------------------------------- through sshd
 
 

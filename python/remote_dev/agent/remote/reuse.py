@@ -346,11 +346,19 @@ class ContentIndex(object):
 
     @staticmethod
     def bound(folder):
+        """At most MAX_ROOTS index files: the least recently written go (another agent may
+        be removing some meanwhile: a name gone before its stat is one less to remove)."""
         names = [n for n in os.listdir(folder) if n.endswith(".json")]
         if len(names) <= MAX_ROOTS:
             return
-        aged = sorted(names, key=lambda n: os.lstat(os.path.join(folder, n)).st_mtime)
-        for n in aged[:len(names) - MAX_ROOTS]:
+        aged = []
+        for n in names:
+            try:
+                aged.append((os.lstat(os.path.join(folder, n)).st_mtime_ns, n))
+            except FileNotFoundError:
+                pass
+        aged.sort()
+        for _, n in aged[:len(aged) - MAX_ROOTS]:
             for ext in (".json", ".root", ".lock"):
                 unlink_quiet(os.path.join(folder, n[:-5] + ext))
 
