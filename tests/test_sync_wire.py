@@ -327,9 +327,9 @@ def test_the_remote_check_costs_no_round_trip_of_its_own(engine, make_project, m
 
 def test_a_push_writes_its_ssh_packets_in_few_system_calls(engine, make_project):
     """asyncssh writes each SSH packet on its own (a channel's data in packets of the
-    server's 32 KB at most): the connection joins the
-    writes of one turn of the loop (ssh.CoalescedWrites), so a push of 8 MB makes a
-    fraction of the socket writes its packets would, and arrives byte exact."""
+    server's 32 KB at most): the connection joins the writes of one turn of the loop
+    (ssh.CoalescedWrites), so a push of 8 MB makes a fraction of the socket writes its
+    packets would, and arrives byte exact."""
     import hashlib
 
     from remote_dev.ssh import CoalescedWrites

@@ -111,8 +111,9 @@ class CoalescedWrites:
     one.  asyncssh writes every packet on its own (a channel's data in packets of at most
     the server's 32 KB, each after an empty ignore packet unless skip_empty_ignores left it
     out): a big push made a send() system call per packet, the sshd at the other end woke
-    for each, and the wire took one TCP push per packet (TCP_NODELAY).  The writes are joined and written once, at
-    the loop's next turn (a few microseconds later; no data waits for a timer)."""
+    for each, and the wire took one TCP push per packet (TCP_NODELAY).  The writes are
+    joined and written once, at the loop's next turn (a few microseconds later; no data
+    waits for a timer)."""
 
     def __init__(self, inner: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.inner = inner
