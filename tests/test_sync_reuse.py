@@ -6,6 +6,7 @@ is not used, the index is its user's alone, and the same content at several path
 push crosses the wire once.  How fast: bench/sync_wan_bench.py --parts second."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -197,6 +198,33 @@ def test_a_push_offers_only_where_the_remote_can_hold_something(engine, make_pro
         small = [Send("s", LocalEntry("f", SIZE, 0, 0o644), None)]
         return len(reuse.worth_offering(sess, sends)), len(reuse.worth_offering(sess, small))
     assert on_engine(engine, proj, decide) == ((40, 0) if hello_says else (0, 0))
+
+
+def test_a_connection_that_heard_of_no_index_asks_again_as_its_push_starts(engine, make_project, sshd):
+    """Two worktrees opened at once on a remote with no index yet: the second's connection
+    heard "no index" in its hello, then the first pushed.  The second's push asks again
+    (its question answered during the scan) and copies what the first root holds.  An
+    earlier root is indexed first, so the second's agent reads the index as it says hello
+    (as a hello that says "an index" does): the question makes it read the index again,
+    not half a second (RECHECK) after that first look."""
+    earlier = project_with(make_project, "earlier", random_files(1))
+    assert push(engine, earlier)["errors"] == []
+    wait_indexed(sshd, earlier.remote_root, ["src/m0.bin"])
+    files = random_files(40)
+    first = project_with(make_project, "first", files)
+    second = project_with(make_project, "second", files)
+
+    async def hello_heard_no_index(sess):
+        await sess.ensure()
+        sess.hello["reuse"] = False
+        return sess.state(reuse.RemoteIndex).known
+    assert on_engine(engine, second, hello_heard_no_index) is False
+    assert push(engine, first)["errors"] == []
+    wait_indexed(sshd, first.remote_root, files)
+    res = push(engine, second)
+    assert res["errors"] == [] and res["copied"] == 40
+    assert res["wire_bytes"] < SIZE
+    assert on_engine(engine, second, lambda sess: asyncio.sleep(0, sess.state(reuse.RemoteIndex).known)) is True
 
 
 def test_a_sample_that_misses_stops_the_hashing_ahead(engine, make_project):

@@ -37,7 +37,7 @@ from .ignore import Excluder
 from .include import ignored_by
 from .problem import SyncResult, done_payload, is_too_large, summarize
 from .reconcile import Policy, PushPlan, Send
-from .reuse import offer
+from .reuse import ask_index, offer
 from .scan import LocalEntry, lstat_entry, rel_paths
 from .state import compact_later, records_for, scanner_for, sync_state
 from .transfer import LARGE, Progress, Sender, channels_for, deletes_first
@@ -154,6 +154,8 @@ class Push:
         state = sync_state(self.proj)
         target = self.sess.target
         agent = await self.sess.ensure()
+        if not dry_run:
+            ask_index(self.sess, agent)   # answered during the scan
         check = RemoteCheck(self.records, state.check, target.name, target.remote_root, paths)
         then = then if paths is None and not dry_run else None
         try:

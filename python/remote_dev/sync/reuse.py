@@ -25,8 +25,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
+
 from ..agent.protocol import FILE, NEED, OK, ZLIB, copy_op, pack_ops, unpack_answers
 from ..engine import TargetSession, log
+from ..errors import RemoteDevError
 from ..rpc import AgentChannel, consume
 from .apply import PushCommit
 from .content import O_NOFOLLOW, finish, new_hasher
@@ -47,12 +50,46 @@ PROBE_HITS = 0.25       # the rest is offered when the remote copied at least th
 
 @dataclass
 class RemoteIndex:
-    """Per connection: the remote holds a content index (hello, or a push wrote there)."""
+    """Per session: the remote holds a content index (the hello said so, a push of this
+    session wrote there, or ask_index's answer said so); asked: that question in flight."""
     known: bool = False
+    asked: asyncio.Future[bool] | None = None
 
 
 def note_written(sess: TargetSession) -> None:
     sess.state(RemoteIndex).known = True
+
+
+def index_known(sess: TargetSession) -> bool:
+    return sess.state(RemoteIndex).known or bool(sess.hello.get("reuse"))
+
+
+def ask_index(sess: TargetSession, agent: AgentChannel) -> None:
+    """A push of a session that knows of no index on the remote asks again as it starts
+    (another Neovim, or another project of this one, may have pushed there since this
+    connection's hello); the answer comes during the local scan and is awaited only by a
+    push that would offer (take_answer).  An answer no push takes is dropped quietly."""
+    state = sess.state(RemoteIndex)
+    consume([state.asked])
+    state.asked = None
+    if not index_known(sess):
+        state.asked = agent.send("has_index")
+        state.asked.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+async def take_answer(sess: TargetSession, sends: list[Send]) -> None:
+    """ask_index's answer, when this push would offer to a remote that holds an index."""
+    state = sess.state(RemoteIndex)
+    asked, state.asked = state.asked, None
+    if asked is None:
+        return
+    if index_known(sess) or not offerable(sess, sends):
+        consume([asked])
+        return
+    try:
+        state.known = bool(await asked)
+    except (RemoteDevError, asyncssh.Error, OSError):
+        pass   # the push goes on without offers; the transfer meets a lost connection itself
 
 
 def copy_min(sess: TargetSession) -> float:
@@ -75,14 +112,17 @@ def copy_min(sess: TargetSession) -> float:
     return COPY_COST * (FAST_RAW if link is None else link * TEXT_RATIO)
 
 
-def worth_offering(sess: TargetSession, sends: list[Send]) -> list[Send]:
-    """The files of a push to offer (none when the remote holds no index, or too little
-    would be saved): those of at least copy_min bytes."""
-    if not (sess.state(RemoteIndex).known or sess.hello.get("reuse")):
-        return []
+def offerable(sess: TargetSession, sends: list[Send]) -> list[Send]:
+    """The files of a push worth offering to a remote that holds an index (none when too
+    little would be saved): those of at least copy_min bytes."""
     least = max(OFFER_MIN, copy_min(sess))
     items = [i for i in sends if i.entry.kind == FILE and i.entry.size >= least]
     return items if sum(i.entry.size for i in items) >= OFFER_BYTES else []
+
+
+def worth_offering(sess: TargetSession, sends: list[Send]) -> list[Send]:
+    """The files of a push to offer: none when the remote holds no index."""
+    return offerable(sess, sends) if index_known(sess) else []
 
 
 Hashed = tuple[Send, str, LocalEntry]
@@ -131,6 +171,7 @@ async def offer(sess: TargetSession, agent: AgentChannel, local_root: Path, comm
                 sends: list[Send]) -> list[Send]:
     """Offer what sends hold to the remote's index; what is left to send.  A sample goes
     first: when the remote holds little of it, the rest is sent without offers."""
+    await take_answer(sess, sends)
     items = worth_offering(sess, sends)
     if sends:
         note_written(sess)   # the next push of this connection may offer

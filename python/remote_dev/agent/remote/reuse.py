@@ -45,9 +45,10 @@ def index_name(root):
 
 
 def has_index():
-    """Whether the index knows of a root that still exists (the hello says so: a push
-    then offers hashes; the index is then read in the background, ready for its offers);
-    the index files of roots gone (a removed worktree) go."""
+    """Whether the index knows of a root that still exists (the hello says so, and a push
+    asks when the hello said no: a push then offers hashes; the index is then read again
+    in the background, ready for its offers); the index files of roots gone (a removed
+    worktree) go."""
     folder = index_dir()
     try:
         names = [n[:-5] for n in os.listdir(folder) if n.endswith(".json")]
@@ -67,6 +68,7 @@ def has_index():
         for ext in (".json", ".root", ".lock"):
             unlink_quiet(base + ext)
     if alive:
+        INDEX.files.checked = -1.0   # read now, not RECHECK after an earlier look
         t = threading.Thread(target=INDEX.files.by_sizes)
         t.daemon = True
         t.start()

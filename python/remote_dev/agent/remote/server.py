@@ -40,6 +40,7 @@ def method_table(files):
         "ping": (host.ping, False),
         "stat_root": (host.stat_root, False),
         "which": (host.which, False),
+        "has_index": (reuse.has_index, False),
         "exec": (host.exec_, True),
         "free_port": (host.free_port, False),
         "stage": (files.stage, False),
