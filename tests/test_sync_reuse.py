@@ -200,13 +200,16 @@ def test_a_push_offers_only_where_the_remote_can_hold_something(engine, make_pro
     assert on_engine(engine, proj, decide) == ((40, 0) if hello_says else (0, 0))
 
 
-def test_a_connection_that_heard_of_no_index_asks_again_as_its_push_starts(engine, make_project, sshd):
-    """Two worktrees opened at once on a remote with no index yet: the second's connection
-    heard "no index" in its hello, then the first pushed.  The second's push asks again
-    (its question answered during the scan) and copies what the first root holds.  An
-    earlier root is indexed first, so the second's agent reads the index as it says hello
-    (as a hello that says "an index" does): the question makes it read the index again,
-    not half a second (RECHECK) after that first look."""
+@pytest.mark.parametrize("hello_says", [False, True])
+def test_a_second_worktree_connected_before_the_first_pushed_copies_from_it(engine, make_project, sshd, hello_says):
+    """Two worktrees opened at once: the second's connection said hello, then the first
+    pushed, then the second.  The second copies what the first root holds, whatever its
+    hello said:
+    - "no index" (a fresh remote): its push asks again as it starts (answered during the
+      scan);
+    - "an index": its agent read the index as it said hello (an earlier root is indexed
+      first, so that read happens in both cases), and a request of offers reads it again,
+      not half a second (RECHECK) after that first look."""
     earlier = project_with(make_project, "earlier", random_files(1))
     assert push(engine, earlier)["errors"] == []
     wait_indexed(sshd, earlier.remote_root, ["src/m0.bin"])
@@ -214,11 +217,12 @@ def test_a_connection_that_heard_of_no_index_asks_again_as_its_push_starts(engin
     first = project_with(make_project, "first", files)
     second = project_with(make_project, "second", files)
 
-    async def hello_heard_no_index(sess):
+    async def connect(sess):
         await sess.ensure()
-        sess.hello["reuse"] = False
-        return sess.state(reuse.RemoteIndex).known
-    assert on_engine(engine, second, hello_heard_no_index) is False
+        said = bool(sess.hello["reuse"])
+        sess.hello["reuse"] = hello_says
+        return said, sess.state(reuse.RemoteIndex).known
+    assert on_engine(engine, second, connect) == (True, False)
     assert push(engine, first)["errors"] == []
     wait_indexed(sshd, first.remote_root, files)
     res = push(engine, second)

@@ -68,7 +68,7 @@ def has_index():
         for ext in (".json", ".root", ".lock"):
             unlink_quiet(base + ext)
     if alive:
-        INDEX.files.checked = -1.0   # read now, not RECHECK after an earlier look
+        INDEX.files.look_again()
         t = threading.Thread(target=INDEX.files.by_sizes)
         t.daemon = True
         t.start()
@@ -172,6 +172,11 @@ class IndexFiles(object):
     def by_sizes(self):
         with self.lock:
             return self.load()
+
+    def look_again(self):
+        """The next lookup lists the files again, however recent the last look (a push's
+        offers: another agent may have written the index just before)."""
+        self.checked = -1.0
 
     def load(self):
         """{size: [(root, rel, entry)]} of the index files (looked at again at most every
