@@ -5,8 +5,10 @@ says); only what it answers NEED for is sent.  rsync's ``--copy-dest``, found by
 
 A push offers only when it would send at least OFFER_BYTES in files of copy_min bytes or
 more (OFFER_MIN on a slow link, more on a fast one), and only to a remote that holds an
-index (its hello says so, or this session wrote there): the push of a first tree, of a
-saved file or of a few edits costs no extra round trip.  The files are hashed in worker
+index (its hello says so, this session wrote there, or the question each push asks while
+neither is true says so): the push of a saved file or of a few edits costs no extra round
+trip, nor does a first tree's beyond what is left of that question's round trip when
+its scan ends (the answer comes during the scan).  The files are hashed in worker
 threads, OFFER_OPS at a time, each request going out as soon as its files are hashed.  A
 sample of PROBE files spread over the push goes first, the first HASHED_AHEAD requests'
 files hashed meanwhile: when the remote copies too few of the sample (an index of other
