@@ -7,6 +7,9 @@ over one long-lived SSH channel.
     server.py        msgpack-RPC transport, dispatch, the file-op worker thread
     host.py          hello, ping, stat_root, which, exec, free_port
     files.py         atomic writes, push/stage/append/unstage (FileOps), state/list/read
+    reuse.py         the content index of what the user's agents wrote, copies from it
+    blocks.py        a pull's reads: files in blocks compressed for the link
+    zstdlib.py       zstd in the agent's process through libzstd (ctypes)
     paths.py         path checks under a root, what is at a path, its content hash
     verify.py        the remote check of a push against what the local side expects
     inotify.py       what changed in folders since the last look (verify's watch)
@@ -15,6 +18,7 @@ over one long-lived SSH channel.
     services.py      services (kernel, notebook server) and shells (tmux) found by name
     slurm.py         sbatch, squeue, scontrol, scancel
     alloc.py         allocations held for a target (a holder job), its steps' ends
+    envscan.py       what the target's python imports from outside the project (:RemoteEnv)
     supervisor.py    the detached supervisor of a run, the spare supervisor
     procs.py         /proc: processes of a run, stopping them, listening sockets
     compiled.py      a copy of the zip with bytecode for the remote's interpreter
