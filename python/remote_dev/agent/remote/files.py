@@ -157,6 +157,9 @@ class FileOps(object):
             os.makedirs(root, exist_ok=True)
         known_dirs = {}
         results = []
+        # a copy from the index in this request lists it anew (another agent may have
+        # written it just before), whatever the request's shape
+        reuse.INDEX.files.look_again()
         with root_lock(root):
             (copy_offered if offered_copies(ops) else FileOps.push_ops)(self, root, ops, known_dirs, results)
         return results
@@ -410,9 +413,7 @@ def copy_offered(self_ops, root, ops, known_dirs, results):
     by one too (a local disk, a tmpfs: the system calls do not wait, and threads only hand
     the GIL back and forth -- bench/README, a second checkout: 3,556 copies 0.47-0.55 s one
     by one, 0.62-0.86 s in four threads).  Time spent waiting for a CPU (a busy machine)
-    does not count as blocked where Linux tells it (runnable_seconds).  The index files
-    are looked at again first: another agent may have written them just before."""
-    reuse.INDEX.files.look_again()
+    does not count as blocked where Linux tells it (runnable_seconds)."""
     w0, c0, r0 = time.perf_counter(), time.thread_time(), runnable_seconds()
     self_ops.push_ops(root, ops[:COPY_SAMPLE], known_dirs, results)
     wall, cpu, runnable = time.perf_counter() - w0, time.thread_time() - c0, runnable_seconds() - r0

@@ -174,13 +174,15 @@ class IndexFiles(object):
             return self.load()
 
     def look_again(self):
-        """The next lookup lists the files again, however recent the last look (a push's
-        offers: another agent may have written the index just before)."""
+        """The next lookup lists the files again, however recent the last look (a push
+        request's first copy from the index: another agent may have written it just
+        before).  Costs nothing until a lookup comes."""
         self.checked = -1.0
 
     def load(self):
-        """{size: [(root, rel, entry)]} of the index files (looked at again at most every
-        RECHECK seconds: a lookup per op of a push)."""
+        """{size: [(root, rel, entry)]} of the index files (looked at again at a push
+        request's first lookup, look_again, and then at most every RECHECK seconds: a
+        lookup per op)."""
         now = time.monotonic()
         if now - self.checked < RECHECK:
             return self.by_size
