@@ -203,6 +203,43 @@ def test_two_agents_bounding_the_index_at_once_both_go_on(tmp_path):
     assert len(list(tmp_path.glob("*.json"))) <= rreuse.MAX_ROOTS
 
 
+def test_hashes_a_write_interrupted_are_filled_in_at_the_next_idle_moment(tmp_path, monkeypatch):
+    """The index's writer hashes what a push wrote without a hash once the agent is idle,
+    and stops when another write comes: what it had not hashed yet is hashed at the next
+    idle moment, with what came meanwhile (seen in CI: a push whose copy lookups paused it
+    longer than IDLE_FLUSH kept its first files unhashed for good, and the next root
+    copied none of them)."""
+    from remote_dev.agent.remote import reuse as rreuse
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    idx = rreuse.ContentIndex()
+    root = tmp_path / "root"
+    root.mkdir()
+
+    def written(names):
+        for name in names:
+            (root / name).write_bytes(os.urandom(2000))
+        return [[(root / n).stat().st_size, (root / n).stat().st_mtime_ns, None] for n in names]
+
+    first = [f"a{i}.bin" for i in range(40)]
+    real_hash_of = rreuse.hash_of
+    later = []
+
+    def hash_of(r, rel, entry):   # a write comes while the first file is hashed
+        if not later:
+            later.append("b0.bin")
+            idx.note_all(str(root), later, written(later))
+        return real_hash_of(r, rel, entry)
+    monkeypatch.setattr(rreuse, "hash_of", hash_of)
+    idx.note_all(str(root), first, written(first))
+    path = Path(rreuse.index_dir()) / (rreuse.index_name(str(root)) + ".json")
+
+    def hashed():
+        files = rreuse.read_index(str(path), str(root))
+        return len(files) == 41 and all(e[rreuse.HASH] for e in files.values())
+    wait_for(hashed, 10, what="every entry hashed")
+    wait_for(lambda: idx.timer is None, 10, what="the writer to end")
+
+
 # --------------------------------------------------------------------------- through sshd
 
 

@@ -115,6 +115,29 @@ def hash_fd(fd):
         offset += len(block)
 
 
+def hash_of(root, rel, entry):
+    """The hash of root's file rel when its stat is entry's, before and after (or None)."""
+    try:
+        fd = os.open(resolve(root, rel), os.O_RDONLY | P.O_NOFOLLOW)
+    except (OSError, AgentError):
+        return None
+    try:
+        if not stat_matches(os.fstat(fd), entry):
+            return None
+        digest = hash_fd(fd)
+        return digest if stat_matches(os.fstat(fd), entry) else None
+    finally:
+        os.close(fd)
+
+
+def to_hash(todo, written):
+    """The entries of written ({root: {rel: entry or None}}) without a hash, into todo."""
+    for root, files in written.items():
+        for rel, entry in files.items():
+            if entry is not None and entry[HASH] is None:
+                todo.setdefault(root, {})[rel] = entry
+
+
 NO_REFLINK = set()          # devices where FICLONE failed
 
 
@@ -273,47 +296,40 @@ class ContentIndex(object):
 
     def idle_flush(self):
         """The writer thread: when no write came for IDLE_FLUSH, the changes are written,
-        then what has no hash yet is hashed and written again."""
+        then what has no hash yet is hashed and written again.  What a new write stopped
+        it from hashing stays to hash (todo) at the next idle moment, with what came."""
+        todo = {}
         while True:
             wait = self.last_note + IDLE_FLUSH - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
                 continue
             try:
-                self.fill_hashes(self.flush())
-                self.flush()
+                to_hash(todo, self.flush())
+                self.fill_hashes(todo)
+                to_hash(todo, self.flush())   # the hashes, and what a write brought meanwhile
             except Exception:  # noqa: BLE001 - the index is a cache: a failure loses only reuse
-                pass
+                todo = {}
             with self.lock:
-                if self.last_note + IDLE_FLUSH <= time.monotonic() and not self.pending:
+                if self.last_note + IDLE_FLUSH <= time.monotonic() and not self.pending and not todo:
                     self.timer = None
                     return
 
-    def fill_hashes(self, written):
-        """Hash what this agent wrote without a hash (read back, kept when its stat held
-        meanwhile), unless more writes came: then the next idle moment does."""
-        for root, files in written.items():
-            for rel, entry in files.items():
+    def fill_hashes(self, todo):
+        """Hash what this agent wrote without a hash (todo: {root: {rel: entry}}, taken out
+        as it goes; read back, kept when its stat held meanwhile), until more writes come."""
+        while todo:
+            root = next(iter(todo))
+            files = todo[root]
+            while files:
                 if self.last_note + IDLE_FLUSH > time.monotonic():
                     return
-                if entry is not None and entry[HASH] is None:
-                    digest = self.hash_of(root, rel, entry)
+                rel, entry = files.popitem()
+                if entry[HASH] is None:   # (a lookup may have hashed it meanwhile)
+                    digest = hash_of(root, rel, entry)
                     if digest is not None:
                         self.note_hash(root, rel, entry, digest)
-
-    @staticmethod
-    def hash_of(root, rel, entry):
-        try:
-            fd = os.open(resolve(root, rel), os.O_RDONLY | P.O_NOFOLLOW)
-        except (OSError, AgentError):
-            return None
-        try:
-            if not stat_matches(os.fstat(fd), entry):
-                return None
-            digest = hash_fd(fd)
-            return digest if stat_matches(os.fstat(fd), entry) else None
-        finally:
-            os.close(fd)
+            del todo[root]
 
     def flush(self):
         """This agent's changes into the index files: per root, under its lock, read,
