@@ -131,11 +131,17 @@ def hash_of(root, rel, entry):
 
 
 def to_hash(todo, written):
-    """The entries of written ({root: {rel: entry or None}}) without a hash, into todo."""
+    """The entries of written ({root: {rel: entry or None}}) without a hash, into todo
+    ({root: {rel: entry}}); a path written anew with a hash, or not indexed, leaves it."""
     for root, files in written.items():
+        mine = todo.setdefault(root, {})
         for rel, entry in files.items():
             if entry is not None and entry[HASH] is None:
-                todo.setdefault(root, {})[rel] = entry
+                mine[rel] = entry
+            else:
+                mine.pop(rel, None)
+        if not mine:
+            del todo[root]
 
 
 NO_REFLINK = set()          # devices where FICLONE failed
