@@ -21,6 +21,7 @@ from support.attacker import Mallory
 from support.remote import loose_modes
 from test_sync import on_engine, push, temps
 
+from remote_dev.agent.remote.reuse import index_name
 from remote_dev.sync import reuse
 
 SIZE = 40_000
@@ -128,7 +129,7 @@ def test_the_index_is_its_users_alone(engine, make_project, sshd):
     folder = index_dir(sshd)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert loose_modes(folder) == []
-    name = next(p for p in folder.glob("*.json"))
+    name = folder / (index_name(str(proj.remote_root)) + ".json")   # its own: others' may go meanwhile
     # let her walk up to the file (every folder above it traversable): its own mode must stop her
     opened = [p for p in [folder, *folder.parents] if not os.stat(p).st_mode & 0o001]
     modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in opened}
@@ -262,17 +263,16 @@ def test_a_sample_that_misses_stops_the_hashing_ahead(engine, make_project):
 def strip_hashes(sshd, remote_root: Path) -> int:
     """Drop the hashes of remote_root's index entries: the index an agent leaves when it
     ends (a cut session) before it hashed what it wrote.  How many entries there are."""
-    for p in index_dir(sshd).glob("*.json"):
-        data = json.loads(p.read_text())
-        if data["root"] == str(remote_root):
-            for entry in data["files"].values():
-                entry[2] = None
-            tmp = p.with_suffix(".test-tmp")
-            tmp.write_text(json.dumps(data))
-            os.chmod(tmp, 0o600)
-            tmp.rename(p)   # a new inode: the agents read it again
-            return len(data["files"])
-    return 0
+    p = index_dir(sshd) / (index_name(str(remote_root)) + ".json")   # (others' may go meanwhile)
+    data = json.loads(p.read_text())
+    assert data["root"] == str(remote_root)
+    for entry in data["files"].values():
+        entry[2] = None
+    tmp = p.with_suffix(".test-tmp")
+    tmp.write_text(json.dumps(data))
+    os.chmod(tmp, 0o600)
+    tmp.rename(p)   # a new inode: the agents read it again
+    return len(data["files"])
 
 
 def test_copies_from_entries_without_hashes_in_threads_take_the_right_source(engine, make_project, sshd):
