@@ -206,9 +206,9 @@ def test_two_agents_bounding_the_index_at_once_both_go_on(tmp_path):
 def test_hashes_a_write_interrupted_are_filled_in_at_the_next_idle_moment(tmp_path, monkeypatch):
     """The index's writer hashes what a push wrote without a hash once the agent is idle,
     and stops when another write comes: what it had not hashed yet is hashed at the next
-    idle moment, with what came meanwhile (seen in CI: a push whose copy lookups paused it
-    longer than IDLE_FLUSH kept its first files unhashed for good, and the next root
-    copied none of them)."""
+    idle moment, with what came meanwhile (seen in CI: a push whose requests came more than
+    IDLE_FLUSH apart left its first files unhashed, for the next push's lookups to hash,
+    and a test waiting for the hashes timed out)."""
     from remote_dev.agent.remote import reuse as rreuse
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     idx = rreuse.ContentIndex()
