@@ -38,16 +38,18 @@ def index_dir(sshd) -> Path:
     return sshd.remote_cache / "remote-dev" / "index"
 
 
+def index_file(sshd, remote_root: Path) -> Path:
+    """remote_root's own index file (others' may go meanwhile: their roots went)."""
+    return index_dir(sshd) / (index_name(str(remote_root)) + ".json")
+
+
 def indexed(sshd, remote_root: Path) -> dict[str, list]:
     """The index's entries for remote_root (what the agents wrote down so far)."""
-    for p in index_dir(sshd).glob("*.json") if index_dir(sshd).is_dir() else ():
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, ValueError):   # dropped or being replaced by an agent meanwhile
-            continue
-        if data["root"] == str(remote_root):
-            return data["files"]
-    return {}
+    try:
+        data = json.loads(index_file(sshd, remote_root).read_text())
+    except (OSError, ValueError):   # not written yet, or dropped
+        return {}
+    return data["files"] if data["root"] == str(remote_root) else {}
 
 
 def wait_indexed(sshd, remote_root: Path, rels) -> None:
@@ -129,7 +131,7 @@ def test_the_index_is_its_users_alone(engine, make_project, sshd):
     folder = index_dir(sshd)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert loose_modes(folder) == []
-    name = folder / (index_name(str(proj.remote_root)) + ".json")   # its own: others' may go meanwhile
+    name = index_file(sshd, proj.remote_root)
     # let her walk up to the file (every folder above it traversable): its own mode must stop her
     opened = [p for p in [folder, *folder.parents] if not os.stat(p).st_mode & 0o001]
     modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in opened}
@@ -263,7 +265,7 @@ def test_a_sample_that_misses_stops_the_hashing_ahead(engine, make_project):
 def strip_hashes(sshd, remote_root: Path) -> int:
     """Drop the hashes of remote_root's index entries: the index an agent leaves when it
     ends (a cut session) before it hashed what it wrote.  How many entries there are."""
-    p = index_dir(sshd) / (index_name(str(remote_root)) + ".json")   # (others' may go meanwhile)
+    p = index_file(sshd, remote_root)
     data = json.loads(p.read_text())
     assert data["root"] == str(remote_root)
     for entry in data["files"].values():

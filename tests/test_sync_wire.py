@@ -524,13 +524,18 @@ def test_coalesced_writes_keep_their_order_and_go_before_a_close():
 # --------------------------------------------------------------------------- memory
 
 
-def vm_hwm(pid):
-    """Peak resident set of a process, in bytes (reset first with reset_hwm)."""
+def status_bytes(pid, field):
+    """A size from /proc/PID/status (VmHWM, VmRSS), in bytes."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {field}")
+
+
+def vm_hwm(pid):
+    """Peak resident set of a process, in bytes (reset first with reset_hwm)."""
+    return status_bytes(pid, "VmHWM")
 
 
 def settled_rss(pid, timeout=10.0):
@@ -539,8 +544,7 @@ def settled_rss(pid, timeout=10.0):
     readings = []
     deadline = time.monotonic() + timeout
     while True:
-        with open(f"/proc/{pid}/status") as f:
-            readings.append(next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")))
+        readings.append(status_bytes(pid, "VmRSS"))
         last = readings[-6:]
         if len(last) == 6 and max(last) - min(last) <= 256 << 10 or time.monotonic() > deadline:
             return readings[-1]
