@@ -83,9 +83,9 @@ def fresh(base: str) -> str:
     return tempfile.mkdtemp(prefix="push-", dir=base)
 
 
-def load_agent(dest: str, rev: str | None):
+def write_agent(dest: str, rev: str | None) -> str:
     """The agent's modules of git revision rev (None: this working tree) as a package of
-    their own in dest: (its files module, its reuse module)."""
+    their own in dest: its name."""
     agent = HERE.parent / "python" / "remote_dev" / "agent"
     name = "agent_" + ("worktree" if rev is None else "".join(c if c.isalnum() else "_" for c in rev))
     pkg = Path(dest) / name
@@ -104,6 +104,13 @@ def load_agent(dest: str, rev: str | None):
         sources.update({"remote/" + p.rpartition("/")[2]: show(p) for p in listing if p.endswith(".py")})
     for rel, data in sources.items():
         (pkg / rel).write_bytes(data)
+    return name
+
+
+def load_agent(dest: str, rev: str | None):
+    """The agent of git revision rev (None: this working tree), written into dest by
+    write_agent and imported: (its files module, its reuse module)."""
+    name = write_agent(dest, rev)
     if dest not in sys.path:
         sys.path.insert(0, dest)
     files = importlib.import_module(name + ".remote.files")

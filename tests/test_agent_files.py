@@ -177,8 +177,8 @@ from remote_dev.agent.remote import reuse
 folder, k = sys.argv[1], sys.argv[2]
 errors = 0
 for i in range(300):
-    with open(os.path.join(folder, "a%s-%d.json" % (k, i)), "w") as f:
-        f.write("{}")
+    with open(os.path.join(folder, "a%s-%d%s" % (k, i, reuse.EXT)), "w") as f:
+        f.write("")
     try:
         reuse.ContentIndex.bound(folder)
     except OSError:
@@ -195,12 +195,12 @@ def test_two_agents_bounding_the_index_at_once_both_go_on(tmp_path):
     from remote_dev.agent.remote import reuse as rreuse
 
     for i in range(rreuse.MAX_ROOTS):
-        (tmp_path / f"old{i}.json").write_text("{}")
+        (tmp_path / f"old{i}{rreuse.EXT}").write_text("")
     procs = [subprocess.Popen([sys.executable, "-c", BOUNDING, str(tmp_path), str(k)], stdout=subprocess.PIPE,
                               text=True) for k in range(2)]
     errors = [int(p.communicate(timeout=120)[0]) for p in procs]
     assert errors == [0, 0]
-    assert len(list(tmp_path.glob("*.json"))) <= rreuse.MAX_ROOTS
+    assert len(list(tmp_path.glob("*" + rreuse.EXT))) <= rreuse.MAX_ROOTS
 
 
 def test_hashes_a_write_interrupted_are_filled_in_at_the_next_idle_moment(tmp_path, monkeypatch):
@@ -210,6 +210,7 @@ def test_hashes_a_write_interrupted_are_filled_in_at_the_next_idle_moment(tmp_pa
     IDLE_FLUSH apart left its first files unhashed, for the next push's lookups to hash,
     and a test waiting for the hashes timed out)."""
     from remote_dev.agent.remote import reuse as rreuse
+    from remote_dev.agent.remote.indexfile import read_index
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     idx = rreuse.ContentIndex()
     root = tmp_path / "root"
@@ -231,10 +232,10 @@ def test_hashes_a_write_interrupted_are_filled_in_at_the_next_idle_moment(tmp_pa
         return real_hash_of(r, rel, entry)
     monkeypatch.setattr(rreuse, "hash_of", hash_of)
     idx.note_all(str(root), first, written(first))
-    path = Path(rreuse.index_dir()) / (rreuse.index_name(str(root)) + ".json")
+    path = Path(rreuse.index_dir()) / (rreuse.index_name(str(root)) + rreuse.EXT)
 
     def hashed():
-        files = rreuse.read_index(str(path), str(root))
+        files = read_index(str(path), str(root))
         return len(files) == 41 and all(e[rreuse.HASH] for e in files.values())
     wait_for(hashed, 10, what="every entry hashed")
     wait_for(lambda: idx.timer is None, 10, what="the writer to end")

@@ -7,7 +7,6 @@ push crosses the wire once.  How fast: bench/sync_wan_bench.py --parts second.""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import stat
@@ -21,6 +20,7 @@ from support.attacker import Mallory
 from support.remote import loose_modes
 from test_sync import on_engine, push, temps
 
+from remote_dev.agent.remote.indexfile import EXT, entry_line, header, quote, read_index
 from remote_dev.agent.remote.reuse import index_name
 from remote_dev.sync import reuse
 
@@ -40,16 +40,13 @@ def index_dir(sshd) -> Path:
 
 def index_file(sshd, remote_root: Path) -> Path:
     """remote_root's own index file (others' may go meanwhile: their roots went)."""
-    return index_dir(sshd) / (index_name(str(remote_root)) + ".json")
+    return index_dir(sshd) / (index_name(str(remote_root)) + EXT)
 
 
 def indexed(sshd, remote_root: Path) -> dict[str, list]:
-    """The index's entries for remote_root (what the agents wrote down so far)."""
-    try:
-        data = json.loads(index_file(sshd, remote_root).read_text())
-    except (OSError, ValueError):   # not written yet, or dropped
-        return {}
-    return data["files"] if data["root"] == str(remote_root) else {}
+    """The index's entries for remote_root (what the agents wrote down so far; none when
+    it is not written yet, or dropped)."""
+    return read_index(str(index_file(sshd, remote_root)), str(remote_root))
 
 
 def wait_indexed(sshd, remote_root: Path, rels) -> None:
@@ -266,15 +263,16 @@ def strip_hashes(sshd, remote_root: Path) -> int:
     """Drop the hashes of remote_root's index entries: the index an agent leaves when it
     ends (a cut session) before it hashed what it wrote.  How many entries there are."""
     p = index_file(sshd, remote_root)
-    data = json.loads(p.read_text())
-    assert data["root"] == str(remote_root)
-    for entry in data["files"].values():
-        entry[2] = None
+    files = read_index(str(p), str(remote_root))
+    assert files
     tmp = p.with_suffix(".test-tmp")
-    tmp.write_text(json.dumps(data))
+    with open(tmp, "wb") as out:
+        out.write(header(str(remote_root)))
+        for rel, (size, mtime, _digest) in files.items():
+            out.write(entry_line(quote(rel), [size, mtime, None]))
     os.chmod(tmp, 0o600)
     tmp.rename(p)   # a new inode: the agents read it again
-    return len(data["files"])
+    return len(files)
 
 
 def test_copies_from_entries_without_hashes_in_threads_take_the_right_source(engine, make_project, sshd):

@@ -1,8 +1,8 @@
-"""Content the remote already has: an index of the files this user's agents wrote (per
-project root, in the cache's ``index`` folder, 0700/0600, written atomically, bounded),
-and copies from it, so a push into a new root (a git worktree, an experiment's copy)
-copies what another root holds instead of receiving it: rsync's ``--copy-dest``, found
-by content.
+"""Content the remote already has: an index of the files this user's agents wrote (a file
+per project root, in the cache's ``index`` folder, 0700/0600, written atomically, bounded,
+read and written a line at a time: indexfile.py), and copies from it, so a push into a
+new root (a git worktree, an experiment's copy) copies what another root holds instead of
+receiving it: rsync's ``--copy-dest``, found by content.
 
 An entry is [size, mtime_ns, hash or None] per path; the hash is filled in when the agent
 is idle after a push (or when a lookup needs it), read from the file and kept only if its
@@ -17,7 +17,7 @@ mtime never puts wrong content anywhere.
 
 import errno
 import hashlib
-import json
+import io
 import os
 import stat
 import threading
@@ -25,9 +25,11 @@ import time
 
 from .. import protocol as P
 from .common import AgentError, cache_dir, private_dir, unlink_quiet
+from .indexfile import EXT, PackedIndex, entries, entry_line, header, quote, read_root, read_whole
 from .paths import resolve
 
 INDEX_DIR = "index"
+OLD_FORMAT = (".json", ".root")   # the index files before indexfile's (removed when seen)
 MAX_ROOTS = 64              # index files kept (the least recently written go)
 MAX_ENTRIES = 400000        # entries per root
 IDLE_FLUSH = 0.1            # seconds after the last write before the index is written
@@ -48,35 +50,39 @@ def has_index():
     """Whether the index knows of a root that still exists (the hello says so, and a push
     asks when the hello said no: a push then offers hashes; the index is then read again
     in the background, ready for its offers); the index files of roots gone (a removed
-    worktree) go."""
+    worktree) go, and those of the JSON format before (OLD_FORMAT)."""
     folder = index_dir()
     try:
-        names = [n[:-5] for n in os.listdir(folder) if n.endswith(".json")]
+        names = os.listdir(folder)
     except OSError:
         return False
     alive = False
     for name in names:
-        base = os.path.join(folder, name)
+        if name.endswith(OLD_FORMAT):
+            unlink_quiet(os.path.join(folder, name))
+        if not name.endswith(EXT):
+            continue
+        base = os.path.join(folder, name[:-len(EXT)])
         try:
-            with open(base + ".root", "rb") as f:
-                root = os.fsdecode(f.read())
+            with open(base + EXT, "rb") as f:
+                root = read_root(f)
         except OSError:
-            root = None   # (merge writes it first: an index without it is damaged)
+            continue   # (gone meanwhile)
         if root is not None and os.path.isdir(root):
             alive = True
             continue
-        for ext in (".json", ".root", ".lock"):
+        for ext in (EXT, ".lock"):
             unlink_quiet(base + ext)
     if alive:
         INDEX.files.look_again()
-        t = threading.Thread(target=INDEX.files.by_sizes)
+        t = threading.Thread(target=INDEX.files.tables)
         t.daemon = True
         t.start()
     return alive
 
 
 def write_private(path, data):
-    """data at path (0600), atomically."""
+    """data at path (0600, never through a symlink), atomically."""
     tmp = path + ".tmp%d" % os.getpid()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | P.O_NOFOLLOW, 0o600)
     try:
@@ -88,16 +94,40 @@ def write_private(path, data):
         raise
 
 
-def read_index(path, root):
-    """{rel: entry} of an index file (empty when it is missing, damaged or another root's)."""
+def merged(path, root, changes):
+    """Root's index file at path with changes ({rel: entry or None}): an entry changed in
+    its place, a new one at the end, the oldest beyond MAX_ENTRIES left out.  Line by
+    line, in memory (read_whole): never a dict of the whole index."""
+    keyed = dict((quote(rel), entry) for rel, entry in changes.items())
+    out = io.BytesIO()
+    out.write(header(root))
+    count = 0
     try:
-        with open(path) as f:
-            data = json.load(f)
-        if data.get("root") == root and isinstance(data.get("files"), dict):
-            return data["files"]
-    except (OSError, ValueError, AttributeError):
-        pass
-    return {}
+        f = read_whole(path)
+    except FileNotFoundError:
+        f = None
+    if f is not None and read_root(f) == root:
+        for key, line in entries(f):
+            if key in keyed:
+                entry = keyed.pop(key)
+                if entry is None:
+                    continue
+                line = entry_line(key, entry)
+            out.write(line)
+            count += 1
+    for key, entry in keyed.items():
+        if entry is not None:
+            out.write(entry_line(key, entry))
+            count += 1
+    if count <= MAX_ENTRIES:
+        return out.getbuffer()
+    out.seek(0)
+    kept = io.BytesIO()
+    kept.write(out.readline())
+    for n, (_key, line) in enumerate(entries(out)):
+        if n >= count - MAX_ENTRIES:
+            kept.write(line)
+    return kept.getbuffer()
 
 
 def stat_matches(st, entry):
@@ -192,13 +222,13 @@ class IndexFiles(object):
     """The index files on disk, loaded once and again when another agent wrote them."""
 
     def __init__(self):
-        self.loaded = {}     # index file name -> (stat key, root, {rel: entry})
-        self.by_size = {}    # hash (size: no hash yet) -> [(root, rel, entry)] of the loaded files
+        self.loaded = {}     # index file name -> (stat key, PackedIndex)
+        self.packed = []     # the loaded files' PackedIndex
         self.checked = -1.0  # when the files were last looked at
         self.folders = {}    # folders of sources checked since (resolve's known_dirs: no symlink)
         self.lock = threading.Lock()   # lookups come from several threads (files.copy_in_threads)
 
-    def by_sizes(self):
+    def tables(self):
         with self.lock:
             return self.load()
 
@@ -209,17 +239,16 @@ class IndexFiles(object):
         self.checked = -1.0
 
     def load(self):
-        """{size: [(root, rel, entry)]} of the index files (looked at again at a push
-        request's first lookup, look_again, and then at most every RECHECK seconds: a
-        lookup per op)."""
+        """The index files, each a PackedIndex (looked at again at a push request's first
+        lookup, look_again, and then at most every RECHECK seconds: a lookup per op)."""
         now = time.monotonic()
         if now - self.checked < RECHECK:
-            return self.by_size
+            return self.packed
         self.checked = now
         self.folders = {}
         folder = index_dir()
         try:
-            names = [n for n in os.listdir(folder) if n.endswith(".json")]
+            names = [n for n in os.listdir(folder) if n.endswith(EXT)]
         except OSError:
             names = []
         changed = False
@@ -233,22 +262,21 @@ class IndexFiles(object):
             if name in self.loaded and self.loaded[name][0] == key:
                 continue
             try:
-                with open(path) as f:
-                    data = json.load(f)
-                self.loaded[name] = (key, data["root"], data["files"])
-            except (OSError, ValueError, KeyError, TypeError):
+                f = read_whole(path)
+            except OSError:
                 continue
+            root = read_root(f)
+            if root is None:
+                continue
+            self.loaded[name] = (key, PackedIndex(root, f))
+            del f
             changed = True
         for name in set(self.loaded) - set(names):
             del self.loaded[name]
             changed = True
         if changed:
-            by_size = {}
-            for _key, root, files in self.loaded.values():
-                for rel, e in files.items():   # by hash; those without one by size
-                    by_size.setdefault(e[HASH] or e[SIZE], []).append((root, rel, e))
-            self.by_size = by_size
-        return self.by_size
+            self.packed = [packed for _key, packed in self.loaded.values()]
+        return self.packed
 
 
 class ContentIndex(object):
@@ -350,9 +378,12 @@ class ContentIndex(object):
         self.bound(folder)
         return pending
 
-    def merge(self, folder, root, changes):
+    @staticmethod
+    def merge(folder, root, changes):
+        """changes into root's index file, under its lock, written to a temporary name
+        and renamed."""
         name = index_name(root)
-        path = os.path.join(folder, name + ".json")
+        path = os.path.join(folder, name + EXT)
         lock_fd = os.open(os.path.join(folder, name + ".lock"), os.O_RDWR | os.O_CREAT | P.O_NOFOLLOW, 0o600)
         try:
             try:
@@ -360,18 +391,7 @@ class ContentIndex(object):
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
             except ImportError:
                 pass
-            files = read_index(path, root)
-            for rel, entry in changes.items():
-                if entry is None:
-                    files.pop(rel, None)
-                else:
-                    files[rel] = entry
-            if len(files) > MAX_ENTRIES:
-                for rel in list(files)[:len(files) - MAX_ENTRIES]:
-                    del files[rel]
-            if not os.path.exists(os.path.join(folder, name + ".root")):
-                write_private(os.path.join(folder, name + ".root"), os.fsencode(root))
-            write_private(path, json.dumps({"root": root, "files": files}, separators=(",", ":")).encode())
+            write_private(path, merged(path, root, changes))
         finally:
             os.close(lock_fd)
 
@@ -379,7 +399,7 @@ class ContentIndex(object):
     def bound(folder):
         """At most MAX_ROOTS index files: the least recently written go (another agent may
         be removing some meanwhile: a name gone before its stat is one less to remove)."""
-        names = [n for n in os.listdir(folder) if n.endswith(".json")]
+        names = [n for n in os.listdir(folder) if n.endswith(EXT)]
         if len(names) <= MAX_ROOTS:
             return
         aged = []
@@ -390,19 +410,21 @@ class ContentIndex(object):
                 pass
         aged.sort()
         for _, n in aged[:len(aged) - MAX_ROOTS]:
-            for ext in (".json", ".root", ".lock"):
-                unlink_quiet(os.path.join(folder, n[:-5] + ext))
+            for ext in (EXT, ".lock"):
+                unlink_quiet(os.path.join(folder, n[:-len(EXT)] + ext))
 
     # -- lookups
     def candidates(self, digest, size):
         """(root, rel, entry) of the files known that may hold digest (size bytes), own
         changes first."""
-        known = self.files.by_sizes()
+        known = self.files.tables()
         with self.lock:
             pending = self.pending
             own = [(root, rel, e) for (root, rel), e in self.own_sizes().get(size, {}).items()
                    if e[HASH] in (digest, None) and pending[root].get(rel) is e]
-            return own + [c for key in (digest, size) for c in known.get(key, ()) if c[1] not in pending.get(c[0], ())]
+            found = [(t.root, rel, e) for t in known for rel, e in t.by_digest(digest)]
+            found += [(t.root, rel, e) for t in known for rel, e in t.by_size(size)]
+            return own + [c for c in found if c[1] not in pending.get(c[0], ())]
 
     def open_source(self, digest, size, dest):
         """An open fd of a file holding content digest (size bytes) whose stat is still
