@@ -16,7 +16,9 @@ def digest_of(text: str) -> str:
 
 def packed(path: str) -> PackedIndex:
     f = read_whole(path)
-    return PackedIndex(read_root(f), f)
+    table = PackedIndex(read_root(f))
+    table.add(f)
+    return table
 
 
 def index_path(folder, root) -> str:
@@ -45,8 +47,9 @@ def test_paths_of_any_name_are_read_back_as_written(tmp_path):
 def test_a_damaged_file_loses_only_its_damaged_lines(tmp_path):
     root = str(tmp_path)
     good = indexfile.entry_line(b"good", [5, 6, digest_of("good")])
+    gone = indexfile.entry_line(b"gone", [1, 1, digest_of("gone")]) + indexfile.entry_line(b"gone", None)
     path = tmp_path / "x.index"
-    path.write_bytes(indexfile.header(root) + good + b"garbage\n" + b"-\tNaN\t1\tbad\n"
+    path.write_bytes(indexfile.header(root) + good + gone + b"garbage\n" + b"-\tNaN\t1\tbad\n"
                      + b"abc\t1\t2\todd-hash\n" + b"-\t-1\t2\tnegative\n" + b"-\t3\t4\tcut sh")
     assert read_index(str(path), root) == {"good": [5, 6, digest_of("good")]}
     assert [rel for rel, _ in packed(str(path)).by_digest(digest_of("good"))] == ["good"]
@@ -56,21 +59,62 @@ def test_a_damaged_file_loses_only_its_damaged_lines(tmp_path):
     assert read_index(str(tmp_path / "missing.index"), root) == {}
 
 
-def test_a_merge_changes_entries_in_their_place_and_drops_the_oldest(tmp_path, monkeypatch):
-    """An entry written again keeps its place, one replaced by what is not indexed (None)
-    goes, a new one goes at the end; beyond MAX_ENTRIES the least recently written go."""
+def test_a_merge_appends_and_a_compaction_keeps_each_paths_last_line(tmp_path, monkeypatch):
+    """A merge appends its changes: a path's last line is what the index holds (a path
+    replaced by what is not indexed, None, goes).  Once the lines reach twice what they
+    were at the last compaction (and COMPACT_MIN more), the file is written anew with each
+    path's last line, the most recently written MAX_ENTRIES."""
     monkeypatch.setattr(reuse, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(reuse, "COMPACT_MIN", 50)   # 3 lines of 8 bytes: the next 49 are appended, 55 more are not
     root = str(tmp_path)
     merge = reuse.ContentIndex.merge
-    merge(str(tmp_path), root, {"a": [1, 1, None], "b": [2, 2, None], "c": [3, 3, None]})
-    merge(str(tmp_path), root, {"b": [20, 20, digest_of("b")], "d": [4, 4, None], "a": None})
     path = index_path(tmp_path, root)
-    assert list(read_index(path, root).items()) == [("b", [20, 20, digest_of("b")]), ("c", [3, 3, None]),
-                                                    ("d", [4, 4, None])]
-    merge(str(tmp_path), root, {"e": [5, 5, None], "f": [6, 6, None]})
+    merge(str(tmp_path), root, {"a": [1, 1, None], "b": [2, 2, None], "c": [3, 3, None]})
+    size, inode = os.path.getsize(path), os.stat(path).st_ino
+    merge(str(tmp_path), root, {"b": [20, 20, digest_of("b")], "a": None})
+    assert os.stat(path).st_ino == inode and os.path.getsize(path) > size   # appended
+    assert list(read_index(path, root).items()) == [("c", [3, 3, None]), ("b", [20, 20, digest_of("b")])]
+    table = packed(path)
+    assert table.by_size(1) == [] and table.by_size(2) == [] and table.by_size(3) == [("c", [3, 3, None])]
+    assert table.by_digest(digest_of("b")) == [("b", [20, 20, digest_of("b")])]
+    merge(str(tmp_path), root, {"d": [4, 4, None], "e": [5, 5, None], "f": [6, 6, digest_of("f")]})
+    assert os.stat(path).st_ino != inode   # compacted: written anew
     assert list(read_index(path, root)) == ["d", "e", "f"]
+    assert len(read_whole(path).read().splitlines()) == 1 + 3
     assert [n for n in os.listdir(tmp_path) if n.endswith(indexfile.EXT)] == [os.path.basename(path)]
     assert [n for n in os.listdir(tmp_path) if ".tmp" in n] == []
+
+
+def test_a_reader_reads_what_was_appended_and_a_compacted_file_whole(tmp_path, monkeypatch):
+    """An agent that read the index reads only what was appended since (the file grew,
+    its inode stayed), a line cut short at its end once it is whole, and the file again
+    when it was compacted."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = reuse.private_dir(reuse.index_dir())
+    root = tmp_path / "root"
+    root.mkdir()
+    merge = reuse.ContentIndex.merge
+    merge(folder, str(root), {"a": [1, 1, digest_of("a")]})
+    files = reuse.IndexFiles()
+    (table,) = files.tables()
+    path = index_path(folder, root)
+    with open(path, "ab") as f:   # a writer's line, half written
+        f.write(indexfile.entry_line(b"b", [2, 2, digest_of("b")])[:10])
+    files.look_again()
+    assert files.tables() == [table] and table.by_digest(digest_of("b")) == []
+    with open(path, "ab") as f:
+        f.write(indexfile.entry_line(b"b", [2, 2, digest_of("b")])[10:])
+    merge(folder, str(root), {"c": [3, 3, digest_of("c")]})
+    files.look_again()
+    assert files.tables() == [table]   # the same table, added to
+    assert [table.by_digest(digest_of(k)) for k in "abc"] == [[(k, [n, n, digest_of(k)])] for n, k in
+                                                            enumerate("abc", 1)]
+    monkeypatch.setattr(reuse, "COMPACT_MIN", -(1 << 20))
+    merge(folder, str(root), {"a": None})
+    files.look_again()
+    (again,) = files.tables()
+    assert again is not table and again.by_digest(digest_of("a")) == []
+    assert again.by_digest(digest_of("c")) == [("c", [3, 3, digest_of("c")])]
 
 
 def test_every_file_of_a_content_many_share_is_found(tmp_path):

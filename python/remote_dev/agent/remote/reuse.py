@@ -24,14 +24,15 @@ import threading
 import time
 
 from .. import protocol as P
-from .common import AgentError, cache_dir, private_dir, unlink_quiet
-from .indexfile import EXT, PackedIndex, entries, entry_line, header, quote, read_root, read_whole
+from .common import AgentError, cache_dir, private_dir, unlink_quiet, write_all
+from .indexfile import EXT, PackedIndex, compacted, entry_line, quote, read_header, read_root, read_whole
 from .paths import resolve
 
 INDEX_DIR = "index"
 OLD_FORMAT = (".json", ".root")   # the index files before indexfile's (removed when seen)
 MAX_ROOTS = 64              # index files kept (the least recently written go)
-MAX_ENTRIES = 400000        # entries per root
+MAX_ENTRIES = 400000        # entries per root (kept at a compaction: the most recently written)
+COMPACT_MIN = 1 << 16       # bytes a file grows beyond twice its compacted lines before it is compacted
 IDLE_FLUSH = 0.1            # seconds after the last write before the index is written
 RECHECK = 0.5               # seconds a lookup trusts its copy of the index files
 FICLONE = 0x40049409        # linux/fs.h: _IOW(0x94, 9, int)
@@ -94,40 +95,28 @@ def write_private(path, data):
         raise
 
 
-def merged(path, root, changes):
-    """Root's index file at path with changes ({rel: entry or None}): an entry changed in
-    its place, a new one at the end, the oldest beyond MAX_ENTRIES left out.  Line by
-    line, in memory (read_whole): never a dict of the whole index."""
-    keyed = dict((quote(rel), entry) for rel, entry in changes.items())
-    out = io.BytesIO()
-    out.write(header(root))
-    count = 0
+def appended(path, root, lines):
+    """lines appended to root's index file at path; False when it must be compacted
+    instead (see merge)."""
     try:
-        f = read_whole(path)
-    except FileNotFoundError:
-        f = None
-    if f is not None and read_root(f) == root:
-        for key, line in entries(f):
-            if key in keyed:
-                entry = keyed.pop(key)
-                if entry is None:
-                    continue
-                line = entry_line(key, entry)
-            out.write(line)
-            count += 1
-    for key, entry in keyed.items():
-        if entry is not None:
-            out.write(entry_line(key, entry))
-            count += 1
-    if count <= MAX_ENTRIES:
-        return out.getbuffer()
-    out.seek(0)
-    kept = io.BytesIO()
-    kept.write(out.readline())
-    for n, (_key, line) in enumerate(entries(out)):
-        if n >= count - MAX_ENTRIES:
-            kept.write(line)
-    return kept.getbuffer()
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | P.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        first = os.pread(fd, 1 << 16, 0)
+        head = read_header(io.BytesIO(first))
+        if head is None or head[1] != root:
+            return False
+        base, start = head[0], first.index(b"\n") + 1
+        if size - start + len(lines) > 2 * base + COMPACT_MIN:
+            return False
+        if os.pread(fd, 1, size - 1) != b"\n":
+            lines = b"\n" + lines   # a line cut short (a disk full, a crash) stays alone, dropped by readers
+        write_all(fd, lines)
+        return True
+    finally:
+        os.close(fd)
 
 
 def stat_matches(st, entry):
@@ -218,11 +207,55 @@ def clone_into(src_fd, dst_fd, size, dev=None):
     return "copy"
 
 
+class LoadedFile(object):
+    """One index file as IndexFiles holds it: read whole once, then only what was appended
+    (read_more: the same inode, header and more bytes; a compaction is a new file)."""
+
+    __slots__ = ("inode", "head", "size", "table")
+
+    @classmethod
+    def read(cls, path, inode):
+        """The index file at path, read whole (in one go: indexfile.read_whole); None when
+        it cannot be read or is not one."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        f = io.BytesIO(data)
+        root = read_root(f)
+        if root is None:
+            return None
+        self = cls()
+        self.inode, self.head, self.size = inode, data[:f.tell()], data.rfind(b"\n") + 1
+        self.table = PackedIndex(root)
+        self.table.add(f)
+        return self
+
+    def read_more(self, path):
+        """What was appended since, into the table; False when the file is another."""
+        try:
+            fd = os.open(path, os.O_RDONLY | P.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if st.st_ino != self.inode or st.st_size < self.size or os.pread(fd, len(self.head), 0) != self.head:
+                return False
+            data = os.pread(fd, st.st_size - self.size, self.size)
+        finally:
+            os.close(fd)
+        end = data.rfind(b"\n") + 1
+        self.table.add(io.BytesIO(data[:end]))
+        self.size += end
+        return True
+
+
 class IndexFiles(object):
     """The index files on disk, loaded once and again when another agent wrote them."""
 
     def __init__(self):
-        self.loaded = {}     # index file name -> (stat key, PackedIndex)
+        self.loaded = {}     # index file name -> LoadedFile
         self.packed = []     # the loaded files' PackedIndex
         self.checked = -1.0  # when the files were last looked at
         self.folders = {}    # folders of sources checked since (resolve's known_dirs: no symlink)
@@ -258,24 +291,21 @@ class IndexFiles(object):
                 st = os.lstat(path)
             except OSError:
                 continue
-            key = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if name in self.loaded and self.loaded[name][0] == key:
+            held = self.loaded.get(name)
+            if held is not None and held.inode == st.st_ino and held.size == st.st_size:
                 continue
-            try:
-                f = read_whole(path)
-            except OSError:
-                continue
-            root = read_root(f)
-            if root is None:
-                continue
-            self.loaded[name] = (key, PackedIndex(root, f))
-            del f
+            if held is None or not held.read_more(path):
+                held = LoadedFile.read(path, st.st_ino)
+                if held is None:
+                    self.loaded.pop(name, None)
+                    continue
+                self.loaded[name] = held
             changed = True
         for name in set(self.loaded) - set(names):
             del self.loaded[name]
             changed = True
         if changed:
-            self.packed = [packed for _key, packed in self.loaded.values()]
+            self.packed = [held.table for held in self.loaded.values()]
         return self.packed
 
 
@@ -380,10 +410,12 @@ class ContentIndex(object):
 
     @staticmethod
     def merge(folder, root, changes):
-        """changes into root's index file, under its lock, written to a temporary name
-        and renamed."""
+        """changes into root's index file, under its lock: appended, and the file
+        compacted (written anew, renamed into place) when it grew beyond twice its base
+        and COMPACT_MIN, or is missing, damaged or another root's."""
         name = index_name(root)
         path = os.path.join(folder, name + EXT)
+        lines = b"".join([entry_line(quote(rel), entry) for rel, entry in changes.items()])
         lock_fd = os.open(os.path.join(folder, name + ".lock"), os.O_RDWR | os.O_CREAT | P.O_NOFOLLOW, 0o600)
         try:
             try:
@@ -391,7 +423,15 @@ class ContentIndex(object):
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
             except ImportError:
                 pass
-            write_private(path, merged(path, root, changes))
+            if not appended(path, root, lines):
+                try:
+                    f = read_whole(path)
+                    held = f.read() if read_root(f) == root else b""
+                except FileNotFoundError:
+                    held = b""
+                if held and not held.endswith(b"\n"):
+                    held += b"\n"
+                write_private(path, compacted(io.BytesIO(held + lines), root, MAX_ENTRIES))
         finally:
             os.close(lock_fd)
 
