@@ -57,7 +57,7 @@ def read_whole(path):
     """The index file at path, read in one go, to read a line at a time (OSError when it
     cannot be read).  A file read a buffer at a time gives the GIL back and takes it again
     at each read, and another thread waiting for it (the agent's event loop) may wait for
-    the whole file (measured: gaps of 56-162 ms in a 100,000-entry file's reading, 6-9 ms
+    the whole file (measured: gaps of 56-220 ms in a 100,000-entry file's reading, 6-9 ms
     from memory)."""
     with open(path, "rb") as f:
         return io.BytesIO(f.read())
