@@ -91,7 +91,17 @@ def entry_line(key, entry):
     if entry is None:
         return b"%s\t0\t0\t%s\n" % (GONE, key)
     size, mtime, digest = entry
-    return b"%s\t%d\t%d\t%s\n" % (NO_HASH if digest is None else digest.encode("ascii"), size, mtime, key)
+    return b"%s\t%d\t%d\t%s\n" % (digest_field(digest), size, mtime, key)
+
+
+def digest_field(digest):
+    """A line's hash field: the digest in hex, or NO_HASH when there is none (a push op's
+    hash that is not one is taken as none: it never breaks a line)."""
+    try:
+        raw = bytes.fromhex(digest)
+    except (TypeError, ValueError):
+        return NO_HASH
+    return binascii.hexlify(raw) if len(raw) == WIDTH else NO_HASH
 
 
 def parse(line):
