@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 
 from remote_dev.agent.remote import indexfile, reuse
 from remote_dev.agent.remote.indexfile import PackedIndex, read_index, read_root, read_whole
@@ -110,11 +112,13 @@ def test_a_reader_reads_what_was_appended_and_a_compacted_file_whole(tmp_path, m
     assert [table.by_digest(digest_of(k)) for k in "abc"] == [[(k, [n, n, digest_of(k)])] for n, k in
                                                             enumerate("abc", 1)]
     monkeypatch.setattr(reuse, "COMPACT_MIN", -(1 << 20))
-    merge(folder, str(root), {"a": None})
+    more = {k: [n, n, digest_of(k)] for n, k in enumerate("defgh", 4)}
+    merge(folder, str(root), {"a": None, **more})   # compacted, and larger than what was read
     files.look_again()
     (again,) = files.tables()
     assert again is not table and again.by_digest(digest_of("a")) == []
     assert again.by_digest(digest_of("c")) == [("c", [3, 3, digest_of("c")])]
+    assert [again.by_digest(digest_of(k)) for k in more] == [[(k, e)] for k, e in more.items()]
 
 
 def test_every_file_of_a_content_many_share_is_found(tmp_path):
@@ -146,3 +150,42 @@ def test_the_json_files_of_the_format_before_go_and_roots_gone_too(tmp_path, mon
     assert reuse.has_index()
     assert sorted(os.listdir(folder)) == sorted([reuse.index_name(str(alive)) + indexfile.EXT,
                                                  reuse.index_name(str(alive)) + ".lock"])
+
+
+WRITER = """
+import hashlib, sys
+from remote_dev.agent.remote import reuse
+folder, root, k = sys.argv[1], sys.argv[2], sys.argv[3]
+reuse.COMPACT_MIN = -(1 << 30) if k == "1" else 1 << 30   # the first compacts at each merge, the other appends
+digest = lambda j: hashlib.sha256(b"%s-%d" % (k.encode(), j)).hexdigest()[:32]
+for i in range(0, 300, 10):
+    reuse.ContentIndex.merge(folder, root, {"w%s/%d" % (k, j): [j, int(k), digest(j)] for j in range(i, i + 10)})
+"""
+
+
+def test_two_writers_and_a_reader_at_once_lose_nothing(tmp_path, monkeypatch):
+    """Two agents write one root's index at once (two Neovims pushing into one
+    remote_root), one compacting it at each merge, the other appending, while a third
+    reads it again and again: every entry is in the file and in the reader's table at the
+    end (without the merge's lock, some were lost in 3 runs of 3)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = reuse.private_dir(reuse.index_dir())
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, folder, str(root), k], env=env) for k in "12"]
+    files = reuse.IndexFiles()
+    reads = 0
+    while any(p.poll() is None for p in procs):
+        files.look_again()
+        files.tables()
+        reads += 1
+    assert [p.returncode for p in procs] == [0, 0]
+    files.look_again()
+    (table,) = files.tables()
+    want = {"w%s/%d" % (k, j): [j, int(k), hashlib.sha256(b"%s-%d" % (k.encode(), j)).hexdigest()[:32]]
+            for k in "12" for j in range(300)}
+    assert read_index(index_path(folder, root), str(root)) == want
+    for rel, entry in want.items():
+        assert (rel, entry) in table.by_digest(entry[2])
+    assert reads > 1
