@@ -1,5 +1,7 @@
-"""The content index's files (agent/remote/indexfile.py): paths of any name, damaged files,
-merges, contents many files share, and the JSON files of the format before."""
+"""The content index (agent/remote/indexfile.py, reuse.py): paths of any name, damaged
+files, appends and compactions, readers of what was appended, two writers and a reader at
+once, contents many files share, the JSON files of the format before, and lookups of what
+an agent has not written down yet."""
 
 from __future__ import annotations
 
@@ -189,3 +191,22 @@ def test_two_writers_and_a_reader_at_once_lose_nothing(tmp_path, monkeypatch):
     for rel, entry in want.items():
         assert (rel, entry) in table.by_digest(entry[2])
     assert reads > 1
+
+
+def test_a_lookup_goes_through_the_files_of_its_content_not_of_its_size(tmp_path, monkeypatch):
+    """What this agent wrote and has not flushed yet is looked up by hash (by size only
+    while it has none): a push of 3,600 files of one size (fixed-shape arrays, a model's
+    shards) copied them at 1 ms a file, every lookup going through all the others."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    idx = reuse.ContentIndex()
+    idx.timer = "held"   # (no writer thread: the entries stay pending)
+    root = str(tmp_path)
+    rels = ["f%d.bin" % i for i in range(200)]
+    idx.put_all(root, rels, [[1000, i, digest_of(rel)] for i, rel in enumerate(rels)])
+    idx.put_all(root, ["unhashed.bin"], [[1000, 7, None]])
+    assert idx.candidates(digest_of("f5.bin"), 1000)[0] == (root, "f5.bin", [1000, 5, digest_of("f5.bin")])
+    assert sorted(len(bucket) for bucket in idx.own.values()) == [1] * 201
+    unhashed = idx.own[1000][(root, "unhashed.bin")]
+    idx.note_hash(root, "unhashed.bin", unhashed, digest_of("u"))   # a lookup hashed it
+    assert idx.candidates(digest_of("u"), 1000) == [(root, "unhashed.bin", [1000, 7, digest_of("u")])]
+    assert not idx.own.get(1000) and (root, "unhashed.bin") in idx.own[digest_of("u")]
