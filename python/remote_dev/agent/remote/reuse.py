@@ -394,8 +394,8 @@ class ContentIndex(object):
             del todo[root]
 
     def flush(self):
-        """This agent's changes into the index files: per root, under its lock, read,
-        merged, bounded, written to a temporary name and renamed."""
+        """This agent's changes into the index files: per root, under its lock, appended
+        or compacted (merge); at most MAX_ROOTS files (bound)."""
         with self.lock:
             pending, self.pending, self.own, self.unsized = self.pending, {}, {}, []
         if not pending:
