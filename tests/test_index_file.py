@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from remote_dev.agent.remote import indexfile, reuse
-from remote_dev.agent.remote.indexfile import PackedIndex, read_index, read_root, read_whole
+from remote_dev.agent.remote.indexfile import PackedIndex, read_index, read_whole
 
 
 def digest_of(text: str) -> str:
@@ -19,10 +19,7 @@ def digest_of(text: str) -> str:
 
 
 def packed(path: str) -> PackedIndex:
-    f = read_whole(path)
-    table = PackedIndex(read_root(f))
-    table.add(f)
-    return table
+    return reuse.LoadedFile.read(path, os.stat(path).st_ino).table
 
 
 def index_path(folder, root) -> str:

@@ -97,6 +97,8 @@ def entry_line(key, entry):
 def digest_field(digest):
     """A line's hash field: the digest in hex, or NO_HASH when there is none (a push op's
     hash that is not one is taken as none: it never breaks a line)."""
+    if digest is None:   # (most of a push's writes: no exception to catch per line)
+        return NO_HASH
     try:
         raw = bytes.fromhex(digest)
     except (TypeError, ValueError):
